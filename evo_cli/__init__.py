@@ -1,0 +1,18 @@
+"""evo: run the Evo family of DNA language models (Evo 1, Evo 2) on a runtime of its own."""
+
+from ._version import __version__
+from .checkpoints import load_model
+from .errors import CheckpointError, ConfigError, EvoError, InputError
+from .model import InferenceState, ModelConfig, StripedHyena
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "EvoError",
+    "InferenceState",
+    "InputError",
+    "ModelConfig",
+    "StripedHyena",
+    "__version__",
+    "load_model",
+]

@@ -1,0 +1,245 @@
+"""Checkpoint formats: detection, configs, and key maps from published layouts to ours.
+
+Formats:
+- ``evo1``: Evo 1 Hugging Face layout (``config.json``, ``model-*.safetensors`` + index, or
+  ``pytorch_model*.bin`` / ``*.pt``; keys prefixed ``backbone.``; no ``unembed.weight``). An evo
+  inference yml beside the weights wins over ``config.json``, as in the evo package.
+- ``vortex``: Evo 2 ``<name>.pt`` (or byte-split ``<name>.pt.part0..N``) with the evo2 yml.
+- ``native``: our ``config.json`` + safetensors shards in the runtime's own layout (zero-copy load).
+
+Our layout differs from the published ones in three places, handled by the key maps below:
+hyena projection rows and short filters are reordered to ``[x2 | x1 | v]``; Hyena-MR taps are
+flipped so that every FIR has the current token last; Evo 2 per-head ``[q|k|v]`` Wqkv rows become
+``[Q | K | V]``. Evo 1's stored ``inv_freq`` is replaced by the formula, because the reference
+recomputes it whenever the stored buffer is not float32 (the published weights are bf16).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from evo_cli.errors import CheckpointError, ConfigError
+from evo_cli.model.config import NATIVE_FORMAT, ModelConfig
+from evo_cli.model.layers import rotary_inv_freq
+
+from .sources import TensorSource, open_safetensors, open_torch, safetensors_index_files, split_parts
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Checkpoint:
+    """An opened checkpoint: its config, lazy tensors, and how to read each of our keys from them."""
+
+    path: Path
+    format: str
+    config: ModelConfig
+    source: TensorSource
+    # our key -> (source key or None when computed, transform)
+    resolve: Callable[[str], tuple[str | None, Transform]]
+    # source keys that are known extras (TE metadata, tied unembedding, time grids)
+    ignorable: Callable[[str], bool]
+
+
+def _identity(t):
+    return t
+
+
+def _rows(perm: torch.Tensor) -> Transform:
+    return lambda t: t.index_select(0, perm)
+
+
+def column_split_perm(d: int, heads: int) -> torch.Tensor:
+    """Rows grouped per head as ``[h: a(hd) | b(hd) | c(hd)]`` -> ``[A (all heads) | B | C]``.
+
+    Used for Evo 1 hyena projections (x2, x1, v per head) and Evo 2 Wqkv (q, k, v per head)."""
+    hd = d // heads
+    return torch.arange(3 * d).view(heads, 3, hd).transpose(0, 1).reshape(-1)
+
+
+def interleave_perm(d: int) -> torch.Tensor:
+    """Evo 2 hyena projection rows ``3c + j`` (x2, x1, v of channel c) -> ``[x2 | x1 | v]``."""
+    return torch.arange(3 * d).view(d, 3).t().reshape(-1)
+
+
+_EXTRA = re.compile(r"(^|\.)(_extra_state)$|^(backbone\.)?unembed\.weight$|\.t$")
+
+
+def _is_extra(key: str) -> bool:
+    return bool(_EXTRA.search(key))
+
+
+def _evo1_resolver(config: ModelConfig, source: TensorSource):
+    prefix = "backbone." if any(k.startswith("backbone.") for k in source.keys()) else ""
+    perm = column_split_perm(config.hidden_size, config.num_heads)
+    inv_freq = rotary_inv_freq(config.head_dim, config.rotary_base)
+
+    def resolve(name: str):
+        if name.endswith("rotary_emb.inv_freq"):
+            key = prefix + name
+            return (key if key in source else None), lambda _: inv_freq.clone()
+        if re.search(r"\.(projections\.(weight|bias)|filter\.short_filter_(weight|bias))$", name):
+            return prefix + name, _rows(perm)
+        return prefix + name, _identity
+
+    return resolve
+
+
+def _vortex_resolver(config: ModelConfig, source: TensorSource):
+    inter = interleave_perm(config.hidden_size)
+    qkv = column_split_perm(config.hidden_size, config.num_heads)
+
+    def resolve(name: str):
+        if re.search(r"\.(projections\.weight|filter\.short_filter_(weight|bias))$", name):
+            return name, _rows(inter)
+        if name.endswith("inner_mha_cls.Wqkv.weight"):
+            return name, _rows(qkv)
+        m = re.match(r"blocks\.(\d+)\.filter\.h$", name)
+        if m and config.block_types[int(m.group(1))] == "hcm":
+            # stored in convolution order (tap 0 = current token); ours puts the current token last
+            return name, lambda t: t.flip(-1)
+        return name, _identity
+
+    return resolve
+
+
+def _native_resolver(config: ModelConfig, source: TensorSource):
+    return lambda name: (name, _identity)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        d = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not a readable YAML config ({str(err).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields")
+    return d
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not a readable JSON config ({err})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config fields")
+    return d
+
+
+def _yaml_family(d: dict) -> str | None:
+    if any(k in d for k in ("hcl_layer_idxs", "hcm_layer_idxs", "hcs_layer_idxs")):
+        return "evo2"
+    if "hyena_layer_idxs" in d:
+        return "evo1"
+    return None
+
+
+def _find_weights(directory: Path) -> tuple[str, list[Path]]:
+    """(kind, files) of the weights in ``directory``: kind is ``safetensors`` or ``torch``."""
+    if (directory / "model.safetensors.index.json").is_file():
+        return "safetensors", safetensors_index_files(directory / "model.safetensors.index.json")
+    st = sorted(directory.glob("model*.safetensors"))
+    if st:
+        return "safetensors", st
+    if (directory / "pytorch_model.bin.index.json").is_file():
+        return "torch", safetensors_index_files(directory / "pytorch_model.bin.index.json")
+    bins = sorted(directory.glob("pytorch_model*.bin"))
+    if bins:
+        return "torch", bins
+    pts = sorted(directory.glob("*.pt"))
+    if len(pts) > 1:
+        raise CheckpointError(f"{directory}: several .pt files ({', '.join(p.name for p in pts)}); pass one of them")
+    if pts:
+        return "torch", pts
+    parts = sorted(directory.glob("*.pt.part0"))
+    if len(parts) > 1:
+        raise CheckpointError(f"{directory}: several split checkpoints; pass one of their .part0 files")
+    if parts:
+        return "torch", split_parts(parts[0])
+    st = sorted(directory.glob("*.safetensors"))
+    if len(st) == 1:
+        return "safetensors", st
+    raise CheckpointError(f"{directory}: no weights found (expected *.safetensors, pytorch_model*.bin, *.pt or *.pt.part0)")
+
+
+def _open_weights(kind: str, files: list[Path]) -> TensorSource:
+    return open_safetensors(files) if kind == "safetensors" else open_torch(files)
+
+
+def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Checkpoint:
+    """Detect the format of a checkpoint file or directory and open it lazily.
+
+    ``config`` overrides any config file found (the registry passes the published config this way).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    directory = path if path.is_dir() else path.parent
+    if path.is_dir() and not any(path.iterdir()):
+        raise CheckpointError(f"{path}: empty directory, no checkpoint in it")
+
+    # weights: the file given, or whatever the directory holds
+    if path.is_file():
+        name = path.name
+        if name.endswith(".safetensors"):
+            kind, files = "safetensors", [path]
+        elif name.endswith(".index.json"):
+            kind = "safetensors" if ".safetensors." in name else "torch"
+            files = safetensors_index_files(path)
+        elif re.search(r"\.pt\.part\d+$", name):
+            kind, files = "torch", split_parts(path.with_name(name.rsplit(".part", 1)[0] + ".part0"))
+        elif name.endswith((".pt", ".bin", ".pth", ".ckpt")):
+            kind, files = "torch", [path]
+        elif name.endswith((".yml", ".yaml", ".json")):
+            kind, files = _find_weights(directory)
+        else:
+            raise CheckpointError(f"{path}: unrecognised checkpoint file (expected .safetensors, .pt, .bin, .pt.partN, or a directory)")
+    else:
+        kind, files = _find_weights(directory)
+
+    # config: explicit, a native config.json, an inference yml (wins, as in the reference loaders), an HF config.json
+    fmt, parsed = None, config
+    cfg_json = directory / "config.json"
+    json_d = _read_json(cfg_json) if cfg_json.is_file() else None
+    if json_d is not None and json_d.get("format") == NATIVE_FORMAT:
+        fmt = "native"
+        parsed = parsed or ModelConfig.from_native(json_d, str(cfg_json))
+    else:
+        ymls = [path] if path.suffix in (".yml", ".yaml") else sorted([*directory.glob("*.yml"), *directory.glob("*.yaml")])
+        typed = [(y, _read_yaml(y)) for y in ymls]
+        typed = [(y, d, _yaml_family(d)) for y, d in typed if _yaml_family(d)]
+        if len(typed) > 1:
+            stem = files[0].name.split(".")[0]
+            typed = [t for t in typed if t[0].stem == stem] or typed
+            if len(typed) > 1:
+                raise CheckpointError(f"{directory}: several model configs ({', '.join(t[0].name for t in typed)}); pass the weights file")
+        if typed:
+            y, d, family = typed[0]
+            fmt = "evo1" if family == "evo1" else "vortex"
+            parsed = parsed or (ModelConfig.from_evo1(d, str(y)) if family == "evo1" else ModelConfig.from_evo2(d, str(y)))
+        elif json_d is not None and (json_d.get("model_type") == "stripedhyena" or "hyena_layer_idxs" in json_d):
+            fmt = "evo1"
+            parsed = parsed or ModelConfig.from_evo1(json_d, str(cfg_json))
+        elif parsed is not None:
+            fmt = {"evo1": "evo1", "evo2": "vortex"}[parsed.family]
+        else:
+            raise CheckpointError(f"{directory}: no model config found (config.json or an Evo yml beside the weights)")
+
+    source = _open_weights(kind, files)
+    if not source.keys():
+        raise CheckpointError(f"{source.description}: holds no tensors")
+    if fmt == "native":
+        resolver = _native_resolver(parsed, source)
+    elif fmt == "evo1":
+        resolver = _evo1_resolver(parsed, source)
+    else:
+        resolver = _vortex_resolver(parsed, source)
+    return Checkpoint(path=path, format=fmt, config=parsed, source=source, resolve=resolver, ignorable=_is_extra)

@@ -1,0 +1,49 @@
+"""Build a model straight from a checkpoint: meta-device init, then each tensor read lazily,
+converted to our layout, cast and moved to the target device once."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from evo_cli.errors import CheckpointError
+from evo_cli.model.model import StripedHyena
+
+from .formats import Checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def keeps_float32(name: str) -> bool:
+    """Parameters kept in float32 whatever the model dtype: Hyena filters (poles, residues, taps,
+    D) and rotary frequencies. They are small, and their precision matters at long range."""
+    return ".filter." in name or name.endswith("inv_freq")
+
+
+def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, kernels: str = "auto") -> StripedHyena:
+    with torch.device("meta"):
+        model = StripedHyena(ckpt.config, kernels=kernels)
+    expected = model.state_dict()
+    used, tensors = set(), {}
+    for name, meta in expected.items():
+        key, transform = ckpt.resolve(name)
+        if key is not None and key not in ckpt.source:
+            raise CheckpointError(f"{ckpt.source.description}: missing tensor {key!r} (needed for {name})")
+        t = transform(ckpt.source.get(key) if key is not None else None)
+        if tuple(t.shape) != tuple(meta.shape):
+            where = ckpt.source.where(key) if key is not None else ckpt.path
+            raise CheckpointError(
+                f"{where}: tensor {key!r} has shape {list(t.shape)}, the config needs {list(meta.shape)}"
+            )
+        if not t.is_floating_point():
+            raise CheckpointError(f"{ckpt.source.where(key)}: tensor {key!r} has dtype {t.dtype}, expected floating point")
+        target = torch.float32 if keeps_float32(name) else dtype
+        tensors[name] = t.to(device=device, dtype=target)
+        used.add(key)
+    extra = [k for k in ckpt.source.keys() if k not in used and not ckpt.ignorable(k)]
+    if extra:
+        log.warning("%s: ignoring %d tensor(s) the model does not use, e.g. %r", ckpt.source.description, len(extra), extra[0])
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.requires_grad_(False)
+    return model.eval()

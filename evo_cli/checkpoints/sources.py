@@ -1,0 +1,185 @@
+"""Lazy readers for the tensor files of a checkpoint: safetensors (memory-mapped) and torch pickles.
+
+``torch.load`` always runs with ``weights_only=True``: a checkpoint can hold tensors, never code.
+Transformer Engine's ``_extra_state`` entries are pickled ``io.BytesIO`` objects, the one extra type
+allowed. Byte-split vortex files (``<name>.pt.part0``, ``.part1``, ...) are read in order through one
+file object, without writing a merged copy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from evo_cli.errors import CheckpointError
+
+
+class TensorSource:
+    """Tensors by key, read on demand. ``where(key)`` names the file holding a key, for errors."""
+
+    def __init__(self, files: dict[str, Path], getter, description: str):
+        self._files = files
+        self._get = getter
+        self.description = description
+
+    def keys(self) -> list[str]:
+        return list(self._files)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._files
+
+    def where(self, key: str) -> Path:
+        return self._files[key]
+
+    def get(self, key: str) -> torch.Tensor:
+        try:
+            return self._get(key)
+        except CheckpointError:
+            raise
+        except Exception as err:  # a corrupt tensor record surfaces here, not at open time
+            raise CheckpointError(f"{self._files[key]}: cannot read tensor {key!r} ({_short(err)})") from None
+
+
+def _short(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def open_safetensors(files: list[Path]) -> TensorSource:
+    """One or several safetensors files (shards); keys must be unique across them."""
+    from safetensors import safe_open
+
+    handles, where = {}, {}
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: weight file listed by the checkpoint is missing")
+        try:
+            h = safe_open(str(f), framework="pt", device="cpu")
+        except Exception as err:
+            raise CheckpointError(f"{f}: not a readable safetensors file, truncated or corrupt ({_short(err)})") from None
+        handles[f] = h
+        for k in h.keys():
+            if k in where:
+                raise CheckpointError(f"{f}: tensor {k!r} also appears in {where[k]}")
+            where[k] = f
+    return TensorSource(where, lambda k: handles[where[k]].get_tensor(k), ", ".join(str(f) for f in files))
+
+
+def safetensors_index_files(index: Path) -> list[Path]:
+    """The shard files named by a ``*.safetensors.index.json`` / ``*.bin.index.json``."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index}: not a valid weight index ({_short(err)})") from None
+    return [index.parent / name for name in dict.fromkeys(weight_map.values())]
+
+
+class _MultiPartFile(io.RawIOBase):
+    """The byte-wise concatenation of several files, readable and seekable as one."""
+
+    def __init__(self, parts: list[Path]):
+        self._parts = parts
+        self._sizes = [p.stat().st_size for p in parts]
+        self._starts = [sum(self._sizes[:i]) for i in range(len(parts))]
+        self._size = sum(self._sizes)
+        self._pos = 0
+        self._handles = [open(p, "rb") for p in parts]
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buf):
+        view = memoryview(buf).cast("B")
+        done = 0
+        while done < len(view) and self._pos < self._size:
+            i = max(j for j, s in enumerate(self._starts) if s <= self._pos)
+            h = self._handles[i]
+            h.seek(self._pos - self._starts[i])
+            n = h.readinto(view[done : done + min(len(view) - done, self._sizes[i] - (self._pos - self._starts[i]))])
+            if not n:
+                break
+            done += n
+            self._pos += n
+        return done
+
+    def close(self):
+        for h in self._handles:
+            h.close()
+        super().close()
+
+
+def _torch_load(obj, label: Path, mmap: bool) -> dict:
+    try:
+        with torch.serialization.safe_globals([io.BytesIO]):
+            sd = torch.load(obj, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{label}: holds objects other than tensors; refusing to unpickle code ({_short(err)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{label}: not a readable PyTorch checkpoint, truncated or corrupt ({_short(err)})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{label}: expected a state dict, found {type(sd).__name__}")
+    return sd
+
+
+def open_torch(files: list[Path]) -> TensorSource:
+    """Torch pickles (``.pt`` / ``.bin``): one file, several shards, or the parts of one split file
+    (pass the parts in order; they are detected by their ``.partN`` suffix)."""
+    where, tensors = {}, {}
+    if files and all(_part_number(f) is not None for f in files):
+        label = files[0].with_name(files[0].name.rsplit(".part", 1)[0])
+        groups = [(label, _MultiPartFile(files), False)]
+    else:
+        groups = [(f, f, True) for f in files]
+    for label, obj, mmap in groups:
+        if isinstance(obj, Path) and not obj.is_file():
+            raise CheckpointError(f"{obj}: weight file listed by the checkpoint is missing")
+        try:
+            sd = _torch_load(str(obj) if isinstance(obj, Path) else obj, label, mmap)
+        except CheckpointError:
+            if not mmap:
+                raise
+            # legacy (pre-zip) pickles cannot be memory-mapped
+            sd = _torch_load(str(obj), label, mmap=False)
+        for k, v in sd.items():
+            if k in where:
+                raise CheckpointError(f"{label}: tensor {k!r} also appears in {where[k]}")
+            where[k] = label
+            tensors[k] = v
+    return TensorSource(where, tensors.__getitem__, ", ".join(str(g[0]) for g in groups))
+
+
+def _part_number(f: Path) -> int | None:
+    suffix = f.name.rsplit(".part", 1)
+    if len(suffix) == 2 and suffix[1].isdigit():
+        return int(suffix[1])
+    return None
+
+
+def split_parts(first: Path) -> list[Path]:
+    """``x.pt.part0`` -> all parts ``x.pt.part0..N`` in numeric order; a gap is an error."""
+    stem = first.name.rsplit(".part", 1)[0]
+    parts = sorted((p for p in first.parent.glob(f"{stem}.part*") if _part_number(p) is not None), key=_part_number)
+    numbers = [_part_number(p) for p in parts]
+    if numbers != list(range(len(parts))):
+        missing = next(i for i in range(len(parts) + 1) if i not in numbers)
+        raise CheckpointError(f"{first.parent / stem}.part{missing}: missing part of a split checkpoint")
+    return parts

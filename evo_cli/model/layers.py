@@ -1,0 +1,222 @@
+"""StripedHyena blocks. Module and parameter names follow the published checkpoints, so the same
+submodules can be hooked as in the references (``blocks.N``, ``blocks.N.mlp.l3``, ...).
+
+Layout conventions after loading (the checkpoint loaders convert the published layouts):
+- hyena ``projections`` rows are ordered ``[x2 | x1 | v]`` (contiguous thirds of D channels);
+- every explicit filter (short featurizer, ``filter.h`` of Hyena-SE/MR) has its current-token tap last;
+- attention ``Wqkv`` rows are ``[Q (all heads) | K | V]``, head-major inside each.
+Activations are ``[B, L, D]`` throughout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evo_cli import kernels as K
+
+from .cache import AttentionState, HyenaState
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, backend: str = "auto"):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.backend = backend
+
+    def forward(self, x):
+        return K.rms_norm(x, self.scale, self.eps, backend=self.backend)
+
+
+class MLP(nn.Module):
+    """``l3(act(l1 x) * l2 x)``, no biases."""
+
+    def __init__(self, dim: int, inner: int, activation: str):
+        super().__init__()
+        self.l1 = nn.Linear(dim, inner, bias=False)
+        self.l2 = nn.Linear(dim, inner, bias=False)
+        self.l3 = nn.Linear(inner, dim, bias=False)
+        # exact (erf) GELU, as the references use
+        self.act = {"gelu": nn.GELU(), "silu": nn.SiLU(), "identity": nn.Identity()}[activation]
+
+    def forward(self, x):
+        return self.l3(self.act(self.l1(x)) * self.l2(x))
+
+
+def _mlp(config: ModelConfig, layer: int) -> MLP:
+    act = config.mlp_activation
+    if config.activation_first_layer_only and layer > 0:
+        act = "identity"
+    return MLP(config.hidden_size, config.inner_mlp_size, act)
+
+
+class HyenaFilter(nn.Module):
+    """Parameters of one Hyena operator: the featurizer's short filter plus the inner filter.
+
+    kind ``hcs``/``hcm``: ``h`` [G, 1, K] grouped explicit taps (current token last), ``D`` for hcm.
+    kind ``hcl``: ``log_poles`` [D, S, 1], ``residues`` [D, S], ``D`` (real modal form, Evo 2).
+    kind ``hyena``: ``poles``, ``residues`` [D, S, 1, 2] as (real, imag), ``D`` (complex modal, Evo 1).
+    """
+
+    def __init__(self, config: ModelConfig, kind: str):
+        super().__init__()
+        d, s = config.hidden_size, config.state_size
+        self.kind = kind
+        self.short_filter_weight = nn.Parameter(torch.zeros(3 * d, 1, config.short_filter_length))
+        self.short_filter_bias = nn.Parameter(torch.zeros(3 * d)) if config.short_filter_bias else None
+        if kind == "hcs":
+            self.h = nn.Parameter(torch.zeros(config.hcs_filter_groups, 1, config.hcs_filter_length))
+        elif kind == "hcm":
+            self.h = nn.Parameter(torch.zeros(config.hcm_filter_groups, 1, config.hcm_filter_length))
+        elif kind == "hcl":
+            self.log_poles = nn.Parameter(torch.zeros(d, s, 1))
+            self.residues = nn.Parameter(torch.zeros(d, s))
+        else:
+            self.poles = nn.Parameter(torch.zeros(d, s, 1, 2))
+            self.residues = nn.Parameter(torch.zeros(d, s, 1, 2))
+        if kind != "hcs":
+            self.D = nn.Parameter(torch.zeros(d))
+
+    def modal(self):
+        """(log_poles, residues): [D, S], real (Evo 2) or complex (Evo 1)."""
+        if self.kind == "hcl":
+            return self.log_poles[..., 0], self.residues
+        p = torch.complex(self.poles[..., 0, 0].float(), self.poles[..., 0, 1].float())
+        r = torch.complex(self.residues[..., 0, 0].float(), self.residues[..., 0, 1].float())
+        return torch.log(p), r
+
+    def inner_state_shape(self, config: ModelConfig) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape (without batch) and dtype of the inner filter's decoding state."""
+        d = config.hidden_size
+        if self.kind in ("hcs", "hcm"):
+            return (self.h.shape[-1] - 1, d), torch.float32
+        return (d, config.state_size), torch.complex64 if self.kind == "hyena" else torch.float32
+
+
+class HyenaBlock(nn.Module):
+    """Gated convolution block (Evo 1 Hyena; Evo 2 Hyena-SE, -MR, -LR) with its MLP."""
+
+    def __init__(self, config: ModelConfig, layer: int, backend: str = "auto"):
+        super().__init__()
+        d = config.hidden_size
+        self.config = config
+        self.kind = config.block_types[layer]
+        self.backend = backend
+        self.pre_norm = RMSNorm(d, config.eps, backend)
+        self.post_norm = RMSNorm(d, config.eps, backend)
+        self.projections = nn.Linear(d, 3 * d, bias=config.hyena_proj_bias)
+        self.filter = HyenaFilter(config, self.kind)
+        self.out_filter_dense = nn.Linear(d, d, bias=config.hyena_out_proj_bias)
+        self.mlp = _mlp(config, layer)
+
+    def new_state(self, batch: int, device) -> HyenaState:
+        k = self.config.short_filter_length
+        fir = torch.zeros(batch, k - 1, 3 * self.config.hidden_size, device=device)
+        shape, dtype = self.filter.inner_state_shape(self.config)
+        return HyenaState(fir=fir, inner=torch.zeros(batch, *shape, device=device, dtype=dtype))
+
+    def mix(self, x, state: HyenaState | None = None):
+        """The gated convolution alone: [B, L, D] -> [B, L, D] (before the output projection)."""
+        f = self.filter
+        z = self.projections(self.pre_norm(x))
+        fir, inner = (state.fir, state.inner) if state is not None else (None, None)
+        x2, x1v = K.hyena_featurize(z, f.short_filter_weight[:, 0], f.short_filter_bias, fir, backend=self.backend)
+        if self.kind in ("hcs", "hcm"):
+            D = f.D if self.kind == "hcm" else None
+            return K.hyena_fir(x1v, x2, f.h[:, 0], D, inner, backend=self.backend)
+        log_poles, residues = f.modal()
+        return K.hyena_modal(x1v, x2, log_poles, residues, f.D, inner, backend=self.backend)
+
+    def forward(self, x, state: HyenaState | None = None, pos: int = 0):
+        u = self.out_filter_dense(self.mix(x, state)) + x
+        return u + self.mlp(self.post_norm(u))
+
+
+class RotaryEmbedding(nn.Module):
+    """GPT-NeoX rotary embedding over the whole head (halves, not interleaved).
+
+    ``inv_freq`` is the checkpoint's buffer (Evo 2 stores values that differ slightly from the
+    formula); positions are divided by ``scaling`` (linear position interpolation).
+    """
+
+    def __init__(self, head_dim: int, base: float, scaling: float):
+        super().__init__()
+        self.register_buffer("inv_freq", rotary_inv_freq(head_dim, base))
+        self.scaling = scaling
+
+    def forward(self, q, k, pos: int):
+        """q: [B, L, H, hd], k: [B, L, Hkv, hd] -> rotated (q, k) for absolute positions pos..pos+L-1."""
+        L = q.shape[1]
+        t = torch.arange(pos, pos + L, device=q.device, dtype=torch.float32) / self.scaling
+        ang = torch.outer(t, self.inv_freq.float())
+        cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def rotary_inv_freq(head_dim: int, base: float):
+    """[hd / 2] float32: ``1 / base^(2j / hd)``, computed as flash-attn does."""
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def _rotate(x, cos, sin):
+    x0, x1 = x.float().chunk(2, dim=-1)
+    return torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).to(x.dtype)
+
+
+class MHA(nn.Module):
+    """Causal multi-head attention with rotary embeddings; scale 1/sqrt(head_dim)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        qkv_out = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        self.Wqkv = nn.Linear(c.hidden_size, qkv_out, bias=c.qkv_proj_bias)
+        self.out_proj = nn.Linear(c.hidden_size, c.hidden_size, bias=c.mha_out_proj_bias)
+        self.rotary_emb = RotaryEmbedding(c.head_dim, c.rotary_base, c.rotary_scaling)
+
+    def forward(self, x, state: AttentionState | None = None, pos: int = 0):
+        B, L, _ = x.shape
+        h, hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.Wqkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
+        q, k = self.rotary_emb(q.view(B, L, h, hd), k.view(B, L, hkv, hd), pos)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, L, hkv, hd).transpose(1, 2)
+        mask, causal = None, True
+        if state is not None:
+            end = pos + L
+            if end > state.k.shape[2]:
+                raise ValueError(f"KV cache holds {state.k.shape[2]} positions, asked for {end}")
+            state.k[:, :, pos:end] = k
+            state.v[:, :, pos:end] = v
+            k, v = state.k[:, :, :end], state.v[:, :, :end]
+            causal = False
+            if L > 1:
+                # query i sits at absolute position pos + i and sees keys 0..pos + i
+                mask = torch.arange(end, device=x.device)[None, :] <= torch.arange(pos, end, device=x.device)[:, None]
+        if hkv != h:
+            k, v = k.repeat_interleave(h // hkv, dim=1), v.repeat_interleave(h // hkv, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and L > 1)
+        return self.out_proj(o.transpose(1, 2).reshape(B, L, h * hd))
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, backend: str = "auto"):
+        super().__init__()
+        self.config = config
+        self.kind = "attn"
+        self.pre_norm = RMSNorm(config.hidden_size, config.eps, backend)
+        self.post_norm = RMSNorm(config.hidden_size, config.eps, backend)
+        self.inner_mha_cls = MHA(config)
+        self.mlp = _mlp(config, layer)
+
+    def new_state(self, batch: int, device, max_seqlen: int, dtype) -> AttentionState:
+        c = self.config
+        shape = (batch, c.num_kv_heads, max_seqlen, c.head_dim)
+        return AttentionState(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype))
+
+    def forward(self, x, state: AttentionState | None = None, pos: int = 0):
+        u = self.inner_mha_cls(self.pre_norm(x), state, pos) + x
+        return u + self.mlp(self.post_norm(u))

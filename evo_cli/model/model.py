@@ -1,0 +1,72 @@
+"""StripedHyena: one implementation for Evo 1 and Evo 2; the block of each layer comes from the config."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cache import InferenceState
+from .config import ModelConfig
+from .layers import AttentionBlock, HyenaBlock, RMSNorm
+
+
+class StripedHyena(nn.Module):
+    """``forward(input_ids [B, L] int64) -> logits [B, L, vocab] float32``.
+
+    With an ``InferenceState`` the call continues the sequence the state has seen (positions start
+    at ``state.seqlen``) and updates the state in place: the prompt can be fed in one piece or in
+    chunks, then one token at a time, and every piece gives the logits the full forward would.
+    """
+
+    def __init__(self, config: ModelConfig, kernels: str = "auto"):
+        super().__init__()
+        self.config = config
+        self.kernels = kernels
+        self.embedding_layer = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(
+            AttentionBlock(config, i, kernels) if kind == "attn" else HyenaBlock(config, i, kernels)
+            for i, kind in enumerate(config.block_types)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.eps, kernels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding_layer.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding_layer.weight.dtype
+
+    def set_kernels(self, kernels: str) -> StripedHyena:
+        """Switch every op between ``auto``, ``triton`` and ``torch`` kernels."""
+        self.kernels = kernels
+        for m in self.modules():
+            if hasattr(m, "backend"):
+                m.backend = kernels
+        return self
+
+    def new_state(self, batch_size: int, max_seqlen: int) -> InferenceState:
+        """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache)."""
+        layers = [
+            b.new_state(batch_size, self.device, max_seqlen, self.dtype) if b.kind == "attn" else b.new_state(batch_size, self.device)
+            for b in self.blocks
+        ]
+        return InferenceState(layers, max_seqlen)
+
+    def forward(self, input_ids, state: InferenceState | None = None, *, return_logits: bool = True):
+        """input_ids: [B, L] int64 -> logits [B, L, vocab] float32 (None with ``return_logits=False``,
+        which still runs the final norm so that hooks on ``norm`` fire)."""
+        pos = 0 if state is None else state.seqlen
+        if state is not None and pos + input_ids.shape[1] > state.max_seqlen:
+            raise ValueError(f"state holds {state.max_seqlen} positions; {pos} used, {input_ids.shape[1]} more asked")
+        x = self.embedding_layer(input_ids)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if state is None else state.layers[i], pos)
+        if state is not None:
+            state.seqlen = pos + input_ids.shape[1]
+        x = self.norm(x)
+        if not return_logits:
+            return None
+        # tied unembedding, in float32 so that scores keep full precision under bf16 weights
+        return F.linear(x.float(), self.embedding_layer.weight.float())

@@ -1,0 +1,47 @@
+"""Runtime choices: device, dtype and kernel backend. Environment variables are read here only."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from evo_cli.errors import InputError
+from evo_cli.kernels import BACKENDS
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> the first CUDA GPU when there is one, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} requested but no CUDA GPU is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto`` -> float32 on CPU, bfloat16 on GPUs."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r} (use auto, float32 or bfloat16)")
+    return DTYPES[dtype]
+
+
+def resolve_kernels(kernels: str | None) -> str:
+    """Kernel backend: the argument, else ``EVO_KERNELS``, else ``auto``."""
+    choice = kernels or os.environ.get("EVO_KERNELS") or "auto"
+    if choice not in BACKENDS:
+        raise InputError(f"unknown kernel backend {choice!r} (use {', '.join(BACKENDS)})")
+    return choice

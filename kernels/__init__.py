@@ -1,0 +1,110 @@
+"""Functional ops of the StripedHyena runtime, installed as ``evo_cli.kernels``.
+
+Model code calls only these functions. Each has a plain-PyTorch reference in ``<op>/naive.py`` (the
+ground truth) and, where it pays, a Triton kernel in ``<op>/fused.py``. ``backend`` picks one:
+``"auto"`` uses Triton for CUDA tensors when Triton imports and the naive op elsewhere, ``"triton"``
+forces the fused op (on CPU only under ``TRITON_INTERPRET=1``), ``"torch"`` forces the naive op.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from .featurize.naive import hyena_featurize_ref
+from .fir.naive import causal_conv1d_ref, hyena_fir_ref
+from .modal.naive import hyena_modal_ref, modal_conv_ref, modal_filter_ref
+from .norm.naive import rms_norm_ref
+
+__all__ = [
+    "BACKENDS",
+    "causal_conv1d_ref",
+    "hyena_featurize",
+    "hyena_featurize_ref",
+    "hyena_fir",
+    "hyena_fir_ref",
+    "hyena_modal",
+    "hyena_modal_ref",
+    "modal_conv_ref",
+    "modal_filter_ref",
+    "resolve_backend",
+    "rms_norm",
+    "rms_norm_ref",
+    "triton_available",
+]
+
+BACKENDS = ("auto", "triton", "torch")
+_FUSED = {}
+
+
+def triton_available() -> bool:
+    """True when Triton imports and can launch kernels here (a GPU, or the CPU interpreter)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device) -> str:
+    """The backend a call on ``device`` uses: ``"triton"`` or ``"torch"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return "triton" if getattr(device, "type", device) == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("--kernels triton needs the triton package, which is not installed")
+        if getattr(device, "type", device) != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("--kernels triton on CPU needs TRITON_INTERPRET=1 (slow; meant for tests)")
+    return backend
+
+
+def _fused(op: str):
+    """The Triton implementation of ``op`` (module ``<op>/fused.py``), or None where there is none."""
+    if op not in _FUSED:
+        try:
+            _FUSED[op] = importlib.import_module(f"{__name__}.{op}.fused")
+        except ImportError:
+            _FUSED[op] = None
+    return _FUSED[op]
+
+
+def _pick(op: str, backend: str, x):
+    if resolve_backend(backend, x.device) == "triton":
+        mod = _fused(op)
+        if mod is not None:
+            return mod
+        if backend == "triton":
+            raise RuntimeError(f"no Triton kernel for {op} in this build")
+    return None
+
+
+def rms_norm(x, scale, eps, *, backend="auto"):
+    """x: [..., D], scale: [D] -> [..., D] in x.dtype. See ``norm/naive.py``."""
+    fused = _pick("norm", backend, x)
+    return fused.rms_norm(x, scale, eps) if fused else rms_norm_ref(x, scale, eps)
+
+
+def hyena_featurize(z, weight, bias=None, state=None, *, backend="auto"):
+    """z: [B, L, 3D] -> (x2, x1v): [B, L, D]. See ``featurize/naive.py``."""
+    fused = _pick("featurize", backend, z)
+    if fused:
+        return fused.hyena_featurize(z, weight, bias, state)
+    return hyena_featurize_ref(z, weight, bias, state)
+
+
+def hyena_fir(x1v, x2, h, D=None, state=None, *, backend="auto"):
+    """Gated Hyena-SE / Hyena-MR filter, [B, L, C] -> [B, L, C]. See ``fir/naive.py``."""
+    fused = _pick("fir", backend, x1v)
+    if fused:
+        return fused.hyena_fir(x1v, x2, h, D, state)
+    return hyena_fir_ref(x1v, x2, h, D, state)
+
+
+def hyena_modal(x1v, x2, log_poles, residues, D, state=None, *, backend="auto"):
+    """Gated Hyena-LR / Evo 1 Hyena filter, [B, L, C] -> [B, L, C]. See ``modal/naive.py``."""
+    fused = _pick("modal", backend, x1v)
+    if fused:
+        return fused.hyena_modal(x1v, x2, log_poles, residues, D, state)
+    return hyena_modal_ref(x1v, x2, log_poles, residues, D, state)

@@ -1,0 +1,45 @@
+"""Causal grouped FIR convolution and the gated Hyena-SE / Hyena-MR filter, in plain PyTorch (fp32)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_conv1d_ref(x, weight, bias=None, state=None):
+    """Causal grouped convolution with optional carried history.
+
+    x: [B, L, C]; weight: [G, K] with C % G == 0 (channel c uses row c // (C // G)); the last tap
+    ``weight[:, K-1]`` multiplies the current token (F.conv1d / causal-conv1d order).
+    bias: [C] or None, added after the convolution.
+    state: [B, K-1, C] or None: the K-1 inputs before ``x`` (zeros at the start of a sequence).
+    It is overwritten in place with the last K-1 inputs, so the next call continues the sequence.
+    Returns y: [B, L, C] float32.
+    """
+    B, L, C = x.shape
+    G, K = weight.shape
+    xf = x.float()
+    if state is not None:
+        ctx = torch.cat([state.float(), xf], dim=1)
+    else:
+        ctx = F.pad(xf, (0, 0, K - 1, 0))
+    w = weight.float().repeat_interleave(C // G, dim=0)
+    y = F.conv1d(ctx.transpose(1, 2), w[:, None, :], groups=C).transpose(1, 2)
+    if bias is not None:
+        y = y + bias.float()
+    if state is not None and K > 1:
+        state.copy_(ctx[:, ctx.shape[1] - (K - 1):])
+    return y
+
+
+def hyena_fir_ref(x1v, x2, h, D=None, state=None):
+    """Gated explicit Hyena filter: ``y = (causal_conv(x1v, h) + D * x1v) * x2``.
+
+    x1v, x2: [B, L, C] (pre-gated value and output gate); h: [G, K] grouped taps, current token last;
+    D: [C] skip weights or None (Hyena-SE has none); state: [B, K-1, C] history of x1v, updated in place.
+    Returns y: [B, L, C] in x1v.dtype.
+    """
+    y = causal_conv1d_ref(x1v, h, state=state)
+    if D is not None:
+        y = y + D.float() * x1v.float()
+    return (y * x2.float()).to(x1v.dtype)
