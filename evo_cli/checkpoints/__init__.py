@@ -14,7 +14,7 @@ from evo_cli.runtime import resolve_device, resolve_dtype, resolve_kernels
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model, keeps_float32
 
-__all__ = ["Checkpoint", "load_model", "open_checkpoint", "keeps_float32"]
+__all__ = ["Checkpoint", "describe_checkpoint", "load_model", "open_checkpoint", "keeps_float32"]
 
 
 def load_model(
@@ -37,3 +37,44 @@ def load_model(
     dev = resolve_device(device)
     ckpt = open_checkpoint(path, config)
     return build_model(ckpt, dev, resolve_dtype(dtype, dev), resolve_kernels(kernels))
+
+
+def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
+    """What ``evo info`` prints: the parsed config, stored and runtime dtype, parameter count.
+
+    Reads the config and one tensor, never the whole set of weights."""
+    path = Path(model)
+    if not path.exists():
+        raise CheckpointError(f"{model}: no such checkpoint file or directory")
+    ckpt = open_checkpoint(path)
+    c = ckpt.config
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in StripedHyena(c).parameters())
+    emb_key, _ = ckpt.resolve("embedding_layer.weight")
+    dev = resolve_device(device)
+    filters = []
+    if "hcs" in c.block_types:
+        filters.append(f"SE {c.hcs_filter_length} taps x {c.hcs_filter_groups} groups")
+    if "hcm" in c.block_types:
+        filters.append(f"MR {c.hcm_filter_length} taps x {c.hcm_filter_groups} groups")
+    if "hcl" in c.block_types or "hyena" in c.block_types:
+        filters.append(f"modal, {c.state_size} {'complex' if c.family == 'evo1' else 'real'} poles per channel")
+    return {
+        "path": str(path),
+        "format": ckpt.format,
+        "family": {"evo1": "Evo 1 (StripedHyena 1)", "evo2": "Evo 2 (StripedHyena 2)"}[c.family],
+        "name": c.name or "-",
+        "layers": c.num_layers,
+        "pattern": c.pattern,
+        "hidden size": c.hidden_size,
+        "attention heads": f"{c.num_heads} x {c.head_dim} (kv heads {c.num_kv_heads})",
+        "MLP inner size": c.inner_mlp_size,
+        "hyena filters": "; ".join(filters) or "-",
+        "short filter": f"{c.short_filter_length} taps{' + bias' if c.short_filter_bias else ''}",
+        "rotary": f"base {c.rotary_base:g}" + (f", positions / {c.rotary_scaling:g}" if c.rotary_scaling != 1 else ""),
+        "context": c.max_seqlen,
+        "vocab": c.vocab_size,
+        "stored dtype": str(ckpt.source.get(emb_key).dtype).removeprefix("torch."),
+        "runtime dtype": f"{str(resolve_dtype(dtype, dev)).removeprefix('torch.')} on {dev} (Hyena filters float32)",
+        "parameters": f"{n_params:,}",
+    }

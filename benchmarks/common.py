@@ -1,0 +1,111 @@
+"""Shared benchmark helpers: a random model of a chosen size, timing, peak memory.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the growth of the process's peak
+RSS over its value before the measured work (run one configuration per process for clean numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from evo_cli.model.init import motif_config, random_model
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
+    p.add_argument("--layers", type=int, default=14, help="layers in the Evo 2 motif S M L A S M L (default 14)")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--family", choices=["evo1", "evo2"], default="evo2")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--kernels", choices=["auto", "triton", "torch"], default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def build(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
+    config = motif_config(args.family, hidden_size=args.hidden, num_layers=args.layers, head_dim=args.head_dim,
+                          name=f"bench-{args.family}-{args.hidden}x{args.layers}")
+    return random_model(config, seed=0, device=args.device, dtype=dtype, kernels=args.kernels)
+
+
+def sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """Context manager: ``.bytes`` is the peak memory the block added (see module docstring)."""
+
+    def __init__(self, device):
+        self.cuda = str(device).startswith("cuda")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = peak_rss_bytes()
+        return self
+
+    def __exit__(self, *exc):
+        self.bytes = (torch.cuda.max_memory_allocated() if self.cuda else peak_rss_bytes()) - self.base
+
+
+def timed(fn, device, repeats: int = 1):
+    """(best seconds over ``repeats`` runs after one warm-up, result of the last run)."""
+    out = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def run_isolated(script: str, argv: list[str]) -> dict:
+    """Run ``script argv --json`` in a fresh process (clean peak-memory numbers) and parse its JSON line."""
+    proc = subprocess.run([sys.executable, script, *argv, "--json"], capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.1f} GiB"

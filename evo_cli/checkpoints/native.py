@@ -1,0 +1,61 @@
+"""Our native checkpoint: ``config.json`` + sharded ``model-*.safetensors`` + index, in the runtime's
+own layout, so that loading is a memory map with no conversion."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from evo_cli.errors import CheckpointError
+
+DEFAULT_SHARD_BYTES = 4 << 30
+
+
+def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, metadata: dict | None = None) -> Path:
+    """Write ``model`` (a StripedHyena) to ``directory`` atomically (built beside it, then renamed).
+
+    The directory must not exist or be empty. Returns its path."""
+    out = Path(directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out}: exists and is not an empty directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        shards, current, size = [], {}, 0
+        for k, v in tensors.items():
+            nbytes = v.numel() * v.element_size()
+            if current and size + nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = {}, 0
+            current[k] = v
+            size += nbytes
+        shards.append(current)
+        weight_map = {}
+        meta = {k: str(v) for k, v in (metadata or {}).items()}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt", **meta})
+            weight_map.update({k: name for k in shard})
+        total = sum(v.numel() * v.element_size() for v in tensors.values())
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+        )
+        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def state_dict_bytes(model: torch.nn.Module) -> int:
+    return sum(v.numel() * v.element_size() for v in model.state_dict().values())

@@ -1,0 +1,104 @@
+"""Options shared by the model commands, and helpers every command uses."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+
+import click
+
+from evo_cli.kernels import BACKENDS
+
+
+def model_options(f):
+    """``--model --device --dtype --kernels`` plus ``-v/-q``, on every command that runs a model."""
+
+    @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH",
+                  help="Published model name (see `evo models`) or a checkpoint file / directory.")
+    @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+                  help="Where to run; auto picks the first GPU, else the CPU.")
+    @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+                  help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
+    @click.option("--kernels", type=click.Choice(BACKENDS), default=None,
+                  help="Triton or plain-PyTorch ops [default: $EVO_KERNELS or auto].")
+    @verbosity_options
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def verbosity_options(f):
+    """``-v/-q`` accepted after the subcommand too (``evo score -q ...``)."""
+
+    def set_verbose(ctx, _param, value):
+        if value:
+            ctx.ensure_object(dict)["verbose"] = max(ctx.obj.get("verbose", 0), value)
+            _reconfigure(ctx)
+
+    def set_quiet(ctx, _param, value):
+        if value:
+            ctx.ensure_object(dict)["quiet"] = True
+            _reconfigure(ctx)
+
+    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=set_verbose,
+                     help="More logging; tracebacks on errors.")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
+                        help="Only errors on stderr; no progress bars.")(f)
+
+
+def _reconfigure(ctx):
+    from .main import configure_logging
+
+    configure_logging(ctx.obj)
+
+
+def is_quiet() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
+
+
+def load_model_cli(model, device, dtype, kernels):
+    """Load a model with a spinner on stderr (nothing with -q)."""
+    from evo_cli import load_model
+
+    with status(f"loading {model}"):
+        return load_model(model, device=device, dtype=dtype, kernels=kernels)
+
+
+@contextlib.contextmanager
+def status(message: str):
+    if is_quiet() or not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, unit: str):
+    """A rich progress bar on stderr with a rate in ``unit``/s; yields ``advance(n)``.
+
+    Silent with -q; on a non-terminal stderr it still runs (rich prints only the final state)."""
+    if is_quiet():
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=False) as prog:
+        task = prog.add_task(description, total=total, rate="")
+
+        def advance(n=1):
+            prog.advance(task, n)
+            t = prog.tasks[task]
+            if t.elapsed:
+                prog.update(task, rate=f"{t.completed / t.elapsed:,.1f} {unit}/s")
+
+        yield advance

@@ -1,0 +1,53 @@
+"""Shared fixtures. Tests run on CPU without network; Triton kernels run under its interpreter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+# the Triton interpreter must be switched on before any @triton.jit decorator runs
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+CONFORMANCE = DATA / "conformance"
+EVO1_CASES = sorted(p for p in (CONFORMANCE / "evo1").iterdir() if p.is_dir())
+EVO2_CASES = sorted(p for p in (CONFORMANCE / "evo2").iterdir() if p.is_dir())
+CASES = EVO1_CASES + EVO2_CASES
+
+
+def case_id(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+@pytest.fixture(scope="session")
+def load_case():
+    """Load a conformance case once per session: (model, vectors) in float32 on CPU."""
+    from safetensors.torch import load_file
+
+    import evo_cli
+
+    cache = {}
+
+    def load(path: Path):
+        if path not in cache:
+            cache[path] = (evo_cli.load_model(path, device="cpu", dtype="float32", kernels="torch"),
+                           load_file(str(path / "vectors.safetensors")))
+        return cache[path]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Random float32 models of both families: {"evo1": model, "evo2": model}."""
+    from evo_cli.model.init import motif_config, random_model
+
+    return {
+        "evo2": random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=8, state_size=4, name="tiny-evo2"), seed=1),
+        "evo1": random_model(motif_config("evo1", hidden_size=32, num_layers=9, head_dim=8, state_size=4, name="tiny-evo1"), seed=2),
+    }

@@ -1,0 +1,206 @@
+"""Checkpoint formats and the one-line errors for broken ones."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+import evo_cli
+from evo_cli.checkpoints.native import save_native
+from evo_cli.errors import CheckpointError, ConfigError
+
+from .conftest import CONFORMANCE
+
+TINY_A = CONFORMANCE / "evo2" / "tiny_a"
+TINY_B = CONFORMANCE / "evo2" / "tiny_b_long"
+C1 = CONFORMANCE / "evo1" / "c1_8k_style_L512"
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids)
+
+
+@pytest.fixture
+def ids():
+    return load_file(str(TINY_A / "vectors.safetensors"))["input_ids"][:, :64]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for p in dst.iterdir():
+        p.chmod(0o644)
+    return dst
+
+
+def _error(path, match):
+    with pytest.raises((CheckpointError, ConfigError), match=match) as e:
+        evo_cli.load_model(path, device="cpu")
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_vortex_split_parts_load_in_place(tmp_path, ids):
+    """``.pt.part0..N`` are read in order as one file, with no merged copy written."""
+    d = tmp_path / "split"
+    d.mkdir()
+    shutil.copy(TINY_A / "config.yml", d)
+    data = (TINY_A / "weights.pt").read_bytes()
+    cuts = [0, 1000, len(data) // 2, len(data)]
+    for i in range(3):
+        (d / f"tiny_a.pt.part{i}").write_bytes(data[cuts[i] : cuts[i + 1]])
+    before = sorted(p.name for p in d.iterdir())
+    model = evo_cli.load_model(d, device="cpu")
+    ref = evo_cli.load_model(TINY_A, device="cpu")
+    assert torch.equal(_logits(model, ids), _logits(ref, ids))
+    assert sorted(p.name for p in d.iterdir()) == before
+    # a single part named directly finds its siblings
+    assert torch.equal(_logits(evo_cli.load_model(d / "tiny_a.pt.part1", device="cpu"), ids), _logits(ref, ids))
+
+
+def test_missing_part_is_named(tmp_path):
+    d = _copy(TINY_A, tmp_path / "c")
+    (d / "weights.pt").rename(d / "w.pt.part0")
+    (d / "w.pt.part2").write_bytes(b"x")
+    assert "w.pt.part1" in _error(d, "missing part")
+
+
+def test_te_extra_state_and_unembed_are_ignored():
+    """tiny_b_long carries unembed.weight and BytesIO _extra_state entries, like published files."""
+    sd = torch.load(TINY_B / "weights.pt", weights_only=False)
+    assert any(k.endswith("_extra_state") for k in sd) and "unembed.weight" in sd
+    evo_cli.load_model(TINY_B, device="cpu")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    d = _copy(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    sd["evil"] = Path("/")  # any non-tensor class makes weights_only refuse the file
+    torch.save(sd, d / "weights.pt")
+    _error(d, "refusing to unpickle")
+
+
+def test_missing_key(tmp_path):
+    d = _copy(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    del sd["blocks.2.filter.log_poles"]
+    torch.save(sd, d / "weights.pt")
+    msg = _error(d, "missing tensor 'blocks.2.filter.log_poles'")
+    assert "weights.pt" in msg
+
+
+def test_wrong_shape(tmp_path):
+    d = _copy(C1, tmp_path / "c")
+    shard = d / "model-00001-of-00002.safetensors"
+    tensors = load_file(str(shard))
+    tensors["backbone.blocks.0.mlp.l1.weight"] = tensors["backbone.blocks.0.mlp.l1.weight"][:10]
+    save_file(tensors, str(shard))
+    msg = _error(d, r"'backbone.blocks.0.mlp.l1.weight' has shape \[10, 64\]")
+    assert shard.name in msg
+
+
+def test_unknown_config_field(tmp_path):
+    d = _copy(TINY_A, tmp_path / "c")
+    cfg = yaml.safe_load((d / "config.yml").read_text())
+    cfg["hidden_sise"] = 64
+    (d / "config.yml").write_text(yaml.safe_dump(cfg))
+    assert "config.yml" in _error(d, "unknown config field 'hidden_sise'")
+
+
+def test_unknown_hf_config_field(tmp_path):
+    d = _copy(C1, tmp_path / "c")
+    (d / "evo1_inference.yml").unlink()
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["num_layerz"] = 3
+    (d / "config.json").write_text(json.dumps(cfg))
+    _error(d, "config.json: unknown config field 'num_layerz'")
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_truncated_file(tmp_path, fmt):
+    if fmt == "pt":
+        d = _copy(TINY_A, tmp_path / "c")
+        f = d / "weights.pt"
+    else:
+        d = _copy(C1, tmp_path / "c")
+        f = d / "model-00002-of-00002.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    assert f.name in _error(d, "truncated or corrupt")
+
+
+def test_empty_directory(tmp_path):
+    _error(tmp_path, "empty directory")
+
+
+def test_no_weights(tmp_path):
+    shutil.copy(TINY_A / "config.yml", tmp_path)
+    _error(tmp_path, "no weights found")
+
+
+def test_no_config(tmp_path):
+    shutil.copy(TINY_A / "weights.pt", tmp_path)
+    _error(tmp_path, "no model config found")
+
+
+def test_missing_path():
+    _error("/no/such/checkpoint", "no such checkpoint")
+
+
+def test_evo1_yml_wins_over_config_json(tmp_path, ids):
+    """The evo package builds the model from its yml; config.json may disagree (here: rotary scale)."""
+    d = _copy(C1, tmp_path / "c")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(use_interpolated_rotary_pos_emb=True, rotary_emb_scaling_factor=16)
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert evo_cli.load_model(d, device="cpu").config.rotary_scaling == 1.0
+    (d / "evo1_inference.yml").unlink()
+    assert evo_cli.load_model(d, device="cpu").config.rotary_scaling == 16.0
+
+
+def test_evo1_torch_state_dict(tmp_path, ids):
+    """``pytorch_model.bin`` with the same keys loads like the safetensors shards."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    shutil.copy(C1 / "config.json", d)
+    sd = {}
+    for shard in sorted(C1.glob("model-*.safetensors")):
+        sd.update(load_file(str(shard)))
+    torch.save(sd, d / "pytorch_model.bin")
+    ref = evo_cli.load_model(C1, device="cpu")
+    assert torch.allclose(_logits(evo_cli.load_model(d, device="cpu"), ids), _logits(ref, ids))
+
+
+@pytest.mark.parametrize("case", [TINY_A, C1], ids=["vortex", "evo1"])
+def test_native_round_trip(tmp_path, case, ids):
+    model = evo_cli.load_model(case, device="cpu")
+    save_native(model, tmp_path / "native", max_shard_bytes=100_000)
+    assert len(list((tmp_path / "native").glob("model-*.safetensors"))) > 1
+    again = evo_cli.load_model(tmp_path / "native", device="cpu")
+    assert again.config == model.config
+    assert torch.equal(_logits(again, ids), _logits(model, ids))
+
+
+def test_bfloat16_keeps_filters_float32():
+    model = evo_cli.load_model(TINY_A, device="cpu", dtype="bfloat16")
+    params = dict(model.named_parameters())
+    assert params["blocks.0.mlp.l1.weight"].dtype == torch.bfloat16
+    assert params["blocks.2.filter.log_poles"].dtype == torch.float32
+    assert params["blocks.1.filter.h"].dtype == torch.float32
+    logits = _logits(model, torch.tensor([[65, 67, 71, 84] * 8]))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_bytesio_only_extra_allowed():
+    """The safe-globals allow-list admits io.BytesIO and nothing else."""
+    buf = io.BytesIO()
+    torch.save({"x": torch.zeros(1), "meta": io.BytesIO(b"te")}, buf)
+    buf.seek(0)
+    with torch.serialization.safe_globals([io.BytesIO]):
+        assert isinstance(torch.load(buf, weights_only=True)["meta"], io.BytesIO)

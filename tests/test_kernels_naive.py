@@ -1,0 +1,98 @@
+"""The plain-PyTorch ops against direct float64 definitions, and state carrying across chunks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evo_cli import kernels as K
+
+
+def _direct_conv(x, h):
+    """y[b, t, d] = sum_{k<=t} h[d, t-k] x[b, k, d] in float64, O(L^2)."""
+    B, L, D = x.shape
+    y = torch.zeros(B, L, D, dtype=torch.float64)
+    for t in range(L):
+        y[:, t] = (x[:, : t + 1].double() * h[:, : t + 1].double().flip(-1).t()).sum(1)
+    return y
+
+
+def _modal_params(D, S, complex_poles, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mag = torch.rand(D, S, generator=g) * 0.5 + 0.45
+    if complex_poles:
+        ang = (torch.rand(D, S, generator=g) - 0.5) * 6
+        return torch.log(torch.polar(mag, ang)), torch.complex(torch.randn(D, S, generator=g), torch.randn(D, S, generator=g))
+    return torch.log(mag), torch.randn(D, S, generator=g)
+
+
+@pytest.mark.parametrize("complex_poles", [False, True])
+@pytest.mark.parametrize("L", [1, 5, 64, 129])
+def test_modal_conv_matches_direct_sum(complex_poles, L):
+    lp, r = _modal_params(6, 4, complex_poles)
+    x = torch.randn(2, L, 6)
+    h = K.modal_filter_ref(lp, r, L)
+    t = torch.arange(L, dtype=torch.float64)
+    h64 = (r.to(torch.complex128)[:, :, None] * torch.exp(lp.to(torch.complex128)[:, :, None] * t)).sum(1).real
+    assert torch.allclose(h.double(), h64, atol=1e-5)
+    assert torch.allclose(K.modal_conv_ref(x, lp, r).double(), _direct_conv(x, h64), atol=1e-4)
+
+
+@pytest.mark.parametrize("complex_poles", [False, True])
+def test_modal_state_carries_across_chunks(complex_poles):
+    """Any split of a sequence into chunks (and single steps) equals one pass."""
+    lp, r = _modal_params(5, 3, complex_poles, seed=1)
+    x = torch.randn(2, 50, 5)
+    full = K.modal_conv_ref(x, lp, r)
+    state = torch.zeros(2, 5, 3, dtype=torch.complex64 if complex_poles else torch.float32)
+    pieces, start = [], 0
+    for n in (1, 7, 1, 1, 20, 13, 1, 6):
+        pieces.append(K.modal_conv_ref(x[:, start : start + n], lp, r, state))
+        start += n
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+    # the state equals its definition: s[n] = sum_k p^(L-1-k) x_k
+    t = torch.arange(50, dtype=torch.float64)
+    powers = torch.exp(lp.to(torch.complex128)[:, :, None] * (49 - t))
+    expected = torch.einsum("bkd,dnk->bdn", x.to(torch.complex128), powers)
+    got = state.to(torch.complex128)
+    assert torch.allclose(got if complex_poles else got.real, expected if complex_poles else expected.real, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups,K_", [(6, 3), (3, 7), (2, 128)])
+def test_causal_conv1d_grouped_and_chunked(groups, K_):
+    C = 6
+    x = torch.randn(2, 40, C)
+    w = torch.randn(groups, K_)
+    # channel c uses filter c // (C // groups); current token is the last tap
+    h = w.repeat_interleave(C // groups, 0).flip(-1)
+    h_full = torch.zeros(C, 40)
+    h_full[:, : min(K_, 40)] = h[:, :40]
+    full = K.causal_conv1d_ref(x, w)
+    assert torch.allclose(full.double(), _direct_conv(x, h_full), atol=1e-4)
+    state = torch.zeros(2, K_ - 1, C)
+    pieces = [K.causal_conv1d_ref(x[:, a:b], w, state=state) for a, b in ((0, 1), (1, 3), (3, 30), (30, 31), (31, 40))]
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+
+
+def test_featurize_split_and_gate():
+    D = 4
+    z = torch.randn(1, 9, 3 * D)
+    w = torch.randn(3 * D, 3)
+    b = torch.randn(3 * D)
+    x2, x1v = K.hyena_featurize(z, w, b, backend="torch")
+    zc = K.causal_conv1d_ref(z, w, b)
+    assert torch.allclose(x2, zc[..., :D]) and torch.allclose(x1v, zc[..., D : 2 * D] * zc[..., 2 * D :])
+
+
+def test_rms_norm_eps_outside_sqrt():
+    x = torch.randn(3, 8)
+    scale = torch.randn(8)
+    expected = scale * x / (x.pow(2).mean(-1, keepdim=True).sqrt() + 1e-2)
+    assert torch.allclose(K.rms_norm(x, scale, 1e-2, backend="torch"), expected, atol=1e-6)
+
+
+def test_backend_names():
+    assert K.resolve_backend("torch", torch.device("cpu")) == "torch"
+    assert K.resolve_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError):
+        K.resolve_backend("cuda", torch.device("cpu"))
