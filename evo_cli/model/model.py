@@ -70,3 +70,17 @@ class StripedHyena(nn.Module):
             return None
         # tied unembedding, in float32 so that scores keep full precision under bf16 weights
         return F.linear(x.float(), self.embedding_layer.weight.float())
+
+    def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True):
+        """Run over ``input_ids`` [B, L] in chunks of ``chunk_size`` tokens with a carried state.
+
+        Yields ``(start, logits)`` per chunk (logits [B, n, vocab] or None), exactly the slices the
+        full forward would give, with activation memory bounded by the chunk (plus the KV cache of
+        the attention layers, which grows with L). Forward hooks fire once per chunk.
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        L = input_ids.shape[1]
+        state = self.new_state(input_ids.shape[0], L)
+        for start in range(0, L, chunk_size):
+            yield start, self(input_ids[:, start : start + chunk_size], state, return_logits=return_logits)

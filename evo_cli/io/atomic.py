@@ -1,0 +1,45 @@
+"""Atomic outputs: write to a temporary file beside the target, rename over it on success.
+
+A crash, kill or error never leaves a half-written output under the final name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+STDOUT = ("-", "", None)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``.
+
+    For writers that take a file name (pyarrow, pysam). The temporary keeps ``path``'s suffix (or
+    ``suffix``) so that format detection by extension still works."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else "".join(path.suffixes),
+                               dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path | None, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open ``path`` for writing atomically; ``-``/None means stdout (written as it goes)."""
+    if path in STDOUT:
+        yield sys.stdout if "b" not in mode else sys.stdout.buffer
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh

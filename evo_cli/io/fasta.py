@@ -1,0 +1,129 @@
+"""FASTA reading and writing (plain or gzip/bgzip). No torch here.
+
+Records are validated as they are read: a file that is missing, not FASTA, has an empty record, a
+duplicate id, or characters that are not nucleotide codes fails with one line naming the file, the
+record and the position.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from evo_cli.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# IUPAC nucleotide codes; N and the ambiguity codes are allowed in sequences (they become tokens)
+DNA_CODES = frozenset("ACGTNRYKMSWBDHV")
+_COMPLEMENT = str.maketrans("ACGTNRYKMSWBDHVacgtnrykmswbdhv", "TGCANYRMKSWVHDBtgcanyrmkswvhdb")
+
+
+@dataclass(frozen=True)
+class FastaRecord:
+    id: str
+    description: str
+    sequence: str
+
+
+def reverse_complement(seq: str) -> str:
+    """Reverse complement with IUPAC codes (N stays N); case is kept."""
+    return seq.translate(_COMPLEMENT)[::-1]
+
+
+def _open_text(path: Path) -> TextIO:
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | None = DNA_CODES) -> Iterator[FastaRecord]:
+    """Records of a FASTA file, in order.
+
+    uppercase: upper-case sequences (soft-masked lowercase bases become tokens of their capital; the
+    tokenizer is case-sensitive); the number of changed records is logged.
+    alphabet: allowed characters after upper-casing (None: any printable character).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a FASTA file")
+    seen: set[str] = set()
+    lowered = 0
+    with _open_text(path) as fh:
+        header, start_line, chunks = None, 0, []
+        try:
+            lines = list(_lines(fh))
+        except (OSError, EOFError) as err:
+            raise InputError(f"{path}: cannot read ({err})") from None
+        for lineno, line in lines:
+            if line.startswith(">"):
+                if header is not None:
+                    rec, was_lower = _record(path, header, start_line, chunks, uppercase, alphabet, seen)
+                    lowered += was_lower
+                    yield rec
+                header, start_line, chunks = line[1:].strip(), lineno, []
+            elif line.startswith(";"):
+                continue
+            elif header is None:
+                if line.strip():
+                    raise InputError(f"{path}:{lineno}: not FASTA: expected a '>' header line before sequence")
+            else:
+                chunks.append(line.strip())
+        if header is None:
+            raise InputError(f"{path}: no FASTA records (empty file or no '>' header)")
+        rec, was_lower = _record(path, header, start_line, chunks, uppercase, alphabet, seen)
+        lowered += was_lower
+        yield rec
+    if lowered:
+        log.info("%s: upper-cased %d record(s) with lowercase (soft-masked) bases", path, lowered)
+
+
+def _lines(fh):
+    for i, line in enumerate(fh, 1):
+        yield i, line.rstrip("\r\n")
+
+
+def _record(path, header, lineno, chunks, uppercase, alphabet, seen) -> tuple[FastaRecord, bool]:
+    rid, _, desc = header.partition(" ")
+    rid = rid.strip()
+    if not rid:
+        raise InputError(f"{path}:{lineno}: record with an empty name")
+    if rid in seen:
+        raise InputError(f"{path}:{lineno}: duplicate record id {rid!r}")
+    seen.add(rid)
+    seq = "".join("".join(c.split()) for c in chunks)
+    if not seq:
+        raise InputError(f"{path}:{lineno}: record {rid!r} has no sequence")
+    was_lower = False
+    if uppercase:
+        up = seq.upper()
+        was_lower = up != seq
+        seq = up
+    if alphabet is not None:
+        bad = re.search(f"[^{''.join(sorted(alphabet))}]", seq)
+        if bad:
+            ch = bad.group()
+            raise InputError(
+                f"{path}: record {rid!r} has {ch!r} at position {bad.start() + 1}, not a nucleotide code "
+                f"({''.join(sorted(alphabet))})"
+            )
+    return FastaRecord(rid, desc.strip(), seq), was_lower
+
+
+def read_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | None = DNA_CODES) -> list[FastaRecord]:
+    return list(iter_fasta(path, uppercase, alphabet))
+
+
+def format_fasta(name: str, sequence: str, width: int = 80) -> str:
+    """One FASTA record as text, wrapped at ``width`` characters (0: one line)."""
+    lines = [sequence[i : i + width] for i in range(0, len(sequence), width)] if width else [sequence]
+    return f">{name}\n" + "\n".join(lines) + "\n"
