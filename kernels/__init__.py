@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from .attention.naive import causal_attention_ref
 from .featurize.naive import hyena_featurize_ref
 from .fir.naive import causal_conv1d_ref, hyena_fir_ref
 from .modal.naive import hyena_modal_ref, modal_conv_ref, modal_filter_ref
@@ -18,6 +19,8 @@ from .norm.naive import rms_norm_ref
 
 __all__ = [
     "BACKENDS",
+    "causal_attention",
+    "causal_attention_ref",
     "causal_conv1d_ref",
     "hyena_featurize",
     "hyena_featurize_ref",
@@ -108,3 +111,23 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None, *, backend="auto"):
     if fused:
         return fused.hyena_modal(x1v, x2, log_poles, residues, D, state)
     return hyena_modal_ref(x1v, x2, log_poles, residues, D, state)
+
+
+def causal_attention(q, k, v, offset: int = 0):
+    """Causal softmax attention, q: [B, H, Lq, hd], k/v: [B, H, offset + Lq, hd] -> [B, H, Lq, hd].
+
+    Query i sits at position ``offset + i``. Without an offset, or on GPUs, this is torch's SDPA
+    (flash / memory-efficient kernels, lower-right causal alignment); with an offset on CPU, where
+    SDPA would build the dense mask, the blocked online-softmax reference bounds memory."""
+    import torch.nn.functional as F
+
+    Lq, Lk = q.shape[2], k.shape[2]
+    if Lq == 1:
+        return F.scaled_dot_product_attention(q, k, v)
+    if offset == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if q.is_cuda:
+        from torch.nn.attention.bias import causal_lower_right
+
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Lq, Lk))
+    return causal_attention_ref(q, k, v, offset)

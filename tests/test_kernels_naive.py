@@ -96,3 +96,17 @@ def test_backend_names():
     assert K.resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(ValueError):
         K.resolve_backend("cuda", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("offset,Lq", [(0, 9), (5, 1), (37, 20), (3000, 70)])
+def test_blocked_causal_attention(offset, Lq):
+    """The blocked online softmax equals dense masked attention (small blocks to cross boundaries)."""
+    from evo_cli.kernels.attention.naive import causal_attention_ref
+
+    q = torch.randn(2, 3, Lq, 8)
+    k, v = torch.randn(2, 3, offset + Lq, 8), torch.randn(2, 3, offset + Lq, 8)
+    mask = torch.arange(offset + Lq)[None, :] <= torch.arange(offset, offset + Lq)[:, None]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = causal_attention_ref(q, k, v, offset, q_block=16, k_block=32)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(K.causal_attention(q, k, v, offset), expected, atol=1e-5)

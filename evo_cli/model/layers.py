@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from evo_cli import kernels as K
 
@@ -184,7 +183,6 @@ class MHA(nn.Module):
         q, k, v = self.Wqkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
         q, k = self.rotary_emb(q.view(B, L, h, hd), k.view(B, L, hkv, hd), pos)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, L, hkv, hd).transpose(1, 2)
-        mask, causal = None, True
         if state is not None:
             end = pos + L
             if end > state.k.shape[2]:
@@ -192,13 +190,9 @@ class MHA(nn.Module):
             state.k[:, :, pos:end] = k
             state.v[:, :, pos:end] = v
             k, v = state.k[:, :, :end], state.v[:, :, :end]
-            causal = False
-            if L > 1:
-                # query i sits at absolute position pos + i and sees keys 0..pos + i
-                mask = torch.arange(end, device=x.device)[None, :] <= torch.arange(pos, end, device=x.device)[:, None]
         if hkv != h:
             k, v = k.repeat_interleave(h // hkv, dim=1), v.repeat_interleave(h // hkv, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and L > 1)
+        o = K.causal_attention(q, k, v, offset=pos if state is not None else 0)
         return self.out_proj(o.transpose(1, 2).reshape(B, L, h * hd))
 
 
