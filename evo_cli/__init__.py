@@ -2,6 +2,7 @@
 
 from ._version import __version__
 from .checkpoints import load_model
+from .embedding import embed, iter_embeddings
 from .errors import CheckpointError, ConfigError, EvoError, InputError
 from .model import InferenceState, ModelConfig, StripedHyena
 
@@ -14,5 +15,7 @@ __all__ = [
     "ModelConfig",
     "StripedHyena",
     "__version__",
+    "embed",
+    "iter_embeddings",
     "load_model",
 ]

@@ -1,5 +1,6 @@
 """The list of ``evo`` subcommands; each lives in its own module."""
 
+from .embed import embed
 from .info import info
 
-COMMANDS = [info]
+COMMANDS = [info, embed]

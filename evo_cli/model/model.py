@@ -46,41 +46,53 @@ class StripedHyena(nn.Module):
                 m.backend = kernels
         return self
 
-    def new_state(self, batch_size: int, max_seqlen: int) -> InferenceState:
-        """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache)."""
+    def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:
+        """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);
+        with ``last_block``, only for blocks ``0..last_block`` (see ``forward``)."""
+        blocks = self.blocks if last_block is None else self.blocks[: last_block + 1]
         layers = [
             b.new_state(batch_size, self.device, max_seqlen, self.dtype) if b.kind == "attn" else b.new_state(batch_size, self.device)
-            for b in self.blocks
+            for b in blocks
         ]
         return InferenceState(layers, max_seqlen)
 
-    def forward(self, input_ids, state: InferenceState | None = None, *, return_logits: bool = True):
+    def forward(self, input_ids, state: InferenceState | None = None, *, return_logits: bool = True,
+                last_block: int | None = None):
         """input_ids: [B, L] int64 -> logits [B, L, vocab] float32 (None with ``return_logits=False``,
-        which still runs the final norm so that hooks on ``norm`` fire)."""
+        which still runs the final norm so that hooks on ``norm`` fire).
+
+        last_block: run blocks ``0..last_block`` only and return None (feature extraction, where the
+        later blocks are not needed); with a state, the states of the skipped blocks are not updated.
+        """
         pos = 0 if state is None else state.seqlen
         if state is not None and pos + input_ids.shape[1] > state.max_seqlen:
             raise ValueError(f"state holds {state.max_seqlen} positions; {pos} used, {input_ids.shape[1]} more asked")
         x = self.embedding_layer(input_ids)
-        for i, block in enumerate(self.blocks):
+        n = len(self.blocks) if last_block is None else last_block + 1
+        for i, block in enumerate(self.blocks[:n]):
             x = block(x, None if state is None else state.layers[i], pos)
         if state is not None:
             state.seqlen = pos + input_ids.shape[1]
+        if last_block is not None:
+            return None
         x = self.norm(x)
         if not return_logits:
             return None
         # tied unembedding, in float32 so that scores keep full precision under bf16 weights
         return F.linear(x.float(), self.embedding_layer.weight.float())
 
-    def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True):
+    def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True, last_block: int | None = None):
         """Run over ``input_ids`` [B, L] in chunks of ``chunk_size`` tokens with a carried state.
 
         Yields ``(start, logits)`` per chunk (logits [B, n, vocab] or None), exactly the slices the
         full forward would give, with activation memory bounded by the chunk (plus the KV cache of
-        the attention layers, which grows with L). Forward hooks fire once per chunk.
+        the attention layers, which grows with L). Forward hooks fire once per chunk. ``last_block``
+        as in ``forward``.
         """
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         L = input_ids.shape[1]
-        state = self.new_state(input_ids.shape[0], L)
+        state = self.new_state(input_ids.shape[0], L, last_block)
         for start in range(0, L, chunk_size):
-            yield start, self(input_ids[:, start : start + chunk_size], state, return_logits=return_logits)
+            yield start, self(input_ids[:, start : start + chunk_size], state, return_logits=return_logits,
+                              last_block=last_block)

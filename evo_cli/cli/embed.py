@@ -1,0 +1,65 @@
+"""``evo embed``: hidden states of named layers, pooled or per position, to Parquet."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+
+from evo_cli.embedding import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, STRANDS
+
+from .options import is_quiet, load_model_cli, model_options, progress_bar
+
+
+@click.command()
+@click.option("--fasta", required=True, type=click.Path(exists=True, dir_okay=False), help="Input sequences (plain or gzipped FASTA).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
+@click.option("--layer", "layers", multiple=True, metavar="NAME",
+              help="Layer to embed (repeatable): embedding_layer, blocks.N, blocks.N.mlp.l3 or norm; negative N counts "
+                   "from the end. Default: the model's recommended layer, else the middle block's MLP output.")
+@click.option("--pool", type=click.Choice(POOLINGS), default="mean", show_default=True,
+              help="Pooling over positions; none writes one row per position.")
+@click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
+              help="both: average with the reverse complement (position i with its position L-1-i).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Sequences per batch (sequences up to --chunk-size bases).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE, show_default=True,
+              help="Longer sequences run alone in chunks of this many bases (bounds memory; exact).")
+@model_options
+def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, model, device, dtype, kernels):
+    """Embed the sequences of a FASTA file with a model's hidden states; write Parquet.
+
+    Pooled: one row per (sequence, layer) with id, length, layer, pooling and embedding (a
+    fixed-size float32 list). --pool none: one row per (sequence, layer, position), plus position.
+    """
+    from evo_cli import __version__
+    from evo_cli.embedding import default_layer, iter_embeddings, resolve_layers
+    from evo_cli.io.embeddings import open_embedding_writer
+    from evo_cli.io.fasta import read_fasta
+    from evo_cli.registry import default_embedding_layer
+
+    if output == "-":
+        raise click.UsageError("embeddings are written as Parquet: give a file path with -o")
+    records = read_fasta(fasta)
+    net = load_model_cli(model, device, dtype, kernels)
+    config = net.config
+    names = resolve_layers(config, layers)
+    if not layers and not is_quiet():
+        why = (f"recommended for {config.name}" if default_embedding_layer(config.name)
+               else "the middle block's MLP output; no recommended layer for this model")
+        click.echo(f"evo: embedding layer {default_layer(config)} ({why}); choose with --layer", err=True)
+    command = ["evo", "embed", "--fasta", fasta, "-o", output, "--model", model, *[a for n in names for a in ("--layer", n)],
+               "--pool", pool, "--strand", strand, "--batch-size", str(batch_size), "--chunk-size", str(chunk_size),
+               "--device", str(net.device), "--dtype", str(net.dtype).removeprefix("torch.")]
+    metadata = {"model": str(model), "model_name": config.name, "family": config.family,
+                "dtype": str(net.dtype).removeprefix("torch."), "evo_version": __version__, "command": shlex.join(command),
+                "layers": names, "pooling": pool, "strand": strand, "chunk_size": chunk_size, "hidden_size": config.hidden_size}
+    strands = 2 if strand == "both" else 1
+    with open_embedding_writer(output, config.hidden_size, pool == "none", metadata) as writer, \
+            progress_bar("embedding", strands * sum(len(r.sequence) for r in records), "bases") as advance:
+        pieces = iter_embeddings(net, [r.sequence for r in records], names, pool, strand, batch_size, chunk_size, advance)
+        for e in pieces:
+            r = records[e.index]
+            writer.write(r.id, len(r.sequence), e.layer, pool, e.values.numpy(), e.start)
+    if not is_quiet():
+        click.echo(f"evo: wrote {writer.rows:,} rows ({len(records):,} sequences x {len(names)} layer(s)) to {output}", err=True)

@@ -1,0 +1,334 @@
+"""Hidden states of named layers, pooled on the fly, for sequences of any length.
+
+Layer names are the references' module names: ``embedding_layer`` (token embeddings),
+``blocks.N`` (output of block N, after its residual adds), ``blocks.N.mlp.l3`` (block N's MLP output,
+before the residual add; Evo 2's recommended embedding) and ``norm`` (the final norm, which feeds the
+unembedding). A negative N counts from the end (``blocks.-1`` is the last block). Forward hooks
+capture only the requested modules, and blocks past the deepest one are not run.
+
+Pooling over the positions of a sequence: ``mean``, ``max`` (per channel), ``last`` (the last
+position, the only one that has read the whole sequence) or ``none`` (every position). No BOS
+token is prepended (the references' embeddings are taken on the bare sequence, for both families).
+Hidden states are returned in float32 whatever the model dtype.
+
+Strands: ``forward``, or ``both``, which averages the forward sequence with its reverse complement.
+Pooled values are averaged as pooled vectors (for ``last``: the forward and the reverse-complement
+last positions, both of which have read the whole sequence). Per position, forward position ``i``
+is averaged with reverse-complement position ``L-1-i``, the same base seen from the other side.
+
+Batching and memory: sequences up to ``chunk_size`` tokens are right-padded into batches (a causal
+model's padding never reaches earlier positions, and pooling skips the pads); longer ones run alone,
+in chunks with a carried state, which is exact and bounds activation memory by the chunk whatever
+the length. What still grows with the length is the KV cache of the attention blocks (in the model
+dtype) and, for ``pool="none"`` with ``strand="both"`` only, the reverse strand's per-position states
+of the requested layers, kept on the host until the forward strand comes by.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from evo_cli.errors import InputError
+from evo_cli.io.fasta import reverse_complement
+from evo_cli.model.tokenizer import PAD_ID
+from evo_cli.registry import default_embedding_layer
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "last", "max", "none")
+STRANDS = ("forward", "both")
+DEFAULT_CHUNK_SIZE = 8192
+DEFAULT_BATCH_SIZE = 8
+# pooled results are small: sort this many batches' worth of sequences by length to cut padding
+_SORT_WINDOW_BATCHES = 16
+
+_BLOCK_LAYER = re.compile(r"blocks\.(-?\d+)(\.mlp\.l3)?")
+
+
+@dataclass
+class Embedding:
+    """One piece of output: ``values`` is [D] (pooled) or [n, D] for positions ``start .. start+n-1``
+    (``pool="none"``), float32 on the CPU. ``index`` is the sequence's position in the input."""
+
+    index: int
+    layer: str
+    values: torch.Tensor
+    start: int = 0
+
+
+def resolve_layer(config, name: str) -> str:
+    """The canonical name of a layer (negative block indices made positive); InputError if unknown."""
+    n = config.num_layers
+    if name in ("embedding_layer", "norm"):
+        return name
+    m = _BLOCK_LAYER.fullmatch(name)
+    if m and -n <= int(m.group(1)) < n:
+        return f"blocks.{int(m.group(1)) % n}{m.group(2) or ''}"
+    raise InputError(
+        f"unknown layer {name!r}: this model has {n} blocks; valid layers are embedding_layer, blocks.N, "
+        f"blocks.N.mlp.l3 (N in 0..{n - 1}, or -{n}..-1 counting from the end) and norm"
+    )
+
+
+def default_layer(config) -> str:
+    """The published model's recommended layer, else the middle block's MLP output."""
+    name = default_embedding_layer(config.name)
+    return resolve_layer(config, name) if name else f"blocks.{config.num_layers // 2}.mlp.l3"
+
+
+def resolve_layers(config, layers: str | Sequence[str] | None) -> list[str]:
+    """Canonical names, duplicates removed, in the order given; None or empty means the default."""
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        return [default_layer(config)]
+    return list(dict.fromkeys(resolve_layer(config, name) for name in layers))
+
+
+def _last_block(layers: list[str]) -> int | None:
+    """The deepest block the layers need (None: all of them and the final norm)."""
+    if "norm" in layers:
+        return None
+    blocks = [int(name.split(".")[1]) for name in layers if name.startswith("blocks.")]
+    return max(blocks, default=-1)
+
+
+def _check(pool: str, strand: str, batch_size: int, chunk_size: int) -> None:
+    if pool not in POOLINGS:
+        raise ValueError(f"pool must be one of {', '.join(POOLINGS)}, not {pool!r}")
+    if strand not in STRANDS:
+        raise ValueError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError("batch_size and chunk_size must be at least 1")
+
+
+class _Pooler:
+    """Pools hidden states chunk by chunk: ``update(h [B, n, D], start)``, then ``result()`` [B, D]
+    float32 on the CPU. Positions at or past a row's length (right padding) are ignored."""
+
+    def __init__(self, pool: str, lengths: torch.Tensor):
+        self.pool = pool
+        self.lengths = lengths
+        self.acc = None
+
+    def update(self, h, start: int) -> None:
+        n = h.shape[1]
+        valid = torch.arange(start, start + n, device=h.device)[None, :] < self.lengths[:, None]  # [B, n]
+        pad = None if bool(valid.all()) else ~valid[..., None]
+        if self.pool == "mean":
+            # per-chunk sums in float32, the running sum in float64: exact enough at 1M positions
+            s = (h if pad is None else h.masked_fill(pad, 0)).sum(1, dtype=torch.float32).cpu().double()
+            self.acc = s if self.acc is None else self.acc + s
+        elif self.pool == "max":
+            m = (h if pad is None else h.masked_fill(pad, float("-inf"))).amax(1).float().cpu()
+            self.acc = m if self.acc is None else torch.maximum(self.acc, m)
+        else:
+            if self.acc is None:
+                self.acc = torch.zeros(h.shape[0], h.shape[2])
+            last = self.lengths - 1 - start
+            rows = ((last >= 0) & (last < n)).nonzero()[:, 0]
+            self.acc[rows.cpu()] = h[rows, last[rows]].float().cpu()
+
+    def result(self) -> torch.Tensor:
+        if self.pool == "mean":
+            return (self.acc / self.lengths.cpu()[:, None]).float()
+        return self.acc
+
+
+class _Capture:
+    """Forward hooks that keep the latest output of each requested module."""
+
+    def __init__(self, model, layers: list[str]):
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [model.get_submodule(name).register_forward_hook(self._hook(name)) for name in layers]
+
+    def _hook(self, name):
+        def hook(_module, _inputs, output):
+            self.outputs[name] = output
+
+        return hook
+
+    def take(self) -> dict[str, torch.Tensor]:
+        out, self.outputs = self.outputs, {}
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _tokens(seq: str) -> torch.Tensor:
+    """[L] int64 byte tokens of a sequence (one token per ASCII base)."""
+    return torch.frombuffer(bytearray(seq.encode("utf-8")), dtype=torch.uint8).long()
+
+
+def _groups(lengths: list[int], batch_size: int, chunk_size: int, window: int) -> Iterator[list[int]]:
+    """Batches of sequence indices: sequences longer than ``chunk_size`` alone, the others by length
+    within windows of ``window`` consecutive sequences; batches come in order of their first index."""
+    for w0 in range(0, len(lengths), window):
+        idx = range(w0, min(len(lengths), w0 + window))
+        short = sorted((i for i in idx if lengths[i] <= chunk_size), key=lambda i: lengths[i])
+        groups = [short[j : j + batch_size] for j in range(0, len(short), batch_size)]
+        groups += [[i] for i in idx if lengths[i] > chunk_size]
+        yield from sorted(groups, key=min)
+
+
+@torch.inference_mode()
+def iter_embeddings(
+    model,
+    sequences: Sequence[str],
+    layers: str | Sequence[str] | None = None,
+    pool: str = "mean",
+    strand: str = "forward",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Embedding]:
+    """Embeddings of ``sequences`` as they are computed, in input order of the sequences.
+
+    Pooled: one ``Embedding`` per (sequence, layer), values [D]. ``pool="none"``: the positions of a
+    sequence in pieces of at most ``chunk_size`` (values [n, D], ascending ``start``); pieces of
+    different layers interleave. ``progress(n)`` is called with the number of tokens run after each
+    model call (both strands count). See the module docstring for layers, strands and memory.
+    """
+    _check(pool, strand, batch_size, chunk_size)
+    layers = resolve_layers(model.config, layers)
+    for i, s in enumerate(sequences):
+        if not s:
+            raise InputError(f"sequence {i} is empty")
+    lengths = [len(s.encode("utf-8")) for s in sequences]
+    window = batch_size * (_SORT_WINDOW_BATCHES if pool != "none" else 1)
+    capture = _Capture(model, layers)
+    run = _Runner(model, layers, pool, strand, chunk_size, capture, progress or (lambda n: None))
+    try:
+        pending: dict[int, list[Embedding]] = {}
+        next_index = 0
+        for group in _groups(lengths, batch_size, chunk_size, window):
+            if lengths[group[0]] > chunk_size:
+                # a long sequence streams; every earlier sequence has been emitted (batches come in
+                # order of their first index)
+                yield from run.long(group[0], sequences[group[0]])
+                next_index += 1
+            else:
+                for e in run.short(group, [sequences[i] for i in group]):
+                    pending.setdefault(e.index, []).append(e)
+            while next_index in pending:
+                yield from pending.pop(next_index)
+                next_index += 1
+    finally:
+        capture.remove()
+
+
+class _Runner:
+    """Runs batches of short sequences and single long ones; yields ``Embedding`` pieces."""
+
+    def __init__(self, model, layers, pool, strand, chunk_size, capture, progress):
+        self.model, self.layers, self.pool, self.strand = model, layers, pool, strand
+        self.chunk_size, self.capture, self.progress = chunk_size, capture, progress
+        self.last_block = _last_block(layers)
+
+    def _forward(self, ids):
+        self.model(ids.to(self.model.device), return_logits=False, last_block=self.last_block)
+        return self.capture.take()
+
+    def _chunks(self, ids) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """(start, {layer: [1, n, D]}) per chunk of a [1, L] sequence."""
+        for start, _ in self.model.forward_chunked(ids.to(self.model.device), self.chunk_size, return_logits=False,
+                                                   last_block=self.last_block):
+            out = self.capture.take()
+            yield start, out
+            self.progress(next(iter(out.values())).shape[1])
+
+    def short(self, indices: list[int], seqs: list[str]) -> Iterator[Embedding]:
+        """One right-padded batch (forward rows, then reverse-complement rows with ``both``)."""
+        if self.strand == "both":
+            seqs = seqs + [reverse_complement(s) for s in seqs]
+        toks = [_tokens(s) for s in seqs]
+        lengths = torch.tensor([len(t) for t in toks])
+        ids = torch.full((len(toks), int(lengths.max())), PAD_ID, dtype=torch.long)
+        for row, t in enumerate(toks):
+            ids[row, : len(t)] = t
+        out = self._forward(ids)
+        self.progress(int(lengths.sum()))
+        B = len(indices)
+        for layer in self.layers:
+            h = out[layer]
+            if self.pool == "none":
+                for row, i in enumerate(indices):
+                    n = int(lengths[row])
+                    v = h[row, :n].float()
+                    if self.strand == "both":
+                        v = (v + h[B + row, :n].float().flip(0)) / 2
+                    yield Embedding(i, layer, v.cpu())
+                continue
+            pooler = _Pooler(self.pool, lengths.to(h.device))
+            pooler.update(h, 0)
+            p = pooler.result()
+            if self.strand == "both":
+                p = (p[:B] + p[B:]) / 2
+            for row, i in enumerate(indices):
+                yield Embedding(i, layer, p[row])
+
+    def long(self, index: int, seq: str) -> Iterator[Embedding]:
+        """One sequence longer than a chunk, chunk by chunk with a carried state."""
+        fwd = _tokens(seq)[None]
+        L = fwd.shape[1]
+        if self.pool != "none":
+            strands = [fwd] + ([_tokens(reverse_complement(seq))[None]] if self.strand == "both" else [])
+            pooled = {layer: [] for layer in self.layers}
+            for ids in strands:
+                poolers = {layer: _Pooler(self.pool, torch.tensor([L], device=self.model.device)) for layer in self.layers}
+                for start, out in self._chunks(ids):
+                    for layer in self.layers:
+                        poolers[layer].update(out[layer], start)
+                for layer in self.layers:
+                    pooled[layer].append(poolers[layer].result()[0])
+            for layer in self.layers:
+                yield Embedding(index, layer, sum(pooled[layer]) / len(pooled[layer]))
+            return
+        rc = None
+        if self.strand == "both":
+            # the reverse strand runs first and is kept, so that the forward strand can stream in order
+            rc = {layer: torch.empty(L, self.model.config.hidden_size) for layer in self.layers}
+            for start, out in self._chunks(_tokens(reverse_complement(seq))[None]):
+                for layer in self.layers:
+                    rc[layer][start : start + out[layer].shape[1]] = out[layer][0].float().cpu()
+        for start, out in self._chunks(fwd):
+            for layer in self.layers:
+                v = out[layer][0].float().cpu()
+                if rc is not None:
+                    # forward position i pairs with reverse-complement position L-1-i
+                    v = (v + rc[layer][L - start - v.shape[0] : L - start].flip(0)) / 2
+                yield Embedding(index, layer, v, start)
+
+
+def embed(
+    model,
+    sequences: str | Sequence[str],
+    layers: str | Sequence[str] | None = None,
+    pool: str = "mean",
+    strand: str = "forward",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """Embeddings of DNA sequences, keyed by canonical layer name, float32 on the CPU.
+
+    Pooled: ``{layer: [N, D]}``; ``pool="none"``: ``{layer: [Tensor [L_i, D] per sequence]}``. Either
+    way ``result[layer][i]`` is sequence i's embedding. ``layers``: a name, a list, or None for the
+    model's default (see ``default_layer``). For outputs too large to hold, use ``iter_embeddings``.
+    """
+    if isinstance(sequences, str):
+        sequences = [sequences]
+    layers = resolve_layers(model.config, layers)
+    pieces: dict[str, list[list[torch.Tensor]]] = {layer: [[] for _ in sequences] for layer in layers}
+    for e in iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size):
+        pieces[e.layer][e.index].append(e.values)
+    if pool == "none":
+        return {layer: [torch.cat(p) for p in per_seq] for layer, per_seq in pieces.items()}
+    return {layer: torch.stack([p[0] for p in per_seq]) if per_seq else torch.empty(0, model.config.hidden_size)
+            for layer, per_seq in pieces.items()}

@@ -1,0 +1,128 @@
+"""Embeddings as Parquet, written and read with pyarrow (no torch here).
+
+Two layouts, chosen by the pooling:
+
+- pooled (``mean``, ``last``, ``max``): one row per (sequence, layer) with columns ``id`` (string),
+  ``length`` (int64, bases), ``layer`` (string), ``pooling`` (string) and ``embedding``
+  (``fixed_size_list<float32>[D]``).
+- per position (``none``): one row per (sequence, layer, position), the same columns plus
+  ``position`` (int64, 0-based) before ``embedding``. The rows of one (sequence, layer) are in
+  ascending position; pieces of different layers of a long sequence interleave, chunk by chunk.
+  Rows are streamed to disk in row groups as they are computed, so memory stays bounded at any
+  length, and the repeated ``id``/``layer`` values cost next to nothing (dictionary encoding).
+
+``embedding`` is one fixed-size list column: ``table["embedding"].combine_chunks().values.to_numpy()``
+reshaped to ``[rows, D]`` is a zero-copy view (``embedding_matrix``). Key-value metadata records how
+the file was made (model, dtype, evo version, command, pooling, strand, chunk size, layers).
+The file is written to a temporary name and renamed on success: a failed run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from evo_cli.errors import InputError
+
+from .atomic import atomic_path
+
+# buffered rows are written as a row group once they hold this many bytes of embeddings
+_ROW_GROUP_BYTES = 64 << 20
+
+
+def embedding_schema(dim: int, per_position: bool, metadata: dict | None = None) -> pa.Schema:
+    fields = [("id", pa.string()), ("length", pa.int64()), ("layer", pa.string()), ("pooling", pa.string())]
+    if per_position:
+        fields.append(("position", pa.int64()))
+    fields.append(("embedding", pa.list_(pa.float32(), dim)))
+    meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    return pa.schema(fields, metadata=meta)
+
+
+class EmbeddingWriter:
+    """Streams embedding rows into a Parquet file (open it with ``open_embedding_writer``)."""
+
+    def __init__(self, path: str | Path, dim: int, per_position: bool, metadata: dict | None = None):
+        self.dim = dim
+        self.per_position = per_position
+        self.schema = embedding_schema(dim, per_position, metadata)
+        self.rows = 0
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered_bytes = 0
+        self._writer = pq.ParquetWriter(str(path), self.schema, use_dictionary=["id", "layer", "pooling"],
+                                        write_statistics=["id", "length", "layer", "pooling", "position"])
+
+    def write(self, id: str, length: int, layer: str, pooling: str, values: np.ndarray, start: int = 0) -> None:
+        """values: [D] (one pooled row) or [n, D] float32 (positions ``start .. start+n-1``)."""
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1, self.dim)
+        n = values.shape[0]
+        if not self.per_position and n != 1:
+            raise ValueError(f"a pooled row holds one vector, got {n}")
+        cols = [pa.repeat(id, n), pa.repeat(length, n), pa.repeat(layer, n), pa.repeat(pooling, n)]
+        if self.per_position:
+            cols.append(pa.array(np.arange(start, start + n, dtype=np.int64)))
+        cols.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), self.dim))
+        self._buffer.append(pa.RecordBatch.from_arrays(cols, schema=self.schema))
+        self._buffered_bytes += values.nbytes
+        self.rows += n
+        if self._buffered_bytes >= _ROW_GROUP_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_batches(self._buffer, self.schema).combine_chunks())
+        self._buffer, self._buffered_bytes = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+@contextlib.contextmanager
+def open_embedding_writer(path: str | Path, dim: int, per_position: bool, metadata: dict | None = None):
+    """An ``EmbeddingWriter`` on a temporary file that becomes ``path`` when the block succeeds."""
+    with atomic_path(path) as tmp:
+        writer = EmbeddingWriter(tmp, dim, per_position, metadata)
+        try:
+            yield writer
+        except BaseException:
+            writer._writer.close()
+            raise
+        writer.close()
+
+
+def _check(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    return path
+
+
+def read_embeddings(path: str | Path, layer: str | None = None, ids: list[str] | None = None) -> pa.Table:
+    """The rows of an embeddings file, optionally only one layer and some sequence ids (file order)."""
+    filters = []
+    if layer is not None:
+        filters.append(("layer", "=", layer))
+    if ids is not None:
+        filters.append(("id", "in", list(ids)))
+    try:
+        return pq.read_table(str(_check(path)), filters=filters or None)
+    except pa.ArrowInvalid as err:
+        raise InputError(f"{path}: not a Parquet embeddings file ({err})") from None
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column as [rows, D] float32 (zero-copy for a single-chunk column)."""
+    col = table.column("embedding").combine_chunks()
+    return col.flatten().to_numpy().reshape(-1, col.type.list_size)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The key-value metadata of an embeddings file."""
+    meta = pq.read_schema(str(_check(path))).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items()}

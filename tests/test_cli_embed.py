@@ -1,0 +1,154 @@
+"""``evo embed``: outputs read back through the API, metadata, layouts and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from evo_cli.cli.main import cli, main
+from evo_cli.io.embeddings import embedding_matrix, read_embeddings, read_metadata
+from evo_cli.model.tokenizer import decode
+
+from .conftest import CONFORMANCE, EVO1_CASES, EVO2_CASES, case_id
+from .test_embedding import recorded_layer
+
+TINY = CONFORMANCE / "evo2" / "tiny_a"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["embed", *map(str, args)])
+
+
+def run_failing(capsys, *args):
+    """Through ``main``, which turns errors into one line on stderr: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["embed", *map(str, args)])
+    return exc.value.code, capsys.readouterr().err
+
+
+def write_fasta(path, records):
+    path.write_text("".join(f">{name}\n{seq}\n" for name, seq in records))
+    return path
+
+
+def case_fasta(tmp_path, case):
+    v = load_file(str(case / "vectors.safetensors"))
+    return write_fasta(tmp_path / "in.fa", [(f"s{i}", decode(row)) for i, row in enumerate(v["input_ids"])]), v
+
+
+def per_position(path, seq_id, layer):
+    t = read_embeddings(path, layer=layer, ids=[seq_id])
+    assert t.column("position").to_pylist() == list(range(len(t)))
+    return embedding_matrix(t)
+
+
+@pytest.mark.parametrize("case", EVO2_CASES, ids=case_id)
+def test_evo2_cases_per_position_and_mean(tmp_path, case):
+    fa, v = case_fasta(tmp_path, case)
+    layer = recorded_layer(case)
+    ref = v["embedding"].numpy()
+    res = run("--fasta", fa, "-o", tmp_path / "none.parquet", "--model", case, "--layer", layer, "--pool", "none",
+              "--dtype", "float32", "--device", "cpu", "--chunk-size", 256)
+    assert res.exit_code == 0, res.output
+    for i in range(len(ref)):
+        assert np.abs(per_position(tmp_path / "none.parquet", f"s{i}", layer) - ref[i]).max() < 1e-4
+    res = run("--fasta", fa, "-o", tmp_path / "mean.parquet", "--model", case, "--layer", layer)
+    assert res.exit_code == 0, res.output
+    t = read_embeddings(tmp_path / "mean.parquet")
+    assert t.column("id").to_pylist() == ["s0", "s1"] and t.column("layer").to_pylist() == [layer] * 2
+    assert t.column("length").to_pylist() == [ref.shape[1]] * 2 and t.column("pooling").to_pylist() == ["mean"] * 2
+    assert np.abs(embedding_matrix(t) - ref.mean(1)).max() < 1e-5
+
+
+@pytest.mark.parametrize("case", EVO1_CASES, ids=case_id)
+def test_evo1_cases_hidden_states(tmp_path, case):
+    fa, v = case_fasta(tmp_path, case)
+    hs = v["hidden_states_b0"].numpy()
+    names = ["embedding_layer"] + [f"blocks.{i}" for i in range(len(hs) - 1)]
+    layer_args = [a for name in names for a in ("--layer", name)]
+    res = run("--fasta", fa, "-o", tmp_path / "none.parquet", "--model", case, *layer_args, "--pool", "none")
+    assert res.exit_code == 0, res.output
+    for k, name in enumerate(names):
+        assert np.abs(per_position(tmp_path / "none.parquet", "s0", name) - hs[k]).max() < 1e-4, name
+    res = run("--fasta", fa, "-o", tmp_path / "mean.parquet", "--model", case, *layer_args, "--pool", "mean")
+    assert res.exit_code == 0, res.output
+    for k, name in enumerate(names):
+        got = embedding_matrix(read_embeddings(tmp_path / "mean.parquet", layer=name, ids=["s0"]))
+        assert np.abs(got[0] - hs[k].mean(0)).max() < 1e-5, name
+
+
+def test_metadata_default_layer_and_schema(tmp_path):
+    fa = write_fasta(tmp_path / "in.fa", [("a", "ACGTTGCA"), ("b", "GGATCCATTAGC")])
+    out = tmp_path / "sub" / "out.parquet"
+    res = run("--fasta", fa, "-o", out, "--model", TINY, "--pool", "max", "--strand", "both", "--chunk-size", 5)
+    assert res.exit_code == 0, res.output
+    assert "embedding layer blocks.3.mlp.l3 (the middle block's MLP output" in res.output
+    meta = read_metadata(out)
+    assert meta["model"] == str(TINY) and meta["dtype"] == "float32" and meta["pooling"] == "max"
+    assert meta["strand"] == "both" and meta["chunk_size"] == "5" and json.loads(meta["layers"]) == ["blocks.3.mlp.l3"]
+    assert meta["command"].startswith("evo embed --fasta") and "--layer blocks.3.mlp.l3 --pool max --strand both" in meta["command"]
+    from evo_cli import __version__
+
+    assert meta["evo_version"] == __version__
+    t = read_embeddings(out)
+    assert str(t.schema.field("embedding").type) == "fixed_size_list<element: float>[64]"
+    assert t.column_names == ["id", "length", "layer", "pooling", "embedding"] and t.column("length").to_pylist() == [8, 12]
+
+
+def test_per_position_rows_and_negative_layer(tmp_path):
+    fa = write_fasta(tmp_path / "in.fa", [("a", "ACGTTGCAAC"), ("b", "GGA")])
+    out = tmp_path / "out.parquet"
+    res = run("--fasta", fa, "-o", out, "--model", TINY, "--layer", "blocks.-1", "--layer", "norm", "--pool", "none",
+              "--chunk-size", 4, "-q")
+    assert res.exit_code == 0, res.output
+    assert res.output == ""
+    t = read_embeddings(out)
+    assert t.num_rows == 2 * (10 + 3) and t.column_names[-2:] == ["position", "embedding"]
+    assert sorted(set(t.column("layer").to_pylist())) == ["blocks.6", "norm"]
+    assert per_position(out, "b", "norm").shape == (3, 64)
+
+
+@pytest.mark.parametrize("text,match", [
+    (">a\nACGT\n>b\n\n", "record 'b' has no sequence"),
+    (">a\nACGT\n>a\nACGA\n", "duplicate record id 'a'"),
+    (">a\nACGU\n", "record 'a' has 'U' at position 4"),
+])
+def test_bad_fasta(tmp_path, capsys, text, match):
+    fa = tmp_path / "in.fa"
+    fa.write_text(text)
+    code, err = run_failing(capsys, "--fasta", fa, "-o", tmp_path / "out.parquet", "--model", TINY)
+    assert code == 1 and err.startswith("evo: error: ") and match in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [fa]
+
+
+def test_missing_fasta_bad_layer_and_stdout(tmp_path, capsys):
+    code, err = run_failing(capsys, "--fasta", tmp_path / "nope.fa", "-o", tmp_path / "out.parquet", "--model", TINY)
+    assert code == 2 and "nope.fa' does not exist" in err
+    fa = write_fasta(tmp_path / "in.fa", [("a", "ACGT")])
+    code, err = run_failing(capsys, "--fasta", fa, "-o", tmp_path / "out.parquet", "--model", TINY, "--layer", "blocks.7")
+    assert code == 1 and "unknown layer 'blocks.7'" in err and "blocks.N.mlp.l3" in err and err.count("\n") == 1
+    code, err = run_failing(capsys, "--fasta", fa, "-o", "-", "--model", TINY)
+    assert code == 2 and "Parquet" in err
+    assert list(tmp_path.iterdir()) == [fa]
+
+
+def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
+    import evo_cli.embedding
+
+    real = evo_cli.embedding.iter_embeddings
+
+    def failing(*args, **kwargs):
+        for i, piece in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                raise RuntimeError("interrupted")
+            yield piece
+
+    monkeypatch.setattr(evo_cli.embedding, "iter_embeddings", failing)
+    fa = write_fasta(tmp_path / "in.fa", [("a", "ACGT"), ("b", "ACGA")])
+    res = run("--fasta", fa, "-o", tmp_path / "out.parquet", "--model", TINY, "--batch-size", 1)
+    assert isinstance(res.exception, RuntimeError) and str(res.exception) == "interrupted"
+    assert list(tmp_path.iterdir()) == [fa]

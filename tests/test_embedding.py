@@ -1,0 +1,167 @@
+"""Embeddings: the references' hidden states, pooling, chunking, strands, batching, layer names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from evo_cli.embedding import default_layer, embed, iter_embeddings, resolve_layer, resolve_layers
+from evo_cli.errors import InputError
+from evo_cli.io.fasta import reverse_complement
+from evo_cli.model.init import motif_config
+from evo_cli.model.tokenizer import decode
+
+from .conftest import EVO1_CASES, EVO2_CASES, case_id
+
+BASES = "ACGT"
+
+
+def random_dna(n: int, seed: int) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return "".join(BASES[i] for i in torch.randint(0, 4, (n,), generator=g).tolist())
+
+
+def recorded_layer(case) -> str:
+    with safe_open(str(case / "vectors.safetensors"), "pt") as f:
+        return f.metadata()["embedding_layer"]
+
+
+def hooked(model, seq: str, layer: str) -> torch.Tensor:
+    """[L, D]: the layer's output on one full forward pass, captured directly."""
+    out = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: out.setdefault("h", o))
+    with torch.no_grad():
+        model(torch.tensor([list(seq.encode())]))
+    handle.remove()
+    return out["h"][0].float()
+
+
+@pytest.mark.parametrize("case", EVO2_CASES, ids=case_id)
+def test_evo2_recorded_embedding(load_case, case):
+    model, v = load_case(case)
+    layer = recorded_layer(case)
+    seqs = [decode(row) for row in v["input_ids"]]
+    got = embed(model, seqs, layer, pool="none")[layer]
+    for i, ref in enumerate(v["embedding"]):
+        assert (got[i] - ref).abs().max().item() < 1e-4
+    means = embed(model, seqs, layer, pool="mean")[layer]
+    assert (means - v["embedding"].mean(1)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("case", EVO1_CASES, ids=case_id)
+def test_evo1_recorded_hidden_states(load_case, case):
+    model, v = load_case(case)
+    hs = v["hidden_states_b0"]  # [n_layers + 1, L, D]: embedding output, then each block's output
+    names = ["embedding_layer"] + [f"blocks.{i}" for i in range(len(hs) - 1)]
+    got = embed(model, [decode(v["input_ids"][0])], names, pool="none")
+    for k, name in enumerate(names):
+        assert (got[name][0] - hs[k]).abs().max().item() < 1e-4, name
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+@pytest.mark.parametrize("pool", ["mean", "none"])
+def test_chunked_equals_unchunked(tiny_models, family, pool):
+    """(max and last are checked chunked against the per-position values in test_pooling_definitions)"""
+    model = tiny_models[family]
+    seqs = [random_dna(201, 0), random_dna(97, 1)]
+    layers = ["blocks.2", "blocks.-1.mlp.l3", "norm"]
+    whole = embed(model, seqs, layers, pool=pool, chunk_size=1024)
+    parts = embed(model, seqs, layers, pool=pool, chunk_size=37)
+    for layer in whole:
+        for a, b in zip(whole[layer], parts[layer]):
+            assert a.shape == b.shape
+            assert (a - b).abs().max().item() < 1e-4, layer
+
+
+def test_pooling_definitions(tiny_models):
+    model = tiny_models["evo2"]
+    seqs = [random_dna(50, 2), random_dna(13, 3), random_dna(120, 4)]
+    per_pos = embed(model, seqs, "blocks.3", pool="none")["blocks.3"]
+    for pool, reduce in (("mean", lambda h: h.mean(0)), ("max", lambda h: h.amax(0)), ("last", lambda h: h[-1])):
+        got = embed(model, seqs, "blocks.3", pool=pool, chunk_size=40)["blocks.3"]
+        assert got.shape == (3, 32) and got.dtype == torch.float32
+        for i, h in enumerate(per_pos):
+            assert (got[i] - reduce(h)).abs().max().item() < 1e-5, pool
+
+
+def test_batching_and_padding_match_single_sequences(tiny_models):
+    """Right-padded batches of unequal lengths (and long sequences between them) give each sequence's
+    own values, in input order."""
+    model = tiny_models["evo2"]
+    seqs = [random_dna(n, 10 + n) for n in (40, 7, 200, 41, 3, 90, 150)]
+    layers = ["embedding_layer", "blocks.5.mlp.l3"]
+    for pool in ("mean", "none"):
+        batched = embed(model, seqs, layers, pool=pool, batch_size=3, chunk_size=100)
+        for i, s in enumerate(seqs):
+            alone = embed(model, [s], layers, pool=pool)
+            for layer in layers:
+                assert (batched[layer][i] - alone[layer][0]).abs().max().item() < 1e-5
+        if pool == "none":
+            assert [len(h) for h in batched["embedding_layer"]] == [len(s) for s in seqs]
+
+
+def test_stream_order_and_pieces(tiny_models):
+    model = tiny_models["evo1"]
+    seqs = [random_dna(n, n) for n in (20, 130, 5, 64)]
+    pieces = list(iter_embeddings(model, seqs, ["blocks.1", "blocks.0"], pool="none", batch_size=4, chunk_size=50))
+    assert [p.index for p in pieces] == sorted(p.index for p in pieces)
+    long = [(p.layer, p.start, len(p.values)) for p in pieces if p.index == 1]
+    assert long == [("blocks.1", 0, 50), ("blocks.0", 0, 50), ("blocks.1", 50, 50), ("blocks.0", 50, 50),
+                    ("blocks.1", 100, 30), ("blocks.0", 100, 30)]
+    seen = []
+    list(iter_embeddings(model, seqs, "blocks.0", chunk_size=50, progress=seen.append))
+    assert sum(seen) == sum(len(s) for s in seqs)
+
+
+@pytest.mark.parametrize("chunk_size", [1024, 45])
+def test_both_strands(tiny_models, chunk_size):
+    model = tiny_models["evo2"]
+    seqs = [random_dna(100, 5), random_dna(31, 6)]
+    layer = "blocks.4.mlp.l3"
+    both = embed(model, seqs, layer, pool="none", strand="both", chunk_size=chunk_size)[layer]
+    for i, s in enumerate(seqs):
+        fwd, rc = hooked(model, s, layer), hooked(model, reverse_complement(s), layer)
+        # forward position i with reverse-complement position L-1-i
+        assert (both[i] - (fwd + rc.flip(0)) / 2).abs().max().item() < 1e-4
+        mean = embed(model, [s], layer, pool="mean", strand="both", chunk_size=chunk_size)[layer][0]
+        assert (mean - (fwd.mean(0) + rc.mean(0)) / 2).abs().max().item() < 1e-5
+        last = embed(model, [s], layer, pool="last", strand="both", chunk_size=chunk_size)[layer][0]
+        assert (last - (fwd[-1] + rc[-1]) / 2).abs().max().item() < 1e-4
+
+
+def test_blocks_past_the_deepest_layer_do_not_run(tiny_models):
+    model = tiny_models["evo2"]
+    fired = []
+    handle = model.blocks[3].register_forward_hook(lambda *a: fired.append(3))
+    try:
+        embed(model, [random_dna(300, 7)], "blocks.2", chunk_size=100)
+        assert fired == []
+        embed(model, [random_dna(300, 7)], "norm", chunk_size=100)
+        assert fired == [3, 3, 3]
+    finally:
+        handle.remove()
+
+
+def test_layer_names():
+    config = motif_config("evo2", hidden_size=32, num_layers=7, head_dim=8, name="not-published")
+    assert resolve_layer(config, "blocks.-1") == "blocks.6"
+    assert resolve_layer(config, "blocks.-7.mlp.l3") == "blocks.0.mlp.l3"
+    assert resolve_layers(config, ["norm", "blocks.6", "blocks.-1", "embedding_layer"]) == ["norm", "blocks.6", "embedding_layer"]
+    for bad in ("blocks.7", "blocks.-8", "blocks.1.mlp", "blocks.x", "layers.1", ""):
+        with pytest.raises(InputError, match=r"valid layers are embedding_layer, blocks.N, blocks.N.mlp.l3 \(N in 0..6"):
+            resolve_layer(config, bad)
+    assert default_layer(config) == "blocks.3.mlp.l3"
+    assert resolve_layers(config, None) == ["blocks.3.mlp.l3"]
+    published = motif_config("evo2", hidden_size=32, num_layers=32, head_dim=8, name="evo2_7b")
+    assert default_layer(published) == "blocks.28.mlp.l3"
+
+
+def test_bad_inputs(tiny_models):
+    model = tiny_models["evo2"]
+    with pytest.raises(InputError, match="sequence 1 is empty"):
+        embed(model, ["ACGT", ""])
+    with pytest.raises(ValueError, match="pool must be one of"):
+        embed(model, ["ACGT"], pool="median")
+    with pytest.raises(InputError, match="unknown layer"):
+        embed(model, ["ACGT"], "blocks.99")
