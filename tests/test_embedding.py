@@ -132,15 +132,19 @@ def test_both_strands(tiny_models, chunk_size):
 
 def test_blocks_past_the_deepest_layer_do_not_run(tiny_models):
     model = tiny_models["evo2"]
+    seq = random_dna(300, 7)
     fired = []
-    handle = model.blocks[3].register_forward_hook(lambda *a: fired.append(3))
+    handles = [model.blocks[i].register_forward_hook(lambda m, a, o, i=i: fired.append(i)) for i in (0, 3)]
     try:
-        embed(model, [random_dna(300, 7)], "blocks.2", chunk_size=100)
-        assert fired == []
-        embed(model, [random_dna(300, 7)], "norm", chunk_size=100)
-        assert fired == [3, 3, 3]
+        tokens = embed(model, [seq], "embedding_layer", pool="none", chunk_size=100)["embedding_layer"][0]
+        assert fired == [] and torch.equal(tokens, model.embedding_layer.weight[torch.tensor(list(seq.encode()))])
+        embed(model, [seq], "blocks.2", chunk_size=100)
+        assert fired == [0, 0, 0]
+        embed(model, [seq], "norm", chunk_size=100)
+        assert fired == [0, 0, 0] + [0, 3] * 3
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 def test_layer_names():

@@ -1,0 +1,131 @@
+"""Embedding one long sequence: time and peak memory at several lengths, as ``evo embed`` runs it.
+
+    python benchmarks/bench_embed.py                               # L = 64k, 256k, 1M; pool mean
+    python benchmarks/bench_embed.py --lengths 1048576 --max-seconds 1800 --trace 65536
+
+Each length runs in its own process (clean peak memory): a random model (see common.py), a random
+DNA sequence, ``iter_embeddings`` in chunks with a carried state, output streamed to a temporary
+Parquet file with the same writer as the CLI. ``--max-seconds`` stops a run early and reports how
+far it got; ``--trace N`` prints elapsed time and resident memory every N positions on stderr, which
+shows whether memory stays flat as the positions grow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from common import add_model_args, build, fmt_bytes, machine, peak_rss_bytes, run_isolated  # noqa: E402
+
+from evo_cli.embedding import DEFAULT_CHUNK_SIZE, _last_block, iter_embeddings, resolve_layers  # noqa: E402
+from evo_cli.io.embeddings import open_embedding_writer  # noqa: E402
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def kv_cache_bytes(model, layers, L: int) -> int:
+    """Bytes of the KV cache of the attention blocks the layers need, for one sequence of L tokens."""
+    c, last = model.config, _last_block(layers)
+    n_attn = sum(1 for i in c.layers_of("attn") if last is None or i <= last)
+    return n_attn * 2 * c.num_kv_heads * c.head_dim * L * model.dtype.itemsize
+
+
+def one(args) -> dict:
+    model = build(args)
+    L = args.lengths[0]
+    g = torch.Generator().manual_seed(0)
+    seq = "".join("ACGT"[i] for i in torch.randint(0, 4, (L,), generator=g).tolist())
+    layers = resolve_layers(model.config, args.layer)
+    load_before = os.getloadavg()[0]
+    base_peak, base_rss = peak_rss_bytes(), rss_bytes()
+    done, trace, next_trace = 0, [], args.trace
+    t0 = time.perf_counter()
+
+    def progress(n):
+        nonlocal done, next_trace
+        done += n
+        if args.trace and done >= next_trace:
+            row = {"positions": done, "seconds": round(time.perf_counter() - t0, 1), "rss_bytes": rss_bytes() - base_rss}
+            trace.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            next_trace += args.trace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with open_embedding_writer(os.path.join(tmp, "out.parquet"), model.config.hidden_size, args.pool == "none") as w:
+            for e in iter_embeddings(model, [seq], layers, args.pool, args.strand, 1, args.chunk_size, progress):
+                w.write("seq", L, e.layer, args.pool, e.values.numpy(), e.start)
+                if args.max_seconds and time.perf_counter() - t0 > args.max_seconds:
+                    break
+    seconds = time.perf_counter() - t0
+    strands = 2 if args.strand == "both" else 1
+    return {"length": L, "positions_done": done, "complete": done == strands * L, "seconds": seconds,
+            "bases_per_s": done / seconds, "peak_bytes": peak_rss_bytes() - base_peak,
+            "kv_cache_bytes": kv_cache_bytes(model, layers, L), "layers": layers, "pool": args.pool,
+            "strand": args.strand, "chunk_size": args.chunk_size, "dtype": str(model.dtype).removeprefix("torch."),
+            "machine": machine(), "params": sum(p.numel() for p in model.parameters()), "trace": trace,
+            "load_average": [load_before, os.getloadavg()[0]]}
+
+
+def without_lengths(argv: list[str]) -> list[str]:
+    """argv without ``--lengths`` and the numbers after it."""
+    out, skipping = [], False
+    for a in argv:
+        if a == "--lengths":
+            skipping = True
+        elif not (skipping and a.isdigit()):
+            skipping = False
+            out.append(a)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--lengths", type=int, nargs="+", default=[65536, 262144, 1048576])
+    p.add_argument("--layer", action="append", default=None, help="layer(s) to embed (default: the model's default)")
+    p.add_argument("--pool", choices=["mean", "last", "max", "none"], default="mean")
+    p.add_argument("--strand", choices=["forward", "both"], default="forward")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    p.add_argument("--max-seconds", type=float, default=None, help="stop a length after this long; report how far it got")
+    p.add_argument("--trace", type=int, default=0, help="print time and memory every N positions (stderr)")
+    p.add_argument("--json", action="store_true", help="one JSON line per length (internal)")
+    args = p.parse_args()
+    if args.json:
+        print(json.dumps(one(args)))
+        return
+    rows = []
+    passthrough = without_lengths(sys.argv[1:])
+    for L in args.lengths:
+        r = run_isolated(__file__, [*passthrough, "--lengths", str(L)])
+        rows.append(r)
+        if "error" in r:
+            print(f"L={L}: {r['error']}", file=sys.stderr)
+            continue
+        status = "" if r["complete"] else f"  (stopped after {r['positions_done']:,} positions)"
+        print(f"L={L:>8}  {r['bases_per_s']:>8,.0f} bases/s  {r['seconds']:>9.1f} s  peak +{fmt_bytes(r['peak_bytes'])}  "
+              f"(KV cache {fmt_bytes(r['kv_cache_bytes'])}), load {r['load_average'][0]:.1f}-{r['load_average'][1]:.1f}{status}",
+              flush=True)
+    ok = [r for r in rows if "error" not in r]
+    if ok:
+        r0 = ok[0]
+        print(f"\n{r0['machine']}; {r0['params']:,} params, {r0['dtype']}; layers {', '.join(r0['layers'])}, "
+              f"pool {r0['pool']}, strand {r0['strand']}, chunk {r0['chunk_size']}")
+        print("\n| L | bases/s | time | peak memory | of which KV cache |\n|---|---|---|---|---|")
+        for r in ok:
+            note = "" if r["complete"] else f" (first {r['positions_done']:,} positions)"
+            print(f"| {r['length']:,} | {r['bases_per_s']:,.0f} | {r['seconds']:,.0f} s{note} | {fmt_bytes(r['peak_bytes'])} "
+                  f"| {fmt_bytes(r['kv_cache_bytes'])} |")
+
+
+if __name__ == "__main__":
+    main()
