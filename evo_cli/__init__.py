@@ -4,6 +4,8 @@ from ._version import __version__
 from .checkpoints import load_model
 from .errors import CheckpointError, ConfigError, EvoError, InputError
 from .model import InferenceState, ModelConfig, StripedHyena
+from .scoring import score_sequences
+from .variants import score_variants
 
 __all__ = [
     "CheckpointError",
@@ -15,4 +17,6 @@ __all__ = [
     "StripedHyena",
     "__version__",
     "load_model",
+    "score_sequences",
+    "score_variants",
 ]

@@ -34,7 +34,7 @@ from evo_cli._version import __version__
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.fasta import reverse_complement
-from evo_cli.io.partial import Checkpoint
+from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
 from evo_cli.io.tables import table_writer
 from evo_cli.io.vcf import (NO_ALT, SEQUENCE_CODES, InfoField, Region, VcfReader, VcfRecord, classify_alt,
@@ -171,6 +171,20 @@ def _score_chunk(model, chunk: list[_Site], batch_size: int, share_prefix: bool,
     return out
 
 
+def check_output(output: str | Path | None, format: str | None = None, resume: bool = False) -> str:
+    """The output format; errors for impossible combinations and for an interrupted run's progress
+    beside ``output`` when not resuming."""
+    if output in STDOUT:
+        if resume:
+            raise InputError("resume needs an output file (progress is kept beside it)")
+        fmt = format or "tsv"
+        if output == "-" and fmt in ("parquet", "vcf.gz"):
+            raise InputError(f"{fmt} output needs a file name")
+        return output_format(None, fmt)
+    check_fresh(output, resume)
+    return output_format(output, format)
+
+
 def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region] | None = None,
                    skip_ref_mismatch: bool = False) -> int:
     """Read every selected record once, check REF against the FASTA (raising on a mismatch unless
@@ -218,14 +232,8 @@ def run_score_variants(
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
     regions = list(regions or [])
+    fmt = check_output(output, format, resume)
     to_file = output not in STDOUT
-    fmt = output_format(output, format) if to_file else (format or "tsv")
-    if fmt not in OUTPUT_FORMATS:
-        raise InputError(f"unknown output format {fmt!r} (use {', '.join(OUTPUT_FORMATS)})")
-    if resume and not to_file:
-        raise InputError("resume needs an output file (progress is kept beside it)")
-    if output == "-" and fmt in ("parquet", "vcf.gz"):
-        raise InputError(f"{fmt} output needs a file name")
     t0 = time.perf_counter()
     reader = VcfReader(vcf, regions)
     info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
@@ -235,8 +243,23 @@ def run_score_variants(
                 "fasta_bytes": os.path.getsize(fasta), "model": model_fingerprint(model), "device": str(model.device),
                 "window": window, "strand": strand, "regions": [str(r) for r in regions], "batch_size": batch_size,
                 "skip_ref_mismatch": skip_ref_mismatch, "share_prefix": share_prefix, "chunk_size": chunk_size,
-                "format": fmt, **info}
+                "format": fmt, "model_name": info["evo_model"], "version": __version__}
     store = Checkpoint(output, settings, resume) if to_file else None
+    try:
+        summary = _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch,
+                       share_prefix, chunk_size, command, progress, rows)
+    finally:
+        if store is not None:
+            store.close()
+    if store is not None:
+        store.remove()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch, share_prefix,
+         chunk_size, command, progress, rows) -> Summary:
+    """Score the chunks not done yet (into ``store`` or memory), then write the output from all of them."""
     memory: list[list] = []
     summary = Summary()
     with Reference(fasta) as reference:
@@ -255,7 +278,7 @@ def run_score_variants(
                 progress(n)
     results = (r for chunk in (store.chunks() if store is not None else memory) for r in chunk)
     if command:
-        info["evo_command"] = command
+        info = {**info, "evo_command": command}
     if output is None:
         rows.extend(_rows(reader, results, summary))
     elif fmt in ("vcf", "vcf.gz"):
@@ -267,9 +290,6 @@ def run_score_variants(
                 write([row])
                 if rows is not None:
                     rows.append(row)
-    if store is not None:
-        store.remove()
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 

@@ -47,12 +47,13 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     evo score-variants --vcf in.vcf --fasta ref.fa -m evo2_7b -o scores.tsv --strand both --region chr17:41196312-41277500
     """
     from evo_cli.io.vcf import parse_region, read_bed
-    from evo_cli.variants import check_variants, run_score_variants
+    from evo_cli.variants import check_output, check_variants, run_score_variants
 
     if resume and output == "-":
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
+    # check the output, read the VCF and check REF before loading the model: bad input fails in seconds
+    check_output(output, fmt, resume)
     regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
-    # read the VCF and check REF before loading the model: a bad input fails in seconds
     total = check_variants(vcf, fasta, regions, skip_ref_mismatch)
     loaded = load_model_cli(model, device, dtype, kernels)
     ctx = click.get_current_context()

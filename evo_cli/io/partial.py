@@ -25,6 +25,14 @@ def sidecar_path(output: str | Path) -> Path:
     return Path(str(output) + SUFFIX)
 
 
+def check_fresh(output: str | Path, resume: bool) -> None:
+    """Refuse to start over an interrupted run's progress unless resuming it."""
+    path = sidecar_path(output)
+    if path.exists() and not resume:
+        raise InputError(f"{path} exists: an earlier run of this output was interrupted; add --resume to "
+                         f"continue it, or delete the file to start over")
+
+
 class Checkpoint:
     """Completed chunks of one run, keyed by the run's ``settings`` (a JSON-able dict)."""
 
@@ -32,10 +40,8 @@ class Checkpoint:
         self.path = sidecar_path(output)
         self.settings = json.loads(json.dumps(settings))
         self.done = 0
+        check_fresh(output, resume)
         if self.path.exists():
-            if not resume:
-                raise InputError(f"{self.path} exists: an earlier run of this output was interrupted; add --resume to "
-                                 f"continue it, or delete the file to start over")
             self._load()
         else:
             with atomic_open(self.path) as fh:

@@ -13,6 +13,7 @@ Per-ALT statuses (``classify_alt`` and the scorer): ``ok`` or the reason an alle
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import re
 from dataclasses import dataclass
@@ -142,7 +143,11 @@ def _quiet_htslib():
 
 
 class VcfReader:
-    """The records of a VCF (optionally restricted to regions), readable any number of times in the same order."""
+    """The records of a VCF (optionally restricted to regions), readable any number of times in the same order.
+
+    ``__iter__`` gives parsed records (pysam); ``text()`` gives the header and the same records as the
+    file's own text lines, which the annotated writer copies unchanged apart from INFO (BCF, which has
+    no text, goes through htslib's formatting)."""
 
     def __init__(self, path: str | Path, regions: Iterable[Region] | None = None):
         self.path = Path(path)
@@ -153,7 +158,7 @@ class VcfReader:
         self.regions = merge_regions(regions) if regions else None
         with self.open() as vf:
             self.indexed = vf.index is not None
-            self.samples = len(vf.header.samples)
+            self.is_bcf = str(vf.format) == "BCF"
 
     def open(self):
         """A fresh ``pysam.VariantFile`` on the file."""
@@ -172,38 +177,78 @@ class VcfReader:
         except OSError as err:
             raise InputError(f"{self.path}: cannot read as VCF/BCF ({err.strerror or err})") from None
 
-    def pysam_records(self, vf) -> Iterator:
-        """pysam records of ``vf`` (opened by ``open``) in this reader's order and regions."""
-        try:
-            if self.regions is None:
-                yield from vf
-            elif self.indexed:
-                index_contigs = {_canonical(c): c for c in vf.index}
-                for key, spans in sorted(self.regions.items(), key=lambda kv: _contig_rank(kv[0], index_contigs, vf)):
-                    if key not in index_contigs:
-                        continue
-                    for s, e in spans:
-                        for rec in vf.fetch(index_contigs[key], s, None if e >= _END else e):
-                            if s <= rec.start < e:
-                                yield rec
-            else:
-                for rec in vf:
-                    spans = self.regions.get(_canonical(rec.chrom))
-                    if spans and any(s <= rec.start < e for s, e in spans):
-                        yield rec
-        except (OSError, ValueError) as err:
-            raise InputError(f"{self.path}: cannot read record ({err})") from None
+    def _spans(self, vf) -> list[tuple[str, int, int]]:
+        """(contig as the index names it, start, end) to fetch, in the index's contig order."""
+        order = list(vf.index)
+        by_key = {_canonical(c): c for c in order}
+        spans = [(by_key[key], s, e) for key, ss in self.regions.items() if key in by_key for s, e in ss]
+        return sorted(spans, key=lambda t: (order.index(t[0]), t[1]))
+
+    def _wanted(self, chrom: str, start: int) -> bool:
+        return any(s <= start < e for s, e in self.regions.get(_canonical(chrom), ()))
+
+    def _pysam_records(self, vf) -> Iterator:
+        if self.regions is None:
+            yield from vf
+        elif self.indexed:
+            for contig, s, e in self._spans(vf):
+                yield from (rec for rec in vf.fetch(contig, s, None if e >= _END else e) if s <= rec.start < e)
+        else:
+            yield from (rec for rec in vf if self._wanted(rec.chrom, rec.start))
 
     def __iter__(self) -> Iterator[VcfRecord]:
         with self.open() as vf:
-            for rec in self.pysam_records(vf):
-                yield VcfRecord(rec.chrom, rec.pos, rec.id, rec.ref or "", tuple(rec.alts or ()))
+            try:
+                for rec in self._pysam_records(vf):
+                    yield VcfRecord(rec.chrom, rec.pos, rec.id, rec.ref or "", tuple(rec.alts or ()))
+            except (OSError, ValueError) as err:
+                raise InputError(f"{self.path}: cannot read a record ({err})") from None
+
+    def text(self) -> tuple[list[str], Iterator[str]]:
+        """(header lines, data lines) as text without line ends, data in ``__iter__``'s order."""
+        if self.is_bcf:
+            vf = self.open()
+            return str(vf.header).splitlines(), (str(rec).rstrip("\n") for rec in self._pysam_records(vf))
+        header: list[str] = []
+        with _open_text(self.path) as fh:
+            for line in fh:
+                header.append(line.rstrip("\r\n"))
+                if line.startswith("#CHROM"):
+                    break
+        return header, self._text_records()
+
+    def _text_records(self) -> Iterator[str]:
+        if self.regions is not None and self.indexed:
+            import pysam
+
+            with self.open() as vf:
+                spans = self._spans(vf)
+            with pysam.TabixFile(str(self.path), encoding="utf-8") as tf:
+                for contig, s, e in spans:
+                    for line in tf.fetch(contig, s, None if e >= _END else e):
+                        if s <= int(line.split("\t", 2)[1]) - 1 < e:
+                            yield line
+            return
+        with _open_text(self.path) as fh:
+            for line in fh:
+                if line.startswith("#") or not line.strip():
+                    continue
+                line = line.rstrip("\r\n")
+                if self.regions is None:
+                    yield line
+                else:
+                    chrom, pos = line.split("\t", 2)[:2]
+                    if self._wanted(chrom, int(pos) - 1):
+                        yield line
 
 
-def _contig_rank(key: str, index_contigs: dict[str, str], vf) -> tuple[int, str]:
-    order = list(vf.index)
-    name = index_contigs.get(key)
-    return (order.index(name) if name in order else len(order), key)
+def _open_text(path: Path):
+    """A VCF as text, plain or gzip/bgzip; undecodable bytes pass through unchanged."""
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    if gz:
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -212,6 +257,28 @@ class InfoField:
     number: str  # "A", "1", ...
     type: str  # "Float", ...
     description: str
+
+    def header_line(self) -> str:
+        return f'##INFO=<ID={self.id},Number={self.number},Type={self.type},Description="{self.description}">'
+
+
+def _format_value(v) -> str:
+    if v is None:
+        return "."
+    if isinstance(v, (tuple, list)):
+        return ",".join(_format_value(x) for x in v) or "."
+    # readers hold VCF Floats as float32: 7 significant digits carry all of it
+    return f"{v:.7g}" if isinstance(v, float) else str(v)
+
+
+def _annotate(line: str, values: dict, ours: set[str]) -> str:
+    cols = line.split("\t", 8)
+    if len(cols) < 8:
+        cols += ["."] * (8 - len(cols))
+    entries = [kv for kv in cols[7].split(";") if kv not in ("", ".") and kv.split("=", 1)[0] not in ours]
+    entries += [f"{k}={_format_value(v)}" for k, v in values.items()]
+    cols[7] = ";".join(entries) or "."
+    return "\t".join(cols)
 
 
 def write_annotated_vcf(
@@ -224,72 +291,62 @@ def write_annotated_vcf(
 ) -> bool:
     """Copy ``reader``'s records to ``path`` with INFO ``fields`` set from ``annotations``.
 
-    annotations: one ``(chrom, pos, {field id: value or tuple})`` per record in reader order; a
-    field missing from the dict is removed from the record; None inside a tuple is written '.'.
-    header_lines: ``(key, value)`` pairs written as ``##key=value`` (earlier ``##evo_*`` lines are
-    replaced). compressed: bgzip and tabix-index. The file (and index) appear only when complete;
-    ``-`` writes plain VCF to stdout. Returns whether a tabix index was written (False when not
-    compressed, or when the records are not sorted by position).
+    Records are copied as the input spells them, except for the INFO column: earlier values of
+    ``fields`` are dropped and the new ones appended. annotations: one ``(chrom, pos, {field id:
+    value or tuple})`` per record in reader order; None inside a tuple is written '.'; floats get 7
+    significant digits (readers keep VCF Floats as float32). header_lines: ``(key, value)`` pairs
+    written as ``##key=value`` before ``#CHROM``; earlier ``##evo_*`` lines and declarations of
+    ``fields`` are replaced. compressed: bgzip and tabix-index. The file (and index) appear only
+    when complete; ``-`` writes plain VCF to stdout. Returns whether a tabix index was written
+    (False when not compressed, or when the records are not sorted by position).
     """
-    import pysam
+    from pysam.libcbgzf import BGZFile
 
-    from .atomic import atomic_path
+    from .atomic import atomic_open, atomic_path
 
+    ours = {f.id for f in fields}
+    header, lines = reader.text()
+    if not header or not header[-1].startswith("#CHROM"):
+        raise InputError(f"{reader.path}: no #CHROM header line")
+    kept = [h for h in header[:-1] if not h.startswith("##evo_")
+            and not any(h.startswith(f"##INFO=<ID={key},") for key in ours)]
+    last_info = max((i + 1 for i, h in enumerate(kept) if h.startswith("##INFO=")), default=len(kept))
+    out_header = (kept[:last_info] + [f.header_line() for f in fields] + kept[last_info:]
+                  + [f"##{key}={' '.join(str(value).split())}" for key, value in header_lines] + [header[-1]])
+
+    def text() -> Iterator[str]:
+        yield from (h + "\n" for h in out_header)
+        ann_iter = iter(annotations)
+        for line in lines:
+            chrom, pos, values = next(ann_iter, (None, None, None))
+            got = line.split("\t", 2)[:2]
+            if got != [chrom, str(pos)]:
+                raise InputError(f"{reader.path}: record {':'.join(got)} does not match the scored record "
+                                 f"{chrom}:{pos}; was the VCF changed during the run?")
+            yield _annotate(line, values, ours) + "\n"
+
+    if not compressed:
+        with atomic_open(path, "wb") as fh:
+            for chunk in text():
+                fh.write(chunk.encode("utf-8", "surrogateescape"))
+        return False
     path = Path(path)
-    with reader.open() as vf:
-        # a first pass lets htslib add the contigs and tags that the header forgot, so that the
-        # output header declares everything the records use
-        for _ in reader.pysam_records(vf):
-            pass
-        vf.reset()
-        header = vf.header
-        for rec in list(header.records):
-            if rec.key and rec.key.startswith("evo_"):
-                rec.remove()
-        for f in fields:
-            if f.id in header.info:
-                old = header.info[f.id]
-                if (str(old.number), old.type) != (f.number, f.type):
-                    raise InputError(f"{reader.path}: INFO {f.id} is already declared as Number={old.number},"
-                                     f"Type={old.type}; evo writes Number={f.number},Type={f.type}")
-            else:
-                header.info.add(f.id, f.number, f.type, f.description)
-        for key, value in header_lines:
-            header.add_line(f"##{key}={value}")
-        if str(path) == "-":
-            with pysam.VariantFile("-", "w", header=header) as out:
-                _copy_records(reader, vf, out, [f.id for f in fields], annotations)
-            return False
-        with atomic_path(path) as tmp:
-            index_tmp = Path(str(tmp) + ".tbi")
-            try:
-                with pysam.VariantFile(str(tmp), "wz" if compressed else "w", header=header) as out:
-                    _copy_records(reader, vf, out, [f.id for f in fields], annotations)
-                indexed = compressed and _tabix(tmp)
-            except BaseException:
-                index_tmp.unlink(missing_ok=True)
-                raise
-            # a stale index must never sit beside the new data
-            index = Path(str(path) + ".tbi")
-            index.unlink(missing_ok=True)
-        if indexed:
-            os.replace(index_tmp, index)
-        return indexed
-
-
-def _copy_records(reader: VcfReader, vf, out, ids: list[str], annotations: Iterable[tuple[str, int, dict]]) -> None:
-    ann_iter = iter(annotations)
-    for rec in reader.pysam_records(vf):
-        chrom, pos, values = next(ann_iter, (None, None, None))
-        if (chrom, pos) != (rec.chrom, rec.pos):
-            raise InputError(f"{reader.path}: record {rec.chrom}:{rec.pos} does not match the scored "
-                             f"record {chrom}:{pos}; was the VCF changed during the run?")
-        for key in ids:
-            if key in values:
-                rec.info[key] = values[key]
-            elif key in rec.info:
-                del rec.info[key]
-        out.write(rec)
+    with atomic_path(path) as tmp:
+        index_tmp = Path(str(tmp) + ".tbi")
+        try:
+            with BGZFile(str(tmp), "wb") as out:
+                for chunk in text():
+                    out.write(chunk.encode("utf-8", "surrogateescape"))
+            indexed = _tabix(tmp)
+        except BaseException:
+            index_tmp.unlink(missing_ok=True)
+            raise
+        # a stale index must never sit beside the new data
+        index = Path(str(path) + ".tbi")
+        index.unlink(missing_ok=True)
+    if indexed:
+        os.replace(index_tmp, index)
+    return indexed
 
 
 def _tabix(path: Path) -> bool:
