@@ -23,6 +23,7 @@ at the end from the stored results, atomically, and the progress file is then re
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections import Counter
@@ -40,6 +41,8 @@ from evo_cli.io.tables import table_writer
 from evo_cli.io.vcf import (NO_ALT, SEQUENCE_CODES, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
 from evo_cli.scoring import score_windows, variant_windows
+
+log = logging.getLogger(__name__)
 
 OK = "ok"
 CONTIG_MISSING = "contig_not_in_fasta"
@@ -231,6 +234,8 @@ def run_score_variants(
         raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
+    if window > model.config.max_seqlen:
+        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
     regions = list(regions or [])
     fmt = check_output(output, format, resume)
     to_file = output not in STDOUT

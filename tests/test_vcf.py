@@ -142,3 +142,17 @@ def test_bgzip_output_is_indexed_unless_unsorted(tmp_path):
     assert write_annotated_vcf(tmp_path / "u.vcf.gz", reader, FIELDS, [], ann, compressed=True) is False
     assert (tmp_path / "u.vcf.gz").exists() and not (tmp_path / "u.vcf.gz.tbi").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+
+
+def test_bcf_input(tmp_path):
+    bcf = tmp_path / "slice.bcf"
+    with pysam.VariantFile(str(BRCA1 / "brca1_sge_first48.region.vcf")) as vf, \
+            pysam.VariantFile(str(bcf), "wb", header=vf.header) as out:
+        for rec in vf:
+            out.write(rec)
+    reader = VcfReader(bcf, [parse_region("GRCh37_chr17_41100001_41300000:97722-97723")])
+    assert reader.is_bcf and len(list(reader)) == 6
+    ann = [(r.chrom, r.pos, {"EVO_REF_LL": -2.0}) for r in reader]
+    write_annotated_vcf(tmp_path / "o.vcf", reader, FIELDS, [], ann, compressed=False)
+    with pysam.VariantFile(str(tmp_path / "o.vcf")) as vf:
+        assert [r.info["EVO_REF_LL"] for r in vf] == [-2.0] * 6

@@ -207,8 +207,9 @@ class VcfReader:
     def text(self) -> tuple[list[str], Iterator[str]]:
         """(header lines, data lines) as text without line ends, data in ``__iter__``'s order."""
         if self.is_bcf:
-            vf = self.open()
-            return str(vf.header).splitlines(), (str(rec).rstrip("\n") for rec in self._pysam_records(vf))
+            with self.open() as vf:
+                header = str(vf.header).splitlines()
+            return header, self._formatted_records()
         header: list[str] = []
         with _open_text(self.path) as fh:
             for line in fh:
@@ -216,6 +217,10 @@ class VcfReader:
                 if line.startswith("#CHROM"):
                     break
         return header, self._text_records()
+
+    def _formatted_records(self) -> Iterator[str]:
+        with self.open() as vf:
+            yield from (str(rec).rstrip("\n") for rec in self._pysam_records(vf))
 
     def _text_records(self) -> Iterator[str]:
         if self.regions is not None and self.indexed:
