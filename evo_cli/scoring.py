@@ -153,7 +153,7 @@ def _common_prefix(rows: list[list[int]]) -> int:
 @torch.inference_mode()
 def score_windows(model, groups: Iterable[Sequence[str]], batch_size: int = 8, share_prefix: bool = True,
                   chunk_size: int | None = None) -> dict[str, float]:
-    """Mean log-likelihood (positions 1..n-1, no BOS) of every window in ``groups``.
+    """Mean log-likelihood of bases 2..n of every window in ``groups`` (no BOS).
 
     groups: windows that may share a prefix, e.g. the REF and ALT windows of a site on one strand.
     Identical windows are scored once. With ``share_prefix`` the longest common prefix P of a group

@@ -46,6 +46,7 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     evo score-variants --vcf clinvar.vcf.gz --fasta GRCh38.fa -m evo2_7b -o scored.vcf.gz
     evo score-variants --vcf in.vcf --fasta ref.fa -m evo2_7b -o scores.tsv --strand both --region chr17:41196312-41277500
     """
+    from evo_cli.io.partial import sidecar_path
     from evo_cli.io.vcf import parse_region, read_bed
     from evo_cli.variants import check_output, check_variants, run_score_variants
 
@@ -60,11 +61,16 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     command = "evo score-variants " + " ".join(
         f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in ctx.params.items()
         if k != "resume" and v not in (None, False, ()))
-    with progress_bar("scoring", total, "variants") as advance:
-        summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
-                                     regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
-                                     share_prefix=not no_share, chunk_size=chunk_size, resume=resume,
-                                     model_name=model, command=command, progress=advance)
+    try:
+        with progress_bar("scoring", total, "variants") as advance:
+            summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
+                                         regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
+                                         share_prefix=not no_share, chunk_size=chunk_size, resume=resume,
+                                         model_name=model, command=command, progress=advance)
+    except KeyboardInterrupt:
+        if output != "-":
+            _echo(f"progress is kept in {sidecar_path(output)}: add --resume to the same command to continue")
+        raise
     new = summary.variants - summary.resumed
     rate = f", {new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new else ""
     _echo(f"scored {summary.scored:,} of {summary.variants:,} variants ({summary.records:,} records) "
