@@ -7,7 +7,7 @@ reduced in float64. Sequences longer than ``chunk_size`` run through the model i
 carried state (``model.forward_chunked``): exact, with activation memory bounded by the chunk.
 
 Variant windows (the Evo 2 BRCA1 method) are scored without BOS for both families: the mean
-log-likelihood of positions 1..n-1 of the window. The REF window and the ALT windows of a site share
+log-likelihood of bases 2..n of the window. The REF window and the ALT windows of a site share
 everything before the variant, so ``score_windows`` runs that common prefix once, forks its state
 per window and runs only the suffixes; the result equals scoring every window on its own.
 """
@@ -27,7 +27,8 @@ def default_prepend_bos(model) -> bool:
     return model.config.family == "evo1"
 
 
-def _chunk_logprobs(chunks: Iterable[tuple[int, torch.Tensor]], ids: torch.Tensor, first_logits: torch.Tensor | None = None):
+def _chunk_logprobs(chunks: Iterable[tuple[int, torch.Tensor]], ids: torch.Tensor,
+                    first_logits: torch.Tensor | None = None):
     """log p(ids[:, t] | ...) from the logits of consecutive chunks of ``ids`` [B, L].
 
     chunks: ``(start, logits [B, n, V])`` covering ``ids`` in order. first_logits [B, V]: the logits
@@ -44,7 +45,8 @@ def _chunk_logprobs(chunks: Iterable[tuple[int, torch.Tensor]], ids: torch.Tenso
         else:
             out[:, start] = torch.log_softmax(prev.float(), dim=-1).gather(-1, tok[:, :1])[:, 0]
         if n > 1:
-            out[:, start + 1 : start + n] = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, tok[:, 1:, None])[..., 0]
+            lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            out[:, start + 1 : start + n] = lp.gather(-1, tok[:, 1:, None])[..., 0]
         prev = logits[:, -1]
     return out, prev
 

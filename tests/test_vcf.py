@@ -54,6 +54,10 @@ def test_reference_aliases_case_and_compression(tmp_path):
     with Reference(fa) as ref:
         assert ref.fetch(ref.resolve("MT"), 0, 12) == "ACGTACGTNNNN" and ref.resolve("chr2") == "2"
     assert (tmp_path / "masked.fa.fai").exists()
+    bgz = shutil.copy(BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz", tmp_path)  # bgzip without its index
+    with Reference(bgz) as ref:
+        assert ref.fetch("17", 41197700, 41197800) == local
+    assert (tmp_path / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz.gzi").exists()
     plain_gz = tmp_path / "plain.fa.gz"
     plain_gz.write_bytes(gzip.compress(fa.read_bytes()))
     with pytest.raises(InputError, match="recompress it with `bgzip`"):
