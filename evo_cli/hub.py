@@ -102,9 +102,11 @@ def _evo2_merged_file(spec: ModelSpec) -> Path | None:
 
 def not_cached_message(spec: ModelSpec, status: CacheStatus) -> str:
     what = "is only partly in" if status.state == "partial" else "is not in"
-    return (f"{spec.name} {what} the Hugging Face cache ({hub_cache_dir()}) and downloads are off (HF_HUB_OFFLINE); "
-            f"run `evo download {spec.name}` on a connected machine, or copy its hub cache here and point "
-            "HF_HUB_CACHE at it")
+    where = f"{spec.name} {what} the Hugging Face cache ({hub_cache_dir()})"
+    if not is_offline():
+        return f"{where}; run `evo download {spec.name}` first"
+    return (f"{where} and downloads are off (HF_HUB_OFFLINE); run `evo download {spec.name}` on a connected "
+            "machine, or copy its hub cache here and point HF_HUB_CACHE at it")
 
 
 def model_weights_path(spec: ModelSpec, download: bool = True) -> Path:
@@ -184,5 +186,32 @@ def _download_error(spec: ModelSpec, err: Exception) -> str:
     hint = ""
     if kind in ("GatedRepoError", "RepositoryNotFoundError") or "401" in first or "403" in first:
         hint = "; log in with `hf auth login` or set HF_TOKEN"
+    elif kind == "LocalEntryNotFoundError" or "Connect" in first:
+        hint = "; the Hugging Face Hub cannot be reached: check the network or proxy settings"
     return (f"cannot download {spec.repo}@{spec.revision} ({kind}: {first}){hint}; "
             f"files already fetched are kept and `evo download {spec.name}` resumes")
+
+
+def list_models() -> list[dict]:
+    """Every published model with its cache state, as plain values (what ``evo models`` prints)."""
+    cache = hub_cache_dir()
+    rows = []
+    for spec in MODELS.values():
+        status = cache_status(spec, cache)
+        rows.append({
+            "name": spec.name,
+            "family": spec.family_label,
+            "params_billions": spec.params,
+            "context": spec.context,
+            "embedding_layer": spec.embedding_layer,
+            "needs_fp8": spec.fp8,
+            "repo": spec.repo,
+            "revision": spec.revision,
+            "files": list(spec.files),
+            "cached": status.state,
+            "size_on_disk": status.size_bytes,
+            "download_bytes": spec.download_bytes,
+            "path": str(status.path / spec.weights) if status.state == "cached" else None,
+            "description": spec.description,
+        })
+    return rows

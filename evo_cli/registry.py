@@ -113,9 +113,13 @@ def get_spec(name: str) -> ModelSpec | None:
 
 
 def closest_names(name: str, n: int = 1) -> list[str]:
-    """Registry names that look like ``name`` (for "did you mean"), best first."""
-    lowered = {k.lower(): k for k in MODELS}
-    return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
+    """Registry names that look like ``name`` (for "did you mean"), best first: names it begins
+    (shortest first), then similar ones; case, ``-`` and ``_`` are ignored."""
+    norm = {k.lower().replace("-", "_"): k for k in MODELS}
+    key = name.lower().replace("-", "_")
+    prefixed = sorted((k for k in norm if k.startswith(key)), key=len)
+    similar = difflib.get_close_matches(key, list(norm), n=n, cutoff=0.5)
+    return [norm[k] for k in dict.fromkeys(prefixed + similar)][:n]
 
 
 def unknown_model_message(name: str) -> str:

@@ -219,7 +219,7 @@ def wip_config(source: TensorSource, d: dict | None, where: Path) -> ModelConfig
     out_bias = all(f"model.layers.{i}.block.attention.o_proj.bias" in source for i in attn)
     if attn and not out_bias:
         log.warning("%s: the %s layout stores no attention out_proj.bias (its converter drops it); loading the "
-                    "model without it, so outputs differ from the published Evo 2 model", source.description, WIP)
+                    "model without it, so outputs differ from the published Evo 2 model", where.parent, WIP)
     first_hyena = next((i for i, k in enumerate(kinds) if k != "attn"), None)
     short = shape(first_hyena, "filter.short_filter_weight") if first_hyena is not None else None
     try:
