@@ -162,12 +162,12 @@ def download_model(name: str, quiet: bool = False) -> Path:
 
     if quiet:
         disable_progress_bars()
+    log.info("downloading %s (~%.1f GB) from %s@%s into %s", spec.name, spec.download_bytes / 1e9, spec.repo,
+             spec.revision, cache)
     try:
         folder = huggingface_hub.snapshot_download(
             repo_id=spec.repo, revision=spec.revision, cache_dir=str(cache), allow_patterns=list(spec.files),
         )
-    except KeyboardInterrupt:
-        raise
     except Exception as err:
         raise CheckpointError(_download_error(spec, err)) from None
     finally:

@@ -229,3 +229,16 @@ def test_info_and_convert_by_name(env, tmp_path):
     assert native.config == registry.model_config("evo2_7b_262k")
     ids = tiny_ids()
     assert torch.equal(_logits(native, ids), _logits(evo_cli.load_model("evo2_7b_262k", device="cpu"), ids))
+
+
+def test_interrupted_download_counts_as_partial(fake_download, env, monkeypatch):
+    """huggingface_hub resumes from blobs/*.incomplete; their bytes are not asked for again."""
+    spec = registry.MODELS["evo2_7b"]
+    blobs = hub.repo_cache_dir(spec) / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / "0123abcd.incomplete").write_bytes(b"\0" * 1000)
+    status = hub.cache_status(spec)
+    assert (status.state, status.size_bytes, status.missing) == ("partial", 1000, ("evo2_7b.pt",))
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: SimpleNamespace(total=0, used=0, free=spec.download_bytes - 1000))
+    hub.download_model("evo2_7b")
+    assert len(fake_download) == 1
