@@ -190,28 +190,32 @@ def wip_config(source: TensorSource, d: dict | None, where: Path) -> ModelConfig
     if layers != list(range(len(layers))):
         raise CheckpointError(f"{source.description}: layer numbers are not contiguous from 0")
 
-    def shape(i: int, suffix: str) -> tuple[int, ...] | None:
+    def has(i: int, suffix: str) -> bool:
+        return f"model.layers.{i}.block.{suffix}" in source
+
+    def shape(i: int, suffix: str) -> tuple[int, ...]:
         key = f"model.layers.{i}.block.{suffix}"
-        return tuple(source.get(key).shape) if key in source else None
+        if key not in source:
+            raise CheckpointError(f"{source.description}: missing tensor {key!r}")
+        return tuple(source.get(key).shape)
 
     kinds, lengths, groups, state_size, head_dim = [], {}, {}, None, None
     for i in layers:
-        h = shape(i, "filter.h")
-        if shape(i, "attention.q_proj.weight") is not None:
+        if has(i, "attention.q_proj.weight"):
             kinds.append("attn")
-            inv = shape(i, "attention.rotary_emb.inv_freq")
-            if inv is None:
-                raise CheckpointError(f"{source.description}: missing tensor 'model.layers.{i}.block.attention.rotary_emb.inv_freq'")
-            head_dim = 2 * inv[0]
-        elif shape(i, "filter.log_poles") is not None:
+            head_dim = 2 * shape(i, "attention.rotary_emb.inv_freq")[0]
+        elif has(i, "filter.log_poles"):
             kinds.append("hcl")
             state_size = shape(i, "filter.log_poles")[1]
-        elif h is not None:
+        elif has(i, "filter.h"):
+            h = shape(i, "filter.h")
             kind = "hcm" if h[-1] >= 128 else "hcs"
             kinds.append(kind)
             lengths[kind], groups[kind] = h[-1], h[0]
         else:
             raise CheckpointError(f"{source.description}: layer {i} has neither attention nor Hyena filter tensors")
+    if "model.embed_tokens.weight" not in source:
+        raise CheckpointError(f"{source.description}: missing tensor 'model.embed_tokens.weight'")
     vocab, hidden = source.get("model.embed_tokens.weight").shape
     attn = [i for i, k in enumerate(kinds) if k == "attn"]
     if head_dim is None:
@@ -221,14 +225,14 @@ def wip_config(source: TensorSource, d: dict | None, where: Path) -> ModelConfig
         log.warning("%s: the %s layout stores no attention out_proj.bias (its converter drops it); loading the "
                     "model without it, so outputs differ from the published Evo 2 model", where.parent, WIP)
     first_hyena = next((i for i, k in enumerate(kinds) if k != "attn"), None)
-    short = shape(first_hyena, "filter.short_filter_weight") if first_hyena is not None else None
+    short = shape(first_hyena, "filter.short_filter_weight")[-1] if first_hyena is not None else 3
     try:
         return ModelConfig(
             family="evo2", block_types=tuple(kinds), hidden_size=hidden, num_heads=hidden // head_dim,
             inner_mlp_size=shape(0, "mlp.gate_proj.weight")[0], state_size=state_size or 16, vocab_size=vocab,
-            short_filter_length=short[-1] if short else 3,
-            short_filter_bias=first_hyena is not None and shape(first_hyena, "filter.short_filter_bias") is not None,
-            hyena_out_proj_bias=first_hyena is None or shape(first_hyena, "filter.out_filter_dense.bias") is not None,
+            short_filter_length=short,
+            short_filter_bias=first_hyena is not None and has(first_hyena, "filter.short_filter_bias"),
+            hyena_out_proj_bias=first_hyena is None or has(first_hyena, "filter.out_filter_dense.bias"),
             hcs_filter_length=lengths.get("hcs", 7), hcm_filter_length=lengths.get("hcm", 128),
             hcs_filter_groups=groups.get("hcs", 0), hcm_filter_groups=groups.get("hcm", 0),
             mha_out_proj_bias=out_bias, rotary_base=float(d.get("rope_theta") or 10000.0),
