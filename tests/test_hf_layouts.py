@@ -111,7 +111,8 @@ def _yml(config) -> dict:
     c = config
     return {"hidden_size": c.hidden_size, "num_filters": c.hidden_size, "num_layers": c.num_layers,
             **{f"{k}_layer_idxs": c.layers_of(k) for k in ("hcs", "hcm", "hcl", "attn")},
-            "hcs_filter_groups": c.hcs_filter_groups, "hcm_filter_groups": c.hcm_filter_groups, "hcl_filter_groups": c.hidden_size,
+            "hcs_filter_groups": c.hcs_filter_groups, "hcm_filter_groups": c.hcm_filter_groups,
+            "hcl_filter_groups": c.hidden_size,
             "hcs_filter_length": c.hcs_filter_length, "hcm_filter_length": c.hcm_filter_length, "short_filter_length": 3,
             "short_filter_bias": False, "state_size": c.state_size, "num_attention_heads": c.num_heads, "vocab_size": 512,
             "rotary_emb_base": c.rotary_base, "rotary_emb_scaling_factor": c.rotary_scaling if c.rotary_scaling != 1 else None,

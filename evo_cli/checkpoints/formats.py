@@ -218,8 +218,10 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
     json_d = _read_json(cfg_json) if cfg_json.is_file() else None
     layout = community.detect_layout(source.keys())
     if layout is not None:
-        if parsed is None:
-            parsed = community.aquiles_config(json_d, cfg_json) if layout == community.AQUILES else community.wip_config(source, json_d, cfg_json)
+        if parsed is None and layout == community.AQUILES:
+            parsed = community.aquiles_config(json_d, cfg_json)
+        elif parsed is None:
+            parsed = community.wip_config(source, json_d, cfg_json)
         resolver = community.community_resolver(layout, parsed, source, _vortex_resolver(parsed, source))
         return Checkpoint(path=path, format=layout, config=parsed, source=source, resolve=resolver,
                           ignorable=community.community_ignorable(layout, _is_extra))
