@@ -66,7 +66,8 @@ class ModelSpec:
 
 
 def _evo1(name, repo, revision, context, description, family="evo1"):
-    # 32 layers: the middle block's MLP output, as the embedding module falls back to for unknown models
+    # no published recommendation for Evo 1: the middle block's MLP output (16 of 32 blocks), the same
+    # choice the embedding module makes for models it does not know
     return ModelSpec(name=name, family=family, repo=repo, revision=revision, files=_EVO1_FILES,
                      weights="model.safetensors.index.json", context=context, params=6.452781056,
                      download_bytes=12_920_000_000, embedding_layer="blocks.16.mlp.l3", fp8=False,
