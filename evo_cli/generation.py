@@ -111,8 +111,8 @@ def generate(
     """
     check_sampling(temperature, top_k, top_p)
     for name, value in (("n_tokens", n_tokens), ("num_samples", num_samples), ("batch_size", batch_size),
-                        ("prefill_chunk", prefill_chunk or 1)):
-        if value < 1:
+                        ("prefill_chunk", prefill_chunk)):
+        if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
     if seed is not None and seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed}")
