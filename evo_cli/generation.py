@@ -9,7 +9,10 @@ distinct prompt of the batch is prefilled once (in chunks of ``prefill_chunk`` t
 carried across) up to one token short of the batch's shortest prompt, and the state is copied to
 every row. From there each step feeds one token per row: the row's next prompt token while it has
 any left (teacher forcing), else the token it just sampled. All rows sit at the same position, so
-the state is exact for each, whatever the mix of prompt lengths.
+the state is exact for each, whatever the mix of prompt lengths. The state and the token, log-prob
+and random-number buffers are allocated once per batch; a step allocates only the model's
+transient activations, so memory does not grow with the generated length beyond the KV cache,
+which is preallocated for it.
 
 Reproducibility. Every row draws its random numbers from its own stream (numpy PCG64 seeded with
 ``(seed, prompt index, sample index)``) and ``sample_tokens`` consumes exactly one per generated
