@@ -27,7 +27,7 @@ from .options import load_model_cli, model_options, progress_bar
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed for reproducible sampling [default: random, written to the output].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Sequences decoded together (results do not depend on it).")
+              help="Sequences decoded together (each sample keeps its own random stream whatever the batch).")
 @click.option("--prefill-chunk", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Prompt tokens per prefill pass (bounds memory for long prompts).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "fasta", "jsonl"]), default="auto", show_default=True,
