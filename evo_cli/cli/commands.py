@@ -1,6 +1,8 @@
 """The list of ``evo`` subcommands; each lives in its own module."""
 
+from .generate import generate
 from .info import info
+from .models import convert, download, models
 from .score import score, score_variants
 
-COMMANDS = [info, score, score_variants]
+COMMANDS = [info, models, download, convert, generate, score, score_variants]
