@@ -66,15 +66,16 @@ def test_reference_aliases_case_and_compression(tmp_path):
         Reference(tmp_path / "missing.fa")
 
 
-def _brca1_slice(tmp_path):
+def _brca1_slice(tmp_path, csi=False):
     vcf = tmp_path / "slice.vcf"
     shutil.copy(BRCA1 / "brca1_sge_first48.region.vcf", vcf)
-    gz = pysam.tabix_index(str(vcf), preset="vcf", force=True, keep_original=True)
+    gz = pysam.tabix_index(str(vcf), preset="vcf", force=True, keep_original=True, csi=csi)
     return vcf, gz
 
 
-def test_regions_streaming_and_indexed_agree(tmp_path):
-    vcf, gz = _brca1_slice(tmp_path)
+@pytest.mark.parametrize("csi", [False, True], ids=["tbi", "csi"])
+def test_regions_streaming_and_indexed_agree(csi, tmp_path):
+    vcf, gz = _brca1_slice(tmp_path, csi)
     assert not VcfReader(vcf).indexed and VcfReader(gz).indexed
     contig = "GRCh37_chr17_41100001_41300000"
     regions = [parse_region(f"{contig}:97724-97725"), Region(contig, 97727, 97729), parse_region(f"{contig}:97725-97726")]
@@ -82,7 +83,9 @@ def test_regions_streaming_and_indexed_agree(tmp_path):
     expected = [(r.pos, r.alts) for r in VcfReader(vcf) if r.pos in wanted]
     assert len(expected) == 15
     for path in (vcf, gz):
-        assert [(r.pos, r.alts) for r in VcfReader(path, regions)] == expected
+        reader = VcfReader(path, regions)
+        assert [(r.pos, r.alts) for r in reader] == expected
+        assert [tuple(line.split("\t")[1:2]) for line in reader.text()[1]] == [(str(p),) for p, _ in expected]
     assert list(VcfReader(gz, [Region("other")])) == []
     # chr aliasing between a region and the VCF's contig names
     chr17 = EDGE / "derived" / "brca1_sge_first24.chr17.vcf"

@@ -228,7 +228,8 @@ class VcfReader:
 
             with self.open() as vf:
                 spans = self._spans(vf)
-            with pysam.TabixFile(str(self.path), encoding="utf-8") as tf:
+            index = next((f"{self.path}{ext}" for ext in (".tbi", ".csi") if Path(f"{self.path}{ext}").exists()), None)
+            with pysam.TabixFile(str(self.path), index=index, encoding="utf-8") as tf:
                 for contig, s, e in spans:
                     for line in tf.fetch(contig, s, None if e >= _END else e):
                         if s <= int(line.split("\t", 2)[1]) - 1 < e:
