@@ -31,9 +31,10 @@ def _short_conv(z_ptr, s_ptr, w_ptr, b_ptr, o_l, o_c, m_c, L, stride_zl, stride_
 
 
 @autotune([
-    triton.Config({"BL": 64, "BD": 64}, num_warps=4),
-    triton.Config({"BL": 32, "BD": 128}, num_warps=4),
-    triton.Config({"BL": 128, "BD": 64}, num_warps=8),
+    triton.Config({"BL": 64, "BD": 64}, num_warps=8),
+    triton.Config({"BL": 32, "BD": 64}, num_warps=4),
+    triton.Config({"BL": 32, "BD": 128}, num_warps=8),
+    triton.Config({"BL": 16, "BD": 128}, num_warps=4),
 ], key=["D", "K"])
 @triton.jit
 def featurize_fwd_kernel(z_ptr, w_ptr, b_ptr, s_ptr, x2_ptr, x1v_ptr, L, D,

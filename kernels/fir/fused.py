@@ -90,10 +90,9 @@ def fir_taps_fwd_kernel(x_ptr, g_ptr, h_ptr, d_ptr, s_ptr, y_ptr, L, C, GS,
 
 
 _TOEPLITZ_CONFIGS = [
-    triton.Config({"BT": 64, "BC": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BT": 64, "BC": 32}, num_warps=8, num_stages=2),
     triton.Config({"BT": 64, "BC": 16}, num_warps=4, num_stages=2),
     triton.Config({"BT": 64, "BC": 16}, num_warps=8, num_stages=3),
-    triton.Config({"BT": 128, "BC": 16}, num_warps=8, num_stages=2),
 ]
 
 

@@ -26,10 +26,12 @@ from .naive import hyena_modal_ref
 @triton.jit
 def _pow(lr, li, e, IS_COMPLEX: tl.constexpr):
     """(re, im) of ``p^e`` for ``log p = lr + i li`` (im is re's placeholder for real poles)."""
-    mag = tl.exp(lr * e)
+    re = tl.exp(lr * e)
+    im = re
     if IS_COMPLEX:
-        return mag * tl.cos(li * e), mag * tl.sin(li * e)
-    return mag, mag
+        im = re * tl.sin(li * e)
+        re = re * tl.cos(li * e)
+    return re, im
 
 
 @triton.jit
@@ -49,11 +51,12 @@ def _modal_chunk(x_ptr, g_ptr, y_ptr, d, t0, nv, o_t, o_c, m_c, stride_xl, strid
     y = (y + d[None, :] * x) * g
     tl.store(y_ptr + o_l[:, None] * stride_yl + o_c[None, :] * stride_yc, y.to(y_ptr.dtype.element_ty), mask=m)
     xs = x[:, :, None]
+    nr = pr * sr + tl.sum(wr * xs, axis=0)
+    ni = si
     if IS_COMPLEX:
-        nr = pr * sr - pi * si + tl.sum(wr * xs, axis=0)
+        nr -= pi * si
         ni = pr * si + pi * sr + tl.sum(wi * xs, axis=0)
-        return nr, ni
-    return pr * sr + tl.sum(wr * xs, axis=0), si
+    return nr, ni
 
 
 @triton.jit
@@ -71,8 +74,9 @@ def _update_maps(lr, li, e3, nv, IS_COMPLEX: tl.constexpr):
     triton.Config({"T": 16, "BD": 32}, num_warps=8),
     triton.Config({"T": 16, "BD": 16}, num_warps=8),
     triton.Config({"T": 8, "BD": 32}, num_warps=4),
-    triton.Config({"T": 32, "BD": 16}, num_warps=8),
-], key=["C", "S"], restore_value=["s_ptr"])
+    triton.Config({"T": 8, "BD": 16}, num_warps=4),
+    triton.Config({"T": 8, "BD": 32}, num_warps=8),
+], key=["C", "S", "IS_COMPLEX"], restore_value=["s_ptr"])
 @triton.jit
 def modal_fwd_kernel(x_ptr, g_ptr, y_ptr, lp_ptr, r_ptr, d_ptr, s_ptr, L, C, S,
                      stride_xb, stride_xl, stride_xc, stride_gb, stride_gl, stride_gc, stride_yb, stride_yl, stride_yc,
