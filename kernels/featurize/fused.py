@@ -55,7 +55,7 @@ def featurize_fwd_kernel(z_ptr, w_ptr, b_ptr, s_ptr, x2_ptr, x1v_ptr, L, D,
                      stride_wc, stride_wk, K, HAS_BIAS, HAS_STATE, BL, BD)
     v = _short_conv(z_ptr, s_ptr, w_ptr, b_ptr, o_l, o_d + 2 * D, m_d, L, stride_zl, stride_zc, stride_sl, stride_sc,
                     stride_wc, stride_wk, K, HAS_BIAS, HAS_STATE, BL, BD)
-    off = i_b.to(tl.int64) * stride_ob + o_l.to(tl.int64)[:, None] * stride_ol + o_d[None, :] * stride_oc
+    off = i_b.to(tl.int64) * stride_ob + o_l.to(tl.int64)[:, None] * stride_ol + o_d.to(tl.int64)[None, :] * stride_oc
     m = (o_l < L)[:, None] & m_d[None, :]
     tl.store(x2_ptr + off, x2.to(x2_ptr.dtype.element_ty), mask=m)
     tl.store(x1v_ptr + off, (x1 * v).to(x1v_ptr.dtype.element_ty), mask=m)

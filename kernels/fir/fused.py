@@ -33,9 +33,10 @@ def load_rows(x_ptr, s_ptr, o_l, o_c, m_c, L, K1, stride_xl, stride_xc, stride_s
 
     Row t >= 0 is ``x[t]``; row t in [-K1, 0) is history row ``K1 + t`` of the state when there is
     one; everything else is zero (causal padding)."""
-    o_l64 = o_l.to(tl.int64)
+    # int64 offsets: a transposed [B, L, C] view has channel stride L
+    o_l64, o_c64 = o_l.to(tl.int64), o_c.to(tl.int64)
     m_x = (o_l >= 0) & (o_l < L)
-    v = tl.load(x_ptr + o_l64[:, None] * stride_xl + o_c[None, :] * stride_xc,
+    v = tl.load(x_ptr + o_l64[:, None] * stride_xl + o_c64[None, :] * stride_xc,
                 mask=m_x[:, None] & m_c[None, :], other=0.0).to(tl.float32)
     if HAS_STATE:
         m_s = (o_l < 0) & (o_l >= -K1)
@@ -48,13 +49,13 @@ def load_rows(x_ptr, s_ptr, o_l, o_c, m_c, L, K1, stride_xl, stride_xc, stride_s
 def _gate_store(acc, x_ptr, g_ptr, y_ptr, d_ptr, o_l, o_c, m_c, L, stride_xl, stride_xc, stride_gl, stride_gc,
                 stride_yl, stride_yc, HAS_D: tl.constexpr):
     """Epilogue: ``y = (acc + D * x) * g`` stored in y's dtype for rows ``o_l`` [BL]."""
-    o_l64 = o_l.to(tl.int64)
+    o_l64, o_c64 = o_l.to(tl.int64), o_c.to(tl.int64)
     m = (o_l < L)[:, None] & m_c[None, :]
     if HAS_D:
-        x = tl.load(x_ptr + o_l64[:, None] * stride_xl + o_c[None, :] * stride_xc, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + o_l64[:, None] * stride_xl + o_c64[None, :] * stride_xc, mask=m, other=0.0).to(tl.float32)
         acc += tl.load(d_ptr + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :] * x
-    g = tl.load(g_ptr + o_l64[:, None] * stride_gl + o_c[None, :] * stride_gc, mask=m, other=0.0).to(tl.float32)
-    tl.store(y_ptr + o_l64[:, None] * stride_yl + o_c[None, :] * stride_yc, (acc * g).to(y_ptr.dtype.element_ty), mask=m)
+    g = tl.load(g_ptr + o_l64[:, None] * stride_gl + o_c64[None, :] * stride_gc, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_ptr + o_l64[:, None] * stride_yl + o_c64[None, :] * stride_yc, (acc * g).to(y_ptr.dtype.element_ty), mask=m)
 
 
 _TAPS_CONFIGS = [

@@ -38,10 +38,10 @@ def _pow(lr, li, e, IS_COMPLEX: tl.constexpr):
 def _modal_chunk(x_ptr, g_ptr, y_ptr, d, t0, nv, o_t, o_c, m_c, stride_xl, stride_xc, stride_gl, stride_gc,
                  stride_yl, stride_yc, tm, vr, vi, wr, wi, pr, pi, sr, si, IS_COMPLEX: tl.constexpr):
     """Outputs of tokens ``t0 .. t0+nv-1`` and the state after them (nv <= T); returns (sr, si)."""
-    o_l = (t0 + o_t).to(tl.int64)
+    o_l, o_c64 = (t0 + o_t).to(tl.int64), o_c.to(tl.int64)
     m = (o_t < nv)[:, None] & m_c[None, :]
-    x = tl.load(x_ptr + o_l[:, None] * stride_xl + o_c[None, :] * stride_xc, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + o_l[:, None] * stride_gl + o_c[None, :] * stride_gc, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + o_l[:, None] * stride_xl + o_c64[None, :] * stride_xc, mask=m, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + o_l[:, None] * stride_gl + o_c64[None, :] * stride_gc, mask=m, other=0.0).to(tl.float32)
     # [T, T, BD] x [1, T, BD] -> [T, BD]: the chunk's own tokens
     y = tl.sum(tm * x[None, :, :], axis=1)
     # [T, BD, S] x [1, BD, S] -> [T, BD]: every token before the chunk, through the state
@@ -49,7 +49,7 @@ def _modal_chunk(x_ptr, g_ptr, y_ptr, d, t0, nv, o_t, o_c, m_c, stride_xl, strid
     if IS_COMPLEX:
         y -= tl.sum(vi * si[None, :, :], axis=2)
     y = (y + d[None, :] * x) * g
-    tl.store(y_ptr + o_l[:, None] * stride_yl + o_c[None, :] * stride_yc, y.to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(y_ptr + o_l[:, None] * stride_yl + o_c64[None, :] * stride_yc, y.to(y_ptr.dtype.element_ty), mask=m)
     xs = x[:, :, None]
     nr = pr * sr + tl.sum(wr * xs, axis=0)
     ni = si
@@ -153,6 +153,8 @@ def modal_fwd_kernel(x_ptr, g_ptr, y_ptr, lp_ptr, r_ptr, d_ptr, s_ptr, L, C, S,
         sr, si = _modal_chunk(x_ptr, g_ptr, y_ptr, d, n_full * T, nv, o_t, o_c, m_c, stride_xl, stride_xc,
                               stride_gl, stride_gc, stride_yl, stride_yc, tm, vr, vi, wr, wi, pr, pi, sr, si, IS_COMPLEX)
     if HAS_STATE:
+        # every thread has read its initial state long before; the barrier makes that explicit
+        tl.debug_barrier()
         tl.store(p_s, sr, mask=m_cn)
         if IS_COMPLEX:
             tl.store(p_s + stride_si, si, mask=m_cn)
