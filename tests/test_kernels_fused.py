@@ -192,10 +192,11 @@ def test_step(kind, dtype):
     assert torch.allclose(state, ref_state, rtol=1e-5, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16])
-def test_rms_norm(dtype):
-    x = torch.randn(3, 70, 48).to(dtype)[:, ::3]
-    scale = torch.randn(48)
+@pytest.mark.parametrize("dtype,shape", [(F32, (3, 70, 48)), (BF16, (3, 70, 48)), (F32, (2, 5, 1000))])
+def test_rms_norm(dtype, shape):
+    """Strided rows (every third token); narrow rows share a program, a 1000-wide row is masked to 1024."""
+    x = torch.randn(shape).to(dtype)[:, ::3]
+    scale = torch.randn(shape[-1])
     _close(rms_norm(x, scale, 1e-2), K.rms_norm_ref(x, scale, 1e-2), dtype)
 
 
@@ -210,6 +211,19 @@ def test_dispatch_uses_the_fused_op(monkeypatch):
     K.rms_norm(x, torch.ones(8), 1e-6, backend="torch")
     K.rms_norm(x, torch.ones(8), 1e-6, backend="auto")
     assert len(calls) == 1
+
+
+def test_backend_choice(monkeypatch):
+    """load_model(kernels=...) wins over EVO_KERNELS, which wins over auto; every op-calling layer follows."""
+    case = CONFORMANCE / "evo2" / "tiny_a"
+    assert K.resolve_backend("triton", torch.device("cpu")) == "triton"  # the interpreter is on in tests
+    monkeypatch.setenv("EVO_KERNELS", "triton")
+    model = evo_cli.load_model(case, device="cpu", dtype="float32")
+    assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"triton"}
+    model = evo_cli.load_model(case, device="cpu", dtype="float32", kernels="torch")
+    assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"torch"}
+    monkeypatch.delenv("EVO_KERNELS")
+    assert evo_cli.load_model(case, device="cpu", dtype="float32").kernels == "auto"
 
 
 def test_conformance_evo2_with_triton_kernels():
