@@ -2,7 +2,9 @@
 
 from ._version import __version__
 from .checkpoints import load_model
+from .checkpoints.convert import convert_checkpoint
 from .errors import CheckpointError, ConfigError, EvoError, InputError
+from .hub import download_model
 from .model import InferenceState, ModelConfig, StripedHyena
 
 __all__ = [
@@ -14,5 +16,7 @@ __all__ = [
     "ModelConfig",
     "StripedHyena",
     "__version__",
+    "convert_checkpoint",
+    "download_model",
     "load_model",
 ]

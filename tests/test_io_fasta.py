@@ -62,3 +62,14 @@ def test_atomic_open_leaves_nothing_on_error(tmp_path):
     with atomic_open(out) as fh:
         fh.write("done")
     assert out.read_text() == "done" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_atomic_output_has_normal_permissions(tmp_path):
+    import os
+
+    out = tmp_path / "o.txt"
+    with atomic_open(out) as fh:
+        fh.write("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask

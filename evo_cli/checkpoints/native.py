@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from evo_cli.errors import CheckpointError
+from evo_cli.io.atomic import _umask
 
 DEFAULT_SHARD_BYTES = 4 << 30
 
@@ -48,6 +49,11 @@ def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHA
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
         )
         (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        # mkdtemp creates 0700: give the checkpoint the permissions a plain mkdir / open would
+        mask = _umask()
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

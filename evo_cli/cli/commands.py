@@ -1,5 +1,6 @@
 """The list of ``evo`` subcommands; each lives in its own module."""
 
 from .info import info
+from .models import convert, download, models
 
-COMMANDS = [info]
+COMMANDS = [info, models, download, convert]

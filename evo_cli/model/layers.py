@@ -168,8 +168,10 @@ class RotaryEmbedding(nn.Module):
 
 
 def rotary_inv_freq(head_dim: int, base: float):
-    """[hd / 2] float32: ``1 / base^(2j / hd)``, computed as flash-attn does."""
-    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    """[hd / 2] float32: ``1 / base^(2j / hd)``, computed as flash-attn does.
+
+    Always computed on the CPU: under a meta-device context the op would pull in torch._dynamo."""
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim))
 
 
 def _rotate(x, cos, sin):

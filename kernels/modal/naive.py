@@ -8,20 +8,57 @@ the full forward, chunked prefill and one-token decoding (see README.md beside t
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # complex / real elements per FFT block: bounds the temporaries of one block to a few hundred MB
 _FFT_BLOCK_ELEMS = 1 << 24
 
 
+def _split(L):
+    """``t = T * i + j`` with T ~ sqrt(L): returns (T, rows) with rows * T >= L."""
+    T = max(1, math.isqrt(L))
+    return T, -(-L // T)
+
+
+def modal_sum(log_poles, coeffs, L, t0=0):
+    """``Re sum_n coeffs[..., d, n] * exp(log_p[d, n] * (t0 + t))`` for t < L -> [..., D, L] float32.
+
+    log_poles: [D, S]; coeffs: [..., D, S] (real or complex). With ``t = T * i + j`` the exponential
+    factors into ``exp(log_p * (t0 + T * i)) * exp(log_p * j)``, so the sum is one batched matmul
+    ``[..., D, L/T, S] @ [D, S, T]`` and needs ``D * S * (L/T + T)`` exponentials, not ``D * S * L``.
+    """
+    D, S = log_poles.shape
+    T, rows = _split(L)
+    j = torch.arange(T, device=log_poles.device, dtype=torch.float32)
+    i = t0 + torch.arange(rows, device=log_poles.device, dtype=torch.float32) * T
+    outer = coeffs[..., :, None, :] * torch.exp(log_poles[:, None, :] * i[None, :, None])
+    inner = torch.exp(log_poles[:, :, None] * j)
+    h = (outer @ inner).reshape(*coeffs.shape[:-2], D, rows * T)[..., :L]
+    return (h.real if h.is_complex() else h).contiguous()
+
+
+def modal_project(log_poles, x):
+    """``sum_k x[b, k, d] * exp(log_p[d, n] * (L-1-k))`` -> [B, D, S]: the modal state of ``x`` alone.
+
+    x: [B, L, D] float32; log_poles: [D, S]. Same factorisation as ``modal_sum``, on the reversed input.
+    """
+    B, L, D = x.shape
+    T, rows = _split(L)
+    xr = torch.nn.functional.pad(x.flip(1), (0, 0, 0, rows * T - L))
+    xr = xr.view(B, rows, T, D).permute(0, 3, 1, 2)
+    if log_poles.is_complex():
+        xr = xr.to(log_poles.dtype)
+    j = torch.arange(T, device=x.device, dtype=torch.float32)
+    i = torch.arange(rows, device=x.device, dtype=torch.float32) * T
+    inner = torch.exp(log_poles[:, :, None] * j).transpose(-1, -2)
+    return ((xr @ inner) * torch.exp(log_poles[:, None, :] * i[None, :, None])).sum(-2)
+
+
 def modal_filter_ref(log_poles, residues, L):
     """log_poles, residues: [D, S] (both real or both complex) -> h: [D, L] float32."""
-    t = torch.arange(L, device=log_poles.device, dtype=torch.float32)
-    h = torch.zeros(log_poles.shape[0], L, device=log_poles.device, dtype=torch.float32)
-    for n in range(log_poles.shape[1]):
-        term = residues[:, n, None] * torch.exp(log_poles[:, n, None] * t)
-        h += term.real if term.is_complex() else term
-    return h
+    return modal_sum(log_poles, residues, L)
 
 
 def fftconv_ref(x, h):
@@ -59,16 +96,9 @@ def modal_conv_ref(x, log_poles, residues, state=None):
     y = fftconv_ref(xf, modal_filter_ref(log_poles, residues, L))
     if state is None:
         return y
-    t = torch.arange(L, device=x.device, dtype=torch.float32)
-    new_state = torch.empty_like(state)
-    for n in range(log_poles.shape[1]):
-        lp = log_poles[:, n]
-        # the past enters output t through p^(t+1) * s
-        past = residues[:, n] * torch.exp(lp * (t[:, None] + 1)) * state[:, None, :, n]
-        y += past.real if past.is_complex() else past
-        # s' = p^L s + sum_k p^(L-1-k) x_k
-        decay = torch.exp(lp * (L - 1 - t[:, None]))
-        new_state[..., n] = torch.exp(lp * L) * state[..., n] + (decay * xf).sum(1)
+    # the past enters output t through Re(sum_n R_n p_n^(t+1) s_n); the new state is p^L s + proj(x)
+    y += modal_sum(log_poles, residues * state, L, t0=1).transpose(1, 2)
+    new_state = torch.exp(log_poles * L) * state + modal_project(log_poles, xf)
     state.copy_(new_state)
     return y
 
