@@ -44,10 +44,11 @@ def main():
             token = model(token, state)[:, -1:].argmax(-1)
         sync(args.device)
         seconds = (time.perf_counter() - t0) / args.steps
-    print(f"{machine()}; {sum(t.numel() for t in model.parameters()):,} params, {str(model.dtype).removeprefix('torch.')}, "
+    params = sum(t.numel() for t in model.parameters())
+    print(f"{machine()}; {params:,} params, {str(model.dtype).removeprefix('torch.')}, "
           f"kernels={args.kernels}, batch {args.batch}, prompt {args.prompt}")
     print("\n| tokens/s | ms/token | weight GB/s |\n|---|---|---|")
-    print(f"| {args.batch / seconds:,.1f} | {seconds * 1e3:,.2f} | {weight_bytes / seconds / 1e9:,.0f} |")
+    print(f"| {args.batch / seconds:,.1f} | {seconds * 1e3:,.2f} | {weight_bytes / seconds / 1e9:,.3g} |")
 
 
 if __name__ == "__main__":

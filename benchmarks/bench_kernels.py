@@ -51,7 +51,8 @@ def _inputs(op, B, L, D, S, dtype, device):
     if op == "modal":
         lp = -torch.rand(D, S, generator=g).to(device) * 0.5
         r = rnd(D, S, dt=torch.float32)
-        return (lambda be: K.hyena_modal(x1v, x2, lp, r, Dskip, backend=be)), 3 * B * L * D * es, (4 * S + 3) * B * L * D
+        fn = lambda be: K.hyena_modal(x1v, x2, lp, r, Dskip, backend=be)  # noqa: E731
+        return fn, 3 * B * L * D * es, (4 * S + 3) * B * L * D
     # one decoding step: z [1, 1, 3D], both states read and written
     z, w = rnd(1, 1, 3 * D), rnd(3 * D, 3, dt=torch.float32)
     fir = torch.zeros(1, 2, 3 * D, device=device)

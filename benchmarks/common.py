@@ -23,7 +23,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
     p.add_argument("--layers", type=int, default=14, help="layers in the Evo 2 motif S M L A S M L (default 14)")
     p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--inner-mlp", type=int, default=None, help="MLP inner size (default: about 8/3 hidden; 11008 in evo2_7b)")
+    p.add_argument("--inner-mlp", type=int, default=None,
+                   help="MLP inner size (default: about 8/3 hidden; 11008 in evo2_7b)")
     p.add_argument("--family", choices=["evo1", "evo2"], default="evo2")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on CUDA")

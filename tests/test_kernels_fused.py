@@ -203,6 +203,13 @@ def test_rms_norm(dtype, shape):
     _close(rms_norm(x, scale, 1e-2), K.rms_norm_ref(x, scale, 1e-2), dtype)
 
 
+def test_one_autotune_config_under_the_interpreter():
+    from evo_cli.kernels.fir.fused import fir_taps_fwd_kernel, fir_toeplitz_fwd_kernel
+    from evo_cli.kernels.modal.fused import modal_fwd_kernel
+
+    assert [len(k.configs) for k in (fir_taps_fwd_kernel, fir_toeplitz_fwd_kernel, modal_fwd_kernel)] == [1, 1, 1]
+
+
 def test_dispatch_uses_the_fused_op(monkeypatch):
     """backend="triton" runs ``<op>/fused.py`` on CPU tensors under the interpreter; "torch" never does."""
     import evo_cli.kernels.norm.fused as fused

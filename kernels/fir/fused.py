@@ -55,7 +55,8 @@ def _gate_store(acc, x_ptr, g_ptr, y_ptr, d_ptr, o_l, o_c, m_c, L, stride_xl, st
         x = tl.load(x_ptr + o_l64[:, None] * stride_xl + o_c64[None, :] * stride_xc, mask=m, other=0.0).to(tl.float32)
         acc += tl.load(d_ptr + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :] * x
     g = tl.load(g_ptr + o_l64[:, None] * stride_gl + o_c64[None, :] * stride_gc, mask=m, other=0.0).to(tl.float32)
-    tl.store(y_ptr + o_l64[:, None] * stride_yl + o_c64[None, :] * stride_yc, (acc * g).to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(y_ptr + o_l64[:, None] * stride_yl + o_c64[None, :] * stride_yc, (acc * g).to(y_ptr.dtype.element_ty),
+             mask=m)
 
 
 _TAPS_CONFIGS = [
@@ -145,8 +146,8 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
     dummy = placeholder(x1v.device)
     s = state if state is not None else dummy
     s_strides = state.stride() if state is not None else (0, 0, 0)
-    args = (x1v, x2, h, D if D is not None else dummy, s, y, L, C, C // G, *x1v.stride(), *x2.stride(), *h.stride(),
-            *s_strides, *y.stride())
+    d = D.contiguous() if D is not None else dummy
+    args = (x1v, x2, h, d, s, y, L, C, C // G, *x1v.stride(), *x2.stride(), *h.stride(), *s_strides, *y.stride())
     if uses_toeplitz(C, G, K):
         grid = lambda meta: (triton.cdiv(L, meta["BT"]), triton.cdiv(C, meta["BC"]), B)  # noqa: E731
         fir_toeplitz_fwd_kernel[grid](*args, K=K, HAS_D=D is not None, HAS_STATE=state is not None,

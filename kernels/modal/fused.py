@@ -146,12 +146,14 @@ def modal_fwd_kernel(x_ptr, g_ptr, y_ptr, lp_ptr, r_ptr, d_ptr, s_ptr, L, C, S,
     n_full = L // T
     for c in range(0, n_full):
         sr, si = _modal_chunk(x_ptr, g_ptr, y_ptr, d, c * T, T, o_t, o_c, m_c, stride_xl, stride_xc,
-                              stride_gl, stride_gc, stride_yl, stride_yc, tm, vr, vi, wr, wi, pr, pi, sr, si, IS_COMPLEX)
+                              stride_gl, stride_gc, stride_yl, stride_yc, tm, vr, vi, wr, wi, pr, pi, sr, si,
+                              IS_COMPLEX)
     nv = L - n_full * T
     if nv > 0:
         wr, wi, pr, pi = _update_maps(lr, li, e3, nv, IS_COMPLEX)
         sr, si = _modal_chunk(x_ptr, g_ptr, y_ptr, d, n_full * T, nv, o_t, o_c, m_c, stride_xl, stride_xc,
-                              stride_gl, stride_gc, stride_yl, stride_yc, tm, vr, vi, wr, wi, pr, pi, sr, si, IS_COMPLEX)
+                              stride_gl, stride_gc, stride_yl, stride_yc, tm, vr, vi, wr, wi, pr, pi, sr, si,
+                              IS_COMPLEX)
     if HAS_STATE:
         # every thread has read its initial state long before; the barrier makes that explicit
         tl.debug_barrier()
@@ -180,7 +182,7 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None):
     s_strides = s.stride() if state is not None else (0, 0, 0, 0)
     grid = lambda meta: (triton.cdiv(C, meta["BD"]), B)  # noqa: E731
     modal_fwd_kernel[grid](
-        x1v, x2, y, lp, r, D, s, L, C, S, *x1v.stride(), *x2.stride(), *y.stride(), *lp.stride(), *r.stride(),
-        *s_strides, IS_COMPLEX=is_complex, HAS_STATE=state is not None, SP=triton.next_power_of_2(S),
+        x1v, x2, y, lp, r, D.contiguous(), s, L, C, S, *x1v.stride(), *x2.stride(), *y.stride(), *lp.stride(),
+        *r.stride(), *s_strides, IS_COMPLEX=is_complex, HAS_STATE=state is not None, SP=triton.next_power_of_2(S),
     )
     return y

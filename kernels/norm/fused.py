@@ -33,6 +33,7 @@ def rms_norm(x, scale, eps):
         block = triton.next_power_of_2(D)
         # one row of a wide model per program; narrow rows are batched up to 4096 elements
         rows = max(1, min(64, 4096 // block))
+        warps = min(16, max(1, block * rows // 512))
         rms_norm_fwd_kernel[(triton.cdiv(R, rows),)](x2, scale.contiguous(), y, R, D, eps, x2.stride(0), y.stride(0),
-                                                    BR=rows, BLOCK=block, num_warps=min(16, max(1, block * rows // 512)))
+                                                    BR=rows, BLOCK=block, num_warps=warps)
     return y.view(x.shape)
