@@ -4,6 +4,7 @@ from ._version import __version__
 from .checkpoints import load_model
 from .checkpoints.convert import convert_checkpoint
 from .errors import CheckpointError, ConfigError, EvoError, InputError
+from .generation import Generation, generate
 from .hub import download_model
 from .model import InferenceState, ModelConfig, StripedHyena
 
@@ -11,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "EvoError",
+    "Generation",
     "InferenceState",
     "InputError",
     "ModelConfig",
@@ -18,5 +20,6 @@ __all__ = [
     "__version__",
     "convert_checkpoint",
     "download_model",
+    "generate",
     "load_model",
 ]
