@@ -31,6 +31,20 @@ def one(args) -> dict:
             "machine": machine(), "params": sum(p.numel() for p in model.parameters())}
 
 
+def _without_lengths(argv: list[str]) -> list[str]:
+    """argv minus ``--lengths N [N ...]`` (each child process gets one length)."""
+    out, skipping = [], False
+    for a in argv:
+        if a == "--lengths" or a.startswith("--lengths="):
+            skipping = a == "--lengths"
+            continue
+        if skipping and a.isdigit():
+            continue
+        skipping = False
+        out.append(a)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
@@ -44,7 +58,7 @@ def main():
         print(json.dumps(one(args)))
         return
     rows = []
-    passthrough = [a for a in sys.argv[1:] if a not in ("--lengths",) and not a.isdigit()]
+    passthrough = _without_lengths(sys.argv[1:])
     for L in args.lengths:
         r = run_isolated(__file__, [*passthrough, "--lengths", str(L)])
         rows.append(r)

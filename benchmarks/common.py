@@ -23,6 +23,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
     p.add_argument("--layers", type=int, default=14, help="layers in the Evo 2 motif S M L A S M L (default 14)")
     p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--inner-mlp", type=int, default=None,
+                   help="MLP inner size (default: about 8/3 hidden; 11008 in evo2_7b)")
     p.add_argument("--family", choices=["evo1", "evo2"], default="evo2")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on CUDA")
@@ -35,7 +37,7 @@ def build(args):
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
     config = motif_config(args.family, hidden_size=args.hidden, num_layers=args.layers, head_dim=args.head_dim,
-                          name=f"bench-{args.family}-{args.hidden}x{args.layers}")
+                          inner_mlp_size=args.inner_mlp, name=f"bench-{args.family}-{args.hidden}x{args.layers}")
     return random_model(config, seed=0, device=args.device, dtype=dtype, kernels=args.kernels)
 
 

@@ -1,11 +1,21 @@
-"""Sequence log-likelihoods under the model.
+"""Sequence log-likelihoods under the model, variant windows and prefix-shared window scoring.
 
 Scoring follows each family's reference: Evo 1 (evo ``score_sequences``) prepends the EOS token 0
 as BOS and scores every base; Evo 2 (evo2 ``score_sequences``) has no BOS and scores bases 2..L
-(the first base has no context). Log-probabilities are taken in float32 from float32 logits.
+(the first base has no context). Log-probabilities are taken in float32 from float32 logits and
+reduced in float64. Sequences longer than ``chunk_size`` run through the model in chunks with a
+carried state (``model.forward_chunked``): exact, with activation memory bounded by the chunk.
+
+Variant windows (the Evo 2 BRCA1 method) are scored without BOS for both families: the mean
+log-likelihood of bases 2..n of the window. The REF window and the ALT windows of a site share
+everything before the variant, so ``score_windows`` runs that common prefix once, forks its state
+per window and runs only the suffixes; the result equals scoring every window on its own.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -17,28 +27,70 @@ def default_prepend_bos(model) -> bool:
     return model.config.family == "evo1"
 
 
+def _chunk_logprobs(chunks: Iterable[tuple[int, torch.Tensor]], ids: torch.Tensor,
+                    first_logits: torch.Tensor | None = None):
+    """log p(ids[:, t] | ...) from the logits of consecutive chunks of ``ids`` [B, L].
+
+    chunks: ``(start, logits [B, n, V])`` covering ``ids`` in order. first_logits [B, V]: the logits
+    that predict ``ids[:, 0]`` (a prefix run before), or None (position 0 is not scored, NaN).
+    Returns (log-probs [B, L] float32, logits of the last position [B, V])."""
+    B, L = ids.shape
+    out = torch.empty(B, L, dtype=torch.float32, device=ids.device)
+    prev = first_logits
+    for start, logits in chunks:
+        n = logits.shape[1]
+        tok = ids[:, start : start + n]
+        if prev is None:
+            out[:, start] = float("nan")
+        else:
+            out[:, start] = torch.log_softmax(prev.float(), dim=-1).gather(-1, tok[:, :1])[:, 0]
+        if n > 1:
+            lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            out[:, start + 1 : start + n] = lp.gather(-1, tok[:, 1:, None])[..., 0]
+        prev = logits[:, -1]
+    return out, prev
+
+
+def _continue(model, ids: torch.Tensor, state, chunk_size: int | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Run ``ids`` [B, L] on from ``state`` (updated in place), ``chunk_size`` tokens at a time."""
+    step = chunk_size or ids.shape[1]
+    for start in range(0, ids.shape[1], step):
+        yield start, model(ids[:, start : start + step], state)
+
+
+def _padded(rows: Sequence[Sequence[int]], device) -> torch.Tensor:
+    """Right-padded [B, max len] int64: padding after the real tokens cannot reach them (causal)."""
+    batch = torch.full((len(rows), max(len(r) for r in rows)), PAD_ID, dtype=torch.long)
+    for j, r in enumerate(rows):
+        batch[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return batch.to(device)
+
+
 @torch.inference_mode()
-def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False, batch_size: int = 8) -> list[torch.Tensor]:
+def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False, batch_size: int = 8,
+                   chunk_size: int | None = None) -> list[torch.Tensor]:
     """log p(x_t | x_<t) for every scored position of each sequence.
 
     token_ids: sequences of token ids. Returns one float32 CPU tensor per sequence, of length
-    ``len(ids)`` with ``prepend_bos`` and ``len(ids) - 1`` without. Sequences are batched by
-    length and right-padded; padding cannot reach real positions of a causal model.
+    ``len(ids)`` with ``prepend_bos`` and ``len(ids) - 1`` without. Sequences up to ``chunk_size``
+    tokens are batched by length and right-padded; longer ones run alone through
+    ``model.forward_chunked`` (None: never chunk).
     """
     rows = [([EOS_ID] if prepend_bos else []) + list(ids) for ids in token_ids]
     out: list[torch.Tensor | None] = [None] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(rows[i]) for i in chunk)
-        batch = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+    long = [i for i, r in enumerate(rows) if chunk_size and len(r) > chunk_size]
+    for i in long:
+        ids = torch.tensor([rows[i]], dtype=torch.long, device=model.device)
+        lp, _ = _chunk_logprobs(model.forward_chunked(ids, chunk_size), ids)
+        out[i] = lp[0, 1:].cpu()
+    short = sorted((i for i in range(len(rows)) if out[i] is None), key=lambda i: len(rows[i]))
+    for start in range(0, len(short), batch_size):
+        chunk = short[start : start + batch_size]
+        batch = _padded([rows[i] for i in chunk], model.device)
+        lp, _ = _chunk_logprobs([(0, model(batch))], batch)
+        lp = lp.cpu()
         for j, i in enumerate(chunk):
-            batch[j, : len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
-        batch = batch.to(model.device)
-        logits = model(batch)
-        lp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, batch[:, 1:, None])[..., 0].cpu()
-        for j, i in enumerate(chunk):
-            out[i] = lp[j, : len(rows[i]) - 1].clone()
+            out[i] = lp[j, 1 : len(rows[i])].clone()
     return out
 
 
@@ -48,10 +100,108 @@ def score_sequences(
     reduce: str = "mean",
     prepend_bos: bool | None = None,
     batch_size: int = 8,
+    chunk_size: int | None = None,
 ) -> list[float]:
-    """Mean (or sum) log-likelihood per sequence; ``prepend_bos`` defaults to the family's reference."""
+    """Mean (or sum) log-likelihood per sequence; ``prepend_bos`` defaults to the family's reference.
+
+    Sequences should be upper-case DNA (the tokenizer is case-sensitive). ``chunk_size``: score
+    sequences longer than this in chunks with a carried state (same numbers, bounded memory)."""
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
-    lps = token_logprobs(model, [encode(s) for s in sequences], bos, batch_size)
-    return [float(lp.sum() if reduce == "sum" else lp.mean()) if lp.numel() else float("nan") for lp in lps]
+    lps = token_logprobs(model, [encode(s) for s in sequences], bos, batch_size, chunk_size)
+    return [_reduce(lp, reduce) for lp in lps]
+
+
+def _reduce(lp: torch.Tensor, reduce: str) -> float:
+    if not lp.numel():
+        return float("nan")
+    total = float(lp.double().sum())
+    return total if reduce == "sum" else total / lp.numel()
+
+
+def window_bounds(start: int, window: int, contig_length: int) -> tuple[int, int]:
+    """``[start - window // 2, start - window // 2 + window)`` clipped to the contig (0-based)."""
+    lo = start - window // 2
+    return max(0, lo), min(contig_length, lo + window)
+
+
+def variant_windows(fetch: Callable[[int, int], str], contig_length: int, start: int, ref: str, alts: Sequence[str],
+                    window: int) -> tuple[str, list[str]]:
+    """The REF window of a variant and one window per ALT.
+
+    fetch(a, b): reference bases ``[a, b)`` (upper-case, clipped to the contig); start: 0-based
+    start of REF. The REF window is ``window_bounds(start, ...)``: a SNV sits at index
+    ``min(window // 2, start)``, as in the Evo 2 BRCA1 notebook. An ALT window keeps the REF window's
+    left flank, puts ALT in place of REF and continues with the bases after REF, cut or extended
+    so that it is as long as the REF window (shorter only where the contig ends first; an allele
+    longer than the rest of the window is cut).
+    """
+    lo, hi = window_bounds(start, window, contig_length)
+    ref_window = fetch(lo, hi)
+    left, n = ref_window[: start - lo], hi - lo
+    alt_windows = []
+    for alt in alts:
+        need = n - len(left) - len(alt)
+        right = fetch(start + len(ref), start + len(ref) + need) if need > 0 else ""
+        alt_windows.append((left + alt.upper() + right)[:n])
+    return ref_window, alt_windows
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    return len(os.path.commonprefix(rows))
+
+
+@torch.inference_mode()
+def score_windows(model, groups: Iterable[Sequence[str]], batch_size: int = 8, share_prefix: bool = True,
+                  chunk_size: int | None = None) -> dict[str, float]:
+    """Mean log-likelihood of bases 2..n of every window in ``groups`` (no BOS).
+
+    groups: windows that may share a prefix, e.g. the REF and ALT windows of a site on one strand.
+    Identical windows are scored once. With ``share_prefix`` the longest common prefix P of a group
+    (at most its shortest window minus one token) runs once, batched with the prefixes of other groups
+    of the same P; its state is forked per window (``state.index_select``) and only the suffixes run,
+    batched up to ``batch_size`` rows. The prefix's last logits predict each suffix's first token, and
+    the prefix's log-probs are added to every window's total: the same numbers as scoring each window
+    alone (``share_prefix=False``), within float32 rounding. ``chunk_size`` bounds the tokens per
+    forward call for long windows.
+    """
+    seen: set[str] = set()
+    by_prefix: dict[int, list[list[tuple[str, list[int]]]]] = {}
+    alone: list[str] = []
+    for group in groups:
+        windows = [w for w in dict.fromkeys(group) if w not in seen]
+        seen.update(windows)
+        rows = [encode(w) for w in windows]
+        p = min(_common_prefix(rows), min(map(len, rows)) - 1) if len(rows) > 1 else 0
+        if share_prefix and p >= 1:
+            by_prefix.setdefault(p, []).append(list(zip(windows, rows)))
+        else:
+            alone.extend(windows)
+    lps = token_logprobs(model, [encode(w) for w in alone], False, batch_size, chunk_size)
+    scores = {w: _reduce(lp, "mean") for w, lp in zip(alone, lps)}
+    for p, bucket in by_prefix.items():
+        for i in range(0, len(bucket), batch_size):
+            scores.update(_score_shared(model, p, bucket[i : i + batch_size], batch_size, chunk_size))
+    return scores
+
+
+def _score_shared(model, p: int, groups: list[list[tuple[str, list[int]]]], batch_size: int,
+                  chunk_size: int | None) -> dict[str, float]:
+    """Mean log-likelihood of the ``(window, tokens)`` of ``groups``; a group's rows share their first ``p`` tokens."""
+    suffixes = [(j, w, row) for j, group in enumerate(groups) for w, row in group]
+    state = model.new_state(len(groups), p + max(len(row) - p for _, _, row in suffixes))
+    prefix = torch.tensor([group[0][1][:p] for group in groups], dtype=torch.long, device=model.device)
+    lp, last = _chunk_logprobs(_continue(model, prefix, state, chunk_size), prefix)
+    prefix_sum = lp[:, 1:].double().sum(1).cpu()  # [groups]
+    out = {}
+    for k in range(0, len(suffixes), batch_size):
+        part = suffixes[k : k + batch_size]
+        rows_of = torch.tensor([j for j, _, _ in part], dtype=torch.long)
+        ids = _padded([row[p:] for _, _, row in part], model.device)
+        lp, _ = _chunk_logprobs(_continue(model, ids, state.index_select(rows_of), chunk_size), ids,
+                                first_logits=last[rows_of.to(last.device)])
+        lp = lp.double().cpu()
+        for r, (j, w, row) in enumerate(part):
+            out[w] = float(prefix_sum[j] + lp[r, : len(row) - p].sum()) / (len(row) - 1)
+    return out

@@ -16,6 +16,7 @@ from .featurize.naive import hyena_featurize_ref
 from .fir.naive import causal_conv1d_ref, hyena_fir_ref
 from .modal.naive import hyena_modal_ref, modal_conv_ref, modal_filter_ref
 from .norm.naive import rms_norm_ref
+from .step.naive import hyena_step_ref
 
 __all__ = [
     "BACKENDS",
@@ -28,6 +29,8 @@ __all__ = [
     "hyena_fir_ref",
     "hyena_modal",
     "hyena_modal_ref",
+    "hyena_step",
+    "hyena_step_ref",
     "modal_conv_ref",
     "modal_filter_ref",
     "resolve_backend",
@@ -111,6 +114,14 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None, *, backend="auto"):
     if fused:
         return fused.hyena_modal(x1v, x2, log_poles, residues, D, state)
     return hyena_modal_ref(x1v, x2, log_poles, residues, D, state)
+
+
+def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, residues=None, D=None, *,
+               backend="auto"):
+    """One decoding step of a whole Hyena operator, z: [B, 1, 3D] -> [B, 1, D]. See ``step/naive.py``."""
+    fused = _pick("step", backend, z)
+    impl = fused.hyena_step if fused else hyena_step_ref
+    return impl(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
 
 
 def causal_attention(q, k, v, offset: int = 0):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from evo_cli import hub, registry
 from evo_cli.errors import CheckpointError
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
@@ -14,7 +15,7 @@ from evo_cli.runtime import resolve_device, resolve_dtype, resolve_kernels
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model, keeps_float32
 
-__all__ = ["Checkpoint", "describe_checkpoint", "load_model", "open_checkpoint", "keeps_float32"]
+__all__ = ["Checkpoint", "describe_checkpoint", "load_model", "open_checkpoint", "keeps_float32", "resolve_checkpoint"]
 
 
 def load_model(
@@ -24,29 +25,42 @@ def load_model(
     kernels: str | None = None,
     config: ModelConfig | None = None,
 ) -> StripedHyena:
-    """Load an Evo 1 / Evo 2 checkpoint (a directory or a weights file) as an eval-mode model.
+    """Load an Evo 1 / Evo 2 checkpoint as an eval-mode model: a published model name (see
+    ``evo models``; downloaded into the Hugging Face cache on first use unless HF_HUB_OFFLINE is set)
+    or a directory or weights file in any supported format.
 
     device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
     dtype: ``auto`` (float32 on CPU, bfloat16 on GPUs), ``float32``, ``bfloat16`` or a torch dtype;
     Hyena filters, poles and residues stay float32 either way.
     kernels: ``auto`` / ``triton`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
     """
-    path = Path(model)
-    if not path.exists():
-        raise CheckpointError(f"{model}: no such checkpoint file or directory")
+    path, published = resolve_checkpoint(model)
     dev = resolve_device(device)
-    ckpt = open_checkpoint(path, config)
-    return build_model(ckpt, dev, resolve_dtype(dtype, dev), resolve_kernels(kernels))
+    ckpt = open_checkpoint(path, config or published)
+    loaded = build_model(ckpt, dev, resolve_dtype(dtype, dev), resolve_kernels(kernels))
+    registry.warn_without_fp8(loaded.config)
+    return loaded
+
+
+def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, ModelConfig | None]:
+    """An existing path as given; a published model name (``evo models``) -> (its weights in the Hugging
+    Face cache, downloaded unless cached or ``download`` is False or HF_HUB_OFFLINE is set, and its
+    packaged config). An existing path wins over a name."""
+    path = Path(model)
+    if path.exists():
+        return path, None
+    spec = registry.get_spec(str(model))
+    if spec is None:
+        raise CheckpointError(registry.unknown_model_message(str(model)))
+    return hub.model_weights_path(spec, download=download), registry.model_config(spec.name)
 
 
 def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
     """What ``evo info`` prints: the parsed config, stored and runtime dtype, parameter count.
 
     Reads the config and one tensor, never the whole set of weights."""
-    path = Path(model)
-    if not path.exists():
-        raise CheckpointError(f"{model}: no such checkpoint file or directory")
-    ckpt = open_checkpoint(path)
+    path, published = resolve_checkpoint(model, download=False)
+    ckpt = open_checkpoint(path, published)
     c = ckpt.config
     with torch.device("meta"):
         n_params = sum(p.numel() for p in StripedHyena(c).parameters())

@@ -6,6 +6,8 @@ Formats:
   inference yml beside the weights wins over ``config.json``, as in the evo package.
 - ``vortex``: Evo 2 ``<name>.pt`` (or byte-split ``<name>.pt.part0..N``) with the evo2 yml.
 - ``native``: our ``config.json`` + safetensors shards in the runtime's own layout (zero-copy load).
+- ``transformers-wip``, ``aquiles``: community Hugging Face layouts of Evo 2 (``model.layers.{i}...``
+  keys), recognised by their tensor names; key maps in ``community.py``.
 
 Our layout differs from the published ones in three places, handled by the key maps below:
 hyena projection rows and short filters are reordered to ``[x2 | x1 | v]``; Hyena-MR taps are
@@ -29,6 +31,7 @@ from evo_cli.errors import CheckpointError, ConfigError
 from evo_cli.model.config import NATIVE_FORMAT, ModelConfig
 from evo_cli.model.layers import rotary_inv_freq
 
+from . import community
 from .sources import TensorSource, open_safetensors, open_torch, safetensors_index_files, split_parts
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -205,10 +208,23 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
     else:
         kind, files = _find_weights(directory)
 
+    source = _open_weights(kind, files)
+    if not source.keys():
+        raise CheckpointError(f"{source.description}: holds no tensors")
+
     # config: explicit, a native config.json, an inference yml (wins, as in the reference loaders), an HF config.json
     fmt, parsed = None, config
     cfg_json = directory / "config.json"
     json_d = _read_json(cfg_json) if cfg_json.is_file() else None
+    layout = community.detect_layout(source.keys())
+    if layout is not None:
+        if parsed is None and layout == community.AQUILES:
+            parsed = community.aquiles_config(json_d, cfg_json)
+        elif parsed is None:
+            parsed = community.wip_config(source, json_d, cfg_json)
+        resolver = community.community_resolver(layout, parsed, source, _vortex_resolver(parsed, source))
+        return Checkpoint(path=path, format=layout, config=parsed, source=source, resolve=resolver,
+                          ignorable=community.community_ignorable(layout, _is_extra))
     if json_d is not None and json_d.get("format") == NATIVE_FORMAT:
         fmt = "native"
         parsed = parsed or ModelConfig.from_native(json_d, str(cfg_json))
@@ -233,9 +249,6 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
         else:
             raise CheckpointError(f"{directory}: no model config found (config.json or an Evo yml beside the weights)")
 
-    source = _open_weights(kind, files)
-    if not source.keys():
-        raise CheckpointError(f"{source.description}: holds no tensors")
     if fmt == "native":
         resolver = _native_resolver(parsed, source)
     elif fmt == "evo1":

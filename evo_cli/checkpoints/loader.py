@@ -21,7 +21,8 @@ def keeps_float32(name: str) -> bool:
     return ".filter." in name or name.endswith("inv_freq")
 
 
-def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, kernels: str = "auto") -> StripedHyena:
+def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype | None, kernels: str = "auto") -> StripedHyena:
+    """``dtype`` None keeps every tensor's stored dtype (for conversion; such a model may mix dtypes)."""
     with torch.device("meta"):
         model = StripedHyena(ckpt.config, kernels=kernels)
     expected = model.state_dict()
@@ -38,7 +39,7 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, kern
             )
         if not t.is_floating_point():
             raise CheckpointError(f"{ckpt.source.where(key)}: tensor {key!r} has dtype {t.dtype}, expected floating point")
-        target = torch.float32 if keeps_float32(name) else dtype
+        target = t.dtype if dtype is None else torch.float32 if keeps_float32(name) else dtype
         tensors[name] = t.to(device=device, dtype=target)
         used.add(key)
     extra = [k for k in ckpt.source.keys() if k not in used and not ckpt.ignorable(k)]

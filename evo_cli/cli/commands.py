@@ -1,6 +1,9 @@
 """The list of ``evo`` subcommands; each lives in its own module."""
 
 from .embed import embed
+from .generate import generate
 from .info import info
+from .models import convert, download, models
+from .score import score, score_variants
 
-COMMANDS = [info, embed]
+COMMANDS = [info, models, download, convert, generate, score, score_variants, embed]

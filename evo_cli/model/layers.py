@@ -117,17 +117,29 @@ class HyenaBlock(nn.Module):
         shape, dtype = self.filter.inner_state_shape(self.config)
         return HyenaState(fir=fir, inner=torch.zeros(batch, *shape, device=device, dtype=dtype))
 
+    def inner_filter(self) -> dict:
+        """The inner filter's arguments: ``h`` and ``D`` (hcs, hcm) or ``log_poles``, ``residues`` and ``D``."""
+        f = self.filter
+        if self.kind in ("hcs", "hcm"):
+            return {"h": f.h[:, 0], "D": f.D if self.kind == "hcm" else None}
+        log_poles, residues = f.modal()
+        return {"log_poles": log_poles, "residues": residues, "D": f.D}
+
     def mix(self, x, state: HyenaState | None = None):
         """The gated convolution alone: [B, L, D] -> [B, L, D] (before the output projection)."""
         f = self.filter
         z = self.projections(self.pre_norm(x))
-        fir, inner = (state.fir, state.inner) if state is not None else (None, None)
+        inner = self.inner_filter()
+        if state is not None and z.shape[1] == 1:
+            # decoding: one fused step updates both histories / the modal state and gates the token
+            return K.hyena_step(z, f.short_filter_weight[:, 0], f.short_filter_bias, state.fir, state.inner, **inner,
+                                backend=self.backend)
+        fir, inner_state = (state.fir, state.inner) if state is not None else (None, None)
         x2, x1v = K.hyena_featurize(z, f.short_filter_weight[:, 0], f.short_filter_bias, fir, backend=self.backend)
-        if self.kind in ("hcs", "hcm"):
-            D = f.D if self.kind == "hcm" else None
-            return K.hyena_fir(x1v, x2, f.h[:, 0], D, inner, backend=self.backend)
-        log_poles, residues = f.modal()
-        return K.hyena_modal(x1v, x2, log_poles, residues, f.D, inner, backend=self.backend)
+        if "h" in inner:
+            return K.hyena_fir(x1v, x2, inner["h"], inner["D"], inner_state, backend=self.backend)
+        return K.hyena_modal(x1v, x2, inner["log_poles"], inner["residues"], inner["D"], inner_state,
+                             backend=self.backend)
 
     def forward(self, x, state: HyenaState | None = None, pos: int = 0):
         u = self.out_filter_dense(self.mix(x, state)) + x
@@ -156,8 +168,10 @@ class RotaryEmbedding(nn.Module):
 
 
 def rotary_inv_freq(head_dim: int, base: float):
-    """[hd / 2] float32: ``1 / base^(2j / hd)``, computed as flash-attn does."""
-    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    """[hd / 2] float32: ``1 / base^(2j / hd)``, computed as flash-attn does.
+
+    Always computed on the CPU: under a meta-device context the op would pull in torch._dynamo."""
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim))
 
 
 def _rotate(x, cos, sin):

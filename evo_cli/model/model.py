@@ -23,7 +23,10 @@ class StripedHyena(nn.Module):
         super().__init__()
         self.config = config
         self.kernels = kernels
-        self.embedding_layer = nn.Embedding(config.vocab_size, config.hidden_size)
+        # an explicit weight skips nn.Embedding's normal_ init, which on the meta device pulls in
+        # torch._dynamo (seconds of start-up); loaders and init.py set the values anyway
+        self.embedding_layer = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.blocks = nn.ModuleList(
             AttentionBlock(config, i, kernels) if kind == "attn" else HyenaBlock(config, i, kernels)
             for i, kind in enumerate(config.block_types)

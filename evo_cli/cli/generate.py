@@ -1,0 +1,67 @@
+"""``evo generate``: sample DNA after prompts with recurrent decoding; FASTA or JSONL out."""
+
+from __future__ import annotations
+
+import click
+
+from evo_cli._version import __version__
+
+from .options import load_model_cli, model_options, progress_bar
+
+
+@click.command()
+@model_options
+@click.option("-p", "--prompt", "prompt_seqs", multiple=True, metavar="SEQ",
+              help="A DNA prompt (repeatable; named prompt1, prompt2, ...).")
+@click.option("--prompts", "prompts_fasta", type=click.Path(exists=True, dir_okay=False), metavar="FASTA",
+              help="Prompts from a FASTA file (named by record id).")
+@click.option("-n", "--n-tokens", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Tokens to generate per sample.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Softmax temperature (> 0; ignored when greedy).")
+@click.option("--top-k", type=int, default=4, show_default=True,
+              help="Sample among the k most likely tokens; 1 = greedy, 0 = the whole vocabulary.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling: keep the most likely tokens up to this probability mass (0 < p <= 1).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt.")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed for reproducible sampling [default: random, written to the output].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences decoded together (each sample keeps its own random stream whatever the batch).")
+@click.option("--prefill-chunk", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Prompt tokens per prefill pass (bounds memory for long prompts).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "fasta", "jsonl"]), default="auto", show_default=True,
+              help="Output format; auto: .jsonl is JSON Lines, anything else (and stdout) FASTA.")
+@click.option("-o", "--output", default="-", metavar="PATH", help="Output file [default: stdout].")
+def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p,
+             num_samples, seed, batch_size, prefill_chunk, fmt, output):
+    """Generate DNA after each prompt: one record per (prompt, sample), the prompt not included.
+
+    \b
+    evo generate --model evo2_7b --prompt ACGTACGT -n 1000 -o gen.fa
+    evo generate --model evo2_7b --prompts prompts.fa --num-samples 4 --seed 1 -o gen.jsonl
+    """
+    from evo_cli.generation import generate as run_generate
+    from evo_cli.generation import prepare_prompts
+    from evo_cli.io.fasta import read_fasta
+    from evo_cli.io.generated import write_generations
+
+    if bool(prompt_seqs) == bool(prompts_fasta):
+        raise click.UsageError("give prompts with --prompt SEQ (repeatable) or --prompts FASTA, one of the two")
+    if temperature == 0 and top_k != 1:
+        raise click.UsageError("--temperature 0 means greedy decoding: add --top-k 1, or give a temperature > 0")
+    if prompts_fasta:
+        prompts = {r.id: r.sequence for r in read_fasta(prompts_fasta, uppercase=False, alphabet=None)}
+    else:
+        prompts = list(prompt_seqs)
+    # validate before the (possibly slow) model load
+    prompts = prepare_prompts(prompts)
+    lm = load_model_cli(model, device, dtype, kernels)
+    total = len(prompts) * num_samples * n_tokens
+    with progress_bar("generating", total, "tokens") as advance:
+        generations = run_generate(lm, prompts, n_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   num_samples=num_samples, seed=seed, batch_size=batch_size,
+                                   prefill_chunk=prefill_chunk, progress=advance)
+    settings = {"n_tokens": n_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "model": model,
+                "evo": __version__}
+    write_generations(output, generations, settings, fmt)

@@ -1,0 +1,138 @@
+"""``evo score`` (sequence log-likelihoods) and ``evo score-variants`` (zero-shot variant effects)."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+
+from .options import is_quiet, load_model_cli, model_options, progress_bar
+
+
+def _echo(message: str) -> None:
+    if not is_quiet():
+        click.echo(f"evo: {message}", err=True)
+
+
+@click.command("score-variants")
+@click.option("--vcf", required=True, metavar="PATH", help="Variants: VCF, bgzipped VCF or BCF.")
+@click.option("--fasta", required=True, metavar="PATH",
+              help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
+@click.option("-o", "--output", required=True, metavar="PATH",
+              help="Output: .vcf, .vcf.gz (bgzip + tabix), .tsv or .parquet; - for stdout (VCF or TSV).")
+@click.option("--format", "fmt", type=click.Choice(["vcf", "vcf.gz", "tsv", "parquet"]), default=None,
+              help="Output format [default: from the extension].")
+@click.option("--window", type=click.IntRange(min=2), default=8192, show_default=True,
+              help="Window length in bases, centred on the variant and clipped at contig ends.")
+@click.option("--strand", type=click.Choice(["forward", "both"]), default="forward", show_default=True,
+              help="both: average each score with that of the reverse-complement window.")
+@click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END",
+              help="Only variants in this region (1-based, inclusive; repeatable).")
+@click.option("--regions", "bed", metavar="BED", default=None, help="Only variants in these BED intervals (0-based).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences per forward pass; also the records per saved chunk of progress.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Tokens per forward call inside a window (bounds memory for long windows) [default: whole window].")
+@click.option("--skip-ref-mismatch", is_flag=True, help="Skip records whose REF differs from the FASTA instead of failing.")
+@click.option("--no-prefix-sharing", "no_share", is_flag=True,
+              help="Score every window in full instead of sharing the prefix before the variant (slower; same scores).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
+@model_options
+def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, batch_size, chunk_size,
+                   skip_ref_mismatch, no_share, resume, model, device, dtype, kernels):
+    """Zero-shot variant effects: the model's log-likelihood of the ALT window minus that of the REF window.
+
+    \b
+    evo score-variants --vcf clinvar.vcf.gz --fasta GRCh38.fa -m evo2_7b -o scored.vcf.gz
+    evo score-variants --vcf in.vcf --fasta ref.fa -m evo2_7b -o scores.tsv --strand both --region chr17:41196312-41277500
+    """
+    from evo_cli.io.partial import sidecar_path
+    from evo_cli.io.vcf import parse_region, read_bed
+    from evo_cli.variants import check_output, check_variants, run_score_variants
+
+    if resume and output == "-":
+        raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
+    # check the output, read the VCF and check REF before loading the model: bad input fails in seconds
+    check_output(output, fmt, resume)
+    regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
+    total = check_variants(vcf, fasta, regions, skip_ref_mismatch)
+    loaded = load_model_cli(model, device, dtype, kernels)
+    ctx = click.get_current_context()
+    command = "evo score-variants " + " ".join(
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in ctx.params.items()
+        if k != "resume" and v not in (None, False, ()))
+    try:
+        with progress_bar("scoring", total, "variants") as advance:
+            summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
+                                         regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
+                                         share_prefix=not no_share, chunk_size=chunk_size, resume=resume,
+                                         model_name=model, command=command, progress=advance)
+    except KeyboardInterrupt:
+        if output != "-":
+            _echo(f"progress is kept in {sidecar_path(output)}: add --resume to the same command to continue")
+        raise
+    new = summary.variants - summary.resumed
+    rate = f", {new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new else ""
+    _echo(f"scored {summary.scored:,} of {summary.variants:,} variants ({summary.records:,} records) "
+          f"in {summary.seconds:,.1f} s{rate}" + (f"; {summary.resumed:,} done before resuming" if summary.resumed else ""))
+    if summary.skipped:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.skipped.most_common())
+        _echo(f"skipped {sum(summary.skipped.values()):,}: {reasons}")
+    if summary.indexed is False and (fmt == "vcf.gz" or str(output).endswith((".vcf.gz", ".vcf.bgz"))):
+        _echo(f"warning: {output} is not indexed: its records are not sorted by position (sort the input VCF, "
+              f"e.g. bcftools sort, for a tabix index)")
+
+
+@click.command("score")
+@click.option("--fasta", required=True, metavar="PATH", help="Sequences to score (FASTA, plain or gzip).")
+@click.option("-o", "--output", default="-", show_default=True, metavar="PATH",
+              help="Table: .tsv or .parquet; - for TSV on stdout.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "parquet"]), default=None,
+              help="Output format [default: from the extension].")
+@click.option("--bos/--no-bos", default=None,
+              help="Prepend the BOS token 0 and score the first base too [default: Evo 1 yes, Evo 2 no, as the references].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Sequences per forward pass.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Sequences longer than this run in chunks of this many tokens with a carried state (bounded memory).")
+@click.option("--per-position", metavar="PATH", default=None,
+              help="Also write every scored position's log-probability: id, pos (1-based), base, logprob (.tsv or .parquet).")
+@model_options
+def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, model, device, dtype, kernels):
+    """Log-likelihood of each sequence under the model: id, length, mean_ll, sum_ll.
+
+    \b
+    evo score --fasta seqs.fa -m evo2_7b -o scores.tsv
+    """
+    import contextlib
+
+    from evo_cli._version import __version__
+    from evo_cli.io.fasta import read_fasta
+    from evo_cli.io.tables import table_format, table_writer
+    from evo_cli.model.tokenizer import encode
+    from evo_cli.scoring import default_prepend_bos, token_logprobs
+
+    out_fmt = table_format(output, fmt)
+    pos_fmt = table_format(per_position) if per_position else None
+    if per_position and pos_fmt == "parquet" and per_position == "-":
+        raise click.UsageError("--per-position parquet needs a file name")
+    records = read_fasta(fasta)
+    loaded = load_model_cli(model, device, dtype, kernels)
+    prepend = default_prepend_bos(loaded) if bos is None else bos
+    meta = {"evo_version": __version__, "evo_model": model, "evo_dtype": str(loaded.dtype).replace("torch.", ""),
+            "evo_bos": str(prepend).lower()}
+    columns = [("id", "str"), ("length", "int"), ("mean_ll", "float"), ("sum_ll", "float")]
+    pos_columns = [("id", "str"), ("pos", "int"), ("base", "str"), ("logprob", "float")]
+    with contextlib.ExitStack() as stack:
+        write = stack.enter_context(table_writer(output, columns, out_fmt, meta))
+        write_pos = stack.enter_context(table_writer(per_position, pos_columns, pos_fmt, meta)) if per_position else None
+        advance = stack.enter_context(progress_bar("scoring", len(records), "sequences"))
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            lps = token_logprobs(loaded, [encode(r.sequence) for r in batch], prepend, batch_size, chunk_size)
+            for rec, lp in zip(batch, lps):
+                total = float(lp.double().sum())
+                write([(rec.id, len(rec.sequence), total / lp.numel() if lp.numel() else None, total)])
+                if write_pos:
+                    first = 0 if prepend else 1  # without BOS the first base has no prediction
+                    write_pos((rec.id, first + i + 1, rec.sequence[first + i], v) for i, v in enumerate(lp.tolist()))
+            advance(len(batch))

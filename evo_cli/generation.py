@@ -1,0 +1,210 @@
+"""Sampling DNA from a model: a parallel prefill over the prompt, then one recurrent step per token.
+
+``generate(model, prompts, n_tokens=...)`` returns one ``Generation`` per (prompt, sample).
+
+How a batch runs. Rows are (prompt, sample) pairs, sorted by prompt length and cut into batches of
+at most ``batch_size`` rows whose prompt lengths differ by at most ``MAX_LENGTH_SPREAD`` tokens. One
+``InferenceState`` is allocated per batch, sized for the longest prompt plus ``n_tokens``. Each
+distinct prompt of the batch is prefilled once (in chunks of ``prefill_chunk`` tokens, the state
+carried across) up to one token short of the batch's shortest prompt, and the state is copied to
+every row. From there each step feeds one token per row: the row's next prompt token while it has
+any left (teacher forcing), else the token it just sampled. All rows sit at the same position, so
+the state is exact for each, whatever the mix of prompt lengths. The state and the token, log-prob
+and random-number buffers are allocated once per batch; a step allocates only the model's
+transient activations, so memory does not grow with the generated length beyond the KV cache,
+which is preallocated for it.
+
+Reproducibility. Every row draws its random numbers from its own stream (numpy PCG64 seeded with
+``(seed, prompt index, sample index)``) and ``sample_tokens`` consumes exactly one per generated
+token. The same seed, prompts and settings therefore give the same tokens whatever the batch size,
+the batch composition or the device, up to floating-point differences in the logits: different
+batch shapes or devices can change logits in their last bits, which changes a token only when the
+draw falls that close to the boundary between two tokens (or, greedy, on a near-tie). Same seed,
+same batch size, same device: bit-identical output. ``seed=None`` picks a fresh seed, reported in
+every ``Generation``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evo_cli.errors import EvoError, InputError
+from evo_cli.model.tokenizer import decode, encode
+from evo_cli.sampling import check_sampling, sample_tokens, token_logprobs
+
+log = logging.getLogger(__name__)
+
+# prompts in one batch differ by at most this many tokens: the shorter ones are teacher-forced one
+# decode step per token, which costs far more per token than the parallel prefill
+MAX_LENGTH_SPREAD = 64
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated continuation: ``token_ids`` exactly as sampled (the prompt is not included)."""
+
+    prompt_id: str
+    sample: int
+    token_ids: tuple[int, ...]
+    logprob_mean: float  # mean log p of the sampled tokens under the raw float32 logits
+    seed: int
+
+    @property
+    def sequence(self) -> str:
+        return decode(self.token_ids)
+
+
+def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """Named, validated prompts: id -> upper-case DNA.
+
+    ``prompts``: one sequence, a list of them (named ``prompt1..N``) or a mapping id -> sequence.
+    Lowercase bases are upper-cased with a logged notice (the tokenizer is case-sensitive); an empty
+    prompt or a character other than A, C, G, T raises ``InputError`` naming the prompt and position.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    items = list(prompts.items()) if isinstance(prompts, Mapping) else [(f"prompt{i}", s) for i, s in enumerate(prompts, 1)]
+    if not items:
+        raise InputError("no prompts given")
+    named, lowered = {}, []
+    for pid, seq in items:
+        if not seq:
+            raise InputError(f"prompt {pid!r} is empty")
+        upper = seq.upper()
+        if upper != seq:
+            lowered.append(pid)
+        bad = re.search("[^ACGT]", upper)
+        if bad:
+            raise InputError(f"prompt {pid!r} has {bad.group()!r} at position {bad.start() + 1}: prompts must be DNA (A, C, G, T)")
+        named[pid] = upper
+    if lowered:
+        log.warning("upper-cased lowercase bases in %s (the tokenizer is case-sensitive)", ", ".join(lowered))
+    return named
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    prompts: str | Sequence[str] | Mapping[str, str],
+    n_tokens: int = 500,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 4,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    seed: int | None = None,
+    batch_size: int = 8,
+    prefill_chunk: int | None = 8192,
+    progress: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    """Sample ``n_tokens`` tokens after each prompt, ``num_samples`` times per prompt.
+
+    Defaults follow Evo 2 (temperature 1, top-k 4, top-p 1); ``top_k=1`` is greedy decoding and
+    ``top_k<=0`` samples from the whole vocabulary (see ``sampling.py``). No BOS is prepended (the
+    reference default for both families). ``prefill_chunk`` bounds the prompt's activation memory
+    (None: one pass). ``progress(n)`` is called after every step with the tokens it generated.
+    Returns the generations in prompt order, samples in order within a prompt.
+    """
+    check_sampling(temperature, top_k, top_p)
+    for name, value in (("n_tokens", n_tokens), ("num_samples", num_samples), ("batch_size", batch_size),
+                        ("prefill_chunk", prefill_chunk)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if seed is not None and seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed}")
+    named = prepare_prompts(prompts)
+    ids = [encode(seq) for seq in named.values()]
+    context = model.config.max_seqlen
+    for pid, t in zip(named, ids):
+        if len(t) + n_tokens > context:
+            raise InputError(f"prompt {pid!r} ({len(t)} tokens) + {n_tokens} new tokens = {len(t) + n_tokens} "
+                             f"positions, past the model's context of {context}")
+    if seed is None:
+        seed = secrets.randbits(32)
+        log.info("seed %d", seed)
+    greedy = top_k == 1
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    rows = [(i, k) for i in range(len(ids)) for k in range(num_samples)]
+    names = list(named)
+    out: dict[tuple[int, int], Generation] = {}
+    for batch in _batches(rows, [len(t) for t in ids], batch_size):
+        uniforms = None if greedy else torch.stack([_uniforms(seed, i, k, n_tokens) for i, k in batch])
+        tokens, logprobs, nan_rows = _run_batch(model, ids, [i for i, _ in batch], uniforms, n_tokens, settings,
+                                                prefill_chunk, progress)
+        for r, (i, k) in enumerate(batch):
+            if nan_rows[r]:
+                raise EvoError(f"the model produced NaN logits while sampling after prompt {names[i]!r} "
+                               "(numerical overflow: try dtype float32)")
+            out[i, k] = Generation(names[i], k, tuple(tokens[r]), float(logprobs[r]), seed)
+    return [out[r] for r in rows]
+
+
+def _uniforms(seed: int, prompt_index: int, sample: int, n: int) -> torch.Tensor:
+    """The random stream of one row: [n] float32 in [0, 1)."""
+    return torch.from_numpy(np.random.default_rng([seed, prompt_index, sample]).random(n, dtype=np.float32))
+
+
+def _batches(rows: list[tuple[int, int]], lengths: list[int], batch_size: int) -> Iterator[list[tuple[int, int]]]:
+    """Rows sorted by prompt length, in batches of at most ``batch_size`` and ``MAX_LENGTH_SPREAD``."""
+    batch: list[tuple[int, int]] = []
+    for row in sorted(rows, key=lambda r: lengths[r[0]]):
+        if batch and (len(batch) == batch_size or lengths[row[0]] - lengths[batch[0][0]] > MAX_LENGTH_SPREAD):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
+def _run_batch(model, prompts: list[list[int]], row_prompt: list[int], uniforms, n_tokens: int, settings: dict,
+               prefill_chunk: int | None, progress):
+    """Generate for one batch of rows; row r continues ``prompts[row_prompt[r]]``.
+
+    uniforms: [B, n_tokens] float32 or None (greedy). Returns (token lists, mean log-probs [B], NaN flags [B]).
+    """
+    dev = model.device
+    lens = torch.tensor([len(prompts[j]) for j in row_prompt])
+    B, m, width = len(row_prompt), int(lens.min()), int(lens.max()) + n_tokens
+    # seq holds every row's prompt, then its sampled tokens: position q is chosen by the step that feeds q - 1
+    seq = torch.zeros(B, width, dtype=torch.long)
+    for r, j in enumerate(row_prompt):
+        seq[r, : len(prompts[j])] = torch.tensor(prompts[j])
+    pos = torch.arange(width)
+    forced = pos < lens[:, None]
+    sampled = ~forced & (pos < lens[:, None] + n_tokens)
+    per_step = sampled.sum(0).tolist()
+    u = torch.zeros(B, width)
+    if uniforms is not None:
+        u[sampled] = uniforms.reshape(-1)
+    seq, forced, sampled, u = seq.to(dev), forced.to(dev), sampled.to(dev), u.to(dev)
+    logp = torch.zeros(B, width, device=dev)
+    nan_rows = torch.zeros(B, dtype=torch.bool, device=dev)
+
+    # the state holds every position but the last; each distinct prompt is prefilled once, then copied to its rows
+    distinct = list(dict.fromkeys(row_prompt))
+    state = model.new_state(len(distinct), width - 1)
+    prefix = torch.tensor([prompts[j][: m - 1] for j in distinct], dtype=torch.long, device=dev).view(len(distinct), m - 1)
+    chunk = prefill_chunk or max(1, m - 1)
+    for a in range(0, m - 1, chunk):
+        model(prefix[:, a : a + chunk], state, return_logits=False)
+    if distinct != row_prompt:
+        state = state.index_select([distinct.index(j) for j in row_prompt])
+
+    for p in range(m - 1, width - 1):
+        logits = model(seq[:, p : p + 1], state)[:, -1]
+        nan_rows |= logits.isnan().any(-1)
+        q = p + 1
+        tok = torch.where(forced[:, q], seq[:, q], sample_tokens(logits, u[:, q], **settings))
+        seq[:, q] = tok
+        logp[:, q] = token_logprobs(logits, tok)
+        if progress is not None and per_step[q]:
+            progress(per_step[q])
+    tokens = seq[sampled].view(B, n_tokens).tolist()
+    return tokens, logp[sampled].view(B, n_tokens).mean(1).tolist(), nan_rows.tolist()

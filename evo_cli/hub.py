@@ -1,0 +1,217 @@
+"""Published checkpoints in the Hugging Face cache: where they are, whether they are complete, and
+downloading them.
+
+The cache is huggingface_hub's own (``models--{org}--{name}/refs/{revision}``,
+``snapshots/{commit}/<file>`` symlinked to ``blobs/``), so files are shared with every other tool
+that uses it and never copied elsewhere. Byte-split Evo 2 checkpoints (``<name>.pt.part0..N``) stay
+as they are: the loader reads the parts in place, nothing merges or deletes them.
+
+Environment (huggingface_hub's variables, read when called, so a changed environment is honoured):
+``HF_HUB_CACHE`` (else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) is the cache;
+``HF_HUB_OFFLINE=1`` forbids network access; ``HF_TOKEN`` is used for downloads.
+Interrupted downloads resume: huggingface_hub keeps ``blobs/*.incomplete`` and continues them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from evo_cli.errors import CheckpointError
+
+from .registry import MODELS, ModelSpec, unknown_model_message
+
+log = logging.getLogger(__name__)
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache: ``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ~/.cache/huggingface/hub."""
+    env = os.environ
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if not cache:
+        home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+        cache = os.path.join(home, "hub")
+    return Path(os.path.expandvars(os.path.expanduser(cache)))
+
+
+def is_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in _TRUE
+
+
+def repo_cache_dir(spec: ModelSpec, cache: Path | None = None) -> Path:
+    return (cache or hub_cache_dir()) / f"models--{spec.repo.replace('/', '--')}"
+
+
+def snapshot_dir(spec: ModelSpec, cache: Path | None = None) -> Path | None:
+    """The cached snapshot folder of ``spec.revision`` (complete or not), or None."""
+    repo = repo_cache_dir(spec, cache)
+    commit = spec.revision
+    if not _COMMIT.fullmatch(commit):
+        ref = repo / "refs" / spec.revision
+        if not ref.is_file():
+            return None
+        commit = ref.read_text().strip()
+    snap = repo / "snapshots" / commit
+    return snap if snap.is_dir() else None
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    """``state``: ``cached`` (every file present), ``partial`` (some files or an interrupted download) or
+    ``missing``. ``size_bytes``: bytes on disk of the model's files, including unfinished downloads."""
+
+    state: str
+    path: Path | None
+    size_bytes: int
+    missing: tuple[str, ...]
+
+
+def cache_status(spec: ModelSpec, cache: Path | None = None) -> CacheStatus:
+    repo = repo_cache_dir(spec, cache)
+    snap = snapshot_dir(spec, cache)
+    present = [snap / f for f in spec.files if snap is not None and (snap / f).is_file()]
+    missing = tuple(f for f in spec.files if snap is None or not (snap / f).is_file())
+    # snapshot entries are symlinks into blobs/; count each blob once
+    blobs = {p.resolve() for p in present}
+    partial = list((repo / "blobs").glob("*.incomplete")) if (repo / "blobs").is_dir() else []
+    size = sum(b.stat().st_size for b in blobs) + sum(p.stat().st_size for p in partial)
+    if not missing:
+        state = "cached"
+    elif present or partial:
+        state = "partial"
+    else:
+        state = "missing"
+    return CacheStatus(state=state, path=snap, size_bytes=size, missing=missing)
+
+
+def _evo2_merged_file(spec: ModelSpec) -> Path | None:
+    """The file the evo2 package merges split checkpoints into (``$HF_HOME/<name>.pt``, beside the hub
+    cache), after which it deletes the parts from the cache."""
+    merged = hub_cache_dir().parent / f"{spec.name}.pt"
+    return merged if spec.family == "evo2" and merged.is_file() else None
+
+
+def not_cached_message(spec: ModelSpec, status: CacheStatus) -> str:
+    what = "is only partly in" if status.state == "partial" else "is not in"
+    where = f"{spec.name} {what} the Hugging Face cache ({hub_cache_dir()})"
+    if not is_offline():
+        return f"{where}; run `evo download {spec.name}` first"
+    return (f"{where} and downloads are off (HF_HUB_OFFLINE); run `evo download {spec.name}` on a connected "
+            "machine, or copy its hub cache here and point HF_HUB_CACHE at it")
+
+
+def model_weights_path(spec: ModelSpec, download: bool = True) -> Path:
+    """The weights file to open for a published model, downloading it first when it is not cached
+    (unless ``download`` is False or ``HF_HUB_OFFLINE`` is set)."""
+    status = cache_status(spec)
+    if status.state == "cached":
+        return status.path / spec.weights
+    merged = _evo2_merged_file(spec)
+    if merged is not None:
+        log.info("%s: using %s (merged by the evo2 package)", spec.name, merged)
+        return merged
+    if not download or is_offline():
+        raise CheckpointError(not_cached_message(spec, status))
+    return download_model(spec.name) / spec.weights
+
+
+def resolve_spec(name: str) -> ModelSpec:
+    spec = MODELS.get(name)
+    if spec is None:
+        raise CheckpointError(unknown_model_message(name))
+    return spec
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk_space(spec: ModelSpec, status: CacheStatus, cache: Path) -> None:
+    """Refuse to start a download that cannot fit: the registry's size minus what is already on disk."""
+    needed = max(0, spec.download_bytes - status.size_bytes)
+    where = _existing_parent(cache)
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise CheckpointError(f"{spec.name} needs {needed / 1e9:.1f} GB, {free / 1e9:.1f} GB free at {where}")
+
+
+def download_model(name: str, quiet: bool = False) -> Path:
+    """Download (or finish downloading) a published model into the Hugging Face cache; returns its
+    snapshot folder. Nothing is fetched when every file is already there."""
+    spec = resolve_spec(name)
+    cache = hub_cache_dir()
+    status = cache_status(spec, cache)
+    if status.state == "cached":
+        return status.path
+    if is_offline():
+        raise CheckpointError(not_cached_message(spec, status))
+    check_disk_space(spec, status, cache)
+    import huggingface_hub
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    if quiet:
+        disable_progress_bars()
+    log.info("downloading %s (~%.1f GB) from %s@%s into %s", spec.name, spec.download_bytes / 1e9, spec.repo,
+             spec.revision, cache)
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id=spec.repo, revision=spec.revision, cache_dir=str(cache), allow_patterns=list(spec.files),
+        )
+    except Exception as err:
+        raise CheckpointError(_download_error(spec, err)) from None
+    finally:
+        if quiet:
+            enable_progress_bars()
+    missing = [f for f in spec.files if not (Path(folder) / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{spec.repo}@{spec.revision} has no file {missing[0]!r}, which the registry lists; "
+                              "the repository changed: please report it")
+    return Path(folder)
+
+
+def _download_error(spec: ModelSpec, err: Exception) -> str:
+    kind = type(err).__name__
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    hint = ""
+    if kind in ("GatedRepoError", "RepositoryNotFoundError") or "401" in first or "403" in first:
+        hint = "; log in with `hf auth login` or set HF_TOKEN"
+    elif kind == "LocalEntryNotFoundError" or "Connect" in first:
+        hint = "; the Hugging Face Hub cannot be reached: check the network or proxy settings"
+    return (f"cannot download {spec.repo}@{spec.revision} ({kind}: {first}){hint}; "
+            f"files already fetched are kept and `evo download {spec.name}` resumes")
+
+
+def list_models() -> list[dict]:
+    """Every published model with its cache state, as plain values (what ``evo models`` prints)."""
+    cache = hub_cache_dir()
+    rows = []
+    for spec in MODELS.values():
+        status = cache_status(spec, cache)
+        rows.append({
+            "name": spec.name,
+            "family": spec.family_label,
+            "params_billions": spec.params,
+            "context": spec.context,
+            "embedding_layer": spec.embedding_layer,
+            "needs_fp8": spec.fp8,
+            "repo": spec.repo,
+            "revision": spec.revision,
+            "files": list(spec.files),
+            "cached": status.state,
+            "size_on_disk": status.size_bytes,
+            "download_bytes": spec.download_bytes,
+            "path": str(status.path / spec.weights) if status.state == "cached" else None,
+            "description": spec.description,
+        })
+    return rows

@@ -1,0 +1,88 @@
+"""Tables written row by row: TSV (plain, one header row) or Parquet (zstd, run metadata in the
+file's key-value metadata). No torch here.
+
+Floats are written losslessly (``repr``, the shortest text that reads back to the same float64);
+missing values are empty cells in TSV and nulls in Parquet. Outputs appear only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+from evo_cli.errors import InputError
+
+from .atomic import atomic_open, atomic_path
+
+TABLE_FORMATS = ("tsv", "parquet")
+_ROW_GROUP = 1 << 16
+
+
+def table_format(path: str | Path | None, format: str | None = None) -> str:
+    """``tsv`` or ``parquet`` from ``format`` or the extension (stdout is TSV)."""
+    if format:
+        if format not in TABLE_FORMATS:
+            raise InputError(f"unknown table format {format!r} (expected {' or '.join(TABLE_FORMATS)})")
+        return format
+    if path in ("-", "", None):
+        return "tsv"
+    name = str(path).lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".tsv", ".txt", ".tab")):
+        return "tsv"
+    raise InputError(f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if v == v else "nan"
+    return str(v)
+
+
+@contextlib.contextmanager
+def table_writer(path: str | Path | None, columns: list[tuple[str, str]], format: str = "tsv",
+                 metadata: dict[str, str] | None = None) -> Iterator:
+    """Yield ``write(rows)`` for rows of tuples matching ``columns`` = [(name, "str"|"int"|"float")].
+
+    TSV: a header row then one line per row (``-``/None: stdout). Parquet: typed columns, the
+    ``metadata`` dict stored under the key ``evo`` as JSON."""
+    names = [c for c, _ in columns]
+    if format == "tsv":
+        with atomic_open(path, "w") as fh:
+            fh.write("\t".join(names) + "\n")
+
+            def write_tsv(rows):
+                fh.writelines("\t".join(_cell(v) for v in row) + "\n" for row in rows)
+
+            yield write_tsv
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
+    schema = pa.schema([(c, types[t]) for c, t in columns])
+    if metadata:
+        schema = schema.with_metadata({"evo": json.dumps(metadata, sort_keys=True)})
+    with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), schema, compression="zstd") as pw:
+        buffer: list[tuple] = []
+
+        def flush():
+            if buffer:
+                cols = list(zip(*buffer))
+                pw.write_table(pa.table({c: pa.array(v, type=schema.field(c).type) for c, v in zip(names, cols)},
+                                        schema=schema))
+                buffer.clear()
+
+        def write_parquet(rows):
+            for row in rows:
+                buffer.append(row)
+                if len(buffer) >= _ROW_GROUP:
+                    flush()
+
+        yield write_parquet
+        flush()

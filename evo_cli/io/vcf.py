@@ -1,0 +1,366 @@
+"""VCF reading and annotated writing through pysam (VCF, bgzip VCF, BCF). No torch here.
+
+Coordinates: ``VcfRecord.pos`` is the VCF's 1-based POS and ``VcfRecord.start`` the 0-based start of
+REF; everything outside this module uses ``start``. Regions given as ``chr:start-end`` are 1-based
+inclusive (samtools style), BED regions 0-based half-open; a record belongs to a region when its POS
+lies inside it. Indexed VCFs are read with random access per region, others are streamed and filtered
+(plain gzip cannot be indexed). htslib prints its own warnings about odd headers on stderr; a file that
+pysam cannot open at all fails with one line.
+
+Per-ALT statuses (``classify_alt`` and the scorer): ``ok`` or the reason an allele was not scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from evo_cli.errors import InputError
+
+from .reference import contig_aliases
+
+NO_ALT = "no_alt"  # ALT is '.': a reference-only record
+STAR = "star_allele"  # '*': the allele is deleted by an overlapping deletion
+SYMBOLIC = "symbolic"  # <DEL>, <CN0>, <*> ...
+BREAKEND = "breakend"  # ]chr:pos]N, N[chr:pos[, single breakends N. / .N
+INVALID = "invalid_allele"  # characters that are not nucleotide codes
+SEQUENCE_CODES = frozenset("ACGTNRYKMSWBDHV")
+_END = 1 << 62
+
+
+def classify_alt(alt: str) -> str | None:
+    """None for an allele spelled in bases (IUPAC codes allowed, any case), else why it is not scored."""
+    if alt == "*":
+        return STAR
+    if alt.startswith("<") and alt.endswith(">"):
+        return SYMBOLIC
+    if "[" in alt or "]" in alt or (len(alt) > 1 and (alt.startswith(".") or alt.endswith("."))):
+        return BREAKEND
+    if not alt or not set(alt.upper()) <= SEQUENCE_CODES:
+        return INVALID
+    return None
+
+
+@dataclass(frozen=True)
+class VcfRecord:
+    chrom: str
+    pos: int  # 1-based VCF POS
+    id: str | None
+    ref: str
+    alts: tuple[str, ...]  # empty when ALT is '.'
+
+    @property
+    def start(self) -> int:
+        """0-based start of REF."""
+        return self.pos - 1
+
+
+@dataclass(frozen=True)
+class Region:
+    """``[start, end)`` of ``contig``, 0-based half-open."""
+
+    contig: str
+    start: int = 0
+    end: int = _END
+
+    def __str__(self) -> str:
+        return self.contig if (self.start, self.end) == (0, _END) else f"{self.contig}:{self.start + 1}-{self.end}"
+
+
+def parse_region(text: str) -> Region:
+    """``chr``, ``chr:start`` or ``chr:start-end`` (1-based inclusive, commas allowed) -> Region."""
+    m = re.fullmatch(r"(.+):([\d,]+)(?:-([\d,]+))?", text.strip())
+    if not m:
+        if not text.strip() or any(c.isspace() for c in text.strip()):
+            raise InputError(f"region {text!r}: expected chr, chr:start or chr:start-end")
+        return Region(text.strip())
+    start = int(m.group(2).replace(",", ""))
+    end = int(m.group(3).replace(",", "")) if m.group(3) else _END
+    if start < 1 or end < start:
+        raise InputError(f"region {text!r}: start must be >= 1 and end >= start (1-based, inclusive)")
+    return Region(m.group(1), start - 1, end)
+
+
+def read_bed(path: str | Path) -> list[Region]:
+    """Regions of a BED file (0-based half-open; ``track``/``browser``/``#`` lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    regions = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            f = line.rstrip("\r\n").split("\t")
+            try:
+                start, end = int(f[1]), int(f[2])
+            except (IndexError, ValueError):
+                raise InputError(f"{path}:{lineno}: not BED (expected chrom<TAB>start<TAB>end)") from None
+            if start < 0 or end < start:
+                raise InputError(f"{path}:{lineno}: BED interval {start}-{end} is not 0 <= start <= end")
+            regions.append(Region(f[0], start, end))
+    if not regions:
+        raise InputError(f"{path}: no BED intervals")
+    return regions
+
+
+def _canonical(contig: str) -> str:
+    return min([contig, *contig_aliases(contig)], key=lambda a: (a.lower().startswith("chr"), a == "M", a))
+
+
+def merge_regions(regions: Iterable[Region]) -> dict[str, list[tuple[int, int]]]:
+    """Regions merged per contig (keyed by a chr-agnostic name): sorted, disjoint ``(start, end)``."""
+    by: dict[str, list[tuple[int, int]]] = {}
+    for r in regions:
+        by.setdefault(_canonical(r.contig), []).append((r.start, r.end))
+    merged = {}
+    for key, spans in by.items():
+        out: list[list[int]] = []
+        for s, e in sorted(spans):
+            if out and s <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], e)
+            else:
+                out.append([s, e])
+        merged[key] = [(s, e) for s, e in out]
+    return merged
+
+
+@contextlib.contextmanager
+def _quiet_htslib():
+    """Silence htslib's '[E::idx_find_and_load] Could not retrieve index file' on opening unindexed files."""
+    import pysam
+
+    old = pysam.set_verbosity(0)
+    try:
+        yield
+    finally:
+        pysam.set_verbosity(old)
+
+
+class VcfReader:
+    """The records of a VCF (optionally restricted to regions), readable any number of times in the same order.
+
+    ``__iter__`` gives parsed records (pysam); ``text()`` gives the header and the same records as the
+    file's own text lines, which the annotated writer copies unchanged apart from INFO (BCF, which has
+    no text, goes through htslib's formatting)."""
+
+    def __init__(self, path: str | Path, regions: Iterable[Region] | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise InputError(f"{self.path}: is a directory, expected a VCF file")
+        self.regions = merge_regions(regions) if regions else None
+        with self.open() as vf:
+            self.indexed = vf.index is not None
+            self.is_bcf = str(vf.format) == "BCF"
+
+    def open(self):
+        """A fresh ``pysam.VariantFile`` on the file."""
+        import pysam
+
+        try:
+            with _quiet_htslib():
+                return pysam.VariantFile(str(self.path))
+        except (OSError, ValueError):
+            pass
+        try:  # again, with htslib's messages on: they say what is wrong with the file
+            return pysam.VariantFile(str(self.path))
+        except ValueError:
+            raise InputError(f"{self.path}: not a valid VCF/BCF (bad or missing header; htslib's message above "
+                             f"says more)") from None
+        except OSError as err:
+            raise InputError(f"{self.path}: cannot read as VCF/BCF ({err.strerror or err})") from None
+
+    def _spans(self, vf) -> list[tuple[str, int, int]]:
+        """(contig as the index names it, start, end) to fetch, in the index's contig order."""
+        order = list(vf.index)
+        by_key = {_canonical(c): c for c in order}
+        spans = [(by_key[key], s, e) for key, ss in self.regions.items() if key in by_key for s, e in ss]
+        return sorted(spans, key=lambda t: (order.index(t[0]), t[1]))
+
+    def _wanted(self, chrom: str, start: int) -> bool:
+        return any(s <= start < e for s, e in self.regions.get(_canonical(chrom), ()))
+
+    def _pysam_records(self, vf) -> Iterator:
+        if self.regions is None:
+            yield from vf
+        elif self.indexed:
+            for contig, s, e in self._spans(vf):
+                yield from (rec for rec in vf.fetch(contig, s, None if e >= _END else e) if s <= rec.start < e)
+        else:
+            yield from (rec for rec in vf if self._wanted(rec.chrom, rec.start))
+
+    def __iter__(self) -> Iterator[VcfRecord]:
+        with self.open() as vf:
+            try:
+                for rec in self._pysam_records(vf):
+                    yield VcfRecord(rec.chrom, rec.pos, rec.id, rec.ref or "", tuple(rec.alts or ()))
+            except (OSError, ValueError) as err:
+                raise InputError(f"{self.path}: cannot read a record ({err})") from None
+
+    def text(self) -> tuple[list[str], Iterator[str]]:
+        """(header lines, data lines) as text without line ends, data in ``__iter__``'s order."""
+        if self.is_bcf:
+            with self.open() as vf:
+                header = str(vf.header).splitlines()
+            return header, self._formatted_records()
+        header: list[str] = []
+        with _open_text(self.path) as fh:
+            for line in fh:
+                header.append(line.rstrip("\r\n"))
+                if line.startswith("#CHROM"):
+                    break
+        return header, self._text_records()
+
+    def _formatted_records(self) -> Iterator[str]:
+        with self.open() as vf:
+            yield from (str(rec).rstrip("\n") for rec in self._pysam_records(vf))
+
+    def _text_records(self) -> Iterator[str]:
+        if self.regions is not None and self.indexed:
+            import pysam
+
+            with self.open() as vf:
+                spans = self._spans(vf)
+            index = next((f"{self.path}{ext}" for ext in (".tbi", ".csi") if Path(f"{self.path}{ext}").exists()), None)
+            with pysam.TabixFile(str(self.path), index=index, encoding="utf-8") as tf:
+                for contig, s, e in spans:
+                    for line in tf.fetch(contig, s, None if e >= _END else e):
+                        if s <= int(line.split("\t", 2)[1]) - 1 < e:
+                            yield line
+            return
+        with _open_text(self.path) as fh:
+            for line in fh:
+                if line.startswith("#") or not line.strip():
+                    continue
+                line = line.rstrip("\r\n")
+                if self.regions is None:
+                    yield line
+                else:
+                    chrom, pos = line.split("\t", 2)[:2]
+                    if self._wanted(chrom, int(pos) - 1):
+                        yield line
+
+
+def _open_text(path: Path):
+    """A VCF as text, plain or gzip/bgzip; undecodable bytes pass through unchanged."""
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    if gz:
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape")
+
+
+@dataclass(frozen=True)
+class InfoField:
+    id: str
+    number: str  # "A", "1", ...
+    type: str  # "Float", ...
+    description: str
+
+    def header_line(self) -> str:
+        return f'##INFO=<ID={self.id},Number={self.number},Type={self.type},Description="{self.description}">'
+
+
+def _format_value(v) -> str:
+    if v is None:
+        return "."
+    if isinstance(v, (tuple, list)):
+        return ",".join(_format_value(x) for x in v) or "."
+    # readers hold VCF Floats as float32: 7 significant digits carry all of it
+    return f"{v:.7g}" if isinstance(v, float) else str(v)
+
+
+def _annotate(line: str, values: dict, ours: set[str]) -> str:
+    cols = line.split("\t", 8)
+    if len(cols) < 8:
+        cols += ["."] * (8 - len(cols))
+    entries = [kv for kv in cols[7].split(";") if kv not in ("", ".") and kv.split("=", 1)[0] not in ours]
+    entries += [f"{k}={_format_value(v)}" for k, v in values.items()]
+    cols[7] = ";".join(entries) or "."
+    return "\t".join(cols)
+
+
+def write_annotated_vcf(
+    path: str | Path,
+    reader: VcfReader,
+    fields: list[InfoField],
+    header_lines: list[tuple[str, str]],
+    annotations: Iterable[tuple[str, int, dict]],
+    compressed: bool,
+) -> bool:
+    """Copy ``reader``'s records to ``path`` with INFO ``fields`` set from ``annotations``.
+
+    Records are copied as the input spells them, except for the INFO column: earlier values of
+    ``fields`` are dropped and the new ones appended. annotations: one ``(chrom, pos, {field id:
+    value or tuple})`` per record in reader order; None inside a tuple is written '.'; floats get 7
+    significant digits (readers keep VCF Floats as float32). header_lines: ``(key, value)`` pairs
+    written as ``##key=value`` before ``#CHROM``; earlier ``##evo_*`` lines and declarations of
+    ``fields`` are replaced. compressed: bgzip and tabix-index. The file (and index) appear only
+    when complete; ``-`` writes plain VCF to stdout. Returns whether a tabix index was written
+    (False when not compressed, or when the records are not sorted by position).
+    """
+    from pysam.libcbgzf import BGZFile
+
+    from .atomic import atomic_open, atomic_path
+
+    ours = {f.id for f in fields}
+    header, lines = reader.text()
+    if not header or not header[-1].startswith("#CHROM"):
+        raise InputError(f"{reader.path}: no #CHROM header line")
+    kept = [h for h in header[:-1] if not h.startswith("##evo_")
+            and not any(h.startswith(f"##INFO=<ID={key},") for key in ours)]
+    last_info = max((i + 1 for i, h in enumerate(kept) if h.startswith("##INFO=")), default=len(kept))
+    out_header = (kept[:last_info] + [f.header_line() for f in fields] + kept[last_info:]
+                  + [f"##{key}={' '.join(str(value).split())}" for key, value in header_lines] + [header[-1]])
+
+    def text() -> Iterator[str]:
+        yield from (h + "\n" for h in out_header)
+        ann_iter = iter(annotations)
+        for line in lines:
+            chrom, pos, values = next(ann_iter, (None, None, None))
+            got = line.split("\t", 2)[:2]
+            if got != [chrom, str(pos)]:
+                raise InputError(f"{reader.path}: record {':'.join(got)} does not match the scored record "
+                                 f"{chrom}:{pos}; was the VCF changed during the run?")
+            yield _annotate(line, values, ours) + "\n"
+
+    if not compressed:
+        with atomic_open(path, "wb") as fh:
+            for chunk in text():
+                fh.write(chunk.encode("utf-8", "surrogateescape"))
+        return False
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        index_tmp = Path(str(tmp) + ".tbi")
+        try:
+            with BGZFile(str(tmp), "wb") as out:
+                for chunk in text():
+                    out.write(chunk.encode("utf-8", "surrogateescape"))
+            indexed = _tabix(tmp)
+        except BaseException:
+            index_tmp.unlink(missing_ok=True)
+            raise
+        # a stale index must never sit beside the new data
+        index = Path(str(path) + ".tbi")
+        index.unlink(missing_ok=True)
+    if indexed:
+        os.replace(index_tmp, index)
+    return indexed
+
+
+def _tabix(path: Path) -> bool:
+    import pysam
+
+    try:
+        with _quiet_htslib():
+            pysam.tabix_index(str(path), preset="vcf", force=True)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,376 @@
+"""Zero-shot variant effects from a VCF and a reference FASTA (the Evo 2 BRCA1 method).
+
+For each record: the REF window around the variant (``scoring.variant_windows``), one ALT window per
+ALT allele, each scored as the mean log-likelihood of its positions 2..n (no BOS, both families);
+``delta = alt_ll - ref_ll``. With ``strand="both"`` the reverse complements are scored too and each
+score is the average of the two strands. The REF window of a site is scored once for all its ALT
+alleles (and for every record at the same position), identical windows once, and the windows of a
+site share the prefix before the variant (``scoring.score_windows``).
+
+Not scored, with the reason as the row's status: ALT ``.`` (``no_alt``), ``*`` (``star_allele``),
+symbolic (``symbolic``) and breakend (``breakend``) alleles, alleles with characters that are not
+nucleotide codes (``invalid_allele``), records whose CHROM is not in the FASTA even after
+``chr``-aliasing (``contig_not_in_fasta``), windows with characters other than nucleotide codes
+(``non_dna_reference``) and, with ``skip_ref_mismatch``, records whose REF differs from the FASTA
+(``ref_mismatch``; otherwise a mismatch is an error naming the record).
+
+A run with an output file persists its progress in ``<output>.evo-partial`` chunk by chunk (a chunk
+is ``batch_size`` records, extended to the end of a position); ``resume=True`` continues from there,
+with the same chunks, so the output is byte-identical to an uninterrupted run. The output is written
+at the end from the stored results, atomically, and the progress file is then removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from evo_cli._version import __version__
+from evo_cli.errors import InputError
+from evo_cli.io.atomic import STDOUT
+from evo_cli.io.fasta import reverse_complement
+from evo_cli.io.partial import Checkpoint, check_fresh
+from evo_cli.io.reference import Reference
+from evo_cli.io.tables import table_writer
+from evo_cli.io.vcf import (NO_ALT, SEQUENCE_CODES, InfoField, Region, VcfReader, VcfRecord, classify_alt,
+                            write_annotated_vcf)
+from evo_cli.scoring import score_windows, variant_windows
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+CONTIG_MISSING = "contig_not_in_fasta"
+REF_MISMATCH = "ref_mismatch"
+NON_DNA = "non_dna_reference"
+STRANDS = ("forward", "both")
+OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")
+COLUMNS = [("chrom", "str"), ("pos", "int"), ("id", "str"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
+           ("alt_ll", "float"), ("delta", "float"), ("status", "str")]
+INFO_FIELDS = [
+    InfoField("EVO_DELTA", "A", "Float", "Evo zero-shot variant effect: ALT window score minus REF window score "
+                                         "(mean log-likelihood; negative = less likely than the reference)"),
+    InfoField("EVO_REF_LL", "1", "Float", "Evo mean log-likelihood of the REF window"),
+    InfoField("EVO_ALT_LL", "A", "Float", "Evo mean log-likelihood of each ALT window"),
+]
+
+
+def output_format(path: str | Path | None, format: str | None = None) -> str:
+    """``vcf``, ``vcf.gz``, ``tsv`` or ``parquet`` from ``format`` or the output's extension."""
+    if format:
+        if format not in OUTPUT_FORMATS:
+            raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
+        return format
+    name = str(path).lower()
+    for ext, fmt in ((".vcf.gz", "vcf.gz"), (".vcf.bgz", "vcf.gz"), (".vcf", "vcf"), (".tsv", "tsv"),
+                     (".txt", "tsv"), (".parquet", "parquet"), (".pq", "parquet")):
+        if name.endswith(ext):
+            return fmt
+    raise InputError(f"{path}: cannot tell the output format from the extension "
+                     f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
+
+
+@dataclass
+class Summary:
+    """Counts of one run, per ALT allele (a record with ALT '.' counts as one)."""
+
+    records: int = 0
+    variants: int = 0
+    scored: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    resumed: int = 0  # variants already done by an earlier, interrupted run
+    seconds: float = 0.0
+    indexed: bool | None = None  # .vcf.gz: whether the tabix index could be built
+
+
+@dataclass
+class _Site:
+    """One record: per-ALT statuses and, per strand, the REF window and the ALT windows (None: not scored)."""
+
+    record: VcfRecord
+    statuses: list[str]
+    windows: list[tuple[str, list[str | None]]]
+
+
+def _statuses(rec: VcfRecord, reference: Reference, skip_ref_mismatch: bool) -> tuple[str | None, list[str]]:
+    """(FASTA contig name or None, one status per ALT row) for ``rec``; raises on a REF mismatch."""
+    if not rec.alts:
+        return None, [NO_ALT]
+    contig = reference.resolve(rec.chrom)
+    if contig is None:
+        return None, [CONTIG_MISSING] * len(rec.alts)
+    statuses = [classify_alt(a) or OK for a in rec.alts]
+    if OK not in statuses:
+        return contig, statuses
+    end = rec.start + len(rec.ref)
+    found = reference.fetch(contig, rec.start, end)
+    if rec.ref.upper() != found or end > reference.length(contig):
+        if not skip_ref_mismatch:
+            fasta = (f"{reference.path.name} has {_short(found)}" if end <= reference.length(contig) else
+                     f"contig {contig} of {reference.path.name} is only {reference.length(contig):,} bp long")
+            raise InputError(f"{rec.chrom}:{rec.pos}: REF {_short(rec.ref)} does not match the FASTA ({fasta}); "
+                             f"check the reference build, or skip such records with --skip-ref-mismatch")
+        return contig, [REF_MISMATCH] * len(rec.alts)
+    return contig, statuses
+
+
+def _short(s: str, n: int = 20) -> str:
+    return s if len(s) <= n else f"{s[:n]}... ({len(s)} bp)"
+
+
+def _site(rec: VcfRecord, reference: Reference, window: int, strand: str, skip_ref_mismatch: bool) -> _Site:
+    contig, statuses = _statuses(rec, reference, skip_ref_mismatch)
+    if OK not in statuses:
+        return _Site(rec, statuses, [])
+    ok = [i for i, s in enumerate(statuses) if s == OK]
+    ref_window, alt_windows = variant_windows(lambda a, b: reference.fetch(contig, a, b), reference.length(contig),
+                                              rec.start, rec.ref, [rec.alts[i] for i in ok], window)
+    if not set(ref_window).union(*alt_windows) <= SEQUENCE_CODES:
+        return _Site(rec, [NON_DNA if s == OK else s for s in statuses], [])
+    alts: list[str | None] = [None] * len(statuses)
+    for i, w in zip(ok, alt_windows):
+        alts[i] = w
+    windows = [(ref_window, alts)]
+    if strand == "both":
+        windows.append((reverse_complement(ref_window), [w and reverse_complement(w) for w in alts]))
+    return _Site(rec, statuses, windows)
+
+
+def _chunks(records: Iterable[VcfRecord], size: int) -> Iterator[list[VcfRecord]]:
+    """Consecutive records, at least ``size`` per chunk, never splitting the records of one position
+    (they share their REF window)."""
+    chunk: list[VcfRecord] = []
+    for rec in records:
+        if len(chunk) >= size and (rec.chrom, rec.pos) != (chunk[-1].chrom, chunk[-1].pos):
+            yield chunk
+            chunk = []
+        chunk.append(rec)
+    if chunk:
+        yield chunk
+
+
+def _score_chunk(model, chunk: list[_Site], batch_size: int, share_prefix: bool, chunk_size: int | None) -> list:
+    """Per record ``[chrom, pos, statuses, ref_ll, [alt_ll or None]]``, scores averaged over strands."""
+    groups: dict[str, list[str]] = {}  # the windows of every record with the same REF window, per strand
+    for site in chunk:
+        for ref_window, alts in site.windows:
+            groups.setdefault(ref_window, [ref_window]).extend(w for w in alts if w is not None)
+    scores = score_windows(model, groups.values(), batch_size, share_prefix, chunk_size)
+    out = []
+    for site in chunk:
+        rec = site.record
+        if not site.windows:
+            out.append([rec.chrom, rec.pos, site.statuses, None, [None] * len(site.statuses)])
+            continue
+        ref_ll = sum(scores[r] for r, _ in site.windows) / len(site.windows)
+        alt_ll = [None if site.statuses[i] != OK else sum(scores[alts[i]] for _, alts in site.windows) / len(site.windows)
+                  for i in range(len(site.statuses))]
+        out.append([rec.chrom, rec.pos, site.statuses, ref_ll, alt_ll])
+    return out
+
+
+def check_output(output: str | Path | None, format: str | None = None, resume: bool = False) -> str:
+    """The output format; errors for impossible combinations and for an interrupted run's progress
+    beside ``output`` when not resuming."""
+    if output in STDOUT:
+        if resume:
+            raise InputError("resume needs an output file (progress is kept beside it)")
+        fmt = format or "tsv"
+        if output == "-" and fmt in ("parquet", "vcf.gz"):
+            raise InputError(f"{fmt} output needs a file name")
+        return output_format(None, fmt)
+    check_fresh(output, resume)
+    return output_format(output, format)
+
+
+def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region] | None = None,
+                   skip_ref_mismatch: bool = False) -> int:
+    """Read every selected record once, check REF against the FASTA (raising on a mismatch unless
+    ``skip_ref_mismatch``) and return the number of variants (ALT alleles; ALT '.' counts one)."""
+    reader = VcfReader(vcf, regions)
+    with Reference(fasta) as reference:
+        return sum(len(_statuses(rec, reference, skip_ref_mismatch)[1]) for rec in reader)
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the model's config and embedding weights: which model a progress file belongs to."""
+    h = hashlib.sha1(repr(model.config).encode())
+    h.update(model.embedding_layer.weight.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_score_variants(
+    model,
+    vcf: str | Path,
+    fasta: str | Path,
+    output: str | Path | None,
+    *,
+    format: str | None = None,
+    window: int = 8192,
+    strand: str = "forward",
+    regions: Iterable[Region] | None = None,
+    batch_size: int = 8,
+    skip_ref_mismatch: bool = False,
+    share_prefix: bool = True,
+    chunk_size: int | None = None,
+    resume: bool = False,
+    model_name: str | None = None,
+    command: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    rows: list | None = None,
+) -> Summary:
+    """Score every selected record and write ``output`` (format from ``format`` or the extension;
+    ``-``: stdout, None: no output); see the module docstring. ``rows``: a list that receives one
+    tuple per output row (``COLUMNS``); required when ``output`` is None.
+    ``progress(n)``: called with the number of variants finished. Returns the run's Summary."""
+    if window < 2:
+        raise InputError(f"window must be at least 2 bases, not {window}")
+    if strand not in STRANDS:
+        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    if window > model.config.max_seqlen:
+        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+    regions = list(regions or [])
+    fmt = check_output(output, format, resume)
+    to_file = output not in STDOUT
+    t0 = time.perf_counter()
+    reader = VcfReader(vcf, regions)
+    info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
+            "evo_window": str(window), "evo_strand": strand, "evo_dtype": str(model.dtype).replace("torch.", ""),
+            "evo_score": "mean log-likelihood of window positions 2..n (no BOS); EVO_DELTA = ALT - REF"}
+    settings = {"vcf": os.path.abspath(vcf), "vcf_bytes": os.path.getsize(vcf), "fasta": os.path.abspath(fasta),
+                "fasta_bytes": os.path.getsize(fasta), "model": model_fingerprint(model), "device": str(model.device),
+                "window": window, "strand": strand, "regions": [str(r) for r in regions], "batch_size": batch_size,
+                "skip_ref_mismatch": skip_ref_mismatch, "share_prefix": share_prefix, "chunk_size": chunk_size,
+                "format": fmt, "model_name": info["evo_model"], "version": __version__}
+    store = Checkpoint(output, settings, resume) if to_file else None
+    try:
+        summary = _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch,
+                       share_prefix, chunk_size, command, progress, rows)
+    finally:
+        if store is not None:
+            store.close()
+    if store is not None:
+        store.remove()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch, share_prefix,
+         chunk_size, command, progress, rows) -> Summary:
+    """Score the chunks not done yet (into ``store`` or memory), then write the output from all of them."""
+    memory: list[list] = []
+    summary = Summary()
+    with Reference(fasta) as reference:
+        for i, chunk in enumerate(_chunks(reader, batch_size)):
+            n = sum(len(rec.alts) or 1 for rec in chunk)
+            if store is not None and i < store.done:
+                summary.resumed += n
+            else:
+                sites = [_site(rec, reference, window, strand, skip_ref_mismatch) for rec in chunk]
+                results = _score_chunk(model, sites, batch_size, share_prefix, chunk_size)
+                if store is not None:
+                    store.append(i, results)
+                else:
+                    memory.append(results)
+            if progress:
+                progress(n)
+    results = (r for chunk in (store.chunks() if store is not None else memory) for r in chunk)
+    if command:
+        info = {**info, "evo_command": command}
+    if output is None:
+        rows.extend(_rows(reader, results, summary))
+    elif fmt in ("vcf", "vcf.gz"):
+        summary.indexed = write_annotated_vcf(output, reader, INFO_FIELDS, list(info.items()),
+                                              _annotations(results, summary, rows, reader), fmt == "vcf.gz")
+    else:
+        with table_writer(output, COLUMNS, fmt, metadata=info) as write:
+            for row in _rows(reader, results, summary):
+                write([row])
+                if rows is not None:
+                    rows.append(row)
+    return summary
+
+
+def _rows(reader: VcfReader, results: Iterator[list], summary: Summary) -> Iterator[tuple]:
+    """One output row per ALT allele (``COLUMNS``), counting into ``summary``."""
+    for rec, (chrom, pos, statuses, ref_ll, alt_ll) in zip(reader, results):
+        if (chrom, pos) != (rec.chrom, rec.pos):
+            raise InputError(f"{reader.path}: record {rec.chrom}:{rec.pos} does not match the scored record "
+                             f"{chrom}:{pos}; was the VCF changed during the run?")
+        summary.records += 1
+        for alt, status, a in zip(rec.alts or (".",), statuses, alt_ll):
+            summary.variants += 1
+            if status == OK:
+                summary.scored += 1
+                yield chrom, pos, rec.id, rec.ref, alt, ref_ll, a, a - ref_ll, status
+            else:
+                summary.skipped[status] += 1
+                yield chrom, pos, rec.id, rec.ref, alt, None, None, None, status
+
+
+def _annotations(results: Iterator[list], summary: Summary, rows: list | None, reader: VcfReader):
+    """``(chrom, pos, INFO values)`` per record for the VCF writer; also fills ``rows`` when asked."""
+    records = iter(reader) if rows is not None else None
+    for chrom, pos, statuses, ref_ll, alt_ll in results:
+        summary.records += 1
+        summary.variants += len(statuses)
+        summary.scored += statuses.count(OK)
+        summary.skipped.update(s for s in statuses if s != OK)
+        if rows is not None:
+            rec = next(records)
+            rows.extend((chrom, pos, rec.id, rec.ref, alt, ref_ll if s == OK else None, a,
+                         a - ref_ll if s == OK else None, s) for alt, s, a in zip(rec.alts or (".",), statuses, alt_ll))
+        if ref_ll is None:
+            yield chrom, pos, {}
+        else:
+            yield chrom, pos, {"EVO_DELTA": tuple(None if a is None else a - ref_ll for a in alt_ll),
+                               "EVO_REF_LL": ref_ll, "EVO_ALT_LL": tuple(alt_ll)}
+
+
+def score_variants(
+    model,
+    vcf: str | Path,
+    fasta: str | Path,
+    output: str | Path | None = None,
+    *,
+    window: int = 8192,
+    strand: str = "forward",
+    regions: Iterable[Region | str] | None = None,
+    batch_size: int = 8,
+    skip_ref_mismatch: bool = False,
+    share_prefix: bool = True,
+    resume: bool = False,
+    format: str | None = None,
+    chunk_size: int | None = None,
+):
+    """Zero-shot variant effects: one row per ALT allele of ``vcf``, scored against ``fasta``.
+
+    model: a loaded model, or a name/path for ``load_model``. regions: ``Region`` objects or
+    ``"chr:start-end"`` strings (1-based, inclusive). output: also write a VCF/TSV/Parquet file
+    (by extension or ``format``). Returns a pandas DataFrame with columns ``chrom, pos`` (1-based),
+    ``id, ref, alt, ref_ll, alt_ll, delta, status``; ``df.attrs["summary"]`` holds the counts.
+    """
+    import pandas as pd
+
+    from evo_cli.io.vcf import parse_region
+
+    if isinstance(model, (str, Path)):
+        from evo_cli import load_model
+
+        model = load_model(model)
+    regions = [parse_region(r) if isinstance(r, str) else r for r in regions or []]
+    rows: list[tuple] = []
+    summary = run_score_variants(model, vcf, fasta, output, format=format, window=window, strand=strand,
+                                 regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
+                                 share_prefix=share_prefix, chunk_size=chunk_size, resume=resume, rows=rows)
+    df = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
+    df.attrs["summary"] = {"records": summary.records, "variants": summary.variants, "scored": summary.scored,
+                           "skipped": dict(summary.skipped)}
+    return df

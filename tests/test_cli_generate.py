@@ -1,0 +1,105 @@
+"""``evo generate``: conformance greedy tokens through the CLI, output formats, flag and prompt errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from evo_cli.cli.main import cli
+from evo_cli.errors import InputError
+from evo_cli.io.fasta import read_fasta
+from evo_cli.io.generated import fasta_letters, read_generations_jsonl
+from evo_cli.model.tokenizer import decode
+
+from .conftest import CASES, CONFORMANCE, case_id
+
+TINY = str(CONFORMANCE / "evo2" / "tiny_a")
+
+
+def _run(args):
+    return CliRunner().invoke(cli, ["generate", "--device", "cpu", "--dtype", "float32", *args])
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_greedy_matches_reference(case, tmp_path):
+    v = load_file(str(case / "vectors.safetensors"))
+    prompts = [decode(row) for row in v["prompt_ids"].tolist()]
+    out = tmp_path / "out.jsonl"
+    res = _run(["--model", str(case), *[a for p in prompts for a in ("--prompt", p)], "--n-tokens", "32",
+                "--top-k", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    records = read_generations_jsonl(out)
+    assert [r["prompt_id"] for r in records] == ["prompt1", "prompt2"]
+    assert torch.equal(torch.tensor([r["token_ids"] for r in records]), v["generated_ids"])
+    assert all(r["sequence"] == decode(r["token_ids"]) and r["top_k"] == 1 for r in records)
+
+
+def test_fasta_and_jsonl_agree(tmp_path):
+    args = ["--model", TINY, "-p", "ACGTACGTTG", "-p", "GGCA", "-n", "24", "--num-samples", "2", "--seed", "5",
+            "--top-k", "0", "--temperature", "3"]
+    res = _run([*args, "-o", str(tmp_path / "g.jsonl")])
+    assert res.exit_code == 0, res.output
+    res = _run([*args, "-o", str(tmp_path / "g.fa")])
+    assert res.exit_code == 0, res.output
+    records = read_generations_jsonl(tmp_path / "g.jsonl")
+    fasta = read_fasta(tmp_path / "g.fa", uppercase=False, alphabet=None)
+    assert [f.id for f in fasta] == ["prompt1_sample0", "prompt1_sample1", "prompt2_sample0", "prompt2_sample1"]
+    replaced = 0
+    for rec, fa in zip(records, fasta):
+        seq, n = fasta_letters(rec["token_ids"])
+        replaced += n
+        assert fa.sequence == seq and len(seq) == 24
+        assert f"prompt={rec['prompt_id']} sample={rec['sample']} n_tokens=24 temperature=3.0 top_k=0 top_p=1.0 seed=5 " \
+               f"model={TINY}" in fa.description
+        assert isinstance(rec["logprob_mean"], float) and rec["logprob_mean"] < 0
+    # the random model emits bytes that are not letters: they are counted in one warning
+    assert replaced > 0 and f"{replaced} generated token(s) are not letters" in res.output
+
+
+def test_stdout_and_prompts_fasta(tmp_path):
+    (tmp_path / "p.fa").write_text(">chr1_left some description\nacgtacgt\n>second\nTTGACA\n")
+    res = _run(["--model", TINY, "--prompts", str(tmp_path / "p.fa"), "-n", "8", "--top-k", "1"])
+    assert res.exit_code == 0, res.output
+    assert ">chr1_left_sample0 prompt=chr1_left sample=0 n_tokens=8" in res.stdout
+    assert ">second_sample0 prompt=second" in res.stdout
+    assert "upper-cased lowercase bases in chr1_left" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "ACGT", "--temperature", "0"], "--temperature 0 means greedy decoding"),
+    (["-p", "ACGT", "--top-p", "0"], "--top-p"),
+    (["-p", "ACGT", "--n-tokens", "0"], "--n-tokens"),
+    (["-p", "ACGT", "--num-samples", "0"], "--num-samples"),
+    ([], "give prompts with --prompt"),
+])
+def test_usage_errors(args, message):
+    res = _run(["--model", TINY, *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_both_prompt_sources_is_a_usage_error(tmp_path):
+    (tmp_path / "p.fa").write_text(">a\nACGT\n")
+    res = _run(["--model", TINY, "-p", "ACGT", "--prompts", str(tmp_path / "p.fa")])
+    assert res.exit_code == 2 and "one of the two" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "ACGT", "-p", "ACGRT"], "prompt 'prompt2' has 'R' at position 4"),
+    (["-p", "ACGT", "-n", "8190"], "past the model's context of 8192"),
+])
+def test_input_errors(args, message, tmp_path):
+    res = _run(["--model", TINY, *args, "-o", str(tmp_path / "x.fa")])
+    assert res.exit_code == 1 and isinstance(res.exception, InputError) and message in str(res.exception)
+    assert not (tmp_path / "x.fa").exists()
+
+
+def test_bad_prompt_is_one_line_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "evo_cli.cli.main", "generate", "--model", TINY, "-p", "AC-GT"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "evo: error: prompt 'prompt1' has '-' at position 3: prompts must be DNA (A, C, G, T)"

@@ -1,0 +1,67 @@
+"""``evo score``: the reference scores of both families, chunked long sequences, per-position output."""
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors import safe_open
+
+from evo_cli.io.fasta import format_fasta
+from evo_cli.model.tokenizer import decode
+
+from .conftest import CONFORMANCE
+from .test_cli_score_variants import evo
+
+CASES = [CONFORMANCE / "evo1" / "c1_8k_style_L512", CONFORMANCE / "evo2" / "tiny_a"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.parent.name)
+def test_defaults_give_the_reference_scores(case, tmp_path):
+    """Evo 1 prepends BOS and scores every base, Evo 2 scores bases 2..L: the conformance vectors."""
+    with safe_open(str(case / "vectors.safetensors"), "pt") as f:
+        ids, want_mean, want_sum = f.get_tensor("input_ids"), f.get_tensor("score_mean"), f.get_tensor("score_sum")
+    seqs = [decode(row) for row in ids.tolist()]
+    (tmp_path / "in.fa").write_text("".join(format_fasta(f"s{i}", s) for i, s in enumerate(seqs)))
+    code, _, err = evo("score", "--fasta", tmp_path / "in.fa", "-m", case, "-o", tmp_path / "out.tsv",
+                       "--per-position", tmp_path / "pos.tsv")
+    assert code == 0, err
+    df = pd.read_csv(tmp_path / "out.tsv", sep="\t")
+    assert list(df.columns) == ["id", "length", "mean_ll", "sum_ll"] and list(df.length) == [len(s) for s in seqs]
+    assert torch.allclose(torch.tensor(df.mean_ll.values), want_mean.double(), atol=1e-5, rtol=0)
+    assert torch.allclose(torch.tensor(df.sum_ll.values), want_sum.double(), atol=0, rtol=1e-5)
+    pos = pd.read_csv(tmp_path / "pos.tsv", sep="\t")
+    bos = case.parent.name == "evo1"
+    first = pos[pos.id == "s0"]
+    assert len(first) == len(seqs[0]) - (0 if bos else 1) and first.pos.iloc[0] == (1 if bos else 2)
+    assert "".join(first.base) == seqs[0][0 if bos else 1 :]
+    assert pos.groupby("id").logprob.sum().values == pytest.approx(df.sum_ll.values, rel=1e-6)
+
+
+def test_chunks_bos_override_and_parquet(tmp_path):
+    case = CASES[1]
+    seqs = {"long": "ACGTTGCA" * 40 + "acgtn", "short": "GATTACA", "one": "A"}
+    (tmp_path / "in.fa").write_text("".join(format_fasta(k, v) for k, v in seqs.items()))
+    runs = {}
+    for name, extra in {"plain": [], "chunked": ["--chunk-size", 16], "bos": ["--bos"]}.items():
+        out = tmp_path / f"{name}.parquet"
+        code, _, err = evo("score", "--fasta", tmp_path / "in.fa", "-m", case, "-o", out, *extra)
+        assert code == 0, err
+        runs[name] = pd.read_parquet(out)
+    plain, chunked, bos = runs["plain"], runs["chunked"], runs["bos"]
+    assert list(plain.length) == [325, 7, 1]
+    assert (chunked.mean_ll - plain.mean_ll).abs().max() < 1e-5 and (chunked.sum_ll - plain.sum_ll).abs().max() < 1e-3
+    # one base without BOS has nothing to score; with BOS it is scored
+    assert pd.isna(plain.mean_ll.iloc[2]) and plain.sum_ll.iloc[2] == 0 and bos.sum_ll.iloc[2] < 0
+    assert (bos.sum_ll != plain.sum_ll).all()
+    meta = json.loads(pq.read_schema(tmp_path / "bos.parquet").metadata[b"evo"])
+    assert meta["evo_bos"] == "true" and meta["evo_dtype"] == "float32"

@@ -1,0 +1,304 @@
+"""``evo score-variants`` end to end: deltas against full-window ``evo score``, outputs read back, every
+edge-case VCF, regions, and resuming after a kill."""
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pysam
+import pytest
+import torch
+
+import evo_cli
+from evo_cli.cli.main import main
+from evo_cli.io.fasta import format_fasta, read_fasta, reverse_complement
+
+from .conftest import CONFORMANCE, DATA
+
+TINY = CONFORMANCE / "evo2" / "tiny_a"
+BRCA1 = DATA / "brca1"
+FA = BRCA1 / "GRCh37_chr17_41100001-41300000.fa"
+SNVS = BRCA1 / "brca1_sge_first48.region.vcf"
+INDELS = BRCA1 / "brca1_indels.region.vcf"
+EDGE = DATA / "vcf_edge_cases"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny models on a shared 2-core machine: one thread avoids oversubscription
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def evo(*args) -> tuple[int, str, str]:
+    """Run ``evo ARGS`` in this process: (exit code, stdout, stderr)."""
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    out.seek(0)
+    return code, out.read(), err.getvalue()
+
+
+def _summary(stderr: str) -> tuple[int, dict]:
+    """(scored, {reason: n}) from the closing summary lines."""
+    scored = int(next(line for line in stderr.splitlines() if "evo: scored" in line).split()[2].replace(",", ""))
+    skipped = {}
+    for line in stderr.splitlines():
+        if line.startswith("evo: skipped"):
+            for part in line.split(": ", 2)[2].split(", "):
+                reason, n = part.rsplit(" ", 1)
+                skipped[reason] = int(n.replace(",", ""))
+    return scored, skipped
+
+
+def _window_pair(seq: str, start: int, ref: str, alt: str, w: int) -> tuple[str, str]:
+    """The documented window rule, restated: the REF window clipped to the contig, and the ALT window with
+    the same left flank, ALT in place of REF, then the bases after REF, cut to the REF window's length."""
+    lo, hi = max(0, start - w // 2), min(len(seq), start - w // 2 + w)
+    return seq[lo:hi], (seq[lo:start] + alt + seq[start + len(ref) :])[: hi - lo]
+
+
+@pytest.mark.parametrize("vcf,strand", [(SNVS, "forward"), (INDELS, "forward"), (INDELS, "both")],
+                         ids=["snvs", "indels", "indels-both-strands"])
+def test_deltas_equal_evo_score_of_full_windows(vcf, strand, tmp_path):
+    out = tmp_path / "scores.tsv"
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 96, "--strand", strand,
+                       "--batch-size", 4, "-o", out)
+    assert code == 0, err
+    df = pd.read_csv(out, sep="\t")
+    assert (df.status == "ok").all() and len(df) == (48 if vcf == SNVS else 14)
+    seq = read_fasta(FA)[0].sequence
+    pairs = [_window_pair(seq, r.pos - 1, r.ref, r.alt, 96) for r in df.itertuples()]
+    strands = [lambda s: s] + ([reverse_complement] if strand == "both" else [])
+    windows = sorted({f(w) for pair in pairs for w in pair for f in strands})
+    (tmp_path / "windows.fa").write_text("".join(format_fasta(f"w{i}", w) for i, w in enumerate(windows)))
+    code, _, err = evo("score", "--fasta", tmp_path / "windows.fa", "-m", TINY, "-o", tmp_path / "windows.tsv")
+    assert code == 0, err
+    full = dict(zip(windows, pd.read_csv(tmp_path / "windows.tsv", sep="\t").mean_ll))
+    ref_ll = np.array([np.mean([full[f(r)] for f in strands]) for r, _ in pairs])
+    alt_ll = np.array([np.mean([full[f(a)] for f in strands]) for _, a in pairs])
+    assert np.abs(df.ref_ll - ref_ll).max() < 1e-5 and np.abs(df.alt_ll - alt_ll).max() < 1e-5
+    assert np.abs(df.delta - (alt_ll - ref_ll)).max() < 1e-5
+    assert (df.delta != 0).all()
+
+
+def test_outputs_agree_and_read_back(tmp_path):
+    outs = {fmt: tmp_path / f"scores.{fmt}" for fmt in ("vcf", "vcf.gz", "tsv", "parquet")}
+    for fmt, out in outs.items():
+        code, _, err = evo("score-variants", "--vcf", INDELS, "--fasta", FA, "-m", TINY, "--window", 64, "-o", out)
+        assert code == 0, err
+    assert "scored 14 of 14 variants (11 records)" in err
+    tsv = pd.read_csv(outs["tsv"], sep="\t")
+    assert list(tsv.columns) == ["chrom", "pos", "id", "ref", "alt", "ref_ll", "alt_ll", "delta", "status"]
+    pd.testing.assert_frame_equal(pd.read_parquet(outs["parquet"]), tsv, check_dtype=False)
+    meta = json.loads(pq.read_schema(outs["parquet"]).metadata[b"evo"])
+    assert meta["evo_window"] == "64" and meta["evo_strand"] == "forward" and meta["evo_version"] == evo_cli.__version__
+    # the Python API gives the same table
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    api = evo_cli.score_variants(model, INDELS, FA, window=64)
+    pd.testing.assert_frame_equal(api, tsv, check_dtype=False)
+    assert api.attrs["summary"] == {"records": 11, "variants": 14, "scored": 14, "skipped": {}}
+    # multi-allelic: one REF score per record; the same site twice gives the same numbers
+    multi = tsv[tsv.pos == 98050]
+    assert len(multi) == 4 and multi.ref_ll.nunique() == 1 and multi.alt_ll.nunique() == 3
+    assert multi[multi.id == "dup_of_multi_del"].alt_ll.item() == multi[multi.alt == "T"].alt_ll.iloc[0]
+    # VCF: INFO per ALT, header lines; .vcf.gz is the same text, bgzipped and indexed
+    text = outs["vcf"].read_text()
+    for line in ("##evo_window=64", "##evo_strand=forward", "##evo_dtype=float32", f"##evo_version={evo_cli.__version__}",
+                 f"##evo_model={TINY}", "##INFO=<ID=EVO_DELTA,Number=A,Type=Float"):
+        assert line in text
+    with gzip.open(outs["vcf.gz"], "rt") as fh:
+        assert fh.read().replace("scores.vcf.gz ", "scores.vcf ") == text
+    assert (tmp_path / "scores.vcf.gz.tbi").exists()
+    with pysam.VariantFile(str(outs["vcf"])) as vf:
+        recs = list(vf)
+    assert [r.id for r in recs] == list(dict.fromkeys(tsv.id))
+    deltas = [d for r in recs for d in r.info["EVO_DELTA"]]
+    assert np.allclose(deltas, tsv.delta, rtol=1e-6, atol=1e-9)
+    assert [len(r.info["EVO_ALT_LL"]) for r in recs] == [len(r.alts) for r in recs]
+
+
+def _synthetic_fasta(vcf: Path, out: Path, cap: int = 2_000_000) -> Path:
+    """A random reference that carries each record's REF at its position (contigs cut at ``cap`` bases)."""
+    with pysam.VariantFile(str(vcf)) as vf:
+        recs = [(r.chrom, r.start, r.ref.upper()) for r in vf]
+    rng = np.random.default_rng(0)
+    with open(out, "w") as fh:
+        for contig in dict.fromkeys(c for c, _, _ in recs):
+            mine = [(s, ref) for c, s, ref in recs if c == contig and s + len(ref) <= cap]
+            seq = bytearray(rng.choice(np.frombuffer(b"ACGT", np.uint8), max((s + len(r) for s, r in mine), default=0) + 50))
+            for s, ref in mine:
+                if set(ref) <= set("ACGTN"):
+                    seq[s : s + len(ref)] = ref.encode()
+            fh.write(f">{contig}\n{seq.decode()}\n")
+    return out
+
+
+# file -> (FASTA or None for a synthetic one, extra arguments, error without --skip-ref-mismatch or None,
+#          scored ALTs, skipped ALTs by reason)
+EDGE_CASES = {
+    "bcftools/fixref.3.vcf": ("bcftools/fixref.3.fa", [], None, 8, {}),
+    "bcftools/norm.breakend.1.vcf": ("bcftools/norm.breakend.1.fa", [], None, 0, {"breakend": 2}),
+    "bcftools/norm.check-ref.vcf": ("bcftools/norm.check-ref.fa", [],
+                                    "chr1:11: REF C does not match the FASTA (norm.check-ref.fa has T)",
+                                    0, {"ref_mismatch": 1}),
+    "bcftools/norm.iupac.vcf": ("bcftools/norm.iupac.fa", [], "1:8: REF BA does not match the FASTA (norm.iupac.fa has NA)",
+                                0, {"ref_mismatch": 1}),
+    "bcftools/norm.symbolic.vcf": ("bcftools/norm.symbolic.fa", [], None, 2, {"symbolic": 2}),
+    "bcftools/norm.vcf": ("bcftools/norm.fa", [], "1:60: REF A does not match the FASTA (norm.fa has C)", 35,
+                          {"ref_mismatch": 1, "no_alt": 1, "star_allele": 1, "invalid_allele": 1}),
+    "cyvcf2/multi-contig.vcf.gz": (None, [], None, 11, {"no_alt": 2}),
+    "cyvcf2/no-seq-names.vcf": (None, [], None, 1, {}),
+    "cyvcf2/o.vcf.gz": (None, [], "chr1:3769970: REF A does not match the FASTA (contig chr1", 31,
+                        {"ref_mismatch": 2056}),
+    "cyvcf2/test-invalid-header.vcf": ("bcftools/norm.fa", [], "not a valid VCF/BCF", None, None),
+    "derived/brca1_sge_first24.chr17.vcf": ("../brca1/GRCh37_chr17_BRCA1locus_Npadded.fa.gz", [], None, 24, {}),
+    "ga4gh_compliance/brca1_1kgPhase3_variants.vcf": ("ga4gh_compliance/ref_brca1.fa",
+                                                      ["--region", "ref_brca1:25000-27000"], None, 50, {"symbolic": 1}),
+    "htslib/test-vcf-hdr-in.vcf": (None, [], "1:12065947: REF C does not match the FASTA", 0,
+                                   {"ref_mismatch": 10, "no_alt": 2}),
+    "htslib/vcf44_1.vcf": (None, [], None, 28, {}),
+    "htslib/weird-chr-names.vcf": (None, [], None, 6, {}),
+    "pysam/ex1.vcf.gz": (None, [], "chr1:12939904: REF A does not match the FASTA", 8, {"ref_mismatch": 157}),
+    "pysam/example_vcf43_with_utf8.vcf": (None, [], "20:2345678: REF G does not match the FASTA", 6,
+                                          {"no_alt": 1, "ref_mismatch": 1}),
+    "pysam/gnomad.vcf": (None, [], "22:16050036: REF A does not match the FASTA", 0, {"ref_mismatch": 10}),
+}
+
+
+def test_every_edge_case_file_is_covered():
+    assert sorted(str(p.relative_to(EDGE)) for p in EDGE.rglob("*.vcf*")) == sorted(EDGE_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_CASES))
+def test_edge_case_scores_or_fails_clearly(name, tmp_path):
+    fasta, extra, error, scored, skipped = EDGE_CASES[name]
+    vcf = EDGE / name
+    fa = EDGE / fasta if fasta else _synthetic_fasta(vcf, tmp_path / "ref.fa")
+    out = tmp_path / "out.vcf"
+    args = ["score-variants", "--vcf", vcf, "--fasta", fa, "-m", TINY, "--window", 64, "-o", out, *extra]
+    code, _, err = evo(*args)
+    assert "Traceback" not in err and "run with -v" not in err
+    if error:
+        assert code == 1 and error in err and err.count("evo: error") == 1 and not out.exists()
+        if scored is None:
+            return
+        code, _, err = evo(*args, "--skip-ref-mismatch")
+    assert code == 0, err
+    assert _summary(err) == (scored, skipped)
+    with pysam.VariantFile(str(out)) as vf:
+        values = [d for r in vf for d in r.info.get("EVO_DELTA", ())]
+    assert sum(v is not None for v in values) == scored
+
+
+def test_regions_select_variants(tmp_path):
+    contig = "GRCh37_chr17_41100001_41300000"
+    bed = tmp_path / "r.bed"
+    bed.write_text(f"{contig}\t97729\t97731\n")  # POS 97730 and 97731
+    gz = pysam.tabix_index(str(shutil.copy(SNVS, tmp_path / "snvs.vcf")), preset="vcf", keep_original=True)
+    for vcf in (SNVS, gz):
+        out = tmp_path / "r.tsv"
+        code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64, "-o", out,
+                           "--region", f"{contig}:97724-97724", "--regions", bed)
+        assert code == 0, err
+        df = pd.read_csv(out, sep="\t")
+        assert list(df.pos) == [97724] * 3 + [97730] * 3 + [97731] * 3 and (df.status == "ok").all()
+
+
+def test_bad_inputs_end_in_one_line(tmp_path):
+    plain_gz = tmp_path / "ref.fa.gz"
+    plain_gz.write_bytes(gzip.compress(FA.read_bytes()))
+    cases = [
+        (["--vcf", tmp_path / "missing.vcf", "--fasta", FA, "-o", tmp_path / "o.tsv"], "missing.vcf: no such file"),
+        (["--vcf", SNVS, "--fasta", plain_gz, "-o", tmp_path / "o.tsv"], "recompress it with `bgzip`"),
+        (["--vcf", SNVS, "--fasta", FA, "-o", tmp_path / "o.csv"], "cannot tell the output format"),
+        (["--vcf", SNVS, "--fasta", FA, "-o", tmp_path / "o.tsv", "--regions", tmp_path / "no.bed"], "no.bed: no such file"),
+    ]
+    for args, message in cases:
+        code, _, err = evo("score-variants", "-m", TINY, "--window", 64, *args)
+        assert code != 0 and message in err and "Traceback" not in err, err
+        assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    code, _, err = evo("score-variants", "-m", TINY, "--vcf", SNVS, "--fasta", FA, "-o", "-", "--resume")
+    assert code == 2 and "Error: --resume needs an output file" in err  # click's usage error
+    # a VCF on contigs the FASTA lacks: every record is skipped and counted
+    code, out, err = evo("score-variants", "-m", TINY, "--window", 64, "--vcf", EDGE / "bcftools/fixref.3.vcf",
+                         "--fasta", FA, "-o", "-")
+    assert code == 0 and _summary(err) == (0, {"contig_not_in_fasta": 8}) and len(out.splitlines()) == 9
+
+
+def _cli(out, *extra):
+    return ["score-variants", "--vcf", SNVS, "--fasta", FA, "-m", TINY, "--window", 256, "--batch-size", 2,
+            "-o", out, *extra]
+
+
+def test_resume_after_sigkill_gives_identical_output(tmp_path):
+    out = tmp_path / "scores.tsv"
+    code, _, err = evo(*_cli(out))
+    assert code == 0, err
+    expected = out.read_bytes()
+    out.unlink()
+    partial = Path(str(out) + ".evo-partial")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "evo_cli.cli.main", *map(str, _cli(out)), "-q"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if partial.exists() and partial.read_text().count("\n") >= 3:  # settings + two chunks done
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    done = partial.read_text().count("\n") - 1
+    assert 2 <= done < 16 and not out.exists()  # 48 records, 3 per position: 16 chunks of 3
+    code, _, err = evo(*_cli(out))
+    assert code == 1 and "add --resume" in err
+    code, _, err = evo(*_cli(out, "--resume"))
+    assert code == 0, err
+    assert f"{done * 3} done before resuming" in err
+    assert out.read_bytes() == expected and not partial.exists()
+
+
+def test_resume_bgzip_vcf_and_settings_check(tmp_path):
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    out = tmp_path / "scores.vcf.gz"
+    kw = dict(window=128, batch_size=3)
+    evo_cli.score_variants(model, SNVS, FA, out, **kw)
+    expected = out.read_bytes(), Path(str(out) + ".tbi").read_bytes()
+    out.unlink()
+
+    calls = []
+
+    def stop_after_two(n):
+        calls.append(n)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    from evo_cli.variants import run_score_variants
+
+    with pytest.raises(KeyboardInterrupt):
+        run_score_variants(model, SNVS, FA, out, progress=stop_after_two, **kw)
+    assert not out.exists() and Path(str(out) + ".evo-partial").exists()
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(window: 128 then, 64 now\)"):
+        evo_cli.score_variants(model, SNVS, FA, out, window=64, batch_size=3, resume=True)
+    df = evo_cli.score_variants(model, SNVS, FA, out, resume=True, **kw)
+    assert len(df) == 48 and (out.read_bytes(), Path(str(out) + ".tbi").read_bytes()) == expected

@@ -1,0 +1,127 @@
+"""``evo convert``: every supported format to the native layout, with identical logits, kept dtypes and
+a memory-mapped (zero-copy) load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import evo_cli
+from evo_cli.checkpoints.convert import convert_checkpoint
+from evo_cli.cli.main import cli, main
+from evo_cli.cli.models import parse_size
+
+from .conftest import CASES, CONFORMANCE, case_id
+
+TINY_A = CONFORMANCE / "evo2" / "tiny_a"
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_round_trip_every_conformance_case(tmp_path, case, load_case):
+    original, vectors = load_case(case)
+    out = tmp_path / "native"
+    res = CliRunner().invoke(cli, ["convert", str(case), "-o", str(out), "--shard-size", "200KB"])
+    assert res.exit_code == 0, res.output
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and all(p.stat().st_size <= 200_000 + 4096 for p in shards)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == [p.name for p in shards]
+    native = evo_cli.load_model(out, device="cpu", dtype="float32", kernels="torch")
+    assert native.config == original.config
+    ids = vectors["input_ids"]
+    assert torch.equal(_logits(native, ids), _logits(original, ids))
+    assert (native(ids) - vectors["logits"]).abs().max() < 1e-4
+
+
+def _stored_dtypes(directory: Path) -> dict[str, torch.dtype]:
+    dtypes = {}
+    for shard in directory.glob("model-*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            dtypes.update({k: f.get_tensor(k).dtype for k in f.keys()})
+    return dtypes
+
+
+def test_dtype_options(tmp_path):
+    """tiny_a stores bf16 weights with float32 poles, residues and inv_freq: ``keep`` keeps exactly that."""
+    kept = _stored_dtypes(convert_checkpoint(TINY_A, tmp_path / "keep"))
+    assert kept["blocks.0.mlp.l1.weight"] == kept["blocks.1.filter.h"] == torch.bfloat16
+    assert kept["blocks.2.filter.log_poles"] == kept["blocks.3.inner_mha_cls.rotary_emb.inv_freq"] == torch.float32
+    f32 = _stored_dtypes(convert_checkpoint(TINY_A, tmp_path / "f32", dtype="float32"))
+    assert set(f32.values()) == {torch.float32}
+    bf16 = _stored_dtypes(convert_checkpoint(TINY_A, tmp_path / "bf16", dtype="bfloat16"))
+    assert bf16["blocks.0.mlp.l1.weight"] == torch.bfloat16 and bf16["blocks.1.filter.h"] == torch.float32
+    with safe_open(str(next((tmp_path / "keep").glob("model-*"))), "pt") as f:
+        assert f.metadata()["source_format"] == "vortex"
+
+
+def _mapped_files() -> list[tuple[int, int, str]]:
+    regions = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        regions.append((lo, hi, fields[5] if len(fields) > 5 else ""))
+    return regions
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process memory map (Linux)")
+def test_native_load_is_zero_copy(tmp_path):
+    """Every parameter and buffer of a float32 CPU load of a float32 native checkpoint lies inside the
+    memory mapping of its shard file: nothing was copied."""
+    out = convert_checkpoint(TINY_A, tmp_path / "n", dtype="float32", max_shard_bytes=100_000)
+    shards = {str(p.resolve()) for p in out.glob("model-*.safetensors")}
+    model = evo_cli.load_model(out, device="cpu", dtype="float32")
+    regions = _mapped_files()
+    for name, t in model.state_dict().items():
+        ptr = t.data_ptr()
+        owner = next((path for lo, hi, path in regions if lo <= ptr < hi), None)
+        assert owner in shards, f"{name} is not backed by a shard mapping ({owner})"
+    # a bf16 load of the same files has to convert, so it owns its memory
+    bf = evo_cli.load_model(out, device="cpu", dtype="bfloat16")
+    ptr = bf.blocks[0].mlp.l1.weight.data_ptr()
+    assert not any(lo <= ptr < hi and path in shards for lo, hi, path in _mapped_files())
+
+
+def test_output_is_atomic(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "x").write_text("keep me")
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(TINY_A), "-o", str(out)])
+    assert e.value.code == 1 and "exists and is not an empty directory" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["x"]
+    with pytest.raises(SystemExit):
+        main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "new")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_community_layout_converts(tmp_path):
+    """A checkpoint in a community layout converts like any other (the layouts are tested in test_hf_layouts)."""
+    from .test_hf_layouts import write_community
+
+    src = write_community(tmp_path / "aq", TINY_A, "aquiles")
+    out = convert_checkpoint(src, tmp_path / "native")
+    ids = load_file(str(TINY_A / "vectors.safetensors"))["input_ids"][:, :64]
+    ref = evo_cli.load_model(TINY_A, device="cpu")
+    assert torch.equal(_logits(evo_cli.load_model(out, device="cpu"), ids), _logits(ref, ids))
+
+
+@pytest.mark.parametrize("text, size", [("4GB", 4 * 10**9), ("4GiB", 4 << 30), ("500mb", 500 * 10**6), ("123", 123),
+                                        ("1.5KB", 1500)])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+def test_bad_shard_size_is_a_usage_error():
+    res = CliRunner().invoke(cli, ["convert", str(TINY_A), "-o", "x", "--shard-size", "lots"])
+    assert res.exit_code == 2 and "not a size" in res.output

@@ -1,0 +1,244 @@
+"""Published models by name from a fake Hugging Face cache: offline loading, split parts read in place,
+downloads (huggingface_hub stubbed), disk-space and not-cached errors, and the ``evo models`` /
+``evo download`` commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import evo_cli
+from evo_cli import hub, registry
+from evo_cli.cli.main import cli, main
+from evo_cli.errors import CheckpointError
+from evo_cli.model.config import ModelConfig
+
+from .hubcache import C1, TINY_A, add_snapshot, evo1_published_files, split_bytes, tiny_ids
+
+
+def _tiny_a_config(name: str) -> ModelConfig:
+    return dataclasses.replace(ModelConfig.from_evo2(yaml.safe_load((TINY_A / "config.yml").read_text())), name=name)
+
+
+def _c1_config(name: str) -> ModelConfig:
+    d = yaml.safe_load((C1 / "evo1_inference.yml").read_text())
+    return dataclasses.replace(ModelConfig.from_evo1(d), name=name)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An empty hub cache under HF_HOME, offline; packaged configs of published names replaced by the
+    tiny conformance configs (the real ones describe billions of parameters)."""
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(registry, "_warned_fp8", set())
+    tiny = {name: (_c1_config(name) if spec.family != "evo2" else _tiny_a_config(name)) for name, spec in registry.MODELS.items()}
+    monkeypatch.setattr(registry, "model_config", tiny.__getitem__)
+    return home / "hub"
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids)
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.lstat().st_size for p in sorted(root.rglob("*"))}
+
+
+def test_split_evo2_model_by_name_offline(env, caplog):
+    """evo2_40b's ``.pt.part0/.part1`` are read in place from the snapshot: no merged copy, nothing deleted."""
+    spec = registry.MODELS["evo2_40b"]
+    parts = split_bytes((TINY_A / "weights.pt").read_bytes(), 2)
+    add_snapshot(env, spec.repo, spec.revision, dict(zip(spec.files, parts)))
+    home = env.parent
+    before = _tree(home)
+    with caplog.at_level(logging.WARNING):
+        model = evo_cli.load_model("evo2_40b", device="cpu")
+        evo_cli.load_model("evo2_40b", device="cpu")
+    assert model.config.name == "evo2_40b"
+    ref = evo_cli.load_model(TINY_A, device="cpu")
+    ids = tiny_ids()
+    assert torch.equal(_logits(model, ids), _logits(ref, ids))
+    assert _tree(home) == before
+    # FP8 is needed for reference accuracy: warned once per process
+    assert sum("FP8" in r.getMessage() and "evo2_40b" in r.getMessage() for r in caplog.records) == 1
+    # huggingface_hub's own scanner accepts the cache we built
+    info = huggingface_hub.scan_cache_dir(env)
+    assert not info.warnings and [r.repo_id for r in info.repos] == [spec.repo]
+
+
+def test_evo1_model_by_name_uses_revision_and_packaged_config(env, tmp_path):
+    """evo-1-131k-base resolves refs/1.1_fix (not main); its config comes from the package, not config.json."""
+    spec = registry.MODELS["evo-1-131k-base"]
+    files = evo1_published_files(tmp_path)
+    add_snapshot(env, spec.repo, "1.1_fix", files)
+    wrong = dict(files, **{"model-00001-of-00003.safetensors": files["model-00002-of-00003.safetensors"]})
+    add_snapshot(env, spec.repo, "main", wrong, commit="b" * 40)
+    model = evo_cli.load_model("evo-1-131k-base", device="cpu")
+    assert model.config == registry.model_config("evo-1-131k-base")
+    ref = evo_cli.load_model(C1, device="cpu")
+    ids = tiny_ids()
+    assert torch.equal(_logits(model, ids), _logits(ref, ids))
+
+
+def test_hf_home_alone_sets_the_cache(env, monkeypatch):
+    monkeypatch.delenv("HF_HUB_CACHE")
+    assert hub.hub_cache_dir() == env
+    spec = registry.MODELS["evo2_7b"]
+    add_snapshot(env, spec.repo, spec.revision, {"evo2_7b.pt": (TINY_A / "weights.pt").read_bytes()})
+    assert hub.cache_status(spec).state == "cached"
+    assert evo_cli.load_model("evo2_7b", device="cpu").config.name == "evo2_7b"
+
+
+def test_offline_and_not_cached(env):
+    with pytest.raises(CheckpointError) as e:
+        evo_cli.load_model("evo2_7b", device="cpu")
+    msg = str(e.value)
+    assert "\n" not in msg and "evo download evo2_7b" in msg and "HF_HUB_CACHE" in msg and str(env) in msg
+
+
+def test_partial_snapshot_is_not_loaded(env):
+    spec = registry.MODELS["evo2_40b"]
+    add_snapshot(env, spec.repo, spec.revision, {spec.files[0]: b"first half"})
+    assert hub.cache_status(spec).state == "partial"
+    with pytest.raises(CheckpointError, match="only partly in the Hugging Face cache"):
+        evo_cli.load_model("evo2_40b", device="cpu")
+
+
+def test_unknown_name_suggests_the_closest(env):
+    with pytest.raises(CheckpointError, match=r"did you mean 'evo2_7b'\?.*evo models"):
+        evo_cli.load_model("evo2-7b", device="cpu")
+    with pytest.raises(CheckpointError, match=r"no such checkpoint file or directory, nor a published model name; "):
+        evo_cli.load_model("/no/such/dir", device="cpu")
+
+
+def test_evo2_merged_file_is_used(env):
+    """The evo2 package merges split parts into $HF_HOME/<name>.pt and deletes them; that file is used."""
+    (env.parent).mkdir(parents=True, exist_ok=True)
+    (env.parent / "evo2_40b.pt").write_bytes((TINY_A / "weights.pt").read_bytes())
+    assert evo_cli.load_model("evo2_40b", device="cpu").config.name == "evo2_40b"
+
+
+@pytest.fixture
+def fake_download(env, monkeypatch):
+    """Online, with snapshot_download replaced by one that fills the cache from local files (and 1 PB free)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: SimpleNamespace(total=0, used=0, free=10**15))
+    calls = []
+
+    def snapshot_download(repo_id, revision, cache_dir, allow_patterns, **kw):
+        calls.append(dict(repo_id=repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns, **kw))
+        data = (TINY_A / "weights.pt").read_bytes()
+        files = dict(zip(allow_patterns, split_bytes(data, len(allow_patterns))))
+        return str(add_snapshot(Path(cache_dir), repo_id, revision, files))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_download_then_cached(fake_download, env):
+    path = hub.download_model("evo2_40b")
+    assert fake_download == [dict(repo_id="arcinstitute/evo2_40b", revision="main", cache_dir=str(env),
+                                  allow_patterns=["evo2_40b.pt.part0", "evo2_40b.pt.part1"])]
+    assert sorted(p.name for p in path.iterdir()) == ["evo2_40b.pt.part0", "evo2_40b.pt.part1"]
+    assert hub.download_model("evo2_40b") == path and len(fake_download) == 1
+
+
+def test_load_by_name_downloads_when_online(fake_download):
+    model = evo_cli.load_model("evo2_7b", device="cpu")
+    assert model.config.name == "evo2_7b" and len(fake_download) == 1
+
+
+def test_not_enough_disk(fake_download, monkeypatch, env):
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: SimpleNamespace(total=0, used=0, free=2_000_000_000))
+    with pytest.raises(CheckpointError, match=r"^evo2_7b needs 13\.2 GB, 2\.0 GB free at /"):
+        hub.download_model("evo2_7b")
+    assert fake_download == []
+
+
+def test_download_error_is_one_line(fake_download, monkeypatch):
+    class GatedRepoError(Exception):
+        pass
+
+    def refuse(**kw):
+        raise GatedRepoError("401 Client Error\nAccess to model is restricted")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    with pytest.raises(CheckpointError) as e:
+        hub.download_model("evo2_7b")
+    assert "\n" not in str(e.value) and "HF_TOKEN" in str(e.value) and "resumes" in str(e.value)
+
+
+def test_evo_models_lists_all_ten(env):
+    spec = registry.MODELS["evo2_7b"]
+    data = (TINY_A / "weights.pt").read_bytes()
+    add_snapshot(env, spec.repo, spec.revision, {"evo2_7b.pt": data})
+    res = CliRunner().invoke(cli, ["models"])
+    assert res.exit_code == 0, res.output
+    names = [line.split()[0] for line in res.output.splitlines()[1:]]
+    assert names == ["evo-1-8k-base", "evo-1-131k-base", "evo-1.5-8k-base", "evo2_1b_base", "evo2_7b_base",
+                     "evo2_7b_262k", "evo2_7b", "evo2_20b", "evo2_40b_base", "evo2_40b"]
+    res = CliRunner().invoke(cli, ["models", "--json"])
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert len(rows) == 10
+    assert rows["evo2_7b"]["cached"] == "cached" and rows["evo2_7b"]["size_on_disk"] == len(data)
+    assert rows["evo2_7b"]["path"].endswith("/evo2_7b.pt") and Path(rows["evo2_7b"]["path"]).is_file()
+    assert rows["evo2_40b"]["cached"] == "missing" and rows["evo2_40b"]["needs_fp8"]
+    assert rows["evo-1-131k-base"]["revision"] == "1.1_fix"
+
+
+def test_evo_download_prints_the_snapshot(env):
+    spec = registry.MODELS["evo2_1b_base"]
+    snap = add_snapshot(env, spec.repo, spec.revision, {"evo2_1b_base.pt": b"x"})
+    res = CliRunner().invoke(cli, ["download", "evo2_1b_base"])
+    assert res.exit_code == 0 and res.output.strip() == str(snap)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["download", "evo2_7bb"], "did you mean 'evo2_7b'"),
+    (["download", "evo2_7b"], "evo download evo2_7b"),
+])
+def test_evo_download_errors(env, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("evo: error: ") and message in err and err.count("\n") == 1
+
+
+def test_info_and_convert_by_name(env, tmp_path):
+    spec = registry.MODELS["evo2_7b_262k"]
+    add_snapshot(env, spec.repo, spec.revision, {"evo2_7b_262k.pt": (TINY_A / "weights.pt").read_bytes()})
+    res = CliRunner().invoke(cli, ["info", "-m", "evo2_7b_262k", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["name"] == "evo2_7b_262k"
+    res = CliRunner().invoke(cli, ["convert", "evo2_7b_262k", "-o", str(tmp_path / "native")])
+    assert res.exit_code == 0, res.output
+    native = evo_cli.load_model(tmp_path / "native", device="cpu")
+    assert native.config == registry.model_config("evo2_7b_262k")
+    ids = tiny_ids()
+    assert torch.equal(_logits(native, ids), _logits(evo_cli.load_model("evo2_7b_262k", device="cpu"), ids))
+
+
+def test_interrupted_download_counts_as_partial(fake_download, env, monkeypatch):
+    """huggingface_hub resumes from blobs/*.incomplete; their bytes are not asked for again."""
+    spec = registry.MODELS["evo2_7b"]
+    blobs = hub.repo_cache_dir(spec) / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / "0123abcd.incomplete").write_bytes(b"\0" * 1000)
+    status = hub.cache_status(spec)
+    assert (status.state, status.size_bytes, status.missing) == ("partial", 1000, ("evo2_7b.pt",))
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: SimpleNamespace(total=0, used=0, free=spec.download_bytes - 1000))
+    hub.download_model("evo2_7b")
+    assert len(fake_download) == 1

@@ -1,0 +1,165 @@
+"""VCF reading (regions, odd files), annotated VCF writing, and the indexed reference (no model here)."""
+
+import gzip
+import shutil
+
+import pysam
+import pytest
+
+from evo_cli.errors import InputError
+from evo_cli.io.reference import Reference
+from evo_cli.io.vcf import (InfoField, Region, VcfReader, classify_alt, parse_region, read_bed,
+                            write_annotated_vcf)
+
+from .conftest import DATA
+
+EDGE = DATA / "vcf_edge_cases"
+BRCA1 = DATA / "brca1"
+REGION_FA = BRCA1 / "GRCh37_chr17_41100001-41300000.fa"
+FIELDS = [InfoField("EVO_DELTA", "A", "Float", "d"), InfoField("EVO_REF_LL", "1", "Float", "r")]
+
+
+def test_classify_alt():
+    cases = {"A": None, "acgtn": None, "TGATTACA": None, "R": None, "*": "star_allele", "<DEL>": "symbolic",
+             "<CN0>": "symbolic", "]chrB:123]AGT": "breakend", "CAGT[chrA:321[": "breakend", "A.": "breakend",
+             ".A": "breakend", "I": "invalid_allele", "A-C": "invalid_allele"}
+    assert {a: classify_alt(a) for a in cases} == cases
+
+
+def test_parse_region_and_bed(tmp_path):
+    assert parse_region("chr17:41,196,312-41,277,500") == Region("chr17", 41196311, 41277500)
+    assert parse_region("chrX") == Region("chrX")
+    assert parse_region("2:100").start == 99 and parse_region("2:100").end > 10**15
+    assert parse_region("1:1-1") == Region("1", 0, 1)  # the samtools reading of a contig named like a region
+    for bad in ("chr1:0-5", "chr1:10-5", "", "chr 1"):
+        with pytest.raises(InputError, match="region"):
+            parse_region(bad)
+    bed = tmp_path / "r.bed"
+    bed.write_text("track name=x\n# comment\nchr1\t0\t10\tname\n\nchr2\t5\t6\n")
+    assert read_bed(bed) == [Region("chr1", 0, 10), Region("chr2", 5, 6)]
+    bed.write_text("chr1\tten\t20\n")
+    with pytest.raises(InputError, match=r"r.bed:1: not BED"):
+        read_bed(bed)
+
+
+def test_reference_aliases_case_and_compression(tmp_path):
+    with Reference(BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz") as ref, Reference(REGION_FA) as region:
+        assert ref.resolve("chr17") == ref.resolve("17") == "17" and ref.resolve("chr1") is None
+        local = region.fetch("GRCh37_chr17_41100001_41300000", 97700, 97800)
+        assert ref.fetch("17", 41197700, 41197800) == local and set(local) <= set("ACGT")
+        assert ref.fetch("17", 0, 5) == "NNNNN" and ref.fetch("17", 81195205, 81195300) == "NNNNN"
+    # soft-masked bases come back upper-case; a missing .fai is built beside the FASTA
+    fa = tmp_path / "masked.fa"
+    fa.write_text(">chrM\nACGTacgtNNnn\n>2\nAC\n")
+    with Reference(fa) as ref:
+        assert ref.fetch(ref.resolve("MT"), 0, 12) == "ACGTACGTNNNN" and ref.resolve("chr2") == "2"
+    assert (tmp_path / "masked.fa.fai").exists()
+    bgz = shutil.copy(BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz", tmp_path)  # bgzip without its index
+    with Reference(bgz) as ref:
+        assert ref.fetch("17", 41197700, 41197800) == local
+    assert (tmp_path / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz.gzi").exists()
+    plain_gz = tmp_path / "plain.fa.gz"
+    plain_gz.write_bytes(gzip.compress(fa.read_bytes()))
+    with pytest.raises(InputError, match="recompress it with `bgzip`"):
+        Reference(plain_gz)
+    with pytest.raises(InputError, match="no such file"):
+        Reference(tmp_path / "missing.fa")
+
+
+def _brca1_slice(tmp_path, csi=False):
+    vcf = tmp_path / "slice.vcf"
+    shutil.copy(BRCA1 / "brca1_sge_first48.region.vcf", vcf)
+    gz = pysam.tabix_index(str(vcf), preset="vcf", force=True, keep_original=True, csi=csi)
+    return vcf, gz
+
+
+@pytest.mark.parametrize("csi", [False, True], ids=["tbi", "csi"])
+def test_regions_streaming_and_indexed_agree(csi, tmp_path):
+    vcf, gz = _brca1_slice(tmp_path, csi)
+    assert not VcfReader(vcf).indexed and VcfReader(gz).indexed
+    contig = "GRCh37_chr17_41100001_41300000"
+    regions = [parse_region(f"{contig}:97724-97725"), Region(contig, 97727, 97729), parse_region(f"{contig}:97725-97726")]
+    wanted = {97724, 97725, 97726, 97728, 97729}  # the last region is 0-based [97727, 97729)
+    expected = [(r.pos, r.alts) for r in VcfReader(vcf) if r.pos in wanted]
+    assert len(expected) == 15
+    for path in (vcf, gz):
+        reader = VcfReader(path, regions)
+        assert [(r.pos, r.alts) for r in reader] == expected
+        assert [tuple(line.split("\t")[1:2]) for line in reader.text()[1]] == [(str(p),) for p, _ in expected]
+    assert list(VcfReader(gz, [Region("other")])) == []
+    # chr aliasing between a region and the VCF's contig names
+    chr17 = EDGE / "derived" / "brca1_sge_first24.chr17.vcf"
+    assert len(list(VcfReader(chr17, [parse_region("17:41197722-41197722")]))) == 3
+
+
+def test_invalid_vcf_is_one_clear_error(tmp_path):
+    with pytest.raises(InputError, match="not a valid VCF/BCF"):
+        VcfReader(EDGE / "cyvcf2" / "test-invalid-header.vcf")
+    (tmp_path / "x.vcf").write_text("hello\n")
+    with pytest.raises(InputError, match="x.vcf"):
+        VcfReader(tmp_path / "x.vcf")
+
+
+def _data_lines(path, strip_evo=True):
+    """Data lines as text, with the EVO_ INFO entries taken out."""
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        lines = [line.rstrip("\n").split("\t") for line in fh if not line.startswith("#")]
+    for cols in lines:
+        cols[7] = ";".join(kv for kv in cols[7].split(";") if not kv.startswith("EVO_")) or "."
+    return lines
+
+
+@pytest.mark.parametrize("name", ["bcftools/norm.vcf", "htslib/test-vcf-hdr-in.vcf", "pysam/ex1.vcf.gz",
+                                  "cyvcf2/no-seq-names.vcf", "pysam/example_vcf43_with_utf8.vcf"])
+def test_annotated_vcf_keeps_records(name, tmp_path):
+    reader = VcfReader(EDGE / name)
+    ann = [(r.chrom, r.pos, {"EVO_DELTA": tuple([0.25] * (len(r.alts) - 1) + [None]), "EVO_REF_LL": -1.5}
+            if r.alts else {}) for r in reader]
+    out = tmp_path / "out.vcf"
+    lines = [("evo_model", "tiny"), ("evo_window", "64")]
+    assert write_annotated_vcf(out, reader, FIELDS, lines, ann, compressed=False) is False
+    # annotate the output again: values and ##evo_ lines are replaced, not repeated
+    write_annotated_vcf(tmp_path / "again.vcf", VcfReader(out), FIELDS, lines, ann, compressed=False)
+    for path in (out, tmp_path / "again.vcf"):
+        # records are copied as written (htslib would drop a redundant END=, rewrite 'AC=' ...)
+        assert _data_lines(path) == _data_lines(EDGE / name)
+        with pysam.VariantFile(str(path)) as vf:
+            assert vf.header.info["EVO_DELTA"].number == "A"
+            for r, (_, _, a) in zip(vf, ann):
+                assert r.info.get("EVO_DELTA") == a.get("EVO_DELTA") and r.info.get("EVO_REF_LL") == a.get("EVO_REF_LL")
+        text = path.read_text()
+        assert text.count("##evo_model=tiny\n") == 1 and text.count("##INFO=<ID=EVO_DELTA,") == 1
+
+
+def test_bgzip_output_is_indexed_unless_unsorted(tmp_path):
+    vcf, _ = _brca1_slice(tmp_path)
+    reader = VcfReader(vcf)
+    ann = [(r.chrom, r.pos, {"EVO_REF_LL": -1.0}) for r in reader]
+    out = tmp_path / "o.vcf.gz"
+    assert write_annotated_vcf(out, reader, FIELDS, [], ann, compressed=True)
+    with pysam.VariantFile(str(out)) as vf:
+        assert len(list(vf.fetch("GRCh37_chr17_41100001_41300000", 97723, 97724))) == 3
+    unsorted = tmp_path / "unsorted.vcf"
+    lines = vcf.read_text().splitlines(keepends=True)
+    body = [line for line in lines if not line.startswith("#")]
+    unsorted.write_text("".join([line for line in lines if line.startswith("#")] + body[3:] + body[:3]))
+    reader = VcfReader(unsorted)
+    ann = [(r.chrom, r.pos, {}) for r in reader]
+    assert write_annotated_vcf(tmp_path / "u.vcf.gz", reader, FIELDS, [], ann, compressed=True) is False
+    assert (tmp_path / "u.vcf.gz").exists() and not (tmp_path / "u.vcf.gz.tbi").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+
+
+def test_bcf_input(tmp_path):
+    bcf = tmp_path / "slice.bcf"
+    with pysam.VariantFile(str(BRCA1 / "brca1_sge_first48.region.vcf")) as vf, \
+            pysam.VariantFile(str(bcf), "wb", header=vf.header) as out:
+        for rec in vf:
+            out.write(rec)
+    reader = VcfReader(bcf, [parse_region("GRCh37_chr17_41100001_41300000:97722-97723")])
+    assert reader.is_bcf and len(list(reader)) == 6
+    ann = [(r.chrom, r.pos, {"EVO_REF_LL": -2.0}) for r in reader]
+    write_annotated_vcf(tmp_path / "o.vcf", reader, FIELDS, [], ann, compressed=False)
+    with pysam.VariantFile(str(tmp_path / "o.vcf")) as vf:
+        assert [r.info["EVO_REF_LL"] for r in vf] == [-2.0] * 6
