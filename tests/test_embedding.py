@@ -11,6 +11,7 @@ from evo_cli.errors import InputError
 from evo_cli.io.fasta import reverse_complement
 from evo_cli.model.init import motif_config
 from evo_cli.model.tokenizer import decode
+from evo_cli.registry import model_config
 
 from .conftest import EVO1_CASES, EVO2_CASES, case_id
 
@@ -157,8 +158,7 @@ def test_layer_names():
             resolve_layer(config, bad)
     assert default_layer(config) == "blocks.3.mlp.l3"
     assert resolve_layers(config, None) == ["blocks.3.mlp.l3"]
-    published = motif_config("evo2", hidden_size=32, num_layers=32, head_dim=8, name="evo2_7b")
-    assert default_layer(published) == "blocks.28.mlp.l3"
+    assert default_layer(model_config("evo2_7b")) == "blocks.28.mlp.l3"
 
 
 def test_bad_inputs(tiny_models):
