@@ -23,7 +23,7 @@ from pathlib import Path
 
 from evo_cli.errors import CheckpointError
 
-from .registry import MODELS, ModelSpec, unknown_model_message
+from .registry import BUNDLED, MODELS, ModelSpec, unknown_model_message
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ def _download_error(spec: ModelSpec, err: Exception) -> str:
 
 
 def list_models() -> list[dict]:
-    """Every published model with its cache state, as plain values (what ``evo models`` prints)."""
+    """Every published model with its cache state, then the bundled models, as plain values (what
+    ``evo models`` prints)."""
     cache = hub_cache_dir()
     rows = []
     for spec in MODELS.values():
@@ -213,5 +214,13 @@ def list_models() -> list[dict]:
             "download_bytes": spec.download_bytes,
             "path": str(status.path / spec.weights) if status.state == "cached" else None,
             "description": spec.description,
+        })
+    for b in BUNDLED.values():
+        files = [f for f in Path(str(b.path)).iterdir() if f.is_file()]
+        rows.append({
+            "name": b.name, "family": "demo", "params_billions": b.params, "context": b.context,
+            "embedding_layer": b.embedding_layer, "needs_fp8": False, "repo": None, "revision": None,
+            "files": sorted(f.name for f in files), "cached": "bundled", "size_on_disk": sum(f.stat().st_size for f in files),
+            "download_bytes": 0, "path": str(b.path), "description": b.description,
         })
     return rows

@@ -108,6 +108,34 @@ _SPECS = [
 MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 
 
+@dataclass(frozen=True)
+class BundledModel:
+    """A small model shipped inside the package (``evo_cli/models/<name>/``, native format): runs
+    anywhere with no download. ``card``: its model card, beside the weights."""
+
+    name: str
+    description: str
+    embedding_layer: str
+    params: float  # billions, as ModelSpec.params
+    context: int
+
+    @property
+    def path(self):
+        return resources.files("evo_cli") / "models" / self.name
+
+    @property
+    def card(self):
+        return self.path / "MODEL_CARD.md"
+
+
+BUNDLED: dict[str, BundledModel] = {
+    m.name: m for m in [
+        BundledModel("evo-demo", "Demo: small Evo 2-style model trained by this project on E. coli K-12",
+                     "blocks.4.mlp.l3", params=0.001693352, context=2048),
+    ]
+}
+
+
 def get_spec(name: str) -> ModelSpec | None:
     """The published model called ``name``, or None."""
     return MODELS.get(name)
@@ -116,7 +144,7 @@ def get_spec(name: str) -> ModelSpec | None:
 def closest_names(name: str, n: int = 1) -> list[str]:
     """Registry names that look like ``name`` (for "did you mean"), best first: names it begins
     (shortest first), then similar ones; case, ``-`` and ``_`` are ignored."""
-    norm = {k.lower().replace("-", "_"): k for k in MODELS}
+    norm = {k.lower().replace("-", "_"): k for k in [*MODELS, *BUNDLED]}
     key = name.lower().replace("-", "_")
     prefixed = sorted((k for k in norm if k.startswith(key)), key=len)
     similar = difflib.get_close_matches(key, list(norm), n=n, cutoff=0.5)
@@ -138,8 +166,8 @@ def model_config(name: str) -> ModelConfig:
 
 
 def default_embedding_layer(name: str) -> str | None:
-    """The recommended embedding layer of a published model, or None for an unknown name."""
-    spec = MODELS.get(name)
+    """The recommended embedding layer of a published or bundled model, or None for an unknown name."""
+    spec = MODELS.get(name) or BUNDLED.get(name)
     return spec.embedding_layer if spec else None
 
 

@@ -49,6 +49,8 @@ CONTIG_MISSING = "contig_not_in_fasta"
 REF_MISMATCH = "ref_mismatch"
 NON_DNA = "non_dna_reference"
 STRANDS = ("forward", "both")
+# the Evo 2 BRCA1 notebook's window
+DEFAULT_WINDOW = 8192
 OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("id", "str"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
            ("alt_ll", "float"), ("delta", "float"), ("status", "str")]
@@ -211,7 +213,7 @@ def run_score_variants(
     output: str | Path | None,
     *,
     format: str | None = None,
-    window: int = 8192,
+    window: int | None = None,
     strand: str = "forward",
     regions: Iterable[Region] | None = None,
     batch_size: int = 8,
@@ -227,7 +229,10 @@ def run_score_variants(
     """Score every selected record and write ``output`` (format from ``format`` or the extension;
     ``-``: stdout, None: no output); see the module docstring. ``rows``: a list that receives one
     tuple per output row (``COLUMNS``); required when ``output`` is None.
-    ``progress(n)``: called with the number of variants finished. Returns the run's Summary."""
+    ``progress(n)``: called with the number of variants finished. ``window``: None means
+    ``DEFAULT_WINDOW``, or the model's context when that is shorter. Returns the run's Summary."""
+    if window is None:
+        window = min(DEFAULT_WINDOW, model.config.max_seqlen)
     if window < 2:
         raise InputError(f"window must be at least 2 bases, not {window}")
     if strand not in STRANDS:
@@ -340,7 +345,7 @@ def score_variants(
     fasta: str | Path,
     output: str | Path | None = None,
     *,
-    window: int = 8192,
+    window: int | None = None,
     strand: str = "forward",
     regions: Iterable[Region | str] | None = None,
     batch_size: int = 8,

@@ -181,7 +181,7 @@ def test_download_error_is_one_line(fake_download, monkeypatch):
     assert "\n" not in str(e.value) and "HF_TOKEN" in str(e.value) and "resumes" in str(e.value)
 
 
-def test_evo_models_lists_all_ten(env):
+def test_evo_models_lists_all_ten_and_the_bundled_one(env):
     spec = registry.MODELS["evo2_7b"]
     data = (TINY_A / "weights.pt").read_bytes()
     add_snapshot(env, spec.repo, spec.revision, {"evo2_7b.pt": data})
@@ -189,10 +189,10 @@ def test_evo_models_lists_all_ten(env):
     assert res.exit_code == 0, res.output
     names = [line.split()[0] for line in res.output.splitlines()[1:]]
     assert names == ["evo-1-8k-base", "evo-1-131k-base", "evo-1.5-8k-base", "evo2_1b_base", "evo2_7b_base",
-                     "evo2_7b_262k", "evo2_7b", "evo2_20b", "evo2_40b_base", "evo2_40b"]
+                     "evo2_7b_262k", "evo2_7b", "evo2_20b", "evo2_40b_base", "evo2_40b", "evo-demo"]
     res = CliRunner().invoke(cli, ["models", "--json"])
     rows = {r["name"]: r for r in json.loads(res.output)}
-    assert len(rows) == 10
+    assert len(rows) == 11 and rows["evo-demo"]["cached"] == "bundled"
     assert rows["evo2_7b"]["cached"] == "cached" and rows["evo2_7b"]["size_on_disk"] == len(data)
     assert rows["evo2_7b"]["path"].endswith("/evo2_7b.pt") and Path(rows["evo2_7b"]["path"]).is_file()
     assert rows["evo2_40b"]["cached"] == "missing" and rows["evo2_40b"]["needs_fp8"]

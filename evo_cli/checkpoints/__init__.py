@@ -49,6 +49,8 @@ def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, 
     path = Path(model)
     if path.exists():
         return path, None
+    if str(model) in registry.BUNDLED:
+        return Path(str(registry.BUNDLED[str(model)].path)), None
     spec = registry.get_spec(str(model))
     if spec is None:
         raise CheckpointError(registry.unknown_model_message(str(model)))

@@ -26,7 +26,11 @@ def parse_size(text: str) -> int:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _params(billions: float) -> str:
+    return f"{billions:.3g}B" if billions >= 0.1 else f"{billions * 1000:.3g}M"
 
 
 def _context(n: int) -> str:
@@ -37,7 +41,7 @@ def _context(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the registry and cache state as JSON.")
 @verbosity_options
 def models(as_json):
-    """List the published models, with what is in the local Hugging Face cache."""
+    """List the published models, with what is in the local Hugging Face cache, and the bundled ones."""
     from evo_cli.hub import hub_cache_dir, list_models
 
     rows = list_models()
@@ -45,9 +49,9 @@ def models(as_json):
         click.echo(json.dumps(rows, indent=2))
         return
     header = ["name", "family", "params", "context", "embedding layer", "fp8", "cached", "on disk", "download"]
-    table = [[r["name"], r["family"], f"{r['params_billions']:.3g}B", _context(r["context"]), r["embedding_layer"],
+    table = [[r["name"], r["family"], _params(r["params_billions"]), _context(r["context"]), r["embedding_layer"],
               "needs FP8" if r["needs_fp8"] else "-", r["cached"],
-              _gb(r["size_on_disk"]) if r["size_on_disk"] else "-", "~" + _gb(r["download_bytes"])] for r in rows]
+              _gb(r["size_on_disk"]) if r["size_on_disk"] else "-", "~" + _gb(r["download_bytes"]) if r["download_bytes"] else "-"] for r in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table

@@ -22,8 +22,9 @@ def _echo(message: str) -> None:
               help="Output: .vcf, .vcf.gz (bgzip + tabix), .tsv or .parquet; - for stdout (VCF or TSV).")
 @click.option("--format", "fmt", type=click.Choice(["vcf", "vcf.gz", "tsv", "parquet"]), default=None,
               help="Output format [default: from the extension].")
-@click.option("--window", type=click.IntRange(min=2), default=8192, show_default=True,
-              help="Window length in bases, centred on the variant and clipped at contig ends.")
+@click.option("--window", type=click.IntRange(min=2), default=None,
+              help="Window length in bases, centred on the variant and clipped at contig ends "
+                   "[default: 8192, or the model's context when shorter].")
 @click.option("--strand", type=click.Choice(["forward", "both"]), default="forward", show_default=True,
               help="both: average each score with that of the reverse-complement window.")
 @click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END",
