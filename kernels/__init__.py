@@ -129,7 +129,8 @@ def causal_attention(q, k, v, offset: int = 0):
 
     Query i sits at position ``offset + i``. Without an offset, or on GPUs, this is torch's SDPA
     (flash / memory-efficient kernels, lower-right causal alignment); with an offset on CPU, where
-    SDPA would build the dense mask, the blocked online-softmax reference bounds memory."""
+    SDPA would build the dense mask, the CPU flash kernel runs on the cached and the new keys
+    separately and the two halves are merged (``attention/cpu.py``)."""
     import torch.nn.functional as F
 
     Lq, Lk = q.shape[2], k.shape[2]
@@ -141,4 +142,6 @@ def causal_attention(q, k, v, offset: int = 0):
         from torch.nn.attention.bias import causal_lower_right
 
         return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Lq, Lk))
-    return causal_attention_ref(q, k, v, offset)
+    from .attention.cpu import causal_attention_cpu
+
+    return causal_attention_cpu(q, k, v, offset)

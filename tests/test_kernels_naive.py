@@ -110,3 +110,17 @@ def test_blocked_causal_attention(offset, Lq):
     got = causal_attention_ref(q, k, v, offset, q_block=16, k_block=32)
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(K.causal_attention(q, k, v, offset), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("offset,Lq", [(5, 3), (37, 20), (300, 70)])
+def test_cpu_flash_merge_equals_reference(dtype, offset, Lq):
+    """The CPU path (two flash-kernel calls merged by log-sum-exp) against the blocked reference."""
+    from evo_cli.kernels.attention.cpu import causal_attention_cpu
+    from evo_cli.kernels.attention.naive import causal_attention_ref
+
+    q = torch.randn(2, 3, Lq, 16).to(dtype)
+    k, v = torch.randn(2, 3, offset + Lq, 16).to(dtype), torch.randn(2, 3, offset + Lq, 16).to(dtype)
+    expected = causal_attention_ref(q, k, v, offset).float()
+    atol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(causal_attention_cpu(q, k, v, offset).float(), expected, atol=atol)
