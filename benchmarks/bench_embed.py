@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import add_model_args, build, fmt_bytes, machine, peak_rss_bytes, run_isolated  # noqa: E402
+from common import add_model_args, build, fmt_bytes, machine, peak_rss_bytes, run_each_length  # noqa: E402
 
 from evo_cli.embedding import DEFAULT_CHUNK_SIZE, _last_block, iter_embeddings, resolve_layers  # noqa: E402
 from evo_cli.io.embeddings import open_embedding_writer  # noqa: E402
@@ -86,18 +86,6 @@ def one(args) -> dict:
             "load_average": [load_before, os.getloadavg()[0]]}
 
 
-def without_lengths(argv: list[str]) -> list[str]:
-    """argv without ``--lengths`` and the numbers after it."""
-    out, skipping = [], False
-    for a in argv:
-        if a == "--lengths":
-            skipping = True
-        elif not (skipping and a.isdigit()):
-            skipping = False
-            out.append(a)
-    return out
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
@@ -115,12 +103,9 @@ def main():
         print(json.dumps(one(args)))
         return
     rows = []
-    passthrough = without_lengths(sys.argv[1:])
-    for L in args.lengths:
-        r = run_isolated(__file__, [*passthrough, "--lengths", str(L)])
+    for L, r in run_each_length(__file__, sys.argv[1:], args.lengths):
         rows.append(r)
         if "error" in r:
-            print(f"L={L}: {r['error']}", file=sys.stderr)
             continue
         status = "" if r["complete"] else f"  (stopped after {r['positions_done']:,} positions)"
         print(f"L={L:>8}  {r['bases_per_s']:>8,.0f} bases/s  {r['seconds']:>9.1f} s  peak +{fmt_bytes(r['peak_bytes'])}  "

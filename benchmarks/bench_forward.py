@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import PeakMemory, add_model_args, build, fmt_bytes, machine, run_isolated, timed  # noqa: E402
+from common import PeakMemory, add_model_args, build, fmt_bytes, machine, run_each_length, timed  # noqa: E402
 
 
 def one(args) -> dict:
@@ -29,20 +29,6 @@ def one(args) -> dict:
     return {"length": L, "batch": args.batch, "seconds": seconds, "tokens_per_s": args.batch * L / seconds,
             "peak_bytes": mem.bytes, "kernels": args.kernels, "dtype": str(model.dtype).removeprefix("torch."),
             "machine": machine(), "params": sum(p.numel() for p in model.parameters())}
-
-
-def _without_lengths(argv: list[str]) -> list[str]:
-    """argv minus ``--lengths N [N ...]`` (each child process gets one length)."""
-    out, skipping = [], False
-    for a in argv:
-        if a == "--lengths" or a.startswith("--lengths="):
-            skipping = a == "--lengths"
-            continue
-        if skipping and a.isdigit():
-            continue
-        skipping = False
-        out.append(a)
-    return out
 
 
 def main():
@@ -58,12 +44,9 @@ def main():
         print(json.dumps(one(args)))
         return
     rows = []
-    passthrough = _without_lengths(sys.argv[1:])
-    for L in args.lengths:
-        r = run_isolated(__file__, [*passthrough, "--lengths", str(L)])
+    for L, r in run_each_length(__file__, sys.argv[1:], args.lengths):
         rows.append(r)
         if "error" in r:
-            print(f"L={L}: {r['error']}", file=sys.stderr)
             continue
         print(f"L={L:>7}  {r['tokens_per_s']:>10,.0f} tok/s  {r['seconds'] * 1e3:>9.1f} ms  peak +{fmt_bytes(r['peak_bytes'])}",
               flush=True)

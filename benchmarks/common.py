@@ -105,6 +105,22 @@ def run_isolated(script: str, argv: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_each_length(script: str, argv: list[str], lengths: list[int]):
+    """Yield ``(L, result)`` for each length, each run in its own process with argv's ``--lengths`` replaced."""
+    rest, skipping = [], False
+    for a in argv:
+        if a == "--lengths":
+            skipping = True
+        elif not (skipping and a.isdigit()):
+            skipping = False
+            rest.append(a)
+    for L in lengths:
+        r = run_isolated(script, [*rest, "--lengths", str(L)])
+        if "error" in r:
+            print(f"L={L}: {r['error']}", file=sys.stderr)
+        yield L, r
+
+
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
