@@ -24,6 +24,15 @@ def case_id(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def load_case():
     """Load a conformance case once per session: (model, vectors) in float32 on CPU."""

@@ -14,15 +14,9 @@ from evo_cli.model.tokenizer import decode
 from .conftest import CONFORMANCE
 from .test_cli_score_variants import evo
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CASES = [CONFORMANCE / "evo1" / "c1_8k_style_L512", CONFORMANCE / "evo2" / "tiny_a"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.parent.name)

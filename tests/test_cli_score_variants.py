@@ -26,21 +26,14 @@ from evo_cli.io.fasta import format_fasta, read_fasta, reverse_complement
 
 from .conftest import CONFORMANCE, DATA
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = CONFORMANCE / "evo2" / "tiny_a"
 BRCA1 = DATA / "brca1"
 FA = BRCA1 / "GRCh37_chr17_41100001-41300000.fa"
 SNVS = BRCA1 / "brca1_sge_first48.region.vcf"
 INDELS = BRCA1 / "brca1_indels.region.vcf"
 EDGE = DATA / "vcf_edge_cases"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models on a shared 2-core machine: one thread avoids oversubscription
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def evo(*args) -> tuple[int, str, str]:

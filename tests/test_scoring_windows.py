@@ -10,14 +10,7 @@ from evo_cli.scoring import score_sequences, score_windows, token_logprobs, vari
 
 from .conftest import CONFORMANCE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models on a shared 2-core machine: one thread avoids oversubscription
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
