@@ -36,7 +36,7 @@ import torch
 from evo_cli.errors import InputError
 from evo_cli.io.fasta import reverse_complement
 from evo_cli.model.tokenizer import PAD_ID
-from evo_cli.registry import default_embedding_layer
+from evo_cli.registry import known_model
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ def resolve_layer(config, name: str) -> str:
 
 
 def default_layer(config) -> str:
-    """The published model's recommended layer, else the middle block's MLP output."""
-    name = default_embedding_layer(config.name)
-    return resolve_layer(config, name) if name else f"blocks.{config.num_layers // 2}.mlp.l3"
+    """The recommended layer of a published or bundled model, else the middle block's MLP output."""
+    spec = known_model(config)
+    return resolve_layer(config, spec.embedding_layer) if spec else f"blocks.{config.num_layers // 2}.mlp.l3"
 
 
 def resolve_layers(config, layers: str | Sequence[str] | None) -> list[str]:

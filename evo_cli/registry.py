@@ -165,10 +165,10 @@ def model_config(name: str) -> ModelConfig:
     return dataclasses.replace(config, name=name)
 
 
-def default_embedding_layer(name: str) -> str | None:
-    """The recommended embedding layer of a published or bundled model, or None for an unknown name."""
-    spec = MODELS.get(name) or BUNDLED.get(name)
-    return spec.embedding_layer if spec else None
+def known_model(config: ModelConfig) -> ModelSpec | BundledModel | None:
+    """The published or bundled model ``config`` belongs to: by name, or for a published checkpoint loaded
+    from a path under another name, by its architecture. None for any other model."""
+    return BUNDLED.get(config.name) or match_config(config)
 
 
 def match_config(config: ModelConfig) -> ModelSpec | None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from evo_cli import registry
+from evo_cli.model.init import motif_config
 from evo_cli.model.model import StripedHyena
 
 NAMES = ["evo-1-8k-base", "evo-1-131k-base", "evo-1.5-8k-base", "evo2_1b_base", "evo2_7b_base", "evo2_7b_262k",
@@ -80,12 +81,19 @@ def test_hub_files_and_revisions():
 
 def test_default_embedding_layers():
     for name in NAMES:
-        layer = registry.default_embedding_layer(name)
+        layer = registry.known_model(registry.model_config(name)).embedding_layer
         block = int(layer.split(".")[1])
         assert layer == f"blocks.{block}.mlp.l3" and block < registry.model_config(name).num_layers
-    assert {registry.default_embedding_layer(n) for n in ("evo2_7b", "evo2_7b_base", "evo2_7b_262k")} == {"blocks.28.mlp.l3"}
-    assert registry.default_embedding_layer("evo2_40b") == "blocks.20.mlp.l3"
-    assert registry.default_embedding_layer("my-model") is None
+    layers = {registry.known_model(registry.model_config(n)).embedding_layer for n in ("evo2_7b", "evo2_7b_base", "evo2_7b_262k")}
+    assert layers == {"blocks.28.mlp.l3"}
+    assert registry.known_model(registry.model_config("evo2_40b")).embedding_layer == "blocks.20.mlp.l3"
+
+
+def test_known_model_by_architecture():
+    # a published checkpoint loaded from a path carries another name (its directory or yml's)
+    renamed = dataclasses.replace(registry.model_config("evo2_40b"), name="/data/ckpt/evo2_40b.pt", max_seqlen=8192)
+    assert registry.known_model(renamed).name == "evo2_40b"
+    assert registry.known_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=8, name="my-model")) is None
 
 
 @pytest.mark.parametrize("typo, name", [("evo2-7b", "evo2_7b"), ("EVO2_40B", "evo2_40b"), ("evo-1-131k", "evo-1-131k-base"),

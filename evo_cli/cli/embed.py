@@ -36,7 +36,7 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, model, de
     from evo_cli.embedding import default_layer, iter_embeddings, resolve_layers
     from evo_cli.io.embeddings import open_embedding_writer
     from evo_cli.io.fasta import read_fasta
-    from evo_cli.registry import default_embedding_layer
+    from evo_cli.registry import known_model
 
     if output == "-":
         raise click.UsageError("embeddings are written as Parquet: give a file path with -o")
@@ -45,7 +45,8 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, model, de
     config = net.config
     names = resolve_layers(config, layers)
     if not layers and not is_quiet():
-        why = (f"recommended for {config.name}" if default_embedding_layer(config.name)
+        spec = known_model(config)
+        why = (f"recommended for {spec.name}" if spec
                else "the middle block's MLP output; no recommended layer for this model")
         click.echo(f"evo: embedding layer {default_layer(config)} ({why}); choose with --layer", err=True)
     command = ["evo", "embed", "--fasta", fasta, "-o", output, "--model", model, *[a for n in names for a in ("--layer", n)],
