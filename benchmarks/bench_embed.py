@@ -23,7 +23,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import add_model_args, build, fmt_bytes, machine, peak_rss_bytes, run_each_length  # noqa: E402
+from common import (add_model_args, build, fmt_bytes, kv_cache_bytes, machine, peak_rss_bytes,  # noqa: E402
+                    rss_bytes, run_each_length)
 
 from evo_cli.embedding import DEFAULT_CHUNK_SIZE, _last_block, iter_embeddings, resolve_layers  # noqa: E402
 from evo_cli.io.embeddings import open_embedding_writer  # noqa: E402
@@ -31,18 +32,6 @@ from evo_cli.io.embeddings import open_embedding_writer  # noqa: E402
 
 class TimeUp(Exception):
     """--max-seconds has passed (raised from the progress callback to stop mid-sequence)."""
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def kv_cache_bytes(model, layers, L: int) -> int:
-    """Bytes of the KV cache of the attention blocks the layers need, for one sequence of L tokens."""
-    c, last = model.config, _last_block(layers)
-    n_attn = sum(1 for i in c.layers_of("attn") if last is None or i <= last)
-    return n_attn * 2 * c.num_kv_heads * c.head_dim * L * model.dtype.itemsize
 
 
 def one(args) -> dict:
@@ -80,7 +69,7 @@ def one(args) -> dict:
     return {"length": L, "positions_done": done, "complete": done == strands * L, "seconds": seconds,
             "cpu_seconds": time.process_time() - cpu0,
             "bases_per_s": done / seconds, "peak_bytes": peak_rss_bytes() - base_peak,
-            "kv_cache_bytes": kv_cache_bytes(model, layers, L), "layers": layers, "pool": args.pool,
+            "kv_cache_bytes": kv_cache_bytes(model, 1, L, _last_block(layers)), "layers": layers, "pool": args.pool,
             "strand": args.strand, "chunk_size": args.chunk_size, "dtype": str(model.dtype).removeprefix("torch."),
             "machine": machine(), "params": sum(p.numel() for p in model.parameters()), "trace": trace,
             "load_average": [load_before, os.getloadavg()[0]]}

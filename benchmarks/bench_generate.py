@@ -22,15 +22,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import PeakMemory, add_model_args, build, fmt_bytes, machine, run_isolated, sync  # noqa: E402
+from common import (PeakMemory, add_model_args, build, fmt_bytes, kv_cache_bytes, machine,  # noqa: E402
+                    run_isolated, sync, without_options)
 
 from evo_cli.generation import generate  # noqa: E402
-
-
-def kv_cache_bytes(model, batch: int, positions: int) -> int:
-    c = model.config
-    itemsize = torch.empty((), dtype=model.dtype).element_size()
-    return len(c.layers_of("attn")) * 2 * batch * c.num_kv_heads * positions * c.head_dim * itemsize
 
 
 def one(args) -> dict:
@@ -65,14 +60,7 @@ def main():
     if args.json:
         print(json.dumps(one(args)))
         return
-    passthrough = []
-    skip = False
-    for a in sys.argv[1:]:
-        if a in ("--batches", "--n-tokens"):
-            skip = True
-        elif not (skip and a.isdigit()):
-            skip = False
-            passthrough.append(a)
+    passthrough = without_options(sys.argv[1:], "--batches", "--n-tokens")
     rows = []
     for batch in args.batches:
         for n in args.n_tokens:

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import add_model_args, build, fmt_bytes, machine, run_isolated  # noqa: E402
+from common import add_model_args, build, fmt_bytes, machine, rss_bytes, run_isolated  # noqa: E402
 
 import evo_cli  # noqa: E402
 from evo_cli.checkpoints.formats import column_split_perm, interleave_perm  # noqa: E402
@@ -45,14 +45,6 @@ def write_vortex(model, path: Path) -> None:
     torch.save(sd, path)
 
 
-def _rss_bytes() -> int:
-    """Resident memory now (Linux), file-backed mapped pages included."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def one(args) -> dict:
     config = evo_cli.ModelConfig.from_native(json.loads(Path(args.dir, "native", "config.json").read_text()))
     # torch imports its meta-tensor machinery (torch._dynamo) on the first meta-device op: a one-time
@@ -61,14 +53,14 @@ def one(args) -> dict:
     with torch.device("meta"):
         torch.nn.Embedding(2, 2)
     first_meta = time.perf_counter() - t0
-    rss = _rss_bytes()
+    rss = rss_bytes()
     t0 = time.perf_counter()
     if args.format == "vortex":
         model = evo_cli.load_model(Path(args.dir, "model.pt"), device="cpu", dtype=args.dtype, config=config)
     else:
         model = evo_cli.load_model(Path(args.dir, "native"), device="cpu", dtype=args.dtype)
     seconds = time.perf_counter() - t0
-    return {"format": args.format, "seconds": seconds, "rss_bytes": _rss_bytes() - rss, "first_meta_seconds": first_meta,
+    return {"format": args.format, "seconds": seconds, "rss_bytes": rss_bytes() - rss, "first_meta_seconds": first_meta,
             "machine": machine(), "params": sum(p.numel() for p in model.parameters()),
             "dtype": str(model.dtype).removeprefix("torch.")}
 
@@ -81,6 +73,8 @@ def main():
     p.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.family != "evo2":
+        p.error("the vortex layout written here is Evo 2's: use --family evo2")
     if args.json:
         print(json.dumps(one(args)))
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -50,6 +51,19 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def rss_bytes() -> int:
+    """Resident memory now (Linux), file-backed mapped pages included."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def kv_cache_bytes(model, batch: int, positions: int, last_block: int | None = None) -> int:
+    """Bytes of the KV cache of the attention blocks up to ``last_block`` (all when None)."""
+    c = model.config
+    n_attn = sum(1 for i in c.layers_of("attn") if last_block is None or i <= last_block)
+    return n_attn * 2 * batch * c.num_kv_heads * c.head_dim * positions * model.dtype.itemsize
+
+
 class PeakMemory:
     """Context manager: ``.bytes`` is the peak memory the block added (see module docstring)."""
 
@@ -84,8 +98,6 @@ def timed(fn, device, repeats: int = 1):
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -105,15 +117,21 @@ def run_isolated(script: str, argv: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_each_length(script: str, argv: list[str], lengths: list[int]):
-    """Yield ``(L, result)`` for each length, each run in its own process with argv's ``--lengths`` replaced."""
+def without_options(argv: list[str], *names: str) -> list[str]:
+    """argv without the options ``names`` and the numbers after each."""
     rest, skipping = [], False
     for a in argv:
-        if a == "--lengths":
+        if a in names:
             skipping = True
         elif not (skipping and a.isdigit()):
             skipping = False
             rest.append(a)
+    return rest
+
+
+def run_each_length(script: str, argv: list[str], lengths: list[int]):
+    """Yield ``(L, result)`` for each length, each run in its own process with argv's ``--lengths`` replaced."""
+    rest = without_options(argv, "--lengths")
     for L in lengths:
         r = run_isolated(script, [*rest, "--lengths", str(L)])
         if "error" in r:

@@ -8,6 +8,7 @@ forces the fused op (on CPU only under ``TRITON_INTERPRET=1``), ``"torch"`` forc
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -43,8 +44,9 @@ BACKENDS = ("auto", "triton", "torch")
 _FUSED = {}
 
 
+@functools.cache
 def triton_available() -> bool:
-    """True when Triton imports and can launch kernels here (a GPU, or the CPU interpreter)."""
+    """True when Triton imports (checked once per process)."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -127,7 +129,7 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
 def causal_attention(q, k, v, offset: int = 0):
     """Causal softmax attention, q: [B, H, Lq, hd], k/v: [B, H, offset + Lq, hd] -> [B, H, Lq, hd].
 
-    Query i sits at position ``offset + i``. Without an offset, or on GPUs, this is torch's SDPA
+    Query i sits at position ``offset + i``. Without an offset, or off the CPU, this is torch's SDPA
     (flash / memory-efficient kernels, lower-right causal alignment); with an offset on CPU, where
     SDPA would build the dense mask, the CPU flash kernel runs on the cached and the new keys
     separately and the two halves are merged (``attention/cpu.py``)."""
@@ -138,7 +140,7 @@ def causal_attention(q, k, v, offset: int = 0):
         return F.scaled_dot_product_attention(q, k, v)
     if offset == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if q.is_cuda:
+    if q.device.type != "cpu":
         from torch.nn.attention.bias import causal_lower_right
 
         return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Lq, Lk))

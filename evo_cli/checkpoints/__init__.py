@@ -13,9 +13,9 @@ from evo_cli.model.model import StripedHyena
 from evo_cli.runtime import resolve_device, resolve_dtype, resolve_kernels
 
 from .formats import Checkpoint, open_checkpoint
-from .loader import build_model, keeps_float32
+from .loader import build_model
 
-__all__ = ["Checkpoint", "describe_checkpoint", "load_model", "open_checkpoint", "keeps_float32", "resolve_checkpoint"]
+__all__ = ["Checkpoint", "describe_checkpoint", "load_model", "open_checkpoint", "resolve_checkpoint"]
 
 
 def load_model(

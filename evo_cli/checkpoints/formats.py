@@ -9,7 +9,7 @@ Formats:
 - ``transformers-wip``, ``aquiles``: community Hugging Face layouts of Evo 2 (``model.layers.{i}...``
   keys), recognised by their tensor names; key maps in ``community.py``.
 
-Our layout differs from the published ones in three places, handled by the key maps below:
+Our layout differs from the published ones in four places, handled by the key maps below:
 hyena projection rows and short filters are reordered to ``[x2 | x1 | v]``; Hyena-MR taps are
 flipped so that every FIR has the current token last; Evo 2 per-head ``[q|k|v]`` Wqkv rows become
 ``[Q | K | V]``. Evo 1's stored ``inv_freq`` is replaced by the formula, because the reference

@@ -8,17 +8,11 @@ import logging
 import torch
 
 from evo_cli.errors import CheckpointError
-from evo_cli.model.model import StripedHyena
+from evo_cli.model.model import StripedHyena, keeps_float32
 
 from .formats import Checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def keeps_float32(name: str) -> bool:
-    """Parameters kept in float32 whatever the model dtype: Hyena filters (poles, residues, taps,
-    D) and rotary frequencies. They are small, and their precision matters at long range."""
-    return ".filter." in name or name.endswith("inv_freq")
 
 
 def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype | None, kernels: str = "auto") -> StripedHyena:

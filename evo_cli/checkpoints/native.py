@@ -61,7 +61,3 @@ def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHA
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def state_dict_bytes(model: torch.nn.Module) -> int:
-    return sum(v.numel() * v.element_size() for v in model.state_dict().values())

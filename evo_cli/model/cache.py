@@ -15,8 +15,10 @@ import torch
 
 @dataclass
 class HyenaState:
-    fir: torch.Tensor  # [B, K-1, 3D] float32: last inputs of the featurizer's short filter
-    inner: torch.Tensor  # [B, K-1, D] FIR history (hcs/hcm) or [B, D, S] modal state (hcl / Evo 1)
+    fir: torch.Tensor  # [B, K-1, 3D] float32: last inputs of the featurizer's short filter (K = its length)
+    # hcs/hcm: [B, Ki-1, D] float32, the inner FIR's history (Ki = 7 or 128); hcl: [B, D, S] float32
+    # modal state; Evo 1: [B, D, S] complex64
+    inner: torch.Tensor
 
 
 @dataclass
@@ -51,17 +53,3 @@ class InferenceState:
             [_map(s, lambda t: t.index_select(0, idx.to(t.device))) for s in self.layers], self.max_seqlen, self.seqlen
         )
 
-    def copy_(self, other: InferenceState) -> InferenceState:
-        """Copy another state of the same shapes into this one, in place."""
-        for mine, theirs in zip(self.layers, other.layers):
-            for f in fields(mine):
-                getattr(mine, f.name).copy_(getattr(theirs, f.name))
-        self.seqlen = other.seqlen
-        return self
-
-    def reset(self) -> InferenceState:
-        for s in self.layers:
-            for f in fields(s):
-                getattr(s, f.name).zero_()
-        self.seqlen = 0
-        return self

@@ -10,7 +10,7 @@ import torch
 
 from .config import ModelConfig
 from .layers import rotary_inv_freq
-from .model import StripedHyena
+from .model import StripedHyena, keeps_float32
 
 EVO2_MOTIF = ("hcs", "hcm", "hcl", "attn", "hcs", "hcm", "hcl")
 
@@ -108,8 +108,6 @@ def init_weights_(model: StripedHyena, seed: int = 0) -> StripedHyena:
 
 def random_model(config: ModelConfig, seed: int = 0, device="cpu", dtype=torch.float32, kernels: str = "auto") -> StripedHyena:
     """A randomly initialised model on ``device`` in ``dtype`` (Hyena filters float32), in eval mode."""
-    from evo_cli.checkpoints.loader import keeps_float32
-
     model = init_weights_(StripedHyena(config, kernels=kernels), seed)
     for name, p in model.named_parameters():
         p.data = p.data.to(device=device, dtype=torch.float32 if keeps_float32(name) else dtype)

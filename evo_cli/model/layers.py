@@ -112,8 +112,9 @@ class HyenaBlock(nn.Module):
         self.mlp = _mlp(config, layer)
 
     def new_state(self, batch: int, device) -> HyenaState:
+        """Zeroed state: fir [batch, K-1, 3D] float32 and the inner filter's state (see ``HyenaState``)."""
         k = self.config.short_filter_length
-        fir = torch.zeros(batch, k - 1, 3 * self.config.hidden_size, device=device)
+        fir = torch.zeros(batch, k - 1, 3 * self.config.hidden_size, device=device, dtype=torch.float32)
         shape, dtype = self.filter.inner_state_shape(self.config)
         return HyenaState(fir=fir, inner=torch.zeros(batch, *shape, device=device, dtype=dtype))
 
@@ -142,6 +143,8 @@ class HyenaBlock(nn.Module):
                              backend=self.backend)
 
     def forward(self, x, state: HyenaState | None = None, pos: int = 0):
+        """x: [B, L, D] -> [B, L, D]; ``state`` is read and advanced by L tokens. ``pos`` is unused (the
+        blocks share one signature; Hyena state carries its own position)."""
         u = self.out_filter_dense(self.mix(x, state)) + x
         return u + self.mlp(self.post_norm(u))
 
@@ -175,6 +178,7 @@ def rotary_inv_freq(head_dim: int, base: float):
 
 
 def _rotate(x, cos, sin):
+    """x: [B, L, H, hd]; cos, sin: [1, L, 1, hd / 2] -> x rotated by halves, in x.dtype (math in float32)."""
     x0, x1 = x.float().chunk(2, dim=-1)
     return torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).to(x.dtype)
 
@@ -192,6 +196,8 @@ class MHA(nn.Module):
         self.rotary_emb = RotaryEmbedding(c.head_dim, c.rotary_base, c.rotary_scaling)
 
     def forward(self, x, state: AttentionState | None = None, pos: int = 0):
+        """x: [B, L, D] at positions pos..pos+L-1 -> [B, L, D]. With ``state``, k and v are written to the
+        cache at those positions and the queries attend over cache[:pos + L]."""
         B, L, _ = x.shape
         h, hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         q, k, v = self.Wqkv(x).split([h * hd, hkv * hd, hkv * hd], dim=-1)
@@ -221,10 +227,12 @@ class AttentionBlock(nn.Module):
         self.mlp = _mlp(config, layer)
 
     def new_state(self, batch: int, device, max_seqlen: int, dtype) -> AttentionState:
+        """Zeroed KV cache: k and v [batch, Hkv, max_seqlen, hd] in ``dtype``."""
         c = self.config
         shape = (batch, c.num_kv_heads, max_seqlen, c.head_dim)
         return AttentionState(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype))
 
     def forward(self, x, state: AttentionState | None = None, pos: int = 0):
+        """x: [B, L, D] at positions pos..pos+L-1 -> [B, L, D]."""
         u = self.inner_mha_cls(self.pre_norm(x), state, pos) + x
         return u + self.mlp(self.post_norm(u))

@@ -11,6 +11,12 @@ from .config import ModelConfig
 from .layers import AttentionBlock, HyenaBlock, RMSNorm
 
 
+def keeps_float32(name: str) -> bool:
+    """Parameters kept in float32 whatever the model dtype: Hyena filters (poles, residues, taps,
+    D) and rotary frequencies. They are small, and their precision matters at long range."""
+    return ".filter." in name or name.endswith("inv_freq")
+
+
 class StripedHyena(nn.Module):
     """``forward(input_ids [B, L] int64) -> logits [B, L, vocab] float32``.
 
@@ -40,14 +46,6 @@ class StripedHyena(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embedding_layer.weight.dtype
-
-    def set_kernels(self, kernels: str) -> StripedHyena:
-        """Switch every op between ``auto``, ``triton`` and ``torch`` kernels."""
-        self.kernels = kernels
-        for m in self.modules():
-            if hasattr(m, "backend"):
-                m.backend = kernels
-        return self
 
     def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:
         """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 EOS_ID = 0
 PAD_ID = 1
-VOCAB_SIZE = 512
 
 
 def encode(text: str) -> list[int]:
