@@ -159,6 +159,9 @@ def open_torch(files: list[Path]) -> TensorSource:
                 raise
             # legacy (pre-zip) pickles cannot be memory-mapped
             sd = _torch_load(str(obj), label, mmap=False)
+        finally:
+            if not isinstance(obj, Path):
+                obj.close()  # the parts of a split file: read into memory (torch.load maps only one path)
         for k, v in sd.items():
             if k in where:
                 raise CheckpointError(f"{label}: tensor {k!r} also appears in {where[k]}")
