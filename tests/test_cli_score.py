@@ -59,3 +59,16 @@ def test_chunks_bos_override_and_parquet(tmp_path):
     assert (bos.sum_ll != plain.sum_ll).all()
     meta = json.loads(pq.read_schema(tmp_path / "bos.parquet").metadata[b"evo"])
     assert meta["evo_bos"] == "true" and meta["evo_dtype"] == "float32"
+
+
+def test_parquet_to_stdout_and_same_outputs_fail_before_writing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.fa").write_text(format_fasta("s", "ACGTACGT"))
+    code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "-o", "-", "--format", "parquet")
+    assert code == 1 and out == "" and err == "evo: error: parquet output needs a file name (-o PATH), not stdout\n"
+    code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "--per-position", "pos.parquet")
+    assert code == 0 and (tmp_path / "pos.parquet").exists() and out.startswith("id\tlength")
+    for output, per_position in [("a.tsv", "a.tsv"), ("-", "-"), ("a.tsv", "./sub/../a.tsv")]:
+        code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "-o", output, "--per-position", per_position)
+        assert code == 2 and "--per-position and -o are both" in err and out == "", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "pos.parquet"]

@@ -84,6 +84,15 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
               f"e.g. bcftools sort, for a tabix index)")
 
 
+def _same_output(a: str, b: str) -> bool:
+    """Whether two output arguments name the same destination (both stdout, or one file)."""
+    from pathlib import Path
+
+    if "-" in (a, b):
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
+
+
 @click.command("score")
 @click.option("--fasta", required=True, metavar="PATH", help="Sequences to score (FASTA, plain or gzip).")
 @click.option("-o", "--output", default="-", show_default=True, metavar="PATH",
@@ -108,14 +117,14 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, model, 
 
     from evo_cli._version import __version__
     from evo_cli.io.fasta import read_fasta
-    from evo_cli.io.tables import table_format, table_writer
+    from evo_cli.io.tables import check_table_output, table_writer
     from evo_cli.model.tokenizer import encode
     from evo_cli.scoring import default_prepend_bos, token_logprobs
 
-    out_fmt = table_format(output, fmt)
-    pos_fmt = table_format(per_position) if per_position else None
-    if per_position and pos_fmt == "parquet" and per_position == "-":
-        raise click.UsageError("--per-position parquet needs a file name")
+    out_fmt = check_table_output(output, fmt)
+    pos_fmt = check_table_output(per_position) if per_position else None
+    if per_position and _same_output(output, per_position):
+        raise click.UsageError(f"--per-position and -o are both {output}: give them different files")
     records = read_fasta(fasta)
     loaded = load_model_cli(model, device, dtype, kernels)
     prepend = default_prepend_bos(loaded) if bos is None else bos

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from evo_cli.errors import InputError
 
-from .atomic import atomic_open, atomic_path
+from .atomic import STDOUT, atomic_open, atomic_path
 
 TABLE_FORMATS = ("tsv", "parquet")
 _ROW_GROUP = 1 << 16
@@ -36,6 +36,14 @@ def table_format(path: str | Path | None, format: str | None = None) -> str:
     raise InputError(f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
 
 
+def check_table_output(path: str | Path | None, format: str | None = None) -> str:
+    """``table_format``, refusing Parquet on stdout (it needs a seekable file)."""
+    fmt = table_format(path, format)
+    if fmt == "parquet" and path in STDOUT:
+        raise InputError("parquet output needs a file name (-o PATH), not stdout")
+    return fmt
+
+
 def _cell(v) -> str:
     if v is None:
         return ""
@@ -52,6 +60,7 @@ def table_writer(path: str | Path | None, columns: list[tuple[str, str]], format
     TSV: a header row then one line per row (``-``/None: stdout). Parquet: typed columns, the
     ``metadata`` dict stored under the key ``evo`` as JSON."""
     names = [c for c, _ in columns]
+    check_table_output(path, format)
     if format == "tsv":
         with atomic_open(path, "w") as fh:
             fh.write("\t".join(names) + "\n")
