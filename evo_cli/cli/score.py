@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shlex
-
 import click
 
-from .options import is_quiet, load_model_cli, model_options, progress_bar
+from .options import command_line, is_quiet, load_model_cli, model_options, progress_bar
 
 
 def _echo(message: str) -> None:
@@ -58,10 +56,8 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
     total = check_variants(vcf, fasta, regions, skip_ref_mismatch)
     loaded = load_model_cli(model, device, dtype, kernels)
-    ctx = click.get_current_context()
-    command = "evo score-variants " + " ".join(
-        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in ctx.params.items()
-        if k != "resume" and v not in (None, False, ()))
+    # --resume is left out: a resumed run writes the same bytes as an uninterrupted one
+    command = command_line(skip=("resume",))
     try:
         with progress_bar("scoring", total, "variants") as advance:
             summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
