@@ -11,6 +11,7 @@ import gzip
 import io
 import logging
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -60,11 +61,15 @@ def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | N
     lowered = 0
     with _open_text(path) as fh:
         header, start_line, chunks = None, 0, []
-        try:
-            lines = list(_lines(fh))
-        except (OSError, EOFError) as err:
-            raise InputError(f"{path}: cannot read ({err})") from None
-        for lineno, line in lines:
+        lines = _lines(fh)  # streamed: memory holds one record, whatever the file's size
+        while True:
+            try:
+                item = next(lines, None)
+            except (OSError, EOFError, zlib.error) as err:
+                raise InputError(f"{path}: cannot read ({err})") from None
+            if item is None:
+                break
+            lineno, line = item
             if line.startswith(">"):
                 if header is not None:
                     rec, was_lower = _record(path, header, start_line, chunks, uppercase, alphabet, seen)
@@ -93,8 +98,8 @@ def _lines(fh):
 
 
 def _record(path, header, lineno, chunks, uppercase, alphabet, seen) -> tuple[FastaRecord, bool]:
-    rid, _, desc = header.partition(" ")
-    rid = rid.strip()
+    # the id ends at the first whitespace of any kind (space or tab), as in samtools and Biopython
+    rid, desc = (header.split(None, 1) + ["", ""])[:2]
     if not rid:
         raise InputError(f"{path}:{lineno}: record with an empty name")
     if rid in seen:
