@@ -16,8 +16,11 @@ nucleotide codes (``invalid_allele``), records whose CHROM is not in the FASTA e
 
 A run with an output file persists its progress in ``<output>.evo-partial`` chunk by chunk (a chunk
 is ``batch_size`` records, extended to the end of a position); ``resume=True`` continues from there,
-with the same chunks, so the output is byte-identical to an uninterrupted run. The output is written
-at the end from the stored results, atomically, and the progress file is then removed.
+with the same chunks, so the output is byte-identical to an uninterrupted run. Resuming checks that
+the settings match: the VCF and FASTA (path, size, modification time), the model (config and
+embedding weights), device, kernel backend, window, strand, regions, batch and chunk sizes and
+format. The progress file is created when the first chunk completes; the output is written at
+the end from the stored results, atomically, and the progress file is then removed.
 """
 
 from __future__ import annotations
@@ -206,6 +209,24 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
+def _file_identity(key: str, path: str | Path) -> dict:
+    """Path, size and modification time of an input: an edit that keeps the size still changes the time."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    return {key: os.path.abspath(path), f"{key}_bytes": st.st_size, f"{key}_mtime_ns": st.st_mtime_ns}
+
+
+def _kernel_backend(model) -> str:
+    """The kernel backend the model's ops run with here (``triton`` or ``torch``)."""
+    from evo_cli.kernels import resolve_backend
+
+    return resolve_backend(getattr(model, "kernels", "auto"), model.device)
+
+
 def run_score_variants(
     model,
     vcf: str | Path,
@@ -249,8 +270,8 @@ def run_score_variants(
     info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
             "evo_window": str(window), "evo_strand": strand, "evo_dtype": str(model.dtype).replace("torch.", ""),
             "evo_score": "mean log-likelihood of window positions 2..n (no BOS); EVO_DELTA = ALT - REF"}
-    settings = {"vcf": os.path.abspath(vcf), "vcf_bytes": os.path.getsize(vcf), "fasta": os.path.abspath(fasta),
-                "fasta_bytes": os.path.getsize(fasta), "model": model_fingerprint(model), "device": str(model.device),
+    settings = {**_file_identity("vcf", vcf), **_file_identity("fasta", fasta), "model": model_fingerprint(model),
+                "device": str(model.device), "kernels": _kernel_backend(model),
                 "window": window, "strand": strand, "regions": [str(r) for r in regions], "batch_size": batch_size,
                 "skip_ref_mismatch": skip_ref_mismatch, "share_prefix": share_prefix, "chunk_size": chunk_size,
                 "format": fmt, "model_name": info["evo_model"], "version": __version__}

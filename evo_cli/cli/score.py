@@ -65,7 +65,7 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
                                          share_prefix=not no_share, chunk_size=chunk_size, resume=resume,
                                          model_name=model, command=command, progress=advance)
     except KeyboardInterrupt:
-        if output != "-":
+        if output != "-" and sidecar_path(output).exists():
             _echo(f"progress is kept in {sidecar_path(output)}: add --resume to the same command to continue")
         raise
     new = summary.variants - summary.resumed
