@@ -324,14 +324,32 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
     return summary
 
 
-def _rows(reader: VcfReader, results: Iterator[list], summary: Summary) -> Iterator[tuple]:
-    """One output row per ALT allele (``COLUMNS``), counting into ``summary``."""
-    for rec, (chrom, pos, statuses, ref_ll, alt_ll) in zip(reader, results):
-        if (chrom, pos) != (rec.chrom, rec.pos):
+def _paired(reader: VcfReader, results: Iterable[list]) -> Iterator[tuple[VcfRecord, list]]:
+    """``(record, result)`` pairs, failing when the VCF no longer matches the results (another record,
+    another number of ALT alleles, or another number of records)."""
+    end = object()
+    records = iter(reader)
+    for result in results:
+        rec = next(records, end)
+        chrom, pos, statuses = result[:3]
+        if rec is end:
+            raise InputError(f"{reader.path}: ends before the scored record {chrom}:{pos}; "
+                             f"was the VCF changed during the run?")
+        if (chrom, pos) != (rec.chrom, rec.pos) or len(statuses) != len(rec.alts or (".",)):
             raise InputError(f"{reader.path}: record {rec.chrom}:{rec.pos} does not match the scored record "
                              f"{chrom}:{pos}; was the VCF changed during the run?")
+        yield rec, result
+    rec = next(records, end)
+    if rec is not end:
+        raise InputError(f"{reader.path}: record {rec.chrom}:{rec.pos} was not scored; was the VCF changed "
+                         f"during the run?")
+
+
+def _rows(reader: VcfReader, results: Iterator[list], summary: Summary) -> Iterator[tuple]:
+    """One output row per ALT allele (``COLUMNS``), counting into ``summary``."""
+    for rec, (chrom, pos, statuses, ref_ll, alt_ll) in _paired(reader, results):
         summary.records += 1
-        for alt, status, a in zip(rec.alts or (".",), statuses, alt_ll):
+        for alt, status, a in zip(rec.alts or (".",), statuses, alt_ll, strict=True):
             summary.variants += 1
             if status == OK:
                 summary.scored += 1
@@ -343,16 +361,16 @@ def _rows(reader: VcfReader, results: Iterator[list], summary: Summary) -> Itera
 
 def _annotations(results: Iterator[list], summary: Summary, rows: list | None, reader: VcfReader):
     """``(chrom, pos, INFO values)`` per record for the VCF writer; also fills ``rows`` when asked."""
-    records = iter(reader) if rows is not None else None
-    for chrom, pos, statuses, ref_ll, alt_ll in results:
+    pairs = _paired(reader, results) if rows is not None else ((None, r) for r in results)
+    for rec, (chrom, pos, statuses, ref_ll, alt_ll) in pairs:
         summary.records += 1
         summary.variants += len(statuses)
         summary.scored += statuses.count(OK)
         summary.skipped.update(s for s in statuses if s != OK)
         if rows is not None:
-            rec = next(records)
             rows.extend((chrom, pos, rec.id, rec.ref, alt, ref_ll if s == OK else None, a,
-                         a - ref_ll if s == OK else None, s) for alt, s, a in zip(rec.alts or (".",), statuses, alt_ll))
+                         a - ref_ll if s == OK else None, s)
+                        for alt, s, a in zip(rec.alts or (".",), statuses, alt_ll, strict=True))
         if ref_ll is None:
             yield chrom, pos, {}
         else:

@@ -299,7 +299,8 @@ def write_annotated_vcf(
 
     Records are copied as the input spells them, except for the INFO column: earlier values of
     ``fields`` are dropped and the new ones appended. annotations: one ``(chrom, pos, {field id:
-    value or tuple})`` per record in reader order; None inside a tuple is written '.'; floats get 7
+    value or tuple})`` per record in reader order, exactly as many as records (a mismatch is an
+    InputError); None inside a tuple is written '.'; floats get 7
     significant digits (readers keep VCF Floats as float32). header_lines: ``(key, value)`` pairs
     written as ``##key=value`` before ``#CHROM``; earlier ``##evo_*`` lines and declarations of
     ``fields`` are replaced. compressed: bgzip and tabix-index. The file (and index) appear only
@@ -326,10 +327,17 @@ def write_annotated_vcf(
         for line in lines:
             chrom, pos, values = next(ann_iter, (None, None, None))
             got = line.split("\t", 2)[:2]
+            if chrom is None:
+                raise InputError(f"{reader.path}: record {':'.join(got)} was not scored; was the VCF changed "
+                                 f"during the run?")
             if got != [chrom, str(pos)]:
                 raise InputError(f"{reader.path}: record {':'.join(got)} does not match the scored record "
                                  f"{chrom}:{pos}; was the VCF changed during the run?")
             yield _annotate(line, values, ours) + "\n"
+        extra = next(ann_iter, None)
+        if extra is not None:
+            raise InputError(f"{reader.path}: has no record for the scored record {extra[0]}:{extra[1]}; "
+                             f"was the VCF changed during the run?")
 
     if not compressed:
         with atomic_open(path, "wb") as fh:
