@@ -34,16 +34,13 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from evo_cli.errors import InputError
-from evo_cli.io.fasta import reverse_complement
+from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
+from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "last", "max", "none")
-STRANDS = ("forward", "both")
-DEFAULT_CHUNK_SIZE = 8192
-DEFAULT_BATCH_SIZE = 8
 # pooled results are small: sort this many batches' worth of sequences by length to cut padding
 _SORT_WINDOW_BATCHES = 16
 

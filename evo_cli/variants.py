@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 from evo_cli._version import __version__
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
-from evo_cli.io.fasta import reverse_complement
+from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
 from evo_cli.io.tables import table_writer
@@ -51,7 +51,6 @@ OK = "ok"
 CONTIG_MISSING = "contig_not_in_fasta"
 REF_MISMATCH = "ref_mismatch"
 NON_DNA = "non_dna_reference"
-STRANDS = ("forward", "both")
 # the Evo 2 BRCA1 notebook's window
 DEFAULT_WINDOW = 8192
 OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")

@@ -46,3 +46,32 @@ def test_closed_stdout_exits_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and err == ""
 
+
+
+def _imports_torch(code: str) -> bool:
+    proc = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint('torch' in sys.modules)"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()[-1] == "True"
+
+
+def test_files_and_cli_start_up_do_not_import_torch():
+    assert not _imports_torch("import evo_cli, evo_cli.io.fasta, evo_cli.io.vcf, evo_cli.io.tables, "
+                              "evo_cli.io.embeddings, evo_cli.io.generated, evo_cli.cli.main")
+    assert not _imports_torch("from evo_cli.cli.main import main\n"
+                              "try:\n    main(['--help'])\nexcept SystemExit:\n    pass")
+    # the public API still imports what it needs on first use
+    assert _imports_torch("from evo_cli import load_model")
+
+
+@pytest.mark.xfail(strict=True, reason="evo_cli.registry imports evo_cli.model.config, and evo_cli/model/__init__.py "
+                                       "imports the torch modules eagerly (a change for the model package)")
+def test_registry_and_evo_models_do_not_import_torch():
+    assert not _imports_torch("import evo_cli.registry")
+
+
+def test_kernel_backends_are_spelled_out_alike():
+    from evo_cli import kernels
+    from evo_cli.cli.options import KERNEL_BACKENDS
+
+    assert KERNEL_BACKENDS == kernels.BACKENDS

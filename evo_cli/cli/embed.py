@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from evo_cli.embedding import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, STRANDS
+from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
+from evo_cli.io.fasta import STRANDS
 
 from .options import command_line, is_quiet, load_model_cli, model_options, progress_bar
 

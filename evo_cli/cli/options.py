@@ -10,7 +10,9 @@ from typing import Any, Iterable
 
 import click
 
-from evo_cli.kernels import BACKENDS
+# evo_cli.kernels.BACKENDS, spelled out here because importing evo_cli.kernels imports torch, which
+# would cost every command (even `evo --help`) a second; tests check that the two agree
+KERNEL_BACKENDS = ("auto", "triton", "torch")
 
 
 def model_options(f):
@@ -22,7 +24,7 @@ def model_options(f):
                   help="Where to run; auto picks the first GPU, else the CPU.")
     @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
                   help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
-    @click.option("--kernels", type=click.Choice(BACKENDS), default=None,
+    @click.option("--kernels", type=click.Choice(KERNEL_BACKENDS), default=None,
                   help="Triton or plain-PyTorch ops [default: $EVO_KERNELS or auto].")
     @verbosity_options
     @functools.wraps(f)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from evo_cli.io.fasta import STRANDS
+
 from .options import command_line, is_quiet, load_model_cli, model_options, progress_bar
 
 
@@ -23,7 +25,7 @@ def _echo(message: str) -> None:
 @click.option("--window", type=click.IntRange(min=2), default=None,
               help="Window length in bases, centred on the variant and clipped at contig ends "
                    "[default: 8192, or the model's context when shorter].")
-@click.option("--strand", type=click.Choice(["forward", "both"]), default="forward", show_default=True,
+@click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
               help="both: average each score with that of the reverse-complement window.")
 @click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END",
               help="Only variants in this region (1-based, inclusive; repeatable).")

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # IUPAC nucleotide codes; N and the ambiguity codes are allowed in sequences (they become tokens)
 DNA_CODES = frozenset("ACGTNRYKMSWBDHV")
+# the strands a sequence can be read on (score-variants, embed): forward only, or forward and reverse
+# complement, averaged
+STRANDS = ("forward", "both")
 _COMPLEMENT = str.maketrans("ACGTNRYKMSWBDHVacgtnrykmswbdhv", "TGCANYRMKSWVHDBtgcanyrmkswvhdb")
 
 
