@@ -116,8 +116,7 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, model, 
     from evo_cli._version import __version__
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.tables import check_table_output, table_writer
-    from evo_cli.model.tokenizer import encode
-    from evo_cli.scoring import default_prepend_bos, token_logprobs
+    from evo_cli.scoring import default_prepend_bos, iter_sequence_scores
 
     out_fmt = check_table_output(output, fmt)
     pos_fmt = check_table_output(per_position) if per_position else None
@@ -134,13 +133,9 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, model, 
         write = stack.enter_context(table_writer(output, columns, out_fmt, meta))
         write_pos = stack.enter_context(table_writer(per_position, pos_columns, pos_fmt, meta)) if per_position else None
         advance = stack.enter_context(progress_bar("scoring", len(records), "sequences"))
-        for start in range(0, len(records), batch_size):
-            batch = records[start : start + batch_size]
-            lps = token_logprobs(loaded, [encode(r.sequence) for r in batch], prepend, batch_size, chunk_size)
-            for rec, lp in zip(batch, lps):
-                total = float(lp.double().sum())
-                write([(rec.id, len(rec.sequence), total / lp.numel() if lp.numel() else None, total)])
-                if write_pos:
-                    first = 0 if prepend else 1  # without BOS the first base has no prediction
-                    write_pos((rec.id, first + i + 1, rec.sequence[first + i], v) for i, v in enumerate(lp.tolist()))
-            advance(len(batch))
+        scores = iter_sequence_scores(loaded, (r.sequence for r in records), prepend, batch_size, chunk_size)
+        for rec, s in zip(records, scores, strict=True):
+            write([(rec.id, s.length, s.mean, s.sum)])
+            if write_pos:
+                write_pos((rec.id, s.first + i + 1, rec.sequence[s.first + i], v) for i, v in enumerate(s.logprobs.tolist()))
+            advance(1)
