@@ -97,11 +97,11 @@ def _last_block(layers: list[str]) -> int | None:
 
 def _check(pool: str, strand: str, batch_size: int, chunk_size: int) -> None:
     if pool not in POOLINGS:
-        raise ValueError(f"pool must be one of {', '.join(POOLINGS)}, not {pool!r}")
+        raise InputError(f"pool must be one of {', '.join(POOLINGS)}, not {pool!r}")
     if strand not in STRANDS:
-        raise ValueError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
+        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
     if batch_size < 1 or chunk_size < 1:
-        raise ValueError("batch_size and chunk_size must be at least 1")
+        raise InputError(f"batch size and chunk size must be at least 1, not {batch_size} and {chunk_size}")
 
 
 class _Pooler:

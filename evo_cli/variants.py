@@ -37,11 +37,11 @@ from typing import Callable, Iterable, Iterator
 from evo_cli._version import __version__
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
-from evo_cli.io.fasta import STRANDS, reverse_complement
+from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
-from evo_cli.io.tables import table_writer
-from evo_cli.io.vcf import (NO_ALT, SEQUENCE_CODES, InfoField, Region, VcfReader, VcfRecord, classify_alt,
+from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
+from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
 from evo_cli.scoring import score_windows, variant_windows
 
@@ -54,6 +54,7 @@ NON_DNA = "non_dna_reference"
 # the Evo 2 BRCA1 notebook's window
 DEFAULT_WINDOW = 8192
 OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")
+_OUTPUT_EXTENSIONS = {".vcf": "vcf", ".vcf.gz": "vcf.gz", ".vcf.bgz": "vcf.gz", **TABLE_EXTENSIONS}
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("id", "str"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
            ("alt_ll", "float"), ("delta", "float"), ("status", "str")]
 INFO_FIELDS = [
@@ -70,13 +71,11 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
         if format not in OUTPUT_FORMATS:
             raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
         return format
-    name = str(path).lower()
-    for ext, fmt in ((".vcf.gz", "vcf.gz"), (".vcf.bgz", "vcf.gz"), (".vcf", "vcf"), (".tsv", "tsv"),
-                     (".txt", "tsv"), (".parquet", "parquet"), (".pq", "parquet")):
-        if name.endswith(ext):
-            return fmt
-    raise InputError(f"{path}: cannot tell the output format from the extension "
-                     f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
+    fmt = format_from_extension(path, _OUTPUT_EXTENSIONS)
+    if fmt is None:
+        raise InputError(f"{path}: cannot tell the output format from the extension "
+                         f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
+    return fmt
 
 
 @dataclass
@@ -134,7 +133,7 @@ def _site(rec: VcfRecord, reference: Reference, window: int, strand: str, skip_r
     ok = [i for i, s in enumerate(statuses) if s == OK]
     ref_window, alt_windows = variant_windows(lambda a, b: reference.fetch(contig, a, b), reference.length(contig),
                                               rec.start, rec.ref, [rec.alts[i] for i in ok], window)
-    if not set(ref_window).union(*alt_windows) <= SEQUENCE_CODES:
+    if not set(ref_window).union(*alt_windows) <= DNA_CODES:
         return _Site(rec, [NON_DNA if s == OK else s for s in statuses], [])
     alts: list[str | None] = [None] * len(statuses)
     for i, w in zip(ok, alt_windows):

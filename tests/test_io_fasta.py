@@ -101,7 +101,7 @@ def test_records_stream_before_the_file_is_read(tmp_path, monkeypatch):
         def __iter__(self):
             return self._it
 
-    monkeypatch.setattr(fasta, "_open_text", lambda p: GeneratorFile())
+    monkeypatch.setattr(fasta, "open_text", lambda p: GeneratorFile())
     records = fasta.iter_fasta(path)
     assert next(records) == fasta.FastaRecord("a", "", "ACGT")
     assert len(served) == 3  # a's lines and the header that ends it

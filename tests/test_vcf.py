@@ -195,3 +195,27 @@ def test_rows_must_match_the_records_one_to_one():
                          (one_more_alt + results[1:], "does not match the scored record")]:
         with pytest.raises(InputError, match=message):
             list(_rows(reader, iter(bad), Summary()))
+
+
+def test_output_formats_by_extension_agree():
+    from evo_cli.io.tables import TABLE_EXTENSIONS, table_format
+    from evo_cli.variants import output_format
+
+    for ext, fmt in TABLE_EXTENSIONS.items():
+        assert output_format(f"out{ext.upper()}") == table_format(f"out{ext}") == fmt
+    assert output_format("x.tab") == "tsv"  # score-variants refused .tab that evo score took
+    assert [output_format(f"o{e}") for e in (".vcf", ".vcf.gz", ".VCF.BGZ")] == ["vcf", "vcf.gz", "vcf.gz"]
+    with pytest.raises(InputError, match="cannot tell the output format"):
+        output_format("o.csv")
+
+
+def test_vcf_text_keeps_undecodable_bytes(tmp_path):
+    """VCF text goes through fasta.open_text with surrogateescape: bytes that are not UTF-8 survive."""
+    src = (EDGE / "cyvcf2/no-seq-names.vcf").read_bytes()
+    vcf = tmp_path / "latin1.vcf"
+    vcf.write_bytes(src.replace(b"#CHROM", b"##comment=caf\xe9\n#CHROM", 1))
+    reader = VcfReader(vcf)
+    header, lines = reader.text()
+    out = tmp_path / "o.vcf"
+    write_annotated_vcf(out, reader, FIELDS, [], [(r.chrom, r.pos, {}) for r in reader], compressed=False)
+    assert b"##comment=caf\xe9\n" in out.read_bytes() and len(list(lines)) == len(list(reader))

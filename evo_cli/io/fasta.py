@@ -40,12 +40,14 @@ def reverse_complement(seq: str) -> str:
     return seq.translate(_COMPLEMENT)[::-1]
 
 
-def _open_text(path: Path) -> TextIO:
+def open_text(path: str | Path, errors: str = "replace") -> TextIO:
+    """A text file, plain or gzip/bgzip (by its magic bytes), as UTF-8. ``errors``: what undecodable
+    bytes become (``replace``: U+FFFD; ``surrogateescape``: they pass through to a writer unchanged)."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", errors=errors)
+    return open(path, encoding="utf-8", errors=errors)
 
 
 def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | None = DNA_CODES) -> Iterator[FastaRecord]:
@@ -62,7 +64,7 @@ def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | N
         raise InputError(f"{path}: is a directory, expected a FASTA file")
     seen: set[str] = set()
     lowered = 0
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         header, start_line, chunks = None, 0, []
         lines = _lines(fh)  # streamed: memory holds one record, whatever the file's size
         while True:

@@ -17,6 +17,8 @@ from evo_cli.errors import InputError
 from .atomic import STDOUT, atomic_open, atomic_path
 
 TABLE_FORMATS = ("tsv", "parquet")
+# file name endings of tables (lower case) -> format
+TABLE_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".txt": "tsv", ".tab": "tsv"}
 _ROW_GROUP = 1 << 16
 
 
@@ -26,14 +28,18 @@ def table_format(path: str | Path | None, format: str | None = None) -> str:
         if format not in TABLE_FORMATS:
             raise InputError(f"unknown table format {format!r} (expected {' or '.join(TABLE_FORMATS)})")
         return format
-    if path in ("-", "", None):
+    if path in STDOUT:
         return "tsv"
-    name = str(path).lower()
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    if name.endswith((".tsv", ".txt", ".tab")):
-        return "tsv"
+    fmt = format_from_extension(path, TABLE_EXTENSIONS)
+    if fmt:
+        return fmt
     raise InputError(f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
+
+
+def format_from_extension(path: str | Path, extensions: dict[str, str]) -> str | None:
+    """The format of the first (longest) ending in ``extensions`` that ``path`` has, or None."""
+    name = str(path).lower()
+    return next((extensions[ext] for ext in sorted(extensions, key=len, reverse=True) if name.endswith(ext)), None)
 
 
 def check_table_output(path: str | Path | None, format: str | None = None) -> str:
