@@ -1,15 +1,41 @@
-"""evo: run the Evo family of DNA language models (Evo 1, Evo 2) on a runtime of its own."""
+"""evo: run the Evo family of DNA language models (Evo 1, Evo 2) on a runtime of its own.
+
+The public names are imported on first use (module ``__getattr__``), so that ``import evo_cli.io.fasta``
+or ``evo --help`` does not pay for importing torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .checkpoints import load_model
-from .checkpoints.convert import convert_checkpoint
-from .embedding import embed, iter_embeddings
 from .errors import CheckpointError, ConfigError, EvoError, InputError
-from .generation import Generation, generate
-from .hub import download_model
-from .model import InferenceState, ModelConfig, StripedHyena
-from .scoring import score_sequences
-from .variants import score_variants
+
+# public name -> the module that defines it
+_LAZY = {
+    "load_model": ".checkpoints",
+    "convert_checkpoint": ".checkpoints.convert",
+    "embed": ".embedding",
+    "iter_embeddings": ".embedding",
+    "Generation": ".generation",
+    "generate": ".generation",
+    "download_model": ".hub",
+    "InferenceState": ".model",
+    "ModelConfig": ".model",
+    "StripedHyena": ".model",
+    "score_sequences": ".scoring",
+    "score_variants": ".variants",
+}
+
+if TYPE_CHECKING:
+    from .checkpoints import load_model
+    from .checkpoints.convert import convert_checkpoint
+    from .embedding import embed, iter_embeddings
+    from .generation import Generation, generate
+    from .hub import download_model
+    from .model import InferenceState, ModelConfig, StripedHyena
+    from .scoring import score_sequences
+    from .variants import score_variants
 
 __all__ = [
     "CheckpointError",
@@ -30,3 +56,16 @@ __all__ = [
     "score_sequences",
     "score_variants",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -34,16 +34,13 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from evo_cli.errors import InputError
-from evo_cli.io.fasta import reverse_complement
+from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
+from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "last", "max", "none")
-STRANDS = ("forward", "both")
-DEFAULT_CHUNK_SIZE = 8192
-DEFAULT_BATCH_SIZE = 8
 # pooled results are small: sort this many batches' worth of sequences by length to cut padding
 _SORT_WINDOW_BATCHES = 16
 
@@ -100,11 +97,11 @@ def _last_block(layers: list[str]) -> int | None:
 
 def _check(pool: str, strand: str, batch_size: int, chunk_size: int) -> None:
     if pool not in POOLINGS:
-        raise ValueError(f"pool must be one of {', '.join(POOLINGS)}, not {pool!r}")
+        raise InputError(f"pool must be one of {', '.join(POOLINGS)}, not {pool!r}")
     if strand not in STRANDS:
-        raise ValueError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
+        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
     if batch_size < 1 or chunk_size < 1:
-        raise ValueError("batch_size and chunk_size must be at least 1")
+        raise InputError(f"batch size and chunk size must be at least 1, not {batch_size} and {chunk_size}")
 
 
 class _Pooler:

@@ -94,8 +94,9 @@ def cache_status(spec: ModelSpec, cache: Path | None = None) -> CacheStatus:
 
 
 def _evo2_merged_file(spec: ModelSpec) -> Path | None:
-    """The file the evo2 package merges split checkpoints into (``$HF_HOME/<name>.pt``, beside the hub
-    cache), after which it deletes the parts from the cache."""
+    """The file the evo2 package merges split checkpoints into, after which it deletes the parts from
+    the cache: ``<name>.pt`` in the folder that holds the hub cache (``os.path.dirname(HF_HUB_CACHE)``
+    in the evo2 code: ``$HF_HOME`` for the default cache ``$HF_HOME/hub``)."""
     merged = hub_cache_dir().parent / f"{spec.name}.pt"
     return merged if spec.family == "evo2" and merged.is_file() else None
 

@@ -14,11 +14,14 @@ per window and runs only the suffixes; the result equals scoring every window on
 
 from __future__ import annotations
 
+import itertools
 import os
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from evo_cli.errors import InputError
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
 
 
@@ -94,6 +97,47 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
     return out
 
 
+# sequences are scored in windows of this many batches, sorted by length inside a window (less padding)
+_SORT_WINDOW_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class SequenceScore:
+    """The log-likelihood of one sequence of ``length`` bases. ``logprobs``: float32 CPU log p of each
+    scored base, bases ``first .. length - 1`` (0-based): ``first`` is 0 with BOS and 1 without (the
+    first base has no context then). A sequence with no scored base has ``mean`` NaN and ``sum`` 0."""
+
+    length: int
+    first: int
+    logprobs: torch.Tensor
+
+    @property
+    def sum(self) -> float:
+        return _reduce(self.logprobs, "sum")
+
+    @property
+    def mean(self) -> float:
+        return _reduce(self.logprobs, "mean")
+
+
+def iter_sequence_scores(model, sequences: Iterable[str], prepend_bos: bool | None = None, batch_size: int = 8,
+                         chunk_size: int | None = None) -> Iterator[SequenceScore]:
+    """One ``SequenceScore`` per sequence, in input order, as they are computed.
+
+    ``sequences`` is read lazily, ``batch_size * 16`` at a time, batched by length within that window.
+    ``prepend_bos`` defaults to the family's reference; ``chunk_size``: score sequences longer than this
+    in chunks with a carried state (same numbers, bounded memory). Sequences should be upper-case DNA
+    (the tokenizer is case-sensitive)."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
+    it = iter(sequences)
+    while window := list(itertools.islice(it, batch_size * _SORT_WINDOW_BATCHES)):
+        lps = token_logprobs(model, [encode(s) for s in window], bos, batch_size, chunk_size)
+        for seq, lp in zip(window, lps, strict=True):
+            yield SequenceScore(len(seq), 0 if bos else 1, lp)
+
+
 def score_sequences(
     model,
     sequences: list[str],
@@ -105,19 +149,19 @@ def score_sequences(
     """Mean (or sum) log-likelihood per sequence; ``prepend_bos`` defaults to the family's reference.
 
     Sequences should be upper-case DNA (the tokenizer is case-sensitive). ``chunk_size``: score
-    sequences longer than this in chunks with a carried state (same numbers, bounded memory)."""
+    sequences longer than this in chunks with a carried state (same numbers, bounded memory). A
+    sequence with nothing to score (one base without BOS) has mean NaN and sum 0. See
+    ``iter_sequence_scores`` for per-position log-probabilities."""
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
-    bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
-    lps = token_logprobs(model, [encode(s) for s in sequences], bos, batch_size, chunk_size)
-    return [_reduce(lp, reduce) for lp in lps]
+    return [getattr(s, reduce) for s in iter_sequence_scores(model, sequences, prepend_bos, batch_size, chunk_size)]
 
 
 def _reduce(lp: torch.Tensor, reduce: str) -> float:
-    if not lp.numel():
-        return float("nan")
     total = float(lp.double().sum())
-    return total if reduce == "sum" else total / lp.numel()
+    if reduce == "sum":
+        return total
+    return total / lp.numel() if lp.numel() else float("nan")
 
 
 def window_bounds(start: int, window: int, contig_length: int) -> tuple[int, int]:

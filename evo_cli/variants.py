@@ -16,8 +16,11 @@ nucleotide codes (``invalid_allele``), records whose CHROM is not in the FASTA e
 
 A run with an output file persists its progress in ``<output>.evo-partial`` chunk by chunk (a chunk
 is ``batch_size`` records, extended to the end of a position); ``resume=True`` continues from there,
-with the same chunks, so the output is byte-identical to an uninterrupted run. The output is written
-at the end from the stored results, atomically, and the progress file is then removed.
+with the same chunks, so the output is byte-identical to an uninterrupted run. Resuming checks that
+the settings match: the VCF and FASTA (path, size, modification time), the model (config and
+embedding weights), device, kernel backend, window, strand, regions, batch and chunk sizes and
+format. The progress file is created when the first chunk completes; the output is written at
+the end from the stored results, atomically, and the progress file is then removed.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ from typing import Callable, Iterable, Iterator
 from evo_cli._version import __version__
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
-from evo_cli.io.fasta import reverse_complement
+from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
-from evo_cli.io.tables import table_writer
-from evo_cli.io.vcf import (NO_ALT, SEQUENCE_CODES, InfoField, Region, VcfReader, VcfRecord, classify_alt,
+from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
+from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
 from evo_cli.scoring import score_windows, variant_windows
 
@@ -48,10 +51,10 @@ OK = "ok"
 CONTIG_MISSING = "contig_not_in_fasta"
 REF_MISMATCH = "ref_mismatch"
 NON_DNA = "non_dna_reference"
-STRANDS = ("forward", "both")
 # the Evo 2 BRCA1 notebook's window
 DEFAULT_WINDOW = 8192
 OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")
+_OUTPUT_EXTENSIONS = {".vcf": "vcf", ".vcf.gz": "vcf.gz", ".vcf.bgz": "vcf.gz", **TABLE_EXTENSIONS}
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("id", "str"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
            ("alt_ll", "float"), ("delta", "float"), ("status", "str")]
 INFO_FIELDS = [
@@ -68,13 +71,11 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
         if format not in OUTPUT_FORMATS:
             raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
         return format
-    name = str(path).lower()
-    for ext, fmt in ((".vcf.gz", "vcf.gz"), (".vcf.bgz", "vcf.gz"), (".vcf", "vcf"), (".tsv", "tsv"),
-                     (".txt", "tsv"), (".parquet", "parquet"), (".pq", "parquet")):
-        if name.endswith(ext):
-            return fmt
-    raise InputError(f"{path}: cannot tell the output format from the extension "
-                     f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
+    fmt = format_from_extension(path, _OUTPUT_EXTENSIONS)
+    if fmt is None:
+        raise InputError(f"{path}: cannot tell the output format from the extension "
+                         f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
+    return fmt
 
 
 @dataclass
@@ -132,7 +133,7 @@ def _site(rec: VcfRecord, reference: Reference, window: int, strand: str, skip_r
     ok = [i for i, s in enumerate(statuses) if s == OK]
     ref_window, alt_windows = variant_windows(lambda a, b: reference.fetch(contig, a, b), reference.length(contig),
                                               rec.start, rec.ref, [rec.alts[i] for i in ok], window)
-    if not set(ref_window).union(*alt_windows) <= SEQUENCE_CODES:
+    if not set(ref_window).union(*alt_windows) <= DNA_CODES:
         return _Site(rec, [NON_DNA if s == OK else s for s in statuses], [])
     alts: list[str | None] = [None] * len(statuses)
     for i, w in zip(ok, alt_windows):
@@ -206,6 +207,24 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
+def _file_identity(key: str, path: str | Path) -> dict:
+    """Path, size and modification time of an input: an edit that keeps the size still changes the time."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    return {key: os.path.abspath(path), f"{key}_bytes": st.st_size, f"{key}_mtime_ns": st.st_mtime_ns}
+
+
+def _kernel_backend(model) -> str:
+    """The kernel backend the model's ops run with here (``triton`` or ``torch``)."""
+    from evo_cli.kernels import resolve_backend
+
+    return resolve_backend(getattr(model, "kernels", "auto"), model.device)
+
+
 def run_score_variants(
     model,
     vcf: str | Path,
@@ -249,8 +268,8 @@ def run_score_variants(
     info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
             "evo_window": str(window), "evo_strand": strand, "evo_dtype": str(model.dtype).replace("torch.", ""),
             "evo_score": "mean log-likelihood of window positions 2..n (no BOS); EVO_DELTA = ALT - REF"}
-    settings = {"vcf": os.path.abspath(vcf), "vcf_bytes": os.path.getsize(vcf), "fasta": os.path.abspath(fasta),
-                "fasta_bytes": os.path.getsize(fasta), "model": model_fingerprint(model), "device": str(model.device),
+    settings = {**_file_identity("vcf", vcf), **_file_identity("fasta", fasta), "model": model_fingerprint(model),
+                "device": str(model.device), "kernels": _kernel_backend(model),
                 "window": window, "strand": strand, "regions": [str(r) for r in regions], "batch_size": batch_size,
                 "skip_ref_mismatch": skip_ref_mismatch, "share_prefix": share_prefix, "chunk_size": chunk_size,
                 "format": fmt, "model_name": info["evo_model"], "version": __version__}
@@ -303,14 +322,32 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
     return summary
 
 
-def _rows(reader: VcfReader, results: Iterator[list], summary: Summary) -> Iterator[tuple]:
-    """One output row per ALT allele (``COLUMNS``), counting into ``summary``."""
-    for rec, (chrom, pos, statuses, ref_ll, alt_ll) in zip(reader, results):
-        if (chrom, pos) != (rec.chrom, rec.pos):
+def _paired(reader: VcfReader, results: Iterable[list]) -> Iterator[tuple[VcfRecord, list]]:
+    """``(record, result)`` pairs, failing when the VCF no longer matches the results (another record,
+    another number of ALT alleles, or another number of records)."""
+    end = object()
+    records = iter(reader)
+    for result in results:
+        rec = next(records, end)
+        chrom, pos, statuses = result[:3]
+        if rec is end:
+            raise InputError(f"{reader.path}: ends before the scored record {chrom}:{pos}; "
+                             f"was the VCF changed during the run?")
+        if (chrom, pos) != (rec.chrom, rec.pos) or len(statuses) != len(rec.alts or (".",)):
             raise InputError(f"{reader.path}: record {rec.chrom}:{rec.pos} does not match the scored record "
                              f"{chrom}:{pos}; was the VCF changed during the run?")
+        yield rec, result
+    rec = next(records, end)
+    if rec is not end:
+        raise InputError(f"{reader.path}: record {rec.chrom}:{rec.pos} was not scored; was the VCF changed "
+                         f"during the run?")
+
+
+def _rows(reader: VcfReader, results: Iterator[list], summary: Summary) -> Iterator[tuple]:
+    """One output row per ALT allele (``COLUMNS``), counting into ``summary``."""
+    for rec, (chrom, pos, statuses, ref_ll, alt_ll) in _paired(reader, results):
         summary.records += 1
-        for alt, status, a in zip(rec.alts or (".",), statuses, alt_ll):
+        for alt, status, a in zip(rec.alts or (".",), statuses, alt_ll, strict=True):
             summary.variants += 1
             if status == OK:
                 summary.scored += 1
@@ -322,16 +359,16 @@ def _rows(reader: VcfReader, results: Iterator[list], summary: Summary) -> Itera
 
 def _annotations(results: Iterator[list], summary: Summary, rows: list | None, reader: VcfReader):
     """``(chrom, pos, INFO values)`` per record for the VCF writer; also fills ``rows`` when asked."""
-    records = iter(reader) if rows is not None else None
-    for chrom, pos, statuses, ref_ll, alt_ll in results:
+    pairs = _paired(reader, results) if rows is not None else ((None, r) for r in results)
+    for rec, (chrom, pos, statuses, ref_ll, alt_ll) in pairs:
         summary.records += 1
         summary.variants += len(statuses)
         summary.scored += statuses.count(OK)
         summary.skipped.update(s for s in statuses if s != OK)
         if rows is not None:
-            rec = next(records)
             rows.extend((chrom, pos, rec.id, rec.ref, alt, ref_ll if s == OK else None, a,
-                         a - ref_ll if s == OK else None, s) for alt, s, a in zip(rec.alts or (".",), statuses, alt_ll))
+                         a - ref_ll if s == OK else None, s)
+                        for alt, s, a in zip(rec.alts or (".",), statuses, alt_ll, strict=True))
         if ref_ll is None:
             yield chrom, pos, {}
         else:

@@ -103,3 +103,40 @@ def test_bad_prompt_is_one_line_no_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "evo: error: prompt 'prompt1' has '-' at position 3: prompts must be DNA (A, C, G, T)"
+
+
+def test_bad_output_fails_before_the_model_loads(tmp_path, monkeypatch):
+    import evo_cli.cli.generate as gen_cli
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(gen_cli, "load_model_cli", no_load)
+    (tmp_path / "file").write_text("")
+    cases = [(tmp_path, f"{tmp_path}: is a directory, expected an output file name"),
+             (tmp_path / "file" / "g.fa", f"{tmp_path / 'file' / 'g.fa'}: cannot create it, {tmp_path / 'file'} is not a directory"),
+             (tmp_path / "g.txt", f"{tmp_path / 'g.txt'}: cannot tell the output format from the extension")]
+    for output, message in cases:
+        proc_code, err = _main_err(["generate", "--model", TINY, "-p", "ACGT", "-o", str(output)])
+        assert proc_code == 1 and err.startswith(f"evo: error: {message}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    # an explicit format takes any file name
+    from evo_cli.io.generated import output_format
+
+    assert output_format(tmp_path / "g.txt", "jsonl") == "jsonl" and output_format(tmp_path / "new" / "g.FA") == "fasta"
+
+
+def _main_err(args):
+    import contextlib
+    import io
+
+    from evo_cli.cli.main import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, err.getvalue()

@@ -59,3 +59,39 @@ def test_chunks_bos_override_and_parquet(tmp_path):
     assert (bos.sum_ll != plain.sum_ll).all()
     meta = json.loads(pq.read_schema(tmp_path / "bos.parquet").metadata[b"evo"])
     assert meta["evo_bos"] == "true" and meta["evo_dtype"] == "float32"
+
+
+def test_parquet_to_stdout_and_same_outputs_fail_before_writing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.fa").write_text(format_fasta("s", "ACGTACGT"))
+    code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "-o", "-", "--format", "parquet")
+    assert code == 1 and out == "" and err == "evo: error: parquet output needs a file name (-o PATH), not stdout\n"
+    code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "--per-position", "pos.parquet")
+    assert code == 0 and (tmp_path / "pos.parquet").exists() and out.startswith("id\tlength")
+    for output, per_position in [("a.tsv", "a.tsv"), ("-", "-"), ("a.tsv", "./sub/../a.tsv")]:
+        code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "-o", output, "--per-position", per_position)
+        assert code == 2 and "--per-position and -o are both" in err and out == "", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "pos.parquet"]
+
+
+def test_cli_and_api_give_the_same_numbers(tmp_path):
+    import evo_cli
+    from evo_cli.scoring import iter_sequence_scores
+
+    seqs = {"a": "ACGTTGCAAC", "one": "G", "b": "GATTACAGATTACA"}
+    (tmp_path / "in.fa").write_text("".join(format_fasta(k, v) for k, v in seqs.items()))
+    code, _, err = evo("score", "--fasta", tmp_path / "in.fa", "-m", CASES[1], "-o", tmp_path / "o.tsv",
+                       "--per-position", tmp_path / "p.tsv", "--batch-size", 2)
+    assert code == 0, err
+    cli = pd.read_csv(tmp_path / "o.tsv", sep="\t")
+    model = evo_cli.load_model(CASES[1], device="cpu", dtype="float32")
+    means = evo_cli.score_sequences(model, list(seqs.values()), batch_size=2)
+    sums = evo_cli.score_sequences(model, list(seqs.values()), reduce="sum", batch_size=2)
+    # one base without BOS: nothing scored, mean NaN and sum 0 in both
+    assert pd.isna(means[1]) and pd.isna(cli.mean_ll[1]) and sums[1] == 0 == cli.sum_ll[1]
+    assert cli.mean_ll[[0, 2]].tolist() == [means[0], means[2]] and cli.sum_ll.tolist() == sums
+    scores = list(iter_sequence_scores(model, iter(seqs.values()), batch_size=2))
+    assert [(s.length, s.first, s.logprobs.numel()) for s in scores] == [(10, 1, 9), (1, 1, 0), (14, 1, 13)]
+    pos = pd.read_csv(tmp_path / "p.tsv", sep="\t")
+    assert pos[pos.id == "b"].logprob.tolist() == scores[2].logprobs.tolist()
+    assert pos[pos.id == "b"].pos.tolist() == list(range(2, 15)) and "".join(pos[pos.id == "b"].base) == seqs["b"][1:]

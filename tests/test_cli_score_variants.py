@@ -295,3 +295,61 @@ def test_resume_bgzip_vcf_and_settings_check(tmp_path):
         evo_cli.score_variants(model, SNVS, FA, out, window=64, batch_size=3, resume=True)
     df = evo_cli.score_variants(model, SNVS, FA, out, resume=True, **kw)
     assert len(df) == 48 and (out.read_bytes(), Path(str(out) + ".tbi").read_bytes()) == expected
+
+
+def _interrupt_after(n_calls):
+    calls = []
+
+    def progress(n):
+        calls.append(n)
+        if len(calls) == n_calls:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def test_resume_refuses_an_input_edited_in_place_and_another_kernel_backend(tmp_path):
+    from evo_cli.variants import run_score_variants
+
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32", kernels="torch")
+    vcf = Path(shutil.copy(SNVS, tmp_path / "in.vcf"))
+    out = tmp_path / "scores.tsv"
+    partial = Path(str(out) + ".evo-partial")
+    with pytest.raises(KeyboardInterrupt):
+        run_score_variants(model, vcf, FA, out, window=64, batch_size=3, progress=_interrupt_after(2))
+    settings = json.loads(partial.read_text().splitlines()[0])["settings"]
+    assert settings["kernels"] == "torch" and settings["vcf_mtime_ns"] == os.stat(vcf).st_mtime_ns
+    assert settings["fasta_mtime_ns"] == os.stat(FA).st_mtime_ns
+    # another kernel backend
+    triton_model = evo_cli.load_model(TINY, device="cpu", dtype="float32", kernels="triton")
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(kernels: 'torch' then, 'triton' now\)"):
+        evo_cli.score_variants(triton_model, vcf, FA, out, window=64, batch_size=3, resume=True)
+    # the same size, other bytes: one ID changed in place
+    text = vcf.read_text()
+    first_id = text.split("\n#CHROM")[1].splitlines()[1].split("\t")[2]
+    edited = text.replace(first_id, first_id[:-1] + ("X" if first_id[-1] != "X" else "Y"), 1)
+    assert len(edited) == len(text) and edited != text
+    stat = os.stat(vcf)
+    vcf.write_text(edited)
+    os.utime(vcf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert os.path.getsize(vcf) == stat.st_size
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(vcf_mtime_ns: "):
+        evo_cli.score_variants(model, vcf, FA, out, window=64, batch_size=3, resume=True)
+    assert partial.exists() and not out.exists()
+
+
+def test_failed_start_leaves_no_progress_file(tmp_path):
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    plain_gz = tmp_path / "ref.fa.gz"
+    plain_gz.write_bytes(gzip.compress(FA.read_bytes()))
+    out = tmp_path / "scores.vcf"
+    for fasta, message in [(plain_gz, "recompress it with `bgzip`"), (tmp_path / "missing.fa", "missing.fa: no such file")]:
+        with pytest.raises(evo_cli.InputError, match=message):
+            evo_cli.score_variants(model, SNVS, fasta, out, window=64)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.fa.gz"]
+    # once a chunk is done, an interrupted run keeps it (progress is reported after storing)
+    from evo_cli.variants import run_score_variants
+
+    with pytest.raises(KeyboardInterrupt):
+        run_score_variants(model, SNVS, FA, out, window=64, progress=_interrupt_after(1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.fa.gz", "scores.vcf.evo-partial"]

@@ -165,7 +165,11 @@ def test_bad_inputs(tiny_models):
     model = tiny_models["evo2"]
     with pytest.raises(InputError, match="sequence 1 is empty"):
         embed(model, ["ACGT", ""])
-    with pytest.raises(ValueError, match="pool must be one of"):
+    with pytest.raises(InputError, match="pool must be one of"):
         embed(model, ["ACGT"], pool="median")
+    with pytest.raises(InputError, match="strand must be one of forward, both, not 'reverse'"):
+        embed(model, ["ACGT"], strand="reverse")
+    with pytest.raises(InputError, match="batch size and chunk size must be at least 1, not 0 and 8192"):
+        embed(model, ["ACGT"], batch_size=0)
     with pytest.raises(InputError, match="unknown layer"):
         embed(model, ["ACGT"], "blocks.99")

@@ -73,3 +73,53 @@ def test_atomic_output_has_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_header_id_ends_at_any_whitespace(tmp_path):
+    recs = read_fasta(_write(tmp_path, ">id1\tsome desc\nAC\n>id2  \t two\tparts \nGT\n>id3\t\nTT\n"))
+    assert [(r.id, r.description) for r in recs] == [("id1", "some desc"), ("id2", "two\tparts"), ("id3", "")]
+
+
+def test_records_stream_before_the_file_is_read(tmp_path, monkeypatch):
+    """The first record comes out after its own lines only, not after the whole file."""
+    import io
+
+    import evo_cli.io.fasta as fasta
+
+    path = _write(tmp_path, "")  # exists; the content comes from the generator below
+    served = []
+
+    def lines():
+        for i, line in enumerate([">a\n", "ACGT\n", ">b\n", "GG\n"] + ["TT\n"] * 1000):
+            served.append(i)
+            yield line
+
+    class GeneratorFile(io.TextIOBase):
+        def __init__(self):
+            self._it = lines()
+
+        def __iter__(self):
+            return self._it
+
+    monkeypatch.setattr(fasta, "open_text", lambda p: GeneratorFile())
+    records = fasta.iter_fasta(path)
+    assert next(records) == fasta.FastaRecord("a", "", "ACGT")
+    assert len(served) == 3  # a's lines and the header that ends it
+    second = next(records)
+    assert second.id == "b" and len(second.sequence) == 2 + 2000 and len(served) == 1004
+
+
+def test_truncated_gzip_yields_the_records_before_the_damage(tmp_path):
+    import random
+
+    from evo_cli.io.fasta import iter_fasta
+
+    rng = random.Random(0)
+    text = ">a\nACGT\n" + ">b\n" + "".join(rng.choice("ACGT") for _ in range(200_000)) + "\n"
+    gz = tmp_path / "t.fa.gz"
+    data = gzip.compress(text.encode())
+    gz.write_bytes(data[: len(data) // 2])
+    records = iter_fasta(gz)
+    assert next(records).sequence == "ACGT"
+    with pytest.raises(InputError, match=r"t\.fa\.gz: cannot read \("):
+        next(records)

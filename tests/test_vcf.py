@@ -163,3 +163,59 @@ def test_bcf_input(tmp_path):
     write_annotated_vcf(tmp_path / "o.vcf", reader, FIELDS, [], ann, compressed=False)
     with pysam.VariantFile(str(tmp_path / "o.vcf")) as vf:
         assert [r.info["EVO_REF_LL"] for r in vf] == [-2.0] * 6
+
+
+def test_annotations_must_match_the_records_one_to_one(tmp_path):
+    reader = VcfReader(EDGE / "bcftools/norm.vcf")
+    ann = [(r.chrom, r.pos, {"EVO_REF_LL": -1.5}) for r in reader]
+    out = tmp_path / "out.vcf"
+    first = f"{ann[0][0]}:{ann[0][1]}"
+    last = f"{ann[-1][0]}:{ann[-1][1]}"
+    for annotations, message in [(ann + [("chrX", 5, {})], "has no record for the scored record chrX:5"),
+                                 (ann[:-1], f"record {last} was not scored"),
+                                 ([("chrX", 5, {})] + ann[1:], f"record {first} does not match the scored record chrX:5")]:
+        with pytest.raises(InputError, match=message):
+            write_annotated_vcf(out, reader, FIELDS, [], annotations, compressed=False)
+        assert not out.exists()
+    write_annotated_vcf(out, reader, FIELDS, [], ann, compressed=False)
+    assert out.exists()
+
+
+def test_rows_must_match_the_records_one_to_one():
+    from evo_cli.variants import Summary, _rows
+
+    reader = VcfReader(EDGE / "bcftools/fixref.3.vcf")
+    recs = list(reader)
+    results = [[r.chrom, r.pos, ["ok"] * len(r.alts), -1.0, [-2.0] * len(r.alts)] for r in recs]
+    rows = list(_rows(reader, iter(results), Summary()))
+    assert len(rows) == sum(len(r.alts) for r in recs) and rows[0][5:8] == (-1.0, -2.0, -1.0)
+    one_more_alt = [results[0][:2] + [["ok"] * (len(recs[0].alts) + 1), -1.0, [-2.0] * (len(recs[0].alts) + 1)]]
+    for bad, message in [(results[:-1], f"record {recs[-1].chrom}:{recs[-1].pos} was not scored"),
+                         (results + [["chrZ", 1, ["ok"], -1.0, [-2.0]]], "ends before the scored record chrZ:1"),
+                         (one_more_alt + results[1:], "does not match the scored record")]:
+        with pytest.raises(InputError, match=message):
+            list(_rows(reader, iter(bad), Summary()))
+
+
+def test_output_formats_by_extension_agree():
+    from evo_cli.io.tables import TABLE_EXTENSIONS, table_format
+    from evo_cli.variants import output_format
+
+    for ext, fmt in TABLE_EXTENSIONS.items():
+        assert output_format(f"out{ext.upper()}") == table_format(f"out{ext}") == fmt
+    assert output_format("x.tab") == "tsv"  # score-variants refused .tab that evo score took
+    assert [output_format(f"o{e}") for e in (".vcf", ".vcf.gz", ".VCF.BGZ")] == ["vcf", "vcf.gz", "vcf.gz"]
+    with pytest.raises(InputError, match="cannot tell the output format"):
+        output_format("o.csv")
+
+
+def test_vcf_text_keeps_undecodable_bytes(tmp_path):
+    """VCF text goes through fasta.open_text with surrogateescape: bytes that are not UTF-8 survive."""
+    src = (EDGE / "cyvcf2/no-seq-names.vcf").read_bytes()
+    vcf = tmp_path / "latin1.vcf"
+    vcf.write_bytes(src.replace(b"#CHROM", b"##comment=caf\xe9\n#CHROM", 1))
+    reader = VcfReader(vcf)
+    header, lines = reader.text()
+    out = tmp_path / "o.vcf"
+    write_annotated_vcf(out, reader, FIELDS, [], [(r.chrom, r.pos, {}) for r in reader], compressed=False)
+    assert b"##comment=caf\xe9\n" in out.read_bytes() and len(list(lines)) == len(list(reader))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
-
 import click
 
-from evo_cli.embedding import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, STRANDS
+from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
+from evo_cli.io.fasta import STRANDS
 
-from .options import is_quiet, load_model_cli, model_options, progress_bar
+from .options import command_line, is_quiet, load_model_cli, model_options, progress_bar
 
 
 @click.command()
@@ -49,11 +48,9 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, model, de
         why = (f"recommended for {spec.name}" if spec
                else "the middle block's MLP output; no recommended layer for this model")
         click.echo(f"evo: embedding layer {default_layer(config)} ({why}); choose with --layer", err=True)
-    command = ["evo", "embed", "--fasta", fasta, "-o", output, "--model", model, *[a for n in names for a in ("--layer", n)],
-               "--pool", pool, "--strand", strand, "--batch-size", str(batch_size), "--chunk-size", str(chunk_size),
-               "--device", str(net.device), "--dtype", str(net.dtype).removeprefix("torch.")]
+    command = command_line(values={"layers": names})
     metadata = {"model": str(model), "model_name": config.name, "family": config.family,
-                "dtype": str(net.dtype).removeprefix("torch."), "evo_version": __version__, "command": shlex.join(command),
+                "dtype": str(net.dtype).removeprefix("torch."), "evo_version": __version__, "command": command,
                 "layers": names, "pooling": pool, "strand": strand, "chunk_size": chunk_size, "hidden_size": config.hidden_size}
     strands = 2 if strand == "both" else 1
     with open_embedding_writer(output, config.hidden_size, pool == "none", metadata) as writer, \

@@ -31,7 +31,7 @@ from .options import load_model_cli, model_options, progress_bar
 @click.option("--prefill-chunk", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Prompt tokens per prefill pass (bounds memory for long prompts).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "fasta", "jsonl"]), default="auto", show_default=True,
-              help="Output format; auto: .jsonl is JSON Lines, anything else (and stdout) FASTA.")
+              help="Output format; auto: .jsonl is JSON Lines, .fa/.fasta/.fna/.fas (and stdout) FASTA.")
 @click.option("-o", "--output", default="-", metavar="PATH", help="Output file [default: stdout].")
 def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p,
              num_samples, seed, batch_size, prefill_chunk, fmt, output):
@@ -44,7 +44,7 @@ def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens
     from evo_cli.generation import generate as run_generate
     from evo_cli.generation import prepare_prompts
     from evo_cli.io.fasta import read_fasta
-    from evo_cli.io.generated import write_generations
+    from evo_cli.io.generated import output_format, write_generations
 
     if bool(prompt_seqs) == bool(prompts_fasta):
         raise click.UsageError("give prompts with --prompt SEQ (repeatable) or --prompts FASTA, one of the two")
@@ -56,6 +56,7 @@ def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens
         prompts = list(prompt_seqs)
     # validate before the (possibly slow) model load
     prompts = prepare_prompts(prompts)
+    output_format(output, fmt)
     lm = load_model_cli(model, device, dtype, kernels)
     total = len(prompts) * num_samples * n_tokens
     with progress_bar("generating", total, "tokens") as advance:

@@ -6,7 +6,9 @@ an unexpected failure prints one line too, and its traceback with ``-v``.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 
 import click
@@ -17,7 +19,24 @@ from evo_cli.errors import EvoError
 from .commands import COMMANDS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _StdoutClosed(Exception):
+    """The reader of our output went away (``evo models | head``): EPIPE, turned into this so that
+    click's own EPIPE handling (exit 1) does not swallow it."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as err:
+            raise _StdoutClosed() from err
+
+
+# the verbosity the command line asked for (-v, -vv, -vq ... before or after the subcommand)
+_verbosity = {"verbose": 0}
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="evo")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug); tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress bars.")
@@ -31,6 +50,7 @@ def cli(ctx, verbose, quiet):
 
 
 def configure_logging(obj: dict) -> None:
+    _verbosity["verbose"] = obj.get("verbose", 0)
     level = logging.ERROR if obj.get("quiet") else (logging.DEBUG if obj.get("verbose", 0) > 1 else
                                                      logging.INFO if obj.get("verbose") else logging.WARNING)
     logging.basicConfig(format="evo: %(message)s", level=level, stream=sys.stderr, force=True)
@@ -41,13 +61,24 @@ for _command in COMMANDS:
 
 
 def main(argv=None) -> None:
-    verbose = any(a in ("-v", "-vv", "--verbose") for a in (argv if argv is not None else sys.argv[1:]))
+    _verbosity["verbose"] = 0
+    try:
+        _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here for output still in the buffer
+    except (_StdoutClosed, BrokenPipeError):
+        _quiet_stdout()
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
+
+
+def _run(argv) -> None:
     try:
         cli.main(args=argv, prog_name="evo", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("evo: aborted", err=True)
+    except click.exceptions.Abort as e:
+        # click turns Ctrl-C (and EOF at a prompt) into Abort
+        interrupted = isinstance(e.__cause__, (KeyboardInterrupt, EOFError))
+        click.echo("evo: interrupted" if interrupted else "evo: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
@@ -55,17 +86,27 @@ def main(argv=None) -> None:
     except EvoError as e:
         click.echo(f"evo: error: {e}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (click turns those into Abort)
         click.echo("evo: interrupted", err=True)
         sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(141)
+    except _StdoutClosed:
+        raise
     except Exception as e:  # a bug or an environment failure: one line unless -v
-        if verbose:
+        if _verbosity["verbose"]:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         click.echo(f"evo: error: {type(e).__name__}: {msg} (run with -v for the traceback)", err=True)
         sys.exit(1)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
 
 
 if __name__ == "__main__":

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shlex
 import sys
+from typing import Any, Iterable
 
 import click
 
-from evo_cli.kernels import BACKENDS
+# evo_cli.kernels.BACKENDS, spelled out here because importing evo_cli.kernels imports torch, which
+# would cost every command (even `evo --help`) a second; tests check that the two agree
+KERNEL_BACKENDS = ("auto", "triton", "torch")
 
 
 def model_options(f):
@@ -20,7 +24,7 @@ def model_options(f):
                   help="Where to run; auto picks the first GPU, else the CPU.")
     @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
                   help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
-    @click.option("--kernels", type=click.Choice(BACKENDS), default=None,
+    @click.option("--kernels", type=click.Choice(KERNEL_BACKENDS), default=None,
                   help="Triton or plain-PyTorch ops [default: $EVO_KERNELS or auto].")
     @verbosity_options
     @functools.wraps(f)
@@ -53,6 +57,38 @@ def _reconfigure(ctx):
     from .main import configure_logging
 
     configure_logging(ctx.obj)
+
+
+def _long_flag(opts: list[str]) -> str:
+    return next((o for o in opts if o.startswith("--")), opts[0])
+
+
+def command_line(ctx: click.Context | None = None, *, skip: Iterable[str] = (),
+                 values: dict[str, Any] | None = None) -> str:
+    """The command line that reruns this invocation: ``evo <command>`` and every option that has a
+    value (defaults included, so the record does not depend on a later version's defaults), spelled
+    with its first long flag and quoted for a POSIX shell.
+
+    Boolean flags appear bare when on (a ``--x/--no-x`` pair as either form when it has a value),
+    repeated options once per value, options without a value (None, empty) not at all. ``skip``:
+    parameter names to leave out (e.g. ``resume``); ``values``: parameter values to record instead
+    of the parsed ones (e.g. resolved layer names)."""
+    ctx = ctx or click.get_current_context()
+    values = {**ctx.params, **(values or {})}
+    args = ["evo", ctx.info_name]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or not param.expose_value or param.name in skip:
+            continue
+        value = values.get(param.name)
+        if param.is_flag and not param.count:
+            if param.secondary_opts and value is not None:
+                args.append(_long_flag(param.opts if value else param.secondary_opts))
+            elif value and not param.secondary_opts:
+                args.append(_long_flag(param.opts))
+            continue
+        for v in (value if param.multiple else [value]) if value is not None else []:
+            args += [_long_flag(param.opts), str(v)]
+    return shlex.join(args)
 
 
 def is_quiet() -> bool:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-
 import click
 
-from .options import is_quiet, load_model_cli, model_options, progress_bar
+from evo_cli.io.fasta import STRANDS
+
+from .options import command_line, is_quiet, load_model_cli, model_options, progress_bar
 
 
 def _echo(message: str) -> None:
@@ -25,7 +25,7 @@ def _echo(message: str) -> None:
 @click.option("--window", type=click.IntRange(min=2), default=None,
               help="Window length in bases, centred on the variant and clipped at contig ends "
                    "[default: 8192, or the model's context when shorter].")
-@click.option("--strand", type=click.Choice(["forward", "both"]), default="forward", show_default=True,
+@click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
               help="both: average each score with that of the reverse-complement window.")
 @click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END",
               help="Only variants in this region (1-based, inclusive; repeatable).")
@@ -58,10 +58,8 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
     total = check_variants(vcf, fasta, regions, skip_ref_mismatch)
     loaded = load_model_cli(model, device, dtype, kernels)
-    ctx = click.get_current_context()
-    command = "evo score-variants " + " ".join(
-        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in ctx.params.items()
-        if k != "resume" and v not in (None, False, ()))
+    # --resume is left out: a resumed run writes the same bytes as an uninterrupted one
+    command = command_line(skip=("resume",))
     try:
         with progress_bar("scoring", total, "variants") as advance:
             summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
@@ -69,7 +67,7 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
                                          share_prefix=not no_share, chunk_size=chunk_size, resume=resume,
                                          model_name=model, command=command, progress=advance)
     except KeyboardInterrupt:
-        if output != "-":
+        if output != "-" and sidecar_path(output).exists():
             _echo(f"progress is kept in {sidecar_path(output)}: add --resume to the same command to continue")
         raise
     new = summary.variants - summary.resumed
@@ -82,6 +80,15 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     if summary.indexed is False and (fmt == "vcf.gz" or str(output).endswith((".vcf.gz", ".vcf.bgz"))):
         _echo(f"warning: {output} is not indexed: its records are not sorted by position (sort the input VCF, "
               f"e.g. bcftools sort, for a tabix index)")
+
+
+def _same_output(a: str, b: str) -> bool:
+    """Whether two output arguments name the same destination (both stdout, or one file)."""
+    from pathlib import Path
+
+    if "-" in (a, b):
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
 
 
 @click.command("score")
@@ -108,14 +115,13 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, model, 
 
     from evo_cli._version import __version__
     from evo_cli.io.fasta import read_fasta
-    from evo_cli.io.tables import table_format, table_writer
-    from evo_cli.model.tokenizer import encode
-    from evo_cli.scoring import default_prepend_bos, token_logprobs
+    from evo_cli.io.tables import check_table_output, table_writer
+    from evo_cli.scoring import default_prepend_bos, iter_sequence_scores
 
-    out_fmt = table_format(output, fmt)
-    pos_fmt = table_format(per_position) if per_position else None
-    if per_position and pos_fmt == "parquet" and per_position == "-":
-        raise click.UsageError("--per-position parquet needs a file name")
+    out_fmt = check_table_output(output, fmt)
+    pos_fmt = check_table_output(per_position) if per_position else None
+    if per_position and _same_output(output, per_position):
+        raise click.UsageError(f"--per-position and -o are both {output}: give them different files")
     records = read_fasta(fasta)
     loaded = load_model_cli(model, device, dtype, kernels)
     prepend = default_prepend_bos(loaded) if bos is None else bos
@@ -127,13 +133,9 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, model, 
         write = stack.enter_context(table_writer(output, columns, out_fmt, meta))
         write_pos = stack.enter_context(table_writer(per_position, pos_columns, pos_fmt, meta)) if per_position else None
         advance = stack.enter_context(progress_bar("scoring", len(records), "sequences"))
-        for start in range(0, len(records), batch_size):
-            batch = records[start : start + batch_size]
-            lps = token_logprobs(loaded, [encode(r.sequence) for r in batch], prepend, batch_size, chunk_size)
-            for rec, lp in zip(batch, lps):
-                total = float(lp.double().sum())
-                write([(rec.id, len(rec.sequence), total / lp.numel() if lp.numel() else None, total)])
-                if write_pos:
-                    first = 0 if prepend else 1  # without BOS the first base has no prediction
-                    write_pos((rec.id, first + i + 1, rec.sequence[first + i], v) for i, v in enumerate(lp.tolist()))
-            advance(len(batch))
+        scores = iter_sequence_scores(loaded, (r.sequence for r in records), prepend, batch_size, chunk_size)
+        for rec, s in zip(records, scores, strict=True):
+            write([(rec.id, s.length, s.mean, s.sum)])
+            if write_pos:
+                write_pos((rec.id, s.first + i + 1, rec.sequence[s.first + i], v) for i, v in enumerate(s.logprobs.tolist()))
+            advance(1)

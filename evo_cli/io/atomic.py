@@ -13,6 +13,24 @@ from pathlib import Path
 STDOUT = ("-", "", None)
 
 
+def check_output_path(path: str | Path | None) -> None:
+    """Fail early, with one line, for an output that cannot be written as a file: an existing
+    directory, or a parent path that runs through a file. Missing parent directories are fine
+    (they are created when the output is written); stdout (``-``) is always fine."""
+    from evo_cli.errors import InputError
+
+    if path in STDOUT:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an output file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{path}: cannot create it, {parent} is not a directory")
+            break
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``.

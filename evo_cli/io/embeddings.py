@@ -22,20 +22,31 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from evo_cli.errors import InputError
 
 from .atomic import atomic_path
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+# numpy and pyarrow are imported where used: the CLI reads the constants below at start-up
+
+# the poolings of ``evo embed`` / ``evo_cli.embed``: ``none`` keeps every position (the per-position layout)
+POOLINGS = ("mean", "last", "max", "none")
+# sequences per batch, and the longest sequence run in one pass (longer ones run in chunks of this)
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_CHUNK_SIZE = 8192
 
 # buffered rows are written as a row group once they hold this many bytes of embeddings
 _ROW_GROUP_BYTES = 64 << 20
 
 
 def embedding_schema(dim: int, per_position: bool, metadata: dict | None = None) -> pa.Schema:
+    import pyarrow as pa
+
     fields = [("id", pa.string()), ("length", pa.int64()), ("layer", pa.string()), ("pooling", pa.string())]
     if per_position:
         fields.append(("position", pa.int64()))
@@ -48,6 +59,8 @@ class EmbeddingWriter:
     """Streams embedding rows into a Parquet file (open it with ``open_embedding_writer``)."""
 
     def __init__(self, path: str | Path, dim: int, per_position: bool, metadata: dict | None = None):
+        import pyarrow.parquet as pq
+
         self.dim = dim
         self.per_position = per_position
         self.schema = embedding_schema(dim, per_position, metadata)
@@ -59,6 +72,9 @@ class EmbeddingWriter:
 
     def write(self, id: str, length: int, layer: str, pooling: str, values: np.ndarray, start: int = 0) -> None:
         """values: [D] (one pooled row) or [n, D] float32 (positions ``start .. start+n-1``)."""
+        import numpy as np
+        import pyarrow as pa
+
         values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1, self.dim)
         n = values.shape[0]
         if not self.per_position and n != 1:
@@ -74,6 +90,8 @@ class EmbeddingWriter:
             self.flush()
 
     def flush(self) -> None:
+        import pyarrow as pa
+
         if self._buffer:
             self._writer.write_table(pa.Table.from_batches(self._buffer, self.schema).combine_chunks())
         self._buffer, self._buffered_bytes = [], 0
@@ -105,6 +123,9 @@ def _check(path: str | Path) -> Path:
 
 def read_embeddings(path: str | Path, layer: str | None = None, ids: list[str] | None = None) -> pa.Table:
     """The rows of an embeddings file, optionally only one layer and some sequence ids (file order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     filters = []
     if layer is not None:
         filters.append(("layer", "=", layer))
@@ -124,5 +145,7 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The key-value metadata of an embeddings file."""
+    import pyarrow.parquet as pq
+
     meta = pq.read_schema(str(_check(path))).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items()}

@@ -11,6 +11,7 @@ import gzip
 import io
 import logging
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # IUPAC nucleotide codes; N and the ambiguity codes are allowed in sequences (they become tokens)
 DNA_CODES = frozenset("ACGTNRYKMSWBDHV")
+# the strands a sequence can be read on (score-variants, embed): forward only, or forward and reverse
+# complement, averaged
+STRANDS = ("forward", "both")
 _COMPLEMENT = str.maketrans("ACGTNRYKMSWBDHVacgtnrykmswbdhv", "TGCANYRMKSWVHDBtgcanyrmkswvhdb")
 
 
@@ -36,12 +40,14 @@ def reverse_complement(seq: str) -> str:
     return seq.translate(_COMPLEMENT)[::-1]
 
 
-def _open_text(path: Path) -> TextIO:
+def open_text(path: str | Path, errors: str = "replace") -> TextIO:
+    """A text file, plain or gzip/bgzip (by its magic bytes), as UTF-8. ``errors``: what undecodable
+    bytes become (``replace``: U+FFFD; ``surrogateescape``: they pass through to a writer unchanged)."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", errors=errors)
+    return open(path, encoding="utf-8", errors=errors)
 
 
 def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | None = DNA_CODES) -> Iterator[FastaRecord]:
@@ -58,13 +64,17 @@ def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | N
         raise InputError(f"{path}: is a directory, expected a FASTA file")
     seen: set[str] = set()
     lowered = 0
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         header, start_line, chunks = None, 0, []
-        try:
-            lines = list(_lines(fh))
-        except (OSError, EOFError) as err:
-            raise InputError(f"{path}: cannot read ({err})") from None
-        for lineno, line in lines:
+        lines = _lines(fh)  # streamed: memory holds one record, whatever the file's size
+        while True:
+            try:
+                item = next(lines, None)
+            except (OSError, EOFError, zlib.error) as err:
+                raise InputError(f"{path}: cannot read ({err})") from None
+            if item is None:
+                break
+            lineno, line = item
             if line.startswith(">"):
                 if header is not None:
                     rec, was_lower = _record(path, header, start_line, chunks, uppercase, alphabet, seen)
@@ -93,8 +103,8 @@ def _lines(fh):
 
 
 def _record(path, header, lineno, chunks, uppercase, alphabet, seen) -> tuple[FastaRecord, bool]:
-    rid, _, desc = header.partition(" ")
-    rid = rid.strip()
+    # the id ends at the first whitespace of any kind (space or tab), as in samtools and Biopython
+    rid, desc = (header.split(None, 1) + ["", ""])[:2]
     if not rid:
         raise InputError(f"{path}:{lineno}: record with an empty name")
     if rid in seen:

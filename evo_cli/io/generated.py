@@ -3,7 +3,7 @@
 A generation is any object with ``prompt_id``, ``sample``, ``token_ids``, ``logprob_mean`` and
 ``seed`` (``evo_cli.generation.Generation``); ``settings`` are the run's sampling settings and model.
 
-- FASTA (``.fa``, ``.fasta``, ``.fna``, and any other name): one record per (prompt, sample) holding
+- FASTA (``.fa``, ``.fasta``, ``.fna``, ``.fas``, and stdout): one record per (prompt, sample) holding
   the generated tokens only, the header naming prompt, sample and settings. A token that is not an
   ASCII letter is written as ``N`` (random or undertrained models emit arbitrary bytes), so the
   file stays valid FASTA; the number of such tokens is logged as one warning.
@@ -17,25 +17,36 @@ import json
 import logging
 from pathlib import Path
 
-from .atomic import STDOUT, atomic_open
+from evo_cli.errors import InputError
+
+from .atomic import STDOUT, atomic_open, check_output_path
 from .fasta import format_fasta
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("fasta", "jsonl")
+FASTA_EXTENSIONS = (".fa", ".fasta", ".fna", ".fas")
 # the header fields after prompt= and sample=, in order
 SETTING_KEYS = ("n_tokens", "temperature", "top_k", "top_p", "seed", "model", "evo")
 
 
 def output_format(path: str | Path | None, fmt: str = "auto") -> str:
-    """``fasta`` or ``jsonl``: ``fmt`` unless auto, else by the extension (stdout and others: FASTA)."""
+    """``fasta`` or ``jsonl``: ``fmt`` unless auto, else by the extension (``.jsonl``, or a FASTA
+    extension: ``FASTA_EXTENSIONS``; stdout is FASTA). Checks that ``path`` can be written as a file."""
+    check_output_path(path)
     if fmt != "auto":
         if fmt not in FORMATS:
-            raise ValueError(f"unknown output format {fmt!r} (use {', '.join(FORMATS)})")
+            raise InputError(f"unknown output format {fmt!r} (use {', '.join(FORMATS)})")
         return fmt
     if path in STDOUT:
         return "fasta"
-    return "jsonl" if Path(path).suffix.lower() == ".jsonl" else "fasta"
+    suffix = Path(path).suffix.lower()
+    if suffix == ".jsonl":
+        return "jsonl"
+    if suffix in FASTA_EXTENSIONS:
+        return "fasta"
+    raise InputError(f"{path}: cannot tell the output format from the extension (use .jsonl or "
+                     f"{', '.join(FASTA_EXTENSIONS)}, or --format fasta|jsonl)")
 
 
 def _is_letter(t: int) -> bool:

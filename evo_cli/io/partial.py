@@ -2,6 +2,8 @@
 
 The sidecar ``<output>.evo-partial`` holds JSON lines: the first records the run's settings, each
 further line one completed chunk of results, appended, flushed and fsynced as the chunk completes.
+The file is created when the first chunk completes, so a run that fails before doing any work
+leaves no sidecar.
 A kill can at worst leave a truncated last line, which resuming drops. Floats go through JSON's
 ``repr``, which reads back to the same float64 bits, so a resumed run writes byte-identical output.
 """
@@ -40,13 +42,13 @@ class Checkpoint:
         self.path = sidecar_path(output)
         self.settings = json.loads(json.dumps(settings))
         self.done = 0
+        self._fh = None
         check_fresh(output, resume)
         if self.path.exists():
             self._load()
-        else:
-            with atomic_open(self.path) as fh:
-                fh.write(json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n")
-        self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh = open(self.path, "a", encoding="utf-8")
+        # else the file is created with the first completed chunk: a run that fails before any work
+        # (a bad input, say) leaves nothing behind
 
     def _load(self) -> None:
         with open(self.path, "rb") as fh:
@@ -80,6 +82,10 @@ class Checkpoint:
         """Persist chunk number ``chunk`` (the next one) with its per-record results."""
         if chunk != self.done:
             raise ValueError(f"chunk {chunk} appended after {self.done} completed chunks")
+        if self._fh is None:
+            with atomic_open(self.path) as fh:
+                fh.write(json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n")
+            self._fh = open(self.path, "a", encoding="utf-8")
         self._fh.write(json.dumps({"chunk": chunk, "records": records}) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -87,6 +93,8 @@ class Checkpoint:
 
     def chunks(self) -> Iterator[list]:
         """The stored chunks' record lists, in order."""
+        if self._fh is None:
+            return
         self._fh.flush()
         with open(self.path, encoding="utf-8") as fh:
             next(fh)
@@ -94,7 +102,8 @@ class Checkpoint:
                 yield json.loads(line)["records"]
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
     def remove(self) -> None:
         self.close()

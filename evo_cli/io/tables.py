@@ -14,9 +14,11 @@ from typing import Iterator
 
 from evo_cli.errors import InputError
 
-from .atomic import atomic_open, atomic_path
+from .atomic import STDOUT, atomic_open, atomic_path
 
 TABLE_FORMATS = ("tsv", "parquet")
+# file name endings of tables (lower case) -> format
+TABLE_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".txt": "tsv", ".tab": "tsv"}
 _ROW_GROUP = 1 << 16
 
 
@@ -26,14 +28,26 @@ def table_format(path: str | Path | None, format: str | None = None) -> str:
         if format not in TABLE_FORMATS:
             raise InputError(f"unknown table format {format!r} (expected {' or '.join(TABLE_FORMATS)})")
         return format
-    if path in ("-", "", None):
+    if path in STDOUT:
         return "tsv"
-    name = str(path).lower()
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    if name.endswith((".tsv", ".txt", ".tab")):
-        return "tsv"
+    fmt = format_from_extension(path, TABLE_EXTENSIONS)
+    if fmt:
+        return fmt
     raise InputError(f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
+
+
+def format_from_extension(path: str | Path, extensions: dict[str, str]) -> str | None:
+    """The format of the first (longest) ending in ``extensions`` that ``path`` has, or None."""
+    name = str(path).lower()
+    return next((extensions[ext] for ext in sorted(extensions, key=len, reverse=True) if name.endswith(ext)), None)
+
+
+def check_table_output(path: str | Path | None, format: str | None = None) -> str:
+    """``table_format``, refusing Parquet on stdout (it needs a seekable file)."""
+    fmt = table_format(path, format)
+    if fmt == "parquet" and path in STDOUT:
+        raise InputError("parquet output needs a file name (-o PATH), not stdout")
+    return fmt
 
 
 def _cell(v) -> str:
@@ -52,6 +66,7 @@ def table_writer(path: str | Path | None, columns: list[tuple[str, str]], format
     TSV: a header row then one line per row (``-``/None: stdout). Parquet: typed columns, the
     ``metadata`` dict stored under the key ``evo`` as JSON."""
     names = [c for c, _ in columns]
+    check_table_output(path, format)
     if format == "tsv":
         with atomic_open(path, "w") as fh:
             fh.write("\t".join(names) + "\n")

@@ -13,7 +13,6 @@ Per-ALT statuses (``classify_alt`` and the scorer): ``ok`` or the reason an alle
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Iterable, Iterator
 
 from evo_cli.errors import InputError
 
+from .fasta import DNA_CODES, open_text
 from .reference import contig_aliases
 
 NO_ALT = "no_alt"  # ALT is '.': a reference-only record
@@ -29,7 +29,6 @@ STAR = "star_allele"  # '*': the allele is deleted by an overlapping deletion
 SYMBOLIC = "symbolic"  # <DEL>, <CN0>, <*> ...
 BREAKEND = "breakend"  # ]chr:pos]N, N[chr:pos[, single breakends N. / .N
 INVALID = "invalid_allele"  # characters that are not nucleotide codes
-SEQUENCE_CODES = frozenset("ACGTNRYKMSWBDHV")
 _END = 1 << 62
 
 
@@ -41,7 +40,7 @@ def classify_alt(alt: str) -> str | None:
         return SYMBOLIC
     if "[" in alt or "]" in alt or (len(alt) > 1 and (alt.startswith(".") or alt.endswith("."))):
         return BREAKEND
-    if not alt or not set(alt.upper()) <= SEQUENCE_CODES:
+    if not alt or not set(alt.upper()) <= DNA_CODES:
         return INVALID
     return None
 
@@ -211,7 +210,7 @@ class VcfReader:
                 header = str(vf.header).splitlines()
             return header, self._formatted_records()
         header: list[str] = []
-        with _open_text(self.path) as fh:
+        with open_text(self.path, errors="surrogateescape") as fh:
             for line in fh:
                 header.append(line.rstrip("\r\n"))
                 if line.startswith("#CHROM"):
@@ -235,7 +234,7 @@ class VcfReader:
                         if s <= int(line.split("\t", 2)[1]) - 1 < e:
                             yield line
             return
-        with _open_text(self.path) as fh:
+        with open_text(self.path, errors="surrogateescape") as fh:
             for line in fh:
                 if line.startswith("#") or not line.strip():
                     continue
@@ -246,15 +245,6 @@ class VcfReader:
                     chrom, pos = line.split("\t", 2)[:2]
                     if self._wanted(chrom, int(pos) - 1):
                         yield line
-
-
-def _open_text(path: Path):
-    """A VCF as text, plain or gzip/bgzip; undecodable bytes pass through unchanged."""
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    if gz:
-        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
-    return open(path, encoding="utf-8", errors="surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -299,7 +289,8 @@ def write_annotated_vcf(
 
     Records are copied as the input spells them, except for the INFO column: earlier values of
     ``fields`` are dropped and the new ones appended. annotations: one ``(chrom, pos, {field id:
-    value or tuple})`` per record in reader order; None inside a tuple is written '.'; floats get 7
+    value or tuple})`` per record in reader order, exactly as many as records (a mismatch is an
+    InputError); None inside a tuple is written '.'; floats get 7
     significant digits (readers keep VCF Floats as float32). header_lines: ``(key, value)`` pairs
     written as ``##key=value`` before ``#CHROM``; earlier ``##evo_*`` lines and declarations of
     ``fields`` are replaced. compressed: bgzip and tabix-index. The file (and index) appear only
@@ -326,10 +317,17 @@ def write_annotated_vcf(
         for line in lines:
             chrom, pos, values = next(ann_iter, (None, None, None))
             got = line.split("\t", 2)[:2]
+            if chrom is None:
+                raise InputError(f"{reader.path}: record {':'.join(got)} was not scored; was the VCF changed "
+                                 f"during the run?")
             if got != [chrom, str(pos)]:
                 raise InputError(f"{reader.path}: record {':'.join(got)} does not match the scored record "
                                  f"{chrom}:{pos}; was the VCF changed during the run?")
             yield _annotate(line, values, ours) + "\n"
+        extra = next(ann_iter, None)
+        if extra is not None:
+            raise InputError(f"{reader.path}: has no record for the scored record {extra[0]}:{extra[1]}; "
+                             f"was the VCF changed during the run?")
 
     if not compressed:
         with atomic_open(path, "wb") as fh:

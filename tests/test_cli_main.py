@@ -1,0 +1,77 @@
+"""``evo`` itself: Ctrl-C, a closed stdout pipe, -v anywhere, and start-up without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import evo_cli.checkpoints
+from evo_cli.cli.main import main
+
+from .test_cli_score_variants import evo
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evo_cli.checkpoints, "describe_checkpoint", interrupt)
+    code, out, err = evo("info", "-m", "evo2_7b")
+    assert code == 130 and out == "" and err.strip() == "evo: interrupted"
+
+
+@pytest.mark.parametrize("flags,traceback", [([], False), (["-v"], True), (["-vvv"], True), (["-qv"], True),
+                                             (["-q"], False)])
+def test_verbose_flags_anywhere_show_the_traceback(monkeypatch, flags, traceback):
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(evo_cli.checkpoints, "describe_checkpoint", bug)
+    for args in ([*flags, "info", "-m", "x"], ["info", "-m", "x", *flags]):
+        if traceback:
+            with pytest.raises(RuntimeError, match="a bug"):
+                main(args)
+        else:
+            code, _, err = evo(*args)
+            assert code == 1 and err == "evo: error: RuntimeError: a bug (run with -v for the traceback)\n"
+
+
+def test_closed_stdout_exits_quietly():
+    """The reader is gone before evo writes: no traceback, no 'Exception ignored', exit 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "evo_cli.cli.main", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""
+
+
+
+def _imports_torch(code: str) -> bool:
+    proc = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint('torch' in sys.modules)"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()[-1] == "True"
+
+
+def test_files_and_cli_start_up_do_not_import_torch():
+    assert not _imports_torch("import evo_cli, evo_cli.io.fasta, evo_cli.io.vcf, evo_cli.io.tables, "
+                              "evo_cli.io.embeddings, evo_cli.io.generated, evo_cli.cli.main")
+    assert not _imports_torch("from evo_cli.cli.main import main\n"
+                              "try:\n    main(['--help'])\nexcept SystemExit:\n    pass")
+    # the public API still imports what it needs on first use
+    assert _imports_torch("from evo_cli import load_model")
+
+
+def test_registry_and_evo_models_do_not_import_torch():
+    assert not _imports_torch("import evo_cli.registry")
+    assert not _imports_torch("from evo_cli.cli.main import main\n"
+                              "try:\n    main(['models'])\nexcept SystemExit:\n    pass")
+
+
+def test_kernel_backends_are_spelled_out_alike():
+    from evo_cli import kernels
+    from evo_cli.cli.options import KERNEL_BACKENDS
+
+    assert KERNEL_BACKENDS == kernels.BACKENDS
