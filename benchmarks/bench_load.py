@@ -47,12 +47,6 @@ def write_vortex(model, path: Path) -> None:
 
 def one(args) -> dict:
     config = evo_cli.ModelConfig.from_native(json.loads(Path(args.dir, "native", "config.json").read_text()))
-    # torch imports its meta-tensor machinery (torch._dynamo) on the first meta-device op: a one-time
-    # cost of any first load in a process, timed apart
-    t0 = time.perf_counter()
-    with torch.device("meta"):
-        torch.nn.Embedding(2, 2)
-    first_meta = time.perf_counter() - t0
     rss = rss_bytes()
     t0 = time.perf_counter()
     if args.format == "vortex":
@@ -60,7 +54,7 @@ def one(args) -> dict:
     else:
         model = evo_cli.load_model(Path(args.dir, "native"), device="cpu", dtype=args.dtype)
     seconds = time.perf_counter() - t0
-    return {"format": args.format, "seconds": seconds, "rss_bytes": rss_bytes() - rss, "first_meta_seconds": first_meta,
+    return {"format": args.format, "seconds": seconds, "rss_bytes": rss_bytes() - rss,
             "machine": machine(), "params": sum(p.numel() for p in model.parameters()),
             "dtype": str(model.dtype).removeprefix("torch.")}
 
@@ -93,8 +87,7 @@ def main():
         if "error" in r:
             print(r["error"], file=sys.stderr)
             return
-    print(f"{rows[0]['machine']}; {rows[0]['params']:,} params, {fmt_bytes(size)} of float32 weights; "
-          f"first meta-device op in a process: {rows[0]['first_meta_seconds']:.1f} s (not included)")
+    print(f"{rows[0]['machine']}; {rows[0]['params']:,} params, {fmt_bytes(size)} of float32 weights")
     print("\n| format | loaded as | load time | resident memory after load |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['format']} | {r['dtype']} | {r['seconds'] * 1e3:,.0f} ms | +{fmt_bytes(r['rss_bytes'])} |")
