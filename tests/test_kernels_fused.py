@@ -139,18 +139,20 @@ def test_modal(complex_poles, dtype, L, layout, with_state):
         assert torch.allclose(state, ref_state, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("op", ["featurize", "se", "mr16", "modal"])
+@pytest.mark.parametrize("op", ["featurize", "featurize_bias", "se", "mr16", "modal", "modal_complex"])
 def test_chunks_continue_the_sequence(op):
     """Chunks of 1, 50, 1 and 77 tokens with a carried state equal one pass of the reference (gates 1)."""
     B, L, C = 2, 129, 32
-    if op == "featurize":
+    if op.startswith("featurize"):
         x, state = torch.randn(B, L, 3 * C), torch.zeros(B, 2, 3 * C)
-        w = torch.randn(3 * C, 3)
-        run = lambda a, s: torch.cat(hyena_featurize(a, w, None, s), -1)  # noqa: E731
-        ref = torch.cat(K.hyena_featurize_ref(x, w), -1)
-    elif op == "modal":
-        x, state = torch.randn(B, L, C), torch.zeros(B, C, 4)
-        lp, r = _modal_params(C, 4, False)
+        w, b = torch.randn(3 * C, 3), (torch.randn(3 * C) if op == "featurize_bias" else None)
+        run = lambda a, s: torch.cat(hyena_featurize(a, w, b, s), -1)  # noqa: E731
+        ref = torch.cat(K.hyena_featurize_ref(x, w, b), -1)
+    elif op.startswith("modal"):
+        complex_poles = op == "modal_complex"
+        x = torch.randn(B, L, C)
+        state = torch.zeros(B, C, 4, dtype=torch.complex64 if complex_poles else torch.float32)
+        lp, r = _modal_params(C, 4, complex_poles)
         D = torch.randn(C)
         run = lambda a, s: hyena_modal(a, torch.ones_like(a), lp, r, D, s)  # noqa: E731
         ref = K.hyena_modal_ref(x, torch.ones_like(x), lp, r, D)
