@@ -46,3 +46,21 @@ def test_state_helpers(tiny_models):
     assert torch.allclose(a[0], b[1], atol=1e-5) and torch.allclose(a[2], b[0], atol=1e-5)
     with pytest.raises(ValueError, match="state holds 30 positions"):
         model(ids, state)
+
+
+def test_evo1_complex_filter_is_built_once_and_follows_the_weights():
+    from evo_cli.model.init import motif_config, random_model
+
+    model = random_model(motif_config("evo1", hidden_size=16, num_layers=2, head_dim=8, name="m"), seed=1)
+    f = next(b.filter for b in model.blocks if b.kind == "hyena")
+    first = f.modal()
+    assert f.modal()[0] is first[0]  # reused: not rebuilt per decoding step
+    with torch.no_grad():
+        f.poles.mul_(0.5)  # new weights in place (as load_state_dict does)
+    log_p, _ = f.modal()
+    assert log_p is not first[0]
+    want = torch.log(torch.complex(f.poles[..., 0, 0], f.poles[..., 0, 1]))
+    assert torch.equal(log_p, want)
+    # while training, the graph is built afresh each call
+    f.poles.requires_grad_(True)
+    assert f.modal()[0] is not f.modal()[0]

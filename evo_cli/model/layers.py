@@ -78,14 +78,25 @@ class HyenaFilter(nn.Module):
             self.residues = nn.Parameter(torch.zeros(d, s, 1, 2))
         if kind != "hcs":
             self.D = nn.Parameter(torch.zeros(d))
+        self._complex_modal = None  # (parameter identity, (log_poles, residues)): see modal()
 
     def modal(self):
-        """(log_poles, residues): [D, S], real (Evo 2) or complex (Evo 1)."""
+        """(log_poles, residues): [D, S], real (Evo 2) or complex (Evo 1).
+
+        Evo 1's complex form is built once and reused while the parameters stay the same tensors at
+        the same version: a decoding step would otherwise rebuild it in every layer for every token.
+        Not cached while gradients flow into the poles (training)."""
         if self.kind == "hcl":
             return self.log_poles[..., 0], self.residues
+        training = torch.is_grad_enabled() and (self.poles.requires_grad or self.residues.requires_grad)
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.poles, self.residues))
+        if not training and self._complex_modal is not None and self._complex_modal[0] == key:
+            return self._complex_modal[1]
         p = torch.complex(self.poles[..., 0, 0].float(), self.poles[..., 0, 1].float())
         r = torch.complex(self.residues[..., 0, 0].float(), self.residues[..., 0, 1].float())
-        return torch.log(p), r
+        out = torch.log(p), r
+        self._complex_modal = None if training else (key, out)
+        return out
 
     def inner_state_shape(self, config: ModelConfig) -> tuple[tuple[int, ...], torch.dtype]:
         """Shape (without batch) and dtype of the inner filter's decoding state."""
