@@ -19,3 +19,21 @@ def test_public_names():
         assert hasattr(evo_cli, name), name
     for name in kernels.__all__:
         assert hasattr(kernels, name), name
+
+
+def test_set_kernels_switches_every_op():
+    import pytest
+    import torch
+
+    from evo_cli.model.init import motif_config, random_model
+
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=4, head_dim=8, name="m"), kernels="torch")
+    ids = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(ids)
+        got = model.set_kernels("triton")(ids)  # the fused kernels (under the interpreter on a CPU)
+    backends = {m.backend for m in model.modules() if hasattr(m, "backend")}
+    assert model.kernels == "triton" and backends == {"triton"}
+    assert torch.allclose(got, want, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="unknown kernel backend 'cuda'"):
+        model.set_kernels("cuda")

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from evo_cli.kernels import BACKENDS
+
 from .cache import InferenceState
 from .config import ModelConfig
 from .layers import AttentionBlock, HyenaBlock, RMSNorm
@@ -46,6 +48,16 @@ class StripedHyena(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embedding_layer.weight.dtype
+
+    def set_kernels(self, kernels: str) -> StripedHyena:
+        """Switch every op between ``auto``, ``triton`` and ``torch`` kernels."""
+        if kernels not in BACKENDS:
+            raise ValueError(f"unknown kernel backend {kernels!r} (choose from {', '.join(BACKENDS)})")
+        self.kernels = kernels
+        for m in self.modules():
+            if hasattr(m, "backend"):
+                m.backend = kernels
+        return self
 
     def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:
         """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);
