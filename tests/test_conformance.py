@@ -109,11 +109,10 @@ def test_evo1_final_recurrent_state(case, load_case):
     _, _, state = _greedy(model, v["prompt_ids"], v["generated_ids"].shape[1])
     layer = model.config.block_types.index("hyena")
     s = state.layers[layer]
-    # the modal state sums ~130 terms amplified by poles near the unit circle (|s| up to ~60): both
-    # the reference's value and ours sit ~1e-4 from a float64 evaluation on the same inputs, so the
-    # comparison uses the conformance README's atol 1e-4 + rtol 1e-4
-    _close(s.inner.real, v["final_iir_state_first_hyena_real"], rtol=1e-4)
-    _close(s.inner.imag, v["final_iir_state_first_hyena_imag"], rtol=1e-4)
+    # the modal state sums ~130 terms amplified by poles near the unit circle (|s| up to ~70); with
+    # the powers p^t evaluated as the reference does (exp(log_p * t) per t) it matches within 1e-4
+    _close(s.inner.real, v["final_iir_state_first_hyena_real"])
+    _close(s.inner.imag, v["final_iir_state_first_hyena_imag"])
     # the reference keeps the FIR tail in published row order, [B, 3D, K-1]
     perm = column_split_perm(model.config.hidden_size, model.config.num_heads)
     ours = torch.empty_like(s.fir.transpose(1, 2))

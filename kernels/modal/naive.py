@@ -42,23 +42,74 @@ def modal_sum(log_poles, coeffs, L, t0=0):
 def modal_project(log_poles, x):
     """``sum_k x[b, k, d] * exp(log_p[d, n] * (L-1-k))`` -> [B, D, S]: the modal state of ``x`` alone.
 
-    x: [B, L, D] float32; log_poles: [D, S]. Same factorisation as ``modal_sum``, on the reversed input.
+    x: [B, L, D] float32; log_poles: [D, S]. Real poles: the factorisation of ``modal_sum`` on the
+    reversed input; complex poles: every power evaluated directly, as the reference does.
     """
     B, L, D = x.shape
+    if log_poles.is_complex():
+        return _modal_project_direct(log_poles, x)
     T, rows = _split(L)
     xr = torch.nn.functional.pad(x.flip(1), (0, 0, 0, rows * T - L))
     xr = xr.view(B, rows, T, D).permute(0, 3, 1, 2)
-    if log_poles.is_complex():
-        xr = xr.to(log_poles.dtype)
     j = torch.arange(T, device=x.device, dtype=torch.float32)
     i = torch.arange(rows, device=x.device, dtype=torch.float32) * T
     inner = torch.exp(log_poles[:, :, None] * j).transpose(-1, -2)
     return ((xr @ inner) * torch.exp(log_poles[:, None, :] * i[None, :, None])).sum(-2)
 
 
+# elements of one block of directly evaluated powers: a few MB, so the temporaries stay in cache
+_POWER_BLOCK_ELEMS = 1 << 20
+
+
+def _direct_powers(log_poles, t):
+    """Real and imaginary parts of ``exp(log_p * t)`` as the reference evaluates them: the float32
+    products ``Re(log_p) * t`` and ``Im(log_p) * t`` first (the phase error of the second grows with
+    t, and the reference's numbers carry it), then exp, cos and sin. log_poles: [D, S] complex; t: [n]
+    float32 -> two [D, S, n] float32 tensors (real transcendentals: several times faster than
+    complex exp on a CPU)."""
+    magnitude = torch.exp(log_poles.real[..., None] * t)
+    phase = log_poles.imag[..., None] * t
+    return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+
+
+def _t_blocks(log_poles, L):
+    D, S = log_poles.shape
+    block = max(1, _POWER_BLOCK_ELEMS // (D * S))
+    return [(t0, min(L, t0 + block)) for t0 in range(0, L, block)]
+
+
+def _modal_project_direct(log_poles, x):
+    """``modal_project`` for complex poles with every power evaluated as the reference's prefill does
+    (``_direct_powers``), in blocks of t. x: [B, L, D] float32 -> [B, D, S] complex64."""
+    B, L, D = x.shape
+    re = torch.zeros(B, D, log_poles.shape[1], device=x.device)
+    im = torch.zeros_like(re)
+    for k0, k1 in _t_blocks(log_poles, L):
+        t = torch.arange(L - 1 - k0, L - 1 - k1, -1, dtype=torch.float32, device=x.device)  # L-1-k
+        pr, pi = _direct_powers(log_poles, t)
+        xk = x[:, k0:k1]
+        re += torch.einsum("dsn,bnd->bds", pr, xk)
+        im += torch.einsum("dsn,bnd->bds", pi, xk)
+    return torch.complex(re, im)
+
+
 def modal_filter_ref(log_poles, residues, L):
-    """log_poles, residues: [D, S] (both real or both complex) -> h: [D, L] float32."""
-    return modal_sum(log_poles, residues, L)
+    """log_poles, residues: [D, S] (both real or both complex) -> h: [D, L] float32.
+
+    Complex poles (Evo 1) are evaluated as the reference does, ``exp(log_p * t)`` for every t
+    (``_direct_powers``): on the 512-token conformance case the factorised ``modal_sum``, though closer
+    to exact arithmetic, puts the logits 6.7e-5 from the reference's, this form 2.5e-5, and the
+    prefill's modal state follows the reference within 5e-5 instead of 1.5e-4. It costs several times
+    the factorised sum (2.6 s against under 1 s for D = 4096, S = 8, L = 8192 on 2 CPU cores). Real
+    poles (Evo 2) decay without a phase, so the factorised sum matches as well."""
+    if not log_poles.is_complex():
+        return modal_sum(log_poles, residues, L)
+    h = torch.empty(log_poles.shape[0], L, dtype=torch.float32, device=log_poles.device)
+    rr, ri = residues.real[..., None], residues.imag[..., None]
+    for t0, t1 in _t_blocks(log_poles, L):
+        pr, pi = _direct_powers(log_poles, torch.arange(t0, t1, dtype=torch.float32, device=log_poles.device))
+        h[:, t0:t1] = (rr * pr - ri * pi).sum(-2)
+    return h
 
 
 def fftconv_ref(x, h):
