@@ -9,7 +9,8 @@ Bandwidth counts the bytes an op must move at least (its inputs and outputs once
 FLOP rates count the op's direct arithmetic (2 per tap per output for the FIR filters; 4 per state per
 output for the modal recurrence, the form the fused kernel runs; the naive path computes the same
 convolution by FFT). Decode rows time one token of a whole Hyena operator (featurizer, inner filter,
-gates) at batch 1. Under ``TRITON_INTERPRET=1`` the fused path runs on CPU, which checks that it works
+gates) at batch 1. With both backends, "error" is the fused output's largest difference from the
+naive one, relative to the naive output's largest magnitude (inputs drawn afresh for each). Under ``TRITON_INTERPRET=1`` the fused path runs on CPU, which checks that it works
 and says nothing about its speed.
 """
 
@@ -70,6 +71,17 @@ def _inputs(op, B, L, D, S, dtype, device):
     return (lambda be: K.hyena_step(z, w, None, fir, inner, **kw, backend=be)), moved, flops
 
 
+def _flat(out):
+    return torch.cat([t.flatten().double() for t in out]) if isinstance(out, tuple) else out.flatten().double()
+
+
+def _error(op, shape, dtype, device) -> str:
+    """Fused against naive on the same freshly drawn inputs (a decode step mutates its states)."""
+    ref = _flat(_inputs(op, *shape, dtype, device)[0]("torch"))
+    out = _flat(_inputs(op, *shape, dtype, device)[0]("triton"))
+    return f"{((out - ref).abs().max() / ref.abs().max().clamp_min(1)).item():.1e}"
+
+
 def _time(fn, device, repeats):
     if str(device).startswith("cuda"):
         import triton.testing
@@ -101,16 +113,17 @@ def main():
     B, L, D, S = args.batch, args.length, args.hidden, args.state_size
     print(f"{machine()}; B={B} L={L:,} D={D} S={S} {str(dtype).removeprefix('torch.')}"
           + ("; TRITON_INTERPRET=1: fused timings are the CPU interpreter's, not performance" if interp else ""))
-    print("\n| op | backend | time | GB/s | GFLOP/s | speed-up |\n|---|---|---|---|---|---|")
+    print("\n| op | backend | time | GB/s | GFLOP/s | speed-up | error |\n|---|---|---|---|---|---|---|")
     with torch.inference_mode():
         for op in args.ops:
             fn, moved, flops = _inputs(op, B, L, D, S, dtype, device)
             base = None
+            error = _error(op, (B, L, D, S), dtype, device) if len(backends) == 2 else ""
             for be in backends:
                 t = _time(lambda: fn(be), device, args.repeats)
                 base = base or t
                 unit = f"{t * 1e6:,.1f} us" if t < 1e-3 else f"{t * 1e3:,.2f} ms"
-                print(f"| {op} | {be} | {unit} | {moved / t / 1e9:,.3g} | {flops / t / 1e9:,.3g} | {base / t:.2f}x |",
+                print(f"| {op} | {be} | {unit} | {moved / t / 1e9:,.3g} | {flops / t / 1e9:,.3g} | {base / t:.2f}x | {error if be == 'triton' else ''} |",
                       flush=True)
 
 

@@ -3,10 +3,13 @@
 Without a GPU these run under the Triton interpreter (conftest sets TRITON_INTERPRET=1), which costs
 about a millisecond per op per program: shapes stay tiny, yet cross every tile boundary the GPU
 configs have (lengths 1, 63, 129, 1000 against 64-row tiles and 16-token chunks; channel counts that
-leave partial channel blocks; filter groups that straddle a channel block).
+leave partial channel blocks; filter groups that straddle a channel block). With
+``EVO_TEST_DEVICE=cuda`` on a GPU machine the same comparisons run with the compiled kernels.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -24,7 +27,9 @@ from evo_cli.kernels.norm.fused import rms_norm  # noqa: E402
 from evo_cli.kernels.step.fused import hyena_step  # noqa: E402
 
 from .conftest import CONFORMANCE  # noqa: E402
-from .test_kernels_naive import _modal_params  # noqa: E402
+from .test_kernels_naive import _modal_params as _cpu_modal_params  # noqa: E402
+
+DEVICE = torch.device(os.environ.get("EVO_TEST_DEVICE", "cpu"))
 
 # max error relative to the largest reference value: float32 rounding; bf16 allows a few last-place
 # flips where fp32 sums in another order round x1v or y to the neighbouring bf16 value
@@ -33,8 +38,19 @@ F32, BF16 = torch.float32, torch.bfloat16
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_device():
     torch.manual_seed(42)
+    with torch.device(DEVICE):
+        yield
+
+
+def _modal_params(C, S, complex_poles):
+    with torch.device("cpu"):  # drawn from a CPU generator
+        return tuple(t.to(DEVICE) for t in _cpu_modal_params(C, S, complex_poles))
+
+
+def _vectors(case):
+    return {k: t.to(DEVICE) for k, t in load_file(str(case / "vectors.safetensors")).items()}
 
 
 def _close(out, ref, dtype=F32):
@@ -242,8 +258,8 @@ def test_conformance_evo2_with_triton_kernels():
     """tiny_a with every Hyena op fused: a prefill in two chunks matches the reference logits, and
     two recurrent steps after the prompt match the reference's cached generation."""
     case = CONFORMANCE / "evo2" / "tiny_a"
-    model = evo_cli.load_model(case, device="cpu", dtype="float32", kernels="triton")
-    v = load_file(str(case / "vectors.safetensors"))
+    model = evo_cli.load_model(case, device=DEVICE, dtype="float32", kernels="triton")
+    v = _vectors(case)
     ids, n_prompt = v["input_ids"][:, :130], v["prompt_ids"].shape[1]
     assert torch.equal(ids[:, :n_prompt], v["prompt_ids"])
     with torch.no_grad():
@@ -259,8 +275,8 @@ def test_conformance_evo2_with_triton_kernels():
 def test_conformance_evo1_with_triton_kernels():
     """Evo 1 (featurizer bias, complex poles) fused: logits of a prefix, and one recurrent step."""
     case = CONFORMANCE / "evo1" / "c2_131k_style_L192"
-    model = evo_cli.load_model(case, device="cpu", dtype="float32", kernels="triton")
-    v = load_file(str(case / "vectors.safetensors"))
+    model = evo_cli.load_model(case, device=DEVICE, dtype="float32", kernels="triton")
+    v = _vectors(case)
     prompt = v["prompt_ids"]
     with torch.no_grad():
         logits = model(v["input_ids"][:, :64])

@@ -46,24 +46,29 @@ def motif_config(
                        inner_mlp_size=inner, max_seqlen=max_seqlen, name=name, **kw)
 
 
-@torch.no_grad()
-def init_weights_(model: StripedHyena, seed: int = 0) -> StripedHyena:
-    """Initialise every parameter in place, deterministically for a given seed.
+def _initial_values(model: StripedHyena, seed: int, device="cpu"):
+    """Yield ``(name, float32 tensor on device)`` for every parameter, in ``named_parameters`` order.
 
     Linear layers get std 1/sqrt(fan_in) (residual outputs scaled by 1/sqrt(2 * layers)); modal
-    filters get stable poles with residues that keep the filter's gain near one."""
+    filters get stable poles with residues that keep the filter's gain near one. The draws come from
+    one generator on ``device``: the same seed gives the same model on the same kind of device."""
     c = model.config
-    g = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    poles = {}  # log_poles / poles already drawn, which the residues depend on
 
     def normal(shape, std):
-        return torch.randn(shape, generator=g) * std
+        return torch.randn(shape, generator=g, device=device) * std
+
+    def uniform(shape, lo, hi):
+        return torch.empty(shape, device=device).uniform_(lo, hi, generator=g)
 
     out_scale = 1 / math.sqrt(2 * c.num_layers)
     for name, p in model.named_parameters():
         shape = p.shape
         leaf = name.rsplit(".", 1)[-1]
         if name.endswith("scale"):
-            v = torch.ones(shape)
+            v = torch.ones(shape, device=device)
         elif name == "embedding_layer.weight":
             v = normal(shape, 1.0)
         elif leaf == "bias":
@@ -80,38 +85,49 @@ def init_weights_(model: StripedHyena, seed: int = 0) -> StripedHyena:
             v = normal(shape, 0.02)
         elif leaf == "h":
             k = shape[-1]
-            decay = torch.exp(-torch.arange(k, dtype=torch.float32).flip(0) / max(1.0, k / 8))
+            decay = torch.exp(-torch.arange(k, dtype=torch.float32, device=device).flip(0) / max(1.0, k / 8))
             v = normal(shape, 1.0) * decay / math.sqrt(k / 8 if k > 8 else k)
         elif leaf == "D":
             v = normal(shape, 0.5)
         elif leaf == "log_poles":
-            v = -torch.exp(torch.empty(shape).uniform_(math.log(1e-3), math.log(0.5), generator=g))
+            v = poles[name] = -torch.exp(uniform(shape, math.log(1e-3), math.log(0.5)))
         elif leaf == "residues" and p.dim() == 2:
-            lp = dict(model.named_parameters())[name.replace("residues", "log_poles")][..., 0]
+            lp = poles[name.replace("residues", "log_poles")][..., 0]
             v = normal(shape, 1.0) * (1 - torch.exp(lp)) / math.sqrt(shape[-1])
         elif leaf == "poles":
-            mag = torch.empty(shape[:-1]).uniform_(0.5, 0.999, generator=g)
-            ang = torch.empty(shape[:-1]).uniform_(-math.pi, math.pi, generator=g)
-            v = torch.stack([mag * ang.cos(), mag * ang.sin()], dim=-1)
+            mag, ang = uniform(shape[:-1], 0.5, 0.999), uniform(shape[:-1], -math.pi, math.pi)
+            v = poles[name] = torch.stack([mag * ang.cos(), mag * ang.sin()], dim=-1)
         elif leaf == "residues":
-            poles = dict(model.named_parameters())[name.replace("residues", "poles")]
-            mag = poles.norm(dim=-1, keepdim=True).cpu()
+            mag = poles[name.replace("residues", "poles")].norm(dim=-1, keepdim=True)
             v = normal(shape, 1.0) * 0.5 * (1 - mag) / math.sqrt(shape[1])
         else:
             raise ValueError(f"no initialisation rule for {name}")
-        p.copy_(v.to(p.dtype))
+        yield name, v
+
+
+@torch.no_grad()
+def init_weights_(model: StripedHyena, seed: int = 0) -> StripedHyena:
+    """Initialise every parameter of a CPU model in place, deterministically for a given seed."""
+    for name, v in _initial_values(model, seed):
+        model.get_parameter(name).copy_(v)
     for name, b in model.named_buffers():
         if name.endswith("inv_freq"):
-            b.copy_(rotary_inv_freq(c.head_dim, c.rotary_base))
+            b.copy_(rotary_inv_freq(model.config.head_dim, model.config.rotary_base))
     return model
 
 
 def random_model(config: ModelConfig, seed: int = 0, device="cpu", dtype=torch.float32, kernels: str = "auto") -> StripedHyena:
-    """A randomly initialised model on ``device`` in ``dtype`` (Hyena filters float32), in eval mode."""
-    model = init_weights_(StripedHyena(config, kernels=kernels), seed)
-    for name, p in model.named_parameters():
-        p.data = p.data.to(device=device, dtype=torch.float32 if keeps_float32(name) else dtype)
-    for name, b in model.named_buffers():
-        b.data = b.data.to(device=device)
+    """A randomly initialised model on ``device`` in ``dtype`` (Hyena filters float32), in eval mode.
+
+    Built on the meta device and drawn on ``device`` one tensor at a time, so a 7B-shaped model on a
+    GPU costs neither a float32 copy in host memory nor a CPU-side draw of every weight."""
+    with torch.device("meta"):
+        model = StripedHyena(config, kernels=kernels)
+    tensors = {name: v.to(torch.float32 if keeps_float32(name) else dtype)
+               for name, v in _initial_values(model, seed, device)}
+    for name, _ in model.named_buffers():
+        if name.endswith("inv_freq"):
+            tensors[name] = rotary_inv_freq(config.head_dim, config.rotary_base).to(device)
+    model.load_state_dict(tensors, strict=True, assign=True)
     model.requires_grad_(False)
     return model.eval()
