@@ -67,11 +67,14 @@ def test_causal_conv1d_grouped_and_chunked(groups, K_):
     h = w.repeat_interleave(C // groups, 0).flip(-1)
     h_full = torch.zeros(C, 40)
     h_full[:, : min(K_, 40)] = h[:, :40]
-    full = K.causal_conv1d_ref(x, w)
-    assert torch.allclose(full.double(), _direct_conv(x, h_full), atol=1e-4)
+    bias = torch.randn(C)
+    full = K.causal_conv1d_ref(x, w, bias)
+    assert torch.allclose(full.double(), _direct_conv(x, h_full) + bias.double(), atol=1e-4)
+    # single tokens take the decoding branch (a dot product over the window)
     state = torch.zeros(2, K_ - 1, C)
-    pieces = [K.causal_conv1d_ref(x[:, a:b], w, state=state) for a, b in ((0, 1), (1, 3), (3, 30), (30, 31), (31, 40))]
+    pieces = [K.causal_conv1d_ref(x[:, a:b], w, bias, state) for a, b in ((0, 1), (1, 3), (3, 30), (30, 31), (31, 40))]
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+    assert torch.equal(state, torch.cat([torch.zeros(2, K_ - 1, C), x], 1)[:, -(K_ - 1):])
 
 
 def test_featurize_split_and_gate():
