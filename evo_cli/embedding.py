@@ -28,13 +28,18 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from evo_cli.errors import InputError
-from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
+from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, merge_parts, open_embedding_writer,
+                                   parts_dir)
+from evo_cli.io.partial import Checkpoint
 from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
@@ -329,3 +334,83 @@ def embed(
         return {layer: [torch.cat(p) for p in per_seq] for layer, per_seq in pieces.items()}
     return {layer: torch.stack([p[0] for p in per_seq]) if per_seq else torch.empty(0, model.config.hidden_size)
             for layer, per_seq in pieces.items()}
+
+
+@dataclass
+class EmbedSummary:
+    sequences: int = 0
+    rows: int = 0
+    resumed: int = 0  # sequences done by an earlier, interrupted run
+    seconds: float = 0.0
+
+
+def run_embed(
+    model,
+    records: Sequence,
+    output: str | Path,
+    layers: str | Sequence[str] | None = None,
+    pool: str = "mean",
+    strand: str = "forward",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    resume: bool = False,
+    settings: dict | None = None,
+    metadata: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EmbedSummary:
+    """Embed ``records`` (objects with ``id`` and ``sequence``) into the Parquet file ``output``
+    (layout in ``io/embeddings.py``; ``metadata`` is stored in it).
+
+    The run goes in chunks of ``batch_size * 16`` sequences, each written to its own part file and
+    recorded in ``<output>.evo-partial``; ``resume=True`` continues an interrupted run with the same
+    ``settings`` (see ``runs.run_settings``) after its last complete part, and writes the same bytes
+    as an uninterrupted run. ``progress(n)``: tokens run (both strands count), as in ``iter_embeddings``."""
+    t0 = time.perf_counter()
+    _check(pool, strand, batch_size, chunk_size)
+    layers = resolve_layers(model.config, layers)
+    full = {**(settings or {}), "layers": layers, "pool": pool, "strand": strand, "batch_size": batch_size,
+            "chunk_size": chunk_size, "metadata": metadata or {}}
+    store = Checkpoint(output, full, resume)
+    folder = parts_dir(output)
+    if store.done == 0:
+        shutil.rmtree(folder, ignore_errors=True)  # parts of a run stopped before its first record
+    stored = [rows for [[_, rows]] in store.chunks()]
+    dim, per_position = model.config.hidden_size, pool == "none"
+    summary, parts = EmbedSummary(), []
+    chunk_len = batch_size * _SORT_WINDOW_BATCHES
+    try:
+        for k, i in enumerate(range(0, len(records), chunk_len)):
+            chunk = records[i : i + chunk_len]
+            part = folder / f"part-{k:06d}.parquet"
+            if k < len(stored):
+                if not part.is_file():
+                    raise InputError(f"{part}: missing, though {store.path} records it; delete both to start over")
+                rows = stored[k]
+                summary.resumed += len(chunk)
+                if progress:
+                    progress((2 if strand == "both" else 1) * sum(len(r.sequence) for r in chunk))
+            else:
+                with open_embedding_writer(part, dim, per_position, metadata) as writer:
+                    for e in iter_embeddings(model, [r.sequence for r in chunk], layers, pool, strand, batch_size,
+                                             chunk_size, progress):
+                        r = chunk[e.index]
+                        writer.write(r.id, len(r.sequence), e.layer, pool, e.values.numpy(), e.start)
+                rows = writer.rows
+                store.append(k, [[part.name, rows]])
+            parts.append(part)
+            summary.sequences += len(chunk)
+            summary.rows += rows
+        if parts:
+            merge_parts(parts, output, dim, per_position, metadata)
+        else:
+            with open_embedding_writer(output, dim, per_position, metadata):
+                pass
+    finally:
+        store.close()
+        if store.done == 0:  # nothing to resume: leave nothing behind
+            shutil.rmtree(folder, ignore_errors=True)
+    store.remove()
+    shutil.rmtree(folder, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -14,14 +14,20 @@ per window and runs only the suffixes; the result equals scoring every window on
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from evo_cli.errors import InputError
+from evo_cli.io.atomic import STDOUT
+from evo_cli.io.partial import Checkpoint
+from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
 
 
@@ -249,3 +255,75 @@ def _score_shared(model, p: int, groups: list[list[tuple[str, list[int]]]], batc
         for r, (j, w, row) in enumerate(part):
             out[w] = float(prefix_sum[j] + lp[r, : len(row) - p].sum()) / (len(row) - 1)
     return out
+
+
+SCORE_COLUMNS = [("id", "str"), ("length", "int"), ("mean_ll", "float"), ("sum_ll", "float")]
+POSITION_COLUMNS = [("id", "str"), ("pos", "int"), ("base", "str"), ("logprob", "float")]
+
+
+@dataclass
+class ScoreSummary:
+    sequences: int = 0
+    resumed: int = 0  # sequences done by an earlier, interrupted run
+    seconds: float = 0.0
+
+
+def run_score(model, records: Sequence, output: str | Path, *, format: str | None = None,
+              per_position: str | Path | None = None, prepend_bos: bool | None = None, batch_size: int = 8,
+              chunk_size: int | None = 8192, resume: bool = False, settings: dict | None = None,
+              metadata: dict | None = None, progress: Callable[[int], None] | None = None) -> ScoreSummary:
+    """Score ``records`` (objects with ``id`` and ``sequence``) and write the table ``output``
+    (``SCORE_COLUMNS``; ``-``: TSV on stdout) and, with ``per_position``, every scored position's
+    log-probability (``POSITION_COLUMNS``).
+
+    Writing to a file, the run keeps its progress in ``<output>.evo-partial``, one chunk of
+    ``batch_size * 16`` sequences at a time; ``resume=True`` continues an interrupted run whose
+    ``settings`` (identifying its inputs, see ``runs.run_settings``) are the same, and writes the
+    same bytes as an uninterrupted one. ``progress(n)``: called with the sequences finished."""
+    t0 = time.perf_counter()
+    fmt = check_table_output(output, format)
+    pos_fmt = check_table_output(per_position) if per_position else None
+    if resume and output in STDOUT:
+        raise InputError("resume needs an output file (progress is kept beside it)")
+    bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
+    store = None
+    if output not in STDOUT:
+        full = {**(settings or {}), "bos": bos, "batch_size": batch_size, "chunk_size": chunk_size, "format": fmt,
+                "per_position": per_position is not None, "metadata": metadata or {}}
+        store = Checkpoint(output, full, resume)
+    summary = ScoreSummary()
+    chunk_len = batch_size * _SORT_WINDOW_BATCHES
+    done = store.chunks() if store is not None else iter(())
+    try:
+        with contextlib.ExitStack() as stack:
+            write = stack.enter_context(table_writer(output, SCORE_COLUMNS, fmt, metadata))
+            write_pos = (stack.enter_context(table_writer(per_position, POSITION_COLUMNS, pos_fmt, metadata))
+                         if per_position else None)
+            for i in range(0, len(records), chunk_len):
+                chunk = records[i : i + chunk_len]
+                stored = next(done, None)
+                if stored is not None:
+                    summary.resumed += len(chunk)
+                else:
+                    scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size)
+                    stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if per_position else None]
+                              for s in scores]
+                    if store is not None:
+                        store.append(i // chunk_len, stored)
+                for rec, (length, first, mean, total, logprobs) in zip(chunk, stored, strict=True):
+                    if length != len(rec.sequence):
+                        raise InputError(f"{store.path}: sequence {rec.id!r} has another length than when the run "
+                                         "started; delete the file to start over")
+                    write([(rec.id, length, mean, total)])
+                    if write_pos:
+                        write_pos((rec.id, first + j + 1, rec.sequence[first + j], v) for j, v in enumerate(logprobs))
+                summary.sequences += len(chunk)
+                if progress:
+                    progress(len(chunk))
+    finally:
+        if store is not None:
+            store.close()
+    if store is not None:
+        store.remove()
+    summary.seconds = time.perf_counter() - t0
+    return summary

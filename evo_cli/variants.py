@@ -25,9 +25,7 @@ the end from the stored results, atomically, and the progress file is then remov
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from evo_cli.io.reference import Reference
 from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
 from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
+from evo_cli.runs import run_settings
 from evo_cli.scoring import score_windows, variant_windows
 
 log = logging.getLogger(__name__)
@@ -200,31 +199,6 @@ def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region]
         return sum(len(_statuses(rec, reference, skip_ref_mismatch)[1]) for rec in reader)
 
 
-def model_fingerprint(model) -> str:
-    """A short hash of the model's config and embedding weights: which model a progress file belongs to."""
-    h = hashlib.sha1(repr(model.config).encode())
-    h.update(model.embedding_layer.weight.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _file_identity(key: str, path: str | Path) -> dict:
-    """Path, size and modification time of an input: an edit that keeps the size still changes the time."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
-    return {key: os.path.abspath(path), f"{key}_bytes": st.st_size, f"{key}_mtime_ns": st.st_mtime_ns}
-
-
-def _kernel_backend(model) -> str:
-    """The kernel backend the model's ops run with here (``triton`` or ``torch``)."""
-    from evo_cli.kernels import resolve_backend
-
-    return resolve_backend(getattr(model, "kernels", "auto"), model.device)
-
-
 def run_score_variants(
     model,
     vcf: str | Path,
@@ -268,11 +242,10 @@ def run_score_variants(
     info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
             "evo_window": str(window), "evo_strand": strand, "evo_dtype": str(model.dtype).replace("torch.", ""),
             "evo_score": "mean log-likelihood of window positions 2..n (no BOS); EVO_DELTA = ALT - REF"}
-    settings = {**_file_identity("vcf", vcf), **_file_identity("fasta", fasta), "model": model_fingerprint(model),
-                "device": str(model.device), "kernels": _kernel_backend(model),
-                "window": window, "strand": strand, "regions": [str(r) for r in regions], "batch_size": batch_size,
-                "skip_ref_mismatch": skip_ref_mismatch, "share_prefix": share_prefix, "chunk_size": chunk_size,
-                "format": fmt, "model_name": info["evo_model"], "version": __version__}
+    settings = run_settings(model, {"vcf": vcf, "fasta": fasta}, window=window, strand=strand,
+                            regions=[str(r) for r in regions], batch_size=batch_size,
+                            skip_ref_mismatch=skip_ref_mismatch, share_prefix=share_prefix, chunk_size=chunk_size,
+                            format=fmt, model_name=info["evo_model"])
     store = Checkpoint(output, settings, resume) if to_file else None
     try:
         summary = _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch,

@@ -152,3 +152,63 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     res = run("--fasta", fa, "-o", tmp_path / "out.parquet", "--model", TINY, "--batch-size", 1)
     assert isinstance(res.exception, RuntimeError) and str(res.exception) == "interrupted"
     assert list(tmp_path.iterdir()) == [fa]
+
+
+@pytest.mark.parametrize("pool", ["mean", "none"])
+def test_resume_after_an_interruption_gives_the_same_file(tmp_path, pool):
+    """40 sequences in chunks of 16: stopped inside the third chunk, resumed after the second."""
+    import torch
+
+    import evo_cli
+    from evo_cli.embedding import run_embed
+    from evo_cli.io.embeddings import parts_dir
+    from evo_cli.io.fasta import read_fasta
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (40,), generator=g).tolist()
+    fa = write_fasta(tmp_path / "in.fa", [(f"s{i}", "".join("ACGT"[j] for j in torch.randint(0, 4, (n,), generator=g)))
+                                          for i, n in enumerate(lengths)])
+    records = read_fasta(fa)
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    kw = dict(layers=["blocks.1", "norm"], pool=pool, batch_size=1, settings={"input": "x"}, metadata={"m": "1"})
+    out = tmp_path / "out.parquet"
+    summary = run_embed(model, records, out, **kw)
+    assert (summary.sequences, summary.rows, summary.resumed) == (40, 2 * (sum(lengths) if pool == "none" else 40), 0)
+    expected = out.read_bytes()
+    out.unlink()
+
+    calls = []
+
+    def stop_in_third_chunk(n):  # one model call per sequence
+        calls.append(n)
+        if len(calls) == 35:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(model, records, out, progress=stop_in_third_chunk, **kw)
+    assert not out.exists() and sorted(p.name for p in parts_dir(out).iterdir()) == ["part-000000.parquet",
+                                                                                      "part-000001.parquet"]
+    with pytest.raises(evo_cli.InputError, match="add --resume"):
+        run_embed(model, records, out, **kw)
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(pool: "):
+        run_embed(model, records, out, resume=True, **{**kw, "pool": "max"})
+    summary = run_embed(model, records, out, resume=True, **kw)
+    assert summary.resumed == 32 and out.read_bytes() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "out.parquet"]
+    # the parts merged in order hold what the API computes
+    ref = evo_cli.embed(model, [r.sequence for r in records], ["norm"], pool=pool, batch_size=1)["norm"]
+    got = embedding_matrix(read_embeddings(out, layer="norm"))
+    ref = torch.cat(ref) if pool == "none" else ref
+    assert np.array_equal(got, ref.numpy()) and read_metadata(out)["m"] == "1"
+
+
+def test_cli_refuses_to_overwrite_progress_without_resume(tmp_path, capsys):
+    fa = write_fasta(tmp_path / "in.fa", [("a", "ACGT")])
+    out = tmp_path / "out.parquet"
+    (tmp_path / "out.parquet.evo-partial").write_text(json.dumps({"format": "evo-partial/1", "settings": {}}) + "\n")
+    code, err = run_failing(capsys, "--fasta", fa, "-o", out, "--model", TINY)
+    assert code == 1 and "add --resume" in err and err.count("\n") == 1
+    code, err = run_failing(capsys, "--fasta", fa, "-o", out, "--model", TINY, "--resume")
+    assert code == 1 and "cannot resume, the settings differ" in err and "fasta_mtime_ns" in err
+    res = run("--fasta", fa, "-o", tmp_path / "fresh.parquet", "--model", TINY, "--resume")  # nothing to resume: a new run
+    assert res.exit_code == 0 and read_embeddings(tmp_path / "fresh.parquet").num_rows == 1

@@ -95,3 +95,59 @@ def test_cli_and_api_give_the_same_numbers(tmp_path):
     pos = pd.read_csv(tmp_path / "p.tsv", sep="\t")
     assert pos[pos.id == "b"].logprob.tolist() == scores[2].logprobs.tolist()
     assert pos[pos.id == "b"].pos.tolist() == list(range(2, 15)) and "".join(pos[pos.id == "b"].base) == seqs["b"][1:]
+
+
+def test_resume_writes_the_same_bytes(tmp_path):
+    """A run stopped after two chunks leaves its progress; resuming it gives the uninterrupted outputs."""
+    from pathlib import Path
+
+    import evo_cli
+    from evo_cli.io.fasta import read_fasta
+    from evo_cli.runs import run_settings
+    from evo_cli.scoring import run_score
+
+    g = torch.Generator().manual_seed(0)
+    fa = tmp_path / "in.fa"
+    fa.write_text("".join(format_fasta(f"s{i}", "".join("ACGT"[j] for j in torch.randint(0, 4, (n,), generator=g)))
+                          for i, n in enumerate(torch.randint(1, 40, (40,), generator=g).tolist())))
+    records = read_fasta(fa)
+    model = evo_cli.load_model(CASES[1], device="cpu", dtype="float32")
+    settings = run_settings(model, {"fasta": fa})
+    kw = dict(per_position=tmp_path / "pos.parquet", batch_size=1, settings=settings, metadata={"m": "x"})
+    out, partial = tmp_path / "scores.tsv", Path(str(tmp_path / "scores.tsv") + ".evo-partial")
+    run_score(model, records, out, **kw)
+    expected = out.read_bytes(), (tmp_path / "pos.parquet").read_bytes()
+    out.unlink()
+
+    calls = []
+
+    def stop_after_two(n):  # chunks of 16 sequences: 16, 16, 8
+        calls.append(n)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_score(model, records, out, progress=stop_after_two, **kw)
+    assert calls == [16, 16] and not out.exists() and partial.read_text().count("\n") == 3
+    with pytest.raises(evo_cli.InputError, match="add --resume"):
+        run_score(model, records, out, **kw)
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(batch_size: 1 then, 2 now\)"):
+        run_score(model, records, out, resume=True, **{**kw, "batch_size": 2})
+    done = []
+    summary = run_score(model, records, out, resume=True, progress=done.append, **kw)
+    assert (summary.sequences, summary.resumed, done) == (40, 32, [16, 16, 8])
+    assert (out.read_bytes(), (tmp_path / "pos.parquet").read_bytes()) == expected and not partial.exists()
+
+
+def test_cli_resume_refuses_stdout_and_an_edited_fasta(tmp_path):
+    fa = tmp_path / "in.fa"
+    fa.write_text(format_fasta("s", "ACGTACGT"))
+    code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], "--resume")
+    assert code == 2 and "--resume needs an output file" in err
+    out = tmp_path / "o.tsv"
+    partial = tmp_path / "o.tsv.evo-partial"
+    partial.write_text(json.dumps({"format": "evo-partial/1", "settings": {}}) + "\n")
+    code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], "-o", out)
+    assert code == 1 and "add --resume" in err and err.count("\n") == 1
+    code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], "-o", out, "--resume")
+    assert code == 1 and "cannot resume, the settings differ" in err and "fasta_mtime_ns" in err

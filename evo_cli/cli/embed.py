@@ -7,7 +7,7 @@ import click
 from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
 from evo_cli.io.fasta import STRANDS
 
-from .options import command_line, is_quiet, load_model_cli, model_options, progress_bar
+from .options import command_line, echo, hint_on_interrupt, is_quiet, load_model_cli, model_options, progress_bar
 
 
 @click.command()
@@ -24,21 +24,26 @@ from .options import command_line, is_quiet, load_model_cli, model_options, prog
               help="Sequences per batch (sequences up to --chunk-size bases).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE, show_default=True,
               help="Longer sequences run alone in chunks of this many bases (bounds memory; exact).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @model_options
-def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, model, device, dtype, kernels):
+def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, model, device, dtype, kernels):
     """Embed the sequences of a FASTA file with a model's hidden states; write Parquet.
 
     Pooled: one row per (sequence, layer) with id, length, layer, pooling and embedding (a
     fixed-size float32 list). --pool none: one row per (sequence, layer, position), plus position.
     """
     from evo_cli import __version__
-    from evo_cli.embedding import default_layer, iter_embeddings, resolve_layers
-    from evo_cli.io.embeddings import open_embedding_writer
+    from evo_cli.embedding import default_layer, resolve_layers, run_embed
+    from evo_cli.io.atomic import check_output_path
     from evo_cli.io.fasta import read_fasta
+    from evo_cli.io.partial import check_fresh
     from evo_cli.registry import known_model
+    from evo_cli.runs import run_settings
 
     if output == "-":
         raise click.UsageError("embeddings are written as Parquet: give a file path with -o")
+    check_output_path(output)
+    check_fresh(output, resume)
     records = read_fasta(fasta)
     net = load_model_cli(model, device, dtype, kernels)
     config = net.config
@@ -47,17 +52,16 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, model, de
         spec = known_model(config)
         why = (f"recommended for {spec.name}" if spec
                else "the middle block's MLP output; no recommended layer for this model")
-        click.echo(f"evo: embedding layer {default_layer(config)} ({why}); choose with --layer", err=True)
-    command = command_line(values={"layers": names})
+        echo(f"embedding layer {default_layer(config)} ({why}); choose with --layer")
+    # --resume is left out: a resumed run writes the same bytes as an uninterrupted one
+    command = command_line(values={"layers": names}, skip=("resume",))
     metadata = {"model": str(model), "model_name": config.name, "family": config.family,
                 "dtype": str(net.dtype).removeprefix("torch."), "evo_version": __version__, "command": command,
                 "layers": names, "pooling": pool, "strand": strand, "chunk_size": chunk_size, "hidden_size": config.hidden_size}
     strands = 2 if strand == "both" else 1
-    with open_embedding_writer(output, config.hidden_size, pool == "none", metadata) as writer, \
+    with hint_on_interrupt(output), \
             progress_bar("embedding", strands * sum(len(r.sequence) for r in records), "bases") as advance:
-        pieces = iter_embeddings(net, [r.sequence for r in records], names, pool, strand, batch_size, chunk_size, advance)
-        for e in pieces:
-            r = records[e.index]
-            writer.write(r.id, len(r.sequence), e.layer, pool, e.values.numpy(), e.start)
-    if not is_quiet():
-        click.echo(f"evo: wrote {writer.rows:,} rows ({len(records):,} sequences x {len(names)} layer(s)) to {output}", err=True)
+        summary = run_embed(net, records, output, names, pool, strand, batch_size, chunk_size, resume=resume,
+                            settings=run_settings(net, {"fasta": fasta}), metadata=metadata, progress=advance)
+    echo(f"wrote {summary.rows:,} rows ({summary.sequences:,} sequences x {len(names)} layer(s)) to {output}"
+         + (f"; {summary.resumed:,} sequences done before resuming" if summary.resumed else ""))

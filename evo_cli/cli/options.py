@@ -138,3 +138,22 @@ def progress_bar(description: str, total: int | None, unit: str):
                 prog.update(task, rate=f"{t.completed / t.elapsed:,.1f} {unit}/s")
 
         yield advance
+
+
+def echo(message: str) -> None:
+    """``evo: message`` on stderr, unless -q."""
+    if not is_quiet():
+        click.echo(f"evo: {message}", err=True)
+
+
+@contextlib.contextmanager
+def hint_on_interrupt(output):
+    """On Ctrl-C, say where an interrupted run's progress is kept (``io/partial.py``) and how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from evo_cli.io.partial import sidecar_path
+
+        if output != "-" and sidecar_path(output).exists():
+            echo(f"progress is kept in {sidecar_path(output)}: add --resume to the same command to continue")
+        raise

@@ -6,12 +6,7 @@ import click
 
 from evo_cli.io.fasta import STRANDS
 
-from .options import command_line, is_quiet, load_model_cli, model_options, progress_bar
-
-
-def _echo(message: str) -> None:
-    if not is_quiet():
-        click.echo(f"evo: {message}", err=True)
+from .options import command_line, echo, hint_on_interrupt, load_model_cli, model_options, progress_bar
 
 
 @click.command("score-variants")
@@ -47,7 +42,6 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     evo score-variants --vcf clinvar.vcf.gz --fasta GRCh38.fa -m evo2_7b -o scored.vcf.gz
     evo score-variants --vcf in.vcf --fasta ref.fa -m evo2_7b -o scores.tsv --strand both --region chr17:41196312-41277500
     """
-    from evo_cli.io.partial import sidecar_path
     from evo_cli.io.vcf import parse_region, read_bed
     from evo_cli.variants import check_output, check_variants, run_score_variants
 
@@ -60,25 +54,20 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     loaded = load_model_cli(model, device, dtype, kernels)
     # --resume is left out: a resumed run writes the same bytes as an uninterrupted one
     command = command_line(skip=("resume",))
-    try:
-        with progress_bar("scoring", total, "variants") as advance:
-            summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
-                                         regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
-                                         share_prefix=not no_share, chunk_size=chunk_size, resume=resume,
-                                         model_name=model, command=command, progress=advance)
-    except KeyboardInterrupt:
-        if output != "-" and sidecar_path(output).exists():
-            _echo(f"progress is kept in {sidecar_path(output)}: add --resume to the same command to continue")
-        raise
+    with hint_on_interrupt(output), progress_bar("scoring", total, "variants") as advance:
+        summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
+                                     regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
+                                     share_prefix=not no_share, chunk_size=chunk_size, resume=resume,
+                                     model_name=model, command=command, progress=advance)
     new = summary.variants - summary.resumed
     rate = f", {new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new else ""
-    _echo(f"scored {summary.scored:,} of {summary.variants:,} variants ({summary.records:,} records) "
+    echo(f"scored {summary.scored:,} of {summary.variants:,} variants ({summary.records:,} records) "
           f"in {summary.seconds:,.1f} s{rate}" + (f"; {summary.resumed:,} done before resuming" if summary.resumed else ""))
     if summary.skipped:
         reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.skipped.most_common())
-        _echo(f"skipped {sum(summary.skipped.values()):,}: {reasons}")
+        echo(f"skipped {sum(summary.skipped.values()):,}: {reasons}")
     if summary.indexed is False and (fmt == "vcf.gz" or str(output).endswith((".vcf.gz", ".vcf.bgz"))):
-        _echo(f"warning: {output} is not indexed: its records are not sorted by position (sort the input VCF, "
+        echo(f"warning: {output} is not indexed: its records are not sorted by position (sort the input VCF, "
               f"e.g. bcftools sort, for a tabix index)")
 
 
@@ -104,38 +93,40 @@ def _same_output(a: str, b: str) -> bool:
               help="Sequences longer than this run in chunks of this many tokens with a carried state (bounded memory).")
 @click.option("--per-position", metavar="PATH", default=None,
               help="Also write every scored position's log-probability: id, pos (1-based), base, logprob (.tsv or .parquet).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @model_options
-def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, model, device, dtype, kernels):
+def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, resume, model, device, dtype, kernels):
     """Log-likelihood of each sequence under the model: id, length, mean_ll, sum_ll.
 
     \b
     evo score --fasta seqs.fa -m evo2_7b -o scores.tsv
     """
-    import contextlib
-
     from evo_cli._version import __version__
     from evo_cli.io.fasta import read_fasta
-    from evo_cli.io.tables import check_table_output, table_writer
-    from evo_cli.scoring import default_prepend_bos, iter_sequence_scores
+    from evo_cli.io.partial import check_fresh
+    from evo_cli.io.tables import check_table_output
+    from evo_cli.runs import run_settings
+    from evo_cli.scoring import default_prepend_bos, run_score
 
-    out_fmt = check_table_output(output, fmt)
-    pos_fmt = check_table_output(per_position) if per_position else None
+    check_table_output(output, fmt)
+    if per_position:
+        check_table_output(per_position)
     if per_position and _same_output(output, per_position):
         raise click.UsageError(f"--per-position and -o are both {output}: give them different files")
+    if resume and output == "-":
+        raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
+    if output != "-":
+        check_fresh(output, resume)
     records = read_fasta(fasta)
     loaded = load_model_cli(model, device, dtype, kernels)
     prepend = default_prepend_bos(loaded) if bos is None else bos
     meta = {"evo_version": __version__, "evo_model": model, "evo_dtype": str(loaded.dtype).replace("torch.", ""),
             "evo_bos": str(prepend).lower()}
-    columns = [("id", "str"), ("length", "int"), ("mean_ll", "float"), ("sum_ll", "float")]
-    pos_columns = [("id", "str"), ("pos", "int"), ("base", "str"), ("logprob", "float")]
-    with contextlib.ExitStack() as stack:
-        write = stack.enter_context(table_writer(output, columns, out_fmt, meta))
-        write_pos = stack.enter_context(table_writer(per_position, pos_columns, pos_fmt, meta)) if per_position else None
-        advance = stack.enter_context(progress_bar("scoring", len(records), "sequences"))
-        scores = iter_sequence_scores(loaded, (r.sequence for r in records), prepend, batch_size, chunk_size)
-        for rec, s in zip(records, scores, strict=True):
-            write([(rec.id, s.length, s.mean, s.sum)])
-            if write_pos:
-                write_pos((rec.id, s.first + i + 1, rec.sequence[s.first + i], v) for i, v in enumerate(s.logprobs.tolist()))
-            advance(1)
+    with hint_on_interrupt(output), progress_bar("scoring", len(records), "sequences") as advance:
+        summary = run_score(loaded, records, output, format=fmt, per_position=per_position, prepend_bos=prepend,
+                            batch_size=batch_size, chunk_size=chunk_size, resume=resume,
+                            settings=run_settings(loaded, {"fasta": fasta}), metadata=meta, progress=advance)
+    new = summary.sequences - summary.resumed
+    rate = f", {new / summary.seconds:,.1f} sequences/s" if summary.seconds > 0 and new else ""
+    echo(f"scored {summary.sequences:,} sequences in {summary.seconds:,.1f} s{rate}"
+          + (f"; {summary.resumed:,} done before resuming" if summary.resumed else ""))

@@ -15,18 +15,25 @@ Two layouts, chosen by the pooling:
 reshaped to ``[rows, D]`` is a zero-copy view (``embedding_matrix``). Key-value metadata records how
 the file was made (model, dtype, evo version, command, pooling, strand, chunk size, layers).
 The file is written to a temporary name and renamed on success: a failed run leaves nothing.
+
+A run that writes a file (``evo embed``, ``embedding.run_embed``) writes it in parts, one per chunk
+of sequences, into ``<output>.evo-partial.d/`` beside the progress file ``<output>.evo-partial``
+(``io/partial.py``); ``merge_parts`` then makes the output from them (a lone part is renamed, not
+copied), so that an interrupted run can resume after its last complete part.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evo_cli.errors import InputError
 
 from .atomic import atomic_path
+from .partial import SUFFIX
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,6 +96,15 @@ class EmbeddingWriter:
         if self._buffered_bytes >= _ROW_GROUP_BYTES:
             self.flush()
 
+    def write_table(self, table: pa.Table) -> None:
+        """Rows read back from another embeddings file of the same schema."""
+        for batch in table.cast(self.schema).to_batches():
+            self._buffer.append(batch)
+            self._buffered_bytes += batch.nbytes
+            self.rows += batch.num_rows
+        if self._buffered_bytes >= _ROW_GROUP_BYTES:
+            self.flush()
+
     def flush(self) -> None:
         import pyarrow as pa
 
@@ -112,6 +128,26 @@ def open_embedding_writer(path: str | Path, dim: int, per_position: bool, metada
             writer._writer.close()
             raise
         writer.close()
+
+
+def parts_dir(output: str | Path) -> Path:
+    """Where a run writing ``output`` keeps its finished parts."""
+    return Path(str(output) + SUFFIX + ".d")
+
+
+def merge_parts(parts: list[Path], output: str | Path, dim: int, per_position: bool, metadata: dict | None = None) -> None:
+    """Make ``output`` from the (complete, fsynced) part files, in order: a lone part is renamed to
+    ``output``; more are copied row group by row group into a new file, renamed when complete."""
+    import pyarrow.parquet as pq
+
+    if len(parts) == 1:
+        os.replace(parts[0], output)
+        return
+    with open_embedding_writer(output, dim, per_position, metadata) as writer:
+        for part in parts:
+            pf = pq.ParquetFile(str(part))
+            for i in range(pf.num_row_groups):
+                writer.write_table(pf.read_row_group(i))
 
 
 def _check(path: str | Path) -> Path:

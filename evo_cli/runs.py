@@ -1,0 +1,49 @@
+"""What identifies a resumable run (``io/partial.py``): its input files, the model and where it runs.
+
+A progress file is resumed only by a run with the same settings: the same inputs (path, size and
+modification time), the same model weights, device, kernel backend and evo version, and the same
+options that change the output."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from evo_cli._version import __version__
+from evo_cli.errors import InputError
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the model's config and embedding weights: which model a progress file belongs to."""
+    h = hashlib.sha1(repr(model.config).encode())
+    h.update(model.embedding_layer.weight.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def file_identity(key: str, path: str | Path) -> dict:
+    """Path, size and modification time of an input: an edit that keeps the size still changes the time."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    return {key: os.path.abspath(path), f"{key}_bytes": st.st_size, f"{key}_mtime_ns": st.st_mtime_ns}
+
+
+def kernel_backend(model) -> str:
+    """The kernel backend the model's ops run with here (``triton`` or ``torch``)."""
+    from evo_cli.kernels import resolve_backend
+
+    return resolve_backend(getattr(model, "kernels", "auto"), model.device)
+
+
+def run_settings(model, inputs: dict[str, str | Path], **options) -> dict:
+    """The settings a progress file records: ``inputs`` ({key: path}) identified by ``file_identity``,
+    the model, device, kernels and version, and ``options``."""
+    settings = {}
+    for key, path in inputs.items():
+        settings.update(file_identity(key, path))
+    return {**settings, "model": model_fingerprint(model), "device": str(model.device),
+            "kernels": kernel_backend(model), "version": __version__, **options}
