@@ -31,11 +31,15 @@ import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from evo_cli.errors import EvoError, InputError
+from evo_cli.io.atomic import STDOUT
+from evo_cli.io.generated import output_format, write_generations
+from evo_cli.io.partial import Checkpoint, stored_settings
 from evo_cli.model.tokenizer import decode, encode
 from evo_cli.sampling import check_sampling, sample_tokens, token_logprobs
 
@@ -89,7 +93,6 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
     return named
 
 
-@torch.inference_mode()
 def generate(
     model,
     prompts: str | Sequence[str] | Mapping[str, str],
@@ -112,38 +115,121 @@ def generate(
     (None: one pass). ``progress(n)`` is called after every step with the tokens it generated.
     Returns the generations in prompt order, samples in order within a prompt.
     """
-    check_sampling(temperature, top_k, top_p)
-    for name, value in (("n_tokens", n_tokens), ("num_samples", num_samples), ("batch_size", batch_size),
-                        ("prefill_chunk", prefill_chunk)):
-        if value is not None and value < 1:
-            raise InputError(f"{name} must be at least 1, got {value}")
-    if seed is not None and seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed}")
-    named = prepare_prompts(prompts)
-    ids = [encode(seq) for seq in named.values()]
-    context = model.config.max_seqlen
-    for pid, t in zip(named, ids):
-        if len(t) + n_tokens > context:
-            raise InputError(f"prompt {pid!r} ({len(t)} tokens) + {n_tokens} new tokens = {len(t) + n_tokens} "
-                             f"positions, past the model's context of {context}")
-    if seed is None:
-        seed = secrets.randbits(32)
-        log.info("seed %d", seed)
-    greedy = top_k == 1
-    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    rows = [(i, k) for i in range(len(ids)) for k in range(num_samples)]
-    names = list(named)
+    run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk,
+               dict(temperature=temperature, top_k=top_k, top_p=top_p))
+    out = {}
+    for batch in run.batches:
+        out.update(zip(batch, run.generate(batch, progress)))
+    return [out[r] for r in run.rows]
+
+
+def run_generate(
+    model,
+    prompts: str | Sequence[str] | Mapping[str, str],
+    n_tokens: int,
+    output: str | Path | None,
+    *,
+    format: str = "auto",
+    resume: bool = False,
+    settings: dict | None = None,
+    header: dict | None = None,
+    temperature: float = 1.0,
+    top_k: int = 4,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    seed: int | None = None,
+    batch_size: int = 8,
+    prefill_chunk: int | None = 8192,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[Generation], int]:
+    """``generate`` and write the generations to ``output`` (FASTA or JSONL, see ``io/generated.py``;
+    ``header``: the settings written with each record). Returns (generations, how many of them an
+    interrupted run had made).
+
+    Writing to a file, each finished batch is kept in ``<output>.evo-partial``; ``resume=True``
+    continues an interrupted run with the same ``settings`` (``runs.run_settings``) and sampling
+    options, and writes what the uninterrupted run would have: every row has its own random stream.
+    ``seed=None`` when resuming takes the interrupted run's seed."""
+    fmt = output_format(output, format)
+    to_file = output not in STDOUT
+    if resume and not to_file:
+        raise InputError("resume needs an output file (progress is kept beside it)")
+    if seed is None and resume and to_file:
+        seed = (stored_settings(output) or {}).get("seed")
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk, sampling)
+    store = None
+    if to_file:
+        store = Checkpoint(output, {**(settings or {}), **sampling, "prompts": run.prompts, "n_tokens": n_tokens,
+                                    "num_samples": num_samples, "seed": run.seed, "batch_size": batch_size,
+                                    "prefill_chunk": prefill_chunk, "format": fmt, "header": header or {}}, resume)
     out: dict[tuple[int, int], Generation] = {}
-    for batch in _batches(rows, [len(t) for t in ids], batch_size):
-        uniforms = None if greedy else torch.stack([_uniforms(seed, i, k, n_tokens) for i, k in batch])
-        tokens, logprobs, nan_rows = _run_batch(model, ids, [i for i, _ in batch], uniforms, n_tokens, settings,
-                                                prefill_chunk, progress)
+    resumed = 0
+    try:
+        done = store.chunks() if store is not None else iter(())
+        for b, batch in enumerate(run.batches):
+            stored = next(done, None)
+            if stored is not None:
+                gens = [Generation(run.names[i], k, tuple(t), lp, run.seed) for i, k, t, lp in stored]
+                resumed += len(gens)
+                if progress:
+                    progress(len(batch) * n_tokens)
+            else:
+                gens = run.generate(batch, progress)
+                if store is not None:
+                    store.append(b, [[i, k, list(g.token_ids), g.logprob_mean] for (i, k), g in zip(batch, gens)])
+            out.update(zip(batch, gens))
+        generations = [out[r] for r in run.rows]
+        write_generations(output, generations, header or {}, fmt)
+    finally:
+        if store is not None:
+            store.close()
+    if store is not None:
+        store.remove()
+    return generations, resumed
+
+
+class _Run:
+    """One generation job: validated prompts, its seed, its rows (prompt, sample) and their batches."""
+
+    def __init__(self, model, prompts, n_tokens: int, num_samples: int, seed: int | None, batch_size: int,
+                 prefill_chunk: int | None, sampling: dict):
+        check_sampling(**sampling)
+        for name, value in (("n_tokens", n_tokens), ("num_samples", num_samples), ("batch_size", batch_size),
+                            ("prefill_chunk", prefill_chunk)):
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        if seed is not None and seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed}")
+        self.prompts = prepare_prompts(prompts)
+        self.names = list(self.prompts)
+        self.ids = [encode(seq) for seq in self.prompts.values()]
+        context = model.config.max_seqlen
+        for pid, t in zip(self.names, self.ids):
+            if len(t) + n_tokens > context:
+                raise InputError(f"prompt {pid!r} ({len(t)} tokens) + {n_tokens} new tokens = {len(t) + n_tokens} "
+                                 f"positions, past the model's context of {context}")
+        if seed is None:
+            seed = secrets.randbits(32)
+            log.info("seed %d", seed)
+        self.model, self.n_tokens, self.seed, self.sampling, self.prefill_chunk = model, n_tokens, seed, sampling, prefill_chunk
+        self.rows = [(i, k) for i in range(len(self.ids)) for k in range(num_samples)]
+        self.batches = list(_batches(self.rows, [len(t) for t in self.ids], batch_size))
+
+    @torch.inference_mode()
+    def generate(self, batch: list[tuple[int, int]], progress) -> list[Generation]:
+        """The generations of one batch of rows, in the batch's order."""
+        greedy = self.sampling["top_k"] == 1
+        uniforms = None if greedy else torch.stack([_uniforms(self.seed, i, k, self.n_tokens) for i, k in batch])
+        tokens, logprobs, nan_rows = _run_batch(self.model, self.ids, [i for i, _ in batch], uniforms, self.n_tokens,
+                                                self.sampling, self.prefill_chunk, progress)
+        out = []
         for r, (i, k) in enumerate(batch):
             if nan_rows[r]:
-                raise EvoError(f"the model produced NaN logits while sampling after prompt {names[i]!r} "
+                raise EvoError(f"the model produced NaN logits while sampling after prompt {self.names[i]!r} "
                                "(numerical overflow: try dtype float32)")
-            out[i, k] = Generation(names[i], k, tuple(tokens[r]), float(logprobs[r]), seed)
-    return [out[r] for r in rows]
+            out.append(Generation(self.names[i], k, tuple(tokens[r]), float(logprobs[r]), self.seed))
+        return out
 
 
 def _uniforms(seed: int, prompt_index: int, sample: int, n: int) -> torch.Tensor:

@@ -140,3 +140,42 @@ def _main_err(args):
         except SystemExit as e:
             code = e.code
     return code, err.getvalue()
+
+
+def test_resume_takes_the_interrupted_runs_seed_and_gives_its_output(tmp_path):
+    """9 rows in 5 batches of 2: stopped in the third batch, resumed with the stored seed."""
+    from pathlib import Path
+
+    import evo_cli
+    from evo_cli.generation import run_generate
+
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    prompts = {"a": "ACGTAC", "b": "GGATCC", "c": "TTAGCA"}
+    kw = dict(num_samples=3, batch_size=2, settings={"run": 1}, header={"model": "tiny"})
+    out, partial = tmp_path / "gen.jsonl", Path(str(tmp_path / "gen.jsonl") + ".evo-partial")
+    steps = []
+
+    def stop_in_third_batch(n):  # one call per generated step, 5 per batch
+        steps.append(n)
+        if len(steps) == 11:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(model, prompts, 5, out, progress=stop_in_third_batch, **kw)
+    assert not out.exists() and partial.read_text().count("\n") == 3
+    with pytest.raises(InputError, match="add --resume"):
+        run_generate(model, prompts, 5, out, **kw)
+    with pytest.raises(InputError, match=r"settings differ \(seed: "):
+        run_generate(model, prompts, 5, out, resume=True, seed=7, **kw)
+    gens, resumed = run_generate(model, prompts, 5, out, resume=True, **kw)
+    assert resumed == 4 and not partial.exists() and len(gens) == 9
+    seed = gens[0].seed
+    resumed_bytes = out.read_bytes()
+    out.unlink()
+    fresh, _ = run_generate(model, prompts, 5, out, seed=seed, **kw)
+    assert out.read_bytes() == resumed_bytes and fresh == gens
+
+
+def test_cli_resume_needs_a_file():
+    res = _run(["-m", TINY, "-p", "ACGT", "--resume"])
+    assert res.exit_code == 2 and "--resume needs an output file" in res.output

@@ -6,7 +6,7 @@ import click
 
 from evo_cli._version import __version__
 
-from .options import load_model_cli, model_options, progress_bar
+from .options import echo, hint_on_interrupt, load_model_cli, model_options, progress_bar
 
 
 @click.command()
@@ -33,23 +33,27 @@ from .options import load_model_cli, model_options, progress_bar
 @click.option("--format", "fmt", type=click.Choice(["auto", "fasta", "jsonl"]), default="auto", show_default=True,
               help="Output format; auto: .jsonl is JSON Lines, .fa/.fasta/.fna/.fas (and stdout) FASTA.")
 @click.option("-o", "--output", default="-", metavar="PATH", help="Output file [default: stdout].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command (same seed).")
 def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p,
-             num_samples, seed, batch_size, prefill_chunk, fmt, output):
+             num_samples, seed, batch_size, prefill_chunk, fmt, output, resume):
     """Generate DNA after each prompt: one record per (prompt, sample), the prompt not included.
 
     \b
     evo generate --model evo2_7b --prompt ACGTACGT -n 1000 -o gen.fa
     evo generate --model evo2_7b --prompts prompts.fa --num-samples 4 --seed 1 -o gen.jsonl
     """
-    from evo_cli.generation import generate as run_generate
-    from evo_cli.generation import prepare_prompts
+    from evo_cli.generation import prepare_prompts, run_generate
     from evo_cli.io.fasta import read_fasta
-    from evo_cli.io.generated import output_format, write_generations
+    from evo_cli.io.generated import output_format
+    from evo_cli.io.partial import check_fresh
+    from evo_cli.runs import run_settings
 
     if bool(prompt_seqs) == bool(prompts_fasta):
         raise click.UsageError("give prompts with --prompt SEQ (repeatable) or --prompts FASTA, one of the two")
     if temperature == 0 and top_k != 1:
         raise click.UsageError("--temperature 0 means greedy decoding: add --top-k 1, or give a temperature > 0")
+    if resume and output == "-":
+        raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     if prompts_fasta:
         prompts = {r.id: r.sequence for r in read_fasta(prompts_fasta, uppercase=False, alphabet=None)}
     else:
@@ -57,12 +61,16 @@ def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens
     # validate before the (possibly slow) model load
     prompts = prepare_prompts(prompts)
     output_format(output, fmt)
+    if output != "-":
+        check_fresh(output, resume)
     lm = load_model_cli(model, device, dtype, kernels)
     total = len(prompts) * num_samples * n_tokens
-    with progress_bar("generating", total, "tokens") as advance:
-        generations = run_generate(lm, prompts, n_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   num_samples=num_samples, seed=seed, batch_size=batch_size,
-                                   prefill_chunk=prefill_chunk, progress=advance)
-    settings = {"n_tokens": n_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "model": model,
-                "evo": __version__}
-    write_generations(output, generations, settings, fmt)
+    header = {"n_tokens": n_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "model": model,
+              "evo": __version__}
+    with hint_on_interrupt(output), progress_bar("generating", total, "tokens") as advance:
+        _, resumed = run_generate(lm, prompts, n_tokens, output, format=fmt, resume=resume,
+                                  settings=run_settings(lm, {}), header=header, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                                  prefill_chunk=prefill_chunk, progress=advance)
+    if resumed:
+        echo(f"{resumed:,} of {len(prompts) * num_samples:,} sequences were done before resuming")

@@ -35,6 +35,16 @@ def check_fresh(output: str | Path, resume: bool) -> None:
                          f"continue it, or delete the file to start over")
 
 
+def stored_settings(output: str | Path) -> dict | None:
+    """The settings recorded by an interrupted run of ``output``, or None (no or unreadable progress file)."""
+    try:
+        with open(sidecar_path(output), encoding="utf-8") as fh:
+            head = json.loads(fh.readline())
+        return head["settings"] if head.get("format") == _FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 class Checkpoint:
     """Completed chunks of one run, keyed by the run's ``settings`` (a JSON-able dict)."""
 
