@@ -1,6 +1,8 @@
 """Sampling DNA from a model: a parallel prefill over the prompt, then one recurrent step per token.
 
-``generate(model, prompts, n_tokens=...)`` returns one ``Generation`` per (prompt, sample).
+``generate(model, prompts, n_tokens=...)`` returns one ``Generation`` per (prompt, sample);
+``run_generate`` also writes them to a file, keeping each finished batch so that an interrupted run
+can resume (the rows' independent random streams make the resumed output the uninterrupted one).
 
 How a batch runs. Rows are (prompt, sample) pairs, sorted by prompt length and cut into batches of
 at most ``batch_size`` rows whose prompt lengths differ by at most ``MAX_LENGTH_SPREAD`` tokens. One
@@ -212,7 +214,11 @@ class _Run:
         if seed is None:
             seed = secrets.randbits(32)
             log.info("seed %d", seed)
-        self.model, self.n_tokens, self.seed, self.sampling, self.prefill_chunk = model, n_tokens, seed, sampling, prefill_chunk
+        self.model = model
+        self.n_tokens = n_tokens
+        self.seed = seed
+        self.sampling = sampling
+        self.prefill_chunk = prefill_chunk
         self.rows = [(i, k) for i in range(len(self.ids)) for k in range(num_samples)]
         self.batches = list(_batches(self.rows, [len(t) for t in self.ids], batch_size))
 
