@@ -380,37 +380,36 @@ def run_embed(
     summary, parts = EmbedSummary(), []
     chunk_len = batch_size * _SORT_WINDOW_BATCHES
     try:
-        for k, i in enumerate(range(0, len(records), chunk_len)):
-            chunk = records[i : i + chunk_len]
-            part = folder / f"part-{k:06d}.parquet"
-            if k < len(stored):
-                if not part.is_file():
-                    raise InputError(f"{part}: missing, though {store.path} records it; delete both to start over")
-                rows = stored[k]
-                summary.resumed += len(chunk)
-                if progress:
-                    progress((2 if strand == "both" else 1) * sum(len(r.sequence) for r in chunk))
+        with store:
+            for k, i in enumerate(range(0, len(records), chunk_len)):
+                chunk = records[i : i + chunk_len]
+                part = folder / f"part-{k:06d}.parquet"
+                if k < len(stored):
+                    if not part.is_file():
+                        raise InputError(f"{part}: missing, though {store.path} records it; delete both to start over")
+                    rows = stored[k]
+                    summary.resumed += len(chunk)
+                    if progress:
+                        progress((2 if strand == "both" else 1) * sum(len(r.sequence) for r in chunk))
+                else:
+                    with open_embedding_writer(part, dim, per_position, metadata) as writer:
+                        for e in iter_embeddings(model, [r.sequence for r in chunk], layers, pool, strand, batch_size,
+                                                 chunk_size, progress):
+                            r = chunk[e.index]
+                            writer.write(r.id, len(r.sequence), e.layer, pool, e.values.numpy(), e.start)
+                    rows = writer.rows
+                    store.append(k, [[part.name, rows]])
+                parts.append(part)
+                summary.sequences += len(chunk)
+                summary.rows += rows
+            if parts:
+                merge_parts(parts, output, dim, per_position, metadata)
             else:
-                with open_embedding_writer(part, dim, per_position, metadata) as writer:
-                    for e in iter_embeddings(model, [r.sequence for r in chunk], layers, pool, strand, batch_size,
-                                             chunk_size, progress):
-                        r = chunk[e.index]
-                        writer.write(r.id, len(r.sequence), e.layer, pool, e.values.numpy(), e.start)
-                rows = writer.rows
-                store.append(k, [[part.name, rows]])
-            parts.append(part)
-            summary.sequences += len(chunk)
-            summary.rows += rows
-        if parts:
-            merge_parts(parts, output, dim, per_position, metadata)
-        else:
-            with open_embedding_writer(output, dim, per_position, metadata):
-                pass
+                with open_embedding_writer(output, dim, per_position, metadata):
+                    pass
     finally:
-        store.close()
         if store.done == 0:  # nothing to resume: leave nothing behind
             shutil.rmtree(folder, ignore_errors=True)
-    store.remove()
     shutil.rmtree(folder, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -28,6 +28,7 @@ every ``Generation``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -167,7 +168,7 @@ def run_generate(
                                     "prefill_chunk": prefill_chunk, "format": fmt, "header": header or {}}, resume)
     out: dict[tuple[int, int], Generation] = {}
     resumed = 0
-    try:
+    with store or contextlib.nullcontext():
         done = store.chunks() if store is not None else iter(())
         for b, batch in enumerate(run.batches):
             stored = next(done, None)
@@ -183,11 +184,6 @@ def run_generate(
             out.update(zip(batch, gens))
         generations = [out[r] for r in run.rows]
         write_generations(output, generations, header or {}, fmt)
-    finally:
-        if store is not None:
-            store.close()
-    if store is not None:
-        store.remove()
     return generations, resumed
 
 

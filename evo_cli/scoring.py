@@ -294,36 +294,32 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
     summary = ScoreSummary()
     chunk_len = batch_size * _SORT_WINDOW_BATCHES
     done = store.chunks() if store is not None else iter(())
-    try:
-        with contextlib.ExitStack() as stack:
-            write = stack.enter_context(table_writer(output, SCORE_COLUMNS, fmt, metadata))
-            write_pos = (stack.enter_context(table_writer(per_position, POSITION_COLUMNS, pos_fmt, metadata))
-                         if per_position else None)
-            for i in range(0, len(records), chunk_len):
-                chunk = records[i : i + chunk_len]
-                stored = next(done, None)
-                if stored is not None:
-                    summary.resumed += len(chunk)
-                else:
-                    scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size)
-                    stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if per_position else None]
-                              for s in scores]
-                    if store is not None:
-                        store.append(i // chunk_len, stored)
-                for rec, (length, first, mean, total, logprobs) in zip(chunk, stored, strict=True):
-                    if length != len(rec.sequence):
-                        raise InputError(f"{store.path}: sequence {rec.id!r} has another length than when the run "
-                                         "started; delete the file to start over")
-                    write([(rec.id, length, mean, total)])
-                    if write_pos:
-                        write_pos((rec.id, first + j + 1, rec.sequence[first + j], v) for j, v in enumerate(logprobs))
-                summary.sequences += len(chunk)
-                if progress:
-                    progress(len(chunk))
-    finally:
+    with contextlib.ExitStack() as stack:
         if store is not None:
-            store.close()
-    if store is not None:
-        store.remove()
+            stack.enter_context(store)  # left last: removed only once the outputs are in place
+        write = stack.enter_context(table_writer(output, SCORE_COLUMNS, fmt, metadata))
+        write_pos = (stack.enter_context(table_writer(per_position, POSITION_COLUMNS, pos_fmt, metadata))
+                     if per_position else None)
+        for i in range(0, len(records), chunk_len):
+            chunk = records[i : i + chunk_len]
+            stored = next(done, None)
+            if stored is not None:
+                summary.resumed += len(chunk)
+            else:
+                scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size)
+                stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if per_position else None]
+                          for s in scores]
+                if store is not None:
+                    store.append(i // chunk_len, stored)
+            for rec, (length, first, mean, total, logprobs) in zip(chunk, stored, strict=True):
+                if length != len(rec.sequence):
+                    raise InputError(f"{store.path}: sequence {rec.id!r} has another length than when the run "
+                                     "started; delete the file to start over")
+                write([(rec.id, length, mean, total)])
+                if write_pos:
+                    write_pos((rec.id, first + j + 1, rec.sequence[first + j], v) for j, v in enumerate(logprobs))
+            summary.sequences += len(chunk)
+            if progress:
+                progress(len(chunk))
     summary.seconds = time.perf_counter() - t0
     return summary

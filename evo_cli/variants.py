@@ -25,6 +25,7 @@ the end from the stored results, atomically, and the progress file is then remov
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -247,14 +248,9 @@ def run_score_variants(
                             skip_ref_mismatch=skip_ref_mismatch, share_prefix=share_prefix, chunk_size=chunk_size,
                             format=fmt, model_name=info["evo_model"])
     store = Checkpoint(output, settings, resume) if to_file else None
-    try:
+    with store or contextlib.nullcontext():
         summary = _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch,
                        share_prefix, chunk_size, command, progress, rows)
-    finally:
-        if store is not None:
-            store.close()
-    if store is not None:
-        store.remove()
     summary.seconds = time.perf_counter() - t0
     return summary
 

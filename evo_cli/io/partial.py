@@ -115,6 +115,15 @@ class Checkpoint:
         if self._fh is not None:
             self._fh.close()
 
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        """Closed however the run ends; removed when it completes (its output then holds everything)."""
+        self.close()
+        if exc_type is None:
+            self.remove()
+
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
