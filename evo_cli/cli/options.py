@@ -133,9 +133,10 @@ def progress_bar(description: str, total: int | None, unit: str):
 
         def advance(n=1):
             prog.advance(task, n)
-            t = prog.tasks[task]
-            if t.elapsed:
-                prog.update(task, rate=f"{t.completed / t.elapsed:,.1f} {unit}/s")
+            # rich's windowed speed, not completed / elapsed: work restored by --resume arrives at once
+            speed = prog.tasks[task].speed
+            if speed is not None:
+                prog.update(task, rate=f"{speed:,.1f} {unit}/s")
 
         yield advance
 
