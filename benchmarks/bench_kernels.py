@@ -10,8 +10,9 @@ FLOP rates count the op's direct arithmetic (2 per tap per output for the FIR fi
 output for the modal recurrence, the form the fused kernel runs; the naive path computes the same
 convolution by FFT). Decode rows time one token of a whole Hyena operator (featurizer, inner filter,
 gates) at batch 1. With both backends, "error" is the fused output's largest difference from the
-naive one, relative to the naive output's largest magnitude (inputs drawn afresh for each). Under ``TRITON_INTERPRET=1`` the fused path runs on CPU, which checks that it works
-and says nothing about its speed.
+naive one, relative to the naive output's largest magnitude (inputs drawn afresh for each). Under
+``TRITON_INTERPRET=1`` the fused path runs on CPU, which checks that it works and says nothing about
+its speed.
 """
 
 from __future__ import annotations

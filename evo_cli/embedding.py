@@ -407,9 +407,10 @@ def run_embed(
             else:
                 with open_embedding_writer(output, dim, per_position, metadata):
                     pass
-    finally:
+    except BaseException:
         if store.done == 0:  # nothing to resume: leave nothing behind
             shutil.rmtree(folder, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     return summary

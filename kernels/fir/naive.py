@@ -19,21 +19,16 @@ def causal_conv1d_ref(x, weight, bias=None, state=None):
     B, L, C = x.shape
     G, K = weight.shape
     xf = x.float()
-    if state is not None and L == 1:
-        # one decoding step: a dot product over the K-token window (a convolution call costs ~10x more)
-        ctx = torch.cat([state.float(), xf], dim=1)
-        y = (ctx.view(B, K, G, C // G) * weight.float().T[None, :, :, None]).sum(1).view(B, 1, C)
-        if bias is not None:
-            y = y + bias.float()
-        if K > 1:
-            state.copy_(ctx[:, 1:])
-        return y
     if state is not None:
         ctx = torch.cat([state.float(), xf], dim=1)
     else:
         ctx = F.pad(xf, (0, 0, K - 1, 0))
-    w = weight.float().repeat_interleave(C // G, dim=0)
-    y = F.conv1d(ctx.transpose(1, 2), w[:, None, :], groups=C).transpose(1, 2)
+    if L == 1:
+        # one decoding step: a dot product over the K-token window (a convolution call costs ~10x more)
+        y = (ctx.view(B, K, G, C // G) * weight.float().T[None, :, :, None]).sum(1).view(B, 1, C)
+    else:
+        w = weight.float().repeat_interleave(C // G, dim=0)
+        y = F.conv1d(ctx.transpose(1, 2), w[:, None, :], groups=C).transpose(1, 2)
     if bias is not None:
         y = y + bias.float()
     if state is not None and K > 1:
