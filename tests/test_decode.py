@@ -64,3 +64,32 @@ def test_evo1_complex_filter_is_built_once_and_follows_the_weights():
     # while training, the graph is built afresh each call
     f.poles.requires_grad_(True)
     assert f.modal()[0] is not f.modal()[0]
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+def test_long_plain_forward_runs_in_chunks_with_the_same_numbers(tiny_models, family, monkeypatch):
+    """model(ids) past forward_chunk tokens runs chunked (fewer tokens per block call) and gives
+    the single-pass logits; a hooked model is never split; last_block returns None either way."""
+    model = tiny_models[family]
+    ids = torch.randint(0, 512, (2, 300), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(ids)
+        seen = []
+        handle = model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+        assert (model(ids) - full).abs().max().item() == 0 and seen == [300]  # hooked: one pass
+        handle.remove()
+        monkeypatch.setattr(model, "forward_chunk", 128)
+        calls = []
+        monkeypatch.setattr(model, "_forward_in_chunks", _spy(model._forward_in_chunks, calls))
+        chunked = model(ids)
+        assert model(ids, last_block=2) is None and model(ids, return_logits=False) is None
+    assert calls and chunked.shape == full.shape
+    assert (chunked - full).abs().max().item() < 1e-4
+
+
+def _spy(fn, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return fn(*args, **kwargs)
+
+    return wrapper

@@ -40,6 +40,8 @@ class StripedHyena(nn.Module):
             for i, kind in enumerate(config.block_types)
         )
         self.norm = RMSNorm(config.hidden_size, config.eps, kernels)
+        # a forward without a state over more tokens than this runs in chunks of this many (bounded memory)
+        self.forward_chunk = 8192
 
     @property
     def device(self) -> torch.device:
@@ -89,7 +91,12 @@ class StripedHyena(nn.Module):
 
         last_block: run blocks ``0..last_block`` only and return None (feature extraction, where the
         later blocks are not needed); with a state, the states of the skipped blocks are not updated.
+
+        Without a state, an input longer than ``self.forward_chunk`` tokens runs in chunks of that
+        size with a carried state (``_forward_in_chunks``), unless a forward hook is registered.
         """
+        if state is None and input_ids.shape[1] > self.forward_chunk and not self._hooked():
+            return self._forward_in_chunks(input_ids, return_logits, last_block)
         pos = 0 if state is None else state.seqlen
         if state is not None and pos + input_ids.shape[1] > state.max_seqlen:
             raise ValueError(f"state holds {state.max_seqlen} positions; {pos} used, {input_ids.shape[1]} more asked")
@@ -106,6 +113,24 @@ class StripedHyena(nn.Module):
             return None
         # tied unembedding, in float32 so that scores keep full precision under bf16 weights
         return F.linear(x.float(), self.embedding_layer.weight.float())
+
+    def _hooked(self) -> bool:
+        """Whether a forward hook or pre-hook is registered on any submodule: a caller that hooks a
+        layer expects one call with the whole sequence, so such a forward is never split."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+
+    def _forward_in_chunks(self, input_ids, return_logits: bool, last_block: int | None):
+        """``forward`` without a state, run as ``forward_chunked`` (the same numbers within float32
+        rounding; test_decode.py) so that activations are bounded by ``forward_chunk`` tokens. The
+        logits [B, L, vocab] and the KV cache of the attention blocks still grow with L."""
+        B, L = input_ids.shape
+        return_logits = return_logits and last_block is None
+        logits = torch.empty(B, L, self.config.vocab_size, device=self.device) if return_logits else None
+        for start, out in self.forward_chunked(input_ids, self.forward_chunk, return_logits=return_logits,
+                                               last_block=last_block):
+            if logits is not None:
+                logits[:, start : start + out.shape[1]] = out
+        return logits
 
     def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True, last_block: int | None = None):
         """Run over ``input_ids`` [B, L] in chunks of ``chunk_size`` tokens with a carried state.
