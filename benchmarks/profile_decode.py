@@ -23,7 +23,10 @@ from common import add_model_args, build  # noqa: E402
 def load(args):
     if args.model:
         from evo_cli import load_model
+        from evo_cli.runtime import keep_freed_memory
 
+        if not args.default_malloc:
+            keep_freed_memory()
         torch.set_num_threads(args.threads or 1)
         return load_model(args.model, device="cpu")
     return build(args)

@@ -99,7 +99,9 @@ def is_quiet() -> bool:
 def load_model_cli(model, device, dtype, kernels):
     """Load a model with a spinner on stderr (nothing with -q)."""
     from evo_cli import load_model
+    from evo_cli.runtime import keep_freed_memory
 
+    keep_freed_memory()
     with status(f"loading {model}"):
         return load_model(model, device=device, dtype=dtype, kernels=kernels)
 
