@@ -67,3 +67,19 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit) and libc.mallopt(_M_TRIM_THRESHOLD, limit))
     except (OSError, AttributeError):
         return False
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory a run on ``device`` can still allocate: free GPU memory, or the kernel's MemAvailable
+    on the CPU; None when unknown. Used to choose layer-by-layer runs of long sequences."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None

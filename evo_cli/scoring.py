@@ -29,6 +29,7 @@ from evo_cli.io.atomic import STDOUT
 from evo_cli.io.partial import Checkpoint
 from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
+from evo_cli.runtime import free_memory_bytes
 
 
 def default_prepend_bos(model) -> bool:
@@ -90,7 +91,7 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
     long = [i for i, r in enumerate(rows) if chunk_size and len(r) > chunk_size]
     for i in long:
         ids = torch.tensor([rows[i]], dtype=torch.long, device=model.device)
-        lp, _ = _chunk_logprobs(model.forward_chunked(ids, chunk_size), ids)
+        lp, _ = _chunk_logprobs(model.forward_long(ids, chunk_size, free_bytes=free_memory_bytes(model.device)), ids)
         out[i] = lp[0, 1:].cpu()
     short = sorted((i for i in range(len(rows)) if out[i] is None), key=lambda i: len(rows[i]))
     for start in range(0, len(short), batch_size):

@@ -93,3 +93,42 @@ def _spy(fn, calls):
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+def test_layerwise_equals_chunked(tiny_models, family):
+    """One block at a time over the whole sequence gives the chunked path's logits and, at each
+    yield, the same chunk's output of a hooked module of the last block."""
+    model = tiny_models[family]
+    ids = torch.randint(0, 512, (2, 150), generator=torch.Generator().manual_seed(5))
+    last = min(model.config.layers_of("attn")[0] + 1, len(model.blocks) - 1)  # an attention block runs by then
+    got = {}
+    handle = model.blocks[last].mlp.l3.register_forward_hook(lambda m, a, out: got.__setitem__("h", out.clone()))
+    try:
+        with torch.no_grad():
+            chunked = [(s, lg) for s, lg in model.forward_chunked(ids, 64)]
+            layerwise = [(s, lg) for s, lg in model.forward_layerwise(ids, 64)]
+            feats_c = [(s, got["h"]) for s, _ in model.forward_chunked(ids, 64, last_block=last)]
+            feats_l = [(s, got["h"]) for s, _ in model.forward_layerwise(ids, 64, last_block=last)]
+            assert all(lg is None for _, lg in model.forward_layerwise(ids, 64, return_logits=False))
+    finally:
+        handle.remove()
+    assert [s for s, _ in layerwise] == [s for s, _ in chunked] == [0, 64, 128]
+    assert torch.cat([lg for _, lg in layerwise], 1).shape == (2, 150, 512)
+    assert max((a - b).abs().max().item() for (_, a), (_, b) in zip(chunked, layerwise)) < 1e-5
+    assert [s for s, _ in feats_l] == [0, 64, 128]
+    assert max((a - b).abs().max().item() for (_, a), (_, b) in zip(feats_c, feats_l)) < 1e-5
+
+
+def test_forward_long_picks_layerwise_when_the_kv_caches_do_not_fit(tiny_models):
+    from evo_cli.model.init import motif_config, random_model
+
+    one_attn = tiny_models["evo2"].long_forward_bytes(1, 100_000, 8192)
+    assert one_attn["layerwise"] > one_attn["chunked"]  # one attention block: chunked is smaller
+    model = random_model(motif_config("evo2", hidden_size=16, num_layers=14, head_dim=8, state_size=4, name="t14"), seed=0)
+    ids = torch.zeros(1, 10, dtype=torch.long)
+    small = model.long_forward_bytes(1, 10, 4)
+    assert small["layerwise"] < small["chunked"]  # two attention blocks, hidden = Hkv * hd
+    assert model.forward_long(ids, 4).__name__ == "forward_chunked"
+    assert model.forward_long(ids, 4, free_bytes=small["chunked"]).__name__ == "forward_chunked"
+    assert model.forward_long(ids, 4, free_bytes=small["chunked"] - 1).__name__ == "forward_layerwise"

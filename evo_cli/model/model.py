@@ -147,3 +147,69 @@ class StripedHyena(nn.Module):
         for start in range(0, L, chunk_size):
             yield start, self(input_ids[:, start : start + chunk_size], state, return_logits=return_logits,
                               last_block=last_block)
+
+    def forward_layerwise(self, input_ids, chunk_size: int, *, return_logits: bool = True,
+                          last_block: int | None = None):
+        """``forward_chunked``'s results, computed one block at a time: each block runs over the whole
+        sequence in chunks of ``chunk_size`` (its state carried) before the next block starts, so only
+        one attention block's KV cache is alive. The residual stream of the whole sequence, [B, L, D]
+        in the model dtype, is kept (and overwritten in place) instead. Yields ``(start, logits)`` per
+        chunk while the last block runs, so forward hooks on the last block (and on ``norm``) have seen
+        exactly that chunk at each yield; hooks on earlier blocks fire for every chunk before the first
+        yield. See ``long_forward_bytes`` for the memory of both modes.
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        B, L = input_ids.shape
+        n = len(self.blocks) if last_block is None else last_block + 1
+        if n == 0:  # no block to run (only the embedding is wanted)
+            yield from self.forward_chunked(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
+            return
+        x = self.embedding_layer(input_ids)
+        for i, block in enumerate(self.blocks[:n]):
+            state = self._block_state(block, B, L)
+            for start in range(0, L, chunk_size):
+                end = min(L, start + chunk_size)
+                x[:, start:end] = block(x[:, start:end], state, start)
+                if i == n - 1:
+                    yield start, self._head(x[:, start:end], return_logits and last_block is None,
+                                            last_block is None)
+            del state  # frees this block's KV cache before the next block allocates its own
+
+    def _block_state(self, block, batch: int, length: int):
+        if block.kind == "attn":
+            return block.new_state(batch, self.device, length, self.dtype)
+        return block.new_state(batch, self.device)
+
+    def _head(self, x, return_logits: bool, run_norm: bool):
+        """Final norm and tied unembedding of x [B, n, D] -> logits [B, n, vocab] float32 or None."""
+        if not run_norm:
+            return None
+        x = self.norm(x)
+        return F.linear(x.float(), self.embedding_layer.weight.float()) if return_logits else None
+
+    def long_forward_bytes(self, batch: int, length: int, chunk_size: int, last_block: int | None = None) -> dict:
+        """Estimated peak bytes of ``forward_chunked`` and ``forward_layerwise`` (keys ``chunked``,
+        ``layerwise``) beyond the weights: the KV caches (2 B L Hkv hd bytes-per-element per
+        attention block: all of them at once chunked, the largest one layer by layer), the residual
+        stream B L D (layer by layer only), and the activations of one chunk (about 16 B chunk D
+        float32 values plus the chunk's logits)."""
+        c = self.config
+        n = len(self.blocks) if last_block is None else last_block + 1
+        item = self.dtype.itemsize
+        kv = 2 * batch * length * c.num_kv_heads * c.head_dim * item
+        n_attn = sum(1 for i in c.layers_of("attn") if i < n)
+        chunk = min(chunk_size, length)
+        act = 4 * batch * chunk * (16 * max(c.hidden_size, c.inner_mlp_size // 3) + c.vocab_size)
+        return {"chunked": n_attn * kv + act,
+                "layerwise": batch * length * c.hidden_size * item + min(n_attn, 1) * kv + act}
+
+    def forward_long(self, input_ids, chunk_size: int, *, free_bytes: int | None = None, return_logits: bool = True,
+                     last_block: int | None = None):
+        """``forward_chunked``, or ``forward_layerwise`` when the chunked path's memory
+        (``long_forward_bytes``) would exceed ``free_bytes`` and layer by layer needs less: same
+        yields, same numbers. ``free_bytes=None``: always chunked."""
+        need = self.long_forward_bytes(input_ids.shape[0], input_ids.shape[1], chunk_size, last_block)
+        layerwise = free_bytes is not None and need["chunked"] > free_bytes and need["layerwise"] < need["chunked"]
+        run = self.forward_layerwise if layerwise else self.forward_chunked
+        return run(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
