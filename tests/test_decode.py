@@ -132,3 +132,29 @@ def test_forward_long_picks_layerwise_when_the_kv_caches_do_not_fit(tiny_models)
     assert model.forward_long(ids, 4).__name__ == "forward_chunked"
     assert model.forward_long(ids, 4, free_bytes=small["chunked"]).__name__ == "forward_chunked"
     assert model.forward_long(ids, 4, free_bytes=small["chunked"] - 1).__name__ == "forward_layerwise"
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+def test_static_decode_step_equals_the_normal_step(tiny_models, family):
+    """The fixed-shape step that CUDA graphs capture (run eagerly on CPU) gives the normal step's
+    logits and leaves the same state, from any prefill length."""
+    from evo_cli.model.graph import StaticDecoder
+
+    model = tiny_models[family]
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        a, b = model.new_state(2, 24), model.new_state(2, 24)
+        model(ids[:, :7], a)
+        model(ids[:, :7], b)
+        dec = StaticDecoder(model, b)
+        assert dec.graph is None  # CPU: no graph, the static step runs eagerly
+        for p in range(7, 24):
+            want = model(ids[:, p : p + 1], a)
+            got = dec.step(ids[:, p : p + 1])
+            assert (got - want).abs().max().item() < 1e-5, p
+        with pytest.raises(ValueError):
+            dec.step(ids[:, :1])
+    assert a.seqlen == b.seqlen == 24
+    for sa, sb in zip(a.layers, b.layers):
+        for name in vars(sa):
+            assert (getattr(sa, name) - getattr(sb, name)).abs().max().item() < 1e-5
