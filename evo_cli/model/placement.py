@@ -56,7 +56,8 @@ def rank_devices(per_rank: int, local_rank: int, gpu_count: int) -> list[str]:
 def balance(block_bytes: Sequence[int], capacities: Sequence[float], first_bytes: int = 0) -> list[int]:
     """Device index of each block: consecutive, non-empty parts, one per capacity, that minimise the
     largest load fraction ``(bytes on the device) / capacity``. ``first_bytes`` is already on device 0
-    (embedding). Exact (dynamic programming over split points); ties go to the earliest split."""
+    (embedding). Exact (dynamic programming over split points); among equally good splits, later
+    devices take the extra blocks (the first one also holds the logits)."""
     n, k = len(block_bytes), len(capacities)
     if n < k:
         raise InputError(f"cannot split {n} block(s) over {k} devices: list at most {n} devices")
