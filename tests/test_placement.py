@@ -164,6 +164,20 @@ def test_block_memory_counts_weights_and_states():
     assert all(t.device.type == "meta" for t in model.parameters())  # nothing was allocated
 
 
+def test_the_kv_cache_a_run_needs_moves_the_split(tmp_path):
+    """Evo 1 style, attention in block 8 of 9: with a long KV cache that block gets a device of its own."""
+    from evo_cli.checkpoints.native import save_native
+    from evo_cli.model.init import random_model
+
+    config = motif_config("evo1", hidden_size=32, num_layers=9, head_dim=8, state_size=4)
+    assert config.block_types[8] == "attn"
+    path = save_native(random_model(config, seed=0), tmp_path / "m")
+    short = evo_cli.load_model(path, device="cpu,cpu", dtype="float32", state_tokens=16)
+    long = evo_cli.load_model(path, device="cpu,cpu", dtype="float32", state_tokens=100_000)
+    assert short.placement.owners == (0,) * 4 + (1,) * 5  # device 0 also holds the embedding
+    assert long.placement.owners == (0,) * 8 + (1,)
+
+
 # --- a split model gives the unsplit numbers --------------------------------------------------------
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: c.parent.name)

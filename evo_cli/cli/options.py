@@ -106,14 +106,18 @@ def is_quiet() -> bool:
     return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
 
 
-def load_model_cli(model, device, dtype, kernels):
-    """Load a model with a spinner on stderr (nothing with -q); ``--devices-per-rank`` from the context."""
+def load_model_cli(model, device, dtype, kernels, state_tokens: int | None = None):
+    """Load a model with a spinner on stderr (nothing with -q); ``--devices-per-rank`` from the context.
+
+    state_tokens: the longest KV cache the run will hold (positions x batch rows), so that a model
+    split over several devices is balanced for it."""
     from evo_cli import load_model
 
     ctx = click.get_current_context(silent=True)
     per_rank = ctx.find_root().obj.get("devices_per_rank") if ctx and ctx.find_root().obj else None
     with status(f"loading {model}"):
-        return load_model(model, device=device, dtype=dtype, kernels=kernels, devices_per_rank=per_rank)
+        extra = {} if state_tokens is None else {"state_tokens": max(1, state_tokens)}
+        return load_model(model, device=device, dtype=dtype, kernels=kernels, devices_per_rank=per_rank, **extra)
 
 
 @contextlib.contextmanager
