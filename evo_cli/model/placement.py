@@ -1,6 +1,6 @@
 """A model split over several devices: consecutive blocks on each device, balanced by memory.
 
-Block ``i`` runs on ``Placement.blocks[i]``; the activations ``[B, L, D]`` are moved to it at the
+Block ``i`` runs on ``Placement.block_device(i)``; the activations ``[B, L, D]`` are moved to it at the
 block boundary, and its inference state (FIR tails, modal state, KV cache) lives there too. The
 token embedding, the final norm and the tied unembedding stay on the first device: the weight is
 shared by the input and the output, so it is kept once, and the logits come out where the input
