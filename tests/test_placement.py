@@ -22,10 +22,12 @@ from evo_cli.errors import InputError
 from evo_cli.model.init import motif_config
 from evo_cli.model.model import StripedHyena, keeps_float32
 from evo_cli.model.placement import (
+    auto_devices,
     balance,
     block_memory,
     devices_needed,
     parse_device_list,
+    plan,
     rank_devices,
 )
 from evo_cli.runtime import local_rank, resolve_devices
@@ -144,6 +146,50 @@ def test_devices_needed():
     assert devices_needed(blocks, [40 * gb] * 4) == 3
     assert devices_needed(blocks, [20 * gb] * 4) == 4  # not enough anywhere: all of them
     assert devices_needed(blocks, [80 * gb, 10 * gb, 80 * gb], first_bytes=gb) == 3
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Pretend to have GPUs with the given free bytes (only the memory queries; nothing runs on them)."""
+    def install(*free):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free))
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (free[torch.device(d).index or 0], max(free)))
+    return install
+
+
+def test_plan_balances_by_free_gpu_memory(fake_gpus, caplog):
+    config = motif_config("evo2", hidden_size=32, num_layers=14, head_dim=8, state_size=4)
+    with torch.device("meta"):
+        model = StripedHyena(config)
+    sizes, first = block_memory(model, torch.bfloat16, 64)
+    total = sum(sizes) + first
+    gpus = [torch.device("cuda:0"), torch.device("cuda:1")]
+    fake_gpus(total, total)
+    assert plan(model, gpus, torch.bfloat16, 64).owners.count(0) in (6, 7)  # cuda:0 also holds the embedding
+    fake_gpus(total, total // 3)  # cuda:1 has a third of the free memory: it gets about a quarter of the blocks
+    assert plan(model, gpus, torch.bfloat16, 64).owners.count(1) in (3, 4)
+    assert "needs" not in caplog.text
+    fake_gpus(total // 4, total // 4)  # too small: planned anyway, with a warning per device
+    plan(model, gpus, torch.bfloat16, 64)
+    assert "the split needs" in caplog.text and "on cuda:1" in caplog.text
+
+
+def test_auto_uses_as_many_gpus_as_needed(fake_gpus):
+    config = motif_config("evo2", hidden_size=32, num_layers=14, head_dim=8, state_size=4)
+    with torch.device("meta"):
+        sizes, first = block_memory(StripedHyena(config), torch.bfloat16, 64)
+    total = sum(sizes) + first
+    fake_gpus(2 * total, 2 * total)
+    assert auto_devices(config, torch.bfloat16, 64) is None  # one GPU holds it
+    fake_gpus(total * 2 // 3, total * 2 // 3, total * 2 // 3, total)
+    assert auto_devices(config, torch.bfloat16, 64) == [torch.device("cuda:0"), torch.device("cuda:1")]
+    fake_gpus(total // 2, total // 2, total // 2, total // 2)
+    assert auto_devices(config, torch.bfloat16, 64) == [torch.device(f"cuda:{i}") for i in range(3)]
+    fake_gpus(total // 2)
+    assert auto_devices(config, torch.bfloat16, 64) is None  # a single GPU: nothing to split over
+    # a longer KV cache needs more GPUs
+    fake_gpus(total * 2 // 3, total * 2 // 3, total * 2 // 3, total)
+    assert len(auto_devices(config, torch.bfloat16, 64 + total // 1024)) > 2
 
 
 def test_block_memory_counts_weights_and_states():

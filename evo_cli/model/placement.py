@@ -186,5 +186,6 @@ def auto_devices(config, dtype: torch.dtype, state_tokens: int = DEFAULT_STATE_T
     with torch.device("meta"):
         model = StripedHyena(config)
     sizes, first = block_memory(model, dtype, state_tokens)
-    k = devices_needed(sizes, [torch.cuda.mem_get_info(i)[0] for i in range(count)], first)
-    return None if k == 1 else [torch.device(f"cuda:{i}") for i in range(k)]
+    gpus = [torch.device(f"cuda:{i}") for i in range(count)]
+    k = devices_needed(sizes, [torch.cuda.mem_get_info(d)[0] for d in gpus], first)
+    return None if k == 1 else gpus[:k]
