@@ -251,24 +251,25 @@ def test_split_follows_the_plan(models):
 def test_split_gives_the_same_logits_states_and_tokens(models):
     whole, two, three = models
     ids = torch.randint(0, 512, (2, 45), generator=torch.Generator().manual_seed(0))
+
+    def stepped(m):
+        """Chunked prefill, then one-token decoding with a carried state: (logits [2, 45, V], state)."""
+        state = m.new_state(2, 45)
+        got = [m(ids[:, a:b], state) for a, b in ((0, 17), (17, 40))] + [m(ids[:, p : p + 1], state) for p in range(40, 45)]
+        return torch.cat(got, 1), state
+
     with torch.inference_mode():
         want = whole(ids)
-        states = {}
-        for name, m in (("whole", whole), ("two", two), ("three", three)):
+        want_stepped, want_state = stepped(whole)
+        assert (want_stepped - want).abs().max() < 1e-4
+        for m in (two, three):
             assert torch.equal(m(ids), want)
-            # chunked prefill then one-token decoding with a carried state
-            state = m.new_state(2, 45)
-            got = torch.cat([m(ids[:, a:b], state) for a, b in ((0, 17), (17, 40))]
-                            + [m(ids[:, p : p + 1], state) for p in range(40, 45)], 1)
-            assert torch.equal(got, (states.setdefault("logits", got)))
-            states[name] = state
-        assert (states["logits"] - want).abs().max() < 1e-4
-        for name in ("two", "three"):
-            assert states[name].seqlen == 45
-            for i, (a, b) in enumerate(zip(states["whole"].layers, states[name].layers)):
+            got, state = stepped(m)
+            assert torch.equal(got, want_stepped) and state.seqlen == 45
+            for i, (a, b) in enumerate(zip(want_state.layers, state.layers)):
                 for field in vars(a):
                     t = getattr(b, field)
-                    assert t.device == three.block_device(i) and torch.equal(getattr(a, field), t)
+                    assert t.device == m.block_device(i) and torch.equal(getattr(a, field), t)
     prompts = ["ACGTTGCA", "GATTACAGATTACA"]
     greedy = [g.token_ids for g in evo_cli.generate(whole, prompts, 12, top_k=1, seed=1, prefill_chunk=5)]
     for m in (two, three):
