@@ -286,8 +286,10 @@ def _run_batch(model, prompts: list[list[int]], row_prompt: list[int], uniforms,
     if distinct != row_prompt:
         state = state.index_select([distinct.index(j) for j in row_prompt])
 
-    # on CUDA each step replays a captured CUDA graph (model/graph.py); elsewhere it is the normal forward
-    step = StaticDecoder(model, state).step if dev.type == "cuda" else lambda t: model(t, state)
+    # on one CUDA device each step replays a captured CUDA graph (model/graph.py); elsewhere (CPU, a
+    # model split over devices) it is the normal forward
+    graph = dev.type == "cuda" and model.placement is None
+    step = StaticDecoder(model, state).step if graph else lambda t: model(t, state)
     for p in range(m - 1, width - 1):
         logits = step(seq[:, p : p + 1])[:, -1]
         nan_rows |= logits.isnan().any(-1)

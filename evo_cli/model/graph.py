@@ -38,6 +38,8 @@ class StaticDecoder:
     def __init__(self, model, state: InferenceState, graph: bool | None = None):
         if len(state.layers) != len(model.blocks):
             raise ValueError("a static decoding step needs the state of every block")
+        if getattr(model, "placement", None) is not None:
+            raise ValueError("a static decoding step runs a model on one device")
         self.model, self.state = model, state
         dev = model.device
         self.tokens = torch.zeros(state.batch_size, 1, dtype=torch.long, device=dev)

@@ -42,6 +42,8 @@ class StripedHyena(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.eps, kernels)
         # a forward without a state over more tokens than this runs in chunks of this many (bounded memory)
         self.forward_chunk = 8192
+        # blocks split over several devices (placement.py; set by the loader), None on one device
+        self.placement = None
 
     @property
     def device(self) -> torch.device:
@@ -50,6 +52,10 @@ class StripedHyena(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embedding_layer.weight.dtype
+
+    def block_device(self, i: int) -> torch.device:
+        """Where block ``i`` and its inference state live."""
+        return self.device if self.placement is None else self.placement.block_device(i)
 
     def set_kernels(self, kernels: str) -> StripedHyena:
         """Switch every op between ``auto``, ``triton`` and ``torch`` kernels."""
@@ -67,8 +73,9 @@ class StripedHyena(nn.Module):
         blocks = self.blocks if last_block is None else self.blocks[: last_block + 1]
         self._cpu_gemv_layout()
         layers = [
-            b.new_state(batch_size, self.device, max_seqlen, self.dtype) if b.kind == "attn" else b.new_state(batch_size, self.device)
-            for b in blocks
+            b.new_state(batch_size, self.block_device(i), max_seqlen, self.dtype) if b.kind == "attn"
+            else b.new_state(batch_size, self.block_device(i))
+            for i, b in enumerate(blocks)
         ]
         return InferenceState(layers, max_seqlen)
 
@@ -103,12 +110,14 @@ class StripedHyena(nn.Module):
         x = self.embedding_layer(input_ids)
         n = len(self.blocks) if last_block is None else last_block + 1
         for i, block in enumerate(self.blocks[:n]):
-            x = block(x, None if state is None else state.layers[i], pos)
+            s = None if state is None else state.layers[i]
+            # split over devices: the activations follow the blocks
+            x = block(x, s, pos) if self.placement is None else self.placement.run_block(i, block, x, s, pos)
         if state is not None:
             state.seqlen = pos + input_ids.shape[1]
         if last_block is not None:
             return None
-        x = self.norm(x)
+        x = self.norm(x.to(self.device))  # the final norm and tied unembedding are on the first device
         if not return_logits:
             return None
         # tied unembedding, in float32 so that scores keep full precision under bf16 weights
@@ -167,25 +176,28 @@ class StripedHyena(nn.Module):
             return
         x = self.embedding_layer(input_ids)
         for i, block in enumerate(self.blocks[:n]):
-            state = self._block_state(block, B, L)
+            x = x.to(self.block_device(i))  # split over devices: the hidden states follow the blocks
+            state = self._block_state(i, B, L)
             for start in range(0, L, chunk_size):
                 end = min(L, start + chunk_size)
-                x[:, start:end] = block(x[:, start:end], state, start)
+                if self.placement is None:
+                    x[:, start:end] = block(x[:, start:end], state, start)
+                else:
+                    x[:, start:end] = self.placement.run_block(i, block, x[:, start:end], state, start)
                 if i == n - 1:
                     yield start, self._head(x[:, start:end], return_logits and last_block is None,
                                             last_block is None)
             del state  # frees this block's KV cache before the next block allocates its own
 
-    def _block_state(self, block, batch: int, length: int):
-        if block.kind == "attn":
-            return block.new_state(batch, self.device, length, self.dtype)
-        return block.new_state(batch, self.device)
+    def _block_state(self, i: int, batch: int, length: int):
+        block, dev = self.blocks[i], self.block_device(i)
+        return block.new_state(batch, dev, length, self.dtype) if block.kind == "attn" else block.new_state(batch, dev)
 
     def _head(self, x, return_logits: bool, run_norm: bool):
         """Final norm and tied unembedding of x [B, n, D] -> logits [B, n, vocab] float32 or None."""
         if not run_norm:
             return None
-        x = self.norm(x)
+        x = self.norm(x.to(self.device))
         return F.linear(x.float(), self.embedding_layer.weight.float()) if return_logits else None
 
     def long_forward_bytes(self, batch: int, length: int, chunk_size: int, last_block: int | None = None) -> dict:
