@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+import tempfile
 import types
 
 import torch
@@ -35,8 +36,13 @@ def _import_vortex():
     if not torch.cuda.is_available():
         # vortex enters torch.cuda.device(...) around block construction and forward; a no-op on CPU
         torch.cuda.device = lambda device: contextlib.nullcontext()
-    import vortex.model.model as vm
-    import vortex.model.rotary as vr
+    cwd = os.getcwd()
+    os.chdir(tempfile.gettempdir())  # vortex.logging opens activations_debug.log in the working directory
+    try:
+        import vortex.model.model as vm
+        import vortex.model.rotary as vr
+    finally:
+        os.chdir(cwd)
 
     vr.apply_rotary = _apply_rotary
     return vm
