@@ -97,9 +97,15 @@ def is_quiet() -> bool:
 
 
 def load_model_cli(model, device, dtype, kernels):
-    """Load a model with a spinner on stderr (nothing with -q)."""
-    from evo_cli import load_model
+    """Load a model with a spinner on stderr (nothing with -q). Launched by torchrun, first join the
+    job (``distributed.py``): the model goes on this rank's device, and only rank 0 reports."""
+    from evo_cli import distributed, load_model
 
+    device = distributed.setup(device)
+    if not distributed.is_leader():
+        ctx = click.get_current_context().find_root()
+        ctx.obj["quiet"] = True
+        _reconfigure(ctx)
     with status(f"loading {model}"):
         return load_model(model, device=device, dtype=dtype, kernels=kernels)
 
