@@ -25,6 +25,7 @@ A command takes part through ``Share``::
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import time
@@ -155,6 +156,11 @@ class Share:
         self._pending = 0
         self._last = time.monotonic()
         self._seen = 0
+        self.chunks: list[int] = []  # the chunks this process computed
+        self._busy = 0.0  # seconds spent on them
+        self._busy_since: float | None = None
+        self._start, self._cpu_start = time.monotonic(), time.process_time()
+        self.ranks: list[dict] = []  # on rank 0 after finish(): every rank's chunks and times (``_stats``)
         if self.job is None:
             return
         if store is None:
@@ -167,18 +173,31 @@ class Share:
     def take(self, i: int, size: int = 0) -> bool:
         """Whether this process computes chunk ``i``. Called for every chunk in order; ``size``: the
         chunk's progress, shown at once on the reporting process when an earlier run stored the chunk."""
+        self._idle()
         if self.store is not None and i in self.store:
             if is_leader() and self._progress:
                 self._progress(size)
             return False
-        if self.job is None:
-            return True
-        if self._mine is None:
-            self._mine = self.job.store.add(self._key + "next", 1) - 1
-        if self._mine != i:
-            return False
-        self._mine = None
+        if self.job is not None:
+            if self._mine is None:
+                self._mine = self.job.store.add(self._key + "next", 1) - 1
+            if self._mine != i:
+                return False
+            self._mine = None
+        self.chunks.append(i)
+        self._busy_since = time.monotonic()
         return True
+
+    def _idle(self) -> None:
+        """The chunk taken last is done: count its time."""
+        if self._busy_since is not None:
+            self._busy += time.monotonic() - self._busy_since
+            self._busy_since = None
+
+    def _stats(self) -> dict:
+        """This process's chunks, the seconds it spent on them, and its wall and CPU seconds in the run."""
+        return {"rank": checkpoint_rank(), "chunks": self.chunks, "busy_s": round(self._busy, 3),
+                "wall_s": round(time.monotonic() - self._start, 3), "cpu_s": round(time.process_time() - self._cpu_start, 3)}
 
     def progress(self, n: int) -> None:
         """Count ``n`` units of this process's work (pass this, not the caller's progress, to the work)."""
@@ -202,13 +221,20 @@ class Share:
     def finish(self) -> bool:
         """Wait until every rank has done its chunks; True on the process that writes the output
         (rank 0, which then sees every rank's chunks in ``store``), False on the others."""
+        self._idle()
         if self.job is None:
+            self.ranks = [self._stats()]
             return True
         self._report()
+        self.job.store.set(f"{self._key}stats/{self.job.rank}", json.dumps(self._stats()))
         self._wait_for("finished", report=self.job.rank == 0)
         if self.job.rank != 0:
             return False
         self._report()
+        self.ranks = [json.loads(self.job.store.get(f"{self._key}stats/{r}")) for r in range(self.job.world_size)]
+        for r in self.ranks:
+            log.info("rank %d: %d chunks %s, busy %.2f s of %.2f s, %.2f CPU s", r["rank"], len(r["chunks"]),
+                     r["chunks"], r["busy_s"], r["wall_s"], r["cpu_s"])
         self.store.reload()
         return True
 
