@@ -179,7 +179,9 @@ class Share:
                 self._progress(size)
             return False
         if self.job is not None:
-            if self._mine is None:
+            # the counter runs over every chunk number; those of chunks stored before this run (all
+            # below i when they come up here) are passed over
+            while self._mine is None or self._mine < i:
                 self._mine = self.job.store.add(self._key + "next", 1) - 1
             if self._mine != i:
                 return False
