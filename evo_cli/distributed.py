@@ -169,6 +169,7 @@ class Share:
         self.job.runs += 1
         # every rank has read the progress files before any rank writes to its own
         self._wait_for("ready")
+        self._start, self._cpu_start = time.monotonic(), time.process_time()  # times count from here
 
     def take(self, i: int, size: int = 0) -> bool:
         """Whether this process computes chunk ``i``. Called for every chunk in order; ``size``: the
@@ -226,6 +227,7 @@ class Share:
         self._idle()
         if self.job is None:
             self.ranks = [self._stats()]
+            self._log(logging.DEBUG)
             return True
         self._report()
         self.job.store.set(f"{self._key}stats/{self.job.rank}", json.dumps(self._stats()))
@@ -234,11 +236,14 @@ class Share:
             return False
         self._report()
         self.ranks = [json.loads(self.job.store.get(f"{self._key}stats/{r}")) for r in range(self.job.world_size)]
-        for r in self.ranks:
-            log.info("rank %d: %d chunks %s, busy %.2f s of %.2f s, %.2f CPU s", r["rank"], len(r["chunks"]),
-                     r["chunks"], r["busy_s"], r["wall_s"], r["cpu_s"])
+        self._log(logging.INFO)
         self.store.reload()
         return True
+
+    def _log(self, level: int) -> None:
+        for r in self.ranks:
+            log.log(level, "rank %d: %d chunks %s, busy %.2f s of %.2f s, %.2f CPU s", r["rank"], len(r["chunks"]),
+                    r["chunks"], r["busy_s"], r["wall_s"], r["cpu_s"])
 
     def _wait_for(self, name: str, report: bool = False) -> None:
         """Count this rank as arrived at ``name``; return once every rank has (polling the store, so
