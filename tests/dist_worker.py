@@ -1,7 +1,7 @@
 """Run by ``torchrun`` in test_distributed.py: several evo commands, one after another, in one launch
 (process start-up dominates a tiny run). argv[1]: a JSON file, a list of steps ``{"argv": [...]}``;
-a step with ``"stop_after": n`` stops the job once each rank has stored n chunks: rank 1 kills
-itself, rank 0 hangs until torchrun stops it."""
+a step with ``"stop_after": n`` stops the job once each of two ranks has stored n chunks: rank 0
+then hangs, and rank 1 kills itself, so that torchrun stops rank 0."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import sys
 import time
 
 from evo_cli.cli.main import main
-from evo_cli.io.partial import Checkpoint
+from evo_cli.io.partial import Checkpoint, sidecar_path
 
 
 def stop_after(n: int) -> None:
@@ -19,10 +19,15 @@ def stop_after(n: int) -> None:
     def append_then_stop(self, chunk, records):
         append(self, chunk, records)
         self.appended = getattr(self, "appended", 0) + 1
-        if self.appended == n:
-            if int(os.environ["RANK"]) == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(600)
+        if self.appended < n:
+            return
+        if self.rank == 1:
+            # rank 0's file: a settings line, then one line per chunk
+            while not (sidecar_path(self.output).exists()
+                       and sidecar_path(self.output).read_bytes().count(b"\n") >= n + 1):
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(600)
 
     Checkpoint.append = append_then_stop
 

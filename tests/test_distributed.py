@@ -157,3 +157,36 @@ def test_a_killed_rank_resumes_with_one_and_with_two_ranks(runs):
     assert "48 of 48 variants" in stderr and "done before resuming" in stderr
     assert (folder / "k1" / "killed.tsv").read_bytes() == (ref / "killed.tsv").read_bytes()
     assert progress_files(folder / "k1" / "killed.tsv") == progress_files(folder / "k2" / "killed.tsv") == []
+
+
+def test_progress_files_of_several_ranks_resume_in_chunk_order(tmp_path):
+    """Without torchrun: chunks stored out of order by two ranks are read back in order by any rank."""
+    from evo_cli.errors import InputError
+    from evo_cli.io.partial import Checkpoint, check_fresh, stored_settings
+
+    out = tmp_path / "o.tsv"
+    (tmp_path / "o.tsv.evo-partial.d").mkdir()  # embed's parts folder is not a progress file
+    with pytest.raises(KeyboardInterrupt), Checkpoint(out, {"a": 1}, False, rank=1) as one:
+        one.append(2, [[2.5]])
+        one.append(0, [[0.5]])
+        raise KeyboardInterrupt
+    assert [p.name for p in progress_files(out)] == ["o.tsv.evo-partial.1"] and stored_settings(out) == {"a": 1}
+    with pytest.raises(InputError, match=r"o\.tsv\.evo-partial\.1 exists: .* add --resume"):
+        check_fresh(out, False)
+    with pytest.raises(InputError, match=r"settings differ \(a: 1 then, 2 now\)"):
+        Checkpoint(out, {"a": 2}, True)
+    with Checkpoint(out, {"a": 1}, True) as zero:
+        assert (zero.done, 0 in zero, 1 in zero) == (2, True, False)
+        assert list(zero.chunks()) == [[[0.5]]]  # up to the first chunk not stored
+        zero.append(1, [[1.5]])
+        with pytest.raises(ValueError, match="stored already"):
+            zero.append(2, [[9.0]])
+        assert list(zero.chunks()) == [[[0.5]], [[1.5]], [[2.5]]]
+    assert progress_files(out) == [] and (tmp_path / "o.tsv.evo-partial.d").is_dir()
+    # a chunk in two files (copied by hand, say) is refused
+    with pytest.raises(KeyboardInterrupt), Checkpoint(out, {"a": 1}, True) as c:
+        c.append(0, [[0.5]])
+        raise KeyboardInterrupt
+    shutil.copy(tmp_path / "o.tsv.evo-partial", tmp_path / "o.tsv.evo-partial.3")
+    with pytest.raises(InputError, match=r"evo-partial\.3:2: chunk 0 stored twice"):
+        Checkpoint(out, {"a": 1}, True)
