@@ -46,8 +46,6 @@ class Job:
 
     rank: int
     world_size: int
-    local_rank: int
-    local_world_size: int
     store: object
     runs: int = 0  # runs started so far in this process: each gets its own store keys
 
@@ -104,7 +102,7 @@ def setup(device: str = "auto") -> str:
     # the process group gets its own key space; the bare store holds the chunk counters
     dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=rank, world_size=world)
     atexit.register(_close)
-    _job = Job(rank, world, int(os.environ.get("LOCAL_RANK", "0")), local_world, store)
+    _job = Job(rank, world, store)
     log.info("rank %d of %d on %s (%s)", rank, world, device, backend)
     return device
 
