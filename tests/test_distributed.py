@@ -102,7 +102,8 @@ def runs(tmp_path_factory):
                  + [{"argv": ["-v", "score", "-m", TINY, "--fasta", f / "uneven.fa", "--batch-size", 1, "--chunk-size",
                               500, "-o", "uneven.tsv"]},
                     {"argv": KILLED, "stop_after": 2}], f / "2")
-    three = launch(3, [{"argv": c} for c in commands(f)], f / "3")
+    no_seed = commands(f)[3][:-4] + ["-o", "gen-noseed.jsonl"]  # rank 0 draws the seed for all
+    three = launch(3, [{"argv": c} for c in commands(f) + [no_seed]], f / "3")
     results = {"two": finish(two), "three": finish(three)}
     # copies of the stopped run's progress: one to resume with 2 ranks, one with a single process
     stopped = progress_files(f / "2" / "killed.tsv")
@@ -126,6 +127,15 @@ def test_ranks_write_the_single_process_bytes(runs, ranks):
         evo("-q", *argv, threads=max(1, CORES // ranks), cwd=ref)
     differ = [name for name in OUTPUTS if (ref / name).read_bytes() != (folder / str(ranks) / name).read_bytes()]
     assert differ == []
+    # rank 0 alone reports, and its progress counts every rank's work
+    assert log.count("evo: scored 48 of 48 variants") == 1 and re.search(r"scoring .* 48/48 ", log)
+    if ranks == 3:
+        got = (folder / "3" / "gen-noseed.jsonl").read_bytes()
+        seeds = {json.loads(line)["seed"] for line in got.splitlines()}
+        assert len(seeds) == 1
+        argv = commands(folder)[3][:-3] + [seeds.pop(), "-o", "gen-noseed.jsonl"]
+        evo("-q", *argv, threads=max(1, CORES // ranks), cwd=ref)
+        assert (ref / "gen-noseed.jsonl").read_bytes() == got
     assert not [p for p in (folder / str(ranks)).iterdir() if ".evo-partial" in p.name and "killed" not in p.name]
 
 
