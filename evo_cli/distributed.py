@@ -49,6 +49,10 @@ class Job:
     store: object
     runs: int = 0  # runs started so far in this process: each gets its own store keys
 
+    def key(self, name: str) -> str:
+        """A store key of the current run; a group restarted by torchrun (``--max-restarts``) starts afresh."""
+        return f"evo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{self.runs}/{name}"
+
 
 _job: Job | None = None
 
@@ -99,8 +103,10 @@ def setup(device: str = "auto") -> str:
         torch.set_num_threads(max(1, cores // local_world))
         backend = "gloo"
     store, rank, world = next(dist.rendezvous("env://"))
-    # the process group gets its own key space; the bare store holds the chunk counters
-    dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=rank, world_size=world)
+    # the process group gets its own key space, one per start of the group: torchrun's store keeps
+    # the keys of a group it restarted (--max-restarts); the bare store holds the chunk counters
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"pg/{restart}", store), rank=rank, world_size=world)
     atexit.register(_close)
     _job = Job(rank, world, store)
     log.info("rank %d of %d on %s (%s)", rank, world, device, backend)
@@ -132,7 +138,7 @@ def shared_value(key: str, value: str | None) -> str:
     job = _job
     if job is None:
         return value
-    full = f"evo/{job.runs}/value/{key}"
+    full = job.key(f"value/{key}")
     if job.rank == 0:
         job.store.set(full, value)
         return value
@@ -163,7 +169,7 @@ class Share:
             return
         if store is None:
             raise InputError("a distributed run needs an output file (-o PATH): the ranks keep their chunks beside it")
-        self._key = f"evo/{self.job.runs}/"
+        self._key = self.job.key("")
         self.job.runs += 1
         # every rank has read the progress files before any rank writes to its own
         self._wait_for("ready")
