@@ -98,7 +98,7 @@ def runs(tmp_path_factory):
     f = tmp_path_factory.mktemp("dist")
     _seqs(f / "seqs.fa", [5 + 7 * i % 30 for i in range(40)], 0)  # 3 chunks of 16 sequences
     _seqs(f / "prompts.fa", [3, 9, 4, 12, 5], 1)  # 10 rows in 5 batches
-    _seqs(f / "uneven.fa", [6000] + [8] * 127, 2)  # 8 chunks, the first one long
+    _seqs(f / "uneven.fa", [12000] + [8] * 127, 2)  # 8 chunks, the first one as long as about 10 others
     two = launch(2, [{"argv": c} for c in commands(f)]
                  + [{"argv": ["-v", "score", "-m", TINY, "--fasta", f / "uneven.fa", "--batch-size", 1, "--chunk-size",
                               500, "-o", "uneven.tsv"]},
@@ -133,7 +133,7 @@ def test_ranks_write_the_single_process_bytes(runs, ranks):
 
 
 def test_uneven_work_keeps_every_rank_busy(runs):
-    """One chunk holds a 6,000-base sequence, seven hold short ones: while one rank runs the long
+    """One chunk holds a 12,000-base sequence, seven hold short ones: while one rank runs the long
     chunk, the other takes the short ones."""
     _, results = runs
     _, log = results["two"]

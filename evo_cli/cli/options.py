@@ -159,8 +159,9 @@ def hint_on_interrupt(output):
     try:
         yield
     except KeyboardInterrupt:
-        from evo_cli.io.partial import sidecar_path
+        from evo_cli.io.partial import progress_files
 
-        if output != "-" and sidecar_path(output).exists():
-            echo(f"progress is kept in {sidecar_path(output)}: add --resume to the same command to continue")
+        files = progress_files(output) if output != "-" else []
+        if files:
+            echo(f"progress is kept in {files[0]}: add --resume to the same command to continue")
         raise
