@@ -56,7 +56,8 @@ def run(ranks: int, args, model_dir: Path, vcf: Path, out: Path) -> dict:
     # -vv: a single process logs its chunks and times at debug level, ranks at info
     cmd = [EVO, "-vv", "score-variants", "-m", str(model_dir), "--vcf", str(vcf), "--fasta",
            str(DATA / "GRCh37_chr17_41100001-41300000.fa"), "--window", str(args.window), "--batch-size",
-           str(args.batch_size), "--skip-ref-mismatch", "--device", args.device, "--kernels", args.kernels, "-o", str(out)]
+           str(args.batch_size), "--skip-ref-mismatch", "--device", args.device, "--kernels", args.kernels,
+           "-o", str(out)]
     if ranks > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] + cmd
     env = dict(os.environ)
@@ -114,7 +115,8 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         ranks = "; ".join(f"{pr['chunks']}, {pr['busy']:.1f} / {pr['wall']:.1f} s "
-                          f"({100 * pr['busy'] / max(pr['wall'], 1e-9):.0f}%), {pr['cpu']:.1f} s" for pr in r["per_rank"])
+                          f"({100 * pr['busy'] / max(pr['wall'], 1e-9):.0f}%), {pr['cpu']:.1f} s"
+                          for pr in r["per_rank"])
         print(f"| {r['ranks']} | {r['seconds']:.1f} s | {r['work']:.1f} s | {args.variants / r['work']:.2f} | "
               f"{rows[0]['work'] / r['work']:.2f}x | {rows[0]['cpu'] / r['cpu']:.2f}x | {ranks} |")
 

@@ -204,7 +204,8 @@ class Share:
     def _stats(self) -> dict:
         """This process's chunks, the seconds it spent on them, and its wall and CPU seconds in the run."""
         return {"rank": checkpoint_rank(), "chunks": self.chunks, "busy_s": round(self._busy, 3),
-                "wall_s": round(time.monotonic() - self._start, 3), "cpu_s": round(time.process_time() - self._cpu_start, 3)}
+                "wall_s": round(time.monotonic() - self._start, 3),
+                "cpu_s": round(time.process_time() - self._cpu_start, 3)}
 
     def progress(self, n: int) -> None:
         """Count ``n`` units of this process's work (pass this, not the caller's progress, to the work)."""

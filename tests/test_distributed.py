@@ -74,7 +74,8 @@ def commands(inputs: Path) -> list[list]:
          "-o", "variants.tsv"],
         ["score", "-m", TINY, "--fasta", f / "seqs.fa", "--batch-size", 1, "-o", "scores.tsv",
          "--per-position", "positions.tsv"],
-        ["embed", "-m", TINY, "--fasta", f / "seqs.fa", "--batch-size", 1, "--layer", "blocks.3", "-o", "embed.parquet"],
+        ["embed", "-m", TINY, "--fasta", f / "seqs.fa", "--batch-size", 1, "--layer", "blocks.3",
+         "-o", "embed.parquet"],
         ["generate", "-m", TINY, "--prompts", f / "prompts.fa", "--num-samples", 2, "--batch-size", 2, "-n", 6,
          "--seed", 3, "-o", "gen.jsonl"],
     ]
