@@ -4,9 +4,9 @@
     python benchmarks/bench_distributed.py --device cuda --ranks 1 2 4 8 --window 8192 --variants 256
 
 The benchmark model (random weights: the cost does not depend on them) is saved as a checkpoint,
-then ``evo -v score-variants`` scores Findlay 2018 BRCA1 SNVs (one ALT per position, as in a cohort
-VCF, repeated to ``--variants``) once per rank count: one rank is a plain ``evo`` process, more are
-``torchrun --standalone --nproc-per-node N``. On CPU every process is pinned to its own
+then ``evo -vv score-variants`` scores Findlay 2018 BRCA1 SNVs (one ALT per position, as in a
+cohort VCF; past 16, copies 2 kb further on) once per rank count: one rank is a plain ``evo``
+process, more are ``torchrun --standalone --nproc-per-node N``. On CPU every process is pinned to its own
 ``--threads`` cores (its share of the cores is what a rank uses). Reported per run: the run's wall
 time (from the command's closing line: model loading excluded; for ranks it includes waiting for the
 slowest rank to load its model, and rank 0's merge), the chunk phase (from the moment every rank is
@@ -35,29 +35,31 @@ from common import add_model_args, build, machine  # noqa: E402
 from evo_cli.checkpoints.native import save_native  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "brca1"
+FASTA = DATA / "GRCh37_chr17_41100001-41300000.fa"
 EVO = str(Path(sys.executable).with_name("evo"))
 
 
 def variants(n: int, path: Path) -> Path:
-    """``n`` records at distinct positions: every third record of the BRCA1 set, repeated with shifted
-    positions past its end (same bases as the reference there: the window is what costs)."""
-    with pysam.VariantFile(str(DATA / "brca1_sge_first48.region.vcf")) as vf:
+    """``n`` SNVs at distinct positions: every third record of the BRCA1 set, then copies shifted by
+    2 kb steps with REF read from the FASTA there (the windows are what costs)."""
+    with pysam.VariantFile(str(DATA / "brca1_sge_first48.region.vcf")) as vf, pysam.FastaFile(str(FASTA)) as fa:
         recs = list(vf)[::3]
-        header = vf.header
-    with pysam.VariantFile(str(path), "w", header=header) as out:
-        for i in range(n):
-            rec = recs[i % len(recs)].copy()
-            rec.pos += 2000 * (i // len(recs))
-            out.write(rec)
+        with pysam.VariantFile(str(path), "w", header=vf.header) as out:
+            for i in range(n):
+                rec = recs[i % len(recs)].copy()
+                if i >= len(recs):
+                    rec.pos += 2000 * (i // len(recs))
+                    ref = fa.fetch(fa.references[0], rec.pos - 1, rec.pos).upper()
+                    rec.alleles = (ref, next(b for b in "ACGT" if b != ref))
+                out.write(rec)
     return path
 
 
 def run(ranks: int, args, model_dir: Path, vcf: Path, out: Path) -> dict:
     # -vv: a single process logs its chunks and times at debug level, ranks at info
-    cmd = [EVO, "-vv", "score-variants", "-m", str(model_dir), "--vcf", str(vcf), "--fasta",
-           str(DATA / "GRCh37_chr17_41100001-41300000.fa"), "--window", str(args.window), "--batch-size",
-           str(args.batch_size), "--skip-ref-mismatch", "--device", args.device, "--kernels", args.kernels,
-           "-o", str(out)]
+    cmd = [EVO, "-vv", "score-variants", "-m", str(model_dir), "--vcf", str(vcf), "--fasta", str(FASTA),
+           "--window", str(args.window), "--batch-size", str(args.batch_size), "--device", args.device,
+           "--kernels", args.kernels, "-o", str(out)]
     if ranks > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] + cmd
     env = dict(os.environ)
