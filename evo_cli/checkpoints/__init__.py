@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -10,10 +11,12 @@ from evo_cli import hub, registry
 from evo_cli.errors import CheckpointError
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
-from evo_cli.runtime import resolve_device, resolve_dtype, resolve_kernels
+from evo_cli.runtime import fp8_choice, resolve_device, resolve_dtype, resolve_fp8, resolve_kernels
 
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Checkpoint", "describe_checkpoint", "load_model", "open_checkpoint", "resolve_checkpoint"]
 
@@ -24,6 +27,7 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     kernels: str | None = None,
     config: ModelConfig | None = None,
+    fp8: str | None = None,
 ) -> StripedHyena:
     """Load an Evo 1 / Evo 2 checkpoint as an eval-mode model: a published model name (see
     ``evo models``; downloaded into the Hugging Face cache on first use unless HF_HUB_OFFLINE is set)
@@ -33,13 +37,39 @@ def load_model(
     dtype: ``auto`` (float32 on CPU, bfloat16 on GPUs), ``float32``, ``bfloat16`` or a torch dtype;
     Hyena filters, poles and residues stay float32 either way.
     kernels: ``auto`` / ``triton`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
+    fp8: the Hyena input projections of checkpoints trained with FP8 (Evo 2 1B, 20B, 40B): ``auto``
+    (``native`` on sm_89 / sm_90 GPUs, ``emulate`` elsewhere, ``off`` for other models), ``emulate``
+    (Hopper's FP8 GEMM bit for bit through mmaemu, any device), ``native`` (``torch._scaled_mm``),
+    ``off`` (plain matmul); default from ``EVO_FP8``, else ``auto``. ``model.fp8`` says which runs.
     """
     path, published = resolve_checkpoint(model)
     dev = resolve_device(device)
     ckpt = open_checkpoint(path, config or published)
+    mode = fp8_mode(ckpt, fp8, dev)
     loaded = build_model(ckpt, dev, resolve_dtype(dtype, dev), resolve_kernels(kernels))
-    registry.warn_without_fp8(loaded.config)
+    loaded.set_fp8(mode)
+    if mode == "off":
+        registry.warn_without_fp8(loaded.config)
     return loaded
+
+
+def fp8_mode(ckpt: Checkpoint, fp8: str | None, device: torch.device) -> str:
+    """The FP8 mode a checkpoint runs with (see ``load_model``). A published FP8 model whose checkpoint
+    lacks the FP8 state runs ``off`` under ``auto`` (with the warning); an explicit FP8 mode for it is an
+    error naming the state it lacks."""
+    spec = registry.match_config(ckpt.config)
+    has_state = ckpt.fp8_state() is not None
+    explicit = fp8_choice(fp8) != "auto"
+    first = next((i for i, kind in enumerate(ckpt.config.block_types) if kind != "attn"), 0)
+    key = f"blocks.{first}.projections.{'fp8_scale_input' if ckpt.format == 'native' else '_extra_state'}"
+    if spec and spec.fp8 and not has_state and not explicit:
+        log.warning("%s: no FP8 state in the checkpoint (%s missing or empty)", ckpt.source.description, key)
+    mode = resolve_fp8(fp8, device, needs_fp8=has_state or (explicit and bool(spec and spec.fp8)))
+    if mode != "off" and not has_state:
+        what = f"{spec.name} was trained with FP8 projections, but " if spec and spec.fp8 else ""
+        raise CheckpointError(f"{ckpt.source.description}: {what}no FP8 state in the checkpoint ({key} missing or "
+                              f"empty) for --fp8 {mode}; use --fp8 off to run with plain matmuls")
+    return mode
 
 
 def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, ModelConfig | None]:
@@ -93,4 +123,21 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
         "stored dtype": str(ckpt.source.get(emb_key).dtype).removeprefix("torch."),
         "runtime dtype": f"{str(resolve_dtype(dtype, dev)).removeprefix('torch.')} on {dev} (Hyena filters float32)",
         "parameters": f"{n_params:,}",
+        "fp8 state": ckpt.fp8_state() or "none",
+        "fp8 mode": _describe_fp8(ckpt, dev),
     }
+
+
+def _describe_fp8(ckpt: Checkpoint, device: torch.device) -> str:
+    """What ``--fp8 auto`` does with this checkpoint on ``device``, or why it cannot."""
+    from evo_cli.errors import EvoError
+
+    try:
+        mode = fp8_mode(ckpt, None, device)
+    except EvoError as err:
+        return f"cannot run: {err}"
+    return {
+        "off": "off (plain matmul projections)",
+        "native": f"native (torch._scaled_mm with fast accumulation on {device})",
+        "emulate": f"emulate (Hopper FP8 GEMM bit for bit through mmaemu on {device})",
+    }[mode]

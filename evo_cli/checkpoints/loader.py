@@ -19,6 +19,8 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype | Non
     """``dtype`` None keeps every tensor's stored dtype (for conversion; such a model may mix dtypes)."""
     with torch.device("meta"):
         model = StripedHyena(ckpt.config, kernels=kernels)
+        if ckpt.fp8_state() is not None:
+            model.add_fp8_state()  # the scale buffers, filled from the checkpoint below
     expected = model.state_dict()
     used, tensors = set(), {}
     for name, meta in expected.items():

@@ -13,10 +13,13 @@ import click
 # evo_cli.kernels.BACKENDS, spelled out here because importing evo_cli.kernels imports torch, which
 # would cost every command (even `evo --help`) a second; tests check that the two agree
 KERNEL_BACKENDS = ("auto", "triton", "torch")
+FP8_MODES = ("auto", "emulate", "native", "off")  # evo_cli.kernels.FP8_MODES, for the same reason
 
 
 def model_options(f):
-    """``--model --device --dtype --kernels`` plus ``-v/-q``, on every command that runs a model."""
+    """``--model --device --dtype --kernels --fp8`` plus ``-v/-q``, on every command that runs a model.
+
+    ``--fp8`` is not passed to the command: ``load_model_cli`` reads it from the click context."""
 
     @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH",
                   help="Published model name (see `evo models`) or a checkpoint file / directory.")
@@ -26,9 +29,13 @@ def model_options(f):
                   help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
     @click.option("--kernels", type=click.Choice(KERNEL_BACKENDS), default=None,
                   help="Triton or plain-PyTorch ops [default: $EVO_KERNELS or auto].")
+    @click.option("--fp8", type=click.Choice(FP8_MODES), default=None,
+                  help="FP8 projections of Evo 2 1B/20B/40B: native on sm_89/sm_90 GPUs, emulate (mmaemu) "
+                       "anywhere, off [default: $EVO_FP8 or auto].")
     @verbosity_options
     @functools.wraps(f)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, fp8=None, **kwargs):
+        click.get_current_context().meta["evo.fp8"] = fp8
         return f(*args, **kwargs)
 
     return wrapper
@@ -97,11 +104,13 @@ def is_quiet() -> bool:
 
 
 def load_model_cli(model, device, dtype, kernels):
-    """Load a model with a spinner on stderr (nothing with -q)."""
+    """Load a model with a spinner on stderr (nothing with -q); ``--fp8`` from the context."""
     from evo_cli import load_model
 
+    ctx = click.get_current_context(silent=True)
+    fp8 = ctx.meta.get("evo.fp8") if ctx else None
     with status(f"loading {model}"):
-        return load_model(model, device=device, dtype=dtype, kernels=kernels)
+        return load_model(model, device=device, dtype=dtype, kernels=kernels, fp8=fp8)
 
 
 @contextlib.contextmanager

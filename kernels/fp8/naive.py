@@ -1,0 +1,106 @@
+"""FP8 input projections as Transformer Engine computes them in Evo 2 (E4M3 operands, tensor-wise scales).
+
+The arithmetic of the GEMM itself is the one thing that differs between the implementations: Hopper's
+FP8 tensor cores with fast accumulation add the products in blocks aligned to the block's largest
+exponent and truncate, which IEEE fp32 does not reproduce. ``fp8_linear_ref`` holds everything around
+the GEMM (quantisation, row padding, splitting) and takes the GEMM as an argument:
+
+- ``emulated_gemm``: mmaemu's bit-exact model of Transformer Engine 2.3 on an H100 PCIe (``hopper-te``),
+  on any device (optional dependency, ``pip install "evo-cli[fp8]"``);
+- ``native_gemm``: ``torch._scaled_mm(..., use_fast_accum=True)``, the hardware's own FP8 GEMM (only
+  meaningful on sm_89 / sm_90, the GPUs these numerics come from).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+
+import torch
+
+log = logging.getLogger(__name__)
+
+E4M3_MAX = 448.0
+# Transformer Engine pads the rows of an FP8 GEMM to a multiple of 16 (vortex pads each sequence's length)
+ROW_MULTIPLE = 16
+# mmaemu's recorded split-K tables cover the Evo 2 projection shapes up to this many rows (all unsplit)
+MAX_ROWS = 8192
+MMAEMU_PROFILE = "hopper-te"
+
+
+def quantize_e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x * scale`` (computed in fp32) cast to float8_e4m3fn with saturation to +-448, as Transformer
+    Engine's cast does; a plain torch cast does not saturate (out-of-range values become NaN)."""
+    return (x.float() * scale.float()).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def fp8_linear_ref(x, weight_fp8, scale_input, scale_weight, bias, gemm):
+    """x: [B, L, K] (or [L, K]) float -> [B, L, N] in x.dtype.
+
+    weight_fp8: [N, K] float8_e4m3fn (the weight already multiplied by ``scale_weight`` and cast);
+    scale_input, scale_weight: one-element float32 tensors (the stored TE scales); ``gemm(a [M, K] fp8,
+    b [K, N] fp8 column-major, inv_scale_a, inv_scale_b, out_dtype) -> [M, N]``.
+
+    Each sequence is one GEMM (longer ones in pieces of ``MAX_ROWS`` rows), its rows padded with zeros
+    to a multiple of 16, so that every call has a shape mmaemu has validated. Rows never mix in a GEMM,
+    so the split changes no value, only which shapes are run.
+    """
+    squeeze = x.dim() == 2
+    x3 = x[None] if squeeze else x.reshape(-1, x.shape[-2], x.shape[-1])
+    xq = quantize_e4m3(x3, scale_input)
+    # TE multiplies by the reciprocal scales in the GEMM's epilogue (scale_inv = 1 / scale, fp32)
+    inv_a, inv_b = scale_input.float().reciprocal().reshape(()), scale_weight.float().reciprocal().reshape(())
+    w_t = weight_fp8.t()  # [K, N], column-major: the layout torch._scaled_mm wants for mat2
+    pieces = []
+    for seq in xq:
+        rows = []
+        for start in range(0, seq.shape[0], MAX_ROWS):
+            part = seq[start : start + MAX_ROWS]
+            pad = -part.shape[0] % ROW_MULTIPLE
+            if pad:
+                part = torch.cat([part, part.new_zeros(pad, part.shape[1])])
+            rows.append(gemm(part.contiguous(), w_t, inv_a, inv_b, x.dtype)[: part.shape[0] - pad])
+        pieces.append(torch.cat(rows) if len(rows) > 1 else rows[0])
+    y = torch.stack(pieces)
+    if bias is not None:
+        # TE adds the bias in the GEMM's epilogue; Evo 2's projections have none
+        y = y + bias.to(y.dtype)
+    return y[0] if squeeze else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+@functools.cache
+def mmaemu_available() -> bool:
+    try:
+        import mmaemu  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_unvalidated_shapes: set[tuple[int, int, int]] = set()
+
+
+def emulated_gemm(a, b, inv_a, inv_b, out_dtype):
+    """Hopper's FP8 GEMM with fast accumulation as Transformer Engine 2.3 runs it on an H100 PCIe, through
+    mmaemu. A shape outside mmaemu's split-K tables (toy models: K below 1,024) is computed unsplit, as
+    cuBLAS runs small GEMMs, with a note in the log once per shape."""
+    import mmaemu
+
+    kwargs = dict(out_dtype=out_dtype, use_fast_accum=True, profile=MMAEMU_PROFILE)
+    with torch.inference_mode(), warnings.catch_warnings():
+        # hopper-te marks its table-free (envelope) decisions; the shapes we run are all table rows
+        warnings.simplefilter("ignore", mmaemu.UnvalidatedEnvelopeWarning)
+        try:
+            return mmaemu.scaled_mm(a, b, inv_a, inv_b, **kwargs)
+        except mmaemu.SplitKUnknownError:
+            shape = (a.shape[0], b.shape[1], a.shape[1])
+            if shape not in _unvalidated_shapes:
+                _unvalidated_shapes.add(shape)
+                log.info("FP8 GEMM M=%d N=%d K=%d is not in mmaemu's split-K tables; computed unsplit", *shape)
+            return mmaemu.scaled_mm(a, b, inv_a, inv_b, splitk=1, **kwargs)
+
+
+def native_gemm(a, b, inv_a, inv_b, out_dtype):
+    """The GPU's own FP8 GEMM, with fast accumulation as Transformer Engine uses in the forward pass."""
+    return torch._scaled_mm(a, b, scale_a=inv_a, scale_b=inv_b, out_dtype=out_dtype, use_fast_accum=True)
