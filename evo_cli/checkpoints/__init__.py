@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -15,8 +14,6 @@ from evo_cli.runtime import fp8_choice, resolve_device, resolve_dtype, resolve_f
 
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model
-
-log = logging.getLogger(__name__)
 
 __all__ = ["Checkpoint", "describe_checkpoint", "load_model", "open_checkpoint", "resolve_checkpoint"]
 
@@ -49,7 +46,7 @@ def load_model(
     loaded = build_model(ckpt, dev, resolve_dtype(dtype, dev), resolve_kernels(kernels))
     loaded.set_fp8(mode)
     if mode == "off":
-        registry.warn_without_fp8(loaded.config)
+        registry.warn_without_fp8(loaded.config, has_state=ckpt.fp8_state() is not None)
     return loaded
 
 
@@ -62,8 +59,6 @@ def fp8_mode(ckpt: Checkpoint, fp8: str | None, device: torch.device) -> str:
     explicit = fp8_choice(fp8) != "auto"
     first = next((i for i, kind in enumerate(ckpt.config.block_types) if kind != "attn"), 0)
     key = f"blocks.{first}.projections.{'fp8_scale_input' if ckpt.format == 'native' else '_extra_state'}"
-    if spec and spec.fp8 and not has_state and not explicit:
-        log.warning("%s: no FP8 state in the checkpoint (%s missing or empty)", ckpt.source.description, key)
     mode = resolve_fp8(fp8, device, needs_fp8=has_state or (explicit and bool(spec and spec.fp8)))
     if mode != "off" and not has_state:
         what = f"{spec.name} was trained with FP8 projections, but " if spec and spec.fp8 else ""
