@@ -254,3 +254,22 @@ def test_info_and_models_say_what_the_checkpoint_holds(ckpts):
     assert d["fp8 mode"].startswith("emulate (Hopper FP8 GEMM bit for bit through mmaemu on cpu")
     code, out, _ = evo("info", "-m", TINY_A, "--json")
     assert json.loads(out)["fp8 state"] == "none" and json.loads(out)["fp8 mode"].startswith("off")
+
+
+def test_sizes_not_a_multiple_of_16_are_zero_padded_without_changing_the_accumulation():
+    """K = 40, N = 120: the padded GEMM equals mmaemu's accumulator of the unpadded operands (scales 1)."""
+    import mmaemu
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 9, 40, generator=g) * 30, torch.randn(120, 40, generator=g) * 30
+    one = torch.tensor(1.0)
+    wq = K.quantize_e4m3(w, one)
+    y = K.fp8_linear(x, wq, one, one, mode="emulate")
+    acc = mmaemu.accumulate(K.quantize_e4m3(x[0], one), wq, use_fast_accum=True, profile="hopper-te", splitk=1)
+    assert y.shape == (1, 9, 120) and torch.equal(y[0], acc)
+
+
+def test_cli_spells_out_the_fp8_modes_of_the_kernels():
+    from evo_cli.cli.options import FP8_MODES
+
+    assert FP8_MODES == K.FP8_MODES

@@ -51,6 +51,13 @@ def fp8_linear_ref(x, weight_fp8, scale_input, scale_weight, bias, gemm):
     xq = quantize_e4m3(x3, scale_input)
     # TE multiplies by the reciprocal scales in the GEMM's epilogue (scale_inv = 1 / scale, fp32)
     inv_a, inv_b = scale_input.float().reciprocal().reshape(()), scale_weight.float().reciprocal().reshape(())
+    n, k = weight_fp8.shape
+    pad_n, pad_k = -n % ROW_MULTIPLE, -k % ROW_MULTIPLE
+    if pad_n or pad_k:
+        # FP8 GEMMs take sizes that are multiples of 16 (all Evo 2 models have them); zero products at
+        # the end of K leave the accumulation unchanged, zero rows of the weight give outputs we drop
+        weight_fp8 = _pad(_pad(weight_fp8, 1, pad_k), 0, pad_n)
+        xq = _pad(xq, 2, pad_k)
     w_t = weight_fp8.t()  # [K, N], column-major: the layout torch._scaled_mm wants for mat2
     pieces = []
     for seq in xq:
@@ -58,15 +65,23 @@ def fp8_linear_ref(x, weight_fp8, scale_input, scale_weight, bias, gemm):
         for start in range(0, seq.shape[0], MAX_ROWS):
             part = seq[start : start + MAX_ROWS]
             pad = -part.shape[0] % ROW_MULTIPLE
-            if pad:
-                part = torch.cat([part, part.new_zeros(pad, part.shape[1])])
-            rows.append(gemm(part.contiguous(), w_t, inv_a, inv_b, x.dtype)[: part.shape[0] - pad])
+            part = _pad(part, 0, pad)
+            rows.append(gemm(part.contiguous(), w_t, inv_a, inv_b, x.dtype)[: part.shape[0] - pad, :n])
         pieces.append(torch.cat(rows) if len(rows) > 1 else rows[0])
     y = torch.stack(pieces)
     if bias is not None:
         # TE adds the bias in the GEMM's epilogue; Evo 2's projections have none
         y = y + bias.to(y.dtype)
     return y[0] if squeeze else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _pad(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """``t`` with ``n`` zeros appended along ``dim`` (float8 tensors included)."""
+    if not n:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t, t.new_zeros(shape)], dim)
 
 
 @functools.cache
