@@ -129,7 +129,7 @@ def test_split_per_sequence_and_per_block_of_rows_changes_nothing(ckpts, monkeyp
     monkeypatch.setattr(K.fp8.naive, "MAX_ROWS", 16)
     monkeypatch.setattr(K.fp8.naive, "emulated_gemm", lambda a, *r: calls.append(a.shape[0]) or real(a, *r))
     assert torch.equal(proj(x), whole)
-    assert calls == [16, 16, 16] * 3  # 40 rows: 16 + 16 + 8 padded to 16, per sequence
+    assert calls == [16] * 9  # 3 sequences of 40 rows, each padded to 48, in GEMMs of at most 16 rows
 
 
 def test_recurrent_decoding_equals_the_full_forward_under_emulate(ckpts):
@@ -273,3 +273,12 @@ def test_cli_spells_out_the_fp8_modes_of_the_kernels():
     from evo_cli.cli.options import FP8_MODES
 
     assert FP8_MODES == K.FP8_MODES
+
+
+def test_moving_the_model_rebuilds_the_fp8_weight(ckpts):
+    model = evo_cli.load_model(ckpts["bytesio"], device="cpu", fp8="emulate")
+    x = torch.randn(1, 5, 64)
+    want = model.blocks[0].projections(x)
+    model.to("cpu")
+    assert model.blocks[0].projections.weight_fp8.dtype == torch.float8_e4m3fn
+    assert torch.equal(model.blocks[0].projections(x), want)

@@ -137,6 +137,13 @@ class Projection(nn.Linear):
         self.fp8 = mode
         self.weight_fp8 = None if mode == "off" else K.quantize_e4m3(self.weight, self.fp8_scale_weight)
 
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() after loading: rebuild the E4M3 weight on the new device (a cast of it would be wrong)
+        super()._apply(fn, recurse)
+        if self.fp8 != "off":
+            self.set_fp8(self.fp8)
+        return self
+
     def forward(self, x):
         if self.fp8 == "off":
             return F.linear(x, self.weight, self.bias)

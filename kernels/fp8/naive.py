@@ -42,9 +42,10 @@ def fp8_linear_ref(x, weight_fp8, scale_input, scale_weight, bias, gemm):
     scale_input, scale_weight: one-element float32 tensors (the stored TE scales); ``gemm(a [M, K] fp8,
     b [K, N] fp8 column-major, inv_scale_a, inv_scale_b, out_dtype) -> [M, N]``.
 
-    Each sequence is one GEMM (longer ones in pieces of ``MAX_ROWS`` rows), its rows padded with zeros
-    to a multiple of 16, so that every call has a shape mmaemu has validated. Rows never mix in a GEMM,
-    so the split changes no value, only which shapes are run.
+    Each sequence's rows are padded with zeros to a multiple of 16 and the sequences are stacked (the
+    rows vortex gives Transformer Engine), then run in GEMMs of at most ``MAX_ROWS`` rows: every Evo 2
+    projection shape with a multiple of 16 rows up to 8,192 is in mmaemu's H100 split-K table, unsplit.
+    Rows never mix in a GEMM, so how they are grouped changes no value, only which shapes run.
     """
     squeeze = x.dim() == 2
     x3 = x[None] if squeeze else x.reshape(-1, x.shape[-2], x.shape[-1])
@@ -59,16 +60,10 @@ def fp8_linear_ref(x, weight_fp8, scale_input, scale_weight, bias, gemm):
         weight_fp8 = _pad(_pad(weight_fp8, 1, pad_k), 0, pad_n)
         xq = _pad(xq, 2, pad_k)
     w_t = weight_fp8.t()  # [K, N], column-major: the layout torch._scaled_mm wants for mat2
-    pieces = []
-    for seq in xq:
-        rows = []
-        for start in range(0, seq.shape[0], MAX_ROWS):
-            part = seq[start : start + MAX_ROWS]
-            pad = -part.shape[0] % ROW_MULTIPLE
-            part = _pad(part, 0, pad)
-            rows.append(gemm(part.contiguous(), w_t, inv_a, inv_b, x.dtype)[: part.shape[0] - pad, :n])
-        pieces.append(torch.cat(rows) if len(rows) > 1 else rows[0])
-    y = torch.stack(pieces)
+    B, L = xq.shape[:2]
+    rows = _pad(xq, 1, -L % ROW_MULTIPLE).reshape(-1, xq.shape[2])  # [B * L16, K], as vortex lays them out
+    out = [gemm(rows[i : i + MAX_ROWS].contiguous(), w_t, inv_a, inv_b, x.dtype) for i in range(0, rows.shape[0], MAX_ROWS)]
+    y = torch.cat(out).reshape(B, -1, out[0].shape[1])[:, :L, :n]
     if bias is not None:
         # TE adds the bias in the GEMM's epilogue; Evo 2's projections have none
         y = y + bias.to(y.dtype)
