@@ -66,8 +66,6 @@ def models(as_json):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     for row in [header, *table]:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-    if not is_quiet():
-        click.echo(f"evo: {_FP8_NOTE}", err=True)
 
 
 _FP8_NOTE = ("fp8: models trained with FP8 projections run them with --fp8 auto: native on sm_89/sm_90 GPUs, "
