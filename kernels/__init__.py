@@ -14,7 +14,8 @@ import os
 
 from .attention.naive import causal_attention_ref
 from .featurize.naive import hyena_featurize_ref
-from .fp8.naive import fp8_linear_ref, mmaemu_available, quantize_e4m3
+from .fp8.gemm import mmaemu_available
+from .fp8.naive import fp8_linear_ref, quantize_e4m3
 from .fir.naive import causal_conv1d_ref, hyena_fir_ref
 from .modal.naive import hyena_modal_ref, modal_conv_ref, modal_filter_ref
 from .norm.naive import rms_norm_ref
@@ -171,8 +172,8 @@ def fp8_native_supported(device) -> bool:
 
 def fp8_linear(x, weight_fp8, scale_input, scale_weight, bias=None, *, mode: str):
     """FP8 projection, x: [B, L, K] -> [B, L, N] in x.dtype; ``mode`` ``emulate`` (mmaemu, any device) or
-    ``native`` (torch._scaled_mm). See ``fp8/naive.py``."""
-    from .fp8.naive import emulated_gemm, native_gemm
+    ``native`` (torch._scaled_mm). See ``fp8/naive.py`` and ``fp8/gemm.py``."""
+    from .fp8.gemm import emulated_gemm, native_gemm
 
     if mode not in ("emulate", "native"):
         raise ValueError(f"fp8_linear runs 'emulate' or 'native', not {mode!r}")

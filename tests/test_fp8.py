@@ -125,9 +125,9 @@ def test_split_per_sequence_and_per_block_of_rows_changes_nothing(ckpts, monkeyp
     whole = proj(x)
     assert all(torch.equal(proj(x[i : i + 1]), whole[i : i + 1]) for i in range(3))
     calls = []
-    real = K.fp8.naive.emulated_gemm
+    real = K.fp8.gemm.emulated_gemm
     monkeypatch.setattr(K.fp8.naive, "MAX_ROWS", 16)
-    monkeypatch.setattr(K.fp8.naive, "emulated_gemm", lambda a, *r: calls.append(a.shape[0]) or real(a, *r))
+    monkeypatch.setattr(K.fp8.gemm, "emulated_gemm", lambda a, *r: calls.append(a.shape[0]) or real(a, *r))
     assert torch.equal(proj(x), whole)
     assert calls == [16] * 9  # 3 sequences of 40 rows, each padded to 48, in GEMMs of at most 16 rows
 

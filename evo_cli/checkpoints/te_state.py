@@ -19,16 +19,16 @@ from the ``transformer_engine`` package (the recipe, its enums) becomes an inert
 only records its name and arguments, and any other global (``os.system``, ``builtins.eval``, ...) stops
 the read with an error. Nothing from the file is ever called.
 
-Delayed scaling, and why the stored scales are used on every call: under ``fp8_autocast`` TE records
-each call's amax (the largest magnitude of the input, and of the weight) in ``amax_history_fwd`` and,
-after the forward pass, sets ``scale = fp8_max / max(history) / 2^margin`` (``amax_compute_algo="max"``,
-margin 0, fp8_max 448 for E4M3; a zero or non-finite amax keeps the old scale). The first call after
-loading therefore uses the stored ``scale_fwd``; later calls use scales from the inputs seen so far:
-the weight's scale drifts to ``448 / amax(weight)`` once the training-time history has rolled out, and
-the input's scale follows the largest activation of the last calls (16 with evo2's recipe, 1,024 in
-vortex's), so the reference's output for a sequence depends on which sequences ran before it. ``evo``
-keeps the stored scales for every call (the reference's first-call numerics), so that every score is a
-function of its own input only.
+Delayed scaling, and why the stored scales are used on every call: vortex runs the projection under
+``fp8_autocast`` with ``DelayedScaling(fp8_format=HYBRID, amax_history_len=16, amax_compute_algo="max")``
+(1,024 in early vortex). TE then records each call's amax (the largest magnitude of the input, and of
+the weight) in ``amax_history_fwd`` and, after the forward pass, sets ``scale = fp8_max / max(history) /
+2^margin`` (margin 0, fp8_max 448 for E4M3; a zero or non-finite amax keeps the old scale). The first
+call after loading therefore uses the stored ``scale_fwd``; later calls use scales from the inputs seen
+so far: the weight's scale drifts to ``448 / amax(weight)`` once the training-time history has rolled
+out, and the input's scale follows the largest activation of the last 16 calls, so the reference's
+output for a sequence depends on which sequences ran before it. ``evo`` keeps the stored scales for
+every call (the reference's first-call numerics), so that every score is a function of its own input.
 """
 
 from __future__ import annotations

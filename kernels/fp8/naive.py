@@ -3,30 +3,19 @@
 The arithmetic of the GEMM itself is the one thing that differs between the implementations: Hopper's
 FP8 tensor cores with fast accumulation add the products in blocks aligned to the block's largest
 exponent and truncate, which IEEE fp32 does not reproduce. ``fp8_linear_ref`` holds everything around
-the GEMM (quantisation, row padding, splitting) and takes the GEMM as an argument:
-
-- ``emulated_gemm``: mmaemu's bit-exact model of Transformer Engine 2.3 on an H100 PCIe (``hopper-te``),
-  on any device (optional dependency, ``pip install "evo-cli[fp8]"``);
-- ``native_gemm``: ``torch._scaled_mm(..., use_fast_accum=True)``, the hardware's own FP8 GEMM (only
-  meaningful on sm_89 / sm_90, the GPUs these numerics come from).
+the GEMM (quantisation, padding, grouping of rows) in plain PyTorch and takes the GEMM as an argument
+(``gemm.py``: mmaemu's emulation or ``torch._scaled_mm``).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import warnings
-
 import torch
-
-log = logging.getLogger(__name__)
 
 E4M3_MAX = 448.0
 # Transformer Engine pads the rows of an FP8 GEMM to a multiple of 16 (vortex pads each sequence's length)
 ROW_MULTIPLE = 16
 # mmaemu's recorded split-K tables cover the Evo 2 projection shapes up to this many rows (all unsplit)
 MAX_ROWS = 8192
-MMAEMU_PROFILE = "hopper-te"
 
 
 def quantize_e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -77,40 +66,3 @@ def _pad(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = n
     return torch.cat([t, t.new_zeros(shape)], dim)
-
-
-@functools.cache
-def mmaemu_available() -> bool:
-    try:
-        import mmaemu  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-_unvalidated_shapes: set[tuple[int, int, int]] = set()
-
-
-def emulated_gemm(a, b, inv_a, inv_b, out_dtype):
-    """Hopper's FP8 GEMM with fast accumulation as Transformer Engine 2.3 runs it on an H100 PCIe, through
-    mmaemu. A shape outside mmaemu's split-K tables (toy models: K below 1,024) is computed unsplit, as
-    cuBLAS runs small GEMMs, with a note in the log once per shape."""
-    import mmaemu
-
-    kwargs = dict(out_dtype=out_dtype, use_fast_accum=True, profile=MMAEMU_PROFILE)
-    with torch.inference_mode(), warnings.catch_warnings():
-        # hopper-te marks its table-free (envelope) decisions; the shapes we run are all table rows
-        warnings.simplefilter("ignore", mmaemu.UnvalidatedEnvelopeWarning)
-        try:
-            return mmaemu.scaled_mm(a, b, inv_a, inv_b, **kwargs)
-        except mmaemu.SplitKUnknownError:
-            shape = (a.shape[0], b.shape[1], a.shape[1])
-            if shape not in _unvalidated_shapes:
-                _unvalidated_shapes.add(shape)
-                log.info("FP8 GEMM M=%d N=%d K=%d is not in mmaemu's split-K tables; computed unsplit", *shape)
-            return mmaemu.scaled_mm(a, b, inv_a, inv_b, splitk=1, **kwargs)
-
-
-def native_gemm(a, b, inv_a, inv_b, out_dtype):
-    """The GPU's own FP8 GEMM, with fast accumulation as Transformer Engine uses in the forward pass."""
-    return torch._scaled_mm(a, b, scale_a=inv_a, scale_b=inv_b, out_dtype=out_dtype, use_fast_accum=True)
