@@ -282,3 +282,18 @@ def test_moving_the_model_rebuilds_the_fp8_weight(ckpts):
     model.to("cpu")
     assert model.blocks[0].projections.weight_fp8.dtype == torch.float8_e4m3fn
     assert torch.equal(model.blocks[0].projections(x), want)
+
+
+class _Scripted(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+def test_a_torchscript_program_in_extra_state_is_refused():
+    """torch.load would hand a TorchScript archive to torch.jit.load, which runs its code."""
+    from evo_cli.checkpoints.te_state import decode_extra_state
+
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(_Scripted()), buf)
+    with pytest.raises(CheckpointError, match="k: Transformer Engine state is a TorchScript program; refusing"):
+        decode_extra_state(buf, "k")

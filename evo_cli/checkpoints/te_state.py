@@ -33,8 +33,10 @@ every call (the reference's first-call numerics), so that every score is a funct
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
+import zipfile
 
 import torch
 
@@ -71,6 +73,7 @@ def _storage_from_bytes(data: bytes):
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+@functools.cache
 def _allowed() -> dict[tuple[str, str], object]:
     import collections
     import torch._utils
@@ -122,6 +125,15 @@ class _PickleModule:
         return _Unpickler(f, **kwargs).load()
 
 
+def _refuse_torchscript(buf: io.BytesIO) -> None:
+    """torch.load hands a TorchScript archive to torch.jit.load, which runs its code: never ours to load."""
+    if zipfile.is_zipfile(buf):
+        with zipfile.ZipFile(buf) as z:
+            if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
+                raise UnsafePickle("is a TorchScript program")
+    buf.seek(0)
+
+
 def decode_extra_state(value, key: str) -> dict | None:
     """A ``_extra_state`` value as stored (BytesIO, uint8 tensor, None) -> the TE state dict, or None when
     the module stored no FP8 state. A refused or unreadable state is a ``CheckpointError`` naming ``key``."""
@@ -136,6 +148,7 @@ def decode_extra_state(value, key: str) -> dict | None:
             state = _Unpickler(io.BytesIO(value.cpu().numpy().tobytes())).load()
         elif isinstance(value, (io.BytesIO, bytes, bytearray)):
             buf = io.BytesIO(value.getvalue() if isinstance(value, io.BytesIO) else bytes(value))
+            _refuse_torchscript(buf)
             state = torch.load(buf, map_location="cpu", weights_only=False, pickle_module=_PickleModule)
         else:
             raise CheckpointError(f"{key}: unsupported Transformer Engine state of type {type(value).__name__}")
