@@ -289,6 +289,7 @@ class _Scripted(torch.nn.Module):
         return x
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_a_torchscript_program_in_extra_state_is_refused():
     """torch.load would hand a TorchScript archive to torch.jit.load, which runs its code."""
     from evo_cli.checkpoints.te_state import decode_extra_state
