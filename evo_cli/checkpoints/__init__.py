@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from evo_cli import hub, registry
-from evo_cli.errors import CheckpointError
+from evo_cli.errors import CheckpointError, EvoError
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
 from evo_cli.runtime import fp8_choice, resolve_device, resolve_dtype, resolve_fp8, resolve_kernels
@@ -124,9 +124,8 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
 
 
 def _describe_fp8(ckpt: Checkpoint, device: torch.device) -> str:
-    """What ``--fp8 auto`` does with this checkpoint on ``device``, or why it cannot."""
-    from evo_cli.errors import EvoError
-
+    """What the default ``--fp8`` (``EVO_FP8`` or ``auto``) does with this checkpoint on ``device``, or why
+    it cannot."""
     try:
         mode = fp8_mode(ckpt, None, device)
     except EvoError as err:
