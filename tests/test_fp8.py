@@ -298,3 +298,12 @@ def test_a_torchscript_program_in_extra_state_is_refused():
     torch.jit.save(torch.jit.script(_Scripted()), buf)
     with pytest.raises(CheckpointError, match="k: Transformer Engine state is a TorchScript program; refusing"):
         decode_extra_state(buf, "k")
+
+
+def test_a_model_split_over_devices_gives_the_unsplit_fp8_logits(ckpts):
+    ids = torch.tensor([list(b"ACGTTGCAAGGCTTAACGTAGG")])
+    one = evo_cli.load_model(ckpts["bytesio"], device="cpu", fp8="emulate")
+    split = evo_cli.load_model(ckpts["bytesio"], device="cpu,cpu", fp8="emulate")
+    assert split.fp8 == "emulate"
+    with torch.no_grad():
+        assert torch.equal(split(ids), one(ids))
