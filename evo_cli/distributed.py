@@ -69,7 +69,7 @@ def current() -> Job | None:
 
 def rank_device(device: str) -> str:
     """The device this rank runs on: ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK`` when there are GPUs;
-    an explicit device (``cpu``, ``cuda:N``) is kept."""
+    an explicit device (``cpu``, ``cuda:N``, a list ``cuda:0,cuda:1``) is kept."""
     import torch
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
@@ -81,22 +81,30 @@ def rank_device(device: str) -> str:
     return "cpu" if device == "auto" else device
 
 
-def setup(device: str = "auto") -> str:
+def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
     """Join the torchrun job when launched by torchrun (once per process); returns the device to load
-    the model on (``rank_device``). A CPU rank uses its share of the node's cores. Without torchrun,
-    returns ``device`` unchanged."""
+    the model on (``rank_device``; with ``devices_per_rank`` K, ``device`` unchanged: ``load_model``
+    then gives local rank r the GPUs cuda:rK .. cuda:rK+K-1). A CPU rank uses its share of the node's
+    cores. Without torchrun, returns ``device`` unchanged."""
     global _job
     if not launched():
         return device
     import torch
     import torch.distributed as dist
 
-    device = rank_device(device)
+    if devices_per_rank is None:
+        device = rank_device(device)
     if _job is not None:
         return device
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    from evo_cli.runtime import resolve_device
+
+    if devices_per_rank is not None and torch.cuda.is_available():
+        first = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) * devices_per_rank}")
+    else:
+        first = resolve_device(str(device).split(",")[0].strip())
+    if first.type == "cuda":
+        torch.cuda.set_device(first)  # the rank's first GPU: NCCL's, and the default one
         backend = "nccl"
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -109,7 +117,7 @@ def setup(device: str = "auto") -> str:
     dist.init_process_group(backend, store=dist.PrefixStore(f"pg/{restart}", store), rank=rank, world_size=world)
     atexit.register(_close)
     _job = Job(rank, world, store)
-    log.info("rank %d of %d on %s (%s)", rank, world, device, backend)
+    log.info("rank %d of %d on %s (%s)", rank, world, first, backend)
     return device
 
 
