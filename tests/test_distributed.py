@@ -1,5 +1,6 @@
 """Data parallel runs under torchrun (``distributed.py``) on CPU with gloo: 2 and 3 ranks give the
-single-process bytes for score-variants, score, embed and generate; uneven work keeps every rank
+single-process bytes for score-variants, score, embed and generate (and with each rank's model
+split over cpu,cpu); uneven work keeps every rank
 busy; a run with a killed rank resumes with 1 and with 2 ranks to the same bytes.
 
 Each launch runs several commands (``dist_worker.py``); the 2- and 3-rank launches run side by side."""
@@ -105,7 +106,8 @@ def runs(tmp_path_factory):
                               500, "-o", "uneven.tsv"]},
                     {"argv": KILLED + ["--resume"], "stop_after": 2, "copy_to": str(f / "k1")}], f / "2")
     no_seed = commands(f)[3][:-4] + ["-o", "gen-noseed.jsonl"]  # rank 0 draws the seed for all
-    three = launch(3, [{"argv": c} for c in commands(f) + [no_seed]], f / "3")
+    split = commands(f)[0][:-1] + ["variants-split.tsv", "--device", "cpu,cpu"]  # each rank's model in 2 parts
+    three = launch(3, [{"argv": c} for c in commands(f) + [no_seed, split]], f / "3")
     return f, {"two": finish(two), "three": finish(three)}
 
 
@@ -120,10 +122,12 @@ def test_ranks_write_the_single_process_bytes(runs, ranks):
         evo("-q", *argv, threads=max(1, CORES // ranks), cwd=ref)
     differ = [name for name in OUTPUTS if (ref / name).read_bytes() != (folder / str(ranks) / name).read_bytes()]
     assert differ == []
-    # rank 0 alone reports, and its progress counts every rank's work
+    # rank 0 alone reports (one line per score-variants run not resumed), its progress counts every rank's work
     summaries = [line for line in log.splitlines() if "evo: scored 48 of 48 variants" in line]
-    assert len([line for line in summaries if "resuming" not in line]) == 1 and re.search(r"scoring .* 48/48 ", log)
+    assert len([line for line in summaries if "resuming" not in line]) == {2: 1, 3: 2}[ranks]
+    assert re.search(r"scoring .* 48/48 ", log)
     if ranks == 3:
+        assert (folder / "3" / "variants-split.tsv").read_bytes() == (ref / "variants.tsv").read_bytes()
         got = (folder / "3" / "gen-noseed.jsonl").read_bytes()
         seeds = {json.loads(line)["seed"] for line in got.splitlines()}
         assert len(seeds) == 1
