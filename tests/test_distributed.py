@@ -1,7 +1,7 @@
 """Data parallel runs under torchrun (``distributed.py``) on CPU with gloo: 2 and 3 ranks give the
-single-process bytes for score-variants, score, embed and generate (and with each rank's model
-split over cpu,cpu); uneven work keeps every rank
-busy; a run with a killed rank resumes with 1 and with 2 ranks to the same bytes.
+single-process bytes for score-variants, score, embed and generate (also with each rank's model
+split over cpu,cpu); uneven work keeps every rank busy; a run with a killed rank resumes with 1 and
+with 2 ranks to the same bytes.
 
 Each launch runs several commands (``dist_worker.py``); the 2- and 3-rank launches run side by side."""
 
