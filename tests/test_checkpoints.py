@@ -204,3 +204,32 @@ def test_bytesio_only_extra_allowed():
     buf.seek(0)
     with torch.serialization.safe_globals([io.BytesIO]):
         assert isinstance(torch.load(buf, weights_only=True)["meta"], io.BytesIO)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_attention_heads", 0), ("hidden_size", 128.0), ("hidden_size", -128), ("hidden_size", "128"),
+    ("hidden_size", True), ("hcs_filter_groups", -8), ("eps", "tiny"), ("eps", float("nan")), ("max_seqlen", 0),
+    ("max_seqlen", -1), ("max_seqlen", "2048"), ("rotary_emb_base", 0), ("state_size", None),
+    ("use_interpolated_rotary_pos_emb", "yes"), ("attn_layer_idxs", 3), ("mlp_activation", 1),
+    ("inner_mlp_size", -5), ("proj_groups", 0),
+])
+def test_config_values_are_checked_at_load(tmp_path, field, value):
+    """Every field's type and range is checked when the config is read: one line naming file and field."""
+    d = _copy(TINY_A, tmp_path / "c")
+    cfg = yaml.safe_load((d / "config.yml").read_text())
+    cfg[field] = value
+    (d / "config.yml").write_text(yaml.safe_dump(cfg))
+    msg = _error(d, rf"config.yml: (missing config field )?'?{field}'?( |$)")
+    assert "must be" in msg or "missing" in msg
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_heads", 0), ("hidden_size", 128.0), ("eps", "tiny"), ("rotary_scaling", 0), ("max_seqlen", "2048"),
+    ("vocab_size", 4), ("short_filter_bias", "false"), ("block_types", "hcs"), ("num_kv_heads", -1),
+])
+def test_native_config_values_are_checked(tmp_path, field, value):
+    d = save_native(evo_cli.load_model(TINY_A, device="cpu"), tmp_path / "native")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[field] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert "must be" in _error(d, rf"config.json: {field} ")
