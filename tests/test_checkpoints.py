@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -80,11 +83,38 @@ def test_te_extra_state_and_unembed_are_ignored():
 
 
 def test_pickled_code_is_refused(tmp_path):
+    """One line of our own naming the file, the key and the type; no torch paragraph, no warning."""
     d = _copy(TINY_A, tmp_path / "c")
     sd = torch.load(d / "weights.pt", weights_only=True)
     sd["evil"] = Path("/")  # any non-tensor class makes weights_only refuse the file
     torch.save(sd, d / "weights.pt")
-    _error(d, "refusing to unpickle")
+    msg = _error(d, "refusing to unpickle")
+    assert msg == (f"{d / 'weights.pt'}: key 'evil' holds a pickled pathlib.PosixPath, not a tensor; refusing to "
+                   f"unpickle it (only tensors are loaded)")
+    # a legacy (non-zip) pickle of protocol 4 naming a function: same line, and torch's protocol warning is kept off
+    with open(d / "weights.pt", "wb") as fh:
+        pickle.dump({"blocks.0.x": 1.0, "payload": os.system}, fh, protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        msg = _error(d, r"weights.pt: key 'payload' holds a pickled (posix|os|nt)\.system, not a tensor")
+    assert not caught and "Weights only" not in msg and "PyTorch 2.6" not in msg
+    # a pickle torch cannot read safely, with no foreign type in it: still one line of our own
+    with open(d / "weights.pt", "wb") as fh:
+        pickle.dump({"blocks.0.x": 1.0}, fh, protocol=4)
+    msg = _error(d, r"weights.pt: a pickle that torch's weights-only loader cannot read \(Unsupported operand")
+    assert "PyTorch 2.6" not in msg
+
+
+@pytest.mark.parametrize("weight_map, match", [
+    ({"a": "../../etc/passwd"}, r"shard '../../etc/passwd' is outside the checkpoint directory; refused"),
+    ({"a": "/etc/passwd"}, r"shard '/etc/passwd' is outside the checkpoint directory"),
+    (["model-00001-of-00002.safetensors"], r"weight_map must map tensor names to file names"),
+    ({"a": 3}, r"weight_map must map tensor names to file names"),
+])
+def test_weight_index_stays_inside_the_checkpoint(tmp_path, weight_map, match):
+    d = _copy(C1, tmp_path / "c")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert "model.safetensors.index.json" in _error(d, match)
 
 
 def test_missing_key(tmp_path):
