@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
+from huggingface_hub import constants as hf_constants
 import pytest
 import torch
 import yaml
@@ -258,7 +259,7 @@ def test_stalled_hub_fails_in_seconds(env, monkeypatch, capsys):
     """An endpoint that accepts connections and never answers: one line naming it and HF_HUB_OFFLINE."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
     # huggingface_hub read HF_HUB_OFFLINE when it was imported (this machine may set it)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: SimpleNamespace(total=0, used=0, free=10**15))
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
