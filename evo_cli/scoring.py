@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from evo_cli.io.atomic import STDOUT
 from evo_cli.io.partial import Checkpoint
 from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
+from evo_cli.runtime import non_finite_error
 
 
 def default_prepend_bos(model) -> bool:
@@ -315,6 +317,8 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
                 if length != len(rec.sequence):
                     raise InputError(f"{store.path}: sequence {rec.id!r} has another length than when the run "
                                      "started; delete the file to start over")
+                if not math.isfinite(total):  # a sequence with no scored base has sum 0
+                    raise non_finite_error(f"sequence {rec.id!r}", model.dtype)
                 write([(rec.id, length, mean, total)])
                 if write_pos:
                     write_pos((rec.id, first + j + 1, rec.sequence[first + j], v) for j, v in enumerate(logprobs))
