@@ -122,6 +122,7 @@ class ModelConfig:
     def from_evo1(cls, d: dict, source: str = "config") -> ModelConfig:
         """Evo 1: the evo package's inference yml or the HF ``config.json`` (StripedHyenaConfig)."""
         _check_keys(d, _EVO1_KEYS, source)
+        d = {k: v for k, v in d.items() if v is not None}  # null: the field's default (or missing)
         _check_raw(d, source)
         _require(d, ("hidden_size", "num_layers", "num_attention_heads", "state_size", "attn_layer_idxs", "hyena_layer_idxs"), source)
         n = d["num_layers"]
@@ -162,6 +163,7 @@ class ModelConfig:
     def from_evo2(cls, d: dict, source: str = "config") -> ModelConfig:
         """Evo 2: the vortex / evo2 yml schema."""
         _check_keys(d, _EVO2_KEYS, source)
+        d = {k: v for k, v in d.items() if v is not None}  # null: the field's default (or missing)
         _check_raw(d, source)
         _require(d, ("hidden_size", "num_layers", "num_attention_heads", "state_size"), source)
         n = d["num_layers"]
@@ -272,13 +274,22 @@ _RAW_BOOLS = ("short_filter_bias", "qkv_proj_bias", "mha_out_proj_bias", "hyena_
 _RAW_LISTS = ("attn_layer_idxs", "hyena_layer_idxs", "hcs_layer_idxs", "hcm_layer_idxs", "hcl_layer_idxs")
 
 
-def _check_raw(d: dict, source: str) -> None:
-    checks = [(k, int) for k in _RAW_INTS] + [(k, float) for k in _RAW_FLOATS] + [(k, bool) for k in _RAW_BOOLS]
-    checks += [(k, list) for k in _RAW_LISTS] + [("mlp_activation", str)]
+def check_values(d: dict, kinds: dict[str, type], source: str) -> None:
+    """Raise ConfigError naming ``source`` and the field unless every key of ``kinds`` present in ``d`` holds
+    its kind: ``int`` (whole, >= 1), ``float`` (finite, > 0), ``bool``, ``str`` or ``list``."""
     try:
-        for key, kind in checks:
+        for key, kind in kinds.items():
             if key in d:
                 _check_value(key, d[key], kind)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _check_raw(d: dict, source: str) -> None:
+    kinds = {**{k: int for k in _RAW_INTS}, **{k: float for k in _RAW_FLOATS}, **{k: bool for k in _RAW_BOOLS},
+             **{k: list for k in _RAW_LISTS}, "mlp_activation": str}
+    check_values(d, kinds, source)
+    try:
         if d.get("inner_mlp_size") is not None:  # null or 0: computed from hidden_size
             _check_value("inner_mlp_size", d["inner_mlp_size"], int, 0)
         for key in ("model_name", "_name_or_path"):
