@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 def _check_finite(t: torch.Tensor, key: str, where) -> None:
     """A NaN or infinite weight would turn every score into NaN far from its cause: one pass over each
-    tensor at load names it instead."""
+    tensor at load names it instead (a meta tensor has no values to check)."""
+    if t.is_meta:
+        return
     finite = torch.isfinite(t)
     if not bool(finite.all()):
         at = [int(i) for i in (~finite).nonzero()[0]]
