@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from evo_cli.errors import InputError
 
 from .fasta import DNA_CODES, open_text
-from .reference import quiet_htslib, compression, contig_aliases
+from .reference import compression, contig_aliases, quiet_htslib
 
 NO_ALT = "no_alt"  # ALT is '.': a reference-only record
 STAR = "star_allele"  # '*': the allele is deleted by an overlapping deletion
@@ -177,7 +177,7 @@ class VcfReader:
         if compression(self.path) == "gzip":
             # htslib needs to seek, which a plain-gzip stream cannot: Python streams its text instead
             self.indexed = self.is_bcf = False
-            self.text()
+            self.text()  # fails now on a file without a #CHROM header line
             return
         with self.open() as vf:
             self.indexed = vf.index is not None
