@@ -4,6 +4,7 @@ from .embed import embed
 from .generate import generate
 from .info import info
 from .models import convert, download, models
+from .mutagenize import mutagenize, plot
 from .score import score, score_variants
 
-COMMANDS = [info, models, download, convert, generate, score, score_variants, embed]
+COMMANDS = [info, models, download, convert, generate, score, score_variants, mutagenize, embed, plot]
