@@ -95,7 +95,9 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
             block = m[:, k : k + panel]
             if np.isfinite(block).any():
                 parts.append((chrom, positions[k : k + panel], block, refs))
+    # one scale for every panel, centred at 0; red: less likely than the reference; grey: REF, not scored
     vmax = float(np.nanmax(np.abs(df.delta.to_numpy()))) or 1.0
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="0.85")
     fig = plt.figure(figsize=(WIDTH, 0.6 + 2.6 * len(parts)), dpi=DPI, layout="constrained")
     grid = fig.add_gridspec(2 * len(parts), 1, height_ratios=[1, 1.6] * len(parts))
     heat_axes = []
@@ -111,9 +113,8 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
         top.set_gid("mean_delta")
         top.set_title(f"{chrom}:{x0:,}-{positions[-1]:,}", fontsize=9, loc="left")
         ax = fig.add_subplot(grid[2 * i + 1], sharex=top)
-        im = ax.imshow(np.ma.masked_invalid(block), aspect="auto", cmap="RdBu", vmin=-vmax, vmax=vmax,
+        im = ax.imshow(np.ma.masked_invalid(block), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax,
                        interpolation="nearest", extent=(x0 - 0.5, x0 + n - 0.5, 3.5, -0.5))
-        im.cmap.set_bad("0.85")
         xs = [p for p in positions if refs.get(p) in BASES]
         ax.scatter(xs, [BASES.index(refs[p]) for p in xs], s=min(12, 600 / n), c="black", marker="o",
                    linewidths=0, gid="ref")

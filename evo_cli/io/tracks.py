@@ -64,7 +64,8 @@ def write_track(path: str | Path, values: Iterable[tuple[str, int, float]], chro
 
 def _write_bedgraph(fh, header: str, values) -> None:
     fh.write(header + "\n")
-    fh.writelines(f"{c}\t{s}\t{s + 1}\t{v:.6g}\n" for c, s, v in values)
+    # 9 significant digits: a float32 log-probability exactly
+    fh.writelines(f"{c}\t{s}\t{s + 1}\t{v:.9g}\n" for c, s, v in values)
 
 
 def _write_bigwig(path, values, chrom_sizes) -> None:
