@@ -59,8 +59,10 @@ def main():
                                 batch_size=args.batch_size)
             else:
                 vcf = Path(tmp) / "snvs.vcf"
-                vcf.write_text(f"##fileformat=VCFv4.2\n##contig=<ID={CHROM},length=200000>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n" + "".join(
-                    f"{r.chrom}\t{r.pos}\t.\t{r.ref}\t{r.alt}\t.\t.\t.\n" for r in runs["mutagenize"].itertuples()))
+                header = (f"##fileformat=VCFv4.2\n##contig=<ID={CHROM},length=200000>\n"
+                          "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+                vcf.write_text(header + "".join(f"{r.chrom}\t{r.pos}\t.\t{r.ref}\t{r.alt}\t.\t.\t.\n"
+                                                for r in runs["mutagenize"].itertuples()))
                 df = score_variants(model, vcf, FASTA, window=args.window, strand=args.strand,
                                     batch_size=args.batch_size)
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -81,7 +81,8 @@ def test_png_svg_pdf_html_outputs(scan, tmp_path):
     w, h = fig.get_size_inches() * fig.dpi
     assert png_size(tmp_path / "scan.png") == (round(w), round(h)) == (1200, 840)
     plots.plot_mutagenesis(df, tmp_path / "scan.svg")
-    assert (tmp_path / "scan.svg").read_text().lstrip().startswith("<?xml") and "<svg" in (tmp_path / "scan.svg").read_text()
+    svg = (tmp_path / "scan.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
     plots.plot_mutagenesis(df, tmp_path / "scan.pdf")
     assert (tmp_path / "scan.pdf").read_bytes()[:5] == b"%PDF-"
     plots.plot_mutagenesis(df, tmp_path / "scan.html")

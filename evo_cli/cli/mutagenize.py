@@ -28,7 +28,8 @@ from .options import command_line, echo, hint_on_interrupt, load_model_cli, mode
               help="Also write each position's mean delta as a track: .bedGraph, or .bw for bigWig "
                    "(needs evo-cli[bigwig]).")
 @click.option("--window", type=click.IntRange(min=2), default=None,
-              help="Window length in bases, as in score-variants [default: 8192, or the model's context when shorter].")
+              help="Window length in bases, as in score-variants "
+                   "[default: 8192, or the model's context when shorter].")
 @click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
               help="both: average each score with that of the reverse-complement window.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
