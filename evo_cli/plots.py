@@ -107,7 +107,8 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
         mean = np.nanmean(np.where(np.isfinite(block), block, np.nan), axis=0)
         top.bar(positions, np.nan_to_num(mean), width=1.0, color=["#b2182b" if v < 0 else "#2166ac" for v in mean])
         top.axhline(0, color="0.4", lw=0.5)
-        top.set_xlim(x0 - 0.5, x0 + n - 0.5)
+        # every panel of a split region spans ``panel`` positions: cells keep one width
+        top.set_xlim(x0 - 0.5, x0 + (panel if len(parts) > 1 else n) - 0.5)
         top.set_ylabel("mean Δ", fontsize=8)
         top.tick_params(labelbottom=False, labelsize=7)
         top.set_gid("mean_delta")
@@ -150,7 +151,8 @@ def plot_histogram(df, path: str | Path | None = None, *, by: str | None = None,
     groups = [(None, df)] if by is None else list(df.groupby(df[by].astype(str), sort=True))
     for name, part in groups:
         label = f"{'all' if name is None else name} (n = {len(part):,})"
-        ax.hist(part.delta.to_numpy(), bins=edges, alpha=0.55 if by else 0.9, label=label, histtype="stepfilled")
+        # outlines when split: overlapping filled histograms hide each other
+        ax.hist(part.delta.to_numpy(), bins=edges, label=label, histtype="step" if by else "stepfilled", lw=1.5)
     ax.axvline(0, color="0.3", lw=0.6)
     ax.set_xlabel("Δ log-likelihood (ALT − REF)")
     ax.set_ylabel("variants")
