@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import torch
 
 from evo_cli.errors import InputError
-from evo_cli.kernels import BACKENDS
+from evo_cli.kernels import BACKENDS, FP8_MODES, fp8_native_supported, mmaemu_available
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -28,6 +29,38 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def resolve_devices(device: str | torch.device | Sequence | None = "auto",
+                    devices_per_rank: int | None = None) -> list[torch.device]:
+    """One device, or several to split the model over: a comma-separated string (``cuda:0,cuda:1``)
+    or a list. ``devices_per_rank`` K gives this process K GPUs, cuda:rK .. cuda:rK+K-1 for the
+    local rank r that torchrun sets (0 without torchrun); ``device`` must then be ``auto``."""
+    from evo_cli.model.placement import parse_device_list, rank_devices
+
+    if devices_per_rank is not None:
+        if device not in (None, "auto"):
+            raise InputError(f"--devices-per-rank picks this process's GPUs itself: use --device auto, not {device}")
+        if not torch.cuda.is_available():
+            raise InputError("--devices-per-rank needs CUDA GPUs, and none is available")
+        names = rank_devices(devices_per_rank, local_rank() or 0, torch.cuda.device_count())
+    elif isinstance(device, (list, tuple)):
+        if not device:
+            raise InputError("empty device list")
+        names = list(device)
+    else:
+        names = parse_device_list(device) if isinstance(device, str) else [device]
+    return [resolve_device(n) for n in names]
+
+
+def local_rank() -> int | None:
+    """This process's rank on its node under torchrun (``LOCAL_RANK``); None without torchrun."""
+    value = os.environ.get("LOCAL_RANK")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InputError(f"LOCAL_RANK={value!r} is not a rank number")
+    return int(value)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``auto`` -> float32 on CPU, bfloat16 on GPUs."""
     if isinstance(dtype, torch.dtype):
@@ -45,3 +78,38 @@ def resolve_kernels(kernels: str | None) -> str:
     if choice not in BACKENDS:
         raise InputError(f"unknown kernel backend {choice!r} (use {', '.join(BACKENDS)})")
     return choice
+
+
+FP8_INSTALL_HINT = 'pip install "evo-cli[fp8]"'
+
+
+def fp8_choice(fp8: str | None) -> str:
+    """The FP8 mode asked for: the argument, else ``EVO_FP8``, else ``auto``."""
+    choice = fp8 or os.environ.get("EVO_FP8") or "auto"
+    if choice not in FP8_MODES:
+        raise InputError(f"unknown FP8 mode {choice!r} (use {', '.join(FP8_MODES)})")
+    return choice
+
+
+def resolve_fp8(fp8: str | None, device: torch.device, needs_fp8: bool) -> str:
+    """How the FP8 projections run (``fp8_choice``), resolved to ``off``, ``emulate`` or ``native``.
+    ``auto``: ``off`` for a model that does not need FP8; ``native`` on GPUs of compute capability 8.9 /
+    9.x (the hardware Evo 2 was trained on), ``emulate`` elsewhere."""
+    choice = fp8_choice(fp8)
+    if choice == "auto":
+        if not needs_fp8:
+            return "off"
+        choice = "native" if fp8_native_supported(device) else "emulate"
+    if choice == "native" and not fp8_native_supported(device):
+        raise InputError(f"--fp8 native needs a GPU of compute capability 8.9 or 9.x (Ada, Hopper), not {_device_name(device)}; "
+                         "use --fp8 emulate")
+    if choice == "emulate" and not mmaemu_available():
+        raise InputError(f"FP8 emulation needs the mmaemu package: {FP8_INSTALL_HINT} (or --fp8 off, at lower accuracy)")
+    return choice
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
+    return str(device)

@@ -63,7 +63,9 @@ def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens
     output_format(output, fmt)
     if output != "-":
         check_fresh(output, resume)
-    lm = load_model_cli(model, device, dtype, kernels)
+    rows = min(batch_size, len(prompts) * num_samples)
+    lm = load_model_cli(model, device, dtype, kernels,
+                        state_tokens=rows * (max(len(p) for p in prompts.values()) + n_tokens))
     total = len(prompts) * num_samples * n_tokens
     header = {"n_tokens": n_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "model": model,
               "evo": __version__}

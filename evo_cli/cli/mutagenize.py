@@ -53,6 +53,7 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
     from evo_cli.io.tracks import check_track_output
     from evo_cli.io.vcf import parse_region, read_bed
     from evo_cli.mutagenesis import check_inputs, output_format, run_mutagenize
+    from evo_cli.variants import DEFAULT_WINDOW
 
     if resume and output == "-":
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
@@ -69,7 +70,8 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
         check_track_output(bedgraph)
     regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
     total = check_inputs(fasta, regions, records)
-    loaded = load_model_cli(model, device, dtype, kernels)
+    # the KV cache a batch of windows holds, for balancing a model split over devices
+    loaded = load_model_cli(model, device, dtype, kernels, state_tokens=(window or DEFAULT_WINDOW) * batch_size)
     command = command_line(skip=("resume",))
     with hint_on_interrupt(output), progress_bar("mutagenizing", total, "positions") as advance:
         summary = run_mutagenize(loaded, fasta, output, regions=regions, records=records, format=fmt, window=window,

@@ -13,25 +13,42 @@ import click
 # evo_cli.kernels.BACKENDS, spelled out here because importing evo_cli.kernels imports torch, which
 # would cost every command (even `evo --help`) a second; tests check that the two agree
 KERNEL_BACKENDS = ("auto", "triton", "torch")
+FP8_MODES = ("auto", "emulate", "native", "off")  # evo_cli.kernels.FP8_MODES, for the same reason
 
 
 def model_options(f):
-    """``--model --device --dtype --kernels`` plus ``-v/-q``, on every command that runs a model."""
+    """``--model --device --dtype --kernels --fp8`` plus ``-v/-q``, on every command that runs a model.
+
+    ``--fp8`` is not passed to the command: ``load_model_cli`` reads it from the click context."""
 
     @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH",
                   help="Published model name (see `evo models`) or a checkpoint file / directory.")
-    @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-                  help="Where to run; auto picks the first GPU, else the CPU.")
+    @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N][,...]",
+                  help="Where to run; auto picks the first GPU (the first few when one cannot hold the model), "
+                       "else the CPU. A comma-separated list (cuda:0,cuda:1) splits the model's blocks over them.")
+    @click.option("--devices-per-rank", type=click.IntRange(min=1), default=None, metavar="K", expose_value=False,
+                  callback=_set_devices_per_rank,
+                  help="Split the model over K GPUs per process; under torchrun local rank r gets cuda:rK..cuda:rK+K-1.")
     @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
                   help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
     @click.option("--kernels", type=click.Choice(KERNEL_BACKENDS), default=None,
                   help="Triton or plain-PyTorch ops [default: $EVO_KERNELS or auto].")
+    @click.option("--fp8", type=click.Choice(FP8_MODES), default=None,
+                  help="FP8 projections of Evo 2 1B/20B/40B: native on sm_89/sm_90 GPUs, emulate (mmaemu) "
+                       "anywhere, off [default: $EVO_FP8 or auto].")
     @verbosity_options
     @functools.wraps(f)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, fp8=None, **kwargs):
+        click.get_current_context().meta["evo.fp8"] = fp8
         return f(*args, **kwargs)
 
     return wrapper
+
+
+def _set_devices_per_rank(ctx, _param, value):
+    # kept beside -v/-q rather than passed to every command: only load_model_cli needs it
+    if value is not None:
+        ctx.ensure_object(dict)["devices_per_rank"] = value
 
 
 def verbosity_options(f):
@@ -96,12 +113,21 @@ def is_quiet() -> bool:
     return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
 
 
-def load_model_cli(model, device, dtype, kernels):
-    """Load a model with a spinner on stderr (nothing with -q)."""
+def load_model_cli(model, device, dtype, kernels, state_tokens: int | None = None):
+    """Load a model with a spinner on stderr (nothing with -q); ``--devices-per-rank`` and ``--fp8`` from
+    the context.
+
+    state_tokens: the longest KV cache the run will hold (positions x batch rows), so that a model
+    split over several devices is balanced for it."""
     from evo_cli import load_model
 
+    ctx = click.get_current_context(silent=True)
+    per_rank = ctx.find_root().obj.get("devices_per_rank") if ctx and ctx.find_root().obj else None
+    fp8 = ctx.meta.get("evo.fp8") if ctx else None
     with status(f"loading {model}"):
-        return load_model(model, device=device, dtype=dtype, kernels=kernels)
+        extra = {} if state_tokens is None else {"state_tokens": max(1, state_tokens)}
+        return load_model(model, device=device, dtype=dtype, kernels=kernels, devices_per_rank=per_rank, fp8=fp8,
+                          **extra)
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     evo score-variants --vcf in.vcf --fasta ref.fa -m evo2_7b -o scores.tsv --strand both --region chr17:41196312-41277500
     """
     from evo_cli.io.vcf import parse_region, read_bed
-    from evo_cli.variants import check_output, check_variants, run_score_variants
+    from evo_cli.variants import DEFAULT_WINDOW, check_output, check_variants, run_score_variants
 
     if resume and output == "-":
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
@@ -51,7 +51,7 @@ def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, b
     check_output(output, fmt, resume)
     regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
     total = check_variants(vcf, fasta, regions, skip_ref_mismatch)
-    loaded = load_model_cli(model, device, dtype, kernels)
+    loaded = load_model_cli(model, device, dtype, kernels, state_tokens=(window or DEFAULT_WINDOW) * batch_size)
     # --resume is left out: a resumed run writes the same bytes as an uninterrupted one
     command = command_line(skip=("resume",))
     with hint_on_interrupt(output), progress_bar("scoring", total, "variants") as advance:
@@ -126,7 +126,7 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
     if output != "-":
         check_fresh(output, resume)
     records = read_fasta(fasta)
-    loaded = load_model_cli(model, device, dtype, kernels)
+    loaded = load_model_cli(model, device, dtype, kernels, state_tokens=max((len(r.sequence) + 1 for r in records), default=1))
     prepend = default_prepend_bos(loaded) if bos is None else bos
     meta = {"evo_version": __version__, "evo_model": model, "evo_dtype": str(loaded.dtype).replace("torch.", ""),
             "evo_bos": str(prepend).lower()}

@@ -15,8 +15,9 @@ from .layers import AttentionBlock, HyenaBlock, RMSNorm
 
 def keeps_float32(name: str) -> bool:
     """Parameters kept in float32 whatever the model dtype: Hyena filters (poles, residues, taps,
-    D) and rotary frequencies. They are small, and their precision matters at long range."""
-    return ".filter." in name or name.endswith("inv_freq")
+    D), rotary frequencies and FP8 scales. They are small, and their precision matters at long range
+    (the scales: they are the stored float32 values Transformer Engine quantises with)."""
+    return ".filter." in name or name.endswith("inv_freq") or ".fp8_scale_" in name
 
 
 class StripedHyena(nn.Module):
@@ -40,6 +41,8 @@ class StripedHyena(nn.Module):
             for i, kind in enumerate(config.block_types)
         )
         self.norm = RMSNorm(config.hidden_size, config.eps, kernels)
+        # blocks split over several devices (placement.py; set by the loader), None on one device
+        self.placement = None
 
     @property
     def device(self) -> torch.device:
@@ -48,6 +51,10 @@ class StripedHyena(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embedding_layer.weight.dtype
+
+    def block_device(self, i: int) -> torch.device:
+        """Where block ``i`` and its inference state live."""
+        return self.device if self.placement is None else self.placement.block_device(i)
 
     def set_kernels(self, kernels: str) -> StripedHyena:
         """Switch every op between ``auto``, ``triton`` and ``torch`` kernels."""
@@ -59,13 +66,41 @@ class StripedHyena(nn.Module):
                 m.backend = kernels
         return self
 
+    @property
+    def has_fp8_state(self) -> bool:
+        """True when the Hyena projections carry FP8 scales (from the checkpoint)."""
+        return any(b.projections.has_fp8_state for b in self.blocks if b.kind != "attn")
+
+    @property
+    def fp8(self) -> str:
+        """How the Hyena projections run: ``off``, ``emulate`` or ``native``."""
+        return next((b.projections.fp8 for b in self.blocks if b.kind != "attn"), "off")
+
+    def add_fp8_state(self) -> StripedHyena:
+        """Give every Hyena projection its FP8 scale buffers (filled by the checkpoint loader)."""
+        for b in self.blocks:
+            if b.kind != "attn":
+                b.projections.add_fp8_state()
+        return self
+
+    def set_fp8(self, mode: str) -> StripedHyena:
+        """Run the Hyena projections ``off`` (plain matmul), ``emulate`` (mmaemu) or ``native``
+        (torch._scaled_mm); the E4M3 weights are prepared here. See ``evo_cli.runtime.resolve_fp8``."""
+        if mode not in ("off", "emulate", "native"):
+            raise ValueError(f"unknown FP8 mode {mode!r} (off, emulate or native)")
+        for b in self.blocks:
+            if b.kind != "attn":
+                b.projections.set_fp8(mode)
+        return self
+
     def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:
         """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);
         with ``last_block``, only for blocks ``0..last_block`` (see ``forward``)."""
         blocks = self.blocks if last_block is None else self.blocks[: last_block + 1]
         layers = [
-            b.new_state(batch_size, self.device, max_seqlen, self.dtype) if b.kind == "attn" else b.new_state(batch_size, self.device)
-            for b in blocks
+            b.new_state(batch_size, self.block_device(i), max_seqlen, self.dtype) if b.kind == "attn"
+            else b.new_state(batch_size, self.block_device(i))
+            for i, b in enumerate(blocks)
         ]
         return InferenceState(layers, max_seqlen)
 
@@ -83,12 +118,14 @@ class StripedHyena(nn.Module):
         x = self.embedding_layer(input_ids)
         n = len(self.blocks) if last_block is None else last_block + 1
         for i, block in enumerate(self.blocks[:n]):
-            x = block(x, None if state is None else state.layers[i], pos)
+            s = None if state is None else state.layers[i]
+            # split over devices: the activations follow the blocks
+            x = block(x, s, pos) if self.placement is None else self.placement.run_block(i, block, x, s, pos)
         if state is not None:
             state.seqlen = pos + input_ids.shape[1]
         if last_block is not None:
             return None
-        x = self.norm(x)
+        x = self.norm(x.to(self.device))  # the final norm and tied unembedding are on the first device
         if not return_logits:
             return None
         # tied unembedding, in float32 so that scores keep full precision under bf16 weights
