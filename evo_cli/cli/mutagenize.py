@@ -6,7 +6,8 @@ import click
 
 from evo_cli.io.fasta import STRANDS
 
-from .options import command_line, echo, hint_on_interrupt, load_model_cli, model_options, progress_bar
+from .options import (command_line, echo, hint_on_interrupt, load_model_cli, model_options, progress_bar,
+                      verbosity_options)
 
 
 @click.command("mutagenize")
@@ -93,6 +94,7 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
 @click.option("--by", metavar="COLUMN", default=None,
               help="Variant tables: one histogram per value of this column or INFO field (e.g. status, a label).")
 @click.option("--title", default=None, help="Figure title [default: the file name].")
+@verbosity_options
 def plot(scores, output, by, title):
     """Draw a score file: mutagenize tables as a heatmap, score-variants tables or VCFs as a delta
     histogram, `evo score --per-position` tables as a likelihood track (needs evo-cli[plot]).
