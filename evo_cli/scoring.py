@@ -87,7 +87,8 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
     token_ids: sequences of token ids. Returns one float32 CPU tensor per sequence, of length
     ``len(ids)`` with ``prepend_bos`` and ``len(ids) - 1`` without. Sequences up to ``chunk_size``
     tokens are batched by length and right-padded; longer ones run alone through
-    ``model.forward_chunked`` (None: never chunk).
+    ``model.forward_long`` (chunked, or layer by layer when the KV caches would not fit in free
+    memory; None: never chunk).
     """
     rows = [([EOS_ID] if prepend_bos else []) + list(ids) for ids in token_ids]
     out: list[torch.Tensor | None] = [None] * len(rows)
