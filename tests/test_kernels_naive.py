@@ -38,6 +38,21 @@ def test_modal_conv_matches_direct_sum(complex_poles, L):
     assert torch.allclose(K.modal_conv_ref(x, lp, r).double(), _direct_conv(x, h64), atol=1e-4)
 
 
+def test_fft_length_is_the_next_5_smooth_length():
+    from evo_cli.kernels.modal.naive import fft_length
+
+    def smooth(n):
+        for p in (2, 3, 5):
+            while n % p == 0:
+                n //= p
+        return n == 1
+
+    for m in range(1, 3000):
+        n = fft_length(m)
+        assert n >= m and smooth(n) and not any(smooth(k) for k in range(m, n)), m
+    assert [fft_length(m) for m in (678, 2048, 2070)] == [720, 2048, 2160]
+
+
 @pytest.mark.parametrize("complex_poles", [False, True])
 def test_modal_state_carries_across_chunks(complex_poles):
     """Any split of a sequence into chunks (and single steps) equals one pass."""

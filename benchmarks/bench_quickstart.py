@@ -1,0 +1,62 @@
+"""CPU time of the README's quick start (``evo score-variants``, evo-demo, the 36 SNVs of examples/data).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_quickstart.py [--repeat 3] [--deltas before.tsv]
+
+Prints the process CPU time of each run (after one warm-up run), the number of forward calls and
+tokens, and with ``--deltas`` writes the ``delta`` column, to compare two versions of the code
+(``--compare before.tsv``: the largest absolute difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from evo_cli import score_variants
+from evo_cli.checkpoints import load_model
+from evo_cli.runtime import keep_freed_memory
+
+DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--deltas", help="write the deltas here (one per line)")
+    p.add_argument("--compare", help="deltas written by an earlier run: print the largest absolute difference")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does
+    model = load_model("evo-demo", device="cpu")
+    calls, tokens = [], []
+
+    def count(module, inputs, output):
+        calls.append(1)
+        tokens.append(inputs[0].numel())
+
+    model.embedding_layer.register_forward_hook(count)
+    vcf, fasta = DATA / "thrA_snvs.vcf", DATA / "ecoli_first20kb.fa"
+    df = score_variants(model, vcf, fasta)  # warm-up
+    times = []
+    for _ in range(args.repeat):
+        calls.clear()
+        tokens.clear()
+        c0 = time.process_time()
+        df = score_variants(model, vcf, fasta)
+        times.append(time.process_time() - c0)
+    print(f"CPU-s per run: {', '.join(f'{t:.3f}' for t in times)} (best {min(times):.3f}); "
+          f"{len(calls)} forward calls, {sum(tokens)} tokens, {len(df)} variants, {args.threads} thread(s)")
+    deltas = df.delta.to_numpy()
+    if args.deltas:
+        Path(args.deltas).write_text("".join(f"{float(d)!r}\n" for d in deltas))
+    if args.compare:
+        before = [float(x) for x in Path(args.compare).read_text().split()]
+        print(f"max |delta - delta before| = {max(abs(a - b) for a, b in zip(deltas, before)):.3e}")
+
+
+if __name__ == "__main__":
+    main()
