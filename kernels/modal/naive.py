@@ -179,6 +179,6 @@ def hyena_modal_ref(x1v, x2, log_poles, residues, D, state=None):
     x1v, x2: [B, L, C]; log_poles, residues: [C, S]; D: [C]; state as in ``modal_conv_ref``.
     Returns y: [B, L, C] in x1v.dtype.
     """
-    y = modal_conv_ref(x1v, log_poles, residues, state)
-    y = y + D.float() * x1v.float()
-    return (y * x2.float()).to(x1v.dtype)
+    y = modal_conv_ref(x1v, log_poles, residues, state)  # a new float32 tensor: updated in place below
+    y.addcmul_(x1v.float(), D.float())
+    return y.mul_(x2.float()).to(x1v.dtype)
