@@ -35,7 +35,9 @@ def causal_conv1d_ref(x, weight, bias=None, state=None):
         # short filters: one multiply-add per tap over the [B, L, C] window, in place; on CPU several
         # times faster than a depthwise F.conv1d, which transposes and copies its input and output.
         # The history enters only the first outputs, so the input is never copied behind it.
-        w = weight.float().T.repeat_interleave(C // G, dim=1)  # [K, C]
+        # [K, C] contiguous: a strided tap row (weight.T when G == C) makes each broadcast
+        # multiply several times slower
+        w = weight.float().T.repeat_interleave(C // G, dim=1).contiguous()
         y = xf * w[K - 1]
         for s in range(1, K):  # input t - s, tap K-1-s
             if s < L:
