@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+from evo_cli import scoring
 from evo_cli.io.fasta import reverse_complement
 from evo_cli.scoring import score_sequences, score_windows, token_logprobs, variant_windows, window_bounds
 
@@ -68,8 +69,10 @@ def _sites(contig):
 
 
 @pytest.mark.parametrize("family", ["evo2", "evo1"])
-def test_shared_prefix_equals_independent_windows(family, tiny_a, tiny_models):
+def test_shared_prefix_equals_independent_windows(family, tiny_a, tiny_models, monkeypatch):
     model = tiny_a if family == "evo2" else tiny_models["evo1"]
+    # without a chunk size a CPU run goes on from the prefix in steps of _CPU_STEP tokens: make them short
+    monkeypatch.setattr(scoring, "_CPU_STEP", 7)
     contig = _contig()
     groups = []
     for start, ref, alts in _sites(contig):
