@@ -24,7 +24,6 @@ per chunk; ``resume=True`` continues it and writes the same bytes as an uninterr
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Callable, Iterable, Iterator
 from evo_cli._version import __version__
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT, atomic_path
-from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
+from evo_cli.io.fasta import DNA_CODES, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
 from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
@@ -41,9 +40,7 @@ from evo_cli.io.tracks import check_track_output, write_track
 from evo_cli.io.vcf import Region
 from evo_cli.runs import run_settings
 from evo_cli.scoring import score_windows, variant_windows
-from evo_cli.variants import DEFAULT_WINDOW, INFO_FIELDS
-
-log = logging.getLogger(__name__)
+from evo_cli.variants import INFO_FIELDS, check_run_options
 
 BASES = "ACGT"
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
@@ -238,16 +235,7 @@ def run_mutagenize(
     (``plots.plot_mutagenesis``; .png, .svg, .pdf or .html). ``rows``: receives the output rows.
     ``progress(n)``: called with positions finished. ``window``: None means ``DEFAULT_WINDOW`` or the
     model's context when shorter, as in score-variants."""
-    if window is None:
-        window = min(DEFAULT_WINDOW, model.config.max_seqlen)
-    if window < 2:
-        raise InputError(f"window must be at least 2 bases, not {window}")
-    if strand not in STRANDS:
-        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, not {batch_size}")
-    if window > model.config.max_seqlen:
-        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+    window = check_run_options(model, window, strand, batch_size)
     fmt = output_format(output, format) if output is not None else None
     if resume and output in STDOUT:
         raise InputError("resume needs an output file (progress is kept beside it)")

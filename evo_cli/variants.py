@@ -196,6 +196,22 @@ def check_output(output: str | Path | None, format: str | None = None, resume: b
     return output_format(output, format)
 
 
+def check_run_options(model, window: int | None, strand: str, batch_size: int) -> int:
+    """The window (None: ``DEFAULT_WINDOW``, or the model's context when that is shorter), after
+    checking it, ``strand`` and ``batch_size``; shared by score-variants and mutagenize."""
+    if window is None:
+        window = min(DEFAULT_WINDOW, model.config.max_seqlen)
+    if window < 2:
+        raise InputError(f"window must be at least 2 bases, not {window}")
+    if strand not in STRANDS:
+        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    if window > model.config.max_seqlen:
+        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+    return window
+
+
 def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region] | None = None,
                    skip_ref_mismatch: bool = False) -> int:
     """Read every selected record once, check REF against the FASTA (raising on a mismatch unless
@@ -230,16 +246,7 @@ def run_score_variants(
     tuple per output row (``COLUMNS``); required when ``output`` is None.
     ``progress(n)``: called with the number of variants finished. ``window``: None means
     ``DEFAULT_WINDOW``, or the model's context when that is shorter. Returns the run's Summary."""
-    if window is None:
-        window = min(DEFAULT_WINDOW, model.config.max_seqlen)
-    if window < 2:
-        raise InputError(f"window must be at least 2 bases, not {window}")
-    if strand not in STRANDS:
-        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, not {batch_size}")
-    if window > model.config.max_seqlen:
-        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+    window = check_run_options(model, window, strand, batch_size)
     regions = list(regions or [])
     fmt = check_output(output, format, resume)
     to_file = output not in STDOUT
