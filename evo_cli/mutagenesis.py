@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from evo_cli._version import __version__
+from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT, atomic_path
 from evo_cli.io.fasta import DNA_CODES, reverse_complement
@@ -263,21 +264,24 @@ def run_mutagenize(
         settings = run_settings(model, {"fasta": fasta}, window=window, strand=strand,
                                 targets=[str(t) for t in targets], batch_size=batch_size, share_prefix=share_prefix,
                                 chunk_size=chunk_size, format=fmt, model_name=info["evo_model"], kind="mutagenize")
-        store = Checkpoint(output, settings, resume) if to_file else None
+        store = Checkpoint(output, settings, resume, checkpoint_rank()) if to_file else None
         memory: list[list] = []
         with store or contextlib.nullcontext():
+            share = Share(store, progress)
             for i, chunk in enumerate(_chunks(_positions(reference, targets), batch_size)):
-                if store is not None and i < store.done:
+                if store is not None and i in store:
                     summary.resumed += len(chunk)
-                else:
+                if share.take(i, len(chunk)):
                     results = _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix,
                                            chunk_size)
                     if store is not None:
                         store.append(i, results)
                     else:
                         memory.append(results)
-                if progress:
-                    progress(len(chunk))
+                    share.progress(len(chunk))
+            if not share.finish():
+                summary.seconds = time.perf_counter() - t0
+                return summary  # another rank writes the output
             results = [r for c in (store.chunks() if store is not None else memory) for r in c]
             if len(results) != summary.positions:
                 raise InputError(f"{store.path}: holds {len(results)} positions, the targets have "

@@ -133,6 +133,13 @@ def test_resume_gives_identical_output(tmp_path):
                        model_name=str(TINY), progress=stop_after_two_chunks)
     partial = Path(str(tmp_path / "out.tsv") + ".evo-partial")
     assert partial.read_text().count("\n") == 3 and not (tmp_path / "out.tsv").exists()
+    # progress as ranks of a torchrun job leave it: chunk 1 alone, in rank 1's file (chunk 0 missing)
+    head, _, chunk1 = partial.read_text().splitlines()
+    gap = tmp_path / "gap.tsv"
+    Path(str(gap) + ".evo-partial.1").write_text(head + "\n" + chunk1 + "\n")
+    code, _, err = evo(*args, "-o", gap, "--resume")
+    assert code == 0, err
+    assert "2 positions done before resuming" in err and gap.read_text() == (tmp_path / "full.tsv").read_text()
     code, _, err = evo(*args, "-o", tmp_path / "out.tsv")
     assert code == 1 and "add --resume" in err
     code, _, err = evo(*args, "-o", tmp_path / "out.tsv", "--window", 64, "--resume")
