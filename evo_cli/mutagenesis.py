@@ -24,6 +24,7 @@ per chunk; ``resume=True`` continues it and writes the same bytes as an uninterr
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_wri
 from evo_cli.io.tracks import check_track_output, write_track
 from evo_cli.io.vcf import Region
 from evo_cli.runs import run_settings
+from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
 from evo_cli.variants import INFO_FIELDS, check_run_options
 
@@ -193,6 +195,8 @@ def _score_chunk(model, reference, chunk, window, strand, batch_size, share_pref
             continue
         ref_ll = sum(scores[r] for r, _ in windows) / len(windows)
         alt_ll = [sum(scores[alts[i]] for _, alts in windows) / len(windows) for i in range(3)]
+        if not all(math.isfinite(v) for v in [ref_ll, *alt_ll]):
+            raise non_finite_error(f"position {contig}:{start + 1}", model.dtype)
         out.append([contig, start + 1, ref, ref_ll, alt_ll])
     return out
 
