@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 from evo_cli._version import __version__
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT
+from evo_cli.io.atomic import STDOUT, check_output_path
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
@@ -193,7 +193,9 @@ def check_output(output: str | Path | None, format: str | None = None, resume: b
             raise InputError(f"{fmt} output needs a file name")
         return output_format(None, fmt)
     check_fresh(output, resume)
-    return output_format(output, format)
+    fmt = output_format(output, format)
+    check_output_path(output)
+    return fmt
 
 
 def check_run_options(model, window: int | None, strand: str, batch_size: int) -> int:
