@@ -96,6 +96,17 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
     return named
 
 
+def check_context(model, prompts: Mapping[str, str], n_tokens: int) -> None:
+    """Raise ``InputError`` when a prompt (id -> sequence, ``prepare_prompts``) plus ``n_tokens`` new
+    tokens would pass the model's context."""
+    context = model.config.max_seqlen
+    for pid, seq in prompts.items():
+        if len(encode(seq)) + n_tokens > context:
+            n = len(encode(seq))
+            raise InputError(f"prompt {pid!r} ({n:,} tokens) + {n_tokens:,} new tokens = {n + n_tokens:,} "
+                             f"positions, past the model's context of {context:,}: lower -n/--n-tokens")
+
+
 def generate(
     model,
     prompts: str | Sequence[str] | Mapping[str, str],
@@ -202,11 +213,7 @@ class _Run:
         self.prompts = prepare_prompts(prompts)
         self.names = list(self.prompts)
         self.ids = [encode(seq) for seq in self.prompts.values()]
-        context = model.config.max_seqlen
-        for pid, t in zip(self.names, self.ids):
-            if len(t) + n_tokens > context:
-                raise InputError(f"prompt {pid!r} ({len(t)} tokens) + {n_tokens} new tokens = {len(t) + n_tokens} "
-                                 f"positions, past the model's context of {context}")
+        check_context(model, self.prompts, n_tokens)
         if seed is None:
             seed = secrets.randbits(32)
             log.info("seed %d", seed)

@@ -20,7 +20,7 @@ def model_options(f):
 
     @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH",
                   help="Published model name (see `evo models`) or a checkpoint file / directory.")
-    @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+    @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=check_device,
                   help="Where to run; auto picks the first GPU, else the CPU.")
     @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
                   help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
@@ -32,6 +32,35 @@ def model_options(f):
         return f(*args, **kwargs)
 
     return wrapper
+
+
+def check_device(_ctx, _param, value):
+    """Parse-time check of ``--device`` against the devices this torch has (a usage error naming them)."""
+    if value in (None, "auto"):
+        return value
+    from evo_cli.errors import InputError
+    from evo_cli.runtime import resolve_device
+
+    try:
+        resolve_device(value)
+    except InputError as err:
+        raise click.BadParameter(str(err)) from None
+    return value
+
+
+def _parse_regions(_ctx, _param, values):
+    from evo_cli.errors import InputError
+    from evo_cli.io.vcf import parse_region
+
+    try:
+        return tuple(parse_region(v) for v in values)
+    except InputError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+region_option = click.option(
+    "--region", "regions", multiple=True, metavar="CHR:START-END", callback=_parse_regions,
+    help="Only variants in this region (chr, chr:start or chr:start-end; 1-based, inclusive; repeatable).")
 
 
 def verbosity_options(f):
@@ -124,17 +153,22 @@ def progress_bar(description: str, total: int | None, unit: str):
         yield lambda n=1: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    done = "{task.completed:,.0f}/{task.total:,.0f} " if total is not None else "{task.completed:,.0f} "
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn(done + unit),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False) as prog:
         task = prog.add_task(description, total=total, rate="")
+        calls = [0]
 
         def advance(n=1):
             prog.advance(task, n)
-            # rich's windowed speed, not completed / elapsed: work restored by --resume arrives at once
-            speed = prog.tasks[task].speed
+            calls[0] += 1
+            # rich's windowed speed, not completed / elapsed: work restored by --resume arrives at once;
+            # a run done in one step has no window, and its one step is its own work
+            t = prog.tasks[task]
+            speed = t.speed if calls[0] > 1 else (t.completed / t.elapsed if t.elapsed else None)
             if speed is not None:
                 prog.update(task, rate=f"{speed:,.1f} {unit}/s")
 

@@ -10,12 +10,13 @@ A kill can at worst leave a truncated last line, which resuming drops. Floats go
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Iterator
 
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, OutputError
 
 from .atomic import atomic_open
 
@@ -96,9 +97,14 @@ class Checkpoint:
             with atomic_open(self.path) as fh:
                 fh.write(json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n")
             self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(json.dumps({"chunk": chunk, "records": records}) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(json.dumps({"chunk": chunk, "records": records}) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as err:
+            # a cut last line is dropped on resuming: the chunks completed before are intact
+            raise OutputError(f"cannot write {self.path}: {err.strerror or err}; the {self.done:,} chunk(s) of "
+                              f"progress completed before are intact: fix this and rerun with --resume") from None
         self.done += 1
 
     def chunks(self) -> Iterator[list]:
@@ -113,7 +119,9 @@ class Checkpoint:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            # after a failed write (full disk) the buffer cannot be flushed either: the error is already raised
+            with contextlib.suppress(OSError):
+                self._fh.close()
 
     def __enter__(self) -> Checkpoint:
         return self
