@@ -43,7 +43,8 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
         for other in inputs:
             if other not in STDOUT and Path(other).exists() and os.path.samefile(path, other):
                 raise OutputError(f"{path}: the output is also an input ({other}); choose another output file")
-        if not os.access(path, os.W_OK):
+        # the mode, not os.access: root may write anything, yet a chmod 444 output is meant to stay
+        if path.is_file() and not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK):
             raise OutputError(f"{path}: the output exists and is read-only; evo does not replace read-only files "
                               f"(make it writable or choose another output)")
     remove_stale_temporaries(path)
