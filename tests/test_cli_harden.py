@@ -284,3 +284,15 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     code, _, err = _sv(out, "--region", FEW)
     assert code == 0, err
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_convert_checks_its_output_first_and_removes_stale_temporary_directories(tmp_path):
+    (tmp_path / "f").write_text("")
+    code, _, err = evo("convert", tmp_path / "no_model", "-o", tmp_path / "f" / "out")
+    assert code == 1 and err == f"evo: error: {tmp_path / 'f' / 'out'}: cannot create it, {tmp_path / 'f'} is not a directory\n"
+    stale = tmp_path / ".out.evo-tmp-999999999-abcd"  # a killed conversion's directory
+    stale.mkdir()
+    (stale / "model-00001-of-00001.safetensors").write_text("partial")
+    code, _, err = evo("convert", TINY, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["f", "out"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -50,8 +51,32 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
     remove_stale_temporaries(path)
 
 
+def check_output_dir(path: str | Path) -> None:
+    """``check_output_path`` for an output directory: it must not exist or be empty, and its
+    location must be writable. Also removes stale temporary directories of ``path``."""
+    from evo_cli.errors import OutputError
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OutputError(f"{path}: exists and is not an empty directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: cannot create it, {parent} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: cannot write it, the directory {parent} is not writable")
+            break
+    remove_stale_temporaries(path)
+
+
+def temporary_prefix(path: str | Path) -> str:
+    """The name prefix of this process's temporaries for ``path`` (``tempfile``'s ``prefix``)."""
+    return f".{Path(path).name}{_TMP_TAG}{os.getpid()}-"
+
+
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Delete the temporaries of ``path`` left by runs that no longer exist; returns them."""
+    """Delete the temporary files and directories of ``path`` left by runs that no longer exist;
+    returns them."""
     path = Path(path)
     removed = []
     with contextlib.suppress(OSError):
@@ -59,9 +84,10 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
             pid = tmp.name[len(path.name) + 1 + len(_TMP_TAG):].split("-", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 with contextlib.suppress(OSError):
-                    if tmp.is_dir():
-                        continue
-                    tmp.unlink()
+                    if tmp.is_dir() and not tmp.is_symlink():
+                        shutil.rmtree(tmp)
+                    else:
+                        tmp.unlink()
                     removed.append(tmp)
     return removed
 
@@ -103,7 +129,7 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_TAG}{os.getpid()}-",
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path),
                                    suffix=suffix if suffix is not None else "".join(path.suffixes), dir=path.parent)
         os.close(fd)
     except OSError as err:
