@@ -237,7 +237,7 @@ def test_output_under_a_regular_file_fails_before_the_model_loads(command, tmp_p
             "embed": ["--fasta", FA, "-o", out.with_suffix(".parquet")],
             "generate": ["-p", "ACGT", "-o", out.with_suffix(".fa")]}[command]
     code, _, err = evo(command, "-m", tmp_path / "no_model", *args)
-    assert code == 1 and len(_lines(err)) == 1 and f"is not a directory" in err and "no_model" not in err, err
+    assert code == 1 and len(_lines(err)) == 1 and "is not a directory" in err and "no_model" not in err, err
 
 
 def test_unwritable_directory_names_the_output_not_a_temporary(tmp_path, monkeypatch):
