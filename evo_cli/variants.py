@@ -217,13 +217,7 @@ def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region]
     regions = list(regions or [])
     reader = VcfReader(vcf, regions)
     with Reference(fasta) as reference:
-        with reader.open() as vf:
-            header_contigs = list(vf.header.contigs)
-        known = {name for c in header_contigs for name in (c, *contig_aliases(c))}
-        for region in regions:
-            if region.contig not in known and reference.resolve(region.contig) is None:
-                raise InputError(f"region {region}: contig {region.contig} is in neither the VCF header "
-                                 f"({_first(header_contigs)}) nor {reference.path.name} ({_first(reference.contigs)})")
+        _check_region_contigs(reader, reference, regions)
         total = 0
         vcf_contigs: dict[str, None] = {}
         in_fasta = False
@@ -244,6 +238,17 @@ def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region]
         if not found:
             log.warning("warning: region %s holds no record of %s", region, reader.path.name)
     return total
+
+
+def _check_region_contigs(reader: VcfReader, reference: Reference, regions: list[Region]) -> None:
+    """Raise for a region on a contig that neither the VCF header nor the FASTA knows."""
+    with reader.open() as vf:
+        header_contigs = list(vf.header.contigs)
+    known = {name for c in header_contigs for name in (c, *contig_aliases(c))}
+    for region in regions:
+        if region.contig not in known and reference.resolve(region.contig) is None:
+            raise InputError(f"region {region}: contig {region.contig} is in neither the VCF header "
+                             f"({_first(header_contigs)}) nor {reference.path.name} ({_first(reference.contigs)})")
 
 
 def _same_contig(a: str, b: str) -> bool:
@@ -295,6 +300,8 @@ def run_score_variants(
     to_file = output not in STDOUT
     t0 = time.perf_counter()
     reader = VcfReader(vcf, regions)
+    with Reference(fasta) as reference:
+        _check_region_contigs(reader, reference, regions)
     name = model_name or model.config.name or "unnamed"
     info = output_metadata(model, name, command, window=window, strand=strand, reduce=reduce,
                            score=f"{REDUCE_TEXT[reduce]} of window positions 2..n (no BOS); delta = ALT - REF")

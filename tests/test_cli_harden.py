@@ -296,3 +296,9 @@ def test_convert_checks_its_output_first_and_removes_stale_temporary_directories
     code, _, err = evo("convert", TINY, "-o", tmp_path / "out")
     assert code == 0, err
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["f", "out"]
+
+
+def test_api_refuses_a_region_on_an_unknown_contig(tmp_path):
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    with pytest.raises(evo_cli.InputError, match="region chrX:1-10: contig chrX is in neither the VCF header"):
+        evo_cli.score_variants(model, SNVS, FA, window=32, regions=["chrX:1-10"])
