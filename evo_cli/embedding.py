@@ -121,7 +121,8 @@ class _Pooler:
 
     def update(self, h, start: int) -> None:
         n = h.shape[1]
-        valid = torch.arange(start, start + n, device=h.device)[None, :] < self.lengths[:, None]  # [B, n]
+        lengths = self.lengths.to(h.device)  # a split model's layers live on different devices
+        valid = torch.arange(start, start + n, device=h.device)[None, :] < lengths[:, None]  # [B, n]
         pad = None if bool(valid.all()) else ~valid[..., None]
         if self.pool == "mean":
             # per-chunk sums in float32, the running sum in float64: exact enough at 1M positions
@@ -133,7 +134,7 @@ class _Pooler:
         else:
             if self.acc is None:
                 self.acc = torch.zeros(h.shape[0], h.shape[2])
-            last = self.lengths - 1 - start
+            last = lengths - 1 - start
             rows = ((last >= 0) & (last < n)).nonzero()[:, 0]
             self.acc[rows.cpu()] = h[rows, last[rows]].float().cpu()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import torch
 
@@ -28,15 +29,50 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     available = available_devices()
+    has = f"this torch {torch.__version__} has {', '.join(available)}"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        dev = None
-    name = None if dev is None else f"cuda:{dev.index or 0}" if dev.type == "cuda" else dev.type
-    if name not in available:
-        raise InputError(f"device {str(device)!r} is not available here: this torch {torch.__version__} has "
-                         f"{', '.join(available)} (use auto or one of these)")
+        raise InputError(f"unknown device {str(device)!r}: {has} (use auto or one of these)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} requested but no CUDA GPU is available: {has}")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"device {device} requested but only {torch.cuda.device_count()} GPU(s) are visible: {has}")
+    if dev.type != "cuda" and dev.type not in available:
+        raise InputError(f"device {str(device)!r} is not available here: {has} (use auto or one of these)")
     return dev
+
+
+def resolve_devices(device: str | torch.device | Sequence | None = "auto",
+                    devices_per_rank: int | None = None) -> list[torch.device]:
+    """One device, or several to split the model over: a comma-separated string (``cuda:0,cuda:1``)
+    or a list. ``devices_per_rank`` K gives this process K GPUs, cuda:rK .. cuda:rK+K-1 for the
+    local rank r that torchrun sets (0 without torchrun); ``device`` must then be ``auto``."""
+    from evo_cli.model.placement import parse_device_list, rank_devices
+
+    if devices_per_rank is not None:
+        if device not in (None, "auto"):
+            raise InputError(f"--devices-per-rank picks this process's GPUs itself: use --device auto, not {device}")
+        if not torch.cuda.is_available():
+            raise InputError("--devices-per-rank needs CUDA GPUs, and none is available")
+        names = rank_devices(devices_per_rank, local_rank() or 0, torch.cuda.device_count())
+    elif isinstance(device, (list, tuple)):
+        if not device:
+            raise InputError("empty device list")
+        names = list(device)
+    else:
+        names = parse_device_list(device) if isinstance(device, str) else [device]
+    return [resolve_device(n) for n in names]
+
+
+def local_rank() -> int | None:
+    """This process's rank on its node under torchrun (``LOCAL_RANK``); None without torchrun."""
+    value = os.environ.get("LOCAL_RANK")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InputError(f"LOCAL_RANK={value!r} is not a rank number")
+    return int(value)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -10,7 +10,8 @@ from evo_cli import hub, registry
 from evo_cli.errors import CheckpointError
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
-from evo_cli.runtime import resolve_device, resolve_dtype, resolve_kernels
+from evo_cli.model.placement import DEFAULT_STATE_TOKENS, auto_devices
+from evo_cli.runtime import local_rank, resolve_device, resolve_devices, resolve_dtype, resolve_kernels
 
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model
@@ -24,20 +25,28 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     kernels: str | None = None,
     config: ModelConfig | None = None,
+    devices_per_rank: int | None = None,
+    state_tokens: int = DEFAULT_STATE_TOKENS,
 ) -> StripedHyena:
     """Load an Evo 1 / Evo 2 checkpoint as an eval-mode model: a published model name (see
     ``evo models``; downloaded into the Hugging Face cache on first use unless HF_HUB_OFFLINE is set)
     or a directory or weights file in any supported format.
 
-    device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
+    device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:N``, or several devices
+    (``"cuda:0,cuda:1"`` or a list) to split the blocks over them, balanced by memory (weights plus a
+    KV cache of ``state_tokens`` positions x batch rows). ``auto`` splits over the first GPUs when one
+    cannot hold the model (not under torchrun: use ``devices_per_rank`` there, see ``resolve_devices``).
     dtype: ``auto`` (float32 on CPU, bfloat16 on GPUs), ``float32``, ``bfloat16`` or a torch dtype;
     Hyena filters, poles and residues stay float32 either way.
     kernels: ``auto`` / ``triton`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
     """
     path, published = resolve_checkpoint(model)
-    dev = resolve_device(device)
+    devices = resolve_devices(device, devices_per_rank)
     ckpt = open_checkpoint(path, config or published)
-    loaded = build_model(ckpt, dev, resolve_dtype(dtype, dev), resolve_kernels(kernels))
+    dt = resolve_dtype(dtype, devices[0])
+    if device in (None, "auto") and devices_per_rank is None and devices[0].type == "cuda" and local_rank() is None:
+        devices = auto_devices(ckpt.config, dt, state_tokens) or devices
+    loaded = build_model(ckpt, devices, dt, resolve_kernels(kernels), state_tokens)
     registry.warn_without_fp8(loaded.config)
     return loaded
 

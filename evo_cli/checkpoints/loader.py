@@ -4,21 +4,30 @@ converted to our layout, cast and moved to the target device once."""
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import torch
 
 from evo_cli.errors import CheckpointError
 from evo_cli.model.model import StripedHyena, keeps_float32
+from evo_cli.model.placement import DEFAULT_STATE_TOKENS, plan
 
 from .formats import Checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype | None, kernels: str = "auto") -> StripedHyena:
-    """``dtype`` None keeps every tensor's stored dtype (for conversion; such a model may mix dtypes)."""
+def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device], dtype: torch.dtype | None,
+                kernels: str = "auto", state_tokens: int = DEFAULT_STATE_TOKENS) -> StripedHyena:
+    """``dtype`` None keeps every tensor's stored dtype (for conversion; such a model may mix dtypes).
+
+    ``device``: one device, or a list to split the blocks over (``placement.py``; balanced for a KV
+    cache of ``state_tokens`` positions); each tensor goes straight to its own device."""
     with torch.device("meta"):
         model = StripedHyena(ckpt.config, kernels=kernels)
+    devices = [device] if isinstance(device, torch.device) else list(device)
+    placement = plan(model, devices, dtype or torch.float32, state_tokens) if len(devices) > 1 else None
+    where = placement.device_of if placement is not None else lambda _name: devices[0]
     expected = model.state_dict()
     used, tensors = set(), {}
     for name, meta in expected.items():
@@ -34,11 +43,14 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype | Non
         if not t.is_floating_point():
             raise CheckpointError(f"{ckpt.source.where(key)}: tensor {key!r} has dtype {t.dtype}, expected floating point")
         target = t.dtype if dtype is None else torch.float32 if keeps_float32(name) else dtype
-        tensors[name] = t.to(device=device, dtype=target)
+        tensors[name] = t.to(device=where(name), dtype=target)
         used.add(key)
     extra = [k for k in ckpt.source.keys() if k not in used and not ckpt.ignorable(k)]
     if extra:
         log.warning("%s: ignoring %d tensor(s) the model does not use, e.g. %r", ckpt.source.description, len(extra), extra[0])
     model.load_state_dict(tensors, strict=True, assign=True)
     model.requires_grad_(False)
+    if placement is not None:
+        model.placement = placement
+        log.info("model split over %d devices: %s", len(devices), placement.describe())
     return model.eval()

@@ -52,7 +52,7 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, m
     check_output_path(output, inputs=(fasta,))
     check_fresh(output, resume)
     records = read_fasta(fasta)
-    net = load_model_cli(model, device, dtype, kernels)
+    net = load_model_cli(model, device, dtype, kernels, state_tokens=max((len(r.sequence) for r in records), default=1))
     config = net.config
     names = resolve_layers(config, layers)
     if not layers and not is_quiet():

@@ -70,7 +70,9 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
         # resolved here so that the recorded command reproduces the run; --resume keeps the interrupted run's
         seed = (stored_settings(output) or {}).get("seed") if resume else None
         seed = secrets.randbits(32) if seed is None else seed
-    lm = load_model_cli(model, device, dtype, kernels)
+    rows = min(batch_size, len(prompts) * num_samples)
+    lm = load_model_cli(model, device, dtype, kernels,
+                        state_tokens=rows * (max(len(p) for p in prompts.values()) + n_tokens))
     check_context(lm, prompts, n_tokens)  # before any progress bar
     command = command_line(values={"seed": seed, "fmt": fmt, "kernels": kernel_backend(lm)}, skip=("resume",))
     total = len(prompts) * num_samples * n_tokens

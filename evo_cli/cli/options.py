@@ -20,8 +20,13 @@ def model_options(f):
 
     @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH",
                   help="Published model name (see `evo models`) or a checkpoint file / directory.")
-    @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=check_device,
-                  help="Where to run; auto picks the first GPU, else the CPU.")
+    @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N][,...]",
+                  callback=check_device,
+                  help="Where to run; auto picks the first GPU (the first few when one cannot hold the model), "
+                       "else the CPU. A comma-separated list (cuda:0,cuda:1) splits the model's blocks over them.")
+    @click.option("--devices-per-rank", type=click.IntRange(min=1), default=None, metavar="K", expose_value=False,
+                  callback=_set_devices_per_rank,
+                  help="Split the model over K GPUs per process; under torchrun local rank r gets cuda:rK..cuda:rK+K-1.")
     @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
                   help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
     @click.option("--kernels", type=click.Choice(KERNEL_BACKENDS), default=None,
@@ -35,14 +40,15 @@ def model_options(f):
 
 
 def check_device(_ctx, _param, value):
-    """Parse-time check of ``--device`` against the devices this torch has (a usage error naming them)."""
+    """Parse-time check of ``--device`` (one device or a comma-separated list) against the devices this
+    torch has (a usage error naming them)."""
     if value in (None, "auto"):
         return value
     from evo_cli.errors import InputError
-    from evo_cli.runtime import resolve_device
+    from evo_cli.runtime import resolve_devices
 
     try:
-        resolve_device(value)
+        resolve_devices(value)
     except InputError as err:
         raise click.BadParameter(str(err)) from None
     return value
@@ -61,6 +67,12 @@ def _parse_regions(_ctx, _param, values):
 region_option = click.option(
     "--region", "regions", multiple=True, metavar="CHR:START-END", callback=_parse_regions,
     help="Only variants in this region (chr, chr:start or chr:start-end; 1-based, inclusive; repeatable).")
+
+
+def _set_devices_per_rank(ctx, _param, value):
+    # kept beside -v/-q rather than passed to every command: only load_model_cli needs it
+    if value is not None:
+        ctx.ensure_object(dict)["devices_per_rank"] = value
 
 
 def verbosity_options(f):
@@ -125,12 +137,18 @@ def is_quiet() -> bool:
     return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
 
 
-def load_model_cli(model, device, dtype, kernels):
-    """Load a model with a spinner on stderr (nothing with -q)."""
+def load_model_cli(model, device, dtype, kernels, state_tokens: int | None = None):
+    """Load a model with a spinner on stderr (nothing with -q); ``--devices-per-rank`` from the context.
+
+    state_tokens: the longest KV cache the run will hold (positions x batch rows), so that a model
+    split over several devices is balanced for it."""
     from evo_cli import load_model
 
+    ctx = click.get_current_context(silent=True)
+    per_rank = ctx.find_root().obj.get("devices_per_rank") if ctx and ctx.find_root().obj else None
     with status(f"loading {model}"):
-        return load_model(model, device=device, dtype=dtype, kernels=kernels)
+        extra = {} if state_tokens is None else {"state_tokens": max(1, state_tokens)}
+        return load_model(model, device=device, dtype=dtype, kernels=kernels, devices_per_rank=per_rank, **extra)
 
 
 @contextlib.contextmanager

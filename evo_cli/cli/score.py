@@ -55,7 +55,7 @@ def score_variants(vcf, fasta, output, fmt, window, strand, regions, reduce, bed
     fmt = check_output(output, fmt, resume, inputs=(vcf, fasta, bed))
     regions = list(regions) + (read_bed(bed) if bed else [])
     total = check_variants(vcf, fasta, regions, skip_ref_mismatch)
-    loaded = load_model_cli(model, device, dtype, kernels)
+    loaded = load_model_cli(model, device, dtype, kernels, state_tokens=(window or DEFAULT_WINDOW) * batch_size)
     context = loaded.config.max_seqlen
     if window is None:
         window = min(DEFAULT_WINDOW, context)
@@ -132,7 +132,7 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, resume,
     if output != "-":
         check_fresh(output, resume)
     records = read_fasta(fasta)
-    loaded = load_model_cli(model, device, dtype, kernels)
+    loaded = load_model_cli(model, device, dtype, kernels, state_tokens=max((len(r.sequence) + 1 for r in records), default=1))
     prepend = default_prepend_bos(loaded) if bos is None else bos
     command = command_line(values={"bos": prepend, "kernels": kernel_backend(loaded), "fmt": fmt}, skip=("resume",))
     meta = output_metadata(loaded, model, command, bos=prepend, batch_size=batch_size, chunk_size=chunk_size)

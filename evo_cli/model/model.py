@@ -40,6 +40,8 @@ class StripedHyena(nn.Module):
             for i, kind in enumerate(config.block_types)
         )
         self.norm = RMSNorm(config.hidden_size, config.eps, kernels)
+        # blocks split over several devices (placement.py; set by the loader), None on one device
+        self.placement = None
 
     @property
     def device(self) -> torch.device:
@@ -48,6 +50,10 @@ class StripedHyena(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embedding_layer.weight.dtype
+
+    def block_device(self, i: int) -> torch.device:
+        """Where block ``i`` and its inference state live."""
+        return self.device if self.placement is None else self.placement.block_device(i)
 
     def set_kernels(self, kernels: str) -> StripedHyena:
         """Switch every op between ``auto``, ``triton`` and ``torch`` kernels."""
@@ -64,8 +70,9 @@ class StripedHyena(nn.Module):
         with ``last_block``, only for blocks ``0..last_block`` (see ``forward``)."""
         blocks = self.blocks if last_block is None else self.blocks[: last_block + 1]
         layers = [
-            b.new_state(batch_size, self.device, max_seqlen, self.dtype) if b.kind == "attn" else b.new_state(batch_size, self.device)
-            for b in blocks
+            b.new_state(batch_size, self.block_device(i), max_seqlen, self.dtype) if b.kind == "attn"
+            else b.new_state(batch_size, self.block_device(i))
+            for i, b in enumerate(blocks)
         ]
         return InferenceState(layers, max_seqlen)
 
@@ -83,12 +90,14 @@ class StripedHyena(nn.Module):
         x = self.embedding_layer(input_ids)
         n = len(self.blocks) if last_block is None else last_block + 1
         for i, block in enumerate(self.blocks[:n]):
-            x = block(x, None if state is None else state.layers[i], pos)
+            s = None if state is None else state.layers[i]
+            # split over devices: the activations follow the blocks
+            x = block(x, s, pos) if self.placement is None else self.placement.run_block(i, block, x, s, pos)
         if state is not None:
             state.seqlen = pos + input_ids.shape[1]
         if last_block is not None:
             return None
-        x = self.norm(x)
+        x = self.norm(x.to(self.device))  # the final norm and tied unembedding are on the first device
         if not return_logits:
             return None
         # tied unembedding, in float32 so that scores keep full precision under bf16 weights
