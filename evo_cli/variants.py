@@ -234,9 +234,11 @@ def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region]
             raise InputError(f"no contig of {reader.path.name} is in {reference.path.name}: the VCF has "
                              f"{_first(vcf_contigs)}, the FASTA has {_first(reference.contigs)}; check the "
                              f"reference build")
-    for region, found in zip(regions, hit):
-        if not found:
-            log.warning("warning: region %s holds no record of %s", region, reader.path.name)
+    empty = [str(region) for region, found in zip(regions, hit) if not found]
+    if len(empty) == 1:
+        log.warning("warning: region %s holds no record of %s", empty[0], reader.path.name)
+    elif empty:  # one line, however long the BED file
+        log.warning("warning: %d regions hold no record of %s: %s", len(empty), reader.path.name, _first(empty))
     return total
 
 

@@ -302,3 +302,13 @@ def test_api_refuses_a_region_on_an_unknown_contig(tmp_path):
     model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
     with pytest.raises(evo_cli.InputError, match="region chrX:1-10: contig chrX is in neither the VCF header"):
         evo_cli.score_variants(model, SNVS, FA, window=32, regions=["chrX:1-10"])
+
+
+def test_empty_regions_of_a_bed_file_are_one_warning(tmp_path):
+    bed = tmp_path / "r.bed"
+    bed.write_text("".join(f"{CONTIG}\t{s}\t{s + 10}\n" for s in range(0, 1000, 100)) + f"{CONTIG}\t97720\t97722\n")
+    code, _, err = _sv(tmp_path / "o.tsv", "--regions", bed)
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"evo: warning: 10 regions hold no record of brca1_sge_first48.region.vcf: {CONTIG}:1-10, {CONTIG}:101-110, "
+        f"{CONTIG}:201-210 ... (10 in all)"]

@@ -77,7 +77,7 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
     except CheckpointError:
         if spec is None:
             raise
-        ckpt, c = None, registry.model_config(spec.name)
+        c = registry.model_config(spec.name)
         location, fmt, stored = f"not downloaded (`evo download {spec.name}` fetches the weights)", "-", "-"
     else:
         ckpt = open_checkpoint(path, published)
