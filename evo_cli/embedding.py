@@ -36,6 +36,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from evo_cli.distributed import Share, checkpoint_rank, current
 from evo_cli.errors import InputError
 from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, check_embedding_output, merge_parts,
                                    open_embedding_writer, parts_dir)
@@ -375,35 +376,36 @@ def run_embed(
     warn_beyond_context(records, model.config.max_seqlen)
     full = {**(settings or {}), "layers": layers, "pool": pool, "strand": strand, "batch_size": batch_size,
             "chunk_size": chunk_size, "metadata": metadata or {}}
-    store = Checkpoint(output, full, resume)
+    store = Checkpoint(output, full, resume, checkpoint_rank())
     folder = parts_dir(output)
     if store.done == 0:
         shutil.rmtree(folder, ignore_errors=True)  # parts of a run stopped before its first record
-    stored = [rows for [[_, rows]] in store.chunks()]
     dim, per_position = model.config.hidden_size, pool == "none"
-    summary, parts = EmbedSummary(), []
+    summary = EmbedSummary()
     chunk_len = batch_size * _SORT_WINDOW_BATCHES
+    chunks = [records[i : i + chunk_len] for i in range(0, len(records), chunk_len)]
+    strands = 2 if strand == "both" else 1
     try:
         with store:
-            for k, i in enumerate(range(0, len(records), chunk_len)):
-                chunk = records[i : i + chunk_len]
-                part = folder / f"part-{k:06d}.parquet"
-                if k < len(stored):
-                    if not part.is_file():
-                        raise InputError(f"{part}: missing, though {store.path} records it; delete both to start over")
-                    rows = stored[k]
+            share = Share(store, progress)
+            for k, chunk in enumerate(chunks):
+                if k in store:
                     summary.resumed += len(chunk)
-                    if progress:
-                        progress((2 if strand == "both" else 1) * sum(len(r.sequence) for r in chunk))
-                else:
+                if share.take(k, strands * sum(len(r.sequence) for r in chunk)):
+                    part = folder / f"part-{k:06d}.parquet"
                     with open_embedding_writer(part, dim, per_position, metadata) as writer:
                         for e in iter_embeddings(model, [r.sequence for r in chunk], layers, pool, strand, batch_size,
-                                                 chunk_size, progress):
+                                                 chunk_size, share.progress):
                             r = chunk[e.index]
                             writer.write(r.id, len(r.sequence), e.layer, pool, e.values.numpy(), e.start)
-                    rows = writer.rows
-                    store.append(k, [[part.name, rows]])
-                parts.append(part)
+                    store.append(k, [[part.name, writer.rows]])
+            if not share.finish():
+                return summary  # another rank writes the output
+            parts = []
+            for chunk, [[name, rows]] in zip(chunks, store.chunks(), strict=True):
+                parts.append(folder / name)
+                if not parts[-1].is_file():
+                    raise InputError(f"{parts[-1]}: missing, though {store.path} records it; delete both to start over")
                 summary.sequences += len(chunk)
                 summary.rows += rows
             if parts:
@@ -412,7 +414,7 @@ def run_embed(
                 with open_embedding_writer(output, dim, per_position, metadata):
                     pass
     except BaseException:
-        if store.done == 0:  # nothing to resume: leave nothing behind
+        if store.done == 0 and current() is None:  # nothing to resume: leave nothing behind
             shutil.rmtree(folder, ignore_errors=True)
         raise
     shutil.rmtree(folder, ignore_errors=True)

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evo_cli.distributed import Share, checkpoint_rank, current, shared_value
 from evo_cli.errors import EvoError, InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.generated import output_format, write_generations
@@ -137,6 +138,19 @@ def generate(
     return [out[r] for r in run.rows]
 
 
+def resolve_seed(seed: int | None, output: str | Path | None, resume: bool) -> int:
+    """The seed a run samples with: ``seed``; else, resuming, the interrupted run's; else a fresh one,
+    rank 0's in a distributed run (every rank samples with it)."""
+    if seed is None and resume and output not in STDOUT:
+        seed = (stored_settings(output) or {}).get("seed")
+    if seed is None and current() is not None:
+        seed = int(shared_value("seed", str(secrets.randbits(32))))
+    if seed is None:
+        seed = secrets.randbits(32)
+        log.info("seed %d", seed)
+    return seed
+
+
 def run_generate(
     model,
     prompts: str | Sequence[str] | Mapping[str, str],
@@ -168,31 +182,33 @@ def run_generate(
     to_file = output not in STDOUT
     if resume and not to_file:
         raise InputError("resume needs an output file (progress is kept beside it)")
-    if seed is None and resume and to_file:
-        seed = (stored_settings(output) or {}).get("seed")
+    if seed is None and (resume or current() is not None):
+        seed = resolve_seed(None, output, resume)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk, sampling)
     store = None
     if to_file:
         store = Checkpoint(output, {**(settings or {}), **sampling, "prompts": run.prompts, "n_tokens": n_tokens,
                                     "num_samples": num_samples, "seed": run.seed, "batch_size": batch_size,
-                                    "prefill_chunk": prefill_chunk, "format": fmt, "header": header or {}}, resume)
+                                    "prefill_chunk": prefill_chunk, "format": fmt, "header": header or {}}, resume,
+                           checkpoint_rank())
     out: dict[tuple[int, int], Generation] = {}
     resumed = 0
     with store or contextlib.nullcontext():
-        done = store.chunks() if store is not None else iter(())
+        share = Share(store, progress)
         for b, batch in enumerate(run.batches):
-            stored = next(done, None)
-            if stored is not None:
-                gens = [Generation(run.names[i], k, tuple(t), lp, run.seed) for i, k, t, lp in stored]
-                resumed += len(gens)
-                if progress:
-                    progress(len(batch) * n_tokens)
-            else:
-                gens = run.generate(batch, progress)
+            if store is not None and b in store:
+                resumed += len(batch)
+            if share.take(b, len(batch) * n_tokens):
+                gens = run.generate(batch, share.progress)
                 if store is not None:
                     store.append(b, [[i, k, list(g.token_ids), g.logprob_mean] for (i, k), g in zip(batch, gens)])
-            out.update(zip(batch, gens))
+                else:
+                    out.update(zip(batch, gens))
+        if not share.finish():
+            return [], resumed  # another rank writes the output
+        for stored in store.chunks() if store is not None else ():
+            out.update(((i, k), Generation(run.names[i], k, tuple(t), lp, run.seed)) for i, k, t, lp in stored)
         generations = [out[r] for r in run.rows]
         write_generations(output, generations, header or {}, fmt)
     return generations, resumed

@@ -207,6 +207,8 @@ def list_models() -> list[dict]:
             "context": spec.context,
             "embedding_layer": spec.embedding_layer,
             "needs_fp8": spec.fp8,
+            # what the published checkpoint holds for FP8: Transformer Engine state on every Hyena projection
+            "fp8_state": "Transformer Engine scales (E4M3, delayed scaling)" if spec.fp8 else None,
             "repo": spec.repo,
             "revision": spec.revision,
             "files": list(spec.files),
@@ -220,7 +222,7 @@ def list_models() -> list[dict]:
         files = [f for f in Path(str(b.path)).iterdir() if f.is_file()]
         rows.append({
             "name": b.name, "family": "demo", "params_billions": b.params, "context": b.context,
-            "embedding_layer": b.embedding_layer, "needs_fp8": False, "repo": None, "revision": None,
+            "embedding_layer": b.embedding_layer, "needs_fp8": False, "fp8_state": None, "repo": None, "revision": None,
             "files": sorted(f.name for f in files), "cached": "bundled", "size_on_disk": sum(f.stat().st_size for f in files),
             "download_bytes": 0, "path": str(b.path), "description": b.description,
         })

@@ -185,15 +185,17 @@ def match_config(config: ModelConfig) -> ModelSpec | None:
 _warned_fp8: set[str] = set()
 
 
-def warn_without_fp8(config: ModelConfig) -> None:
-    """Once per model and process: say that a model trained with FP8 input projections runs without them."""
+def warn_without_fp8(config: ModelConfig, has_state: bool = True) -> None:
+    """Once per model and process: say that a model trained with FP8 input projections runs without them
+    (``--fp8 off``, or ``has_state`` False: its checkpoint holds no FP8 scales)."""
     spec = match_config(config)
     if spec is None or not spec.fp8 or spec.name in _warned_fp8:
         return
     _warned_fp8.add(spec.name)
     log.warning(
-        "%s was trained with FP8 input projections (Transformer Engine on Hopper GPUs) and evo has no FP8 "
-        "path yet: expect lower accuracy than the reference (without FP8, 1B/40B next-token accuracy drops "
-        "to 20-30%%, evo2 #132; average NLL 1B 1.076 -> 1.243, 40B 0.922 -> 1.700). evo2_7b and evo2_7b_base "
-        "do not need FP8.", spec.name,
+        "%s was trained with FP8 input projections (Transformer Engine on Hopper GPUs) and runs here with "
+        "plain matmuls (%s): expect lower accuracy than the reference (without FP8, 1B/40B next-token "
+        "accuracy drops to 20-30%%, evo2 #132; average NLL 1B 1.076 -> 1.243, 40B 0.922 -> 1.700). "
+        "--fp8 auto runs Hopper's FP8 arithmetic (native on sm_89/sm_90 GPUs, emulated elsewhere).", spec.name,
+        "--fp8 off" if has_state else "the checkpoint holds no FP8 scales",
     )

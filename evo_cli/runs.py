@@ -1,7 +1,8 @@
 """What identifies a resumable run (``io/partial.py``): its input files, the model and where it runs.
 
 A progress file is resumed only by a run with the same settings: the same inputs (path, size and
-modification time), the same model weights, device, kernel backend and evo version, and the same
+modification time), the same model weights, device type (not its number: the ranks of a distributed
+run, ``distributed.py``, each have their own GPU), kernel backend and evo version, and the same
 options that change the output."""
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def run_settings(model, inputs: dict[str, str | Path], **options) -> dict:
     settings = {}
     for key, path in inputs.items():
         settings.update(file_identity(key, path))
-    return {**settings, "model": model_fingerprint(model), "device": str(model.device),
+    return {**settings, "model": model_fingerprint(model), "device": model.device.type,
             "kernels": kernel_backend(model), "version": __version__, **options}
 
 
@@ -55,4 +56,4 @@ def output_metadata(model, model_name: str, command: str | None, **settings) -> 
     with its value, defaults included), the model as named and the resolved runtime, then ``settings``."""
     return {"version": __version__, "command": command, "model": str(model_name), "model_name": model.config.name,
             "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
-            "kernels": kernel_backend(model), **settings}
+            "kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None), **settings}

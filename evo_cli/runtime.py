@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from evo_cli.errors import InputError
-from evo_cli.kernels import BACKENDS
+from evo_cli.kernels import BACKENDS, FP8_MODES, fp8_native_supported, mmaemu_available
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -92,3 +92,38 @@ def resolve_kernels(kernels: str | None) -> str:
     if choice not in BACKENDS:
         raise InputError(f"unknown kernel backend {choice!r} (use {', '.join(BACKENDS)})")
     return choice
+
+
+FP8_INSTALL_HINT = 'pip install "evo-cli[fp8]"'
+
+
+def fp8_choice(fp8: str | None) -> str:
+    """The FP8 mode asked for: the argument, else ``EVO_FP8``, else ``auto``."""
+    choice = fp8 or os.environ.get("EVO_FP8") or "auto"
+    if choice not in FP8_MODES:
+        raise InputError(f"unknown FP8 mode {choice!r} (use {', '.join(FP8_MODES)})")
+    return choice
+
+
+def resolve_fp8(fp8: str | None, device: torch.device, needs_fp8: bool) -> str:
+    """How the FP8 projections run (``fp8_choice``), resolved to ``off``, ``emulate`` or ``native``.
+    ``auto``: ``off`` for a model that does not need FP8; ``native`` on GPUs of compute capability 8.9 /
+    9.x (the hardware Evo 2 was trained on), ``emulate`` elsewhere."""
+    choice = fp8_choice(fp8)
+    if choice == "auto":
+        if not needs_fp8:
+            return "off"
+        choice = "native" if fp8_native_supported(device) else "emulate"
+    if choice == "native" and not fp8_native_supported(device):
+        raise InputError(f"--fp8 native needs a GPU of compute capability 8.9 or 9.x (Ada, Hopper), not {_device_name(device)}; "
+                         "use --fp8 emulate")
+    if choice == "emulate" and not mmaemu_available():
+        raise InputError(f"FP8 emulation needs the mmaemu package: {FP8_INSTALL_HINT} (or --fp8 off, at lower accuracy)")
+    return choice
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
+    return str(device)

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.partial import Checkpoint
@@ -326,36 +327,47 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
     if output not in STDOUT:
         full = {**(settings or {}), "bos": bos, "batch_size": batch_size, "chunk_size": chunk_size, "format": fmt,
                 "per_position": per_position is not None, "metadata": metadata or {}}
-        store = Checkpoint(output, full, resume)
+        store = Checkpoint(output, full, resume, checkpoint_rank())
     summary = ScoreSummary()
     chunk_len = batch_size * _SORT_WINDOW_BATCHES
-    done = store.chunks() if store is not None else iter(())
-    with contextlib.ExitStack() as stack:
+    chunks = [records[i : i + chunk_len] for i in range(0, len(records), chunk_len)]
+
+    def positions(chunk) -> int:
+        return sum(len(r.sequence) + bos for r in chunk)
+
+    def compute(k: int, chunk) -> list:
+        """Score chunk ``k`` and keep its results; its positions count as each forward call ends, so
+        that a long record shows its progress."""
+        scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size, share.progress)
+        stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if per_position else None] for s in scores]
         if store is not None:
-            stack.enter_context(store)  # left last: removed only once the outputs are in place
-        write = stack.enter_context(table_writer(output, SCORE_COLUMNS, fmt, metadata))
-        write_pos = (stack.enter_context(table_writer(per_position, POSITION_COLUMNS, pos_fmt, metadata))
-                     if per_position else None)
-        for i in range(0, len(records), chunk_len):
-            chunk = records[i : i + chunk_len]
-            stored = next(done, None)
-            if stored is not None:
-                summary.resumed += len(chunk)
-                if progress:
-                    progress(sum(len(r.sequence) + bos for r in chunk))
-            else:
-                scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size, progress)
-                stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if per_position else None]
-                          for s in scores]
-                if store is not None:
-                    store.append(i // chunk_len, stored)
-            for rec, (length, first, mean, total, logprobs) in zip(chunk, stored, strict=True):
-                if length != len(rec.sequence):
-                    raise InputError(f"{store.path}: sequence {rec.id!r} has another length than when the run "
-                                     "started; delete the file to start over")
-                write([(rec.id, length, mean, total)])
-                if write_pos:
-                    write_pos((rec.id, first + j + 1, rec.sequence[first + j], v) for j, v in enumerate(logprobs))
-            summary.sequences += len(chunk)
+            store.append(k, stored)
+        return stored
+
+    with store or contextlib.nullcontext():  # left last: removed only once the outputs are in place
+        share = Share(store, progress)
+        if store is not None:
+            for k, chunk in enumerate(chunks):
+                if k in store:
+                    summary.resumed += len(chunk)
+                if share.take(k, positions(chunk)):
+                    compute(k, chunk)
+        if not share.finish():
+            return summary  # another rank writes the outputs
+        # to stdout, each chunk is written as soon as it is scored
+        results = store.chunks() if store is not None else (compute(k, chunk) for k, chunk in enumerate(chunks))
+        with contextlib.ExitStack() as stack:
+            write = stack.enter_context(table_writer(output, SCORE_COLUMNS, fmt, metadata))
+            write_pos = (stack.enter_context(table_writer(per_position, POSITION_COLUMNS, pos_fmt, metadata))
+                         if per_position else None)
+            for chunk, stored in zip(chunks, results, strict=True):
+                for rec, (length, first, mean, total, logprobs) in zip(chunk, stored, strict=True):
+                    if length != len(rec.sequence):
+                        raise InputError(f"{store.path}: sequence {rec.id!r} has another length than when the run "
+                                         "started; delete the file to start over")
+                    write([(rec.id, length, mean, total)])
+                    if write_pos:
+                        write_pos((rec.id, first + j + 1, rec.sequence[first + j], v) for j, v in enumerate(logprobs))
+                summary.sequences += len(chunk)
     summary.seconds = time.perf_counter() - t0
     return summary

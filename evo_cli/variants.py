@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT, check_output_path
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
@@ -311,7 +312,7 @@ def run_score_variants(
                             regions=[str(r) for r in regions], batch_size=batch_size,
                             skip_ref_mismatch=skip_ref_mismatch, share_prefix=share_prefix, chunk_size=chunk_size,
                             format=fmt, model_name=name, reduce=reduce)
-    store = Checkpoint(output, settings, resume) if to_file else None
+    store = Checkpoint(output, settings, resume, checkpoint_rank()) if to_file else None
     with store or contextlib.nullcontext():
         summary = _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch,
                        share_prefix, chunk_size, reduce, progress, rows)
@@ -324,20 +325,22 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
     """Score the chunks not done yet (into ``store`` or memory), then write the output from all of them."""
     memory: list[list] = []
     summary = Summary()
+    share = Share(store, progress)
     with Reference(fasta) as reference:
         for i, chunk in enumerate(_chunks(reader, batch_size)):
             n = sum(len(rec.alts) or 1 for rec in chunk)
-            if store is not None and i < store.done:
+            if store is not None and i in store:
                 summary.resumed += n
-            else:
+            if share.take(i, n):
                 sites = [_site(rec, reference, window, strand, skip_ref_mismatch) for rec in chunk]
                 results = _score_chunk(model, sites, batch_size, share_prefix, chunk_size, reduce)
                 if store is not None:
                     store.append(i, results)
                 else:
                     memory.append(results)
-            if progress:
-                progress(n)
+                share.progress(n)
+    if not share.finish():
+        return summary  # another rank writes the output
     results = (r for chunk in (store.chunks() if store is not None else memory) for r in chunk)
     if output is None:
         rows.extend(_rows(reader, results, summary))

@@ -14,6 +14,8 @@ import os
 
 from .attention.naive import causal_attention_ref
 from .featurize.naive import hyena_featurize_ref
+from .fp8.gemm import mmaemu_available
+from .fp8.naive import fp8_linear_ref, quantize_e4m3
 from .fir.naive import causal_conv1d_ref, hyena_fir_ref
 from .modal.naive import hyena_modal_ref, modal_conv_ref, modal_filter_ref
 from .norm.naive import rms_norm_ref
@@ -21,9 +23,13 @@ from .step.naive import hyena_step_ref
 
 __all__ = [
     "BACKENDS",
+    "FP8_MODES",
     "causal_attention",
     "causal_attention_ref",
     "causal_conv1d_ref",
+    "fp8_linear",
+    "fp8_linear_ref",
+    "fp8_native_supported",
     "hyena_featurize",
     "hyena_featurize_ref",
     "hyena_fir",
@@ -33,7 +39,9 @@ __all__ = [
     "hyena_step",
     "hyena_step_ref",
     "modal_conv_ref",
+    "mmaemu_available",
     "modal_filter_ref",
+    "quantize_e4m3",
     "resolve_backend",
     "rms_norm",
     "rms_norm_ref",
@@ -41,6 +49,8 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "triton", "torch")
+# how the FP8 input projections of Evo 2 1B/20B/40B run; resolved by evo_cli.runtime.resolve_fp8
+FP8_MODES = ("auto", "emulate", "native", "off")
 _FUSED = {}
 
 
@@ -147,3 +157,25 @@ def causal_attention(q, k, v, offset: int = 0):
     from .attention.cpu import causal_attention_cpu
 
     return causal_attention_cpu(q, k, v, offset)
+
+
+def fp8_native_supported(device) -> bool:
+    """True on GPUs whose FP8 GEMM is the one Evo 2 was trained with: compute capability 8.9 (Ada) or 9.x
+    (Hopper). Others (Blackwell sm_100/sm_120 included) accumulate differently."""
+    import torch
+
+    if getattr(device, "type", device) != "cuda" or not torch.cuda.is_available():
+        return False
+    major, minor = torch.cuda.get_device_capability(device)
+    return (major, minor) == (8, 9) or major == 9
+
+
+def fp8_linear(x, weight_fp8, scale_input, scale_weight, bias=None, *, mode: str):
+    """FP8 projection, x: [B, L, K] -> [B, L, N] in x.dtype; ``mode`` ``emulate`` (mmaemu, any device) or
+    ``native`` (torch._scaled_mm). See ``fp8/naive.py`` and ``fp8/gemm.py``."""
+    from .fp8.gemm import emulated_gemm, native_gemm
+
+    if mode not in ("emulate", "native"):
+        raise ValueError(f"fp8_linear runs 'emulate' or 'native', not {mode!r}")
+    gemm = emulated_gemm if mode == "emulate" else native_gemm
+    return fp8_linear_ref(x, weight_fp8, scale_input, scale_weight, bias, gemm)

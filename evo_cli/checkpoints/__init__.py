@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 
 from evo_cli import hub, registry
-from evo_cli.errors import CheckpointError
+from evo_cli.errors import CheckpointError, EvoError
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
 from evo_cli.model.placement import DEFAULT_STATE_TOKENS, auto_devices
-from evo_cli.runtime import local_rank, resolve_device, resolve_devices, resolve_dtype, resolve_kernels
+from evo_cli.runtime import (fp8_choice, local_rank, resolve_device, resolve_devices, resolve_dtype, resolve_fp8,
+                             resolve_kernels)
 
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model
@@ -27,6 +28,7 @@ def load_model(
     config: ModelConfig | None = None,
     devices_per_rank: int | None = None,
     state_tokens: int = DEFAULT_STATE_TOKENS,
+    fp8: str | None = None,
 ) -> StripedHyena:
     """Load an Evo 1 / Evo 2 checkpoint as an eval-mode model: a published model name (see
     ``evo models``; downloaded into the Hugging Face cache on first use unless HF_HUB_OFFLINE is set)
@@ -39,16 +41,40 @@ def load_model(
     dtype: ``auto`` (float32 on CPU, bfloat16 on GPUs), ``float32``, ``bfloat16`` or a torch dtype;
     Hyena filters, poles and residues stay float32 either way.
     kernels: ``auto`` / ``triton`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
+    fp8: the Hyena input projections of checkpoints trained with FP8 (Evo 2 1B, 20B, 40B): ``auto``
+    (``native`` on sm_89 / sm_90 GPUs, ``emulate`` elsewhere, ``off`` for other models), ``emulate``
+    (Hopper's FP8 GEMM bit for bit through mmaemu, any device), ``native`` (``torch._scaled_mm``),
+    ``off`` (plain matmul); default from ``EVO_FP8``, else ``auto``. ``model.fp8`` says which runs.
     """
     path, published = resolve_checkpoint(model)
     devices = resolve_devices(device, devices_per_rank)
     ckpt = open_checkpoint(path, config or published)
     dt = resolve_dtype(dtype, devices[0])
+    mode = fp8_mode(ckpt, fp8, devices[0])
     if device in (None, "auto") and devices_per_rank is None and devices[0].type == "cuda" and local_rank() is None:
         devices = auto_devices(ckpt.config, dt, state_tokens) or devices
     loaded = build_model(ckpt, devices, dt, resolve_kernels(kernels), state_tokens)
-    registry.warn_without_fp8(loaded.config)
+    loaded.set_fp8(mode)
+    if mode == "off":
+        registry.warn_without_fp8(loaded.config, has_state=ckpt.fp8_state() is not None)
     return loaded
+
+
+def fp8_mode(ckpt: Checkpoint, fp8: str | None, device: torch.device) -> str:
+    """The FP8 mode a checkpoint runs with (see ``load_model``). A published FP8 model whose checkpoint
+    lacks the FP8 state runs ``off`` under ``auto`` (with the warning); an explicit FP8 mode for it is an
+    error naming the state it lacks."""
+    spec = registry.match_config(ckpt.config)
+    has_state = ckpt.fp8_state() is not None
+    explicit = fp8_choice(fp8) != "auto"
+    first = next((i for i, kind in enumerate(ckpt.config.block_types) if kind != "attn"), 0)
+    key = f"blocks.{first}.projections.{'fp8_scale_input' if ckpt.format == 'native' else '_extra_state'}"
+    mode = resolve_fp8(fp8, device, needs_fp8=has_state or (explicit and bool(spec and spec.fp8)))
+    if mode != "off" and not has_state:
+        what = f"{spec.name} was trained with FP8 projections, but " if spec and spec.fp8 else ""
+        raise CheckpointError(f"{ckpt.source.description}: {what}no FP8 state in the checkpoint ({key} missing or "
+                              f"empty) for --fp8 {mode}; use --fp8 off to run with plain matmuls")
+    return mode
 
 
 def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, ModelConfig | None]:
@@ -77,7 +103,7 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
     except CheckpointError:
         if spec is None:
             raise
-        c = registry.model_config(spec.name)
+        ckpt, c = None, registry.model_config(spec.name)
         location, fmt, stored = f"not downloaded (`evo download {spec.name}` fetches the weights)", "-", "-"
     else:
         ckpt = open_checkpoint(path, published)
@@ -113,4 +139,22 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
         "stored dtype": stored,
         "runtime dtype": f"{str(resolve_dtype(dtype, dev)).removeprefix('torch.')} on {dev} (Hyena filters float32)",
         "parameters": f"{n_params:,}",
+        # without the weights, what the registry knows of the published model
+        "fp8 state": ((ckpt.fp8_state() or "none") if ckpt is not None else
+                      "- (trained with FP8 projections; the scales come with the weights)" if spec.fp8 else "none"),
+        "fp8 mode": _describe_fp8(ckpt, dev) if ckpt is not None else "-",
     }
+
+
+def _describe_fp8(ckpt: Checkpoint, device: torch.device) -> str:
+    """What the default ``--fp8`` (``EVO_FP8`` or ``auto``) does with this checkpoint on ``device``, or why
+    it cannot."""
+    try:
+        mode = fp8_mode(ckpt, None, device)
+    except EvoError as err:
+        return f"cannot run: {err}"
+    return {
+        "off": "off (plain matmul projections)",
+        "native": f"native (torch._scaled_mm with fast accumulation on {device})",
+        "emulate": f"emulate (Hopper FP8 GEMM bit for bit through mmaemu on {device})",
+    }[mode]

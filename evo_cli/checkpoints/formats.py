@@ -18,9 +18,10 @@ recomputes it whenever the stored buffer is not float32 (the published weights a
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,7 @@ from evo_cli.errors import CheckpointError, ConfigError
 from evo_cli.model.config import NATIVE_FORMAT, ModelConfig
 from evo_cli.model.layers import rotary_inv_freq
 
-from . import community
+from . import community, te_state
 from .sources import TensorSource, open_safetensors, open_torch, safetensors_index_files, split_parts
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -49,6 +50,8 @@ class Checkpoint:
     resolve: Callable[[str], tuple[str | None, Transform]]
     # source keys that are known extras (TE metadata, tied unembedding, time grids)
     ignorable: Callable[[str], bool]
+    # a description of the checkpoint's FP8 state (Transformer Engine scales), or None when it has none
+    fp8_state: Callable[[], str | None] = field(default=lambda: None)
 
 
 def _identity(t):
@@ -95,11 +98,55 @@ def _evo1_resolver(config: ModelConfig, source: TensorSource):
     return resolve
 
 
+_FP8_SCALE = re.compile(r"^(blocks\.\d+\.projections)\.fp8_scale_(input|weight)$")
+_TE_STATE = re.compile(r"^blocks\.(\d+)\.projections\._extra_state$")
+
+
+def _te_scales(source: TensorSource):
+    """``_extra_state`` key -> (input scale, weight scale), decoded once per key."""
+
+    @functools.cache
+    def scales(key: str):
+        state = te_state.decode_extra_state(source.get(key), key)
+        if state is None:
+            raise CheckpointError(f"{source.where(key)}: {key} holds no FP8 state (the module never ran in FP8)")
+        return te_state.forward_scales(state, key)
+
+    return scales
+
+
+def _te_probe(source: TensorSource):
+    """The vortex checkpoint's FP8 state, judged by its first Hyena projection's ``_extra_state``."""
+
+    @functools.cache
+    def probe() -> str | None:
+        keys = sorted((int(m.group(1)), k) for k in source.keys() if (m := _TE_STATE.match(k)))
+        if not keys:
+            return None
+        key = keys[0][1]
+        state = te_state.decode_extra_state(source.get(key), key)
+        if state is None or "scale_fwd" not in state:
+            return None
+        return f"Transformer Engine FP8 scales ({te_state.recipe_summary(state)})"
+
+    return probe
+
+
+def _native_probe(source: TensorSource):
+    has = any(_FP8_SCALE.match(k) for k in source.keys())
+    return lambda: "FP8 scales (from Transformer Engine state)" if has else None
+
+
 def _vortex_resolver(config: ModelConfig, source: TensorSource):
     inter = interleave_perm(config.hidden_size)
     qkv = column_split_perm(config.hidden_size, config.num_heads)
+    te_scales = _te_scales(source)
 
     def resolve(name: str):
+        m = _FP8_SCALE.match(name)
+        if m:
+            key, which = f"{m.group(1)}._extra_state", 0 if m.group(2) == "input" else 1
+            return key, lambda _value: te_scales(key)[which]
         if re.search(r"\.(projections\.weight|filter\.short_filter_(weight|bias))$", name):
             return name, _rows(inter)
         if name.endswith("inner_mha_cls.Wqkv.weight"):
@@ -249,10 +296,12 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
         else:
             raise CheckpointError(f"{directory}: no model config found (config.json or an Evo yml beside the weights)")
 
+    probe = lambda: None  # noqa: E731
     if fmt == "native":
-        resolver = _native_resolver(parsed, source)
+        resolver, probe = _native_resolver(parsed, source), _native_probe(source)
     elif fmt == "evo1":
         resolver = _evo1_resolver(parsed, source)
     else:
-        resolver = _vortex_resolver(parsed, source)
-    return Checkpoint(path=path, format=fmt, config=parsed, source=source, resolve=resolver, ignorable=_is_extra)
+        resolver, probe = _vortex_resolver(parsed, source), _te_probe(source)
+    return Checkpoint(path=path, format=fmt, config=parsed, source=source, resolve=resolver, ignorable=_is_extra,
+                      fp8_state=probe)

@@ -25,6 +25,8 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
     cache of ``state_tokens`` positions); each tensor goes straight to its own device."""
     with torch.device("meta"):
         model = StripedHyena(ckpt.config, kernels=kernels)
+        if ckpt.fp8_state() is not None:
+            model.add_fp8_state()  # the scale buffers, filled from the checkpoint below
     devices = [device] if isinstance(device, torch.device) else list(device)
     placement = plan(model, devices, dtype or torch.float32, state_tokens) if len(devices) > 1 else None
     where = placement.device_of if placement is not None else lambda _name: devices[0]

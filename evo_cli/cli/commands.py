@@ -5,5 +5,6 @@ from .generate import generate
 from .info import info
 from .models import convert, download, models
 from .score import score, score_variants
+from .selftest import selftest
 
-COMMANDS = [info, models, download, convert, generate, score, score_variants, embed]
+COMMANDS = [info, models, download, convert, generate, score, score_variants, embed, selftest]

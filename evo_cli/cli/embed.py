@@ -7,7 +7,7 @@ import click
 from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
 from evo_cli.io.fasta import STRANDS
 
-from .options import command_line, echo, hint_on_interrupt, is_quiet, load_model_cli, model_options, progress_bar
+from .options import echo, full_command, hint_on_interrupt, is_quiet, load_model_cli, model_options, progress_bar
 
 
 @click.command()
@@ -44,7 +44,7 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, m
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.partial import check_fresh
     from evo_cli.registry import known_model
-    from evo_cli.runs import kernel_backend, output_metadata, run_settings
+    from evo_cli.runs import output_metadata, run_settings
 
     if output == "-":
         raise click.UsageError("embeddings are written as Parquet: give a file path with -o")
@@ -60,8 +60,7 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, m
         why = (f"recommended for {spec.name}" if spec
                else "the middle block's MLP output; no recommended layer for this model")
         echo(f"embedding layer {default_layer(config)} ({why}); choose with --layer")
-    # --resume is left out: a resumed run writes the same bytes as an uninterrupted one
-    command = command_line(values={"layers": names, "kernels": kernel_backend(net)}, skip=("resume",))
+    command = full_command(net, layers=names)
     metadata = output_metadata(net, model, command, family=config.family, layers=names, pooling=pool, strand=strand,
                                batch_size=batch_size, chunk_size=chunk_size, hidden_size=config.hidden_size)
     strands = 2 if strand == "both" else 1

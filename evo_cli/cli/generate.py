@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import command_line, echo, hint_on_interrupt, load_model_cli, model_options, progress_bar
+from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar
 
 
 @click.command()
@@ -40,15 +40,13 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     evo generate --model evo2_7b --prompt ACGTACGT -n 1000 -o gen.fa
     evo generate --model evo2_7b --prompts prompts.fa --num-samples 4 --seed 1 -o gen.jsonl
     """
-    import secrets
-
     from evo_cli._version import __version__
-    from evo_cli.generation import check_context, prepare_prompts, run_generate
+    from evo_cli.generation import check_context, prepare_prompts, resolve_seed, run_generate
     from evo_cli.io.atomic import check_output_path
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.generated import output_format
-    from evo_cli.io.partial import check_fresh, stored_settings
-    from evo_cli.runs import kernel_backend, run_settings
+    from evo_cli.io.partial import check_fresh
+    from evo_cli.runs import run_settings
 
     if bool(prompt_seqs) == bool(prompts_fasta):
         raise click.UsageError("give prompts with --prompt SEQ (repeatable) or --prompts FASTA, one of the two")
@@ -66,15 +64,13 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     check_output_path(output, inputs=(prompts_fasta,))
     if output != "-":
         check_fresh(output, resume)
-    if seed is None:
-        # resolved here so that the recorded command reproduces the run; --resume keeps the interrupted run's
-        seed = (stored_settings(output) or {}).get("seed") if resume else None
-        seed = secrets.randbits(32) if seed is None else seed
     rows = min(batch_size, len(prompts) * num_samples)
     lm = load_model_cli(model, device, dtype, kernels,
                         state_tokens=rows * (max(len(p) for p in prompts.values()) + n_tokens))
     check_context(lm, prompts, n_tokens)  # before any progress bar
-    command = command_line(values={"seed": seed, "fmt": fmt, "kernels": kernel_backend(lm)}, skip=("resume",))
+    # resolved here (after joining a distributed job) so that the recorded command reproduces the run
+    seed = resolve_seed(seed, output, resume)
+    command = full_command(lm, seed=seed, fmt=fmt)
     total = len(prompts) * num_samples * n_tokens
     header = {"n_tokens": n_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "model": model,
               "evo": __version__, "command": command}

@@ -50,13 +50,13 @@ def models(as_json):
         return
     header = ["name", "family", "params", "context", "embedding layer", "fp8", "cached", "on disk", "download"]
     table = [[r["name"], r["family"], _params(r["params_billions"]), _context(r["context"]), r["embedding_layer"],
-              "needs FP8" if r["needs_fp8"] else "-", r["cached"],
+              "E4M3 (TE scales)" if r["needs_fp8"] else "-", r["cached"],
               _gb(r["size_on_disk"]) if r["size_on_disk"] else "-", "~" + _gb(r["download_bytes"]) if r["download_bytes"] else "-"] for r in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(caption=f"Hugging Face cache: {hub_cache_dir()}")
+        t = Table(caption=f"Hugging Face cache: {hub_cache_dir()}\n{_FP8_NOTE}")
         for h in header:
             t.add_column(h, justify="right" if h in ("params", "context", "on disk", "download") else "left")
         for row in table:
@@ -66,6 +66,10 @@ def models(as_json):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     for row in [header, *table]:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+_FP8_NOTE = ("fp8: models trained with FP8 projections run them with --fp8 auto: native on sm_89/sm_90 GPUs, "
+             'emulated through mmaemu elsewhere (pip install "evo-cli[fp8]"); `evo info -m NAME` shows the mode')
 
 
 @click.command("download")

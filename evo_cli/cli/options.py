@@ -13,10 +13,13 @@ import click
 # evo_cli.kernels.BACKENDS, spelled out here because importing evo_cli.kernels imports torch, which
 # would cost every command (even `evo --help`) a second; tests check that the two agree
 KERNEL_BACKENDS = ("auto", "triton", "torch")
+FP8_MODES = ("auto", "emulate", "native", "off")  # evo_cli.kernels.FP8_MODES, for the same reason
 
 
 def model_options(f):
-    """``--model --device --dtype --kernels`` plus ``-v/-q``, on every command that runs a model."""
+    """``--model --device --dtype --kernels --fp8`` plus ``-v/-q``, on every command that runs a model.
+
+    ``--fp8`` is not passed to the command: ``load_model_cli`` reads it from the click context."""
 
     @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH",
                   help="Published model name (see `evo models`) or a checkpoint file / directory.")
@@ -31,9 +34,13 @@ def model_options(f):
                   help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
     @click.option("--kernels", type=click.Choice(KERNEL_BACKENDS), default=None,
                   help="Triton or plain-PyTorch ops [default: $EVO_KERNELS or auto].")
+    @click.option("--fp8", type=click.Choice(FP8_MODES), default=None,
+                  help="FP8 projections of Evo 2 1B/20B/40B: native on sm_89/sm_90 GPUs, emulate (mmaemu) "
+                       "anywhere, off [default: $EVO_FP8 or auto].")
     @verbosity_options
     @functools.wraps(f)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, fp8=None, **kwargs):
+        click.get_current_context().meta["evo.fp8"] = fp8
         return f(*args, **kwargs)
 
     return wrapper
@@ -132,23 +139,41 @@ def command_line(ctx: click.Context | None = None, *, skip: Iterable[str] = (),
     return shlex.join(args)
 
 
+def full_command(model, **values) -> str:
+    """``command_line`` for a run of the loaded ``model``: every option with its value, the runtime
+    choices resolved (``--kernels``, ``--fp8``) as well as ``values``; ``--resume`` is left out, since
+    a resumed run writes the same bytes as an uninterrupted one."""
+    from evo_cli.runs import kernel_backend
+
+    return command_line(values={"kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None), **values},
+                        skip=("resume",))
+
+
 def is_quiet() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
 
 
 def load_model_cli(model, device, dtype, kernels, state_tokens: int | None = None):
-    """Load a model with a spinner on stderr (nothing with -q); ``--devices-per-rank`` from the context.
+    """Load a model with a spinner on stderr (nothing with -q); ``--devices-per-rank`` and ``--fp8`` from
+    the context. Launched by torchrun, first join the job (``distributed.py``): the model goes on this
+    rank's device(s), and only rank 0 reports.
 
     state_tokens: the longest KV cache the run will hold (positions x batch rows), so that a model
     split over several devices is balanced for it."""
-    from evo_cli import load_model
+    from evo_cli import distributed, load_model
 
     ctx = click.get_current_context(silent=True)
     per_rank = ctx.find_root().obj.get("devices_per_rank") if ctx and ctx.find_root().obj else None
+    fp8 = ctx.meta.get("evo.fp8") if ctx else None
+    device = distributed.setup(device, per_rank)
+    if ctx is not None and not distributed.is_leader():
+        ctx.find_root().obj["quiet"] = True
+        _reconfigure(ctx.find_root())
     with status(f"loading {model}"):
         extra = {} if state_tokens is None else {"state_tokens": max(1, state_tokens)}
-        return load_model(model, device=device, dtype=dtype, kernels=kernels, devices_per_rank=per_rank, **extra)
+        return load_model(model, device=device, dtype=dtype, kernels=kernels, devices_per_rank=per_rank, fp8=fp8,
+                          **extra)
 
 
 @contextlib.contextmanager
@@ -205,8 +230,9 @@ def hint_on_interrupt(output):
     try:
         yield
     except KeyboardInterrupt:
-        from evo_cli.io.partial import sidecar_path
+        from evo_cli.io.partial import progress_files
 
-        if output != "-" and sidecar_path(output).exists():
-            echo(f"progress is kept in {sidecar_path(output)}: add --resume to the same command to continue")
+        files = progress_files(output) if output != "-" else []
+        if files:
+            echo(f"progress is kept in {files[0]}: add --resume to the same command to continue")
         raise

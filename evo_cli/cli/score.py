@@ -6,7 +6,7 @@ import click
 
 from evo_cli.io.fasta import STRANDS
 
-from .options import command_line, echo, hint_on_interrupt, load_model_cli, model_options, progress_bar, region_option
+from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar, region_option
 
 
 @click.command("score-variants")
@@ -46,7 +46,6 @@ def score_variants(vcf, fasta, output, fmt, window, strand, regions, reduce, bed
     evo score-variants --vcf in.vcf --fasta ref.fa -m evo2_7b -o - | bcftools view -i 'INFO/EVO_DELTA<-0.001'
     """
     from evo_cli.io.vcf import read_bed
-    from evo_cli.runs import kernel_backend
     from evo_cli.variants import DEFAULT_WINDOW, check_output, check_variants, run_score_variants
 
     if resume and output == "-":
@@ -61,10 +60,7 @@ def score_variants(vcf, fasta, output, fmt, window, strand, regions, reduce, bed
         window = min(DEFAULT_WINDOW, context)
         if window < DEFAULT_WINDOW:
             echo(f"window {window:,} bases: the default {DEFAULT_WINDOW:,} clipped to the model's context")
-    # every option with its value, defaults resolved; --resume is left out: a resumed run writes the same
-    # bytes as an uninterrupted one
-    command = command_line(values={"window": window, "kernels": kernel_backend(loaded), "fmt": fmt,
-                                   "chunk_size": chunk_size or window}, skip=("resume",))
+    command = full_command(loaded, window=window, fmt=fmt, chunk_size=chunk_size or window)
     with hint_on_interrupt(output), progress_bar("scoring", total, "variants") as advance:
         summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
                                      regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
@@ -116,7 +112,7 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, resume,
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.partial import check_fresh
     from evo_cli.io.tables import check_table_output
-    from evo_cli.runs import kernel_backend, output_metadata, run_settings
+    from evo_cli.runs import output_metadata, run_settings
     from evo_cli.scoring import default_prepend_bos, run_score
 
     fmt = check_table_output(output, fmt)
@@ -134,7 +130,7 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, resume,
     records = read_fasta(fasta)
     loaded = load_model_cli(model, device, dtype, kernels, state_tokens=max((len(r.sequence) + 1 for r in records), default=1))
     prepend = default_prepend_bos(loaded) if bos is None else bos
-    command = command_line(values={"bos": prepend, "kernels": kernel_backend(loaded), "fmt": fmt}, skip=("resume",))
+    command = full_command(loaded, bos=prepend, fmt=fmt)
     meta = output_metadata(loaded, model, command, bos=prepend, batch_size=batch_size, chunk_size=chunk_size)
     positions = sum(len(r.sequence) + prepend for r in records)
     with hint_on_interrupt(output), progress_bar("scoring", positions, "positions") as advance:

@@ -1,9 +1,12 @@
 """Progress of a long run, persisted so that a killed run can be resumed. No torch here.
 
-The sidecar ``<output>.evo-partial`` holds JSON lines: the first records the run's settings, each
-further line one completed chunk of results, appended, flushed and fsynced as the chunk completes.
-The file is created when the first chunk completes, so a run that fails before doing any work
-leaves no sidecar.
+A run is a list of chunks, numbered in input order. The sidecar ``<output>.evo-partial`` holds JSON
+lines: the first records the run's settings, each further line one completed chunk of results,
+appended, flushed and fsynced as the chunk completes. In a distributed run (``distributed.py``)
+rank r > 0 keeps its chunks in ``<output>.evo-partial.<r>`` beside it, and a rank's chunks come in
+the order it finished them; a resumed run reads every such file, whatever the number of ranks that
+wrote them. A file is created when its writer's first chunk completes, so a run that fails before
+doing any work leaves no sidecar.
 A kill can at worst leave a truncated last line, which resuming drops. Floats go through JSON's
 ``repr``, which reads back to the same float64 bits, so a resumed run writes byte-identical output.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -24,114 +28,161 @@ SUFFIX = ".evo-partial"
 _FORMAT = "evo-partial/1"
 
 
-def sidecar_path(output: str | Path) -> Path:
-    return Path(str(output) + SUFFIX)
+def sidecar_path(output: str | Path, rank: int = 0) -> Path:
+    """The progress file of ``output`` written by ``rank`` (0: also the single-process run)."""
+    return Path(str(output) + SUFFIX + (f".{rank}" if rank else ""))
+
+
+def progress_files(output: str | Path) -> list[Path]:
+    """Every progress file of ``output``: the sidecar and those of other ranks, rank 0 first."""
+    main = sidecar_path(output)
+    ranked = re.compile(re.escape(main.name) + r"\.(\d+)")
+    try:
+        names = os.listdir(main.parent)
+    except OSError:
+        return []
+    found = sorted((int(m.group(1)), main.parent / n) for n in names if (m := ranked.fullmatch(n)))
+    return [p for p in [main] + [p for _, p in found] if p.is_file()]
 
 
 def check_fresh(output: str | Path, resume: bool) -> None:
     """Refuse to start over an interrupted run's progress unless resuming it."""
-    path = sidecar_path(output)
-    if path.exists() and not resume:
-        raise InputError(f"{path} exists: an earlier run of this output was interrupted; add --resume to "
+    files = progress_files(output)
+    if files and not resume:
+        raise InputError(f"{files[0]} exists: an earlier run of this output was interrupted; add --resume to "
                          f"continue it, or delete the file to start over")
 
 
 def stored_settings(output: str | Path) -> dict | None:
     """The settings recorded by an interrupted run of ``output``, or None (no or unreadable progress file)."""
-    try:
-        with open(sidecar_path(output), encoding="utf-8") as fh:
-            head = json.loads(fh.readline())
-        return head["settings"] if head.get("format") == _FORMAT else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    for path in progress_files(output):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                head = json.loads(fh.readline())
+            return head["settings"] if head.get("format") == _FORMAT else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    return None
 
 
 class Checkpoint:
-    """Completed chunks of one run, keyed by the run's ``settings`` (a JSON-able dict)."""
+    """Completed chunks of one run, keyed by the run's ``settings`` (a JSON-able dict).
 
-    def __init__(self, output: str | Path, settings: dict, resume: bool):
-        self.path = sidecar_path(output)
+    ``rank``: the writer's rank in a distributed run (0 or a single process write the sidecar)."""
+
+    def __init__(self, output: str | Path, settings: dict, resume: bool, rank: int = 0):
+        self.output = output
+        self.path = sidecar_path(output, rank)
+        self.rank = rank
         self.settings = json.loads(json.dumps(settings))
-        self.done = 0
+        self._where: dict[int, tuple[Path, int]] = {}  # chunk -> (file, offset of its line)
         self._fh = None
         check_fresh(output, resume)
+        self.reload()
         if self.path.exists():
-            self._load()
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh = open(self.path, "ab")
         # else the file is created with the first completed chunk: a run that fails before any work
         # (a bad input, say) leaves nothing behind
 
-    def _load(self) -> None:
-        with open(self.path, "rb") as fh:
+    @property
+    def done(self) -> int:
+        """How many chunks are stored."""
+        return len(self._where)
+
+    def __contains__(self, chunk: int) -> bool:
+        return chunk in self._where
+
+    def reload(self) -> None:
+        """Read which chunks every progress file holds (again: after other ranks finished theirs)."""
+        self._where = {}
+        for path in progress_files(self.output):
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        with open(path, "rb") as fh:
             data = fh.read()
         good = data.rfind(b"\n") + 1  # a line without its newline was cut by the kill
-        lines = data[:good].decode("utf-8", errors="replace").splitlines()
+        lines = data[:good].split(b"\n")[:-1]
         try:
             head = json.loads(lines[0])
             assert head["format"] == _FORMAT
         except (IndexError, ValueError, KeyError, AssertionError, TypeError):
-            raise InputError(f"{self.path}: not an evo progress file; delete it to start over") from None
+            raise InputError(f"{path}: not an evo progress file; delete it to start over") from None
         if head["settings"] != self.settings:
             old, new = head["settings"], self.settings
             diff = ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
                              if old.get(k) != new.get(k))
-            raise InputError(f"{self.path}: cannot resume, the settings differ ({diff}); rerun the same command, "
+            raise InputError(f"{path}: cannot resume, the settings differ ({diff}); rerun the same command, "
                              f"or delete the file to start over")
+        offset = len(lines[0]) + 1
         for i, line in enumerate(lines[1:]):
             try:
                 chunk = json.loads(line)["chunk"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(f"{self.path}:{i + 2}: corrupt progress line; delete the file to start over") from None
-            if chunk != i:
-                raise InputError(f"{self.path}:{i + 2}: chunk {chunk} out of order; delete the file to start over")
-        self.done = len(lines) - 1
-        if good != len(data):
-            with open(self.path, "rb+") as fh:
+                assert isinstance(chunk, int) and chunk >= 0
+            except (ValueError, KeyError, TypeError, AssertionError):
+                raise InputError(f"{path}:{i + 2}: corrupt progress line; delete the file to start over") from None
+            if chunk in self._where:
+                raise InputError(f"{path}:{i + 2}: chunk {chunk} stored twice; delete the progress files to start over")
+            self._where[chunk] = (path, offset)
+            offset += len(line) + 1
+        if good != len(data) and path == self.path:  # only a file's own writer repairs it
+            with open(path, "rb+") as fh:
                 fh.truncate(good)
 
     def append(self, chunk: int, records: list) -> None:
-        """Persist chunk number ``chunk`` (the next one) with its per-record results."""
-        if chunk != self.done:
-            raise ValueError(f"chunk {chunk} appended after {self.done} completed chunks")
+        """Persist chunk number ``chunk`` with its per-record results."""
+        if chunk in self._where:
+            raise ValueError(f"chunk {chunk} is stored already")
         if self._fh is None:
             with atomic_open(self.path) as fh:
                 fh.write(json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n")
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh = open(self.path, "ab")
+        offset = self._fh.tell()
         try:
-            self._fh.write(json.dumps({"chunk": chunk, "records": records}) + "\n")
+            self._fh.write(json.dumps({"chunk": chunk, "records": records}).encode() + b"\n")
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as err:
             # a cut last line is dropped on resuming: the chunks completed before are intact
             raise OutputError(f"cannot write {self.path}: {err.strerror or err}; the {self.done:,} chunk(s) of "
                               f"progress completed before are intact: fix this and rerun with --resume") from None
-        self.done += 1
+        self._where[chunk] = (self.path, offset)
+
+    def get(self, chunk: int) -> list:
+        """The stored records of ``chunk``."""
+        path, offset = self._where[chunk]
+        if self._fh is not None:
+            self._fh.flush()
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return json.loads(fh.readline())["records"]
 
     def chunks(self) -> Iterator[list]:
-        """The stored chunks' record lists, in order."""
-        if self._fh is None:
-            return
-        self._fh.flush()
-        with open(self.path, encoding="utf-8") as fh:
-            next(fh)
-            for line in fh:
-                yield json.loads(line)["records"]
+        """The stored chunks' record lists in chunk order, up to the first chunk not stored."""
+        k = 0
+        while k in self._where:
+            yield self.get(k)
+            k += 1
 
     def close(self) -> None:
         if self._fh is not None:
             # after a failed write (full disk) the buffer cannot be flushed either: the error is already raised
             with contextlib.suppress(OSError):
                 self._fh.close()
+            self._fh = None
 
     def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
-        """Closed however the run ends; removed when it completes (its output then holds everything)."""
+        """Closed however the run ends; removed when it completes (its output then holds everything).
+        The progress of a distributed run is removed by rank 0, which writes the output."""
         self.close()
-        if exc_type is None:
+        if exc_type is None and self.rank == 0:
             self.remove()
 
     def remove(self) -> None:
+        """Delete every progress file of the output (the run is complete)."""
         self.close()
-        self.path.unlink(missing_ok=True)
+        for path in progress_files(self.output):
+            path.unlink(missing_ok=True)

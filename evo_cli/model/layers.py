@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from evo_cli import kernels as K
 
@@ -106,6 +107,49 @@ class HyenaFilter(nn.Module):
         return (d, config.state_size), torch.complex64 if self.kind == "hyena" else torch.float32
 
 
+class Projection(nn.Linear):
+    """The Hyena input projection [B, L, D] -> [B, L, 3D], with the FP8 GEMM Evo 2 1B/20B/40B were trained with.
+
+    A checkpoint with Transformer Engine state gives the module two float32 buffers, ``fp8_scale_input``
+    and ``fp8_scale_weight`` (the stored forward scales; saved by ``evo convert``). ``set_fp8(mode)``
+    then prepares the E4M3 weight once (``weight_fp8`` [3D, D], not saved) and every call quantises its
+    input with the stored scale: no amax history, so a result never depends on what ran before it.
+    ``fp8`` is ``off`` (plain matmul), ``emulate`` or ``native`` (see ``kernels.fp8_linear``)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__(in_features, out_features, bias=bias)
+        self.fp8 = "off"
+        self.weight_fp8 = None
+
+    @property
+    def has_fp8_state(self) -> bool:
+        return hasattr(self, "fp8_scale_input")
+
+    def add_fp8_state(self) -> None:
+        """Register the (not yet loaded) FP8 scale buffers, so that a checkpoint's scales load into them."""
+        for name in ("fp8_scale_input", "fp8_scale_weight"):
+            self.register_buffer(name, torch.ones((), dtype=torch.float32))
+
+    def set_fp8(self, mode: str) -> None:
+        """``off``, ``emulate`` or ``native``; the quantised weight is built here, once."""
+        if mode != "off" and not self.has_fp8_state:
+            raise ValueError("this projection has no FP8 scales")
+        self.fp8 = mode
+        self.weight_fp8 = None if mode == "off" else K.quantize_e4m3(self.weight, self.fp8_scale_weight)
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() after loading: rebuild the E4M3 weight on the new device (a cast of it would be wrong)
+        super()._apply(fn, recurse)
+        if self.fp8 != "off":
+            self.set_fp8(self.fp8)
+        return self
+
+    def forward(self, x):
+        if self.fp8 == "off":
+            return F.linear(x, self.weight, self.bias)
+        return K.fp8_linear(x, self.weight_fp8, self.fp8_scale_input, self.fp8_scale_weight, self.bias, mode=self.fp8)
+
+
 class HyenaBlock(nn.Module):
     """Gated convolution block (Evo 1 Hyena; Evo 2 Hyena-SE, -MR, -LR) with its MLP."""
 
@@ -117,7 +161,7 @@ class HyenaBlock(nn.Module):
         self.backend = backend
         self.pre_norm = RMSNorm(d, config.eps, backend)
         self.post_norm = RMSNorm(d, config.eps, backend)
-        self.projections = nn.Linear(d, 3 * d, bias=config.hyena_proj_bias)
+        self.projections = Projection(d, 3 * d, bias=config.hyena_proj_bias)
         self.filter = HyenaFilter(config, self.kind)
         self.out_filter_dense = nn.Linear(d, d, bias=config.hyena_out_proj_bias)
         self.mlp = _mlp(config, layer)

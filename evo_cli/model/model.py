@@ -15,8 +15,9 @@ from .layers import AttentionBlock, HyenaBlock, RMSNorm
 
 def keeps_float32(name: str) -> bool:
     """Parameters kept in float32 whatever the model dtype: Hyena filters (poles, residues, taps,
-    D) and rotary frequencies. They are small, and their precision matters at long range."""
-    return ".filter." in name or name.endswith("inv_freq")
+    D), rotary frequencies and FP8 scales. They are small, and their precision matters at long range
+    (the scales: they are the stored float32 values Transformer Engine quantises with)."""
+    return ".filter." in name or name.endswith("inv_freq") or ".fp8_scale_" in name
 
 
 class StripedHyena(nn.Module):
@@ -63,6 +64,33 @@ class StripedHyena(nn.Module):
         for m in self.modules():
             if hasattr(m, "backend"):
                 m.backend = kernels
+        return self
+
+    @property
+    def has_fp8_state(self) -> bool:
+        """True when the Hyena projections carry FP8 scales (from the checkpoint)."""
+        return any(b.projections.has_fp8_state for b in self.blocks if b.kind != "attn")
+
+    @property
+    def fp8(self) -> str:
+        """How the Hyena projections run: ``off``, ``emulate`` or ``native``."""
+        return next((b.projections.fp8 for b in self.blocks if b.kind != "attn"), "off")
+
+    def add_fp8_state(self) -> StripedHyena:
+        """Give every Hyena projection its FP8 scale buffers (filled by the checkpoint loader)."""
+        for b in self.blocks:
+            if b.kind != "attn":
+                b.projections.add_fp8_state()
+        return self
+
+    def set_fp8(self, mode: str) -> StripedHyena:
+        """Run the Hyena projections ``off`` (plain matmul), ``emulate`` (mmaemu) or ``native``
+        (torch._scaled_mm); the E4M3 weights are prepared here. See ``evo_cli.runtime.resolve_fp8``."""
+        if mode not in ("off", "emulate", "native"):
+            raise ValueError(f"unknown FP8 mode {mode!r} (off, emulate or native)")
+        for b in self.blocks:
+            if b.kind != "attn":
+                b.projections.set_fp8(mode)
         return self
 
     def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:

@@ -1,0 +1,52 @@
+"""``evo selftest``: evo2's own forward-pass test on this install, PASS or FAIL with the numbers."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .options import echo, load_model_cli, model_options, progress_bar
+
+
+@click.command()
+@model_options
+@click.option("--expected", metavar="NAME", default=None,
+              help="Published model whose recorded numbers to check against [default: the --model name]; "
+                   "for a converted checkpoint given as a path.")
+def selftest(model, device, dtype, kernels, expected):
+    """Run the evo2 repository's test on a published Evo 2 model: next-token cross-entropy over its four
+    prompts, PASS when the mean is within 1e-3 of the value the test records for that model. Tells
+    whether this hardware, dtype and --fp8 mode give the reference numbers."""
+    from evo_cli import registry
+    from evo_cli.checkpoints import resolve_checkpoint
+    from evo_cli.errors import CheckpointError, InputError
+    from evo_cli.selftest import EXPECTED, TOLERANCE, projection_macs, run_selftest, upstream_prompts
+
+    name = expected or str(model)
+    if name not in EXPECTED:
+        raise InputError(f"{name}: evo2's test records numbers for {', '.join(EXPECTED)} only"
+                         + ("" if expected else " (pass --expected NAME for a checkpoint given as a path)"))
+    spec = registry.get_spec(str(model))
+    if spec is not None:
+        try:
+            resolve_checkpoint(spec.name, download=False)
+        except CheckpointError:
+            raise InputError(f"{spec.name} is not downloaded: run `evo download {spec.name}` (~{spec.download_bytes / 1e9:.1f} GB "
+                             f"from huggingface.co/{spec.repo}), then `evo selftest --model {spec.name}` again") from None
+    net = load_model_cli(model, device, dtype, kernels)
+    prompts = upstream_prompts()
+    if net.fp8 == "emulate" and net.device.type == "cpu":
+        hours = projection_macs(net.config, prompts) / 1e7 / 3600
+        echo(f"FP8 emulation on the CPU (about 10 M multiply-adds/s): roughly {hours:,.1f} h for this test; "
+             "a CUDA GPU runs mmaemu's kernels in minutes")
+    with progress_bar("selftest", len(prompts), "prompts") as advance:
+        result = run_selftest(net, name, prompts, progress=lambda i: advance())
+    for seq, loss, acc in zip(result.names, result.losses, result.accuracies):
+        click.echo(f"{seq}: loss {loss:.4f}, accuracy {100 * acc:.2f}%")
+    verdict = "PASS" if result.passed else "FAIL"
+    click.echo(f"{verdict} {name}: mean loss {result.mean_loss:.4f} (expected {result.expected_loss:.4f} +- {TOLERANCE:g}), "
+               f"accuracy {result.mean_accuracy:.2f}% (expected {result.expected_accuracy:.2f}%); "
+               f"fp8 {net.fp8}, {str(net.dtype).removeprefix('torch.')} on {net.device}")
+    if not result.passed:
+        sys.exit(1)

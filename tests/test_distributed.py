@@ -1,0 +1,201 @@
+"""Data parallel runs under torchrun (``distributed.py``) on CPU with gloo: 2 and 3 ranks give the
+single-process bytes for score-variants, score, embed and generate (also with each rank's model
+split over cpu,cpu); uneven work keeps every rank busy; a run with a killed rank resumes with 1 and
+with 2 ranks to the same bytes.
+
+Each launch runs several commands (``dist_worker.py``); the 2- and 3-rank launches run side by side."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evo_cli.cli.main import main
+from evo_cli.io.partial import progress_files
+
+from .conftest import CONFORMANCE, DATA
+
+TINY = CONFORMANCE / "evo2" / "tiny_a"
+BRCA1 = DATA / "brca1"
+FA = BRCA1 / "GRCh37_chr17_41100001-41300000.fa"
+SNVS = BRCA1 / "brca1_sge_first48.region.vcf"
+WORKER = Path(__file__).parent / "dist_worker.py"
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def evo(*args, threads: int, cwd: Path) -> str:
+    """Run ``evo ARGS`` in this process, in ``cwd``, with ``threads`` torch threads (a rank's share of
+    the cores: CPU results depend on the thread count); returns stderr."""
+    n, here = torch.get_num_threads(), os.getcwd()
+    torch.set_num_threads(threads)
+    err = io.StringIO()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stderr(err):
+            main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(n)
+        os.chdir(here)
+    return err.getvalue()
+
+
+def launch(ranks: int, steps: list[dict], cwd: Path) -> subprocess.Popen:
+    """torchrun ``ranks`` ranks in ``cwd`` running ``steps`` (``dist_worker.py``); after a failure,
+    torchrun restarts them once."""
+    cwd.mkdir(exist_ok=True)
+    plan = cwd / "plan.json"
+    plan.write_text(json.dumps([{**s, "argv": [str(a) for a in s["argv"]]} for s in steps]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+           "--monitor-interval=0.1", "--max-restarts=1", str(WORKER), str(plan)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out + err
+
+
+def commands(inputs: Path) -> list[list]:
+    """The four commands; outputs named relative to the working directory (the commands are
+    recorded in some outputs)."""
+    f = inputs
+    return [
+        ["score-variants", "-m", TINY, "--vcf", SNVS, "--fasta", FA, "--window", 64, "--batch-size", 4,
+         "-o", "variants.tsv"],
+        ["score", "-m", TINY, "--fasta", f / "seqs.fa", "--batch-size", 1, "-o", "scores.tsv",
+         "--per-position", "positions.tsv"],
+        ["embed", "-m", TINY, "--fasta", f / "seqs.fa", "--batch-size", 1, "--layer", "blocks.3",
+         "-o", "embed.parquet"],
+        ["generate", "-m", TINY, "--prompts", f / "prompts.fa", "--num-samples", 2, "--batch-size", 2, "-n", 6,
+         "--seed", 3, "-o", "gen.jsonl"],
+    ]
+
+
+OUTPUTS = ["variants.tsv", "scores.tsv", "positions.tsv", "embed.parquet", "gen.jsonl"]
+KILLED = ["score-variants", "-m", TINY, "--vcf", SNVS, "--fasta", FA, "--window", 64, "--batch-size", 2,
+          "-o", "killed.tsv"]
+
+
+def _seqs(path: Path, lengths: list[int], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    path.write_text("".join(f">s{i}\n{''.join('ACGT'[j] for j in torch.randint(0, 4, (n,), generator=g).tolist())}\n"
+                            for i, n in enumerate(lengths)))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Launch 2 ranks (the four commands, an uneven score run, a run stopped by a killed rank, which
+    torchrun restarts and the 2 new ranks resume) and 3 ranks (the four commands) side by side."""
+    f = tmp_path_factory.mktemp("dist")
+    _seqs(f / "seqs.fa", [5 + 7 * i % 30 for i in range(40)], 0)  # 3 chunks of 16 sequences
+    _seqs(f / "prompts.fa", [3, 9, 4, 12, 5], 1)  # 10 rows in 5 batches
+    _seqs(f / "uneven.fa", [12000] + [8] * 127, 2)  # 8 chunks, the first one as long as about 10 others
+    two = launch(2, [{"argv": c} for c in commands(f)]
+                 + [{"argv": ["-v", "score", "-m", TINY, "--fasta", f / "uneven.fa", "--batch-size", 1, "--chunk-size",
+                              500, "-o", "uneven.tsv"]},
+                    {"argv": KILLED + ["--resume"], "stop_after": 2, "copy_to": str(f / "k1")}], f / "2")
+    no_seed = commands(f)[3][:-4] + ["-o", "gen-noseed.jsonl"]  # rank 0 draws the seed for all
+    split = commands(f)[0][:-1] + ["variants-split.tsv", "--device", "cpu,cpu"]  # each rank's model in 2 parts
+    three = launch(3, [{"argv": c} for c in commands(f) + [no_seed, split]], f / "3")
+    return f, {"two": finish(two), "three": finish(three)}
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_write_the_single_process_bytes(runs, ranks):
+    folder, results = runs
+    code, log = results["two" if ranks == 2 else "three"]
+    assert code == 0, log
+    ref = folder / f"ref{ranks}"
+    ref.mkdir()
+    for argv in commands(folder):
+        evo("-q", *argv, threads=max(1, CORES // ranks), cwd=ref)
+    differ = [name for name in OUTPUTS if (ref / name).read_bytes() != (folder / str(ranks) / name).read_bytes()]
+    assert differ == []
+    # rank 0 alone reports (one line per score-variants run not resumed), its progress counts every rank's work
+    summaries = [line for line in log.splitlines() if "evo: scored 48 of 48 variants" in line]
+    assert len([line for line in summaries if "resuming" not in line]) == {2: 1, 3: 2}[ranks]
+    assert re.search(r"scoring .* 48/48 ", log)
+    if ranks == 3:
+        assert (folder / "3" / "variants-split.tsv").read_bytes() == (ref / "variants.tsv").read_bytes()
+        got = (folder / "3" / "gen-noseed.jsonl").read_bytes()
+        seeds = {json.loads(line)["seed"] for line in got.splitlines()}
+        assert len(seeds) == 1
+        argv = commands(folder)[3][:-3] + [seeds.pop(), "-o", "gen-noseed.jsonl"]
+        evo("-q", *argv, threads=max(1, CORES // ranks), cwd=ref)
+        assert (ref / "gen-noseed.jsonl").read_bytes() == got
+    assert not [p for p in (folder / str(ranks)).iterdir() if ".evo-partial" in p.name and "killed" not in p.name]
+
+
+def test_uneven_work_keeps_every_rank_busy(runs):
+    """One chunk holds a 12,000-base sequence, seven hold short ones: while one rank runs the long
+    chunk, the other takes the short ones."""
+    _, results = runs
+    _, log = results["two"]
+    chunks = {int(r): json.loads(c) for r, c in re.findall(r"evo: rank (\d): \d+ chunks (\[[\d, ]*\])", log)}
+    assert sorted(chunks) == [0, 1] and sorted(chunks[0] + chunks[1]) == list(range(8)), log
+    long, short = (0, 1) if 0 in chunks[0] else (1, 0)
+    # a fixed split would give each rank 4; the long chunk's rank takes at most one short one
+    assert chunks[long][0] == 0 and len(chunks[long]) <= 2 and len(chunks[short]) >= 6
+
+
+def test_a_killed_rank_resumes_with_one_and_with_two_ranks(runs):
+    """Rank 1 killed once each rank had stored 2 chunks; torchrun restarted the job (2 ranks, with
+    ``--resume``), and a copy of the progress taken then is resumed here by one process."""
+    folder, results = runs
+    code, log = results["two"]
+    assert code == 0 and "failed (exitcode: -9) local_rank: 1" in log, log
+    # a settings line, then one line per chunk
+    assert {p.name: p.read_text().count("\n") for p in progress_files(folder / "k1" / "killed.tsv")} == \
+        {"killed.tsv.evo-partial": 3, "killed.tsv.evo-partial.1": 3}
+    ref = folder / "kref"
+    ref.mkdir()
+    evo("-q", *KILLED, threads=max(1, CORES // 2), cwd=ref)
+    assert (folder / "2" / "killed.tsv").read_bytes() == (ref / "killed.tsv").read_bytes()
+    stderr = evo(*KILLED, "--resume", threads=max(1, CORES // 2), cwd=folder / "k1")
+    assert "48 of 48 variants" in stderr and "done before resuming" in stderr
+    assert (folder / "k1" / "killed.tsv").read_bytes() == (ref / "killed.tsv").read_bytes()
+    assert progress_files(folder / "k1" / "killed.tsv") == progress_files(folder / "2" / "killed.tsv") == []
+
+
+def test_progress_files_of_several_ranks_resume_in_chunk_order(tmp_path):
+    """Without torchrun: chunks stored out of order by two ranks are read back in order by any rank."""
+    from evo_cli.errors import InputError
+    from evo_cli.io.partial import Checkpoint, check_fresh, stored_settings
+
+    out = tmp_path / "o.tsv"
+    (tmp_path / "o.tsv.evo-partial.d").mkdir()  # embed's parts folder is not a progress file
+    with pytest.raises(KeyboardInterrupt), Checkpoint(out, {"a": 1}, False, rank=1) as one:
+        one.append(2, [[2.5]])
+        one.append(0, [[0.5]])
+        raise KeyboardInterrupt
+    assert [p.name for p in progress_files(out)] == ["o.tsv.evo-partial.1"] and stored_settings(out) == {"a": 1}
+    with pytest.raises(InputError, match=r"o\.tsv\.evo-partial\.1 exists: .* add --resume"):
+        check_fresh(out, False)
+    with pytest.raises(InputError, match=r"settings differ \(a: 1 then, 2 now\)"):
+        Checkpoint(out, {"a": 2}, True)
+    with Checkpoint(out, {"a": 1}, True) as zero:
+        assert (zero.done, 0 in zero, 1 in zero) == (2, True, False)
+        assert list(zero.chunks()) == [[[0.5]]]  # up to the first chunk not stored
+        zero.append(1, [[1.5]])
+        with pytest.raises(ValueError, match="stored already"):
+            zero.append(2, [[9.0]])
+        assert list(zero.chunks()) == [[[0.5]], [[1.5]], [[2.5]]]
+    assert progress_files(out) == [] and (tmp_path / "o.tsv.evo-partial.d").is_dir()
+    # a chunk in two files (copied by hand, say) is refused
+    with pytest.raises(KeyboardInterrupt), Checkpoint(out, {"a": 1}, True) as c:
+        c.append(0, [[0.5]])
+        raise KeyboardInterrupt
+    shutil.copy(tmp_path / "o.tsv.evo-partial", tmp_path / "o.tsv.evo-partial.3")
+    with pytest.raises(InputError, match=r"evo-partial\.3:2: chunk 0 stored twice"):
+        Checkpoint(out, {"a": 1}, True)

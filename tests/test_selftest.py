@@ -1,0 +1,64 @@
+"""``evo selftest``: evo2's own forward-pass test (its prompts, loss, tolerance), PASS/FAIL with numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import evo_cli
+from evo_cli import selftest as st
+
+from .fp8util import write_fp8_checkpoint
+from .test_cli_score_variants import evo
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SHORT = [("p1", "ACGTTGCAAGGCTTAACGTAGGCATTACGA"), ("p2", "GATTACAGGCATGCANNACGT")]
+
+
+def test_the_upstream_prompts_are_packaged():
+    prompts = st.upstream_prompts()
+    assert [n for n, _ in prompts] == ["L1RE2", "ECOLAC", "NC_007596.2Mammuthusprimigeniusmitochondrion",
+                                       "NC_012920.1_homosapiens_mitochondrion"]
+    assert [len(s) for _, s in prompts] == [6538, 7056, 6160, 7616]
+    assert prompts[0][1].startswith("GAATAGGAACAGCTCCGGTCTACAGC")
+
+
+def test_pass_is_the_mean_loss_within_the_upstream_epsilon():
+    want = st.EXPECTED["evo2_1b_base"][0]
+    assert st.SelftestResult(["a", "b"], [want - 0.1, want + 0.1009], [0.8, 0.7], want, 79.5).passed
+    assert not st.SelftestResult(["a", "b"], [want - 0.1, want + 0.1021], [0.8, 0.7], want, 79.5).passed
+    r = st.SelftestResult(["a", "b"], [0.4, 0.6], [0.8, 0.7], want, 79.5)
+    assert r.mean_loss == pytest.approx(0.5) and r.mean_accuracy == pytest.approx(75.0)
+
+
+def test_without_weights_it_says_what_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = evo("selftest", "--model", "evo2_1b_base")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "run `evo download evo2_1b_base`" in err and "huggingface.co/arcinstitute/evo2_1b_base" in err
+
+
+def test_selftest_on_a_tiny_fp8_model(tmp_path, monkeypatch):
+    ckpt = write_fp8_checkpoint(tmp_path / "tiny")
+    monkeypatch.setattr(st, "upstream_prompts", lambda: SHORT)
+    model = evo_cli.load_model(ckpt, device="cpu", fp8="emulate")
+    losses = []
+    for _, seq in SHORT:
+        ids = torch.tensor(list(seq.encode()))
+        with torch.no_grad():
+            losses.append(float(F.cross_entropy(model(ids[None])[0, :-1], ids[1:])))
+    mean = sum(losses) / 2
+    code, out, err = evo("selftest", "-m", ckpt, "--expected", "evo2_1b_base")
+    assert code == 1, err
+    last = out.splitlines()[-1]
+    assert last.startswith(f"FAIL evo2_1b_base: mean loss {mean:.4f} (expected 0.5020 +- 0.001)")
+    assert "fp8 emulate, float32 on cpu" in last and out.splitlines()[0].startswith(f"p1: loss {losses[0]:.4f}")
+    monkeypatch.setitem(st.EXPECTED, "evo2_1b_base", (mean + 0.0005, 50.0))
+    code, out, _ = evo("selftest", "-m", ckpt, "--expected", "evo2_1b_base")
+    assert code == 0 and out.splitlines()[-1].startswith("PASS evo2_1b_base")
+    code, out, _ = evo("selftest", "-m", ckpt, "--expected", "evo2_1b_base", "--fp8", "off")
+    assert code == 1 and "fp8 off" in out
