@@ -44,6 +44,7 @@ from evo_cli.io.partial import Checkpoint
 from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
+from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import warn_beyond_context
 
 log = logging.getLogger(__name__)
@@ -397,6 +398,8 @@ def run_embed(
                         for e in iter_embeddings(model, [r.sequence for r in chunk], layers, pool, strand, batch_size,
                                                  chunk_size, share.progress):
                             r = chunk[e.index]
+                            if not bool(torch.isfinite(e.values).all()):
+                                raise non_finite_error(f"sequence {r.id!r}", model.dtype)
                             writer.write(r.id, len(r.sequence), e.layer, pool, e.values.numpy(), e.start)
                     store.append(k, [[part.name, writer.rows]])
             if not share.finish():

@@ -40,11 +40,12 @@ import numpy as np
 import torch
 
 from evo_cli.distributed import Share, checkpoint_rank, current, shared_value
-from evo_cli.errors import EvoError, InputError
+from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.generated import output_format, write_generations
 from evo_cli.io.partial import Checkpoint, stored_settings
 from evo_cli.model.tokenizer import decode, encode
+from evo_cli.runtime import non_finite_error
 from evo_cli.sampling import check_sampling, sample_tokens, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -251,8 +252,7 @@ class _Run:
         out = []
         for r, (i, k) in enumerate(batch):
             if nan_rows[r]:
-                raise EvoError(f"the model produced NaN logits while sampling after prompt {self.names[i]!r} "
-                               "(numerical overflow: try dtype float32)")
+                raise non_finite_error(f"prompt {self.names[i]!r} while sampling", self.model.dtype)
             out.append(Generation(self.names[i], k, tuple(tokens[r]), float(logprobs[r]), self.seed))
         return out
 

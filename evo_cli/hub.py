@@ -8,12 +8,15 @@ as they are: the loader reads the parts in place, nothing merges or deletes them
 
 Environment (huggingface_hub's variables, read when called, so a changed environment is honoured):
 ``HF_HUB_CACHE`` (else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) is the cache;
-``HF_HUB_OFFLINE=1`` forbids network access; ``HF_TOKEN`` is used for downloads.
+``HF_HUB_OFFLINE=1`` forbids network access; ``HF_TOKEN`` is used for downloads; ``HF_ENDPOINT`` is the
+Hub contacted; ``HF_HUB_ETAG_TIMEOUT`` (default 10 s) bounds every metadata request, and huggingface_hub's
+``HF_HUB_DOWNLOAD_TIMEOUT`` a stalled file transfer, so an unresponsive network fails in seconds.
 Interrupted downloads resume: huggingface_hub keeps ``blobs/*.incomplete`` and continues them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -147,6 +150,37 @@ def check_disk_space(spec: ModelSpec, status: CacheStatus, cache: Path) -> None:
         raise CheckpointError(f"{spec.name} needs {needed / 1e9:.1f} GB, {free / 1e9:.1f} GB free at {where}")
 
 
+def hub_endpoint() -> str:
+    """The Hub contacted: ``HF_ENDPOINT`` (read when called), else huggingface_hub's default."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_timeout() -> float:
+    """Seconds one Hub request may wait for an answer: huggingface_hub's ``HF_HUB_ETAG_TIMEOUT`` (default 10)."""
+    try:
+        seconds = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+    except ValueError:
+        seconds = 10.0
+    return seconds if seconds > 0 else 10.0
+
+
+@contextlib.contextmanager
+def _bounded_session(seconds: float):
+    """huggingface_hub's shared HTTP client waits forever by default; requests that pass no timeout of their
+    own (the file listing) wait at most ``seconds`` while this is active."""
+    from huggingface_hub.utils import get_session
+
+    session = get_session()
+    old = getattr(session, "timeout", None)
+    session.timeout = seconds
+    try:
+        yield
+    finally:
+        session.timeout = old
+
+
 def download_model(name: str, quiet: bool = False) -> Path:
     """Download (or finish downloading) a published model into the Hugging Face cache; returns its
     snapshot folder. Nothing is fetched when every file is already there."""
@@ -163,17 +197,30 @@ def download_model(name: str, quiet: bool = False) -> Path:
 
     if quiet:
         disable_progress_bars()
-    log.info("downloading %s (~%.1f GB) from %s@%s into %s", spec.name, spec.download_bytes / 1e9, spec.repo,
-             spec.revision, cache)
+    endpoint, seconds = hub_endpoint(), hub_timeout()
+    log.warning("downloading %s (~%.1f GB) from %s/%s@%s into %s", spec.name, spec.download_bytes / 1e9,
+                endpoint, spec.repo, spec.revision, cache)
     try:
-        folder = huggingface_hub.snapshot_download(
-            repo_id=spec.repo, revision=spec.revision, cache_dir=str(cache), allow_patterns=list(spec.files),
-        )
+        with _bounded_session(seconds):
+            commit = spec.revision
+            if not _COMMIT.fullmatch(commit):
+                # resolved here with a timeout: snapshot_download's own lookup of a branch has none
+                api = huggingface_hub.HfApi(endpoint=endpoint)
+                commit = api.repo_info(spec.repo, revision=spec.revision, timeout=seconds).sha
+            folder = huggingface_hub.snapshot_download(
+                repo_id=spec.repo, revision=commit, cache_dir=str(cache), allow_patterns=list(spec.files),
+                endpoint=endpoint, etag_timeout=seconds,
+            )
     except Exception as err:
-        raise CheckpointError(_download_error(spec, err)) from None
+        raise CheckpointError(_download_error(spec, err, endpoint, seconds)) from None
     finally:
         if quiet:
             enable_progress_bars()
+    if commit != spec.revision:
+        # what huggingface_hub records when it resolves a branch itself: refs/<branch> holds the commit
+        ref = repo_cache_dir(spec, cache) / "refs" / spec.revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
     missing = [f for f in spec.files if not (Path(folder) / f).is_file()]
     if missing:
         raise CheckpointError(f"{spec.repo}@{spec.revision} has no file {missing[0]!r}, which the registry lists; "
@@ -181,15 +228,16 @@ def download_model(name: str, quiet: bool = False) -> Path:
     return Path(folder)
 
 
-def _download_error(spec: ModelSpec, err: Exception) -> str:
+def _download_error(spec: ModelSpec, err: Exception, endpoint: str, seconds: float) -> str:
     kind = type(err).__name__
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     hint = ""
     if kind in ("GatedRepoError", "RepositoryNotFoundError") or "401" in first or "403" in first:
         hint = "; log in with `hf auth login` or set HF_TOKEN"
-    elif kind == "LocalEntryNotFoundError" or "Connect" in first:
-        hint = "; the Hugging Face Hub cannot be reached: check the network or proxy settings"
-    return (f"cannot download {spec.repo}@{spec.revision} ({kind}: {first}){hint}; "
+    elif kind == "LocalEntryNotFoundError" or any(w in kind + first for w in ("Connect", "Timeout", "timed out")):
+        hint = (f"; {endpoint} cannot be reached or did not answer within {seconds:g} s (HF_HUB_ETAG_TIMEOUT): "
+                f"check the network or proxy settings, or set HF_HUB_OFFLINE=1 to use only the local cache")
+    return (f"cannot download {spec.repo}@{spec.revision} from {endpoint} ({kind}: {first}){hint}; "
             f"files already fetched are kept and `evo download {spec.name}` resumes")
 
 

@@ -175,9 +175,9 @@ def match_config(config: ModelConfig) -> ModelSpec | None:
     """The published model whose architecture ``config`` describes (name and context aside), if any."""
     if config.name in MODELS:
         return MODELS[config.name]
-    key = dataclasses.replace(config, name="", max_seqlen=0)
+    key = dataclasses.replace(config, name="", max_seqlen=1)
     for spec in MODELS.values():
-        if dataclasses.replace(model_config(spec.name), name="", max_seqlen=0) == key:
+        if dataclasses.replace(model_config(spec.name), name="", max_seqlen=1) == key:
             return spec
     return None
 

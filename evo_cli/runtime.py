@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from evo_cli.errors import InputError
+from evo_cli.errors import EvoError, InputError
 from evo_cli.kernels import BACKENDS, FP8_MODES, fp8_native_supported, mmaemu_available
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -92,6 +92,16 @@ def resolve_kernels(kernels: str | None) -> str:
     if choice not in BACKENDS:
         raise InputError(f"unknown kernel backend {choice!r} (use {', '.join(BACKENDS)})")
     return choice
+
+
+def non_finite_error(what: str, dtype: torch.dtype) -> EvoError:
+    """The one-line error for NaN or infinite model outputs on ``what`` (e.g. ``sequence 'x'``). Weights are
+    checked at load, so in float32 the cause is extreme weights; in lower precision an overflow."""
+    if dtype == torch.float32:
+        cause = "already float32: the checkpoint's weights are extreme or damaged"
+    else:
+        cause = f"numerical overflow in {str(dtype).removeprefix('torch.')}: try --dtype float32"
+    return EvoError(f"the model computed NaN or infinite values for {what} ({cause})")
 
 
 FP8_INSTALL_HINT = 'pip install "evo-cli[fp8]"'

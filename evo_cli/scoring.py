@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from evo_cli.io.atomic import STDOUT
 from evo_cli.io.partial import Checkpoint
 from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
+from evo_cli.runtime import non_finite_error
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +342,9 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
         that a long record shows its progress."""
         scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size, share.progress)
         stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if per_position else None] for s in scores]
+        for rec, (_, _, _, total, _) in zip(chunk, stored):
+            if not math.isfinite(total):  # a sequence with no scored base has sum 0
+                raise non_finite_error(f"sequence {rec.id!r}", model.dtype)
         if store is not None:
             store.append(k, stored)
         return stored

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_wri
 from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
 from evo_cli.runs import output_metadata, run_settings
+from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
 
 log = logging.getLogger(__name__)
@@ -180,6 +183,8 @@ def _score_chunk(model, chunk: list[_Site], batch_size: int, share_prefix: bool,
         ref_ll = sum(scores[r] for r, _ in site.windows) / len(site.windows)
         alt_ll = [None if site.statuses[i] != OK else sum(scores[alts[i]] for _, alts in site.windows) / len(site.windows)
                   for i in range(len(site.statuses))]
+        if not all(math.isfinite(v) for v in [ref_ll, *alt_ll] if v is not None):
+            raise non_finite_error(f"record {rec.chrom}:{rec.pos}", model.dtype)
         out.append([rec.chrom, rec.pos, site.statuses, ref_ll, alt_ll])
     return out
 
@@ -245,8 +250,9 @@ def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region]
 
 def _check_region_contigs(reader: VcfReader, reference: Reference, regions: list[Region]) -> None:
     """Raise for a region on a contig that neither the VCF header nor the FASTA knows."""
-    with reader.open() as vf:
-        header_contigs = list(vf.header.contigs)
+    header, _ = reader.text()  # any VCF the reader takes, plain gzip included
+    declared = (re.match(r"##contig=<ID=([^,>]+)", line) for line in header)
+    header_contigs = list(dict.fromkeys(m.group(1) for m in declared if m))
     known = {name for c in header_contigs for name in (c, *contig_aliases(c))}
     for region in regions:
         if region.contig not in known and reference.resolve(region.contig) is None:

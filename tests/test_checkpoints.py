@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -80,11 +83,38 @@ def test_te_extra_state_and_unembed_are_ignored():
 
 
 def test_pickled_code_is_refused(tmp_path):
+    """One line of our own naming the file, the key and the type; no torch paragraph, no warning."""
     d = _copy(TINY_A, tmp_path / "c")
     sd = torch.load(d / "weights.pt", weights_only=True)
     sd["evil"] = Path("/")  # any non-tensor class makes weights_only refuse the file
     torch.save(sd, d / "weights.pt")
-    _error(d, "refusing to unpickle")
+    msg = _error(d, "refusing to unpickle")
+    assert msg == (f"{d / 'weights.pt'}: key 'evil' holds a pickled pathlib.PosixPath, not a tensor; refusing to "
+                   f"unpickle it (only tensors are loaded)")
+    # a legacy (non-zip) pickle of protocol 4 naming a function: same line, and torch's protocol warning is kept off
+    with open(d / "weights.pt", "wb") as fh:
+        pickle.dump({"blocks.0.x": 1.0, "payload": os.system}, fh, protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        msg = _error(d, r"weights.pt: key 'payload' holds a pickled (posix|os|nt)\.system, not a tensor")
+    assert not caught and "Weights only" not in msg and "PyTorch 2.6" not in msg
+    # a pickle torch cannot read safely, with no foreign type in it: still one line of our own
+    with open(d / "weights.pt", "wb") as fh:
+        pickle.dump({"blocks.0.x": 1.0}, fh, protocol=4)
+    msg = _error(d, r"weights.pt: a pickle that torch's weights-only loader cannot read \(Unsupported operand")
+    assert "PyTorch 2.6" not in msg
+
+
+@pytest.mark.parametrize("weight_map, match", [
+    ({"a": "../../etc/passwd"}, r"shard '../../etc/passwd' is outside the checkpoint directory; refused"),
+    ({"a": "/etc/passwd"}, r"shard '/etc/passwd' is outside the checkpoint directory"),
+    (["model-00001-of-00002.safetensors"], r"weight_map must map tensor names to file names"),
+    ({"a": 3}, r"weight_map must map tensor names to file names"),
+])
+def test_weight_index_stays_inside_the_checkpoint(tmp_path, weight_map, match):
+    d = _copy(C1, tmp_path / "c")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert "model.safetensors.index.json" in _error(d, match)
 
 
 def test_missing_key(tmp_path):
@@ -204,3 +234,32 @@ def test_bytesio_only_extra_allowed():
     buf.seek(0)
     with torch.serialization.safe_globals([io.BytesIO]):
         assert isinstance(torch.load(buf, weights_only=True)["meta"], io.BytesIO)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_attention_heads", 0), ("hidden_size", 128.0), ("hidden_size", -128), ("hidden_size", "128"),
+    ("hidden_size", True), ("hcs_filter_groups", -8), ("eps", "tiny"), ("eps", float("nan")), ("max_seqlen", 0),
+    ("max_seqlen", -1), ("max_seqlen", "2048"), ("rotary_emb_base", 0), ("state_size", None),
+    ("use_interpolated_rotary_pos_emb", "yes"), ("attn_layer_idxs", 3), ("mlp_activation", 1),
+    ("inner_mlp_size", -5), ("proj_groups", 0),
+])
+def test_config_values_are_checked_at_load(tmp_path, field, value):
+    """Every field's type and range is checked when the config is read: one line naming file and field."""
+    d = _copy(TINY_A, tmp_path / "c")
+    cfg = yaml.safe_load((d / "config.yml").read_text())
+    cfg[field] = value
+    (d / "config.yml").write_text(yaml.safe_dump(cfg))
+    msg = _error(d, rf"config.yml: (missing config field )?'?{field}'?( |$)")
+    assert "must be" in msg or "missing" in msg
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_heads", 0), ("hidden_size", 128.0), ("eps", "tiny"), ("rotary_scaling", 0), ("max_seqlen", "2048"),
+    ("vocab_size", 4), ("short_filter_bias", "false"), ("block_types", "hcs"), ("num_kv_heads", -1),
+])
+def test_native_config_values_are_checked(tmp_path, field, value):
+    d = save_native(evo_cli.load_model(TINY_A, device="cpu"), tmp_path / "native")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[field] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert "must be" in _error(d, rf"config.json: {field} ")

@@ -312,3 +312,14 @@ def test_empty_regions_of_a_bed_file_are_one_warning(tmp_path):
     assert [line for line in err.splitlines() if "warning" in line] == [
         f"evo: warning: 10 regions hold no record of brca1_sge_first48.region.vcf: {CONTIG}:1-10, {CONTIG}:101-110, "
         f"{CONTIG}:201-210 ... (10 in all)"]
+
+
+def test_region_checks_read_the_header_of_a_plain_gzip_vcf(tmp_path):
+    import gzip
+
+    vcf = tmp_path / "in.vcf.gz"
+    vcf.write_bytes(gzip.compress(SNVS.read_bytes()))  # its header declares the contig
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", tmp_path / "no_model", "-o",
+                       tmp_path / "o.tsv", "--region", "chr9:1-10")
+    assert code == 1 and err == (f"evo: error: region chr9:1-10: contig chr9 is in neither the VCF header ({CONTIG}) "
+                                 f"nor GRCh37_chr17_41100001-41300000.fa ({CONTIG})\n")

@@ -359,3 +359,25 @@ def test_failed_start_leaves_no_progress_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_score_variants(model, SNVS, FA, out, window=64, progress=_interrupt_after(1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.fa.gz", "scores.vcf.evo-partial"]
+
+
+def test_plain_gzip_vcf_and_malformed_records(tmp_path):
+    """A plain-gzip VCF is streamed to the same scores; a malformed record is one line naming line and field."""
+    plain_gz = tmp_path / "snvs.vcf.gz"
+    plain_gz.write_bytes(gzip.compress(SNVS.read_bytes()))
+    outs = {}
+    for vcf in (SNVS, plain_gz):
+        outs[vcf] = tmp_path / f"{vcf.name}.tsv"
+        code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64, "-o", outs[vcf])
+        assert code == 0, err
+    assert outs[SNVS].read_text() == outs[plain_gz].read_text() and len(outs[SNVS].read_text().splitlines()) == 49
+    lines = SNVS.read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    for pos, message in (("0", "POS 0 is not a base"), ("97,724", "POS '97,724' is not a position")):
+        cols = lines[first + 2].split("\t")
+        bad = tmp_path / "bad.vcf"
+        bad.write_text("".join(lines[: first + 2] + ["\t".join([cols[0], pos, *cols[2:]])] + lines[first + 3 :]))
+        code, _, err = evo("score-variants", "--vcf", bad, "--fasta", FA, "-m", TINY, "--window", 64,
+                           "-o", tmp_path / "bad.tsv")
+        assert code == 1 and err == f"evo: error: {bad}:{first + 3}: {message}" + err.split(message, 1)[1]
+        assert err.count("\n") == 1 and not (tmp_path / "bad.tsv").exists()

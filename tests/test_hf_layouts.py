@@ -258,3 +258,14 @@ def test_aquiles_unknown_config_field_fails(tmp_path, original):
     with pytest.raises(evo_cli.ConfigError, match="config.json: unknown config field 'hidden_sise'"):
         evo_cli.load_model(d, device="cpu")
 
+
+
+@pytest.mark.parametrize("field, value", [("rms_norm_eps", "tiny"), ("max_position_embeddings", "2048"),
+                                          ("rope_theta", -1), ("num_attention_heads", 0)])
+def test_wip_config_values_are_checked(tmp_path, plain, field, value):
+    d = write_community(tmp_path / "wip", plain, WIP)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[field] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(evo_cli.ConfigError, match=rf"config.json: {field} {value!r} must be a "):
+        evo_cli.load_model(d, device="cpu")

@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import socket
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
+from huggingface_hub import constants as hf_constants
 import pytest
 import torch
 import yaml
@@ -23,6 +26,9 @@ from evo_cli.errors import CheckpointError
 from evo_cli.model.config import ModelConfig
 
 from .hubcache import C1, TINY_A, add_snapshot, evo1_published_files, split_bytes, tiny_ids
+
+
+COMMIT = "c0ffee" * 6 + "abcd"  # what hubcache.add_snapshot stores
 
 
 def _tiny_a_config(name: str) -> ModelConfig:
@@ -145,13 +151,18 @@ def fake_download(env, monkeypatch):
         return str(add_snapshot(Path(cache_dir), repo_id, revision, files))
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    # the branch resolves to a commit first (with a timeout); the ref is recorded once the files are in
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda self, repo, revision, timeout: SimpleNamespace(
+        sha=COMMIT if timeout == hub.hub_timeout() else None))
     return calls
 
 
 def test_download_then_cached(fake_download, env):
     path = hub.download_model("evo2_40b")
-    assert fake_download == [dict(repo_id="arcinstitute/evo2_40b", revision="main", cache_dir=str(env),
-                                  allow_patterns=["evo2_40b.pt.part0", "evo2_40b.pt.part1"])]
+    assert fake_download == [dict(repo_id="arcinstitute/evo2_40b", revision=COMMIT, cache_dir=str(env),
+                                  allow_patterns=["evo2_40b.pt.part0", "evo2_40b.pt.part1"],
+                                  endpoint="https://huggingface.co", etag_timeout=10.0)]
+    assert (hub.repo_cache_dir(registry.MODELS["evo2_40b"]) / "refs" / "main").read_text() == COMMIT
     assert sorted(p.name for p in path.iterdir()) == ["evo2_40b.pt.part0", "evo2_40b.pt.part1"]
     assert hub.download_model("evo2_40b") == path and len(fake_download) == 1
 
@@ -242,3 +253,28 @@ def test_interrupted_download_counts_as_partial(fake_download, env, monkeypatch)
     monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: SimpleNamespace(total=0, used=0, free=spec.download_bytes - 1000))
     hub.download_model("evo2_7b")
     assert len(fake_download) == 1
+
+
+def test_stalled_hub_fails_in_seconds(env, monkeypatch, capsys):
+    """An endpoint that accepts connections and never answers: one line naming it and HF_HUB_OFFLINE."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported (this machine may set it)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: SimpleNamespace(total=0, used=0, free=10**15))
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel completes the handshakes; nothing ever reads or replies
+        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+        t0 = time.monotonic()
+        with pytest.raises(SystemExit) as e:
+            main(["download", "evo2_1b_base"])
+        elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert e.value.code == 1 and elapsed < 8, (elapsed, err)
+    assert lines[0].startswith(f"evo: downloading evo2_1b_base (~") and f"from {endpoint}/arcinstitute/" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("evo: error: cannot download arcinstitute/evo2_1b_base@main")
+    assert f"{endpoint} cannot be reached or did not answer within 1 s" in lines[1] and "HF_HUB_OFFLINE=1" in lines[1]
+    assert hub.cache_status(registry.MODELS["evo2_1b_base"]).state == "missing"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
+from pysam.libcbgzf import BGZFile
 
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import atomic_open
@@ -24,6 +25,11 @@ def test_multiline_lowercase_and_gzip(tmp_path):
     gz = tmp_path / "x.fa.gz"
     gz.write_bytes(gzip.compress(text.encode()))
     assert read_fasta(gz) == recs
+    # bgzip: many gzip members (BGZF blocks of at most 64 kB), read as one stream
+    big = ">a\n" + "ACGT" * 40_000 + "\n>b\nTTTT\n"
+    with BGZFile(str(tmp_path / "x.fa.bgz"), "wb") as fh:
+        fh.write(big.encode())
+    assert [len(r.sequence) for r in read_fasta(tmp_path / "x.fa.bgz")] == [160_000, 4]
 
 
 @pytest.mark.parametrize("text,match", [

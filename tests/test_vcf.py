@@ -1,14 +1,15 @@
 """VCF reading (regions, odd files), annotated VCF writing, and the indexed reference (no model here)."""
 
 import gzip
+import os
 import shutil
 
 import pysam
 import pytest
 
 from evo_cli.errors import InputError
-from evo_cli.io.reference import Reference
-from evo_cli.io.vcf import (InfoField, Region, VcfReader, classify_alt, parse_region, read_bed,
+from evo_cli.io.reference import Reference, index_cache_dir, quiet_htslib
+from evo_cli.io.vcf import (InfoField, Region, VcfReader, VcfRecord, classify_alt, parse_region, read_bed,
                             write_annotated_vcf)
 
 from .conftest import DATA
@@ -40,24 +41,52 @@ def test_parse_region_and_bed(tmp_path):
     bed.write_text("chr1\tten\t20\n")
     with pytest.raises(InputError, match=r"r.bed:1: not BED"):
         read_bed(bed)
+    # compressed BED (gzip or bgzip) is read like plain text
+    gz = tmp_path / "r.bed.gz"
+    gz.write_bytes(gzip.compress(b"chr1\t0\t10\n"))
+    assert read_bed(gz) == [Region("chr1", 0, 10)]
+    gz.write_bytes(gzip.compress(b"chr1\t0\t10\n" * 1000)[:60])
+    with pytest.raises(InputError, match=r"r.bed.gz: cannot read \("):
+        read_bed(gz)
 
 
-def test_reference_aliases_case_and_compression(tmp_path):
+def test_reference_aliases_case_and_compression(tmp_path, monkeypatch):
     with Reference(BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz") as ref, Reference(REGION_FA) as region:
         assert ref.resolve("chr17") == ref.resolve("17") == "17" and ref.resolve("chr1") is None
         local = region.fetch("GRCh37_chr17_41100001_41300000", 97700, 97800)
         assert ref.fetch("17", 41197700, 41197800) == local and set(local) <= set("ACGT")
         assert ref.fetch("17", 0, 5) == "NNNNN" and ref.fetch("17", 81195205, 81195300) == "NNNNN"
-    # soft-masked bases come back upper-case; a missing .fai is built beside the FASTA
-    fa = tmp_path / "masked.fa"
+    # soft-masked bases come back upper-case; a missing index is built in the cache, never beside the FASTA
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    fa = inputs / "masked.fa"
     fa.write_text(">chrM\nACGTacgtNNnn\n>2\nAC\n")
     with Reference(fa) as ref:
         assert ref.fetch(ref.resolve("MT"), 0, 12) == "ACGTACGTNNNN" and ref.resolve("chr2") == "2"
-    assert (tmp_path / "masked.fa.fai").exists()
-    bgz = shutil.copy(BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz", tmp_path)  # bgzip without its index
+    bgz = shutil.copy(BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz", inputs)  # bgzip without its index
     with Reference(bgz) as ref:
         assert ref.fetch("17", 41197700, 41197800) == local
-    assert (tmp_path / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz.gzi").exists()
+    assert sorted(p.name for p in inputs.iterdir()) == ["GRCh37_chr17_BRCA1locus_Npadded.fa.gz", "masked.fa"]
+    cached = sorted(p.name.split(".", 1)[1] for p in index_cache_dir().iterdir())
+    assert cached == ["GRCh37_chr17_BRCA1locus_Npadded.fa.gz.fai", "GRCh37_chr17_BRCA1locus_Npadded.fa.gz.gzi",
+                      "masked.fa.fai"]
+    with Reference(fa) as ref:  # reused while the FASTA is unchanged, rebuilt when it changes
+        assert len(list(index_cache_dir().iterdir())) == 3
+    fa.write_text(">chrM\nACGTACGTAC\n")
+    os.utime(fa, ns=(1, 1))
+    with Reference(fa) as ref:
+        assert ref.length("chrM") == 10 and len(list(index_cache_dir().iterdir())) == 4
+    # a cache that cannot be written: a temporary index, removed on close
+    monkeypatch.setenv("XDG_CACHE_HOME", str(fa))
+    with Reference(bgz) as ref:
+        tmp_index = ref._tmp.name
+        assert ref.fetch("17", 41197700, 41197800) == local
+    assert not os.path.exists(tmp_index) and sorted(p.name for p in inputs.iterdir()) == [
+        "GRCh37_chr17_BRCA1locus_Npadded.fa.gz", "masked.fa"]
+    (inputs / "notfasta.fa").write_text("#CHROM\tPOS\n")
+    with pytest.raises(InputError, match=r"notfasta.fa: cannot index as FASTA \(expected '>' headers"):
+        Reference(inputs / "notfasta.fa")
     plain_gz = tmp_path / "plain.fa.gz"
     plain_gz.write_bytes(gzip.compress(fa.read_bytes()))
     with pytest.raises(InputError, match="recompress it with `bgzip`"):
@@ -219,3 +248,56 @@ def test_vcf_text_keeps_undecodable_bytes(tmp_path):
     out = tmp_path / "o.vcf"
     write_annotated_vcf(out, reader, FIELDS, [], [(r.chrom, r.pos, {}) for r in reader], compressed=False)
     assert b"##comment=caf\xe9\n" in out.read_bytes() and len(list(lines)) == len(list(reader))
+
+
+def test_plain_gzip_vcf_is_streamed(tmp_path):
+    """htslib cannot open plain gzip (it seeks); such a VCF is streamed, with regions filtered."""
+    plain = BRCA1 / "brca1_sge_first48.region.vcf"
+    gz = tmp_path / "plain.vcf.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    reader = VcfReader(gz)
+    assert not reader.indexed and list(reader) == list(VcfReader(plain)) and len(list(reader)) == 48
+    assert reader.text()[1] and list(reader.text()[1]) == list(VcfReader(plain).text()[1])
+    region = [parse_region("GRCh37_chr17_41100001_41300000:97724-97725")]
+    assert list(VcfReader(gz, region)) == list(VcfReader(plain, region)) and len(list(VcfReader(gz, region))) == 6
+    ann = [(r.chrom, r.pos, {"EVO_REF_LL": -1.0}) for r in reader]
+    write_annotated_vcf(tmp_path / "out.vcf", reader, FIELDS, [], ann, compressed=False)
+    assert _data_lines(tmp_path / "out.vcf") == _data_lines(plain)
+    (tmp_path / "nohdr.vcf.gz").write_bytes(gzip.compress(b"hello\n"))
+    with pytest.raises(InputError, match="nohdr.vcf.gz: not a VCF"):
+        VcfReader(tmp_path / "nohdr.vcf.gz")
+    (tmp_path / "cut.vcf.gz").write_bytes(gz.read_bytes()[:-100])
+    with pytest.raises(InputError, match=r"cut.vcf.gz: cannot read \("):
+        list(VcfReader(tmp_path / "cut.vcf.gz"))
+
+
+def test_text_records_agree_with_htslib():
+    """Our parser of text records gives what pysam (htslib) parses, on every edge-case VCF."""
+    files = sorted(p for p in DATA.rglob("*.vcf*") if not p.name.endswith((".tbi", ".csi"))
+                   and p.name != "test-invalid-header.vcf")
+    assert len(files) >= 19
+    for path in files:
+        with quiet_htslib(), pysam.VariantFile(str(path)) as vf:
+            expected = [VcfRecord(r.chrom, r.pos, r.id, r.ref, tuple(r.alts or ())) for r in vf]
+        assert list(VcfReader(path)) == expected, path
+
+
+@pytest.mark.parametrize("pos, field, message", [
+    ("0", "POS", r"POS 0 is not a base \(VCF positions are 1-based"),
+    ("abc", "POS", r"POS 'abc' is not a position"),
+    ("-5", "POS", r"POS '-5' is not a position"),
+    ("100", "REF", r"REF 'X' is not a sequence of nucleotide codes"),
+    ("100", "REF", r"REF '' is not a sequence"),
+    ("100", "ALT", r"empty ALT"),
+    ("100", "COLS", r"expected tab-separated CHROM, POS, ID, REF and ALT columns, found 3"),
+])
+def test_malformed_record_names_line_and_field(tmp_path, pos, field, message):
+    ref, alt = {"REF": ("X" if "X" in message else "", "A"), "ALT": ("C", "")}.get(field, ("C", "A"))
+    bad = f"17\t{pos}\t.\t{ref}\t{alt}\t.\t.\t." if field != "COLS" else "17\t100\tx"
+    vcf = tmp_path / "bad.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##contig=<ID=17>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"17\t5\t.\tC\tA\t.\t.\t.\n{bad}\n")
+    with pytest.raises(InputError, match=rf"bad.vcf:5: {message}"):
+        list(VcfReader(vcf))
+    with pytest.raises(InputError, match=rf"bad.vcf:5: {message}"):  # also when filtering regions
+        list(VcfReader(vcf, [Region("17")]))

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from evo_cli.errors import CheckpointError, ConfigError
-from evo_cli.model.config import ModelConfig
+from evo_cli.model.config import ModelConfig, check_values
 
 from .sources import TensorSource
 
@@ -185,6 +185,9 @@ def aquiles_config(d: dict | None, where: Path) -> ModelConfig:
 def wip_config(source: TensorSource, d: dict | None, where: Path) -> ModelConfig:
     """Architecture from the tensor shapes (see the module docstring for what is assumed)."""
     d = d or {}
+    check_values({k: v for k, v in d.items() if v is not None},  # null: the default below
+                 {"num_attention_heads": int, "rope_theta": float, "rms_norm_eps": float,
+                  "max_position_embeddings": int}, str(where))
     keys = source.keys()
     layers = sorted({int(m.group(1)) for k in keys if (m := re.match(r"model\.layers\.(\d+)\.block\.", k))})
     if layers != list(range(len(layers))):
@@ -204,6 +207,8 @@ def wip_config(source: TensorSource, d: dict | None, where: Path) -> ModelConfig
         if has(i, "attention.q_proj.weight"):
             kinds.append("attn")
             head_dim = 2 * shape(i, "attention.rotary_emb.inv_freq")[0]
+            if not head_dim:
+                raise CheckpointError(f"{source.description}: layer {i} has an empty attention.rotary_emb.inv_freq")
         elif has(i, "filter.log_poles"):
             kinds.append("hcl")
             state_size = shape(i, "filter.log_poles")[1]

@@ -17,6 +17,18 @@ from .formats import Checkpoint
 log = logging.getLogger(__name__)
 
 
+def _check_finite(t: torch.Tensor, key: str, where) -> None:
+    """A NaN or infinite weight would turn every score into NaN far from its cause: one pass over each
+    tensor at load names it instead (a meta tensor has no values to check)."""
+    if t.is_meta:
+        return
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        at = [int(i) for i in (~finite).nonzero()[0]]
+        raise CheckpointError(f"{where}: tensor {key!r} holds a non-finite value ({t[tuple(at)].item()} at index "
+                              f"{at}, as {str(t.dtype).removeprefix('torch.')}); the checkpoint is damaged")
+
+
 def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device], dtype: torch.dtype | None,
                 kernels: str = "auto", state_tokens: int = DEFAULT_STATE_TOKENS) -> StripedHyena:
     """``dtype`` None keeps every tensor's stored dtype (for conversion; such a model may mix dtypes).
@@ -46,6 +58,8 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
             raise CheckpointError(f"{ckpt.source.where(key)}: tensor {key!r} has dtype {t.dtype}, expected floating point")
         target = t.dtype if dtype is None else torch.float32 if keeps_float32(name) else dtype
         tensors[name] = t.to(device=where(name), dtype=target)
+        if key is not None:
+            _check_finite(tensors[name], key, ckpt.source.where(key))
         used.add(key)
     extra = [k for k in ckpt.source.keys() if k not in used and not ckpt.ignorable(k)]
     if extra:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import pickletools
+import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -75,7 +78,14 @@ def safetensors_index_files(index: Path) -> list[Path]:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{index}: not a valid weight index ({_short(err)})") from None
-    return [index.parent / name for name in dict.fromkeys(weight_map.values())]
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a valid weight index (weight_map must map tensor names to file names)")
+    names = list(dict.fromkeys(weight_map.values()))
+    for name in names:
+        # a shard is a file of this directory (or below it), never a path that leaves it
+        if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+            raise CheckpointError(f"{index}: shard {name!r} is outside the checkpoint directory; refused")
+    return [index.parent / name for name in names]
 
 
 class _MultiPartFile(io.RawIOBase):
@@ -123,14 +133,62 @@ class _MultiPartFile(io.RawIOBase):
         super().close()
 
 
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "io.BytesIO")
+
+
+def _pickled_globals(path: Path) -> list[tuple[str | None, str]]:
+    """(key or None, ``module.name``) of each class or function the checkpoint's pickle names, found by
+    reading its opcodes (pickletools executes nothing); the key is the last string pushed before it."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+                stream = io.BytesIO(zf.read(name))
+        else:
+            stream = open(path, "rb")
+        found, strings = [], []
+        with stream:
+            for _ in range(4):  # legacy files: magic number, protocol, sys info, then the object
+                for op, arg, _pos in pickletools.genops(stream):
+                    if op.name in _STRING_OPS:
+                        strings.append(arg)
+                    elif op.name == "GLOBAL":
+                        found.append((strings[-1] if strings else None, arg.replace(" ", ".")))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append((strings[-3] if len(strings) >= 3 else None, f"{strings[-2]}.{strings[-1]}"))
+    except Exception:  # a damaged pickle: whatever was found before the damage
+        pass
+    return found
+
+
+def _refused(label: Path, obj, err: Exception) -> str:
+    """One line of our own for a pickle torch's weights-only loader refused: the offending type and key."""
+    named = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
+    found = _pickled_globals(Path(obj)) if isinstance(obj, (str, Path)) else []
+    if named:
+        hit = next(((k, g) for k, g in found if g == named.group(1) or g.endswith("." + named.group(1))),
+                   (None, named.group(1)))
+    else:
+        hit = next(((k, g) for k, g in found if not g.startswith(_TENSOR_GLOBALS)), None)
+    if hit is None:
+        detail = str(err).split("WeightsUnpickler error:", 1)[-1].strip()
+        return (f"{label}: a pickle that torch's weights-only loader cannot read "
+                f"({detail.splitlines()[0] if detail else type(err).__name__}); refusing to unpickle it: "
+                f"re-save the tensors with torch.save or as safetensors")
+    key, kind = hit
+    where = f"key {key!r} holds" if key else "holds"
+    return f"{label}: {where} a pickled {kind}, not a tensor; refusing to unpickle it (only tensors are loaded)"
+
+
 def _torch_load(obj, label: Path, mmap: bool) -> dict:
     try:
-        with torch.serialization.safe_globals([io.BytesIO]):
+        with torch.serialization.safe_globals([io.BytesIO]), warnings.catch_warnings():
+            # torch warns about the pickle protocol of legacy files; the load below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             sd = torch.load(obj, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{label}: holds objects other than tensors; refusing to unpickle code ({_short(err)})"
-        ) from None
+        raise CheckpointError(_refused(label, obj, err)) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{label}: not a readable PyTorch checkpoint, truncated or corrupt ({_short(err)})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):

@@ -7,10 +7,30 @@ first, then with the ``chr`` prefix added or removed (``chr17`` = ``17``, ``chrM
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from evo_cli.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_htslib():
+    """Silence htslib's own stderr lines (index lookups on unindexed files, parse errors that our one-line
+    messages carry)."""
+    import pysam
+
+    old = pysam.set_verbosity(0)
+    try:
+        yield
+    finally:
+        pysam.set_verbosity(old)
 
 
 def contig_aliases(name: str) -> list[str]:
@@ -22,7 +42,7 @@ def contig_aliases(name: str) -> list[str]:
     return [a for a in dict.fromkeys(out) if a != name]
 
 
-def _compression(path: Path) -> str:
+def compression(path: Path) -> str:
     """``plain``, ``bgzip`` or ``gzip`` (a gzip file whose first member lacks the BGZF ``BC`` field)."""
     with open(path, "rb") as fh:
         head = fh.read(18)
@@ -31,11 +51,20 @@ def _compression(path: Path) -> str:
     return "bgzip" if len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC" else "gzip"
 
 
+def index_cache_dir() -> Path:
+    """Where indexes of FASTAs without one are kept: ``$XDG_CACHE_HOME/evo/fai`` (default ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "evo" / "fai"
+
+
 class Reference:
     """An indexed FASTA: ``fetch(contig, start, end)``, ``length(contig)``, ``resolve(name)``.
 
-    The ``.fai`` (and ``.gzi`` for bgzip) is built beside the FASTA when missing. A plain-gzip
-    FASTA cannot be indexed and fails with a message saying to recompress it with bgzip.
+    The index beside the FASTA (``.fai``, and ``.gzi`` for bgzip) is used when present. A missing one is
+    never written beside the input (its folder may be read-only, or a checkout): it is built in
+    ``index_cache_dir()``, keyed by the FASTA's absolute path, size and modification time, and where
+    that cannot be written, in a temporary folder removed on ``close``. A plain-gzip FASTA cannot be
+    indexed and fails with a message saying to recompress it with bgzip.
     """
 
     def __init__(self, path: str | Path):
@@ -46,21 +75,63 @@ class Reference:
             raise InputError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, expected a FASTA file")
-        kind = _compression(self.path)
+        kind = compression(self.path)
         if kind == "gzip":
             raise InputError(f"{self.path}: gzip-compressed FASTA without an index cannot be read at random; "
                              f"recompress it with `bgzip` (or decompress it)")
-        fai = Path(str(self.path) + ".fai")
-        if not fai.exists() and not os.access(self.path.parent, os.W_OK):
-            raise InputError(f"{self.path}: no index {fai.name} and its folder is read-only; "
-                             f"copy the FASTA somewhere writable or run `samtools faidx` on it")
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        fai, gzi = Path(f"{self.path}.fai"), Path(f"{self.path}.gzi") if kind == "bgzip" else None
+        if not fai.is_file() or (gzi is not None and not gzi.is_file()):
+            fai, gzi = self._build_index(gzi is not None)
         try:
-            # pysam builds the missing .fai (and .gzi) on open; htslib's own message goes to stderr
-            self._fa = pysam.FastaFile(str(self.path))
+            self._fa = pysam.FastaFile(str(self.path), filepath_index=str(fai),
+                                       filepath_index_compressed=str(gzi) if gzi else None)
         except (OSError, ValueError) as err:
+            self._cleanup()
             raise InputError(f"{self.path}: cannot open as an indexed FASTA ({err})") from None
         self.contigs = dict(zip(list(self._fa.references), list(self._fa.lengths)))
         self._resolved: dict[str, str | None] = {}
+
+    def _build_index(self, bgzip: bool) -> tuple[Path, Path | None]:
+        """(fai, gzi or None) built in the cache (or a temporary folder), reused while the FASTA is unchanged."""
+        import pysam
+
+        st = self.path.stat()
+        key = hashlib.sha256(f"{self.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:24]
+        try:
+            folder = index_cache_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".probe.")
+            probe.close()
+        except OSError:
+            self._tmp = tempfile.TemporaryDirectory(prefix="evo-fai.")
+            folder = Path(self._tmp.name)
+        stem = folder / f"{key}.{self.path.name}"
+        fai, gzi = Path(f"{stem}.fai"), Path(f"{stem}.gzi") if bgzip else None
+        if fai.is_file() and (gzi is None or gzi.is_file()):
+            return fai, gzi
+        log.info("%s: no index beside it; indexing into %s", self.path, folder)
+        # built under temporary names, then renamed: a concurrent run never sees half an index
+        tmp = Path(tempfile.mkdtemp(prefix=".build.", dir=folder))
+        try:
+            args = [str(self.path), "--fai-idx", str(tmp / "fai")] + (["--gzi-idx", str(tmp / "gzi")] if bgzip else [])
+            with quiet_htslib():
+                pysam.faidx(*args)
+            if gzi is not None:
+                os.replace(tmp / "gzi", gzi)
+            os.replace(tmp / "fai", fai)
+        except pysam.SamtoolsError:
+            self._cleanup()
+            raise InputError(f"{self.path}: cannot index as FASTA (expected '>' headers, and lines of one length "
+                             f"within each record)") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return fai, gzi
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self):
         return self
@@ -70,6 +141,7 @@ class Reference:
 
     def close(self) -> None:
         self._fa.close()
+        self._cleanup()
 
     def resolve(self, name: str) -> str | None:
         """The FASTA's name for contig ``name`` (exact, else a chr/MT alias), or None."""

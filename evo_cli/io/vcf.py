@@ -4,17 +4,19 @@ Coordinates: ``VcfRecord.pos`` is the VCF's 1-based POS and ``VcfRecord.start`` 
 REF; everything outside this module uses ``start``. Regions given as ``chr:start-end`` are 1-based
 inclusive (samtools style), BED regions 0-based half-open; a record belongs to a region when its POS
 lies inside it. Indexed VCFs are read with random access per region, others are streamed and filtered
-(plain gzip cannot be indexed). htslib prints its own warnings about odd headers on stderr; a file that
-pysam cannot open at all fails with one line.
+(plain gzip cannot be indexed, and htslib cannot open it at all: its text is streamed by Python). htslib
+checks the header of VCF/bgzip/BCF files and prints its own warnings about odd headers on stderr; a file
+that pysam cannot open at all fails with one line. Text records are parsed here (``parse_record``), so a
+malformed record fails with one line naming the file, the line number and the field.
 
 Per-ALT statuses (``classify_alt`` and the scorer): ``ok`` or the reason an allele was not scored.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -22,7 +24,7 @@ from typing import Iterable, Iterator
 from evo_cli.errors import InputError
 
 from .fasta import DNA_CODES, open_text
-from .reference import contig_aliases
+from .reference import compression, contig_aliases, quiet_htslib
 
 NO_ALT = "no_alt"  # ALT is '.': a reference-only record
 STAR = "star_allele"  # '*': the allele is deleted by an overlapping deletion
@@ -57,6 +59,29 @@ class VcfRecord:
     def start(self) -> int:
         """0-based start of REF."""
         return self.pos - 1
+
+
+def parse_record(line: str, where: str) -> VcfRecord:
+    """One VCF data line (no line end) -> VcfRecord; ``where`` (``file:line``) starts the error message
+    of a malformed record."""
+    cols = line.split("\t", 5)
+    if len(cols) < 5:
+        raise InputError(f"{where}: expected tab-separated CHROM, POS, ID, REF and ALT columns, found "
+                         f"{len(cols)} column(s)")
+    chrom, pos, rid, ref, alt = cols[:5]
+    if not chrom:
+        raise InputError(f"{where}: empty CHROM")
+    if not (pos.isascii() and pos.isdigit()):
+        raise InputError(f"{where}: POS {pos!r} is not a position (a whole number >= 1)")
+    if int(pos) < 1:
+        # VCF allows POS 0 for a telomere; there is no base there to score
+        raise InputError(f"{where}: POS {pos} is not a base (VCF positions are 1-based; 0 marks a telomere)")
+    if not ref or not set(ref.upper()) <= DNA_CODES:
+        raise InputError(f"{where}: REF {ref!r} is not a sequence of nucleotide codes")
+    if not alt:
+        raise InputError(f"{where}: empty ALT (use '.' for none)")
+    alts = () if alt == "." else tuple(alt.split(","))
+    return VcfRecord(chrom, int(pos), None if rid in ("", ".") else rid, ref, alts)
 
 
 @dataclass(frozen=True)
@@ -96,23 +121,29 @@ def parse_region(text: str) -> Region:
 
 
 def read_bed(path: str | Path) -> list[Region]:
-    """Regions of a BED file (0-based half-open; ``track``/``browser``/``#`` lines skipped)."""
+    """Regions of a BED file, plain or gzip/bgzip (0-based half-open; ``track``/``browser``/``#`` lines
+    skipped)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     regions = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            f = line.rstrip("\r\n").split("\t")
-            try:
-                start, end = int(f[1]), int(f[2])
-            except (IndexError, ValueError):
-                raise InputError(f"{path}:{lineno}: not BED (expected chrom<TAB>start<TAB>end)") from None
-            if start < 0 or end < start:
-                raise InputError(f"{path}:{lineno}: BED interval {start}-{end} is not 0 <= start <= end")
-            regions.append(Region(f[0], start, end))
+    with open_text(path) as fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip() or line.startswith(("#", "track", "browser")):
+                    continue
+                f = line.rstrip("\r\n").split("\t")
+                try:
+                    start, end = int(f[1]), int(f[2])
+                except (IndexError, ValueError):
+                    raise InputError(f"{path}:{lineno}: not BED (expected chrom<TAB>start<TAB>end)") from None
+                if not f[0]:
+                    raise InputError(f"{path}:{lineno}: BED interval with an empty chrom")
+                if start < 0 or end < start:
+                    raise InputError(f"{path}:{lineno}: BED interval {start}-{end} is not 0 <= start <= end")
+                regions.append(Region(f[0], start, end))
+        except (OSError, EOFError, zlib.error) as err:
+            raise InputError(f"{path}: cannot read ({err})") from None
     if not regions:
         raise InputError(f"{path}: no BED intervals")
     return regions
@@ -139,18 +170,6 @@ def merge_regions(regions: Iterable[Region]) -> dict[str, list[tuple[int, int]]]
     return merged
 
 
-@contextlib.contextmanager
-def _quiet_htslib():
-    """Silence htslib's '[E::idx_find_and_load] Could not retrieve index file' on opening unindexed files."""
-    import pysam
-
-    old = pysam.set_verbosity(0)
-    try:
-        yield
-    finally:
-        pysam.set_verbosity(old)
-
-
 class VcfReader:
     """The records of a VCF (optionally restricted to regions), readable any number of times in the same order.
 
@@ -165,6 +184,11 @@ class VcfReader:
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, expected a VCF file")
         self.regions = merge_regions(regions) if regions else None
+        if compression(self.path) == "gzip":
+            # htslib needs to seek, which a plain-gzip stream cannot: Python streams its text instead
+            self.indexed = self.is_bcf = False
+            self.text()  # fails now on a file without a #CHROM header line
+            return
         with self.open() as vf:
             self.indexed = vf.index is not None
             self.is_bcf = str(vf.format) == "BCF"
@@ -174,7 +198,7 @@ class VcfReader:
         import pysam
 
         try:
-            with _quiet_htslib():
+            with quiet_htslib():
                 return pysam.VariantFile(str(self.path))
         except (OSError, ValueError):
             pass
@@ -206,9 +230,15 @@ class VcfReader:
             yield from (rec for rec in vf if self._wanted(rec.chrom, rec.start))
 
     def __iter__(self) -> Iterator[VcfRecord]:
+        if not self.is_bcf:
+            yield from (parse_record(line, where) for where, line in self._text_records())
+            return
         with self.open() as vf:
             try:
                 for rec in self._pysam_records(vf):
+                    if rec.pos < 1:
+                        raise InputError(f"{self.path}: record {rec.chrom}:{rec.pos}: POS {rec.pos} is not a base "
+                                         f"(VCF positions are 1-based; 0 marks a telomere)")
                     yield VcfRecord(rec.chrom, rec.pos, rec.id, rec.ref or "", tuple(rec.alts or ()))
             except (OSError, ValueError) as err:
                 raise InputError(f"{self.path}: cannot read a record ({err})") from None
@@ -221,17 +251,23 @@ class VcfReader:
             return header, self._formatted_records()
         header: list[str] = []
         with open_text(self.path, errors="surrogateescape") as fh:
-            for line in fh:
-                header.append(line.rstrip("\r\n"))
-                if line.startswith("#CHROM"):
-                    break
-        return header, self._text_records()
+            try:
+                for line in fh:
+                    header.append(line.rstrip("\r\n"))
+                    if line.startswith("#CHROM"):
+                        break
+            except (OSError, EOFError, zlib.error) as err:
+                raise InputError(f"{self.path}: cannot read ({err})") from None
+        if not header or not header[-1].startswith("#CHROM"):
+            raise InputError(f"{self.path}: not a VCF (no #CHROM header line)")
+        return header, (line for _, line in self._text_records())
 
     def _formatted_records(self) -> Iterator[str]:
         with self.open() as vf:
             yield from (str(rec).rstrip("\n") for rec in self._pysam_records(vf))
 
-    def _text_records(self) -> Iterator[str]:
+    def _text_records(self) -> Iterator[tuple[str, str]]:
+        """(``file:line`` or ``file: contig``, line) of the selected data lines, in file order."""
         if self.regions is not None and self.indexed:
             import pysam
 
@@ -242,19 +278,23 @@ class VcfReader:
                 for contig, s, e in spans:
                     for line in tf.fetch(contig, s, None if e >= _END else e):
                         if s <= int(line.split("\t", 2)[1]) - 1 < e:
-                            yield line
+                            yield f"{self.path}: {contig}", line
             return
         with open_text(self.path, errors="surrogateescape") as fh:
-            for line in fh:
-                if line.startswith("#") or not line.strip():
-                    continue
-                line = line.rstrip("\r\n")
-                if self.regions is None:
-                    yield line
-                else:
-                    chrom, pos = line.split("\t", 2)[:2]
-                    if self._wanted(chrom, int(pos) - 1):
-                        yield line
+            try:
+                for lineno, line in enumerate(fh, 1):
+                    if line.startswith("#") or not line.strip():
+                        continue
+                    line = line.rstrip("\r\n")
+                    where = f"{self.path}:{lineno}"
+                    if self.regions is None:
+                        yield where, line
+                    else:
+                        rec = parse_record(line, where)
+                        if self._wanted(rec.chrom, rec.start):
+                            yield where, line
+            except (OSError, EOFError, zlib.error) as err:
+                raise InputError(f"{self.path}: cannot read ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -367,7 +407,7 @@ def _tabix(path: Path) -> bool:
     import pysam
 
     try:
-        with _quiet_htslib():
+        with quiet_htslib():
             pysam.tabix_index(str(path), preset="vcf", force=True)
         return True
     except OSError:

@@ -57,6 +57,9 @@ class ModelConfig:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        _check_fields(self)
+        for name in _FLOATS:
+            set_(name, float(getattr(self, name)))
         set_("block_types", tuple(self.block_types))
         if self.family not in ("evo1", "evo2"):
             raise ConfigError(f"unknown model family {self.family!r} (expected evo1 or evo2)")
@@ -119,6 +122,8 @@ class ModelConfig:
     def from_evo1(cls, d: dict, source: str = "config") -> ModelConfig:
         """Evo 1: the evo package's inference yml or the HF ``config.json`` (StripedHyenaConfig)."""
         _check_keys(d, _EVO1_KEYS, source)
+        d = {k: v for k, v in d.items() if v is not None}  # null: the field's default (or missing)
+        _check_raw(d, source)
         _require(d, ("hidden_size", "num_layers", "num_attention_heads", "state_size", "attn_layer_idxs", "hyena_layer_idxs"), source)
         n = d["num_layers"]
         kinds = _layer_kinds(n, {"attn": d["attn_layer_idxs"], "hyena": d["hyena_layer_idxs"]}, source)
@@ -158,6 +163,8 @@ class ModelConfig:
     def from_evo2(cls, d: dict, source: str = "config") -> ModelConfig:
         """Evo 2: the vortex / evo2 yml schema."""
         _check_keys(d, _EVO2_KEYS, source)
+        d = {k: v for k, v in d.items() if v is not None}  # null: the field's default (or missing)
+        _check_raw(d, source)
         _require(d, ("hidden_size", "num_layers", "num_attention_heads", "state_size"), source)
         n = d["num_layers"]
         kinds = _layer_kinds(n, {k: d.get(f"{k}_layer_idxs", []) for k in ("hcs", "hcm", "hcl", "attn")}, source)
@@ -208,6 +215,88 @@ class ModelConfig:
 
 
 _ACTIVATIONS = ("gelu", "silu", "identity")
+
+# every init field's type and range, checked before anything computes with it (a wrong value would end in
+# a ZeroDivisionError, a negative dimension or NaN logits far from the file that caused it)
+_INTS = {  # field -> smallest allowed value (0 means "the default" where allowed)
+    "hidden_size": 1, "num_heads": 1, "inner_mlp_size": 1, "state_size": 1,
+    "vocab_size": 256,  # tokens are UTF-8 bytes
+    "num_kv_heads": 0, "short_filter_length": 1, "hcs_filter_length": 1, "hcm_filter_length": 1,
+    "hcs_filter_groups": 0, "hcm_filter_groups": 0, "max_seqlen": 1,
+}
+_FLOATS = ("rotary_base", "rotary_scaling", "eps")  # finite and > 0
+_BOOLS = ("short_filter_bias", "hyena_proj_bias", "hyena_out_proj_bias", "qkv_proj_bias", "mha_out_proj_bias",
+          "activation_first_layer_only")
+_STRS = ("family", "mlp_activation", "name")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_value(name: str, v, kind, minimum: int = 1) -> None:
+    """Raise ConfigError naming ``name`` unless ``v`` is of ``kind`` (int, float, bool, str or list)."""
+    if kind is int and not (_is_int(v) and v >= minimum):
+        raise ConfigError(f"{name} {v!r} must be a whole number >= {minimum}")
+    if kind is float and not (_is_number(v) and v > 0):
+        raise ConfigError(f"{name} {v!r} must be a finite number > 0")
+    if kind is bool and not isinstance(v, bool):
+        raise ConfigError(f"{name} {v!r} must be true or false")
+    if kind is str and not isinstance(v, str):
+        raise ConfigError(f"{name} {v!r} must be a string")
+    if kind is list and not isinstance(v, (list, tuple)):
+        raise ConfigError(f"{name} {v!r} must be a list")
+
+
+def _check_fields(c: ModelConfig) -> None:
+    for name, minimum in _INTS.items():
+        _check_value(name, getattr(c, name), int, minimum)
+    for kind, names in ((float, _FLOATS), (bool, _BOOLS), (str, _STRS)):
+        for name in names:
+            _check_value(name, getattr(c, name), kind)
+    _check_value("block_types", c.block_types, list)
+
+
+# the reference configs' fields that the parsers compute with, checked first so that errors name the
+# file's own field
+_RAW_INTS = ("hidden_size", "num_layers", "num_attention_heads", "state_size", "vocab_size", "short_filter_length",
+             "hcs_filter_length", "hcm_filter_length", "hcs_filter_groups", "hcm_filter_groups", "hcl_filter_groups",
+             "proj_groups", "hyena_filter_groups", "inner_size_multiple_of", "model_parallel_size", "max_seqlen",
+             "max_sequence_len")
+_RAW_FLOATS = ("eps", "rotary_emb_base", "rotary_emb_scaling_factor")
+_RAW_BOOLS = ("short_filter_bias", "qkv_proj_bias", "mha_out_proj_bias", "hyena_out_proj_bias", "tie_embeddings",
+              "column_split", "column_split_hyena", "interleave", "hyena_flip_x1x2",
+              "use_interpolated_rotary_pos_emb", "evo2_style_activations")
+_RAW_LISTS = ("attn_layer_idxs", "hyena_layer_idxs", "hcs_layer_idxs", "hcm_layer_idxs", "hcl_layer_idxs")
+
+
+def check_values(d: dict, kinds: dict[str, type], source: str) -> None:
+    """Raise ConfigError naming ``source`` and the field unless every key of ``kinds`` present in ``d`` holds
+    its kind: ``int`` (whole, >= 1), ``float`` (finite, > 0), ``bool``, ``str`` or ``list``."""
+    try:
+        for key, kind in kinds.items():
+            if key in d:
+                _check_value(key, d[key], kind)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _check_raw(d: dict, source: str) -> None:
+    kinds = {**{k: int for k in _RAW_INTS}, **{k: float for k in _RAW_FLOATS}, **{k: bool for k in _RAW_BOOLS},
+             **{k: list for k in _RAW_LISTS}, "mlp_activation": str}
+    check_values(d, kinds, source)
+    try:
+        if d.get("inner_mlp_size") is not None:  # null or 0: computed from hidden_size
+            _check_value("inner_mlp_size", d["inner_mlp_size"], int, 0)
+        for key in ("model_name", "_name_or_path"):
+            if d.get(key) is not None:
+                _check_value(key, d[key], str)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _build(cls, kwargs: dict, source: str) -> ModelConfig:

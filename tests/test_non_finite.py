@@ -1,0 +1,85 @@
+"""Non-finite numbers: weights checked once at load (naming the tensor), model outputs checked per batch
+(naming the record), and no advice to use float32 to a run that already is float32."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import evo_cli
+from evo_cli.embedding import run_embed
+from evo_cli.errors import CheckpointError, EvoError
+from evo_cli.generation import generate
+from evo_cli.io.fasta import FastaRecord
+from evo_cli.model.init import motif_config, random_model
+from evo_cli.scoring import run_score
+from evo_cli.variants import run_score_variants
+
+from .conftest import CONFORMANCE
+
+TINY_A = CONFORMANCE / "evo2" / "tiny_a"
+EXAMPLES = CONFORMANCE.parents[2] / "examples" / "data"
+
+
+@pytest.mark.parametrize("key, index, value", [
+    ("embedding_layer.weight", (65,), float("nan")),  # the row of 'A'
+    ("blocks.3.pre_norm.scale", (0,), float("inf")),
+    ("blocks.2.filter.log_poles", (1, 0), float("-inf")),
+])
+def test_non_finite_weight_is_refused_at_load(tmp_path, key, index, value):
+    d = shutil.copytree(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    sd[key][index] = value
+    torch.save(sd, d / "weights.pt")
+    with pytest.raises(CheckpointError) as e:
+        evo_cli.load_model(d, device="cpu")
+    msg = str(e.value)
+    assert msg.startswith(f"{d / 'weights.pt'}: tensor {key!r} holds a non-finite value ({value} at index ")
+    assert msg.endswith("the checkpoint is damaged") and "\n" not in msg
+
+
+@pytest.fixture
+def nan_model(one_torch_thread):
+    """A tiny float32 model with finite weights that computes NaN for any sequence with an 'A' (an overflow
+    on some inputs only)."""
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=8, state_size=4, name="nan"), seed=1)
+    model.embedding_layer.register_forward_hook(
+        lambda module, inputs, out: out.masked_fill((inputs[0] == ord("A"))[..., None], float("nan")))
+    return model
+
+
+FLOAT32_HINT = "already float32: the checkpoint's weights are extreme or damaged"
+
+
+def test_score_names_the_record(nan_model, tmp_path):
+    records = [FastaRecord("clean", "", "CCGTCGTG"), FastaRecord("bad", "", "CCGTAGTG")]
+    with pytest.raises(EvoError, match=rf"^the model computed NaN or infinite values for sequence 'bad' \({FLOAT32_HINT}\)$"):
+        run_score(nan_model, records, tmp_path / "s.tsv", batch_size=1)
+    assert not (tmp_path / "s.tsv").exists()
+    # a sequence of one base has no scored position: its NaN mean is not an error
+    run_score(nan_model, [FastaRecord("one", "", "C")], tmp_path / "one.tsv")
+    assert (tmp_path / "one.tsv").read_text().splitlines()[1].split("\t")[:2] == ["one", "1"]
+
+
+def test_embed_names_the_record(nan_model, tmp_path):
+    records = [FastaRecord("clean", "", "CCGTCGTG"), FastaRecord("bad", "", "CCGTAGTG")]
+    with pytest.raises(EvoError, match=r"^the model computed NaN or infinite values for sequence 'bad' \(already"):
+        run_embed(nan_model, records, tmp_path / "e.parquet", layers="blocks.2")
+    assert not (tmp_path / "e.parquet").exists()
+
+
+def test_score_variants_names_the_record(nan_model, tmp_path):
+    with pytest.raises(EvoError, match=r"^the model computed NaN or infinite values for record NC_000913.3:340 \(already"):
+        run_score_variants(nan_model, EXAMPLES / "thrA_snvs.vcf", EXAMPLES / "ecoli_first20kb.fa", tmp_path / "o.vcf",
+                           window=16, batch_size=4)
+    assert not (tmp_path / "o.vcf").exists()
+
+
+def test_generate_hint_depends_on_dtype(nan_model):
+    with pytest.raises(EvoError) as e:
+        generate(nan_model, {"p": "CCGTAG"}, 4, seed=1)
+    assert str(e.value) == f"the model computed NaN or infinite values for prompt 'p' while sampling ({FLOAT32_HINT})"
+    with pytest.raises(EvoError, match=r"\(numerical overflow in bfloat16: try --dtype float32\)$"):
+        generate(nan_model.to(torch.bfloat16), {"p": "CCGTAG"}, 4, seed=1)
