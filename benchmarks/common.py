@@ -18,6 +18,7 @@ import time
 import torch
 
 from evo_cli.model.init import motif_config, random_model
+from evo_cli.runtime import keep_freed_memory
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -31,9 +32,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--kernels", choices=["auto", "triton", "torch"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="keep glibc's default allocator settings (the CLI calls runtime.keep_freed_memory)")
 
 
 def build(args):
+    if not args.default_malloc:
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)

@@ -23,6 +23,7 @@ _LAZY = {
     "InferenceState": ".model",
     "ModelConfig": ".model",
     "StripedHyena": ".model",
+    "mutagenize": ".mutagenesis",
     "score_sequences": ".scoring",
     "score_variants": ".variants",
 }
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .generation import Generation, generate
     from .hub import download_model
     from .model import InferenceState, ModelConfig, StripedHyena
+    from .mutagenesis import mutagenize
     from .scoring import score_sequences
     from .variants import score_variants
 
@@ -53,6 +55,7 @@ __all__ = [
     "generate",
     "iter_embeddings",
     "load_model",
+    "mutagenize",
     "score_sequences",
     "score_variants",
 ]

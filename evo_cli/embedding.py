@@ -44,7 +44,7 @@ from evo_cli.io.partial import Checkpoint
 from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
-from evo_cli.runtime import non_finite_error
+from evo_cli.runtime import free_memory_bytes, non_finite_error
 from evo_cli.scoring import warn_beyond_context
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,11 @@ class _Runner:
 
     def _chunks(self, ids) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """(start, {layer: [1, n, D]}) per chunk of a [1, L] sequence."""
-        for start, _ in self.model.forward_chunked(ids.to(self.model.device), self.chunk_size, return_logits=False,
-                                                   last_block=self.last_block):
+        # layer by layer (when the KV caches would not fit) only where the hooks all sit in the last block run
+        last = "norm" if self.last_block is None else f"blocks.{self.last_block}."
+        free = free_memory_bytes(self.model.device) if all(n.startswith(last) for n in self.layers) else None
+        for start, _ in self.model.forward_long(ids.to(self.model.device), self.chunk_size, free_bytes=free,
+                                                return_logits=False, last_block=self.last_block):
             out = self.capture.take()
             yield start, out
             self.progress(next(iter(out.values())).shape[1])

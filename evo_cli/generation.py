@@ -44,6 +44,7 @@ from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.generated import output_format, write_generations
 from evo_cli.io.partial import Checkpoint, stored_settings
+from evo_cli.model.graph import StaticDecoder
 from evo_cli.model.tokenizer import decode, encode
 from evo_cli.runtime import non_finite_error
 from evo_cli.sampling import check_sampling, sample_tokens, token_logprobs
@@ -308,8 +309,12 @@ def _run_batch(model, prompts: list[list[int]], row_prompt: list[int], uniforms,
     if distinct != row_prompt:
         state = state.index_select([distinct.index(j) for j in row_prompt])
 
+    # on one CUDA device each step replays a captured CUDA graph (model/graph.py); elsewhere (CPU, a
+    # model split over devices) it is the normal forward
+    graph = dev.type == "cuda" and model.placement is None
+    step = StaticDecoder(model, state).step if graph else lambda t: model(t, state)
     for p in range(m - 1, width - 1):
-        logits = model(seq[:, p : p + 1], state)[:, -1]
+        logits = step(seq[:, p : p + 1])[:, -1]
         nan_rows |= logits.isnan().any(-1)
         q = p + 1
         tok = torch.where(forced[:, q], seq[:, q], sample_tokens(logits, u[:, q], **settings))

@@ -31,8 +31,9 @@ from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.partial import Checkpoint
 from evo_cli.io.tables import check_table_output, table_writer
+from evo_cli.io.tracks import check_track_output, write_track
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
-from evo_cli.runtime import non_finite_error
+from evo_cli.runtime import free_memory_bytes, non_finite_error
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
     token_ids: sequences of token ids. Returns one float32 CPU tensor per sequence, of length
     ``len(ids)`` with ``prepend_bos`` and ``len(ids) - 1`` without. Sequences up to ``chunk_size``
     tokens are batched by length and right-padded; longer ones run alone through
-    ``model.forward_chunked`` (None: never chunk). ``progress(n)``: called with the tokens of every
-    forward call (per chunk of a long sequence, so that its progress shows as it goes).
+    ``model.forward_long`` (chunked, or layer by layer when the KV caches would not fit in free
+    memory; None: never chunk). ``progress(n)``: called with the tokens of every forward call (per
+    chunk of a long sequence, so that its progress shows as it goes).
     """
     progress = progress or (lambda n: None)
     rows = [([EOS_ID] if prepend_bos else []) + list(ids) for ids in token_ids]
@@ -98,7 +100,8 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
     long = [i for i, r in enumerate(rows) if chunk_size and len(r) > chunk_size]
     for i in long:
         ids = torch.tensor([rows[i]], dtype=torch.long, device=model.device)
-        lp, _ = _chunk_logprobs(_reporting(model.forward_chunked(ids, chunk_size), progress), ids)
+        lp, _ = _chunk_logprobs(_reporting(model.forward_long(ids, chunk_size, free_bytes=free_memory_bytes(model.device)),
+                                           progress), ids)
         out[i] = lp[0, 1:].cpu()
     short = sorted((i for i in range(len(rows)) if out[i] is None), key=lambda i: len(rows[i]))
     for start in range(0, len(short), batch_size):
@@ -308,10 +311,12 @@ class ScoreSummary:
 def run_score(model, records: Sequence, output: str | Path, *, format: str | None = None,
               per_position: str | Path | None = None, prepend_bos: bool | None = None, batch_size: int = 8,
               chunk_size: int | None = 8192, resume: bool = False, settings: dict | None = None,
-              metadata: dict | None = None, progress: Callable[[int], None] | None = None) -> ScoreSummary:
+              metadata: dict | None = None, progress: Callable[[int], None] | None = None,
+              bedgraph: str | Path | None = None) -> ScoreSummary:
     """Score ``records`` (objects with ``id`` and ``sequence``) and write the table ``output``
     (``SCORE_COLUMNS``; ``-``: TSV on stdout) and, with ``per_position``, every scored position's
-    log-probability (``POSITION_COLUMNS``).
+    log-probability (``POSITION_COLUMNS``); with ``bedgraph``, the same as a genome-browser track
+    (``io/tracks.py``: .bedGraph or .bw, one "chromosome" per sequence id).
 
     Writing to a file, the run keeps its progress in ``<output>.evo-partial``, one chunk of
     ``batch_size * 16`` sequences at a time; ``resume=True`` continues an interrupted run whose
@@ -325,10 +330,14 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
         raise InputError("resume needs an output file (progress is kept beside it)")
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
     warn_beyond_context(records, model.config.max_seqlen)
+    keep = per_position is not None or bedgraph is not None  # per-position log-probs are kept
+    track: list[tuple[str, int, float]] = []
+    if bedgraph is not None:
+        check_track_output(bedgraph)
     store = None
     if output not in STDOUT:
         full = {**(settings or {}), "bos": bos, "batch_size": batch_size, "chunk_size": chunk_size, "format": fmt,
-                "per_position": per_position is not None, "metadata": metadata or {}}
+                "per_position": per_position is not None, "logprobs": keep, "metadata": metadata or {}}
         store = Checkpoint(output, full, resume, checkpoint_rank())
     summary = ScoreSummary()
     chunk_len = batch_size * _SORT_WINDOW_BATCHES
@@ -341,7 +350,7 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
         """Score chunk ``k`` and keep its results; its positions count as each forward call ends, so
         that a long record shows its progress."""
         scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size, share.progress)
-        stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if per_position else None] for s in scores]
+        stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if keep else None] for s in scores]
         for rec, (_, _, _, total, _) in zip(chunk, stored):
             if not math.isfinite(total):  # a sequence with no scored base has sum 0
                 raise non_finite_error(f"sequence {rec.id!r}", model.dtype)
@@ -373,6 +382,11 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
                     write([(rec.id, length, mean, total)])
                     if write_pos:
                         write_pos((rec.id, first + j + 1, rec.sequence[first + j], v) for j, v in enumerate(logprobs))
+                    if bedgraph is not None:
+                        track.extend((rec.id, first + j, v) for j, v in enumerate(logprobs))
                 summary.sequences += len(chunk)
+        if bedgraph is not None:
+            write_track(bedgraph, track, {r.id: len(r.sequence) for r in records}, name="evo log-probability",
+                        description=f"{(metadata or {}).get('evo_model', 'evo')} per-base log-probability")
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -64,3 +64,97 @@ def test_evo1_complex_filter_is_built_once_and_follows_the_weights():
     # while training, the graph is built afresh each call
     f.poles.requires_grad_(True)
     assert f.modal()[0] is not f.modal()[0]
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+def test_long_plain_forward_runs_in_chunks_with_the_same_numbers(tiny_models, family, monkeypatch):
+    """model(ids) past forward_chunk tokens runs chunked (fewer tokens per block call) and gives
+    the single-pass logits; a hooked model is never split; last_block returns None either way."""
+    model = tiny_models[family]
+    ids = torch.randint(0, 512, (2, 300), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(ids)
+        seen = []
+        handle = model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+        assert (model(ids) - full).abs().max().item() == 0 and seen == [300]  # hooked: one pass
+        handle.remove()
+        monkeypatch.setattr(model, "forward_chunk", 128)
+        calls = []
+        monkeypatch.setattr(model, "_forward_in_chunks", _spy(model._forward_in_chunks, calls))
+        chunked = model(ids)
+        assert model(ids, last_block=2) is None and model(ids, return_logits=False) is None
+    assert calls and chunked.shape == full.shape
+    assert (chunked - full).abs().max().item() < 1e-4
+
+
+def _spy(fn, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+def test_layerwise_equals_chunked(tiny_models, family):
+    """One block at a time over the whole sequence gives the chunked path's logits and, at each
+    yield, the same chunk's output of a hooked module of the last block."""
+    model = tiny_models[family]
+    ids = torch.randint(0, 512, (2, 150), generator=torch.Generator().manual_seed(5))
+    last = min(model.config.layers_of("attn")[0] + 1, len(model.blocks) - 1)  # an attention block runs by then
+    got = {}
+    handle = model.blocks[last].mlp.l3.register_forward_hook(lambda m, a, out: got.__setitem__("h", out.clone()))
+    try:
+        with torch.no_grad():
+            chunked = [(s, lg) for s, lg in model.forward_chunked(ids, 64)]
+            layerwise = [(s, lg) for s, lg in model.forward_layerwise(ids, 64)]
+            feats_c = [(s, got["h"]) for s, _ in model.forward_chunked(ids, 64, last_block=last)]
+            feats_l = [(s, got["h"]) for s, _ in model.forward_layerwise(ids, 64, last_block=last)]
+            assert all(lg is None for _, lg in model.forward_layerwise(ids, 64, return_logits=False))
+    finally:
+        handle.remove()
+    assert [s for s, _ in layerwise] == [s for s, _ in chunked] == [0, 64, 128]
+    assert torch.cat([lg for _, lg in layerwise], 1).shape == (2, 150, 512)
+    assert max((a - b).abs().max().item() for (_, a), (_, b) in zip(chunked, layerwise)) < 1e-5
+    assert [s for s, _ in feats_l] == [0, 64, 128]
+    assert max((a - b).abs().max().item() for (_, a), (_, b) in zip(feats_c, feats_l)) < 1e-5
+
+
+def test_forward_long_picks_layerwise_when_the_kv_caches_do_not_fit(tiny_models):
+    from evo_cli.model.init import motif_config, random_model
+
+    one_attn = tiny_models["evo2"].long_forward_bytes(1, 100_000, 8192)
+    assert one_attn["layerwise"] > one_attn["chunked"]  # one attention block: chunked is smaller
+    model = random_model(motif_config("evo2", hidden_size=16, num_layers=14, head_dim=8, state_size=4, name="t14"), seed=0)
+    ids = torch.zeros(1, 10, dtype=torch.long)
+    small = model.long_forward_bytes(1, 10, 4)
+    assert small["layerwise"] < small["chunked"]  # two attention blocks, hidden = Hkv * hd
+    assert model.forward_long(ids, 4).__name__ == "forward_chunked"
+    assert model.forward_long(ids, 4, free_bytes=small["chunked"]).__name__ == "forward_chunked"
+    assert model.forward_long(ids, 4, free_bytes=small["chunked"] - 1).__name__ == "forward_layerwise"
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+def test_static_decode_step_equals_the_normal_step(tiny_models, family):
+    """The fixed-shape step that CUDA graphs capture (run eagerly on CPU) gives the normal step's
+    logits and leaves the same state, from any prefill length."""
+    from evo_cli.model.graph import StaticDecoder
+
+    model = tiny_models[family]
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        a, b = model.new_state(2, 24), model.new_state(2, 24)
+        model(ids[:, :7], a)
+        model(ids[:, :7], b)
+        dec = StaticDecoder(model, b)
+        assert dec.graph is None  # CPU: no graph, the static step runs eagerly
+        for p in range(7, 24):
+            want = model(ids[:, p : p + 1], a)
+            got = dec.step(ids[:, p : p + 1])
+            assert (got - want).abs().max().item() < 1e-5, p
+        with pytest.raises(ValueError):
+            dec.step(ids[:, :1])
+    assert a.seqlen == b.seqlen == 24
+    for sa, sb in zip(a.layers, b.layers):
+        for name in vars(sa):
+            assert (getattr(sa, name) - getattr(sb, name)).abs().max().item() < 1e-5

@@ -70,6 +70,8 @@ def test_causal_conv1d_grouped_and_chunked(groups, K_):
     bias = torch.randn(C)
     full = K.causal_conv1d_ref(x, w, bias)
     assert torch.allclose(full.double(), _direct_conv(x, h_full) + bias.double(), atol=1e-4)
+    # an input shorter than the filter, without a history
+    assert torch.allclose(K.causal_conv1d_ref(x[:, :2], w, bias), full[:, :2], atol=1e-5)
     # single tokens take the decoding branch (a dot product over the window)
     state = torch.zeros(2, K_ - 1, C)
     pieces = [K.causal_conv1d_ref(x[:, a:b], w, bias, state) for a, b in ((0, 1), (1, 3), (3, 30), (30, 31), (31, 40))]

@@ -13,7 +13,8 @@ def test_kernels_is_this_repository():
 def test_public_names():
     expected = {"CheckpointError", "ConfigError", "EvoError", "Generation", "InferenceState", "InputError",
                 "ModelConfig", "StripedHyena", "__version__", "convert_checkpoint", "download_model", "embed",
-                "generate", "iter_embeddings", "load_model", "score_sequences", "score_variants"}
+                "generate", "iter_embeddings", "load_model", "mutagenize", "score_sequences",
+                "score_variants"}
     assert expected <= set(evo_cli.__all__)
     for name in evo_cli.__all__:
         assert hasattr(evo_cli, name), name

@@ -100,9 +100,13 @@ def _same_output(a: str, b: str) -> bool:
               help="Sequences longer than this run in chunks of this many tokens with a carried state (bounded memory).")
 @click.option("--per-position", metavar="PATH", default=None,
               help="Also write every scored position's log-probability: id, pos (1-based), base, logprob (.tsv or .parquet).")
+@click.option("--bedgraph", metavar="FILE", default=None,
+              help="Also write every scored position's log-probability as a genome-browser track: .bedGraph, "
+                   "or .bw for bigWig (needs evo-cli[bigwig]).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @model_options
-def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, resume, model, device, dtype, kernels):
+def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgraph, resume, model, device, dtype,
+          kernels):
     """Log-likelihood of each sequence under the model: id, length, mean_ll, sum_ll.
 
     \b
@@ -118,6 +122,10 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, resume,
     fmt = check_table_output(output, fmt)
     if per_position:
         check_table_output(per_position)
+    if bedgraph:
+        from evo_cli.io.tracks import check_track_output
+
+        check_track_output(bedgraph)
     if per_position and _same_output(output, per_position):
         raise click.UsageError(f"--per-position and -o are both {output}: give them different files")
     if resume and output == "-":
@@ -136,7 +144,8 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, resume,
     with hint_on_interrupt(output), progress_bar("scoring", positions, "positions") as advance:
         summary = run_score(loaded, records, output, format=fmt, per_position=per_position, prepend_bos=prepend,
                             batch_size=batch_size, chunk_size=chunk_size, resume=resume,
-                            settings=run_settings(loaded, {"fasta": fasta}), metadata=meta, progress=advance)
+                            settings=run_settings(loaded, {"fasta": fasta}), metadata=meta, progress=advance,
+                            bedgraph=bedgraph)
     new = summary.sequences - summary.resumed
     rate = f", {new / summary.seconds:,.1f} sequences/s" if summary.seconds > 0 and new else ""
     echo(f"scored {summary.sequences:,} sequences in {summary.seconds:,.1f} s{rate}"

@@ -41,6 +41,8 @@ class StripedHyena(nn.Module):
             for i, kind in enumerate(config.block_types)
         )
         self.norm = RMSNorm(config.hidden_size, config.eps, kernels)
+        # a forward without a state over more tokens than this runs in chunks of this many (bounded memory)
+        self.forward_chunk = 8192
         # blocks split over several devices (placement.py; set by the loader), None on one device
         self.placement = None
 
@@ -97,12 +99,25 @@ class StripedHyena(nn.Module):
         """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);
         with ``last_block``, only for blocks ``0..last_block`` (see ``forward``)."""
         blocks = self.blocks if last_block is None else self.blocks[: last_block + 1]
+        self._cpu_gemv_layout()
         layers = [
             b.new_state(batch_size, self.block_device(i), max_seqlen, self.dtype) if b.kind == "attn"
             else b.new_state(batch_size, self.block_device(i))
             for i, b in enumerate(blocks)
         ]
         return InferenceState(layers, max_seqlen)
+
+    def _cpu_gemv_layout(self) -> None:
+        """Store every CPU ``nn.Linear`` weight [out, in] column-major (the transpose of a contiguous
+        [in, out] tensor), once. A one-token step is a matrix-vector product per weight, and MKL reads
+        that layout at about 1.4x the rate of the row-major one on this project's CPUs (14 against
+        10 GB/s on one core, benchmarks/README.md); matrix products of many tokens run at the same
+        speed with the same results either way. Called before decoding (``new_state``)."""
+        with torch.inference_mode(False), torch.no_grad():
+            for m in self.modules():
+                w = m.weight if isinstance(m, nn.Linear) else None
+                if w is not None and w.device.type == "cpu" and w.dim() == 2 and w.stride() != (1, w.shape[0]):
+                    w.data = w.data.t().contiguous().t()
 
     def forward(self, input_ids, state: InferenceState | None = None, *, return_logits: bool = True,
                 last_block: int | None = None):
@@ -111,7 +126,12 @@ class StripedHyena(nn.Module):
 
         last_block: run blocks ``0..last_block`` only and return None (feature extraction, where the
         later blocks are not needed); with a state, the states of the skipped blocks are not updated.
+
+        Without a state, an input longer than ``self.forward_chunk`` tokens runs in chunks of that
+        size with a carried state (``_forward_in_chunks``), unless a forward hook is registered.
         """
+        if state is None and input_ids.shape[1] > self.forward_chunk and not self._hooked():
+            return self._forward_in_chunks(input_ids, return_logits, last_block)
         pos = 0 if state is None else state.seqlen
         if state is not None and pos + input_ids.shape[1] > state.max_seqlen:
             raise ValueError(f"state holds {state.max_seqlen} positions; {pos} used, {input_ids.shape[1]} more asked")
@@ -131,6 +151,24 @@ class StripedHyena(nn.Module):
         # tied unembedding, in float32 so that scores keep full precision under bf16 weights
         return F.linear(x.float(), self.embedding_layer.weight.float())
 
+    def _hooked(self) -> bool:
+        """Whether a forward hook or pre-hook is registered on any submodule: a caller that hooks a
+        layer expects one call with the whole sequence, so such a forward is never split."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+
+    def _forward_in_chunks(self, input_ids, return_logits: bool, last_block: int | None):
+        """``forward`` without a state, run as ``forward_chunked`` (the same numbers within float32
+        rounding; test_decode.py) so that activations are bounded by ``forward_chunk`` tokens. The
+        logits [B, L, vocab] and the KV cache of the attention blocks still grow with L."""
+        B, L = input_ids.shape
+        return_logits = return_logits and last_block is None
+        logits = torch.empty(B, L, self.config.vocab_size, device=self.device) if return_logits else None
+        for start, out in self.forward_chunked(input_ids, self.forward_chunk, return_logits=return_logits,
+                                               last_block=last_block):
+            if logits is not None:
+                logits[:, start : start + out.shape[1]] = out
+        return logits
+
     def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True, last_block: int | None = None):
         """Run over ``input_ids`` [B, L] in chunks of ``chunk_size`` tokens with a carried state.
 
@@ -146,3 +184,72 @@ class StripedHyena(nn.Module):
         for start in range(0, L, chunk_size):
             yield start, self(input_ids[:, start : start + chunk_size], state, return_logits=return_logits,
                               last_block=last_block)
+
+    def forward_layerwise(self, input_ids, chunk_size: int, *, return_logits: bool = True,
+                          last_block: int | None = None):
+        """``forward_chunked``'s results, computed one block at a time: each block runs over the whole
+        sequence in chunks of ``chunk_size`` (its state carried) before the next block starts, so only
+        one attention block's KV cache is alive. The residual stream of the whole sequence, [B, L, D]
+        in the model dtype, is kept (and overwritten in place) instead. Yields ``(start, logits)`` per
+        chunk while the last block runs, so forward hooks on the last block (and on ``norm``) have seen
+        exactly that chunk at each yield; hooks on earlier blocks fire for every chunk before the first
+        yield. See ``long_forward_bytes`` for the memory of both modes.
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        B, L = input_ids.shape
+        n = len(self.blocks) if last_block is None else last_block + 1
+        if n == 0:  # no block to run (only the embedding is wanted)
+            yield from self.forward_chunked(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
+            return
+        x = self.embedding_layer(input_ids)
+        for i, block in enumerate(self.blocks[:n]):
+            x = x.to(self.block_device(i))  # split over devices: the hidden states follow the blocks
+            state = self._block_state(i, B, L)
+            for start in range(0, L, chunk_size):
+                end = min(L, start + chunk_size)
+                if self.placement is None:
+                    x[:, start:end] = block(x[:, start:end], state, start)
+                else:
+                    x[:, start:end] = self.placement.run_block(i, block, x[:, start:end], state, start)
+                if i == n - 1:
+                    yield start, self._head(x[:, start:end], return_logits and last_block is None,
+                                            last_block is None)
+            del state  # frees this block's KV cache before the next block allocates its own
+
+    def _block_state(self, i: int, batch: int, length: int):
+        block, dev = self.blocks[i], self.block_device(i)
+        return block.new_state(batch, dev, length, self.dtype) if block.kind == "attn" else block.new_state(batch, dev)
+
+    def _head(self, x, return_logits: bool, run_norm: bool):
+        """Final norm and tied unembedding of x [B, n, D] -> logits [B, n, vocab] float32 or None."""
+        if not run_norm:
+            return None
+        x = self.norm(x.to(self.device))
+        return F.linear(x.float(), self.embedding_layer.weight.float()) if return_logits else None
+
+    def long_forward_bytes(self, batch: int, length: int, chunk_size: int, last_block: int | None = None) -> dict:
+        """Estimated peak bytes of ``forward_chunked`` and ``forward_layerwise`` (keys ``chunked``,
+        ``layerwise``) beyond the weights: the KV caches (2 B L Hkv hd bytes-per-element per
+        attention block: all of them at once chunked, the largest one layer by layer), the residual
+        stream B L D (layer by layer only), and the activations of one chunk (about 16 B chunk D
+        float32 values plus the chunk's logits)."""
+        c = self.config
+        n = len(self.blocks) if last_block is None else last_block + 1
+        item = self.dtype.itemsize
+        kv = 2 * batch * length * c.num_kv_heads * c.head_dim * item
+        n_attn = sum(1 for i in c.layers_of("attn") if i < n)
+        chunk = min(chunk_size, length)
+        act = 4 * batch * chunk * (16 * max(c.hidden_size, c.inner_mlp_size // 3) + c.vocab_size)
+        return {"chunked": n_attn * kv + act,
+                "layerwise": batch * length * c.hidden_size * item + min(n_attn, 1) * kv + act}
+
+    def forward_long(self, input_ids, chunk_size: int, *, free_bytes: int | None = None, return_logits: bool = True,
+                     last_block: int | None = None):
+        """``forward_chunked``, or ``forward_layerwise`` when the chunked path's memory
+        (``long_forward_bytes``) would exceed ``free_bytes`` and layer by layer needs less: same
+        yields, same numbers. ``free_bytes=None``: always chunked."""
+        need = self.long_forward_bytes(input_ids.shape[0], input_ids.shape[1], chunk_size, last_block)
+        layerwise = free_bytes is not None and need["chunked"] > free_bytes and need["layerwise"] < need["chunked"]
+        run = self.forward_layerwise if layerwise else self.forward_chunked
+        return run(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)

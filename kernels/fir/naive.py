@@ -6,6 +6,10 @@ import torch
 import torch.nn.functional as F
 
 
+# filters of up to this many taps run as shifted multiply-adds (the featurizer's 3, Hyena-SE's 7)
+_SHIFTED_SUM_TAPS = 16
+
+
 def causal_conv1d_ref(x, weight, bias=None, state=None):
     """Causal grouped convolution with optional carried history.
 
@@ -21,11 +25,21 @@ def causal_conv1d_ref(x, weight, bias=None, state=None):
     xf = x.float()
     if state is not None:
         ctx = torch.cat([state.float(), xf], dim=1)
-    else:
+    elif L == 1 or K > _SHIFTED_SUM_TAPS:
         ctx = F.pad(xf, (0, 0, K - 1, 0))
     if L == 1:
         # one decoding step: a dot product over the K-token window (a convolution call costs ~10x more)
         y = (ctx.view(B, K, G, C // G) * weight.float().T[None, :, :, None]).sum(1).view(B, 1, C)
+    elif K <= _SHIFTED_SUM_TAPS:
+        # short filters: one multiply-add per tap over the [B, L, C] window, in place; on CPU several
+        # times faster than a depthwise F.conv1d, which transposes and copies its input and output
+        w = weight.float().T.repeat_interleave(C // G, dim=1)  # [K, C]
+        y = xf * w[K - 1]
+        for s in range(1, K):  # input t - s, tap K-1-s
+            if state is not None:
+                y.addcmul_(ctx[:, K - 1 - s : K - 1 - s + L], w[K - 1 - s])
+            elif s < L:  # without a history the first s outputs see zeros there
+                y[:, s:].addcmul_(xf[:, : L - s], w[K - 1 - s])
     else:
         w = weight.float().repeat_interleave(C // G, dim=0)
         y = F.conv1d(ctx.transpose(1, 2), w[:, None, :], groups=C).transpose(1, 2)

@@ -1,0 +1,109 @@
+"""``evo mutagenize`` (in-silico saturation mutagenesis) and ``evo plot`` (pictures of score files)."""
+
+from __future__ import annotations
+
+import click
+
+from evo_cli.io.fasta import STRANDS
+
+from .options import (command_line, echo, hint_on_interrupt, load_model_cli, model_options, progress_bar,
+                      verbosity_options)
+
+
+@click.command("mutagenize")
+@click.option("--fasta", required=True, metavar="PATH",
+              help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
+@click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END",
+              help="Positions to mutate (1-based, inclusive; repeatable).")
+@click.option("--regions", "bed", metavar="BED", default=None, help="Positions to mutate: BED intervals (0-based).")
+@click.option("--record", "records", multiple=True, metavar="ID",
+              help="Mutate a whole FASTA record, e.g. a designed construct (repeatable).")
+@click.option("-o", "--output", required=True, metavar="PATH",
+              help="Output: .tsv or .parquet (chrom, pos, ref, alt, ref_ll, alt_ll, delta), or .vcf.gz "
+                   "(bgzip + tabix, score-variants INFO keys); - for TSV on stdout.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "parquet", "vcf.gz"]), default=None,
+              help="Output format [default: from the extension].")
+@click.option("--plot", metavar="FILE", default=None,
+              help="Also draw the heatmap: .png, .svg, .pdf or .html (needs evo-cli[plot]).")
+@click.option("--bedgraph", metavar="FILE", default=None,
+              help="Also write each position's mean delta as a track: .bedGraph, or .bw for bigWig "
+                   "(needs evo-cli[bigwig]).")
+@click.option("--window", type=click.IntRange(min=2), default=None,
+              help="Window length in bases, as in score-variants "
+                   "[default: 8192, or the model's context when shorter].")
+@click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
+              help="both: average each score with that of the reverse-complement window.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences per forward pass; also the positions per saved chunk of progress.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Tokens per forward call inside a window (bounds memory for long windows) [default: whole window].")
+@click.option("--no-prefix-sharing", "no_share", is_flag=True,
+              help="Score every window in full instead of sharing the prefix before the position (slower; same scores).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
+@model_options
+def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, window, strand, batch_size, chunk_size,
+               no_share, resume, model, device, dtype, kernels):
+    """In-silico saturation mutagenesis: every position x the three other bases, scored as score-variants does.
+
+    \b
+    evo mutagenize --fasta ref.fa --region chr17:41197700-41197800 -m evo2_7b -o scan.tsv --plot scan.png
+    evo mutagenize --fasta constructs.fa --record design_3 -m evo2_7b -o design_3.vcf.gz --bedgraph design_3.bedGraph
+    """
+    from evo_cli.io.atomic import check_output_path
+    from evo_cli.io.partial import check_fresh
+    from evo_cli.io.tracks import check_track_output
+    from evo_cli.io.vcf import parse_region, read_bed
+    from evo_cli.mutagenesis import check_inputs, output_format, run_mutagenize
+    from evo_cli.variants import DEFAULT_WINDOW
+
+    if resume and output == "-":
+        raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
+    # every check that needs no model first: bad input fails in seconds
+    output_format(output, fmt)
+    if output != "-":
+        check_output_path(output)
+        check_fresh(output, resume)
+    if plot:
+        from evo_cli.plots import check_plot_output
+
+        check_plot_output(plot)
+    if bedgraph:
+        check_track_output(bedgraph)
+    regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
+    total = check_inputs(fasta, regions, records)
+    # the KV cache a batch of windows holds, for balancing a model split over devices
+    loaded = load_model_cli(model, device, dtype, kernels, state_tokens=(window or DEFAULT_WINDOW) * batch_size)
+    command = command_line(skip=("resume",))
+    with hint_on_interrupt(output), progress_bar("mutagenizing", total, "positions") as advance:
+        summary = run_mutagenize(loaded, fasta, output, regions=regions, records=records, format=fmt, window=window,
+                                 strand=strand, batch_size=batch_size, share_prefix=not no_share,
+                                 chunk_size=chunk_size, resume=resume, bedgraph=bedgraph, plot=plot,
+                                 model_name=model, command=command, progress=advance)
+    new = summary.positions - summary.resumed
+    rate = f", {3 * new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new else ""
+    echo(f"scored {summary.variants:,} variants at {summary.scored:,} of {summary.positions:,} positions "
+         f"in {summary.seconds:,.1f} s{rate}" + (f"; {summary.resumed:,} positions done before resuming"
+                                                  if summary.resumed else ""))
+    if summary.skipped:
+        echo("skipped positions: " + ", ".join(f"{k} {v:,}" for k, v in sorted(summary.skipped.items())))
+
+
+@click.command("plot")
+@click.argument("scores", metavar="SCORES")
+@click.option("-o", "--output", required=True, metavar="FILE", help="Figure: .png, .svg, .pdf or .html.")
+@click.option("--by", metavar="COLUMN", default=None,
+              help="Variant tables: one histogram per value of this column or INFO field (e.g. status, a label).")
+@click.option("--title", default=None, help="Figure title [default: the file name].")
+@verbosity_options
+def plot(scores, output, by, title):
+    """Draw a score file: mutagenize tables as a heatmap, score-variants tables or VCFs as a delta
+    histogram, `evo score --per-position` tables as a likelihood track (needs evo-cli[plot]).
+
+    \b
+    evo plot scored.vcf.gz --by FUNC_CLASS -o deltas.png
+    evo plot scan.tsv -o scan.html
+    """
+    from evo_cli.plots import plot_scores
+
+    kind = plot_scores(scores, output, by=by, title=title)
+    echo(f"drew {scores} ({kind}) to {output}")

@@ -1,0 +1,415 @@
+"""In-silico saturation mutagenesis: every position of a region x the three other bases.
+
+Each SNV is scored exactly as ``evo score-variants`` scores it (``variants.py``): the REF window
+around the position (``scoring.variant_windows``, the same ``window``), one ALT window per base,
+the mean log-likelihood of window positions 2..n, ``delta = alt_ll - ref_ll``, and with
+``strand="both"`` the average with the reverse-complement windows. Positions whose REF base is not
+A, C, G or T, or whose window holds characters other than nucleotide codes, are skipped (counted in
+the summary, absent from the output).
+
+Sharing: the work of a position is its REF window and three ALT windows that share everything
+before the position; ``scoring.score_windows`` runs that prefix once and forks its state (what
+``score-variants`` does for a multi-allelic site). Across positions, windows are grouped by their
+REF window: where windows coincide (clipped at a contig end, or a record shorter than the window,
+as designed constructs are), the REF window is scored once for all those positions and their ALT
+windows share the prefix up to the first of them. Windows of interior positions start at different
+bases, so no model state is common to them: their scores are those of score-variants only if each
+is run from its own start, and the REF window plus three ALT suffixes is the least work that gives
+them (benchmarks/README.md has the measurement).
+
+A run with an output file keeps its progress in ``<output>.evo-partial``, ``batch_size`` positions
+per chunk; ``resume=True`` continues it and writes the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from evo_cli._version import __version__
+from evo_cli.errors import InputError
+from evo_cli.io.atomic import STDOUT, atomic_path
+from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
+from evo_cli.io.partial import Checkpoint, check_fresh
+from evo_cli.io.reference import Reference
+from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
+from evo_cli.io.tracks import check_track_output, write_track
+from evo_cli.io.vcf import Region
+from evo_cli.runs import run_settings
+from evo_cli.scoring import score_windows, variant_windows
+from evo_cli.variants import DEFAULT_WINDOW, INFO_FIELDS
+
+log = logging.getLogger(__name__)
+
+BASES = "ACGT"
+COLUMNS = [("chrom", "str"), ("pos", "int"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
+           ("alt_ll", "float"), ("delta", "float")]
+OUTPUT_FORMATS = ("tsv", "parquet", "vcf.gz")
+_OUTPUT_EXTENSIONS = {".vcf.gz": "vcf.gz", ".vcf.bgz": "vcf.gz", **TABLE_EXTENSIONS}
+# VCF header line that marks a mutagenesis VCF (``evo plot`` draws it as a heatmap)
+VCF_MARK = ("evo_output", "mutagenize")
+
+
+@dataclass(frozen=True)
+class Target:
+    """``[start, end)`` (0-based) of FASTA contig ``contig``: the positions to mutate."""
+
+    contig: str
+    start: int
+    end: int
+
+    def __str__(self) -> str:
+        return f"{self.contig}:{self.start + 1}-{self.end}"
+
+
+@dataclass
+class Summary:
+    positions: int = 0  # positions in the targets
+    scored: int = 0  # positions scored (3 variants each)
+    skipped: dict = field(default_factory=dict)  # reason -> positions
+    resumed: int = 0  # positions done by an earlier, interrupted run
+    seconds: float = 0.0
+    indexed: bool | None = None
+
+    @property
+    def variants(self) -> int:
+        return 3 * self.scored
+
+
+def output_format(path: str | Path | None, format: str | None = None) -> str:
+    """``tsv``, ``parquet`` or ``vcf.gz`` from ``format`` or the extension (stdout: TSV)."""
+    if format:
+        if format not in OUTPUT_FORMATS:
+            raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
+        fmt = format
+    elif path in STDOUT:
+        fmt = "tsv"
+    else:
+        fmt = format_from_extension(path, _OUTPUT_EXTENSIONS)
+        if fmt is None:
+            raise InputError(f"{path}: cannot tell the output format from the extension "
+                             f"(use .tsv, .parquet or .vcf.gz, or --format)")
+    if path in STDOUT and fmt != "tsv":
+        raise InputError(f"{fmt} output needs a file name")
+    return fmt
+
+
+def resolve_targets(reference: Reference, regions: Iterable[Region] = (), records: Iterable[str] = ()) -> list[Target]:
+    """The targets of ``regions`` (1-based inclusive spans as ``Region``, BED intervals) and whole
+    FASTA ``records``: checked against the FASTA, sorted, overlaps merged. A region that runs past
+    its contig, or names a contig or record the FASTA lacks, is an InputError."""
+    spans: list[tuple[str, int, int]] = []
+    for r in regions:
+        contig = reference.resolve(r.contig)
+        if contig is None:
+            raise InputError(f"region {r}: contig {r.contig!r} is not in {reference.path.name}"
+                             f"{_known(reference)}")
+        n = reference.length(contig)
+        end = n if r.end >= 1 << 62 else r.end
+        if r.start >= n or end > n:
+            raise InputError(f"region {r}: outside contig {contig} of {reference.path.name} ({n:,} bp)")
+        if end <= r.start:
+            raise InputError(f"region {r}: empty")
+        spans.append((contig, r.start, end))
+    for name in records:
+        if name not in reference.contigs:
+            raise InputError(f"record {name!r} is not in {reference.path.name}{_known(reference)}")
+        spans.append((name, 0, reference.length(name)))
+    if not spans:
+        raise InputError("no positions to mutate: give a region, a BED file or a record")
+    order = {c: i for i, c in enumerate(reference.contigs)}
+    merged: list[list] = []
+    for contig, s, e in sorted(spans, key=lambda t: (order[t[0]], t[1])):
+        if merged and merged[-1][0] == contig and s <= merged[-1][2]:
+            merged[-1][2] = max(merged[-1][2], e)
+        else:
+            merged.append([contig, s, e])
+    return [Target(*m) for m in merged]
+
+
+def _known(reference: Reference) -> str:
+    names = list(reference.contigs)
+    return f" (it has {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+
+
+def _positions(reference: Reference, targets: list[Target]) -> Iterator[tuple[str, int, str]]:
+    """``(contig, 0-based position, REF base)`` of every target position."""
+    for t in targets:
+        seq = reference.fetch(t.contig, t.start, t.end)
+        for i, base in enumerate(seq):
+            yield t.contig, t.start + i, base
+
+
+def check_targets(reference: Reference, targets: list[Target]) -> int:
+    """The number of positions; an InputError when no position has an A, C, G or T."""
+    total = mutable = 0
+    for t in targets:
+        seq = reference.fetch(t.contig, t.start, t.end)
+        total += len(seq)
+        mutable += sum(seq.count(b) for b in BASES)
+    if not mutable:
+        where = ", ".join(map(str, targets[:3])) + (", ..." if len(targets) > 3 else "")
+        raise InputError(f"{where}: no A, C, G or T to mutate (only N or other codes)")
+    return total
+
+
+def check_inputs(fasta: str | Path, regions: Iterable[Region] = (), records: Iterable[str] = ()) -> int:
+    """Resolve and check the targets before a model is loaded; returns the number of positions."""
+    with Reference(fasta) as reference:
+        return check_targets(reference, resolve_targets(reference, regions, records))
+
+
+def _site_windows(reference: Reference, contig: str, start: int, ref: str, window: int,
+                  strand: str) -> list[tuple[str, list[str]]] | str:
+    """Per strand ``(REF window, [3 ALT windows])`` as score-variants builds them, or the skip reason."""
+    if ref not in BASES:
+        return "non_acgt_reference_base"
+    alts = [b for b in BASES if b != ref]
+    ref_window, alt_windows = variant_windows(lambda a, b: reference.fetch(contig, a, b), reference.length(contig),
+                                              start, ref, alts, window)
+    if not set(ref_window).union(*alt_windows) <= DNA_CODES:
+        return "non_dna_reference"
+    windows = [(ref_window, alt_windows)]
+    if strand == "both":
+        windows.append((reverse_complement(ref_window), [reverse_complement(w) for w in alt_windows]))
+    return windows
+
+
+def _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix, chunk_size) -> list:
+    """Per position ``[contig, pos (1-based), ref, ref_ll, [3 alt_ll]]`` or ``[..., reason, None]``."""
+    sites = [(c, s, b, _site_windows(reference, c, s, b, window, strand)) for c, s, b in chunk]
+    groups: dict[str, list[str]] = {}  # every window with the same REF window, per strand
+    for *_, windows in sites:
+        if not isinstance(windows, str):
+            for ref_window, alts in windows:
+                groups.setdefault(ref_window, [ref_window]).extend(alts)
+    scores = score_windows(model, groups.values(), batch_size, share_prefix, chunk_size)
+    out = []
+    for contig, start, ref, windows in sites:
+        if isinstance(windows, str):
+            out.append([contig, start + 1, ref, windows, None])
+            continue
+        ref_ll = sum(scores[r] for r, _ in windows) / len(windows)
+        alt_ll = [sum(scores[alts[i]] for _, alts in windows) / len(windows) for i in range(3)]
+        out.append([contig, start + 1, ref, ref_ll, alt_ll])
+    return out
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_mutagenize(
+    model,
+    fasta: str | Path,
+    output: str | Path | None,
+    *,
+    regions: Iterable[Region] = (),
+    records: Iterable[str] = (),
+    format: str | None = None,
+    window: int | None = None,
+    strand: str = "forward",
+    batch_size: int = 8,
+    share_prefix: bool = True,
+    chunk_size: int | None = None,
+    resume: bool = False,
+    bedgraph: str | Path | None = None,
+    plot: str | Path | None = None,
+    model_name: str | None = None,
+    command: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    rows: list | None = None,
+) -> Summary:
+    """Score every SNV of the targets (``regions``, whole FASTA ``records``) and write ``output``
+    (``COLUMNS`` as TSV/Parquet, or a bgzipped, indexed VCF with one record per position and the
+    score-variants INFO keys; ``-``: TSV on stdout; None: no file, rows only). ``bedgraph``: also a
+    track of each position's mean delta (.bedGraph or .bw); ``plot``: also a heatmap
+    (``plots.plot_mutagenesis``; .png, .svg, .pdf or .html). ``rows``: receives the output rows.
+    ``progress(n)``: called with positions finished. ``window``: None means ``DEFAULT_WINDOW`` or the
+    model's context when shorter, as in score-variants."""
+    if window is None:
+        window = min(DEFAULT_WINDOW, model.config.max_seqlen)
+    if window < 2:
+        raise InputError(f"window must be at least 2 bases, not {window}")
+    if strand not in STRANDS:
+        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    if window > model.config.max_seqlen:
+        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+    fmt = output_format(output, format) if output is not None else None
+    if resume and output in STDOUT:
+        raise InputError("resume needs an output file (progress is kept beside it)")
+    if bedgraph is not None:
+        check_track_output(bedgraph)
+    if plot is not None:
+        from evo_cli.plots import check_plot_output
+
+        check_plot_output(plot)
+        rows = [] if rows is None else rows
+    to_file = output not in STDOUT
+    if to_file:
+        check_fresh(output, resume)
+    t0 = time.perf_counter()
+    summary = Summary()
+    with Reference(fasta) as reference:
+        targets = resolve_targets(reference, regions, records)
+        summary.positions = check_targets(reference, targets)
+        info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
+                "evo_window": str(window), "evo_strand": strand, "evo_dtype": str(model.dtype).replace("torch.", ""),
+                "evo_score": "mean log-likelihood of window positions 2..n (no BOS); EVO_DELTA = ALT - REF",
+                "evo_targets": " ".join(map(str, targets))}
+        if command:
+            info["evo_command"] = command
+        settings = run_settings(model, {"fasta": fasta}, window=window, strand=strand,
+                                targets=[str(t) for t in targets], batch_size=batch_size, share_prefix=share_prefix,
+                                chunk_size=chunk_size, format=fmt, model_name=info["evo_model"], kind="mutagenize")
+        store = Checkpoint(output, settings, resume) if to_file else None
+        memory: list[list] = []
+        with store or contextlib.nullcontext():
+            for i, chunk in enumerate(_chunks(_positions(reference, targets), batch_size)):
+                if store is not None and i < store.done:
+                    summary.resumed += len(chunk)
+                else:
+                    results = _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix,
+                                           chunk_size)
+                    if store is not None:
+                        store.append(i, results)
+                    else:
+                        memory.append(results)
+                if progress:
+                    progress(len(chunk))
+            results = [r for c in (store.chunks() if store is not None else memory) for r in c]
+            if len(results) != summary.positions:
+                raise InputError(f"{store.path}: holds {len(results)} positions, the targets have "
+                                 f"{summary.positions}; was the FASTA changed? delete the file to start over")
+            _count(results, summary)
+            if output is not None:
+                summary.indexed = _write(output, fmt, results, info, reference, targets, rows)
+            elif rows is not None:
+                rows.extend(table_rows(results))
+            if bedgraph is not None:
+                write_track(bedgraph, ((c, p - 1, sum(a) / 3 - r) for c, p, _, r, a in results if a is not None),
+                            {t.contig: reference.length(t.contig) for t in targets},
+                            name="evo mean delta", description=f"{info['evo_model']} mean SNV delta, W={window}")
+            if plot is not None:
+                from evo_cli.plots import plot_mutagenesis
+
+                plot_mutagenesis(rows, plot, title=f"{info['evo_model']}: {', '.join(map(str, targets[:3]))}"
+                                 f"{' ...' if len(targets) > 3 else ''} (W = {window}, {strand})")
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _count(results: list, summary: Summary) -> None:
+    for _, _, _, ref_ll, alt_ll in results:
+        if alt_ll is None:
+            summary.skipped[ref_ll] = summary.skipped.get(ref_ll, 0) + 1
+        else:
+            summary.scored += 1
+
+
+def table_rows(results: Iterable[list]) -> Iterator[tuple]:
+    """``COLUMNS`` rows, three per scored position (ALT in A, C, G, T order)."""
+    for contig, pos, ref, ref_ll, alt_ll in results:
+        if alt_ll is None:
+            continue
+        for alt, a in zip((b for b in BASES if b != ref), alt_ll):
+            yield contig, pos, ref, alt, ref_ll, a, a - ref_ll
+
+
+def _write(output, fmt, results, info, reference, targets, rows) -> bool | None:
+    if fmt != "vcf.gz":
+        with table_writer(output, COLUMNS, fmt, metadata=info) as write:
+            for row in table_rows(results):
+                write([row])
+                if rows is not None:
+                    rows.append(row)
+        return None
+    if rows is not None:
+        rows.extend(table_rows(results))
+    return _write_vcf(output, results, info, reference, targets)
+
+
+def _write_vcf(path, results, info, reference, targets) -> bool:
+    """One record per scored position, ALT = the three other bases, bgzipped and tabix-indexed."""
+    import pysam
+    from pysam.libcbgzf import BGZFile
+
+    contigs = dict.fromkeys(t.contig for t in targets)
+    header = ["##fileformat=VCFv4.2", f"##{VCF_MARK[0]}={VCF_MARK[1]}",
+              *(f"##contig=<ID={c},length={reference.length(c)}>" for c in contigs),
+              *(f.header_line() for f in INFO_FIELDS),
+              *(f"##{k}={' '.join(str(v).split())}" for k, v in info.items()),
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
+
+    def num(v: float) -> str:
+        return f"{v:.7g}"  # readers hold VCF Floats as float32, as score-variants writes them
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        index_tmp = Path(str(tmp) + ".tbi")
+        try:
+            with BGZFile(str(tmp), "wb") as out:
+                out.write(("\n".join(header) + "\n").encode())
+                for contig, pos, ref, ref_ll, alt_ll in results:
+                    if alt_ll is None:
+                        continue
+                    alts = [b for b in BASES if b != ref]
+                    fields = (f"EVO_DELTA={','.join(num(a - ref_ll) for a in alt_ll)};EVO_REF_LL={num(ref_ll)};"
+                              f"EVO_ALT_LL={','.join(num(a) for a in alt_ll)}")
+                    out.write(f"{contig}\t{pos}\t.\t{ref}\t{','.join(alts)}\t.\t.\t{fields}\n".encode())
+            pysam.tabix_index(str(tmp), preset="vcf", force=True)
+        except BaseException:
+            index_tmp.unlink(missing_ok=True)
+            raise
+        Path(str(path) + ".tbi").unlink(missing_ok=True)
+    Path(index_tmp).replace(str(path) + ".tbi")
+    return True
+
+
+def mutagenize(
+    model,
+    fasta: str | Path,
+    region: str | Iterable[str] | None = None,
+    *,
+    records: Iterable[str] = (),
+    output: str | Path | None = None,
+    window: int | None = None,
+    strand: str = "forward",
+    batch_size: int = 8,
+    share_prefix: bool = True,
+    chunk_size: int | None = None,
+    resume: bool = False,
+    bedgraph: str | Path | None = None,
+):
+    """Saturation mutagenesis of ``region`` (``"chr:start-end"``, 1-based inclusive, or several) and
+    whole FASTA ``records``. model: a loaded model or a name/path for ``load_model``. Returns a pandas
+    DataFrame with ``COLUMNS`` (three rows per position); ``df.attrs["summary"]`` holds the counts."""
+    import pandas as pd
+
+    from evo_cli.io.vcf import parse_region
+
+    if isinstance(model, (str, Path)):
+        from evo_cli import load_model
+
+        model = load_model(model)
+    texts = [region] if isinstance(region, str) else list(region or [])
+    rows: list[tuple] = []
+    summary = run_mutagenize(model, fasta, output, regions=[parse_region(t) for t in texts], records=records,
+                             window=window, strand=strand, batch_size=batch_size, share_prefix=share_prefix,
+                             chunk_size=chunk_size, resume=resume, bedgraph=bedgraph, rows=rows)
+    df = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
+    df.attrs["summary"] = {"positions": summary.positions, "scored": summary.scored, "skipped": dict(summary.skipped)}
+    return df

@@ -1,0 +1,290 @@
+"""Pictures of scores: mutagenesis heatmaps, delta histograms and likelihood tracks (matplotlib).
+
+matplotlib is the optional extra ``evo-cli[plot]``; without it ``check_plot_output`` fails with one
+line naming the extra. Figures are written by extension: .png, .svg, .pdf, or .html (a PNG embedded
+as base64 above the table that was drawn, for a browser). Every function returns the Figure, whose
+axes carry a ``gid`` (``heatmap``, ``mean_delta``, ``histogram``, ``track``) so that the drawn
+numbers can be read back. No torch here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from evo_cli.errors import InputError
+from evo_cli.io.atomic import atomic_open, atomic_path
+
+PLOT_FORMATS = ("png", "svg", "pdf", "html")
+PLOT_EXTRA = 'plotting needs matplotlib: pip install "evo-cli[plot]"'
+BASES = "ACGT"
+PANEL = 100  # positions per heatmap panel: long regions are split into panels of this many
+DPI = 100
+WIDTH = 12.0  # inches
+# the kinds of score tables ``evo plot`` draws, by their columns
+KINDS = {"mutagenize": {"chrom", "pos", "ref", "alt", "delta"}, "variants": {"chrom", "pos", "alt", "delta"},
+         "positions": {"id", "pos", "logprob"}}
+
+
+def plot_format(path: str | Path) -> str:
+    ext = Path(str(path)).suffix.lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise InputError(f"{path}: a plot is .png, .svg, .pdf or .html")
+    return ext
+
+
+def check_plot_output(path: str | Path) -> str:
+    """The figure format of ``path``; an InputError naming the extra when matplotlib is missing."""
+    fmt = plot_format(path)
+    _pyplot()
+    return fmt
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise InputError(PLOT_EXTRA) from None
+    matplotlib.use("Agg", force=False)  # files only: never open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _frame(data):
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return data
+    from evo_cli.mutagenesis import COLUMNS
+
+    return pd.DataFrame(list(data), columns=[c for c, _ in COLUMNS])
+
+
+def mutagenesis_matrix(df) -> list[tuple]:
+    """Per chrom: ``(chrom, positions, matrix, {pos: REF})`` with matrix [4 (A, C, G, T), n] of deltas
+    (NaN at REF and at positions not scored), positions consecutive from the first scored to the last."""
+    import numpy as np
+
+    out = []
+    for chrom, part in df.groupby("chrom", sort=False):
+        lo, hi = int(part.pos.min()), int(part.pos.max())
+        m = np.full((4, hi - lo + 1), np.nan)
+        m[[BASES.index(a) for a in part.alt], (part.pos - lo).to_numpy()] = part.delta.to_numpy()
+        refs = dict(zip(part.pos, part.ref))
+        out.append((chrom, list(range(lo, hi + 1)), m, refs))
+    return out
+
+
+def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", panel: int = PANEL):
+    """Heatmap of a mutagenesis table (rows of ``mutagenesis.COLUMNS`` or a DataFrame): rows A, C, G, T,
+    columns genome positions, a diverging colour map centred at 0 (shared by all panels), the REF
+    base marked with a dot, and above each panel the mean delta per position. Regions longer than
+    ``panel`` positions are split into panels. Writes ``path`` when given; returns the Figure."""
+    import numpy as np
+
+    plt = _pyplot()
+    df = _frame(data)
+    if df.empty:
+        raise InputError("nothing to plot: the table has no scored positions")
+    parts = []
+    for chrom, positions, m, refs in mutagenesis_matrix(df):
+        for k in range(0, len(positions), panel):
+            block = m[:, k : k + panel]
+            if np.isfinite(block).any():
+                parts.append((chrom, positions[k : k + panel], block, refs))
+    # one scale for every panel, centred at 0; red: less likely than the reference; grey: REF, not scored
+    vmax = float(np.nanmax(np.abs(df.delta.to_numpy()))) or 1.0
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="0.85")
+    fig = plt.figure(figsize=(WIDTH, 0.6 + 2.6 * len(parts)), dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(2 * len(parts), 1, height_ratios=[1, 1.6] * len(parts))
+    heat_axes = []
+    for i, (chrom, positions, block, refs) in enumerate(parts):
+        x0, n = positions[0], len(positions)
+        top = fig.add_subplot(grid[2 * i])
+        mean = np.nanmean(np.where(np.isfinite(block), block, np.nan), axis=0)
+        top.bar(positions, np.nan_to_num(mean), width=1.0, color=["#b2182b" if v < 0 else "#2166ac" for v in mean])
+        top.axhline(0, color="0.4", lw=0.5)
+        # every panel of a split region spans ``panel`` positions: cells keep one width
+        top.set_xlim(x0 - 0.5, x0 + (panel if len(parts) > 1 else n) - 0.5)
+        top.set_ylabel("mean Δ", fontsize=8)
+        top.tick_params(labelbottom=False, labelsize=7)
+        top.set_gid("mean_delta")
+        top.set_title(f"{chrom}:{x0:,}-{positions[-1]:,}", fontsize=9, loc="left")
+        ax = fig.add_subplot(grid[2 * i + 1], sharex=top)
+        im = ax.imshow(np.ma.masked_invalid(block), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax,
+                       interpolation="nearest", extent=(x0 - 0.5, x0 + n - 0.5, 3.5, -0.5))
+        xs = [p for p in positions if refs.get(p) in BASES]
+        ax.scatter(xs, [BASES.index(refs[p]) for p in xs], s=min(12, 600 / n), c="black", marker="o",
+                   linewidths=0, gid="ref")
+        ax.set_yticks(range(4), list(BASES), fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.get_major_formatter().set_useOffset(False)
+        ax.ticklabel_format(axis="x", style="plain")
+        ax.set_gid("heatmap")
+        heat_axes.append(ax)
+    heat_axes[-1].set_xlabel("position (1-based); ● = reference base")
+    cbar = fig.colorbar(im, ax=heat_axes, shrink=0.8, pad=0.01)
+    cbar.set_label("Δ log-likelihood (ALT − REF)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if path is not None:
+        save(fig, path, df)
+    return fig
+
+
+def plot_histogram(df, path: str | Path | None = None, *, by: str | None = None, title: str = "", bins: int = 50):
+    """Histogram of ``delta`` (rows without a delta are left out), one per value of column ``by``
+    on shared bins. Writes ``path`` when given; returns the Figure."""
+    import numpy as np
+
+    plt = _pyplot()
+    df = df[df.delta.notna()]
+    if df.empty:
+        raise InputError("nothing to plot: no scored variants (no delta)")
+    if by is not None and by not in df.columns:
+        raise InputError(f"--by {by}: no such column (the table has {', '.join(map(str, df.columns))})")
+    edges = np.histogram_bin_edges(df.delta.to_numpy(), bins=bins)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=DPI, layout="constrained")
+    groups = [(None, df)] if by is None else list(df.groupby(df[by].astype(str), sort=True))
+    for name, part in groups:
+        label = f"{'all' if name is None else name} (n = {len(part):,})"
+        # outlines when split: overlapping filled histograms hide each other
+        ax.hist(part.delta.to_numpy(), bins=edges, label=label, histtype="step" if by else "stepfilled", lw=1.5)
+    ax.axvline(0, color="0.3", lw=0.6)
+    ax.set_xlabel("Δ log-likelihood (ALT − REF)")
+    ax.set_ylabel("variants")
+    ax.legend(fontsize=8, title=by)
+    ax.set_gid("histogram")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if path is not None:
+        save(fig, path, df)
+    return fig
+
+
+def plot_track(df, path: str | Path | None = None, *, title: str = "", max_panels: int = 20):
+    """Per-position log-probability along each sequence (an ``evo score --per-position`` table), one
+    panel per id (the first ``max_panels``). Writes ``path`` when given; returns the Figure."""
+    plt = _pyplot()
+    if df.empty:
+        raise InputError("nothing to plot: the table has no positions")
+    ids = list(dict.fromkeys(df["id"]))[:max_panels]
+    fig, axes = plt.subplots(len(ids), 1, figsize=(WIDTH, 0.6 + 2.0 * len(ids)), dpi=DPI, layout="constrained",
+                             squeeze=False)
+    for ax, (name, part) in zip(axes[:, 0], ((i, df[df["id"] == i]) for i in ids)):
+        ax.plot(part.pos.to_numpy(), part.logprob.to_numpy(), lw=0.6, color="#2166ac")
+        ax.set_title(str(name), fontsize=9, loc="left")
+        ax.set_ylabel("log p", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_gid("track")
+    axes[-1, 0].set_xlabel("position (1-based)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if path is not None:
+        save(fig, path, df)
+    return fig
+
+
+def save(fig, path: str | Path, table=None) -> None:
+    """Write ``fig`` by extension, atomically; .html embeds a PNG and ``table`` (a DataFrame)."""
+    plt = _pyplot()
+    fmt = plot_format(path)
+    try:
+        if fmt != "html":
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=DPI)
+            return
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)
+        image = base64.b64encode(buf.getvalue()).decode("ascii")
+        name = html.escape(Path(str(path)).stem)
+        rows = "" if table is None else table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.6g}",
+                                                      border=0, classes="scores")
+        with atomic_open(path) as fh:
+            fh.write(f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{name}</title>\n"
+                     "<style>body{font-family:sans-serif} img{max-width:100%} table.scores{border-collapse:collapse;"
+                     "font-size:12px} table.scores td,table.scores th{padding:2px 8px;text-align:right}</style>"
+                     f"</head>\n<body>\n<h1>{name}</h1>\n<img alt=\"{name}\" src=\"data:image/png;base64,{image}\">\n"
+                     f"{rows}\n</body></html>\n")
+    finally:
+        plt.close(fig)
+
+
+def read_scores(path: str | Path):
+    """``(kind, DataFrame)`` of a score table (.tsv, .parquet) or VCF (.vcf, .vcf.gz, .bcf): kind is
+    ``mutagenize``, ``variants`` or ``positions`` (see ``KINDS``). VCF rows are one per ALT with
+    ``delta`` from EVO_DELTA and the record's other one-value INFO fields as columns."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith((".vcf", ".vcf.gz", ".vcf.bgz", ".bcf")):
+        return _read_vcf(path)
+    try:
+        if name.endswith((".parquet", ".pq")):
+            df = pd.read_parquet(path)
+        elif name.endswith((".tsv", ".txt", ".tab")):
+            df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+        else:
+            raise InputError(f"{path}: scores are .tsv, .parquet, .vcf or .vcf.gz")
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read as a table ({err})") from None
+    cols = set(df.columns)
+    for kind in ("positions", "variants", "mutagenize"):
+        if KINDS[kind] <= cols and (kind != "variants" or "status" in cols or "id" in cols):
+            return kind, df
+    if KINDS["mutagenize"] <= cols:
+        return "mutagenize", df
+    raise InputError(f"{path}: not a table of evo scores (columns {', '.join(map(str, df.columns))})")
+
+
+def _read_vcf(path: Path):
+    import pandas as pd
+    import pysam
+
+    from evo_cli.mutagenesis import VCF_MARK
+
+    try:
+        vf = pysam.VariantFile(str(path))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read as a VCF ({err})") from None
+    with vf:
+        header = vf.header
+        if "EVO_DELTA" not in header.info:
+            raise InputError(f"{path}: no EVO_DELTA INFO field; score it first with evo score-variants")
+        mutagenesis = any(r.key == VCF_MARK[0] and r.value == VCF_MARK[1] for r in header.records)
+        scalar = [k for k, v in header.info.items() if v.number in (1, 0) and not k.startswith("EVO_")]
+        rows = []
+        for rec in vf:
+            deltas = rec.info.get("EVO_DELTA", (None,) * len(rec.alts or ()))
+            alt_lls = rec.info.get("EVO_ALT_LL", (None,) * len(rec.alts or ()))
+            extra = [rec.info.get(k) for k in scalar]
+            for alt, d, a in zip(rec.alts or (), deltas, alt_lls):
+                rows.append((rec.chrom, rec.pos, rec.id, rec.ref, alt, rec.info.get("EVO_REF_LL"), a, d, *extra))
+    df = pd.DataFrame(rows, columns=["chrom", "pos", "id", "ref", "alt", "ref_ll", "alt_ll", "delta", *scalar])
+    df["delta"] = pd.to_numeric(df.delta)
+    if mutagenesis:
+        return "mutagenize", df.drop(columns=["id", *scalar])
+    return "variants", df
+
+
+def plot_scores(scores: str | Path, output: str | Path, *, by: str | None = None, title: str | None = None) -> str:
+    """Draw a score file by its kind (heatmap, delta histogram or likelihood track) into ``output``;
+    returns the kind."""
+    check_plot_output(output)
+    kind, df = read_scores(scores)
+    title = Path(str(scores)).name if title is None else title
+    if by is not None and kind != "variants":
+        raise InputError(f"--by splits variant tables; {scores} is a {kind} table")
+    if kind == "mutagenize":
+        plot_mutagenesis(df, output, title=title)
+    elif kind == "variants":
+        plot_histogram(df, output, by=by, title=title)
+    else:
+        plot_track(df, output, title=title)
+    return kind

@@ -1,0 +1,183 @@
+"""``evo mutagenize``: deltas equal score-variants on the equivalent VCF, outputs, tracks, resume, errors."""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pysam
+import pytest
+
+from evo_cli.io.fasta import format_fasta
+from evo_cli.mutagenesis import run_mutagenize
+
+from .conftest import CONFORMANCE, DATA
+from .test_cli_score_variants import evo
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = CONFORMANCE / "evo2" / "tiny_a"
+FA = DATA / "brca1" / "GRCh37_chr17_41100001-41300000.fa"
+CHROM = "GRCh37_chr17_41100001_41300000"
+ECOLI = Path(__file__).resolve().parent.parent / "examples" / "data" / "ecoli_first20kb.fa"
+
+
+def equivalent_vcf(df: pd.DataFrame, path: Path, contig_length: int) -> Path:
+    """The SNVs of a mutagenesis table as a VCF, three records per position as saturation screens list them."""
+    chrom = df.chrom.iloc[0]
+    lines = ["##fileformat=VCFv4.2", f"##contig=<ID={chrom},length={contig_length}>",
+             "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
+    lines += [f"{r.chrom}\t{r.pos}\t.\t{r.ref}\t{r.alt}\t.\t.\t." for r in df.itertuples()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _compare_with_score_variants(model, fasta, region, contig_length, window, strand, tmp_path):
+    out = tmp_path / "scan.tsv"
+    code, _, err = evo("mutagenize", "--fasta", fasta, "--region", region, "-m", model, "--window", window,
+                       "--strand", strand, "--batch-size", 4, "-o", out)
+    assert code == 0, err
+    df = pd.read_csv(out, sep="\t")
+    start, end = map(int, region.rsplit(":", 1)[1].split("-"))
+    assert list(df.pos) == [p for p in range(start, end + 1) for _ in range(3)]
+    assert all(set(g.alt) | {g.ref.iloc[0]} == set("ACGT") for _, g in df.groupby("pos"))
+    vcf = equivalent_vcf(df, tmp_path / "snvs.vcf", contig_length)
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fasta, "-m", model, "--window", window,
+                       "--strand", strand, "-o", tmp_path / "sv.tsv")
+    assert code == 0, err
+    sv = pd.read_csv(tmp_path / "sv.tsv", sep="\t")
+    assert (sv.status == "ok").all() and list(sv.pos) == list(df.pos) and list(sv.alt) == list(df.alt)
+    for col in ("ref_ll", "alt_ll", "delta"):
+        assert np.abs(df[col] - sv[col]).max() < 1e-5, col
+    assert (df.delta != 0).all()
+    return df
+
+
+@pytest.mark.parametrize("strand", ["forward", "both"])
+def test_brca1_deltas_equal_score_variants(strand, tmp_path):
+    _compare_with_score_variants(TINY, FA, f"{CHROM}:97718-97729", 200_000, 96, strand, tmp_path)
+
+
+@pytest.mark.parametrize("strand", ["forward", "both"])
+def test_evo_demo_deltas_equal_score_variants(strand, tmp_path):
+    # positions 1-8 have windows clipped at the contig start: one REF window shared by all of them
+    _compare_with_score_variants("evo-demo", ECOLI, "NC_000913.3:1-8", 20_000, 64, strand, tmp_path)
+    _compare_with_score_variants("evo-demo", ECOLI, "NC_000913.3:337-342", 20_000, 64, strand, tmp_path)
+
+
+def test_record_bed_vcf_output_and_tracks(tmp_path):
+    fasta = tmp_path / "designs.fa"
+    fasta.write_text(format_fasta("d1", "ACGTTGCAAGGN") + format_fasta("d2", "TTGACA"))
+    code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "d1", "-m", TINY, "--window", 32,
+                       "-o", tmp_path / "d1.vcf.gz", "--bedgraph", tmp_path / "d1.bedGraph")
+    assert code == 0, err
+    assert "33 variants at 11 of 12 positions" in err and "non_acgt_reference_base 1" in err
+    assert "non_dna_reference" not in err  # N is a nucleotide code: its window is scored, the position is not
+    code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "d1", "-m", TINY, "--window", 32,
+                       "-o", tmp_path / "d1.tsv")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "d1.tsv", sep="\t")
+    with pysam.VariantFile(str(tmp_path / "d1.vcf.gz")) as vf:
+        recs = list(vf.fetch("d1", 0, 12))  # fetch needs the tabix index
+    assert len(recs) == 11 and Path(str(tmp_path / "d1.vcf.gz") + ".tbi").is_file()
+    vcf_delta = [d for r in recs for d in r.info["EVO_DELTA"]]
+    assert [a for r in recs for a in r.alts] == list(table.alt)
+    assert np.abs(np.array(vcf_delta) - table.delta).max() < 1e-5  # float32 in the VCF
+    # bedGraph read by pandas: 0-based starts, one base each, the mean delta of the position
+    bg = pd.read_csv(tmp_path / "d1.bedGraph", sep="\t", skiprows=1, header=None, names=["chrom", "start", "end", "v"])
+    mean = table.groupby("pos").delta.mean()
+    assert list(bg.start) == [p - 1 for p in mean.index] and (bg.end == bg.start + 1).all()
+    assert np.abs(bg.v.to_numpy() - mean.to_numpy()).max() < 1e-5
+    # a BED interval (0-based) is the same positions as the region
+    (tmp_path / "r.bed").write_text("d1\t2\t5\n")
+    code, _, err = evo("mutagenize", "--fasta", fasta, "--regions", tmp_path / "r.bed", "-m", TINY, "--window", 32,
+                       "-o", tmp_path / "bed.parquet", "--bedgraph", tmp_path / "bed.bw")
+    assert code == 0, err
+    part = pd.read_parquet(tmp_path / "bed.parquet")
+    assert list(part.pos.unique()) == [3, 4, 5]
+    assert np.abs(part.delta.to_numpy() - table[table.pos.between(3, 5)].delta.to_numpy()).max() < 1e-5  # other chunks
+    import pyBigWig
+
+    bw = pyBigWig.open(str(tmp_path / "bed.bw"))
+    assert bw.chroms() == {"d1": 12}  # the contigs of the targets
+    assert np.allclose(bw.values("d1", 2, 5), mean.loc[3:5].to_numpy(), atol=1e-6)
+    bw.close()
+
+
+def test_resume_gives_identical_output(tmp_path):
+    import evo_cli
+
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    region = [f"{CHROM}:97700-97709"]
+    args = ["mutagenize", "--fasta", FA, "--region", region[0], "-m", TINY, "--window", 48, "--batch-size", 2]
+    code, _, err = evo(*args, "-o", tmp_path / "full.tsv")
+    assert code == 0, err
+
+    class Stop(Exception):
+        pass
+
+    done = []
+
+    def stop_after_two_chunks(n):
+        done.append(n)
+        if len(done) == 2:
+            raise Stop
+
+    from evo_cli.io.vcf import parse_region
+
+    with pytest.raises(Stop):
+        run_mutagenize(model, FA, tmp_path / "out.tsv", regions=[parse_region(region[0])], window=48, batch_size=2,
+                       model_name=str(TINY), progress=stop_after_two_chunks)
+    partial = Path(str(tmp_path / "out.tsv") + ".evo-partial")
+    assert partial.read_text().count("\n") == 3 and not (tmp_path / "out.tsv").exists()
+    code, _, err = evo(*args, "-o", tmp_path / "out.tsv")
+    assert code == 1 and "add --resume" in err
+    code, _, err = evo(*args, "-o", tmp_path / "out.tsv", "--window", 64, "--resume")
+    assert code == 1 and "settings differ" in err and "window" in err
+    code, _, err = evo(*args, "-o", tmp_path / "out.tsv", "--resume")
+    assert code == 0, err
+    assert "4 positions done before resuming" in err and not partial.exists()
+    full, resumed = (tmp_path / "full.tsv").read_text(), (tmp_path / "out.tsv").read_text()
+    assert resumed == full
+
+
+def test_bad_inputs_end_in_one_line(tmp_path, monkeypatch):
+    fasta = tmp_path / "n.fa"
+    fasta.write_text(format_fasta("seqN", "ACGTNNNNNNNNACGT"))
+    cases = [
+        (["--fasta", FA, "--region", f"{CHROM}:199990-200010"], "outside contig"),
+        (["--fasta", FA, "--region", "chrX:1-10"], "is not in"),
+        (["--fasta", fasta, "--record", "nope"], "record 'nope' is not in n.fa (it has seqN)"),
+        (["--fasta", fasta, "--region", "seqN:6-10"], "no A, C, G or T to mutate"),
+        (["--fasta", fasta], "give a region, a BED file or a record"),
+        (["--fasta", fasta, "--record", "seqN", "--plot", tmp_path / "x.jpg"], "a plot is .png, .svg, .pdf or .html"),
+        (["--fasta", fasta, "--record", "seqN", "--bedgraph", tmp_path / "x.wig"], "a track is .bedGraph"),
+    ]
+    for extra, message in cases:
+        code, _, err = evo("mutagenize", *extra, "-m", "no-such-model-needed", "-o", tmp_path / "o.tsv")
+        assert code != 0 and message in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", TINY, "-o", tmp_path / "o.vcf")
+    assert code == 1 and "cannot tell the output format" in err
+    # without matplotlib: one line naming the extra, before any model is loaded
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", "x", "-o", tmp_path / "o.tsv",
+                       "--plot", tmp_path / "o.png")
+    assert code == 1 and err.strip() == 'evo: error: plotting needs matplotlib: pip install "evo-cli[plot]"'
+
+
+def test_score_bedgraph_matches_per_position(tmp_path):
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(format_fasta("a", "ACGTTGCAAGGTAC") + format_fasta("b", "TTGACAGG"))
+    code, _, err = evo("score", "--fasta", fasta, "-m", TINY, "-o", tmp_path / "s.tsv", "--per-position",
+                       tmp_path / "p.tsv", "--bedgraph", tmp_path / "s.bedGraph.gz")
+    assert code == 0, err
+    pos = pd.read_csv(tmp_path / "p.tsv", sep="\t")
+    with gzip.open(tmp_path / "s.bedGraph.gz", "rt") as fh:
+        assert fh.readline().startswith("track type=bedGraph")
+    bg = pd.read_csv(tmp_path / "s.bedGraph.gz", sep="\t", skiprows=1, header=None, names=["chrom", "s", "e", "v"])
+    assert list(bg.chrom) == list(pos["id"]) and list(bg.s + 1) == list(pos.pos) and (bg.e == bg.s + 1).all()
+    assert np.abs(bg.v - pos.logprob).max() < 1e-5

@@ -1,0 +1,149 @@
+"""Pictures: the numbers drawn equal the table (read back from the figure), PNG size, HTML, ``evo plot``."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evo_cli import plots
+
+from .conftest import CONFORMANCE, DATA
+from .test_cli_score_variants import evo
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = CONFORMANCE / "evo2" / "tiny_a"
+FA = DATA / "brca1" / "GRCh37_chr17_41100001-41300000.fa"
+CHROM = "GRCh37_chr17_41100001_41300000"
+SNVS = DATA / "brca1" / "brca1_sge_first48.region.vcf"
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    """A 12-position mutagenesis table (TSV) and its VCF."""
+    tmp = tmp_path_factory.mktemp("scan")
+    for out in ("scan.tsv", "scan.vcf.gz"):
+        code, _, err = evo("mutagenize", "--fasta", FA, "--region", f"{CHROM}:97718-97729", "-m", TINY,
+                           "--window", 48, "-o", tmp / out)
+        assert code == 0, err
+    return tmp / "scan.tsv", tmp / "scan.vcf.gz"
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def _heatmaps(fig):
+    return [ax for ax in fig.axes if ax.get_gid() == "heatmap"]
+
+
+def test_heatmap_arrays_equal_the_table(scan, tmp_path):
+    df = pd.read_csv(scan[0], sep="\t")
+    fig = plots.plot_mutagenesis(df, panel=5)  # 12 positions: panels of 5, 5 and 2
+    heat, tracks = _heatmaps(fig), [ax for ax in fig.axes if ax.get_gid() == "mean_delta"]
+    assert len(heat) == len(tracks) == 3
+    drawn = {}
+    for ax in heat:
+        img = ax.images[0]
+        arr = img.get_array()
+        x0, x1, _, _ = img.get_extent()
+        positions = np.arange(round(x0 + 0.5), round(x1 + 0.5))
+        assert arr.shape == (4, len(positions))
+        for j, p in enumerate(positions):
+            for i, base in enumerate("ACGT"):
+                drawn[(p, base)] = None if arr.mask[i, j] else float(arr[i, j])
+        # the REF marks sit on the REF rows
+        marks = ax.collections[0].get_offsets()
+        refs = df.groupby("pos").ref.first()
+        assert [(int(x), "ACGT"[int(y)]) for x, y in marks] == [(p, refs[p]) for p in positions]
+        # colour scale centred at 0
+        assert img.norm.vmin == -img.norm.vmax and img.get_cmap().name == "RdBu"
+    table = {(r.pos, r.alt): r.delta for r in df.itertuples()}
+    assert {k: v for k, v in drawn.items() if v is not None} == table
+    assert all(drawn[(p, ref)] is None for p, ref in df.groupby("pos").ref.first().items())
+    heights = [b.get_height() for ax in tracks for b in ax.patches]
+    assert np.allclose(heights, df.groupby("pos").delta.mean().to_numpy(), atol=0, rtol=1e-12)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_png_svg_pdf_html_outputs(scan, tmp_path):
+    df = pd.read_csv(scan[0], sep="\t")
+    fig = plots.plot_mutagenesis(df, tmp_path / "scan.png", panel=5)
+    w, h = fig.get_size_inches() * fig.dpi
+    assert png_size(tmp_path / "scan.png") == (round(w), round(h)) == (1200, 840)
+    plots.plot_mutagenesis(df, tmp_path / "scan.svg")
+    svg = (tmp_path / "scan.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    plots.plot_mutagenesis(df, tmp_path / "scan.pdf")
+    assert (tmp_path / "scan.pdf").read_bytes()[:5] == b"%PDF-"
+    plots.plot_mutagenesis(df, tmp_path / "scan.html")
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images, self.rows, self.cells, self.tags = [], 0, [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in ("meta", "img", "br"):  # void elements have no end tag
+                self.tags.append(tag)
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+            if tag == "tr":
+                self.rows += 1
+
+        def handle_endtag(self, tag):
+            assert self.tags.pop() == tag  # well nested
+
+    page = Page()
+    page.feed((tmp_path / "scan.html").read_text())
+    page.close()
+    assert page.tags == [] and len(page.images) == 1 and page.rows == len(df) + 1  # header + one per variant
+    assert page.images[0].startswith("data:image/png;base64,")
+    assert base64.b64decode(page.images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evo_plot_every_kind(scan, tmp_path):
+    # a mutagenesis VCF: the heatmap
+    code, _, err = evo("plot", scan[1], "-o", tmp_path / "vcf.png")
+    assert code == 0 and "(mutagenize)" in err, err
+    # score-variants: histogram split by a VCF INFO field and by a table column
+    code, _, err = evo("score-variants", "--vcf", SNVS, "--fasta", FA, "-m", TINY, "--window", 48,
+                       "-o", tmp_path / "sv.vcf.gz")
+    assert code == 0, err
+    code, _, err = evo("plot", tmp_path / "sv.vcf.gz", "--by", "CONSEQUENCE", "-o", tmp_path / "hist.png")
+    assert code == 0 and "(variants)" in err, err
+    kind, df = plots.read_scores(tmp_path / "sv.vcf.gz")
+    fig = plots.plot_histogram(df, by="CONSEQUENCE")
+    ax = fig.axes[0]
+    edges = np.histogram_bin_edges(df.delta, bins=50)
+    for patch, (name, part) in zip(ax.patches, df.groupby("CONSEQUENCE")):
+        counts = np.histogram(part.delta, bins=edges)[0]
+        xy = patch.get_xy()  # a stepfilled outline: the heights are its y values at the bin edges
+        assert np.allclose(sorted(set(np.round(xy[:, 1], 9)) - {0}), sorted(set(counts) - {0}))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        f"{name} (n = {len(part)})" for name, part in df.groupby("CONSEQUENCE")]
+    code, _, err = evo("plot", tmp_path / "sv.vcf.gz", "--by", "NOPE", "-o", tmp_path / "x.png")
+    assert code == 1 and "--by NOPE: no such column" in err
+    # evo score --per-position: a likelihood track
+    seqs = tmp_path / "s.fa"
+    seqs.write_text(">a\nACGTTGCAAGGTACGATCGA\n>b\nTTGACAGGCA\n")
+    code, _, err = evo("score", "--fasta", seqs, "-m", TINY, "-o", tmp_path / "s.tsv", "--per-position",
+                       tmp_path / "p.parquet")
+    assert code == 0, err
+    code, _, err = evo("plot", tmp_path / "p.parquet", "-o", tmp_path / "track.svg")
+    assert code == 0 and "(positions)" in err, err
+    _, pos = plots.read_scores(tmp_path / "p.parquet")
+    fig = plots.plot_track(pos)
+    for ax, (name, part) in zip(fig.axes, pos.groupby("id", sort=False)):
+        assert np.array_equal(ax.lines[0].get_xydata(), part[["pos", "logprob"]].to_numpy())
+    code, _, err = evo("plot", tmp_path / "s.fa", "-o", tmp_path / "x.png")
+    assert code == 1 and "scores are .tsv, .parquet, .vcf or .vcf.gz" in err
