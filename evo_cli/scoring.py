@@ -387,6 +387,6 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
                 summary.sequences += len(chunk)
         if bedgraph is not None:
             write_track(bedgraph, track, {r.id: len(r.sequence) for r in records}, name="evo log-probability",
-                        description=f"{(metadata or {}).get('evo_model', 'evo')} per-base log-probability")
+                        description=f"{(metadata or {}).get('model', 'evo')} per-base log-probability")
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -323,3 +323,18 @@ def test_region_checks_read_the_header_of_a_plain_gzip_vcf(tmp_path):
                        tmp_path / "o.tsv", "--region", "chr9:1-10")
     assert code == 1 and err == (f"evo: error: region chr9:1-10: contig chr9 is in neither the VCF header ({CONTIG}) "
                                  f"nor GRCh37_chr17_41100001-41300000.fa ({CONTIG})\n")
+
+
+def test_mutagenize_follows_the_same_conventions(tmp_path):
+    code, _, err = evo("mutagenize", "--fasta", FA, "--region", "a b:1-2", "-m", "no_model", "-o", tmp_path / "o.tsv")
+    assert code == 2 and len(_lines(err)) == 1 and "expected chr, chr:start or chr:start-end" in err
+    (tmp_path / "f").write_text("")
+    code, _, err = evo("mutagenize", "--fasta", FA, "--region", f"{CONTIG}:97722-97722", "-m", "no_model",
+                       "-o", tmp_path / "o.tsv", "--bedgraph", tmp_path / "f" / "t.bedGraph")
+    assert code == 1 and "is not a directory" in err and not (tmp_path / "o.tsv").exists()
+    out = tmp_path / "m.parquet"
+    code, _, err = evo("mutagenize", "--fasta", FA, "--region", f"{CONTIG}:97722-97722", "-m", TINY, "--window", 32,
+                       "-o", out)
+    assert code == 0, err
+    meta = evo_cli.io.embeddings.read_metadata(out)
+    assert meta["window"] == 32 and " --window 32 " in meta["command"] and " --kernels torch " in meta["command"]

@@ -61,7 +61,8 @@ def check_device(_ctx, _param, value):
     return value
 
 
-def _parse_regions(_ctx, _param, values):
+def parse_regions(_ctx, _param, values):
+    """Click callback: ``--region`` texts -> ``Region`` objects; one that does not parse is a usage error."""
     from evo_cli.errors import InputError
     from evo_cli.io.vcf import parse_region
 
@@ -72,7 +73,7 @@ def _parse_regions(_ctx, _param, values):
 
 
 region_option = click.option(
-    "--region", "regions", multiple=True, metavar="CHR:START-END", callback=_parse_regions,
+    "--region", "regions", multiple=True, metavar="CHR:START-END", callback=parse_regions,
     help="Only variants in this region (chr, chr:start or chr:start-end; 1-based, inclusive; repeatable).")
 
 
