@@ -18,6 +18,7 @@ from click.testing import CliRunner
 import evo_cli
 import evo_cli.io.atomic as atomic
 from evo_cli.cli.main import cli
+from evo_cli.io.embeddings import read_metadata
 from evo_cli.io.fasta import format_fasta, read_fasta
 from evo_cli.io.generated import read_generations_jsonl
 
@@ -336,5 +337,5 @@ def test_mutagenize_follows_the_same_conventions(tmp_path):
     code, _, err = evo("mutagenize", "--fasta", FA, "--region", f"{CONTIG}:97722-97722", "-m", TINY, "--window", 32,
                        "-o", out)
     assert code == 0, err
-    meta = evo_cli.io.embeddings.read_metadata(out)
+    meta = read_metadata(out)
     assert meta["window"] == 32 and " --window 32 " in meta["command"] and " --kernels torch " in meta["command"]
