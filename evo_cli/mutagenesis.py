@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from evo_cli._version import __version__
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT, atomic_path
@@ -40,10 +39,10 @@ from evo_cli.io.reference import Reference
 from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
 from evo_cli.io.tracks import check_track_output, write_track
 from evo_cli.io.vcf import Region
-from evo_cli.runs import run_settings
+from evo_cli.runs import output_metadata, run_settings
 from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
-from evo_cli.variants import INFO_FIELDS, check_run_options
+from evo_cli.variants import check_run_options, info_fields
 
 BASES = "ACGT"
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
@@ -259,15 +258,14 @@ def run_mutagenize(
     with Reference(fasta) as reference:
         targets = resolve_targets(reference, regions, records)
         summary.positions = check_targets(reference, targets)
-        info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
-                "evo_window": str(window), "evo_strand": strand, "evo_dtype": str(model.dtype).replace("torch.", ""),
-                "evo_score": "mean log-likelihood of window positions 2..n (no BOS); EVO_DELTA = ALT - REF",
-                "evo_targets": " ".join(map(str, targets))}
-        if command:
-            info["evo_command"] = command
+        # the record every evo output keeps (``runs.output_metadata``), as score-variants writes it
+        info = output_metadata(model, model_name or model.config.name or "unnamed", command, window=window,
+                               strand=strand, reduce="mean",
+                               score="mean log-likelihood of window positions 2..n (no BOS); delta = ALT - REF",
+                               targets=" ".join(map(str, targets)))
         settings = run_settings(model, {"fasta": fasta}, window=window, strand=strand,
                                 targets=[str(t) for t in targets], batch_size=batch_size, share_prefix=share_prefix,
-                                chunk_size=chunk_size, format=fmt, model_name=info["evo_model"], kind="mutagenize")
+                                chunk_size=chunk_size, format=fmt, model_name=info["model"], kind="mutagenize")
         store = Checkpoint(output, settings, resume, checkpoint_rank()) if to_file else None
         memory: list[list] = []
         with store or contextlib.nullcontext():
@@ -298,11 +296,11 @@ def run_mutagenize(
             if bedgraph is not None:
                 write_track(bedgraph, ((c, p - 1, sum(a) / 3 - r) for c, p, _, r, a in results if a is not None),
                             {t.contig: reference.length(t.contig) for t in targets},
-                            name="evo mean delta", description=f"{info['evo_model']} mean SNV delta, W={window}")
+                            name="evo mean delta", description=f"{info['model']} mean SNV delta, W={window}")
             if plot is not None:
                 from evo_cli.plots import plot_mutagenesis
 
-                plot_mutagenesis(rows, plot, title=f"{info['evo_model']}: {', '.join(map(str, targets[:3]))}"
+                plot_mutagenesis(rows, plot, title=f"{info['model']}: {', '.join(map(str, targets[:3]))}"
                                  f"{' ...' if len(targets) > 3 else ''} (W = {window}, {strand})")
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -346,8 +344,8 @@ def _write_vcf(path, results, info, reference, targets) -> bool:
     contigs = dict.fromkeys(t.contig for t in targets)
     header = ["##fileformat=VCFv4.2", f"##{VCF_MARK[0]}={VCF_MARK[1]}",
               *(f"##contig=<ID={c},length={reference.length(c)}>" for c in contigs),
-              *(f.header_line() for f in INFO_FIELDS),
-              *(f"##{k}={' '.join(str(v).split())}" for k, v in info.items()),
+              *(f.header_line() for f in info_fields()),
+              *(f"##evo_{k}={' '.join(str(v).split())}" for k, v in info.items() if v is not None),
               "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
 
     def num(v: float) -> str:
