@@ -2,7 +2,8 @@
 
 Each SNV is scored exactly as ``evo score-variants`` scores it (``variants.py``): the REF window
 around the position (``scoring.variant_windows``, the same ``window``), one ALT window per base,
-the mean log-likelihood of window positions 2..n, ``delta = alt_ll - ref_ll``, and with
+the mean (or, with ``reduce="sum"``, summed) log-likelihood of window positions 2..n,
+``delta = alt_ll - ref_ll``, and with
 ``strand="both"`` the average with the reverse-complement windows. Positions whose REF base is not
 A, C, G or T, or whose window holds characters other than nucleotide codes, are skipped (counted in
 the summary, absent from the output).
@@ -42,7 +43,7 @@ from evo_cli.io.vcf import Region
 from evo_cli.runs import output_metadata, run_settings
 from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
-from evo_cli.variants import check_run_options, info_fields
+from evo_cli.variants import REDUCE_TEXT, check_run_options, info_fields
 
 BASES = "ACGT"
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
@@ -178,7 +179,7 @@ def _site_windows(reference: Reference, contig: str, start: int, ref: str, windo
     return windows
 
 
-def _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix, chunk_size) -> list:
+def _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix, chunk_size, reduce) -> list:
     """Per position ``[contig, pos (1-based), ref, ref_ll, [3 alt_ll]]`` or ``[..., reason, None]``."""
     sites = [(c, s, b, _site_windows(reference, c, s, b, window, strand)) for c, s, b in chunk]
     groups: dict[str, list[str]] = {}  # every window with the same REF window, per strand
@@ -186,7 +187,7 @@ def _score_chunk(model, reference, chunk, window, strand, batch_size, share_pref
         if not isinstance(windows, str):
             for ref_window, alts in windows:
                 groups.setdefault(ref_window, [ref_window]).extend(alts)
-    scores = score_windows(model, groups.values(), batch_size, share_prefix, chunk_size)
+    scores = score_windows(model, groups.values(), batch_size, share_prefix, chunk_size, reduce)
     out = []
     for contig, start, ref, windows in sites:
         if isinstance(windows, str):
@@ -221,6 +222,7 @@ def run_mutagenize(
     format: str | None = None,
     window: int | None = None,
     strand: str = "forward",
+    reduce: str = "mean",
     batch_size: int = 8,
     share_prefix: bool = True,
     chunk_size: int | None = None,
@@ -238,8 +240,9 @@ def run_mutagenize(
     track of each position's mean delta (.bedGraph or .bw); ``plot``: also a heatmap
     (``plots.plot_mutagenesis``; .png, .svg, .pdf or .html). ``rows``: receives the output rows.
     ``progress(n)``: called with positions finished. ``window``: None means ``DEFAULT_WINDOW`` or the
-    model's context when shorter, as in score-variants."""
-    window = check_run_options(model, window, strand, batch_size)
+    model's context when shorter, as in score-variants. ``reduce``: window scores are mean (default)
+    or summed per-base log-likelihoods, as in score-variants."""
+    window = check_run_options(model, window, strand, batch_size, reduce)
     fmt = output_format(output, format) if output is not None else None
     if resume and output in STDOUT:
         raise InputError("resume needs an output file (progress is kept beside it)")
@@ -260,12 +263,13 @@ def run_mutagenize(
         summary.positions = check_targets(reference, targets)
         # the record every evo output keeps (``runs.output_metadata``), as score-variants writes it
         info = output_metadata(model, model_name or model.config.name or "unnamed", command, window=window,
-                               strand=strand, reduce="mean",
-                               score="mean log-likelihood of window positions 2..n (no BOS); delta = ALT - REF",
+                               strand=strand, reduce=reduce,
+                               score=f"{REDUCE_TEXT[reduce]} of window positions 2..n (no BOS); delta = ALT - REF",
                                targets=" ".join(map(str, targets)))
         settings = run_settings(model, {"fasta": fasta}, window=window, strand=strand,
                                 targets=[str(t) for t in targets], batch_size=batch_size, share_prefix=share_prefix,
-                                chunk_size=chunk_size, format=fmt, model_name=info["model"], kind="mutagenize")
+                                chunk_size=chunk_size, format=fmt, model_name=info["model"], kind="mutagenize",
+                                reduce=reduce)
         store = Checkpoint(output, settings, resume, checkpoint_rank()) if to_file else None
         memory: list[list] = []
         with store or contextlib.nullcontext():
@@ -275,7 +279,7 @@ def run_mutagenize(
                     summary.resumed += len(chunk)
                 if share.take(i, len(chunk)):
                     results = _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix,
-                                           chunk_size)
+                                           chunk_size, reduce)
                     if store is not None:
                         store.append(i, results)
                     else:
@@ -290,7 +294,7 @@ def run_mutagenize(
                                  f"{summary.positions}; was the FASTA changed? delete the file to start over")
             _count(results, summary)
             if output is not None:
-                summary.indexed = _write(output, fmt, results, info, reference, targets, rows)
+                summary.indexed = _write(output, fmt, results, info, reference, targets, rows, reduce)
             elif rows is not None:
                 rows.extend(table_rows(results))
             if bedgraph is not None:
@@ -323,7 +327,7 @@ def table_rows(results: Iterable[list]) -> Iterator[tuple]:
             yield contig, pos, ref, alt, ref_ll, a, a - ref_ll
 
 
-def _write(output, fmt, results, info, reference, targets, rows) -> bool | None:
+def _write(output, fmt, results, info, reference, targets, rows, reduce) -> bool | None:
     if fmt != "vcf.gz":
         with table_writer(output, COLUMNS, fmt, metadata=info) as write:
             for row in table_rows(results):
@@ -333,10 +337,10 @@ def _write(output, fmt, results, info, reference, targets, rows) -> bool | None:
         return None
     if rows is not None:
         rows.extend(table_rows(results))
-    return _write_vcf(output, results, info, reference, targets)
+    return _write_vcf(output, results, info, reference, targets, reduce)
 
 
-def _write_vcf(path, results, info, reference, targets) -> bool:
+def _write_vcf(path, results, info, reference, targets, reduce) -> bool:
     """One record per scored position, ALT = the three other bases, bgzipped and tabix-indexed."""
     import pysam
     from pysam.libcbgzf import BGZFile
@@ -344,7 +348,7 @@ def _write_vcf(path, results, info, reference, targets) -> bool:
     contigs = dict.fromkeys(t.contig for t in targets)
     header = ["##fileformat=VCFv4.2", f"##{VCF_MARK[0]}={VCF_MARK[1]}",
               *(f"##contig=<ID={c},length={reference.length(c)}>" for c in contigs),
-              *(f.header_line() for f in info_fields()),
+              *(f.header_line() for f in info_fields(reduce)),
               *(f"##evo_{k}={' '.join(str(v).split())}" for k, v in info.items() if v is not None),
               "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
 
@@ -382,6 +386,7 @@ def mutagenize(
     output: str | Path | None = None,
     window: int | None = None,
     strand: str = "forward",
+    reduce: str = "mean",
     batch_size: int = 8,
     share_prefix: bool = True,
     chunk_size: int | None = None,
@@ -402,8 +407,9 @@ def mutagenize(
     texts = [region] if isinstance(region, str) else list(region or [])
     rows: list[tuple] = []
     summary = run_mutagenize(model, fasta, output, regions=[parse_region(t) for t in texts], records=records,
-                             window=window, strand=strand, batch_size=batch_size, share_prefix=share_prefix,
-                             chunk_size=chunk_size, resume=resume, bedgraph=bedgraph, rows=rows)
+                             window=window, strand=strand, reduce=reduce, batch_size=batch_size,
+                             share_prefix=share_prefix, chunk_size=chunk_size, resume=resume, bedgraph=bedgraph,
+                             rows=rows)
     df = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
     df.attrs["summary"] = {"positions": summary.positions, "scored": summary.scored, "skipped": dict(summary.skipped)}
     return df

@@ -207,9 +207,9 @@ def check_output(output: str | Path | None, format: str | None = None, resume: b
     return fmt
 
 
-def check_run_options(model, window: int | None, strand: str, batch_size: int) -> int:
+def check_run_options(model, window: int | None, strand: str, batch_size: int, reduce: str = "mean") -> int:
     """The window (None: ``DEFAULT_WINDOW``, or the model's context when that is shorter), after
-    checking it, ``strand`` and ``batch_size``; shared by score-variants and mutagenize."""
+    checking it, ``strand``, ``batch_size`` and ``reduce``; shared by score-variants and mutagenize."""
     if window is None:
         window = min(DEFAULT_WINDOW, model.config.max_seqlen)
     if window < 2:
@@ -218,6 +218,8 @@ def check_run_options(model, window: int | None, strand: str, batch_size: int) -
         raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
+    if reduce not in REDUCE_TEXT:
+        raise InputError(f"reduce must be one of {', '.join(REDUCE_TEXT)}, not {reduce!r}")
     if window > model.config.max_seqlen:
         log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
     return window
@@ -308,9 +310,7 @@ def run_score_variants(
     ``DEFAULT_WINDOW``, or the model's context when that is shorter. ``reduce``: a window's score is
     the mean (default, the Evo 2 method) or the sum (the whole-window log-likelihood; deltas then are
     log-likelihood ratios) of its per-base log-likelihoods. Returns the run's Summary."""
-    window = check_run_options(model, window, strand, batch_size)
-    if reduce not in REDUCE_TEXT:
-        raise InputError(f"reduce must be one of {', '.join(REDUCE_TEXT)}, not {reduce!r}")
+    window = check_run_options(model, window, strand, batch_size, reduce)
     regions = list(regions or [])
     fmt = check_output(output, format, resume, inputs=(vcf, fasta))
     to_file = output not in STDOUT

@@ -33,6 +33,8 @@ from .options import (echo, full_command, hint_on_interrupt, load_model_cli, mod
                    "[default: 8192, or the model's context when shorter].")
 @click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
               help="both: average each score with that of the reverse-complement window.")
+@click.option("--reduce", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
+              help="Window score, as in score-variants: mean per-base log-likelihood, or its sum.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Sequences per forward pass; also the positions per saved chunk of progress.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
@@ -41,8 +43,8 @@ from .options import (echo, full_command, hint_on_interrupt, load_model_cli, mod
               help="Score every window in full instead of sharing the prefix before the position (slower; same scores).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @model_options
-def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, window, strand, batch_size, chunk_size,
-               no_share, resume, model, device, dtype, kernels):
+def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, window, strand, reduce, batch_size,
+               chunk_size, no_share, resume, model, device, dtype, kernels):
     """In-silico saturation mutagenesis: every position x the three other bases, scored as score-variants does.
 
     \b
@@ -79,7 +81,7 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
     command = full_command(loaded, window=window, fmt=fmt, chunk_size=chunk_size or window)
     with hint_on_interrupt(output), progress_bar("mutagenizing", total, "positions") as advance:
         summary = run_mutagenize(loaded, fasta, output, regions=regions, records=records, format=fmt, window=window,
-                                 strand=strand, batch_size=batch_size, share_prefix=not no_share,
+                                 strand=strand, reduce=reduce, batch_size=batch_size, share_prefix=not no_share,
                                  chunk_size=chunk_size, resume=resume, bedgraph=bedgraph, plot=plot,
                                  model_name=model, command=command, progress=advance)
     new = summary.positions - summary.resumed
