@@ -101,7 +101,12 @@ class StaticDecoder:
         Streams and the capture belong to the current CUDA device, so it is made the model's: on
         another one (``--device cuda:1``) the step's kernels would run outside the capture, and the
         graph would replay nothing."""
-        backup = self.state.clone()
+        try:
+            backup = self.state.clone()  # a second KV cache: may not fit, then decode without a graph
+        except torch.cuda.OutOfMemoryError:
+            log.warning("decoding without a CUDA graph (no memory for the capture's copy of the state)")
+            self.graph, self.logits = None, torch.empty(0)
+            return
         try:
             with torch.cuda.device(self.tokens.device):
                 side = torch.cuda.Stream()
