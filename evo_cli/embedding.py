@@ -38,13 +38,14 @@ import torch
 
 from evo_cli.distributed import Share, checkpoint_rank, current
 from evo_cli.errors import InputError
-from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, merge_parts, open_embedding_writer,
-                                   parts_dir)
+from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, check_embedding_output, merge_parts,
+                                   open_embedding_writer, parts_dir)
 from evo_cli.io.partial import Checkpoint
 from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
 from evo_cli.runtime import free_memory_bytes, non_finite_error
+from evo_cli.scoring import warn_beyond_context
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +375,9 @@ def run_embed(
     as an uninterrupted run. ``progress(n)``: tokens run (both strands count), as in ``iter_embeddings``."""
     t0 = time.perf_counter()
     _check(pool, strand, batch_size, chunk_size)
+    check_embedding_output(output)
     layers = resolve_layers(model.config, layers)
+    warn_beyond_context(records, model.config.max_seqlen)
     full = {**(settings or {}), "layers": layers, "pool": pool, "strand": strand, "batch_size": batch_size,
             "chunk_size": chunk_size, "metadata": metadata or {}}
     store = Checkpoint(output, full, resume, checkpoint_rank())

@@ -15,3 +15,7 @@ class CheckpointError(EvoError):
 
 class InputError(EvoError):
     """Bad sequence, FASTA, VCF or option values."""
+
+
+class OutputError(EvoError):
+    """An output that cannot be written: unwritable location, full disk, read-only file, an input."""

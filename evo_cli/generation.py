@@ -99,6 +99,17 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
     return named
 
 
+def check_context(model, prompts: Mapping[str, str], n_tokens: int) -> None:
+    """Raise ``InputError`` when a prompt (id -> sequence, ``prepare_prompts``) plus ``n_tokens`` new
+    tokens would pass the model's context."""
+    context = model.config.max_seqlen
+    for pid, seq in prompts.items():
+        if len(encode(seq)) + n_tokens > context:
+            n = len(encode(seq))
+            raise InputError(f"prompt {pid!r} ({n:,} tokens) + {n_tokens:,} new tokens = {n + n_tokens:,} "
+                             f"positions, past the model's context of {context:,}: lower -n/--n-tokens")
+
+
 def generate(
     model,
     prompts: str | Sequence[str] | Mapping[str, str],
@@ -127,6 +138,19 @@ def generate(
     for batch in run.batches:
         out.update(zip(batch, run.generate(batch, progress)))
     return [out[r] for r in run.rows]
+
+
+def resolve_seed(seed: int | None, output: str | Path | None, resume: bool) -> int:
+    """The seed a run samples with: ``seed``; else, resuming, the interrupted run's; else a fresh one,
+    rank 0's in a distributed run (every rank samples with it)."""
+    if seed is None and resume and output not in STDOUT:
+        seed = (stored_settings(output) or {}).get("seed")
+    if seed is None and current() is not None:
+        seed = int(shared_value("seed", str(secrets.randbits(32))))
+    if seed is None:
+        seed = secrets.randbits(32)
+        log.info("seed %d", seed)
+    return seed
 
 
 def run_generate(
@@ -160,10 +184,8 @@ def run_generate(
     to_file = output not in STDOUT
     if resume and not to_file:
         raise InputError("resume needs an output file (progress is kept beside it)")
-    if seed is None and resume and to_file:
-        seed = (stored_settings(output) or {}).get("seed")
-    if seed is None and current() is not None:
-        seed = int(shared_value("seed", str(secrets.randbits(32))))  # every rank samples with rank 0's seed
+    if seed is None and (resume or current() is not None):
+        seed = resolve_seed(None, output, resume)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk, sampling)
     store = None
@@ -209,11 +231,7 @@ class _Run:
         self.prompts = prepare_prompts(prompts)
         self.names = list(self.prompts)
         self.ids = [encode(seq) for seq in self.prompts.values()]
-        context = model.config.max_seqlen
-        for pid, t in zip(self.names, self.ids):
-            if len(t) + n_tokens > context:
-                raise InputError(f"prompt {pid!r} ({len(t)} tokens) + {n_tokens} new tokens = {len(t) + n_tokens} "
-                                 f"positions, past the model's context of {context}")
+        check_context(model, self.prompts, n_tokens)
         if seed is None:
             seed = secrets.randbits(32)
             log.info("seed %d", seed)

@@ -2,7 +2,8 @@
 
 Each SNV is scored exactly as ``evo score-variants`` scores it (``variants.py``): the REF window
 around the position (``scoring.variant_windows``, the same ``window``), one ALT window per base,
-the mean log-likelihood of window positions 2..n, ``delta = alt_ll - ref_ll``, and with
+the mean (or, with ``reduce="sum"``, summed) log-likelihood of window positions 2..n,
+``delta = alt_ll - ref_ll``, and with
 ``strand="both"`` the average with the reverse-complement windows. Positions whose REF base is not
 A, C, G or T, or whose window holds characters other than nucleotide codes, are skipped (counted in
 the summary, absent from the output).
@@ -24,26 +25,25 @@ per chunk; ``resume=True`` continues it and writes the same bytes as an uninterr
 from __future__ import annotations
 
 import contextlib
-import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from evo_cli._version import __version__
+from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT, atomic_path
-from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
+from evo_cli.io.fasta import DNA_CODES, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
 from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
 from evo_cli.io.tracks import check_track_output, write_track
 from evo_cli.io.vcf import Region
-from evo_cli.runs import run_settings
+from evo_cli.runs import output_metadata, run_settings
+from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
-from evo_cli.variants import DEFAULT_WINDOW, INFO_FIELDS
-
-log = logging.getLogger(__name__)
+from evo_cli.variants import REDUCE_TEXT, check_run_options, info_fields
 
 BASES = "ACGT"
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
@@ -179,7 +179,7 @@ def _site_windows(reference: Reference, contig: str, start: int, ref: str, windo
     return windows
 
 
-def _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix, chunk_size) -> list:
+def _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix, chunk_size, reduce) -> list:
     """Per position ``[contig, pos (1-based), ref, ref_ll, [3 alt_ll]]`` or ``[..., reason, None]``."""
     sites = [(c, s, b, _site_windows(reference, c, s, b, window, strand)) for c, s, b in chunk]
     groups: dict[str, list[str]] = {}  # every window with the same REF window, per strand
@@ -187,7 +187,7 @@ def _score_chunk(model, reference, chunk, window, strand, batch_size, share_pref
         if not isinstance(windows, str):
             for ref_window, alts in windows:
                 groups.setdefault(ref_window, [ref_window]).extend(alts)
-    scores = score_windows(model, groups.values(), batch_size, share_prefix, chunk_size)
+    scores = score_windows(model, groups.values(), batch_size, share_prefix, chunk_size, reduce)
     out = []
     for contig, start, ref, windows in sites:
         if isinstance(windows, str):
@@ -195,6 +195,8 @@ def _score_chunk(model, reference, chunk, window, strand, batch_size, share_pref
             continue
         ref_ll = sum(scores[r] for r, _ in windows) / len(windows)
         alt_ll = [sum(scores[alts[i]] for _, alts in windows) / len(windows) for i in range(3)]
+        if not all(math.isfinite(v) for v in [ref_ll, *alt_ll]):
+            raise non_finite_error(f"position {contig}:{start + 1}", model.dtype)
         out.append([contig, start + 1, ref, ref_ll, alt_ll])
     return out
 
@@ -220,6 +222,7 @@ def run_mutagenize(
     format: str | None = None,
     window: int | None = None,
     strand: str = "forward",
+    reduce: str = "mean",
     batch_size: int = 8,
     share_prefix: bool = True,
     chunk_size: int | None = None,
@@ -237,17 +240,9 @@ def run_mutagenize(
     track of each position's mean delta (.bedGraph or .bw); ``plot``: also a heatmap
     (``plots.plot_mutagenesis``; .png, .svg, .pdf or .html). ``rows``: receives the output rows.
     ``progress(n)``: called with positions finished. ``window``: None means ``DEFAULT_WINDOW`` or the
-    model's context when shorter, as in score-variants."""
-    if window is None:
-        window = min(DEFAULT_WINDOW, model.config.max_seqlen)
-    if window < 2:
-        raise InputError(f"window must be at least 2 bases, not {window}")
-    if strand not in STRANDS:
-        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, not {batch_size}")
-    if window > model.config.max_seqlen:
-        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+    model's context when shorter, as in score-variants. ``reduce``: window scores are mean (default)
+    or summed per-base log-likelihoods, as in score-variants."""
+    window = check_run_options(model, window, strand, batch_size, reduce)
     fmt = output_format(output, format) if output is not None else None
     if resume and output in STDOUT:
         raise InputError("resume needs an output file (progress is kept beside it)")
@@ -266,47 +261,50 @@ def run_mutagenize(
     with Reference(fasta) as reference:
         targets = resolve_targets(reference, regions, records)
         summary.positions = check_targets(reference, targets)
-        info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
-                "evo_window": str(window), "evo_strand": strand, "evo_dtype": str(model.dtype).replace("torch.", ""),
-                "evo_score": "mean log-likelihood of window positions 2..n (no BOS); EVO_DELTA = ALT - REF",
-                "evo_targets": " ".join(map(str, targets))}
-        if command:
-            info["evo_command"] = command
+        # the record every evo output keeps (``runs.output_metadata``), as score-variants writes it
+        info = output_metadata(model, model_name or model.config.name or "unnamed", command, window=window,
+                               strand=strand, reduce=reduce,
+                               score=f"{REDUCE_TEXT[reduce]} of window positions 2..n (no BOS); delta = ALT - REF",
+                               targets=" ".join(map(str, targets)))
         settings = run_settings(model, {"fasta": fasta}, window=window, strand=strand,
                                 targets=[str(t) for t in targets], batch_size=batch_size, share_prefix=share_prefix,
-                                chunk_size=chunk_size, format=fmt, model_name=info["evo_model"], kind="mutagenize")
-        store = Checkpoint(output, settings, resume) if to_file else None
+                                chunk_size=chunk_size, format=fmt, model_name=info["model"], kind="mutagenize",
+                                reduce=reduce)
+        store = Checkpoint(output, settings, resume, checkpoint_rank()) if to_file else None
         memory: list[list] = []
         with store or contextlib.nullcontext():
+            share = Share(store, progress)
             for i, chunk in enumerate(_chunks(_positions(reference, targets), batch_size)):
-                if store is not None and i < store.done:
+                if store is not None and i in store:
                     summary.resumed += len(chunk)
-                else:
+                if share.take(i, len(chunk)):
                     results = _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix,
-                                           chunk_size)
+                                           chunk_size, reduce)
                     if store is not None:
                         store.append(i, results)
                     else:
                         memory.append(results)
-                if progress:
-                    progress(len(chunk))
+                    share.progress(len(chunk))
+            if not share.finish():
+                summary.seconds = time.perf_counter() - t0
+                return summary  # another rank writes the output
             results = [r for c in (store.chunks() if store is not None else memory) for r in c]
             if len(results) != summary.positions:
                 raise InputError(f"{store.path}: holds {len(results)} positions, the targets have "
                                  f"{summary.positions}; was the FASTA changed? delete the file to start over")
             _count(results, summary)
             if output is not None:
-                summary.indexed = _write(output, fmt, results, info, reference, targets, rows)
+                summary.indexed = _write(output, fmt, results, info, reference, targets, rows, reduce)
             elif rows is not None:
                 rows.extend(table_rows(results))
             if bedgraph is not None:
                 write_track(bedgraph, ((c, p - 1, sum(a) / 3 - r) for c, p, _, r, a in results if a is not None),
                             {t.contig: reference.length(t.contig) for t in targets},
-                            name="evo mean delta", description=f"{info['evo_model']} mean SNV delta, W={window}")
+                            name="evo mean delta", description=f"{info['model']} mean SNV delta, W={window}")
             if plot is not None:
                 from evo_cli.plots import plot_mutagenesis
 
-                plot_mutagenesis(rows, plot, title=f"{info['evo_model']}: {', '.join(map(str, targets[:3]))}"
+                plot_mutagenesis(rows, plot, title=f"{info['model']}: {', '.join(map(str, targets[:3]))}"
                                  f"{' ...' if len(targets) > 3 else ''} (W = {window}, {strand})")
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -329,7 +327,7 @@ def table_rows(results: Iterable[list]) -> Iterator[tuple]:
             yield contig, pos, ref, alt, ref_ll, a, a - ref_ll
 
 
-def _write(output, fmt, results, info, reference, targets, rows) -> bool | None:
+def _write(output, fmt, results, info, reference, targets, rows, reduce) -> bool | None:
     if fmt != "vcf.gz":
         with table_writer(output, COLUMNS, fmt, metadata=info) as write:
             for row in table_rows(results):
@@ -339,10 +337,10 @@ def _write(output, fmt, results, info, reference, targets, rows) -> bool | None:
         return None
     if rows is not None:
         rows.extend(table_rows(results))
-    return _write_vcf(output, results, info, reference, targets)
+    return _write_vcf(output, results, info, reference, targets, reduce)
 
 
-def _write_vcf(path, results, info, reference, targets) -> bool:
+def _write_vcf(path, results, info, reference, targets, reduce) -> bool:
     """One record per scored position, ALT = the three other bases, bgzipped and tabix-indexed."""
     import pysam
     from pysam.libcbgzf import BGZFile
@@ -350,8 +348,8 @@ def _write_vcf(path, results, info, reference, targets) -> bool:
     contigs = dict.fromkeys(t.contig for t in targets)
     header = ["##fileformat=VCFv4.2", f"##{VCF_MARK[0]}={VCF_MARK[1]}",
               *(f"##contig=<ID={c},length={reference.length(c)}>" for c in contigs),
-              *(f.header_line() for f in INFO_FIELDS),
-              *(f"##{k}={' '.join(str(v).split())}" for k, v in info.items()),
+              *(f.header_line() for f in info_fields(reduce)),
+              *(f"##evo_{k}={' '.join(str(v).split())}" for k, v in info.items() if v is not None),
               "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
 
     def num(v: float) -> str:
@@ -388,6 +386,7 @@ def mutagenize(
     output: str | Path | None = None,
     window: int | None = None,
     strand: str = "forward",
+    reduce: str = "mean",
     batch_size: int = 8,
     share_prefix: bool = True,
     chunk_size: int | None = None,
@@ -408,8 +407,9 @@ def mutagenize(
     texts = [region] if isinstance(region, str) else list(region or [])
     rows: list[tuple] = []
     summary = run_mutagenize(model, fasta, output, regions=[parse_region(t) for t in texts], records=records,
-                             window=window, strand=strand, batch_size=batch_size, share_prefix=share_prefix,
-                             chunk_size=chunk_size, resume=resume, bedgraph=bedgraph, rows=rows)
+                             window=window, strand=strand, reduce=reduce, batch_size=batch_size,
+                             share_prefix=share_prefix, chunk_size=chunk_size, resume=resume, bedgraph=bedgraph,
+                             rows=rows)
     df = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
     df.attrs["summary"] = {"positions": summary.positions, "scored": summary.scored, "skipped": dict(summary.skipped)}
     return df

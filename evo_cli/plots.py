@@ -15,7 +15,7 @@ import io
 from pathlib import Path
 
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import atomic_open, atomic_path
+from evo_cli.io.atomic import atomic_open, atomic_path, check_output_path
 
 PLOT_FORMATS = ("png", "svg", "pdf", "html")
 PLOT_EXTRA = 'plotting needs matplotlib: pip install "evo-cli[plot]"'
@@ -36,8 +36,10 @@ def plot_format(path: str | Path) -> str:
 
 
 def check_plot_output(path: str | Path) -> str:
-    """The figure format of ``path``; an InputError naming the extra when matplotlib is missing."""
+    """The figure format of ``path``; an InputError naming the extra when matplotlib is missing, or
+    when ``path`` cannot be a file (``check_output_path``)."""
     fmt = plot_format(path)
+    check_output_path(path)
     _pyplot()
     return fmt
 

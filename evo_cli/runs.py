@@ -48,3 +48,12 @@ def run_settings(model, inputs: dict[str, str | Path], **options) -> dict:
         settings.update(file_identity(key, path))
     return {**settings, "model": model_fingerprint(model), "device": model.device.type,
             "kernels": kernel_backend(model), "version": __version__, **options}
+
+
+def output_metadata(model, model_name: str, command: str | None, **settings) -> dict:
+    """What every output records about its run, the same keys in every command (Parquet: one JSON
+    key ``evo``; VCF: ``##evo_<key>`` lines): the evo version, the full command line (every option
+    with its value, defaults included), the model as named and the resolved runtime, then ``settings``."""
+    return {"version": __version__, "command": command, "model": str(model_name), "model_name": model.config.name,
+            "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
+            "kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None), **settings}

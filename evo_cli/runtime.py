@@ -16,18 +16,32 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
+def available_devices() -> list[str]:
+    """The devices this torch can run on here: ``cpu``, ``cuda:N`` per visible GPU, ``mps`` when present."""
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> the first CUDA GPU when there is one, else the CPU."""
+    """``auto`` -> the first CUDA GPU when there is one, else the CPU. Any other device must be one of
+    ``available_devices`` (``cuda`` is ``cuda:0``); else one line naming the ones this torch has."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = available_devices()
+    has = f"this torch {torch.__version__} has {', '.join(available)}"
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {str(device)!r}: {has} (use auto or one of these)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} requested but no CUDA GPU is available")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+        raise InputError(f"device {device} requested but no CUDA GPU is available: {has}")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"device {device} requested but only {torch.cuda.device_count()} GPU(s) are visible: {has}")
+    if dev.type != "cuda" and dev.type not in available:
+        raise InputError(f"device {str(device)!r} is not available here: {has} (use auto or one of these)")
     return dev
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import os
 import time
@@ -33,6 +34,8 @@ from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.io.tracks import check_track_output, write_track
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
 from evo_cli.runtime import free_memory_bytes, non_finite_error
+
+log = logging.getLogger(__name__)
 
 
 def default_prepend_bos(model) -> bool:
@@ -89,31 +92,42 @@ def _padded(rows: Sequence[Sequence[int]], device) -> torch.Tensor:
 
 @torch.inference_mode()
 def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False, batch_size: int = 8,
-                   chunk_size: int | None = None) -> list[torch.Tensor]:
+                   chunk_size: int | None = None, progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
     """log p(x_t | x_<t) for every scored position of each sequence.
 
     token_ids: sequences of token ids. Returns one float32 CPU tensor per sequence, of length
     ``len(ids)`` with ``prepend_bos`` and ``len(ids) - 1`` without. Sequences up to ``chunk_size``
     tokens are batched by length and right-padded; longer ones run alone through
     ``model.forward_long`` (chunked, or layer by layer when the KV caches would not fit in free
-    memory; None: never chunk).
+    memory; None: never chunk). ``progress(n)``: called with the tokens of every forward call (per
+    chunk of a long sequence, so that its progress shows as it goes).
     """
+    progress = progress or (lambda n: None)
     rows = [([EOS_ID] if prepend_bos else []) + list(ids) for ids in token_ids]
     out: list[torch.Tensor | None] = [None] * len(rows)
     long = [i for i, r in enumerate(rows) if chunk_size and len(r) > chunk_size]
     for i in long:
         ids = torch.tensor([rows[i]], dtype=torch.long, device=model.device)
-        lp, _ = _chunk_logprobs(model.forward_long(ids, chunk_size, free_bytes=free_memory_bytes(model.device)), ids)
+        lp, _ = _chunk_logprobs(_reporting(model.forward_long(ids, chunk_size, free_bytes=free_memory_bytes(model.device)),
+                                           progress), ids)
         out[i] = lp[0, 1:].cpu()
     short = sorted((i for i in range(len(rows)) if out[i] is None), key=lambda i: len(rows[i]))
     for start in range(0, len(short), batch_size):
         chunk = short[start : start + batch_size]
         batch = _padded([rows[i] for i in chunk], model.device)
         lp, _ = _chunk_logprobs([(0, model(batch))], batch)
+        progress(sum(len(rows[i]) for i in chunk))
         lp = lp.cpu()
         for j, i in enumerate(chunk):
             out[i] = lp[j, 1 : len(rows[i])].clone()
     return out
+
+
+def _reporting(chunks: Iterable[tuple[int, torch.Tensor]], progress: Callable[[int], None]):
+    """``chunks`` (``(start, logits [B, n, V])``), calling ``progress(n)`` after each."""
+    for start, logits in chunks:
+        yield start, logits
+        progress(logits.shape[1])
 
 
 # sequences are scored in windows of this many batches, sorted by length inside a window (less padding)
@@ -140,19 +154,21 @@ class SequenceScore:
 
 
 def iter_sequence_scores(model, sequences: Iterable[str], prepend_bos: bool | None = None, batch_size: int = 8,
-                         chunk_size: int | None = None) -> Iterator[SequenceScore]:
+                         chunk_size: int | None = None,
+                         progress: Callable[[int], None] | None = None) -> Iterator[SequenceScore]:
     """One ``SequenceScore`` per sequence, in input order, as they are computed.
 
     ``sequences`` is read lazily, ``batch_size * 16`` at a time, batched by length within that window.
     ``prepend_bos`` defaults to the family's reference; ``chunk_size``: score sequences longer than this
     in chunks with a carried state (same numbers, bounded memory). Sequences should be upper-case DNA
-    (the tokenizer is case-sensitive)."""
+    (the tokenizer is case-sensitive). ``progress(n)``: called with the positions (tokens, BOS
+    included) of every forward call."""
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
     it = iter(sequences)
     while window := list(itertools.islice(it, batch_size * _SORT_WINDOW_BATCHES)):
-        lps = token_logprobs(model, [encode(s) for s in window], bos, batch_size, chunk_size)
+        lps = token_logprobs(model, [encode(s) for s in window], bos, batch_size, chunk_size, progress)
         for seq, lp in zip(window, lps, strict=True):
             yield SequenceScore(len(seq), 0 if bos else 1, lp)
 
@@ -174,6 +190,10 @@ def score_sequences(
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
     return [getattr(s, reduce) for s in iter_sequence_scores(model, sequences, prepend_bos, batch_size, chunk_size)]
+
+
+# how a window's per-base log-probabilities become its score
+REDUCTIONS = ("mean", "sum")
 
 
 def _reduce(lp: torch.Tensor, reduce: str) -> float:
@@ -217,8 +237,9 @@ def _common_prefix(rows: list[list[int]]) -> int:
 
 @torch.inference_mode()
 def score_windows(model, groups: Iterable[Sequence[str]], batch_size: int = 8, share_prefix: bool = True,
-                  chunk_size: int | None = None) -> dict[str, float]:
-    """Mean log-likelihood of bases 2..n of every window in ``groups`` (no BOS).
+                  chunk_size: int | None = None, reduce: str = "mean") -> dict[str, float]:
+    """Mean (``reduce="mean"``) or summed (``"sum"``) log-likelihood of bases 2..n of every window in
+    ``groups`` (no BOS).
 
     groups: windows that may share a prefix, e.g. the REF and ALT windows of a site on one strand.
     Identical windows are scored once. With ``share_prefix`` the longest common prefix P of a group
@@ -229,6 +250,8 @@ def score_windows(model, groups: Iterable[Sequence[str]], batch_size: int = 8, s
     alone (``share_prefix=False``), within float32 rounding. ``chunk_size`` bounds the tokens per
     forward call for long windows.
     """
+    if reduce not in REDUCTIONS:
+        raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}, not {reduce!r}")
     seen: set[str] = set()
     by_prefix: dict[int, list[list[tuple[str, list[int]]]]] = {}
     alone: list[str] = []
@@ -242,16 +265,16 @@ def score_windows(model, groups: Iterable[Sequence[str]], batch_size: int = 8, s
         else:
             alone.extend(windows)
     lps = token_logprobs(model, [encode(w) for w in alone], False, batch_size, chunk_size)
-    scores = {w: _reduce(lp, "mean") for w, lp in zip(alone, lps)}
+    scores = {w: _reduce(lp, reduce) for w, lp in zip(alone, lps)}
     for p, bucket in by_prefix.items():
         for i in range(0, len(bucket), batch_size):
-            scores.update(_score_shared(model, p, bucket[i : i + batch_size], batch_size, chunk_size))
+            scores.update(_score_shared(model, p, bucket[i : i + batch_size], batch_size, chunk_size, reduce))
     return scores
 
 
 def _score_shared(model, p: int, groups: list[list[tuple[str, list[int]]]], batch_size: int,
-                  chunk_size: int | None) -> dict[str, float]:
-    """Mean log-likelihood of the ``(window, tokens)`` of ``groups``; a group's rows share their first ``p`` tokens."""
+                  chunk_size: int | None, reduce: str = "mean") -> dict[str, float]:
+    """Mean or summed (``reduce``) log-likelihood of the ``(window, tokens)`` of ``groups``; a group's rows share their first ``p`` tokens."""
     suffixes = [(j, w, row) for j, group in enumerate(groups) for w, row in group]
     state = model.new_state(len(groups), p + max(len(row) - p for _, _, row in suffixes))
     prefix = torch.tensor([group[0][1][:p] for group in groups], dtype=torch.long, device=model.device)
@@ -266,8 +289,20 @@ def _score_shared(model, p: int, groups: list[list[tuple[str, list[int]]]], batc
                                 first_logits=last[rows_of.to(last.device)])
         lp = lp.double().cpu()
         for r, (j, w, row) in enumerate(part):
-            out[w] = float(prefix_sum[j] + lp[r, : len(row) - p].sum()) / (len(row) - 1)
+            total = float(prefix_sum[j] + lp[r, : len(row) - p].sum())
+            out[w] = total if reduce == "sum" else total / (len(row) - 1)
     return out
+
+
+def warn_beyond_context(records: Sequence, context: int) -> None:
+    """Warn about records (``id``, ``sequence``) longer than the model's context: the model was not
+    trained on such lengths, and the attention layers' cost grows quadratically with length."""
+    long = [r for r in records if len(r.sequence) > context]
+    if long:
+        longest = max(long, key=lambda r: len(r.sequence))
+        log.warning("warning: %d record(s) are longer than the model's context of %s positions (longest: %r, "
+                    "%s bp): the model was not trained on such lengths and the run time grows quadratically past "
+                    "the context", len(long), f"{context:,}", longest.id, f"{len(longest.sequence):,}")
 
 
 SCORE_COLUMNS = [("id", "str"), ("length", "int"), ("mean_ll", "float"), ("sum_ll", "float")]
@@ -294,13 +329,15 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
     Writing to a file, the run keeps its progress in ``<output>.evo-partial``, one chunk of
     ``batch_size * 16`` sequences at a time; ``resume=True`` continues an interrupted run whose
     ``settings`` (identifying its inputs, see ``runs.run_settings``) are the same, and writes the
-    same bytes as an uninterrupted one. ``progress(n)``: called with the sequences finished."""
+    same bytes as an uninterrupted one. ``progress(n)``: called with the positions run (tokens, BOS
+    included: ``len(sequence) + bos`` per sequence), chunk by chunk for long sequences."""
     t0 = time.perf_counter()
     fmt = check_table_output(output, format)
     pos_fmt = check_table_output(per_position) if per_position else None
     if resume and output in STDOUT:
         raise InputError("resume needs an output file (progress is kept beside it)")
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
+    warn_beyond_context(records, model.config.max_seqlen)
     keep = per_position is not None or bedgraph is not None  # per-position log-probs are kept
     track: list[tuple[str, int, float]] = []
     if bedgraph is not None:
@@ -314,16 +351,19 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
     chunk_len = batch_size * _SORT_WINDOW_BATCHES
     chunks = [records[i : i + chunk_len] for i in range(0, len(records), chunk_len)]
 
+    def positions(chunk) -> int:
+        return sum(len(r.sequence) + bos for r in chunk)
+
     def compute(k: int, chunk) -> list:
-        """Score chunk ``k`` and keep its results (persisted before its progress is counted)."""
-        scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size)
+        """Score chunk ``k`` and keep its results; its positions count as each forward call ends, so
+        that a long record shows its progress."""
+        scores = iter_sequence_scores(model, (r.sequence for r in chunk), bos, batch_size, chunk_size, share.progress)
         stored = [[s.length, s.first, s.mean, s.sum, s.logprobs.tolist() if keep else None] for s in scores]
         for rec, (_, _, _, total, _) in zip(chunk, stored):
             if not math.isfinite(total):  # a sequence with no scored base has sum 0
                 raise non_finite_error(f"sequence {rec.id!r}", model.dtype)
         if store is not None:
             store.append(k, stored)
-        share.progress(len(chunk))
         return stored
 
     with store or contextlib.nullcontext():  # left last: removed only once the outputs are in place
@@ -332,7 +372,7 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
             for k, chunk in enumerate(chunks):
                 if k in store:
                     summary.resumed += len(chunk)
-                if share.take(k, len(chunk)):
+                if share.take(k, positions(chunk)):
                     compute(k, chunk)
         if not share.finish():
             return summary  # another rank writes the outputs
@@ -355,6 +395,6 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
                 summary.sequences += len(chunk)
         if bedgraph is not None:
             write_track(bedgraph, track, {r.id: len(r.sequence) for r in records}, name="evo log-probability",
-                        description=f"{(metadata or {}).get('evo_model', 'evo')} per-base log-probability")
+                        description=f"{(metadata or {}).get('model', 'evo')} per-base log-probability")
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import math
 import time
 from collections import Counter
@@ -34,17 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from evo_cli._version import __version__
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT
+from evo_cli.io.atomic import STDOUT, check_output_path
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
-from evo_cli.io.reference import Reference
+from evo_cli.io.reference import Reference, contig_aliases
 from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
 from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
-from evo_cli.runs import run_settings
+from evo_cli.runs import output_metadata, run_settings
 from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
 
@@ -60,12 +60,18 @@ OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")
 _OUTPUT_EXTENSIONS = {".vcf": "vcf", ".vcf.gz": "vcf.gz", ".vcf.bgz": "vcf.gz", **TABLE_EXTENSIONS}
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("id", "str"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
            ("alt_ll", "float"), ("delta", "float"), ("status", "str")]
-INFO_FIELDS = [
-    InfoField("EVO_DELTA", "A", "Float", "Evo zero-shot variant effect: ALT window score minus REF window score "
-                                         "(mean log-likelihood; negative = less likely than the reference)"),
-    InfoField("EVO_REF_LL", "1", "Float", "Evo mean log-likelihood of the REF window"),
-    InfoField("EVO_ALT_LL", "A", "Float", "Evo mean log-likelihood of each ALT window"),
-]
+REDUCE_TEXT = {"mean": "mean log-likelihood", "sum": "summed log-likelihood"}
+
+
+def info_fields(reduce: str = "mean") -> list[InfoField]:
+    """The INFO fields written, described for the window score ``reduce`` (``scoring.REDUCTIONS``)."""
+    what = REDUCE_TEXT[reduce]
+    return [
+        InfoField("EVO_DELTA", "A", "Float", f"Evo zero-shot variant effect: ALT window score minus REF window score "
+                                             f"({what}; negative = less likely than the reference)"),
+        InfoField("EVO_REF_LL", "1", "Float", f"Evo {what} of the REF window"),
+        InfoField("EVO_ALT_LL", "A", "Float", f"Evo {what} of each ALT window"),
+    ]
 
 
 def output_format(path: str | Path | None, format: str | None = None) -> str:
@@ -160,13 +166,14 @@ def _chunks(records: Iterable[VcfRecord], size: int) -> Iterator[list[VcfRecord]
         yield chunk
 
 
-def _score_chunk(model, chunk: list[_Site], batch_size: int, share_prefix: bool, chunk_size: int | None) -> list:
+def _score_chunk(model, chunk: list[_Site], batch_size: int, share_prefix: bool, chunk_size: int | None,
+                 reduce: str = "mean") -> list:
     """Per record ``[chrom, pos, statuses, ref_ll, [alt_ll or None]]``, scores averaged over strands."""
     groups: dict[str, list[str]] = {}  # the windows of every record with the same REF window, per strand
     for site in chunk:
         for ref_window, alts in site.windows:
             groups.setdefault(ref_window, [ref_window]).extend(w for w in alts if w is not None)
-    scores = score_windows(model, groups.values(), batch_size, share_prefix, chunk_size)
+    scores = score_windows(model, groups.values(), batch_size, share_prefix, chunk_size, reduce)
     out = []
     for site in chunk:
         rec = site.record
@@ -182,27 +189,97 @@ def _score_chunk(model, chunk: list[_Site], batch_size: int, share_prefix: bool,
     return out
 
 
-def check_output(output: str | Path | None, format: str | None = None, resume: bool = False) -> str:
-    """The output format; errors for impossible combinations and for an interrupted run's progress
-    beside ``output`` when not resuming."""
+def check_output(output: str | Path | None, format: str | None = None, resume: bool = False,
+                 inputs: tuple = ()) -> str:
+    """The output format (stdout: VCF unless ``format``); errors for impossible combinations, for an
+    output that cannot be written or is one of ``inputs`` (``io.atomic.check_output_path``) and for
+    an interrupted run's progress beside ``output`` when not resuming."""
     if output in STDOUT:
         if resume:
             raise InputError("resume needs an output file (progress is kept beside it)")
-        fmt = format or "tsv"
+        fmt = format or "vcf"
         if output == "-" and fmt in ("parquet", "vcf.gz"):
             raise InputError(f"{fmt} output needs a file name")
         return output_format(None, fmt)
+    fmt = output_format(output, format)
+    check_output_path(output, inputs)
     check_fresh(output, resume)
-    return output_format(output, format)
+    return fmt
+
+
+def check_run_options(model, window: int | None, strand: str, batch_size: int, reduce: str = "mean") -> int:
+    """The window (None: ``DEFAULT_WINDOW``, or the model's context when that is shorter), after
+    checking it, ``strand``, ``batch_size`` and ``reduce``; shared by score-variants and mutagenize."""
+    if window is None:
+        window = min(DEFAULT_WINDOW, model.config.max_seqlen)
+    if window < 2:
+        raise InputError(f"window must be at least 2 bases, not {window}")
+    if strand not in STRANDS:
+        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    if reduce not in REDUCE_TEXT:
+        raise InputError(f"reduce must be one of {', '.join(REDUCE_TEXT)}, not {reduce!r}")
+    if window > model.config.max_seqlen:
+        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+    return window
+
+
+def _first(names: Iterable[str], n: int = 3) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "") if names else "none"
 
 
 def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region] | None = None,
                    skip_ref_mismatch: bool = False) -> int:
     """Read every selected record once, check REF against the FASTA (raising on a mismatch unless
-    ``skip_ref_mismatch``) and return the number of variants (ALT alleles; ALT '.' counts one)."""
+    ``skip_ref_mismatch``) and return the number of variants (ALT alleles; ALT '.' counts one).
+
+    Raises when records were selected but none has its contig in the FASTA (naming the first contigs
+    of both), and for a region on a contig that neither the VCF header nor the FASTA knows; logs a
+    warning for a region that holds no record."""
+    regions = list(regions or [])
     reader = VcfReader(vcf, regions)
     with Reference(fasta) as reference:
-        return sum(len(_statuses(rec, reference, skip_ref_mismatch)[1]) for rec in reader)
+        _check_region_contigs(reader, reference, regions)
+        total = 0
+        vcf_contigs: dict[str, None] = {}
+        in_fasta = False
+        hit = [False] * len(regions)
+        for rec in reader:
+            total += len(_statuses(rec, reference, skip_ref_mismatch)[1])
+            vcf_contigs.setdefault(rec.chrom)
+            if not in_fasta and reference.resolve(rec.chrom) is not None:
+                in_fasta = True
+            for i, r in enumerate(regions):
+                if not hit[i] and r.start <= rec.start < r.end and _same_contig(r.contig, rec.chrom):
+                    hit[i] = True
+        if vcf_contigs and not in_fasta:
+            raise InputError(f"no contig of {reader.path.name} is in {reference.path.name}: the VCF has "
+                             f"{_first(vcf_contigs)}, the FASTA has {_first(reference.contigs)}; check the "
+                             f"reference build")
+    empty = [str(region) for region, found in zip(regions, hit) if not found]
+    if len(empty) == 1:
+        log.warning("warning: region %s holds no record of %s", empty[0], reader.path.name)
+    elif empty:  # one line, however long the BED file
+        log.warning("warning: %d regions hold no record of %s: %s", len(empty), reader.path.name, _first(empty))
+    return total
+
+
+def _check_region_contigs(reader: VcfReader, reference: Reference, regions: list[Region]) -> None:
+    """Raise for a region on a contig that neither the VCF header nor the FASTA knows."""
+    header, _ = reader.text()  # any VCF the reader takes, plain gzip included
+    declared = (re.match(r"##contig=<ID=([^,>]+)", line) for line in header)
+    header_contigs = list(dict.fromkeys(m.group(1) for m in declared if m))
+    known = {name for c in header_contigs for name in (c, *contig_aliases(c))}
+    for region in regions:
+        if region.contig not in known and reference.resolve(region.contig) is None:
+            raise InputError(f"region {region}: contig {region.contig} is in neither the VCF header "
+                             f"({_first(header_contigs)}) nor {reference.path.name} ({_first(reference.contigs)})")
+
+
+def _same_contig(a: str, b: str) -> bool:
+    return a == b or b in contig_aliases(a)
 
 
 def run_score_variants(
@@ -219,6 +296,7 @@ def run_score_variants(
     skip_ref_mismatch: bool = False,
     share_prefix: bool = True,
     chunk_size: int | None = None,
+    reduce: str = "mean",
     resume: bool = False,
     model_name: str | None = None,
     command: str | None = None,
@@ -229,39 +307,34 @@ def run_score_variants(
     ``-``: stdout, None: no output); see the module docstring. ``rows``: a list that receives one
     tuple per output row (``COLUMNS``); required when ``output`` is None.
     ``progress(n)``: called with the number of variants finished. ``window``: None means
-    ``DEFAULT_WINDOW``, or the model's context when that is shorter. Returns the run's Summary."""
-    if window is None:
-        window = min(DEFAULT_WINDOW, model.config.max_seqlen)
-    if window < 2:
-        raise InputError(f"window must be at least 2 bases, not {window}")
-    if strand not in STRANDS:
-        raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, not {batch_size}")
-    if window > model.config.max_seqlen:
-        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+    ``DEFAULT_WINDOW``, or the model's context when that is shorter. ``reduce``: a window's score is
+    the mean (default, the Evo 2 method) or the sum (the whole-window log-likelihood; deltas then are
+    log-likelihood ratios) of its per-base log-likelihoods. Returns the run's Summary."""
+    window = check_run_options(model, window, strand, batch_size, reduce)
     regions = list(regions or [])
-    fmt = check_output(output, format, resume)
+    fmt = check_output(output, format, resume, inputs=(vcf, fasta))
     to_file = output not in STDOUT
     t0 = time.perf_counter()
     reader = VcfReader(vcf, regions)
-    info = {"evo_version": __version__, "evo_model": model_name or model.config.name or "unnamed",
-            "evo_window": str(window), "evo_strand": strand, "evo_dtype": str(model.dtype).replace("torch.", ""),
-            "evo_score": "mean log-likelihood of window positions 2..n (no BOS); EVO_DELTA = ALT - REF"}
+    with Reference(fasta) as reference:
+        _check_region_contigs(reader, reference, regions)
+    name = model_name or model.config.name or "unnamed"
+    info = output_metadata(model, name, command, window=window, strand=strand, reduce=reduce,
+                           score=f"{REDUCE_TEXT[reduce]} of window positions 2..n (no BOS); delta = ALT - REF")
     settings = run_settings(model, {"vcf": vcf, "fasta": fasta}, window=window, strand=strand,
                             regions=[str(r) for r in regions], batch_size=batch_size,
                             skip_ref_mismatch=skip_ref_mismatch, share_prefix=share_prefix, chunk_size=chunk_size,
-                            format=fmt, model_name=info["evo_model"])
+                            format=fmt, model_name=name, reduce=reduce)
     store = Checkpoint(output, settings, resume, checkpoint_rank()) if to_file else None
     with store or contextlib.nullcontext():
         summary = _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch,
-                       share_prefix, chunk_size, command, progress, rows)
+                       share_prefix, chunk_size, reduce, progress, rows)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch, share_prefix,
-         chunk_size, command, progress, rows) -> Summary:
+         chunk_size, reduce, progress, rows) -> Summary:
     """Score the chunks not done yet (into ``store`` or memory), then write the output from all of them."""
     memory: list[list] = []
     summary = Summary()
@@ -273,7 +346,7 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
                 summary.resumed += n
             if share.take(i, n):
                 sites = [_site(rec, reference, window, strand, skip_ref_mismatch) for rec in chunk]
-                results = _score_chunk(model, sites, batch_size, share_prefix, chunk_size)
+                results = _score_chunk(model, sites, batch_size, share_prefix, chunk_size, reduce)
                 if store is not None:
                     store.append(i, results)
                 else:
@@ -282,12 +355,11 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
     if not share.finish():
         return summary  # another rank writes the output
     results = (r for chunk in (store.chunks() if store is not None else memory) for r in chunk)
-    if command:
-        info = {**info, "evo_command": command}
     if output is None:
         rows.extend(_rows(reader, results, summary))
     elif fmt in ("vcf", "vcf.gz"):
-        summary.indexed = write_annotated_vcf(output, reader, INFO_FIELDS, list(info.items()),
+        header = [(f"evo_{k}", v) for k, v in info.items() if v is not None]
+        summary.indexed = write_annotated_vcf(output, reader, info_fields(reduce), header,
                                               _annotations(results, summary, rows, reader), fmt == "vcf.gz")
     else:
         with table_writer(output, COLUMNS, fmt, metadata=info) as write:
@@ -367,6 +439,7 @@ def score_variants(
     resume: bool = False,
     format: str | None = None,
     chunk_size: int | None = None,
+    reduce: str = "mean",
 ):
     """Zero-shot variant effects: one row per ALT allele of ``vcf``, scored against ``fasta``.
 
@@ -387,7 +460,8 @@ def score_variants(
     rows: list[tuple] = []
     summary = run_score_variants(model, vcf, fasta, output, format=format, window=window, strand=strand,
                                  regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
-                                 share_prefix=share_prefix, chunk_size=chunk_size, resume=resume, rows=rows)
+                                 share_prefix=share_prefix, chunk_size=chunk_size, reduce=reduce, resume=resume,
+                                 rows=rows)
     df = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
     df.attrs["summary"] = {"records": summary.records, "variants": summary.variants, "scored": summary.scored,
                            "skipped": dict(summary.skipped)}

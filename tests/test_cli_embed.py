@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
@@ -42,7 +43,7 @@ def case_fasta(tmp_path, case):
 
 def per_position(path, seq_id, layer):
     t = read_embeddings(path, layer=layer, ids=[seq_id])
-    assert t.column("position").to_pylist() == list(range(len(t)))
+    assert t.column("pos").to_pylist() == list(range(1, len(t) + 1))  # 1-based, as in every evo output
     return embedding_matrix(t)
 
 
@@ -89,11 +90,13 @@ def test_metadata_default_layer_and_schema(tmp_path):
     assert "embedding layer blocks.3.mlp.l3 (the middle block's MLP output" in res.output
     meta = read_metadata(out)
     assert meta["model"] == str(TINY) and meta["dtype"] == "float32" and meta["pooling"] == "max"
-    assert meta["strand"] == "both" and meta["chunk_size"] == "5" and json.loads(meta["layers"]) == ["blocks.3.mlp.l3"]
+    assert meta["strand"] == "both" and meta["chunk_size"] == 5 and meta["layers"] == ["blocks.3.mlp.l3"]
     assert meta["command"].startswith("evo embed --fasta") and "--layer blocks.3.mlp.l3 --pool max --strand both" in meta["command"]
     from evo_cli import __version__
 
-    assert meta["evo_version"] == __version__
+    assert meta["version"] == __version__ and "--kernels torch" in meta["command"]
+    # one key, as in every Parquet file evo writes
+    assert list(pq.read_schema(out).metadata) == [b"evo"]
     t = read_embeddings(out)
     assert str(t.schema.field("embedding").type) == "fixed_size_list<element: float>[64]"
     assert t.column_names == ["id", "length", "layer", "pooling", "embedding"] and t.column("length").to_pylist() == [8, 12]
@@ -107,7 +110,7 @@ def test_per_position_rows_and_negative_layer(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output == ""
     t = read_embeddings(out)
-    assert t.num_rows == 2 * (10 + 3) and t.column_names[-2:] == ["position", "embedding"]
+    assert t.num_rows == 2 * (10 + 3) and t.column_names[-2:] == ["pos", "embedding"]
     assert sorted(set(t.column("layer").to_pylist())) == ["blocks.6", "norm"]
     assert per_position(out, "b", "norm").shape == (3, 64)
 

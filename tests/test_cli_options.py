@@ -55,7 +55,7 @@ def test_recorded_command_spelling():
                                           "--region", "c:1-2", "--region", "d", "--skip-ref-mismatch", "--resume"],
                          skip=("resume",))
     assert recorded == ("evo score-variants --vcf 'in put.vcf' --fasta r.fa --output o.vcf --strand forward "
-                        "--region c:1-2 --region d --batch-size 8 --skip-ref-mismatch --model m --device auto "
+                        "--region c:1-2 --region d --reduce mean --batch-size 8 --skip-ref-mismatch --model m --device auto "
                         "--dtype auto")
     assert _recorded(score, ["--fasta", "x.fa", "-m", "m", "--no-bos"]).split()[6:8] == ["--no-bos", "--batch-size"]
 
@@ -69,7 +69,11 @@ def test_score_variants_vcf_header_command_reruns(tmp_path):
     line = next(x for x in out.read_text().splitlines() if x.startswith("##evo_command="))
     words = shlex.split(line.removeprefix("##evo_command="))
     assert words[:2] == ["evo", "score-variants"] and "--kernels" in words
-    assert _params(score_variants, words[2:]) == _params(score_variants, args)
+    recorded, given = _params(score_variants, words[2:]), _params(score_variants, args)
+    # every option with its value: the given ones as given, None defaults resolved
+    assert {k: v for k, v in recorded.items() if k in ("window", "chunk_size", "fmt")} == {
+        "window": 64, "chunk_size": 64, "fmt": "vcf"}
+    assert {k: v for k, v in recorded.items() if given[k] is not None} == {k: v for k, v in given.items() if v is not None}
     # rerunning the recorded command writes the same file
     expected = out.read_bytes()
     out.unlink()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import evo_cli
 from evo_cli.io.fasta import format_fasta
 from evo_cli.model.tokenizer import decode
 
@@ -58,7 +59,10 @@ def test_chunks_bos_override_and_parquet(tmp_path):
     assert pd.isna(plain.mean_ll.iloc[2]) and plain.sum_ll.iloc[2] == 0 and bos.sum_ll.iloc[2] < 0
     assert (bos.sum_ll != plain.sum_ll).all()
     meta = json.loads(pq.read_schema(tmp_path / "bos.parquet").metadata[b"evo"])
-    assert meta["evo_bos"] == "true" and meta["evo_dtype"] == "float32"
+    assert meta["bos"] is True and meta["dtype"] == "float32" and meta["version"] == evo_cli.__version__
+    # the full command: defaults included, None defaults resolved
+    assert meta["command"].startswith("evo score --fasta ") and " --bos --batch-size 8 --chunk-size 8192 " in meta["command"]
+    assert "--format parquet" in meta["command"] and "--kernels torch" in meta["command"]
 
 
 def test_parquet_to_stdout_and_same_outputs_fail_before_writing(tmp_path, monkeypatch):
@@ -120,22 +124,27 @@ def test_resume_writes_the_same_bytes(tmp_path):
     out.unlink()
 
     calls = []
+    bos = evo_cli.scoring.default_prepend_bos(model)
+    # progress counts positions (bases + BOS), one call per forward (batch size 1: per sequence)
+    first_two = sum(len(r.sequence) + bos for r in records[:32])
 
-    def stop_after_two(n):  # chunks of 16 sequences: 16, 16, 8
+    def stop_in_the_third(n):  # chunks of 16 sequences: 16, 16, 8
         calls.append(n)
-        if len(calls) == 2:
+        if sum(calls) > first_two:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_score(model, records, out, progress=stop_after_two, **kw)
-    assert calls == [16, 16] and not out.exists() and partial.read_text().count("\n") == 3
+        run_score(model, records, out, progress=stop_in_the_third, **kw)
+    assert len(calls) == 33 and not out.exists() and partial.read_text().count("\n") == 3
     with pytest.raises(evo_cli.InputError, match="add --resume"):
         run_score(model, records, out, **kw)
     with pytest.raises(evo_cli.InputError, match=r"settings differ \(batch_size: 1 then, 2 now\)"):
         run_score(model, records, out, resume=True, **{**kw, "batch_size": 2})
     done = []
     summary = run_score(model, records, out, resume=True, progress=done.append, **kw)
-    assert (summary.sequences, summary.resumed, done) == (40, 32, [16, 16, 8])
+    chunk = [sum(len(r.sequence) + bos for r in records[i : i + 16]) for i in (0, 16)]
+    assert (summary.sequences, summary.resumed, done[:2], len(done)) == (40, 32, chunk, 2 + 8)
+    assert sum(done) == sum(len(r.sequence) + bos for r in records)
     assert (out.read_bytes(), (tmp_path / "pos.parquet").read_bytes()) == expected and not partial.exists()
 
 

@@ -102,7 +102,8 @@ def test_outputs_agree_and_read_back(tmp_path):
     assert list(tsv.columns) == ["chrom", "pos", "id", "ref", "alt", "ref_ll", "alt_ll", "delta", "status"]
     pd.testing.assert_frame_equal(pd.read_parquet(outs["parquet"]), tsv, check_dtype=False)
     meta = json.loads(pq.read_schema(outs["parquet"]).metadata[b"evo"])
-    assert meta["evo_window"] == "64" and meta["evo_strand"] == "forward" and meta["evo_version"] == evo_cli.__version__
+    assert meta["window"] == 64 and meta["strand"] == "forward" and meta["version"] == evo_cli.__version__
+    assert meta["reduce"] == "mean" and meta["command"].startswith("evo score-variants --vcf")
     # the Python API gives the same table
     model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
     api = evo_cli.score_variants(model, INDELS, FA, window=64)
@@ -118,7 +119,7 @@ def test_outputs_agree_and_read_back(tmp_path):
                  f"##evo_model={TINY}", "##INFO=<ID=EVO_DELTA,Number=A,Type=Float"):
         assert line in text
     with gzip.open(outs["vcf.gz"], "rt") as fh:
-        assert fh.read().replace("scores.vcf.gz ", "scores.vcf ") == text
+        assert fh.read().replace("scores.vcf.gz ", "scores.vcf ").replace("--format vcf.gz ", "--format vcf ") == text
     assert (tmp_path / "scores.vcf.gz.tbi").exists()
     with pysam.VariantFile(str(outs["vcf"])) as vf:
         recs = list(vf)
@@ -229,11 +230,16 @@ def test_bad_inputs_end_in_one_line(tmp_path):
         assert code != 0 and message in err and "Traceback" not in err, err
         assert len([line for line in err.splitlines() if line.strip()]) == 1, err
     code, _, err = evo("score-variants", "-m", TINY, "--vcf", SNVS, "--fasta", FA, "-o", "-", "--resume")
-    assert code == 2 and "Error: --resume needs an output file" in err  # click's usage error
-    # a VCF on contigs the FASTA lacks: every record is skipped and counted
-    code, out, err = evo("score-variants", "-m", TINY, "--window", 64, "--vcf", EDGE / "bcftools/fixref.3.vcf",
-                         "--fasta", FA, "-o", "-")
-    assert code == 0 and _summary(err) == (0, {"contig_not_in_fasta": 8}) and len(out.splitlines()) == 9
+    assert code == 2 and err == ("evo: error: --resume needs an output file (-o PATH), not stdout "
+                                 "(see `evo score-variants --help`)\n")  # a usage error, in one line
+    # a VCF none of whose contigs is in the FASTA: an error naming the first contigs of both, before the model loads
+    out = tmp_path / "none.vcf"
+    code, _, err = evo("score-variants", "-m", tmp_path / "no_model", "--window", 64, "--vcf",
+                       EDGE / "bcftools/fixref.3.vcf", "--fasta", FA, "-o", out)
+    assert code == 1 and err == ("evo: error: no contig of fixref.3.vcf is in GRCh37_chr17_41100001-41300000.fa: the VCF "
+                                 "has 1, 2, 3 ... (8 in all), the FASTA has GRCh37_chr17_41100001_41300000; check the "
+                                 "reference build\n")
+    assert not out.exists()
 
 
 def _cli(out, *extra):

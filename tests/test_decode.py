@@ -158,3 +158,27 @@ def test_static_decode_step_equals_the_normal_step(tiny_models, family):
     for sa, sb in zip(a.layers, b.layers):
         for name in vars(sa):
             assert (getattr(sa, name) - getattr(sb, name)).abs().max().item() < 1e-5
+
+
+def test_static_decoder_without_memory_for_the_capture_falls_back(tiny_models, monkeypatch):
+    """The capture copies the state (a second KV cache); when that copy does not fit, decoding goes on
+    without a graph instead of ending in a traceback."""
+    from evo_cli.model.cache import InferenceState
+    from evo_cli.model.graph import StaticDecoder
+
+    model = tiny_models["evo2"]
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(3))
+
+    def no_memory(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with torch.no_grad():
+        a, b = model.new_state(1, 12), model.new_state(1, 12)
+        model(ids[:, :5], a)
+        model(ids[:, :5], b)
+        monkeypatch.setattr(InferenceState, "clone", no_memory)
+        dec = StaticDecoder(model, b, graph=True)
+        assert dec.graph is None
+        for p in range(5, 12):
+            want = model(ids[:, p : p + 1], a)
+            assert (dec.step(ids[:, p : p + 1]) - want).abs().max().item() < 1e-5

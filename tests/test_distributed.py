@@ -1,5 +1,5 @@
 """Data parallel runs under torchrun (``distributed.py``) on CPU with gloo: 2 and 3 ranks give the
-single-process bytes for score-variants, score, embed and generate (also with each rank's model
+single-process bytes for score-variants, score, embed, generate and mutagenize (also with each rank's model
 split over cpu,cpu); uneven work keeps every rank busy; a run with a killed rank resumes with 1 and
 with 2 ranks to the same bytes.
 
@@ -83,6 +83,9 @@ def commands(inputs: Path) -> list[list]:
 
 
 OUTPUTS = ["variants.tsv", "scores.tsv", "positions.tsv", "embed.parquet", "gen.jsonl"]
+# 5 chunks of 2 positions, written by rank 0 alone
+MUTAGENIZE = ["mutagenize", "-m", TINY, "--fasta", FA, "--region", "GRCh37_chr17_41100001_41300000:97700-97709",
+              "--window", 32, "--batch-size", 2, "-o", "scan.vcf.gz", "--bedgraph", "scan.bedGraph"]
 KILLED = ["score-variants", "-m", TINY, "--vcf", SNVS, "--fasta", FA, "--window", 64, "--batch-size", 2,
           "-o", "killed.tsv"]
 
@@ -107,7 +110,7 @@ def runs(tmp_path_factory):
                     {"argv": KILLED + ["--resume"], "stop_after": 2, "copy_to": str(f / "k1")}], f / "2")
     no_seed = commands(f)[3][:-4] + ["-o", "gen-noseed.jsonl"]  # rank 0 draws the seed for all
     split = commands(f)[0][:-1] + ["variants-split.tsv", "--device", "cpu,cpu"]  # each rank's model in 2 parts
-    three = launch(3, [{"argv": c} for c in commands(f) + [no_seed, split]], f / "3")
+    three = launch(3, [{"argv": c} for c in commands(f) + [no_seed, split, MUTAGENIZE]], f / "3")
     return f, {"two": finish(two), "three": finish(three)}
 
 
@@ -134,6 +137,9 @@ def test_ranks_write_the_single_process_bytes(runs, ranks):
         argv = commands(folder)[3][:-3] + [seeds.pop(), "-o", "gen-noseed.jsonl"]
         evo("-q", *argv, threads=max(1, CORES // ranks), cwd=ref)
         assert (ref / "gen-noseed.jsonl").read_bytes() == got
+        evo("-q", *MUTAGENIZE, threads=max(1, CORES // ranks), cwd=ref)
+        for name in ("scan.vcf.gz", "scan.vcf.gz.tbi", "scan.bedGraph"):
+            assert (folder / "3" / name).read_bytes() == (ref / name).read_bytes(), name
     assert not [p for p in (folder / str(ranks)).iterdir() if ".evo-partial" in p.name and "killed" not in p.name]
 
 

@@ -35,10 +35,10 @@ def equivalent_vcf(df: pd.DataFrame, path: Path, contig_length: int) -> Path:
     return path
 
 
-def _compare_with_score_variants(model, fasta, region, contig_length, window, strand, tmp_path):
+def _compare_with_score_variants(model, fasta, region, contig_length, window, strand, tmp_path, reduce="mean"):
     out = tmp_path / "scan.tsv"
     code, _, err = evo("mutagenize", "--fasta", fasta, "--region", region, "-m", model, "--window", window,
-                       "--strand", strand, "--batch-size", 4, "-o", out)
+                       "--strand", strand, "--reduce", reduce, "--batch-size", 4, "-o", out)
     assert code == 0, err
     df = pd.read_csv(out, sep="\t")
     start, end = map(int, region.rsplit(":", 1)[1].split("-"))
@@ -46,7 +46,7 @@ def _compare_with_score_variants(model, fasta, region, contig_length, window, st
     assert all(set(g.alt) | {g.ref.iloc[0]} == set("ACGT") for _, g in df.groupby("pos"))
     vcf = equivalent_vcf(df, tmp_path / "snvs.vcf", contig_length)
     code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fasta, "-m", model, "--window", window,
-                       "--strand", strand, "-o", tmp_path / "sv.tsv")
+                       "--strand", strand, "--reduce", reduce, "-o", tmp_path / "sv.tsv")
     assert code == 0, err
     sv = pd.read_csv(tmp_path / "sv.tsv", sep="\t")
     assert (sv.status == "ok").all() and list(sv.pos) == list(df.pos) and list(sv.alt) == list(df.alt)
@@ -59,6 +59,15 @@ def _compare_with_score_variants(model, fasta, region, contig_length, window, st
 @pytest.mark.parametrize("strand", ["forward", "both"])
 def test_brca1_deltas_equal_score_variants(strand, tmp_path):
     _compare_with_score_variants(TINY, FA, f"{CHROM}:97718-97729", 200_000, 96, strand, tmp_path)
+
+
+def test_summed_deltas_equal_score_variants(tmp_path):
+    """``--reduce sum``, as score-variants has it: deltas are whole-window log-likelihood ratios."""
+    mean = _compare_with_score_variants("evo-demo", ECOLI, "NC_000913.3:337-339", 20_000, 64, "forward", tmp_path)
+    total = _compare_with_score_variants("evo-demo", ECOLI, "NC_000913.3:337-339", 20_000, 64, "forward", tmp_path,
+                                         reduce="sum")
+    # the mean over the 63 scored positions of a 64-base window
+    assert np.allclose(total.delta / 63, mean.delta, atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize("strand", ["forward", "both"])
@@ -133,6 +142,13 @@ def test_resume_gives_identical_output(tmp_path):
                        model_name=str(TINY), progress=stop_after_two_chunks)
     partial = Path(str(tmp_path / "out.tsv") + ".evo-partial")
     assert partial.read_text().count("\n") == 3 and not (tmp_path / "out.tsv").exists()
+    # progress as ranks of a torchrun job leave it: chunk 1 alone, in rank 1's file (chunk 0 missing)
+    head, _, chunk1 = partial.read_text().splitlines()
+    gap = tmp_path / "gap.tsv"
+    Path(str(gap) + ".evo-partial.1").write_text(head + "\n" + chunk1 + "\n")
+    code, _, err = evo(*args, "-o", gap, "--resume")
+    assert code == 0, err
+    assert "2 positions done before resuming" in err and gap.read_text() == (tmp_path / "full.tsv").read_text()
     code, _, err = evo(*args, "-o", tmp_path / "out.tsv")
     assert code == 1 and "add --resume" in err
     code, _, err = evo(*args, "-o", tmp_path / "out.tsv", "--window", 64, "--resume")

@@ -14,6 +14,7 @@ from evo_cli.errors import CheckpointError, EvoError
 from evo_cli.generation import generate
 from evo_cli.io.fasta import FastaRecord
 from evo_cli.model.init import motif_config, random_model
+from evo_cli.mutagenesis import run_mutagenize
 from evo_cli.scoring import run_score
 from evo_cli.variants import run_score_variants
 
@@ -75,6 +76,17 @@ def test_score_variants_names_the_record(nan_model, tmp_path):
         run_score_variants(nan_model, EXAMPLES / "thrA_snvs.vcf", EXAMPLES / "ecoli_first20kb.fa", tmp_path / "o.vcf",
                            window=16, batch_size=4)
     assert not (tmp_path / "o.vcf").exists()
+
+
+def test_mutagenize_names_the_position(nan_model, tmp_path):
+    from evo_cli.io.vcf import parse_region
+
+    fasta = tmp_path / "r.fa"
+    fasta.write_text(">c\nCCGTCGTGCC\n")
+    # mutating C at 4 to A puts an A in that ALT window
+    with pytest.raises(EvoError, match=r"^the model computed NaN or infinite values for position c:4 \(already"):
+        run_mutagenize(nan_model, fasta, tmp_path / "m.tsv", regions=[parse_region("c:4-5")], window=6)
+    assert not (tmp_path / "m.tsv").exists()
 
 
 def test_generate_hint_depends_on_dtype(nan_model):

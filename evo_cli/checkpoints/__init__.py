@@ -95,13 +95,24 @@ def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, 
 def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
     """What ``evo info`` prints: the parsed config, stored and runtime dtype, parameter count.
 
-    Reads the config and one tensor, never the whole set of weights."""
-    path, published = resolve_checkpoint(model, download=False)
-    ckpt = open_checkpoint(path, published)
-    c = ckpt.config
+    Reads the config and one tensor, never the whole set of weights. A published model whose weights
+    are not in the cache is described from the config shipped with the package."""
+    spec = None if Path(model).exists() or str(model) in registry.BUNDLED else registry.get_spec(str(model))
+    try:
+        path, published = resolve_checkpoint(model, download=False)
+    except CheckpointError:
+        if spec is None:
+            raise
+        ckpt, c = None, registry.model_config(spec.name)
+        location, fmt, stored = f"not downloaded (`evo download {spec.name}` fetches the weights)", "-", "-"
+    else:
+        ckpt = open_checkpoint(path, published)
+        c = ckpt.config
+        location, fmt = str(path), ckpt.format
+        emb_key, _ = ckpt.resolve("embedding_layer.weight")
+        stored = str(ckpt.source.get(emb_key).dtype).removeprefix("torch.")
     with torch.device("meta"):
         n_params = sum(p.numel() for p in StripedHyena(c).parameters())
-    emb_key, _ = ckpt.resolve("embedding_layer.weight")
     dev = resolve_device(device)
     filters = []
     if "hcs" in c.block_types:
@@ -111,8 +122,8 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
     if "hcl" in c.block_types or "hyena" in c.block_types:
         filters.append(f"modal, {c.state_size} {'complex' if c.family == 'evo1' else 'real'} poles per channel")
     return {
-        "path": str(path),
-        "format": ckpt.format,
+        "path": location,
+        "format": fmt,
         "family": {"evo1": "Evo 1 (StripedHyena 1)", "evo2": "Evo 2 (StripedHyena 2)"}[c.family],
         "name": c.name or "-",
         "layers": c.num_layers,
@@ -125,11 +136,13 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
         "rotary": f"base {c.rotary_base:g}" + (f", positions / {c.rotary_scaling:g}" if c.rotary_scaling != 1 else ""),
         "context": c.max_seqlen,
         "vocab": c.vocab_size,
-        "stored dtype": str(ckpt.source.get(emb_key).dtype).removeprefix("torch."),
+        "stored dtype": stored,
         "runtime dtype": f"{str(resolve_dtype(dtype, dev)).removeprefix('torch.')} on {dev} (Hyena filters float32)",
         "parameters": f"{n_params:,}",
-        "fp8 state": ckpt.fp8_state() or "none",
-        "fp8 mode": _describe_fp8(ckpt, dev),
+        # without the weights, what the registry knows of the published model
+        "fp8 state": ((ckpt.fp8_state() or "none") if ckpt is not None else
+                      "- (trained with FP8 projections; the scales come with the weights)" if spec.fp8 else "none"),
+        "fp8 mode": _describe_fp8(ckpt, dev) if ckpt is not None else "-",
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from evo_cli.io.atomic import check_output_dir
 from evo_cli.runtime import resolve_dtype
 
 from . import resolve_checkpoint
@@ -31,6 +32,7 @@ def convert_checkpoint(
     dtype: ``keep`` (every tensor as stored), ``float32`` or ``bfloat16`` (Hyena filters, poles,
     residues and rotary frequencies stay float32). The directory appears only when complete.
     """
+    check_output_dir(out_dir)  # before a download or a long load
     path, published = resolve_checkpoint(source)
     ckpt = open_checkpoint(path, published)
     cpu = torch.device("cpu")

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from evo_cli.errors import CheckpointError
-from evo_cli.io.atomic import _umask
+from evo_cli.errors import CheckpointError, OutputError
+from evo_cli.io.atomic import _umask, remove_stale_temporaries, temporary_prefix, write_failure
 
 DEFAULT_SHARD_BYTES = 4 << 30
 
@@ -25,8 +25,12 @@ def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHA
     out = Path(directory)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out}: exists and is not an empty directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(out), dir=out.parent))
+    except OSError as err:
+        raise OutputError(write_failure(out, err)) from None
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         shards, current, size = [], {}, 0
@@ -57,6 +61,9 @@ def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHA
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+    except OSError as err:  # a full disk: one line naming the output
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(write_failure(out, err)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -7,7 +7,7 @@ import click
 from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
 from evo_cli.io.fasta import STRANDS
 
-from .options import command_line, echo, hint_on_interrupt, is_quiet, load_model_cli, model_options, progress_bar
+from .options import echo, full_command, hint_on_interrupt, is_quiet, load_model_cli, model_options, progress_bar
 
 
 @click.command()
@@ -30,19 +30,26 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, m
     """Embed the sequences of a FASTA file with a model's hidden states; write Parquet.
 
     Pooled: one row per (sequence, layer) with id, length, layer, pooling and embedding (a
-    fixed-size float32 list). --pool none: one row per (sequence, layer, position), plus position.
+    fixed-size float32 list). --pool none: one row per (sequence, layer, position), plus pos
+    (1-based, as in the other commands' outputs).
+
+    \b
+    evo embed --fasta genes.fa -m evo2_7b -o genes.parquet
+    evo embed --fasta genes.fa -m evo2_7b -o layers.parquet --layer blocks.20 --layer blocks.-1 --strand both
+    evo embed --fasta reads.fa -m evo2_7b -o per_base.parquet --pool none
     """
-    from evo_cli import __version__
     from evo_cli.embedding import default_layer, resolve_layers, run_embed
     from evo_cli.io.atomic import check_output_path
+    from evo_cli.io.embeddings import check_embedding_output
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.partial import check_fresh
     from evo_cli.registry import known_model
-    from evo_cli.runs import run_settings
+    from evo_cli.runs import output_metadata, run_settings
 
     if output == "-":
         raise click.UsageError("embeddings are written as Parquet: give a file path with -o")
-    check_output_path(output)
+    check_embedding_output(output)
+    check_output_path(output, inputs=(fasta,))
     check_fresh(output, resume)
     records = read_fasta(fasta)
     net = load_model_cli(model, device, dtype, kernels, state_tokens=max((len(r.sequence) for r in records), default=1))
@@ -53,11 +60,9 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, m
         why = (f"recommended for {spec.name}" if spec
                else "the middle block's MLP output; no recommended layer for this model")
         echo(f"embedding layer {default_layer(config)} ({why}); choose with --layer")
-    # --resume is left out: a resumed run writes the same bytes as an uninterrupted one
-    command = command_line(values={"layers": names}, skip=("resume",))
-    metadata = {"model": str(model), "model_name": config.name, "family": config.family,
-                "dtype": str(net.dtype).removeprefix("torch."), "evo_version": __version__, "command": command,
-                "layers": names, "pooling": pool, "strand": strand, "chunk_size": chunk_size, "hidden_size": config.hidden_size}
+    command = full_command(net, layers=names)
+    metadata = output_metadata(net, model, command, family=config.family, layers=names, pooling=pool, strand=strand,
+                               batch_size=batch_size, chunk_size=chunk_size, hidden_size=config.hidden_size)
     strands = 2 if strand == "both" else 1
     with hint_on_interrupt(output), \
             progress_bar("embedding", strands * sum(len(r.sequence) for r in records), "bases") as advance:

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import click
 
-from evo_cli._version import __version__
-
-from .options import echo, hint_on_interrupt, load_model_cli, model_options, progress_bar
+from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar
 
 
 @click.command()
-@model_options
 @click.option("-p", "--prompt", "prompt_seqs", multiple=True, metavar="SEQ",
               help="A DNA prompt (repeatable; named prompt1, prompt2, ...).")
 @click.option("--prompts", "prompts_fasta", type=click.Path(exists=True, dir_okay=False), metavar="FASTA",
               help="Prompts from a FASTA file (named by record id).")
 @click.option("-n", "--n-tokens", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Tokens to generate per sample.")
+              help="Tokens to generate per sample (prompt + tokens must fit the model's context).")
 @click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Softmax temperature (> 0; ignored when greedy).")
-@click.option("--top-k", type=int, default=4, show_default=True,
+              help="Softmax temperature (> 0; 0 only with --top-k 1, greedy).")
+@click.option("--top-k", type=click.IntRange(min=0), default=4, show_default=True,
               help="Sample among the k most likely tokens; 1 = greedy, 0 = the whole vocabulary.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
-              help="Nucleus sampling: keep the most likely tokens up to this probability mass (0 < p <= 1).")
+              help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt.")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed for reproducible sampling [default: random, written to the output].")
@@ -34,15 +31,18 @@ from .options import echo, hint_on_interrupt, load_model_cli, model_options, pro
               help="Output format; auto: .jsonl is JSON Lines, .fa/.fasta/.fna/.fas (and stdout) FASTA.")
 @click.option("-o", "--output", default="-", metavar="PATH", help="Output file [default: stdout].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command (same seed).")
-def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p,
-             num_samples, seed, batch_size, prefill_chunk, fmt, output, resume):
+@model_options
+def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, num_samples, seed, batch_size,
+             prefill_chunk, fmt, output, resume, model, device, dtype, kernels):
     """Generate DNA after each prompt: one record per (prompt, sample), the prompt not included.
 
     \b
     evo generate --model evo2_7b --prompt ACGTACGT -n 1000 -o gen.fa
     evo generate --model evo2_7b --prompts prompts.fa --num-samples 4 --seed 1 -o gen.jsonl
     """
-    from evo_cli.generation import prepare_prompts, run_generate
+    from evo_cli._version import __version__
+    from evo_cli.generation import check_context, prepare_prompts, resolve_seed, run_generate
+    from evo_cli.io.atomic import check_output_path
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.generated import output_format
     from evo_cli.io.partial import check_fresh
@@ -60,19 +60,25 @@ def generate(model, device, dtype, kernels, prompt_seqs, prompts_fasta, n_tokens
         prompts = list(prompt_seqs)
     # validate before the (possibly slow) model load
     prompts = prepare_prompts(prompts)
-    output_format(output, fmt)
+    fmt = output_format(output, fmt)
+    check_output_path(output, inputs=(prompts_fasta,))
     if output != "-":
         check_fresh(output, resume)
     rows = min(batch_size, len(prompts) * num_samples)
     lm = load_model_cli(model, device, dtype, kernels,
                         state_tokens=rows * (max(len(p) for p in prompts.values()) + n_tokens))
+    check_context(lm, prompts, n_tokens)  # before any progress bar
+    # resolved here (after joining a distributed job) so that the recorded command reproduces the run
+    seed = resolve_seed(seed, output, resume)
+    command = full_command(lm, seed=seed, fmt=fmt)
     total = len(prompts) * num_samples * n_tokens
     header = {"n_tokens": n_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "model": model,
-              "evo": __version__}
+              "evo": __version__, "command": command}
     with hint_on_interrupt(output), progress_bar("generating", total, "tokens") as advance:
-        _, resumed = run_generate(lm, prompts, n_tokens, output, format=fmt, resume=resume,
-                                  settings=run_settings(lm, {}), header=header, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, num_samples=num_samples, seed=seed, batch_size=batch_size,
-                                  prefill_chunk=prefill_chunk, progress=advance)
-    if resumed:
-        echo(f"{resumed:,} of {len(prompts) * num_samples:,} sequences were done before resuming")
+        generations, resumed = run_generate(lm, prompts, n_tokens, output, format=fmt, resume=resume,
+                                            settings=run_settings(lm, {}), header=header, temperature=temperature,
+                                            top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed,
+                                            batch_size=batch_size, prefill_chunk=prefill_chunk, progress=advance)
+    where = "stdout" if output == "-" else output
+    echo(f"generated {len(generations):,} sequence(s) x {n_tokens:,} tokens (seed {seed}) to {where}"
+         + (f"; {resumed:,} done before resuming" if resumed else ""))

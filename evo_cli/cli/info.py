@@ -6,17 +6,26 @@ import json
 
 import click
 
-from .options import verbosity_options
+from .options import check_device, verbosity_options
 
 
 @click.command()
 @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH", help="Model name or checkpoint path.")
-@click.option("--device", default="auto", show_default=True, help="Device the dtype is resolved for.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=check_device,
+              help="Device the runtime dtype is resolved for (nothing is loaded on it).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Runtime dtype to report; auto is float32 on CPU, bfloat16 on GPUs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbosity_options
 def info(model, device, dtype, as_json):
-    """Show a checkpoint's architecture: block pattern, sizes, context, dtype, parameter count."""
+    """Show a checkpoint's architecture: block pattern, sizes, context, dtype, parameter count.
+
+    A published model that is not downloaded is described from the config shipped with evo.
+
+    \b
+    evo info -m evo2_7b
+    evo info -m ./my_checkpoint --json
+    """
     from evo_cli.checkpoints import describe_checkpoint
 
     d = describe_checkpoint(model, device=device, dtype=dtype)

@@ -80,6 +80,14 @@ def _run(argv) -> None:
         interrupted = isinstance(e.__cause__, (KeyboardInterrupt, EOFError))
         click.echo("evo: interrupted" if interrupted else "evo: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as e:  # `evo` alone: the help text
+        e.show()
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        # one line, as for every other error, with where to look
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        click.echo(f"evo: error: {' '.join(e.format_message().split())}{hint}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

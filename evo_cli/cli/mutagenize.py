@@ -6,14 +6,14 @@ import click
 
 from evo_cli.io.fasta import STRANDS
 
-from .options import (command_line, echo, hint_on_interrupt, load_model_cli, model_options, progress_bar,
-                      verbosity_options)
+from .options import (echo, full_command, hint_on_interrupt, load_model_cli, model_options, parse_regions,
+                      progress_bar, verbosity_options)
 
 
 @click.command("mutagenize")
 @click.option("--fasta", required=True, metavar="PATH",
               help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
-@click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END",
+@click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END", callback=parse_regions,
               help="Positions to mutate (1-based, inclusive; repeatable).")
 @click.option("--regions", "bed", metavar="BED", default=None, help="Positions to mutate: BED intervals (0-based).")
 @click.option("--record", "records", multiple=True, metavar="ID",
@@ -33,6 +33,8 @@ from .options import (command_line, echo, hint_on_interrupt, load_model_cli, mod
                    "[default: 8192, or the model's context when shorter].")
 @click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
               help="both: average each score with that of the reverse-complement window.")
+@click.option("--reduce", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
+              help="Window score, as in score-variants: mean per-base log-likelihood, or its sum.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Sequences per forward pass; also the positions per saved chunk of progress.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
@@ -41,8 +43,8 @@ from .options import (command_line, echo, hint_on_interrupt, load_model_cli, mod
               help="Score every window in full instead of sharing the prefix before the position (slower; same scores).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @model_options
-def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, window, strand, batch_size, chunk_size,
-               no_share, resume, model, device, dtype, kernels):
+def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, window, strand, reduce, batch_size,
+               chunk_size, no_share, resume, model, device, dtype, kernels):
     """In-silico saturation mutagenesis: every position x the three other bases, scored as score-variants does.
 
     \b
@@ -52,16 +54,18 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
     from evo_cli.io.atomic import check_output_path
     from evo_cli.io.partial import check_fresh
     from evo_cli.io.tracks import check_track_output
-    from evo_cli.io.vcf import parse_region, read_bed
+    from evo_cli.io.vcf import read_bed
     from evo_cli.mutagenesis import check_inputs, output_format, run_mutagenize
     from evo_cli.variants import DEFAULT_WINDOW
 
     if resume and output == "-":
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     # every check that needs no model first: bad input fails in seconds
-    output_format(output, fmt)
+    fmt = output_format(output, fmt)
+    # every output location, before any work
+    for path in (output, plot, bedgraph):
+        check_output_path(path, inputs=(fasta, bed))
     if output != "-":
-        check_output_path(output)
         check_fresh(output, resume)
     if plot:
         from evo_cli.plots import check_plot_output
@@ -69,18 +73,19 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
         check_plot_output(plot)
     if bedgraph:
         check_track_output(bedgraph)
-    regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
+    regions = list(region_texts) + (read_bed(bed) if bed else [])
     total = check_inputs(fasta, regions, records)
     # the KV cache a batch of windows holds, for balancing a model split over devices
     loaded = load_model_cli(model, device, dtype, kernels, state_tokens=(window or DEFAULT_WINDOW) * batch_size)
-    command = command_line(skip=("resume",))
+    window = window or min(DEFAULT_WINDOW, loaded.config.max_seqlen)
+    command = full_command(loaded, window=window, fmt=fmt, chunk_size=chunk_size or window)
     with hint_on_interrupt(output), progress_bar("mutagenizing", total, "positions") as advance:
         summary = run_mutagenize(loaded, fasta, output, regions=regions, records=records, format=fmt, window=window,
-                                 strand=strand, batch_size=batch_size, share_prefix=not no_share,
+                                 strand=strand, reduce=reduce, batch_size=batch_size, share_prefix=not no_share,
                                  chunk_size=chunk_size, resume=resume, bedgraph=bedgraph, plot=plot,
                                  model_name=model, command=command, progress=advance)
     new = summary.positions - summary.resumed
-    rate = f", {3 * new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new else ""
+    rate = f", {3 * new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new and summary.scored else ""
     echo(f"scored {summary.variants:,} variants at {summary.scored:,} of {summary.positions:,} positions "
          f"in {summary.seconds:,.1f} s{rate}" + (f"; {summary.resumed:,} positions done before resuming"
                                                   if summary.resumed else ""))

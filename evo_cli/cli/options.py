@@ -24,6 +24,7 @@ def model_options(f):
     @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH",
                   help="Published model name (see `evo models`) or a checkpoint file / directory.")
     @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N][,...]",
+                  callback=check_device,
                   help="Where to run; auto picks the first GPU (the first few when one cannot hold the model), "
                        "else the CPU. A comma-separated list (cuda:0,cuda:1) splits the model's blocks over them.")
     @click.option("--devices-per-rank", type=click.IntRange(min=1), default=None, metavar="K", expose_value=False,
@@ -43,6 +44,37 @@ def model_options(f):
         return f(*args, **kwargs)
 
     return wrapper
+
+
+def check_device(_ctx, _param, value):
+    """Parse-time check of ``--device`` (one device or a comma-separated list) against the devices this
+    torch has (a usage error naming them)."""
+    if value in (None, "auto"):
+        return value
+    from evo_cli.errors import InputError
+    from evo_cli.runtime import resolve_devices
+
+    try:
+        resolve_devices(value)
+    except InputError as err:
+        raise click.BadParameter(str(err)) from None
+    return value
+
+
+def parse_regions(_ctx, _param, values):
+    """Click callback: ``--region`` texts -> ``Region`` objects; one that does not parse is a usage error."""
+    from evo_cli.errors import InputError
+    from evo_cli.io.vcf import parse_region
+
+    try:
+        return tuple(parse_region(v) for v in values)
+    except InputError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+region_option = click.option(
+    "--region", "regions", multiple=True, metavar="CHR:START-END", callback=parse_regions,
+    help="Only variants in this region (chr, chr:start or chr:start-end; 1-based, inclusive; repeatable).")
 
 
 def _set_devices_per_rank(ctx, _param, value):
@@ -108,6 +140,16 @@ def command_line(ctx: click.Context | None = None, *, skip: Iterable[str] = (),
     return shlex.join(args)
 
 
+def full_command(model, **values) -> str:
+    """``command_line`` for a run of the loaded ``model``: every option with its value, the runtime
+    choices resolved (``--kernels``, ``--fp8``) as well as ``values``; ``--resume`` is left out, since
+    a resumed run writes the same bytes as an uninterrupted one."""
+    from evo_cli.runs import kernel_backend
+
+    return command_line(values={"kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None), **values},
+                        skip=("resume",))
+
+
 def is_quiet() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
@@ -157,17 +199,22 @@ def progress_bar(description: str, total: int | None, unit: str):
         yield lambda n=1: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    done = "{task.completed:,.0f}/{task.total:,.0f} " if total is not None else "{task.completed:,.0f} "
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn(done + unit),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False) as prog:
         task = prog.add_task(description, total=total, rate="")
+        calls = [0]
 
         def advance(n=1):
             prog.advance(task, n)
-            # rich's windowed speed, not completed / elapsed: work restored by --resume arrives at once
-            speed = prog.tasks[task].speed
+            calls[0] += 1
+            # rich's windowed speed, not completed / elapsed: work restored by --resume arrives at once;
+            # a run done in one step has no window, and its one step is its own work
+            t = prog.tasks[task]
+            speed = t.speed if calls[0] > 1 else (t.completed / t.elapsed if t.elapsed else None)
             if speed is not None:
                 prog.update(task, rate=f"{speed:,.1f} {unit}/s")
 

@@ -6,7 +6,7 @@ import click
 
 from evo_cli.io.fasta import STRANDS
 
-from .options import command_line, echo, hint_on_interrupt, load_model_cli, model_options, progress_bar
+from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar, region_option
 
 
 @click.command("score-variants")
@@ -14,16 +14,18 @@ from .options import command_line, echo, hint_on_interrupt, load_model_cli, mode
 @click.option("--fasta", required=True, metavar="PATH",
               help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
 @click.option("-o", "--output", required=True, metavar="PATH",
-              help="Output: .vcf, .vcf.gz (bgzip + tabix), .tsv or .parquet; - for stdout (VCF or TSV).")
+              help="Output: .vcf, .vcf.gz (bgzip + tabix), .tsv or .parquet; - for stdout (VCF unless --format).")
 @click.option("--format", "fmt", type=click.Choice(["vcf", "vcf.gz", "tsv", "parquet"]), default=None,
-              help="Output format [default: from the extension].")
+              help="Output format [default: from the extension; on stdout VCF, like the input, or tsv].")
 @click.option("--window", type=click.IntRange(min=2), default=None,
               help="Window length in bases, centred on the variant and clipped at contig ends "
                    "[default: 8192, or the model's context when shorter].")
 @click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
               help="both: average each score with that of the reverse-complement window.")
-@click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END",
-              help="Only variants in this region (1-based, inclusive; repeatable).")
+@region_option
+@click.option("--reduce", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
+              help="Window score: mean per-base log-likelihood (the Evo 2 method), or its sum (delta = the "
+                   "whole-window log-likelihood ratio).")
 @click.option("--regions", "bed", metavar="BED", default=None, help="Only variants in these BED intervals (0-based).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Sequences per forward pass; also the records per saved chunk of progress.")
@@ -34,33 +36,38 @@ from .options import command_line, echo, hint_on_interrupt, load_model_cli, mode
               help="Score every window in full instead of sharing the prefix before the variant (slower; same scores).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @model_options
-def score_variants(vcf, fasta, output, fmt, window, strand, region_texts, bed, batch_size, chunk_size,
+def score_variants(vcf, fasta, output, fmt, window, strand, regions, reduce, bed, batch_size, chunk_size,
                    skip_ref_mismatch, no_share, resume, model, device, dtype, kernels):
     """Zero-shot variant effects: the model's log-likelihood of the ALT window minus that of the REF window.
 
     \b
     evo score-variants --vcf clinvar.vcf.gz --fasta GRCh38.fa -m evo2_7b -o scored.vcf.gz
     evo score-variants --vcf in.vcf --fasta ref.fa -m evo2_7b -o scores.tsv --strand both --region chr17:41196312-41277500
+    evo score-variants --vcf in.vcf --fasta ref.fa -m evo2_7b -o - | bcftools view -i 'INFO/EVO_DELTA<-0.001'
     """
-    from evo_cli.io.vcf import parse_region, read_bed
+    from evo_cli.io.vcf import read_bed
     from evo_cli.variants import DEFAULT_WINDOW, check_output, check_variants, run_score_variants
 
     if resume and output == "-":
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     # check the output, read the VCF and check REF before loading the model: bad input fails in seconds
-    check_output(output, fmt, resume)
-    regions = [parse_region(r) for r in region_texts] + (read_bed(bed) if bed else [])
+    fmt = check_output(output, fmt, resume, inputs=(vcf, fasta, bed))
+    regions = list(regions) + (read_bed(bed) if bed else [])
     total = check_variants(vcf, fasta, regions, skip_ref_mismatch)
     loaded = load_model_cli(model, device, dtype, kernels, state_tokens=(window or DEFAULT_WINDOW) * batch_size)
-    # --resume is left out: a resumed run writes the same bytes as an uninterrupted one
-    command = command_line(skip=("resume",))
+    context = loaded.config.max_seqlen
+    if window is None:
+        window = min(DEFAULT_WINDOW, context)
+        if window < DEFAULT_WINDOW:
+            echo(f"window {window:,} bases: the default {DEFAULT_WINDOW:,} clipped to the model's context")
+    command = full_command(loaded, window=window, fmt=fmt, chunk_size=chunk_size or window)
     with hint_on_interrupt(output), progress_bar("scoring", total, "variants") as advance:
         summary = run_score_variants(loaded, vcf, fasta, output, format=fmt, window=window, strand=strand,
                                      regions=regions, batch_size=batch_size, skip_ref_mismatch=skip_ref_mismatch,
-                                     share_prefix=not no_share, chunk_size=chunk_size, resume=resume,
+                                     share_prefix=not no_share, chunk_size=chunk_size, reduce=reduce, resume=resume,
                                      model_name=model, command=command, progress=advance)
     new = summary.variants - summary.resumed
-    rate = f", {new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new else ""
+    rate = f", {new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new and summary.scored else ""
     echo(f"scored {summary.scored:,} of {summary.variants:,} variants ({summary.records:,} records) "
           f"in {summary.seconds:,.1f} s{rate}" + (f"; {summary.resumed:,} done before resuming" if summary.resumed else ""))
     if summary.skipped:
@@ -105,14 +112,14 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
     \b
     evo score --fasta seqs.fa -m evo2_7b -o scores.tsv
     """
-    from evo_cli._version import __version__
+    from evo_cli.io.atomic import check_output_path
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.partial import check_fresh
     from evo_cli.io.tables import check_table_output
-    from evo_cli.runs import run_settings
+    from evo_cli.runs import output_metadata, run_settings
     from evo_cli.scoring import default_prepend_bos, run_score
 
-    check_table_output(output, fmt)
+    fmt = check_table_output(output, fmt)
     if per_position:
         check_table_output(per_position)
     if bedgraph:
@@ -123,14 +130,18 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
         raise click.UsageError(f"--per-position and -o are both {output}: give them different files")
     if resume and output == "-":
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
+    # every output location is checked before any work
+    for path in (output, per_position):
+        check_output_path(path, inputs=(fasta,))
     if output != "-":
         check_fresh(output, resume)
     records = read_fasta(fasta)
     loaded = load_model_cli(model, device, dtype, kernels, state_tokens=max((len(r.sequence) + 1 for r in records), default=1))
     prepend = default_prepend_bos(loaded) if bos is None else bos
-    meta = {"evo_version": __version__, "evo_model": model, "evo_dtype": str(loaded.dtype).replace("torch.", ""),
-            "evo_bos": str(prepend).lower()}
-    with hint_on_interrupt(output), progress_bar("scoring", len(records), "sequences") as advance:
+    command = full_command(loaded, bos=prepend, fmt=fmt)
+    meta = output_metadata(loaded, model, command, bos=prepend, batch_size=batch_size, chunk_size=chunk_size)
+    positions = sum(len(r.sequence) + prepend for r in records)
+    with hint_on_interrupt(output), progress_bar("scoring", positions, "positions") as advance:
         summary = run_score(loaded, records, output, format=fmt, per_position=per_position, prepend_bos=prepend,
                             batch_size=batch_size, chunk_size=chunk_size, resume=resume,
                             settings=run_settings(loaded, {"fasta": fasta}), metadata=meta, progress=advance,

@@ -1,34 +1,119 @@
 """Atomic outputs: write to a temporary file beside the target, rename over it on success.
 
-A crash, kill or error never leaves a half-written output under the final name."""
+A crash, kill or error never leaves a half-written output under the final name. Temporaries are
+named ``.<output name>.evo-tmp-<pid>-<random><suffix>``: one whose process is gone (a SIGKILLed
+run) is removed by the next run that checks or writes the same output."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 STDOUT = ("-", "", None)
+_TMP_TAG = ".evo-tmp-"
+# errors of the file system rather than of the data: reported as one line naming the output
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def check_output_path(path: str | Path | None) -> None:
-    """Fail early, with one line, for an output that cannot be written as a file: an existing
-    directory, or a parent path that runs through a file. Missing parent directories are fine
-    (they are created when the output is written); stdout (``-``) is always fine."""
-    from evo_cli.errors import InputError
+def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
+    """Fail early, with one line naming ``path``, for an output that cannot be written as a file: an
+    existing directory, a parent path that runs through a file, a directory we may not write in, a
+    read-only existing file (refused, never replaced), or a file that is one of ``inputs`` (paths;
+    None entries ignored). Missing parent directories are fine (they are created when the output is
+    written); stdout (``-``) is always fine. Also removes stale temporaries of ``path`` (see above)."""
+    from evo_cli.errors import OutputError
 
     if path in STDOUT:
         return
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an output file name")
+        raise OutputError(f"{path}: is a directory, expected an output file name")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise InputError(f"{path}: cannot create it, {parent} is not a directory")
+                raise OutputError(f"{path}: cannot create it, {parent} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: cannot write it, the directory {parent} is not writable")
             break
+    if path.exists():
+        for other in inputs:
+            if other not in STDOUT and Path(other).exists() and os.path.samefile(path, other):
+                raise OutputError(f"{path}: the output is also an input ({other}); choose another output file")
+        # the mode, not os.access: root may write anything, yet a chmod 444 output is meant to stay
+        if path.is_file() and not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK):
+            raise OutputError(f"{path}: the output exists and is read-only; evo does not replace read-only files "
+                              f"(make it writable or choose another output)")
+    remove_stale_temporaries(path)
+
+
+def check_output_dir(path: str | Path) -> None:
+    """``check_output_path`` for an output directory: it must not exist or be empty, and its
+    location must be writable. Also removes stale temporary directories of ``path``."""
+    from evo_cli.errors import OutputError
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OutputError(f"{path}: exists and is not an empty directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: cannot create it, {parent} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: cannot write it, the directory {parent} is not writable")
+            break
+    remove_stale_temporaries(path)
+
+
+def temporary_prefix(path: str | Path) -> str:
+    """The name prefix of this process's temporaries for ``path`` (``tempfile``'s ``prefix``)."""
+    return f".{Path(path).name}{_TMP_TAG}{os.getpid()}-"
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files and directories of ``path`` left by runs that no longer exist;
+    returns them."""
+    path = Path(path)
+    removed = []
+    with contextlib.suppress(OSError):
+        for tmp in path.parent.glob(f".{path.name}{_TMP_TAG}*"):
+            pid = tmp.name[len(path.name) + 1 + len(_TMP_TAG):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    if tmp.is_dir() and not tmp.is_symlink():
+                        shutil.rmtree(tmp)
+                    else:
+                        tmp.unlink()
+                    removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def write_failure(path: str | Path, err: OSError) -> str:
+    """One line for a failed write of ``path``, saying whether its progress file is there for --resume."""
+    from .partial import sidecar_path
+
+    why = err.strerror or str(err)
+    line = f"cannot write {path}: {why}"
+    progress = sidecar_path(path)
+    if Path(progress).exists():
+        line += f"; the progress file {progress} is intact: fix this and rerun with --resume"
+    return line
 
 
 @contextlib.contextmanager
@@ -36,12 +121,19 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``.
 
     For writers that take a file name (pyarrow, pysam). The temporary keeps ``path``'s suffix (or
-    ``suffix``) so that format detection by extension still works."""
+    ``suffix``) so that format detection by extension still works. A full disk, a read-only or
+    otherwise unwritable location ends in ``OutputError`` naming ``path`` (not the temporary)."""
+    from evo_cli.errors import OutputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else "".join(path.suffixes),
-                               dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path),
+                                   suffix=suffix if suffix is not None else "".join(path.suffixes), dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise OutputError(write_failure(path, err)) from None
     tmp = Path(tmp)
     try:
         yield tmp
@@ -50,6 +142,10 @@ def atomic_path(path: str | Path, suffix: str | None = None):
         # mkstemp creates 0600; give the output the permissions a plain open() would
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputError(write_failure(path, err)) from None
     finally:
         tmp.unlink(missing_ok=True)
 

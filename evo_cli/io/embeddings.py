@@ -6,14 +6,15 @@ Two layouts, chosen by the pooling:
   ``length`` (int64, bases), ``layer`` (string), ``pooling`` (string) and ``embedding``
   (``fixed_size_list<float32>[D]``).
 - per position (``none``): one row per (sequence, layer, position), the same columns plus
-  ``position`` (int64, 0-based) before ``embedding``. The rows of one (sequence, layer) are in
+  ``pos`` (int64, 1-based, as ``pos`` in every evo output) before ``embedding``. The rows of one (sequence, layer) are in
   ascending position; pieces of different layers of a long sequence interleave, chunk by chunk.
   Rows are streamed to disk in row groups as they are computed, so memory stays bounded at any
   length, and the repeated ``id``/``layer`` values cost next to nothing (dictionary encoding).
 
 ``embedding`` is one fixed-size list column: ``table["embedding"].combine_chunks().values.to_numpy()``
-reshaped to ``[rows, D]`` is a zero-copy view (``embedding_matrix``). Key-value metadata records how
-the file was made (model, dtype, evo version, command, pooling, strand, chunk size, layers).
+reshaped to ``[rows, D]`` is a zero-copy view (``embedding_matrix``). The file's key-value metadata
+holds one key, ``evo``: a JSON object recording how the file was made (``runs.output_metadata``:
+version, full command, model, dtype, device, kernels, then pooling, strand, chunk size, layers).
 The file is written to a temporary name and renamed on success: a failed run leaves nothing.
 
 A run that writes a file (``evo embed``, ``embedding.run_embed``) writes it in parts, one per chunk
@@ -56,10 +57,9 @@ def embedding_schema(dim: int, per_position: bool, metadata: dict | None = None)
 
     fields = [("id", pa.string()), ("length", pa.int64()), ("layer", pa.string()), ("pooling", pa.string())]
     if per_position:
-        fields.append(("position", pa.int64()))
+        fields.append(("pos", pa.int64()))
     fields.append(("embedding", pa.list_(pa.float32(), dim)))
-    meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    return pa.schema(fields, metadata=meta)
+    return pa.schema(fields, metadata={"evo": json.dumps(metadata or {}, sort_keys=True)})
 
 
 class EmbeddingWriter:
@@ -75,10 +75,11 @@ class EmbeddingWriter:
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_bytes = 0
         self._writer = pq.ParquetWriter(str(path), self.schema, use_dictionary=["id", "layer", "pooling"],
-                                        write_statistics=["id", "length", "layer", "pooling", "position"])
+                                        write_statistics=["id", "length", "layer", "pooling", "pos"])
 
     def write(self, id: str, length: int, layer: str, pooling: str, values: np.ndarray, start: int = 0) -> None:
-        """values: [D] (one pooled row) or [n, D] float32 (positions ``start .. start+n-1``)."""
+        """values: [D] (one pooled row) or [n, D] float32 (0-based positions ``start .. start+n-1``,
+        written as 1-based ``pos``)."""
         import numpy as np
         import pyarrow as pa
 
@@ -88,7 +89,7 @@ class EmbeddingWriter:
             raise ValueError(f"a pooled row holds one vector, got {n}")
         cols = [pa.repeat(id, n), pa.repeat(length, n), pa.repeat(layer, n), pa.repeat(pooling, n)]
         if self.per_position:
-            cols.append(pa.array(np.arange(start, start + n, dtype=np.int64)))
+            cols.append(pa.array(np.arange(start + 1, start + n + 1, dtype=np.int64)))
         cols.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), self.dim))
         self._buffer.append(pa.RecordBatch.from_arrays(cols, schema=self.schema))
         self._buffered_bytes += values.nbytes
@@ -128,6 +129,15 @@ def open_embedding_writer(path: str | Path, dim: int, per_position: bool, metada
             writer._writer.close()
             raise
         writer.close()
+
+
+EXTENSIONS = (".parquet", ".pq")
+
+
+def check_embedding_output(path: str | Path) -> None:
+    """Embeddings are Parquet: refuse an output named for another format (``e.tsv``)."""
+    if not str(path).lower().endswith(EXTENSIONS):
+        raise InputError(f"{path}: embeddings are written as Parquet; name the output .parquet (or .pq)")
 
 
 def parts_dir(output: str | Path) -> Path:
@@ -179,9 +189,10 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
     return col.flatten().to_numpy().reshape(-1, col.type.list_size)
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The key-value metadata of an embeddings file."""
+def read_metadata(path: str | Path) -> dict:
+    """The run record (the JSON object under the key ``evo``) of an embeddings file, or of any
+    Parquet file evo wrote; {} when there is none."""
     import pyarrow.parquet as pq
 
     meta = pq.read_schema(str(_check(path))).metadata or {}
-    return {k.decode(): v.decode() for k, v in meta.items()}
+    return json.loads(meta[b"evo"]) if b"evo" in meta else {}

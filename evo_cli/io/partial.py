@@ -13,13 +13,14 @@ A kill can at worst leave a truncated last line, which resuming drops. Floats go
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Iterator
 
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, OutputError
 
 from .atomic import atomic_open
 
@@ -137,9 +138,14 @@ class Checkpoint:
                 fh.write(json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n")
             self._fh = open(self.path, "ab")
         offset = self._fh.tell()
-        self._fh.write(json.dumps({"chunk": chunk, "records": records}).encode() + b"\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(json.dumps({"chunk": chunk, "records": records}).encode() + b"\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as err:
+            # a cut last line is dropped on resuming: the chunks completed before are intact
+            raise OutputError(f"cannot write {self.path}: {err.strerror or err}; the {self.done:,} chunk(s) of "
+                              f"progress completed before are intact: fix this and rerun with --resume") from None
         self._where[chunk] = (self.path, offset)
 
     def get(self, chunk: int) -> list:
@@ -160,7 +166,9 @@ class Checkpoint:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            # after a failed write (full disk) the buffer cannot be flushed either: the error is already raised
+            with contextlib.suppress(OSError):
+                self._fh.close()
             self._fh = None
 
     def __enter__(self) -> Checkpoint:

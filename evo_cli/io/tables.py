@@ -14,7 +14,7 @@ from typing import Iterator
 
 from evo_cli.errors import InputError
 
-from .atomic import STDOUT, atomic_open, atomic_path
+from .atomic import STDOUT, atomic_open, atomic_path, check_output_path
 
 TABLE_FORMATS = ("tsv", "parquet")
 # file name endings of tables (lower case) -> format
@@ -43,10 +43,12 @@ def format_from_extension(path: str | Path, extensions: dict[str, str]) -> str |
 
 
 def check_table_output(path: str | Path | None, format: str | None = None) -> str:
-    """``table_format``, refusing Parquet on stdout (it needs a seekable file)."""
+    """``table_format``, refusing Parquet on stdout (it needs a seekable file) and a path that cannot
+    be a file (``check_output_path``), before any work."""
     fmt = table_format(path, format)
     if fmt == "parquet" and path in STDOUT:
         raise InputError("parquet output needs a file name (-o PATH), not stdout")
+    check_output_path(path)
     return fmt
 
 

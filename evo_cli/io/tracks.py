@@ -13,7 +13,7 @@ from typing import Iterable
 
 from evo_cli.errors import InputError
 
-from .atomic import atomic_open, atomic_path
+from .atomic import atomic_open, atomic_path, check_output_path
 
 BEDGRAPH_EXTENSIONS = (".bedgraph", ".bedgraph.gz", ".bg")
 BIGWIG_EXTENSIONS = (".bw", ".bigwig")
@@ -31,8 +31,10 @@ def track_format(path: str | Path) -> str:
 
 
 def check_track_output(path: str | Path) -> str:
-    """The track format; fails early (before any scoring) when bigWig is asked for without pyBigWig."""
+    """The track format; fails early (before any scoring) when bigWig is asked for without pyBigWig,
+    or when ``path`` cannot be a file (``check_output_path``)."""
     fmt = track_format(path)
+    check_output_path(path)
     if fmt == "bigwig":
         try:
             import pyBigWig  # noqa: F401

@@ -96,18 +96,28 @@ class Region:
         return self.contig if (self.start, self.end) == (0, _END) else f"{self.contig}:{self.start + 1}-{self.end}"
 
 
+# contig names as the VCF specification allows them (4.3, section 1.4.7)
+_CONTIG = re.compile(r"[0-9A-Za-z!#$%&+./;=?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*")
+REGION_FORM = "chr, chr:start or chr:start-end (1-based, inclusive; e.g. chr17:41196312-41277500)"
+
+
 def parse_region(text: str) -> Region:
-    """``chr``, ``chr:start`` or ``chr:start-end`` (1-based inclusive, commas allowed) -> Region."""
-    m = re.fullmatch(r"(.+):([\d,]+)(?:-([\d,]+))?", text.strip())
+    """``chr``, ``chr:start`` or ``chr:start-end`` (1-based inclusive, commas allowed) -> Region.
+
+    Anything else (an empty or blank name, whitespace, a name the VCF specification does not allow,
+    a trailing ``:``) raises ``InputError`` naming the expected form."""
+    t = text.strip()
+    m = re.fullmatch(r"(.+):(\d[\d,]*)(?:-(\d[\d,]*))?", t)
+    contig = m.group(1) if m else t
+    if not _CONTIG.fullmatch(contig) or contig.endswith(":"):
+        raise InputError(f"region {text!r}: expected {REGION_FORM}")
     if not m:
-        if not text.strip() or any(c.isspace() for c in text.strip()):
-            raise InputError(f"region {text!r}: expected chr, chr:start or chr:start-end")
-        return Region(text.strip())
+        return Region(contig)
     start = int(m.group(2).replace(",", ""))
     end = int(m.group(3).replace(",", "")) if m.group(3) else _END
     if start < 1 or end < start:
         raise InputError(f"region {text!r}: start must be >= 1 and end >= start (1-based, inclusive)")
-    return Region(m.group(1), start - 1, end)
+    return Region(contig, start - 1, end)
 
 
 def read_bed(path: str | Path) -> list[Region]:

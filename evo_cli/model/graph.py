@@ -59,7 +59,8 @@ class StaticDecoder:
         self.tokens.copy_(tokens)
         self.pos.fill_(s.seqlen)
         if self.graph is not None:
-            self.graph.replay()
+            with torch.cuda.device(self.tokens.device):  # a graph replays on its own device's stream
+                self.graph.replay()
             out = self.logits
         else:
             out = self._step()
@@ -95,19 +96,29 @@ class StaticDecoder:
         return mha.out_proj(o.transpose(1, 2).reshape(B, 1, h * hd))
 
     def _capture(self) -> None:
-        """Warm up (autotuning, allocator) on a copy of the state, restore it, capture one step."""
-        backup = self.state.clone()
+        """Warm up (autotuning, allocator) on a copy of the state, restore it, capture one step.
+
+        Streams and the capture belong to the current CUDA device, so it is made the model's: on
+        another one (``--device cuda:1``) the step's kernels would run outside the capture, and the
+        graph would replay nothing."""
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._step()
-            torch.cuda.current_stream().wait_stream(side)
-            _copy_state(self.state, backup)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.logits = self._step()
+            backup = self.state.clone()  # a second KV cache: may not fit, then decode without a graph
+        except torch.cuda.OutOfMemoryError:
+            log.warning("decoding without a CUDA graph (no memory for the capture's copy of the state)")
+            self.graph, self.logits = None, torch.empty(0)
+            return
+        try:
+            with torch.cuda.device(self.tokens.device):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        self._step()
+                torch.cuda.current_stream().wait_stream(side)
+                _copy_state(self.state, backup)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.logits = self._step()
             self.graph = graph
         except Exception as e:  # noqa: BLE001 - any capture failure falls back to the normal step
             log.warning("decoding without a CUDA graph (capture failed: %s)", e)

@@ -1,0 +1,34 @@
+"""Every output of every command that cannot be a file (its parent is a file) ends in one line naming it
+before the model loads: a run never computes for minutes and then fails to write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .test_cli_score_variants import evo
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
+FA = EXAMPLES / "ecoli_first20kb.fa"
+VCF = EXAMPLES / "thrA_snvs.vcf"
+GENES = EXAMPLES / "ecoli_genes.fa"
+REGION = ["--region", "NC_000913.3:321-322"]
+
+
+@pytest.mark.parametrize("argv, bad", [
+    (["score-variants", "--vcf", VCF, "--fasta", FA, "-o", "{bad}"], "{bad}"),
+    (["score", "--fasta", GENES, "-o", "{bad}"], "{bad}"),
+    (["score", "--fasta", GENES, "-o", "{ok}", "--per-position", "{bad}"], "{bad}"),
+    (["score", "--fasta", GENES, "-o", "{ok}", "--bedgraph", "{bad}.bedGraph"], "{bad}.bedGraph"),
+    (["mutagenize", "--fasta", FA, *REGION, "-o", "{ok}", "--bedgraph", "{bad}.bw"], "{bad}.bw"),
+    (["mutagenize", "--fasta", FA, *REGION, "-o", "{ok}", "--plot", "{bad}.png"], "{bad}.png"),
+])
+def test_unwritable_output_fails_before_the_model_loads(tmp_path, argv, bad):
+    (tmp_path / "file").write_text("")
+    names = {"bad": str(tmp_path / "file" / "out.tsv"), "ok": str(tmp_path / "ok.tsv")}
+    # a model that does not exist: the output is checked first
+    code, _, err = evo(*[str(a).format(**names) for a in argv], "-m", tmp_path / "no_model")
+    assert code == 1
+    assert err.strip() == f"evo: error: {bad.format(**names)}: cannot create it, {tmp_path / 'file'} is not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
