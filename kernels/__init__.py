@@ -8,6 +8,7 @@ forces the fused op (on CPU only under ``TRITON_INTERPRET=1``), ``"torch"`` forc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -98,17 +99,31 @@ def _pick(op: str, backend: str, x):
     return None
 
 
+def _on(x):
+    """Triton launches on the current CUDA device's stream, so a kernel on ``x`` (say on cuda:1 while
+    cuda:0 is current) runs with ``x``'s device made current."""
+    if x.device.type == "cuda":
+        import torch
+
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
 def rms_norm(x, scale, eps, *, backend="auto"):
     """x: [..., D], scale: [D] -> [..., D] in x.dtype. See ``norm/naive.py``."""
     fused = _pick("norm", backend, x)
-    return fused.rms_norm(x, scale, eps) if fused else rms_norm_ref(x, scale, eps)
+    if fused:
+        with _on(x):
+            return fused.rms_norm(x, scale, eps)
+    return rms_norm_ref(x, scale, eps)
 
 
 def hyena_featurize(z, weight, bias=None, state=None, *, backend="auto"):
     """z: [B, L, 3D] -> (x2, x1v): [B, L, D]. See ``featurize/naive.py``."""
     fused = _pick("featurize", backend, z)
     if fused:
-        return fused.hyena_featurize(z, weight, bias, state)
+        with _on(z):
+            return fused.hyena_featurize(z, weight, bias, state)
     return hyena_featurize_ref(z, weight, bias, state)
 
 
@@ -116,7 +131,8 @@ def hyena_fir(x1v, x2, h, D=None, state=None, *, backend="auto"):
     """Gated Hyena-SE / Hyena-MR filter, [B, L, C] -> [B, L, C]. See ``fir/naive.py``."""
     fused = _pick("fir", backend, x1v)
     if fused:
-        return fused.hyena_fir(x1v, x2, h, D, state)
+        with _on(x1v):
+            return fused.hyena_fir(x1v, x2, h, D, state)
     return hyena_fir_ref(x1v, x2, h, D, state)
 
 
@@ -124,7 +140,8 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None, *, backend="auto"):
     """Gated Hyena-LR / Evo 1 Hyena filter, [B, L, C] -> [B, L, C]. See ``modal/naive.py``."""
     fused = _pick("modal", backend, x1v)
     if fused:
-        return fused.hyena_modal(x1v, x2, log_poles, residues, D, state)
+        with _on(x1v):
+            return fused.hyena_modal(x1v, x2, log_poles, residues, D, state)
     return hyena_modal_ref(x1v, x2, log_poles, residues, D, state)
 
 
@@ -132,8 +149,10 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
                backend="auto"):
     """One decoding step of a whole Hyena operator, z: [B, 1, 3D] -> [B, 1, D]. See ``step/naive.py``."""
     fused = _pick("step", backend, z)
-    impl = fused.hyena_step if fused else hyena_step_ref
-    return impl(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
+    if fused:
+        with _on(z):
+            return fused.hyena_step(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
+    return hyena_step_ref(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
 
 
 def causal_attention(q, k, v, offset: int = 0):

@@ -144,3 +144,31 @@ def test_cpu_flash_merge_equals_reference(dtype, offset, Lq):
     expected = causal_attention_ref(q, k, v, offset).float()
     atol = 1e-5 if dtype == torch.float32 else 2e-2
     assert torch.allclose(causal_attention_cpu(q, k, v, offset).float(), expected, atol=atol)
+
+
+def test_fused_ops_launch_with_their_tensors_device_current(monkeypatch):
+    """Triton launches on the current CUDA device: a fused op on a cuda:1 tensor must make cuda:1 current
+    (without it, a single-device run on --device cuda:1 launches on cuda:0). No GPU here: the guard is
+    checked with a recording stand-in for torch.cuda.device and a CPU-side check that it is a no-op."""
+    import contextlib
+
+    from evo_cli import kernels
+
+    made = []
+
+    @contextlib.contextmanager
+    def device(d):
+        made.append(d)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+
+    class OnGpu1:
+        device = torch.device("cuda", 1)
+
+    with kernels._on(OnGpu1()):
+        pass
+    assert made == [torch.device("cuda", 1)]
+    with kernels._on(torch.zeros(1)):
+        pass
+    assert made == [torch.device("cuda", 1)]  # CPU tensors: nothing made current
