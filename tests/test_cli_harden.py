@@ -229,6 +229,21 @@ def test_read_only_output_is_kept_and_refused(tmp_path):
     assert out.read_text() == "keep me\n" and oct(out.stat().st_mode & 0o777) == "0o444"
 
 
+@pytest.mark.parametrize("command", ["score-variants", "mutagenize"])
+def test_read_only_tabix_index_of_a_vcf_gz_output_is_kept_and_refused(command, tmp_path):
+    # the bgzipped VCF's index is replaced with it: a chmod 444 index was deleted and rewritten 0644
+    out, index = tmp_path / "o.vcf.gz", tmp_path / "o.vcf.gz.tbi"
+    index.write_text("keep me\n")
+    index.chmod(0o444)
+    if command == "score-variants":
+        code, _, err = _sv(out, "--region", FEW, model=tmp_path / "no_model")
+    else:
+        code, _, err = evo("mutagenize", "--fasta", FA, "--region", FEW, "-m", tmp_path / "no_model", "-o", out)
+    assert code == 1 and err == (f"evo: error: {index}: the output exists and is read-only; evo does not replace "
+                                 "read-only files (make it writable or choose another output)\n")
+    assert index.read_text() == "keep me\n" and oct(index.stat().st_mode & 0o777) == "0o444" and not out.exists()
+
+
 @pytest.mark.parametrize("command", ["score-variants", "score", "embed", "generate"])
 def test_output_under_a_regular_file_fails_before_the_model_loads(command, tmp_path):
     (tmp_path / "f").write_text("")

@@ -25,7 +25,8 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
     existing directory, a parent path that runs through a file, a directory we may not write in, a
     read-only existing file (refused, never replaced), or a file that is one of ``inputs`` (paths;
     None entries ignored). Missing parent directories are fine (they are created when the output is
-    written); stdout (``-``) is always fine. Also removes stale temporaries of ``path`` (see above)."""
+    written); stdout (``-``) is always fine. A ``.vcf.gz`` output's ``.tbi`` index is an output too.
+    Also removes stale temporaries of ``path`` (see above)."""
     from evo_cli.errors import OutputError
 
     if path in STDOUT:
@@ -44,11 +45,21 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
         for other in inputs:
             if other not in STDOUT and Path(other).exists() and os.path.samefile(path, other):
                 raise OutputError(f"{path}: the output is also an input ({other}); choose another output file")
-        # the mode, not os.access: root may write anything, yet a chmod 444 output is meant to stay
-        if path.is_file() and not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK):
-            raise OutputError(f"{path}: the output exists and is read-only; evo does not replace read-only files "
-                              f"(make it writable or choose another output)")
+        _refuse_read_only(path)
+    # a bgzipped VCF output replaces its tabix index too (vcf.write_vcf)
+    index = Path(f"{path}.tbi")
+    if path.name.endswith(".vcf.gz") and index.exists():
+        _refuse_read_only(index)
     remove_stale_temporaries(path)
+
+
+def _refuse_read_only(path: Path) -> None:
+    from evo_cli.errors import OutputError
+
+    # the mode, not os.access: root may write anything, yet a chmod 444 output is meant to stay
+    if path.is_file() and not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK):
+        raise OutputError(f"{path}: the output exists and is read-only; evo does not replace read-only files "
+                          f"(make it writable or choose another output)")
 
 
 def check_output_dir(path: str | Path) -> None:
