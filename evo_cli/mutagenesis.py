@@ -368,6 +368,10 @@ def _write_vcf(path, results, info, reference, targets, reduce) -> bool:
                     fields = (f"EVO_DELTA={','.join(num(a - ref_ll) for a in alt_ll)};EVO_REF_LL={num(ref_ll)};"
                               f"EVO_ALT_LL={','.join(num(a) for a in alt_ll)}")
                     out.write(f"{contig}\t{pos}\t.\t{ref}\t{','.join(alts)}\t.\t.\t{fields}\n".encode())
+            if tmp == path:
+                # a device or pipe (-o /dev/null) is written in place and has no index: tabix would
+                # bgzip it into a new file and delete it
+                return False
             pysam.tabix_index(str(tmp), preset="vcf", force=True)
         except BaseException:
             index_tmp.unlink(missing_ok=True)

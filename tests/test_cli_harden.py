@@ -4,10 +4,13 @@ output faults (unwritable or read-only outputs, an output that is an input, stal
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import logging
 import os
 import shlex
+import stat
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -354,3 +357,44 @@ def test_mutagenize_follows_the_same_conventions(tmp_path):
     assert code == 0, err
     meta = read_metadata(out)
     assert meta["window"] == 32 and " --window 32 " in meta["command"] and " --kernels torch " in meta["command"]
+
+
+def _read_fifo(fifo: Path) -> tuple[threading.Thread, list[bytes]]:
+    got: list[bytes] = []
+
+    def read():
+        with open(fifo, "rb") as fh:
+            got.append(fh.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader, got
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "vcf.gz"])
+def test_output_to_a_fifo_is_written_in_place_not_replaced(fmt, tmp_path):
+    # -o /dev/null, /dev/stdout or >(gzip > x): the rename of a temporary replaced the device or pipe
+    # with a regular file (the reader waited forever), and tabix bgzipped it into o.gz and deleted it
+    fifo = tmp_path / "o"
+    os.mkfifo(fifo)
+    reader, got = _read_fifo(fifo)
+    code, _, err = _sv(fifo, "--region", FEW, "--format", fmt)
+    reader.join(timeout=30)
+    assert code == 0 and "not indexed" not in err, err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    data = got[0] if fmt == "tsv" else gzip.decompress(got[0])
+    records = [line.split("\t") for line in data.decode().splitlines() if line.startswith(CONTIG)]
+    assert [r[1] for r in records] == ["97722"] * 3  # FEW's three records
+
+
+def test_mutagenize_vcf_gz_to_a_fifo_keeps_the_fifo(tmp_path):
+    fifo = tmp_path / "o"
+    os.mkfifo(fifo)
+    reader, got = _read_fifo(fifo)
+    code, _, err = evo("mutagenize", "--fasta", FA, "--region", FEW, "-m", TINY, "--window", 32, "--format", "vcf.gz",
+                       "-o", fifo)
+    reader.join(timeout=30)
+    assert code == 0, err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    records = [line for line in gzip.decompress(got[0]).decode().splitlines() if not line.startswith("#")]
+    assert len(records) == 1 and records[0].split("\t")[1] == "97722"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from evo_cli.io.fasta import STRANDS
@@ -73,7 +75,9 @@ def score_variants(vcf, fasta, output, fmt, window, strand, regions, reduce, bed
     if summary.skipped:
         reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.skipped.most_common())
         echo(f"skipped {sum(summary.skipped.values()):,}: {reasons}")
-    if summary.indexed is False and (fmt == "vcf.gz" or str(output).endswith((".vcf.gz", ".vcf.bgz"))):
+    # a device or pipe (-o /dev/null) gets no index, sorted or not
+    if (summary.indexed is False and (fmt == "vcf.gz" or str(output).endswith((".vcf.gz", ".vcf.bgz")))
+            and Path(output).is_file()):
         echo(f"warning: {output} is not indexed: its records are not sorted by position (sort the input VCF, "
               f"e.g. bcftools sort, for a tabix index)")
 

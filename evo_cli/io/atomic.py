@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -133,10 +134,21 @@ def atomic_path(path: str | Path, suffix: str | None = None):
 
     For writers that take a file name (pyarrow, pysam). The temporary keeps ``path``'s suffix (or
     ``suffix``) so that format detection by extension still works. A full disk, a read-only or
-    otherwise unwritable location ends in ``OutputError`` naming ``path`` (not the temporary)."""
+    otherwise unwritable location ends in ``OutputError`` naming ``path`` (not the temporary). An
+    existing device, FIFO or socket (``-o /dev/null``) is yielded itself and written in place."""
     from evo_cli.errors import OutputError
 
     path = Path(path)
+    if _is_special(path):
+        # /dev/null, /dev/stdout, a FIFO or >(process substitution): written in place, as `> path`
+        # would; a rename over it would replace the device or pipe with a regular file
+        try:
+            yield path
+        except OSError as err:
+            if err.errno not in _WRITE_ERRNOS:
+                raise
+            raise OutputError(write_failure(path, err)) from None
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
@@ -159,6 +171,15 @@ def atomic_path(path: str | Path, suffix: str | None = None):
         raise OutputError(write_failure(path, err)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _is_special(path: Path) -> bool:
+    """Whether ``path`` exists and is not a regular file or directory (a device, FIFO or socket)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _umask() -> int:

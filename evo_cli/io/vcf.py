@@ -391,13 +391,16 @@ def write_annotated_vcf(
             with BGZFile(str(tmp), "wb") as out:
                 for chunk in text():
                     out.write(chunk.encode("utf-8", "surrogateescape"))
-            indexed = _tabix(tmp)
+            # a device or pipe (-o /dev/null) is written in place and has no index: tabix would
+            # bgzip it into a new file and delete it
+            indexed = tmp != path and _tabix(tmp)
         except BaseException:
             index_tmp.unlink(missing_ok=True)
             raise
         # a stale index must never sit beside the new data
         index = Path(str(path) + ".tbi")
-        index.unlink(missing_ok=True)
+        if tmp != path:
+            index.unlink(missing_ok=True)
     if indexed:
         os.replace(index_tmp, index)
     return indexed
