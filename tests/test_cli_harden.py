@@ -232,10 +232,11 @@ def test_read_only_output_is_kept_and_refused(tmp_path):
     assert out.read_text() == "keep me\n" and oct(out.stat().st_mode & 0o777) == "0o444"
 
 
-@pytest.mark.parametrize("command", ["score-variants", "mutagenize"])
-def test_read_only_tabix_index_of_a_vcf_gz_output_is_kept_and_refused(command, tmp_path):
+@pytest.mark.parametrize(("command", "name"), [("score-variants", "o.vcf.gz"), ("score-variants", "o.vcf.bgz"),
+                                             ("mutagenize", "o.vcf.gz")])
+def test_read_only_tabix_index_of_a_vcf_gz_output_is_kept_and_refused(command, name, tmp_path):
     # the bgzipped VCF's index is replaced with it: a chmod 444 index was deleted and rewritten 0644
-    out, index = tmp_path / "o.vcf.gz", tmp_path / "o.vcf.gz.tbi"
+    out, index = tmp_path / name, tmp_path / f"{name}.tbi"
     index.write_text("keep me\n")
     index.chmod(0o444)
     if command == "score-variants":

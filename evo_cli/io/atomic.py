@@ -26,7 +26,7 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
     existing directory, a parent path that runs through a file, a directory we may not write in, a
     read-only existing file (refused, never replaced), or a file that is one of ``inputs`` (paths;
     None entries ignored). Missing parent directories are fine (they are created when the output is
-    written); stdout (``-``) is always fine. A ``.vcf.gz`` output's ``.tbi`` index is an output too.
+    written); stdout (``-``) is always fine. A ``.vcf.gz`` (``.vcf.bgz``) output's ``.tbi`` index is an output too.
     Also removes stale temporaries of ``path`` (see above)."""
     from evo_cli.errors import OutputError
 
@@ -49,7 +49,7 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
         _refuse_read_only(path)
     # a bgzipped VCF output replaces its tabix index too (vcf.write_vcf)
     index = Path(f"{path}.tbi")
-    if path.name.endswith(".vcf.gz") and index.exists():
+    if path.name.endswith((".vcf.gz", ".vcf.bgz")) and index.exists():
         _refuse_read_only(index)
     remove_stale_temporaries(path)
 
