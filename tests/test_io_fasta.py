@@ -81,6 +81,18 @@ def test_atomic_output_has_normal_permissions(tmp_path):
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+def test_atomic_output_follows_a_changed_umask(tmp_path):
+    import os
+
+    old = os.umask(0o077)
+    try:
+        with atomic_open(tmp_path / "o.txt") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.txt").stat().st_mode & 0o777 == 0o600
+
+
 def test_header_id_ends_at_any_whitespace(tmp_path):
     recs = read_fasta(_write(tmp_path, ">id1\tsome desc\nAC\n>id2  \t two\tparts \nGT\n>id3\t\nTT\n"))
     assert [(r.id, r.description) for r in recs] == [("id1", "some desc"), ("id2", "two\tparts"), ("id3", "")]

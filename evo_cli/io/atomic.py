@@ -183,7 +183,15 @@ def _is_special(path: Path) -> bool:
 
 
 def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
+    """The process umask. Linux reports it in /proc; elsewhere it is read by setting and restoring it,
+    which another thread creating a file at that moment would see."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
