@@ -95,6 +95,33 @@ def test_reference_aliases_case_and_compression(tmp_path, monkeypatch):
         Reference(tmp_path / "missing.fa")
 
 
+def test_index_build_of_a_killed_run_is_removed_by_the_next_build(tmp_path, monkeypatch):
+    """A run killed while indexing leaves its temporary build folder in the cache; the next build of
+    that FASTA's index removes it (the folder names the dead process), a live run's is kept."""
+    import subprocess
+
+    from evo_cli.io.atomic import temporary_prefix
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fa = tmp_path / "a.fa"
+    fa.write_text(">1\nACGT\n")
+    with Reference(fa):
+        pass
+    (built,) = index_cache_dir().iterdir()
+    built.unlink()  # as if the killed run had not got so far
+    stem = index_cache_dir() / built.name.removesuffix(".fai")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = index_cache_dir() / temporary_prefix(stem).replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    stale.mkdir()
+    (stale / "fai").write_text("half")
+    live = index_cache_dir() / f"{temporary_prefix(stem)}x"
+    live.mkdir()
+    with Reference(fa) as ref:
+        assert ref.fetch("1", 0, 4) == "ACGT"
+    assert not stale.exists() and live.exists()
+
+
 def _brca1_slice(tmp_path, csi=False):
     vcf = tmp_path / "slice.vcf"
     shutil.copy(BRCA1 / "brca1_sge_first48.region.vcf", vcf)

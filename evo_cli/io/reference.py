@@ -17,6 +17,8 @@ from pathlib import Path
 
 from evo_cli.errors import InputError
 
+from .atomic import remove_stale_temporaries, temporary_prefix
+
 log = logging.getLogger(__name__)
 
 
@@ -111,8 +113,10 @@ class Reference:
         if fai.is_file() and (gzi is None or gzi.is_file()):
             return fai, gzi
         log.info("%s: no index beside it; indexing into %s", self.path, folder)
-        # built under temporary names, then renamed: a concurrent run never sees half an index
-        tmp = Path(tempfile.mkdtemp(prefix=".build.", dir=folder))
+        # built under temporary names, then renamed: a concurrent run never sees half an index; a killed
+        # run's temporary folder (named with its pid) is removed by the next build
+        remove_stale_temporaries(stem)
+        tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(stem), dir=folder))
         try:
             args = [str(self.path), "--fai-idx", str(tmp / "fai")] + (["--gzi-idx", str(tmp / "gzi")] if bgzip else [])
             with quiet_htslib():
