@@ -35,13 +35,7 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory, expected an output file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{path}: cannot create it, {parent} is not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise OutputError(f"{path}: cannot write it, the directory {parent} is not writable")
-            break
+    _check_location(path)
     if path.exists():
         for other in inputs:
             if other not in STDOUT and Path(other).exists() and os.path.samefile(path, other):
@@ -52,6 +46,20 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
     if path.name.endswith((".vcf.gz", ".vcf.bgz")) and index.exists():
         _refuse_read_only(index)
     remove_stale_temporaries(path)
+
+
+def _check_location(path: Path) -> None:
+    """The nearest existing parent of ``path`` must be a directory we may write in (missing ones are
+    created when the output is written)."""
+    from evo_cli.errors import OutputError
+
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: cannot create it, {parent} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: cannot write it, the directory {parent} is not writable")
+            break
 
 
 def _refuse_read_only(path: Path) -> None:
@@ -71,13 +79,7 @@ def check_output_dir(path: str | Path) -> None:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise OutputError(f"{path}: exists and is not an empty directory")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{path}: cannot create it, {parent} is not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise OutputError(f"{path}: cannot write it, the directory {parent} is not writable")
-            break
+    _check_location(path)
     remove_stale_temporaries(path)
 
 
