@@ -33,13 +33,13 @@ from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT, atomic_path
+from evo_cli.io.atomic import STDOUT
 from evo_cli.io.fasta import DNA_CODES, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
 from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
 from evo_cli.io.tracks import check_track_output, write_track
-from evo_cli.io.vcf import Region
+from evo_cli.io.vcf import Region, write_bgzipped_vcf
 from evo_cli.runs import output_metadata, run_settings
 from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
@@ -293,10 +293,13 @@ def run_mutagenize(
                 raise InputError(f"{store.path}: holds {len(results)} positions, the targets have "
                                  f"{summary.positions}; was the FASTA changed? delete the file to start over")
             _count(results, summary)
-            if output is not None:
-                summary.indexed = _write(output, fmt, results, info, reference, targets, rows, reduce)
-            elif rows is not None:
+            if rows is not None:
                 rows.extend(table_rows(results))
+            if fmt == "vcf.gz":
+                summary.indexed = _write_vcf(output, results, info, reference, targets, reduce)
+            elif fmt is not None:  # None: no output file, rows only
+                with table_writer(output, COLUMNS, fmt, metadata=info) as write:
+                    write(table_rows(results))
             if bedgraph is not None:
                 write_track(bedgraph, ((c, p - 1, sum(a) / 3 - r) for c, p, _, r, a in results if a is not None),
                             {t.contig: reference.length(t.contig) for t in targets},
@@ -327,24 +330,8 @@ def table_rows(results: Iterable[list]) -> Iterator[tuple]:
             yield contig, pos, ref, alt, ref_ll, a, a - ref_ll
 
 
-def _write(output, fmt, results, info, reference, targets, rows, reduce) -> bool | None:
-    if fmt != "vcf.gz":
-        with table_writer(output, COLUMNS, fmt, metadata=info) as write:
-            for row in table_rows(results):
-                write([row])
-                if rows is not None:
-                    rows.append(row)
-        return None
-    if rows is not None:
-        rows.extend(table_rows(results))
-    return _write_vcf(output, results, info, reference, targets, reduce)
-
-
 def _write_vcf(path, results, info, reference, targets, reduce) -> bool:
     """One record per scored position, ALT = the three other bases, bgzipped and tabix-indexed."""
-    import pysam
-    from pysam.libcbgzf import BGZFile
-
     contigs = dict.fromkeys(t.contig for t in targets)
     header = ["##fileformat=VCFv4.2", f"##{VCF_MARK[0]}={VCF_MARK[1]}",
               *(f"##contig=<ID={c},length={reference.length(c)}>" for c in contigs),
@@ -355,30 +342,17 @@ def _write_vcf(path, results, info, reference, targets, reduce) -> bool:
     def num(v: float) -> str:
         return f"{v:.7g}"  # readers hold VCF Floats as float32, as score-variants writes them
 
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        index_tmp = Path(str(tmp) + ".tbi")
-        try:
-            with BGZFile(str(tmp), "wb") as out:
-                out.write(("\n".join(header) + "\n").encode())
-                for contig, pos, ref, ref_ll, alt_ll in results:
-                    if alt_ll is None:
-                        continue
-                    alts = [b for b in BASES if b != ref]
-                    fields = (f"EVO_DELTA={','.join(num(a - ref_ll) for a in alt_ll)};EVO_REF_LL={num(ref_ll)};"
-                              f"EVO_ALT_LL={','.join(num(a) for a in alt_ll)}")
-                    out.write(f"{contig}\t{pos}\t.\t{ref}\t{','.join(alts)}\t.\t.\t{fields}\n".encode())
-            if tmp == path:
-                # a device or pipe (-o /dev/null) is written in place and has no index: tabix would
-                # bgzip it into a new file and delete it
-                return False
-            pysam.tabix_index(str(tmp), preset="vcf", force=True)
-        except BaseException:
-            index_tmp.unlink(missing_ok=True)
-            raise
-        Path(str(path) + ".tbi").unlink(missing_ok=True)
-    Path(index_tmp).replace(str(path) + ".tbi")
-    return True
+    def text() -> Iterator[str]:
+        yield "\n".join(header) + "\n"
+        for contig, pos, ref, ref_ll, alt_ll in results:
+            if alt_ll is None:
+                continue
+            alts = [b for b in BASES if b != ref]
+            fields = (f"EVO_DELTA={','.join(num(a - ref_ll) for a in alt_ll)};EVO_REF_LL={num(ref_ll)};"
+                      f"EVO_ALT_LL={','.join(num(a) for a in alt_ll)}")
+            yield f"{contig}\t{pos}\t.\t{ref}\t{','.join(alts)}\t.\t.\t{fields}\n"
+
+    return write_bgzipped_vcf(path, text())
 
 
 def mutagenize(

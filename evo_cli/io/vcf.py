@@ -347,9 +347,7 @@ def write_annotated_vcf(
     when complete; ``-`` writes plain VCF to stdout. Returns whether a tabix index was written
     (False when not compressed, or when the records are not sorted by position).
     """
-    from pysam.libcbgzf import BGZFile
-
-    from .atomic import atomic_open, atomic_path
+    from .atomic import atomic_open
 
     ours = {f.id for f in fields}
     header, lines = reader.text()
@@ -384,12 +382,23 @@ def write_annotated_vcf(
             for chunk in text():
                 fh.write(chunk.encode("utf-8", "surrogateescape"))
         return False
+    return write_bgzipped_vcf(path, text())
+
+
+def write_bgzipped_vcf(path: str | Path, text: Iterable[str]) -> bool:
+    """Write VCF ``text`` (header and records, lines with their newlines) bgzipped to ``path`` and
+    tabix-index it; file and index appear only when complete. Returns whether an index was written
+    (not when the records are unsorted, nor for a device or pipe)."""
+    from pysam.libcbgzf import BGZFile
+
+    from .atomic import atomic_path
+
     path = Path(path)
     with atomic_path(path) as tmp:
         index_tmp = Path(str(tmp) + ".tbi")
         try:
             with BGZFile(str(tmp), "wb") as out:
-                for chunk in text():
+                for chunk in text:
                     out.write(chunk.encode("utf-8", "surrogateescape"))
             # a device or pipe (-o /dev/null) is written in place and has no index: tabix would
             # bgzip it into a new file and delete it
