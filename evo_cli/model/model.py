@@ -98,14 +98,9 @@ class StripedHyena(nn.Module):
     def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:
         """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);
         with ``last_block``, only for blocks ``0..last_block`` (see ``forward``)."""
-        blocks = self.blocks if last_block is None else self.blocks[: last_block + 1]
+        n = len(self.blocks) if last_block is None else last_block + 1
         self._cpu_gemv_layout()
-        layers = [
-            b.new_state(batch_size, self.block_device(i), max_seqlen, self.dtype) if b.kind == "attn"
-            else b.new_state(batch_size, self.block_device(i))
-            for i, b in enumerate(blocks)
-        ]
-        return InferenceState(layers, max_seqlen)
+        return InferenceState([self._block_state(i, batch_size, max_seqlen) for i in range(n)], max_seqlen)
 
     def _cpu_gemv_layout(self) -> None:
         """Store every CPU ``nn.Linear`` weight [out, in] column-major (the transpose of a contiguous
@@ -138,18 +133,10 @@ class StripedHyena(nn.Module):
         x = self.embedding_layer(input_ids)
         n = len(self.blocks) if last_block is None else last_block + 1
         for i, block in enumerate(self.blocks[:n]):
-            s = None if state is None else state.layers[i]
-            # split over devices: the activations follow the blocks
-            x = block(x, s, pos) if self.placement is None else self.placement.run_block(i, block, x, s, pos)
+            x = self._run_block(i, block, x, None if state is None else state.layers[i], pos)
         if state is not None:
             state.seqlen = pos + input_ids.shape[1]
-        if last_block is not None:
-            return None
-        x = self.norm(x.to(self.device))  # the final norm and tied unembedding are on the first device
-        if not return_logits:
-            return None
-        # tied unembedding, in float32 so that scores keep full precision under bf16 weights
-        return F.linear(x.float(), self.embedding_layer.weight.float())
+        return self._head(x, return_logits, last_block is None)
 
     def _hooked(self) -> bool:
         """Whether a forward hook or pre-hook is registered on any submodule: a caller that hooks a
@@ -208,24 +195,28 @@ class StripedHyena(nn.Module):
             state = self._block_state(i, B, L)
             for start in range(0, L, chunk_size):
                 end = min(L, start + chunk_size)
-                if self.placement is None:
-                    x[:, start:end] = block(x[:, start:end], state, start)
-                else:
-                    x[:, start:end] = self.placement.run_block(i, block, x[:, start:end], state, start)
+                x[:, start:end] = self._run_block(i, block, x[:, start:end], state, start)
                 if i == n - 1:
                     yield start, self._head(x[:, start:end], return_logits and last_block is None,
                                             last_block is None)
             del state  # frees this block's KV cache before the next block allocates its own
 
     def _block_state(self, i: int, batch: int, length: int):
+        """Zeroed state of block ``i`` on its device (an attention block's KV cache holds ``length``)."""
         block, dev = self.blocks[i], self.block_device(i)
         return block.new_state(batch, dev, length, self.dtype) if block.kind == "attn" else block.new_state(batch, dev)
 
+    def _run_block(self, i: int, block, x, state, pos: int):
+        # split over devices: the activations follow the blocks
+        return block(x, state, pos) if self.placement is None else self.placement.run_block(i, block, x, state, pos)
+
     def _head(self, x, return_logits: bool, run_norm: bool):
-        """Final norm and tied unembedding of x [B, n, D] -> logits [B, n, vocab] float32 or None."""
+        """Final norm and tied unembedding of x [B, n, D] -> logits [B, n, vocab] float32 or None.
+        Both live on the first device of a split model."""
         if not run_norm:
             return None
         x = self.norm(x.to(self.device))
+        # tied unembedding, in float32 so that scores keep full precision under bf16 weights
         return F.linear(x.float(), self.embedding_layer.weight.float()) if return_logits else None
 
     def long_forward_bytes(self, batch: int, length: int, chunk_size: int, last_block: int | None = None) -> dict:
