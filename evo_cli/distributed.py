@@ -72,8 +72,10 @@ def rank_device(device: str) -> str:
     an explicit device (``cpu``, ``cuda:N``, a list ``cuda:0,cuda:1``) is kept."""
     import torch
 
+    from evo_cli.runtime import local_rank
+
     if device in ("auto", "cuda") and torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = local_rank() or 0
         if local >= torch.cuda.device_count():
             raise InputError(f"rank with LOCAL_RANK {local} has no GPU of its own ({torch.cuda.device_count()} here): "
                              f"start at most {torch.cuda.device_count()} processes per node")
@@ -97,10 +99,10 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
     if _job is not None:
         return device
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    from evo_cli.runtime import resolve_device
+    from evo_cli.runtime import local_rank, resolve_device
 
     if devices_per_rank is not None and torch.cuda.is_available():
-        first = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) * devices_per_rank}")
+        first = resolve_device(f"cuda:{(local_rank() or 0) * devices_per_rank}")
     else:
         first = resolve_device(str(device).split(",")[0].strip())
     if first.type == "cuda":
