@@ -25,10 +25,11 @@ the end from the stored results, atomically, and the progress file is then remov
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
-import re
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -243,22 +244,17 @@ def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region]
     with Reference(fasta) as reference:
         _check_region_contigs(reader, reference, regions)
         total = 0
-        vcf_contigs: dict[str, None] = {}
-        in_fasta = False
-        hit = [False] * len(regions)
+        starts: dict[str, list[int]] = {}  # per VCF contig, in file order: the record starts
         for rec in reader:
             total += len(_statuses(rec, reference, skip_ref_mismatch)[1])
-            vcf_contigs.setdefault(rec.chrom)
-            if not in_fasta and reference.resolve(rec.chrom) is not None:
-                in_fasta = True
-            for i, r in enumerate(regions):
-                if not hit[i] and r.start <= rec.start < r.end and _same_contig(r.contig, rec.chrom):
-                    hit[i] = True
-        if vcf_contigs and not in_fasta:
+            starts.setdefault(rec.chrom, []).append(rec.start)
+        if starts and all(reference.resolve(c) is None for c in starts):
             raise InputError(f"no contig of {reader.path.name} is in {reference.path.name}: the VCF has "
-                             f"{_first(vcf_contigs)}, the FASTA has {_first(reference.contigs)}; check the "
+                             f"{_first(starts)}, the FASTA has {_first(reference.contigs)}; check the "
                              f"reference build")
-    empty = [str(region) for region, found in zip(regions, hit) if not found]
+    for found in starts.values():
+        found.sort()
+    empty = [str(r) for r in regions if not any(_holds(found, r) for c, found in starts.items() if _same_contig(r.contig, c))]
     if len(empty) == 1:
         log.warning("warning: region %s holds no record of %s", empty[0], reader.path.name)
     elif empty:  # one line, however long the BED file
@@ -280,6 +276,13 @@ def _check_region_contigs(reader: VcfReader, reference: Reference, regions: list
 
 def _same_contig(a: str, b: str) -> bool:
     return a == b or b in contig_aliases(a)
+
+
+def _holds(starts: list[int], region: Region) -> bool:
+    """Whether sorted record ``starts`` have one inside ``region`` (a binary search: a BED file of many
+    regions is checked in O(records log records + regions log records), not records x regions)."""
+    i = bisect.bisect_left(starts, region.start)
+    return i < len(starts) and starts[i] < region.end
 
 
 def run_score_variants(
