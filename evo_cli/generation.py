@@ -184,8 +184,7 @@ def run_generate(
     to_file = output not in STDOUT
     if resume and not to_file:
         raise InputError("resume needs an output file (progress is kept beside it)")
-    if seed is None and (resume or current() is not None):
-        seed = resolve_seed(None, output, resume)
+    seed = resolve_seed(seed, output, resume)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk, sampling)
     store = None
@@ -232,12 +231,9 @@ class _Run:
         self.names = list(self.prompts)
         self.ids = [encode(seq) for seq in self.prompts.values()]
         check_context(model, self.prompts, n_tokens)
-        if seed is None:
-            seed = secrets.randbits(32)
-            log.info("seed %d", seed)
         self.model = model
         self.n_tokens = n_tokens
-        self.seed = seed
+        self.seed = resolve_seed(seed, None, False)
         self.sampling = sampling
         self.prefill_chunk = prefill_chunk
         self.rows = [(i, k) for i in range(len(self.ids)) for k in range(num_samples)]
