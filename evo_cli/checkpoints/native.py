@@ -9,7 +9,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from evo_cli.errors import CheckpointError, OutputError
