@@ -95,13 +95,18 @@ def devices_needed(block_bytes: Sequence[int], free: Sequence[int], first_bytes:
     for k in range(1, len(free) + 1):
         if k > len(block_bytes):
             break
-        owner = balance(block_bytes, free[:k], first_bytes)
-        used = [first_bytes if d == 0 else 0 for d in range(k)]
-        for b, d in zip(block_bytes, owner):
-            used[d] += b
+        used = _loads(block_bytes, balance(block_bytes, free[:k], first_bytes), k, first_bytes)
         if all(u <= headroom * f for u, f in zip(used, free)):
             return k
     return min(len(free), len(block_bytes))
+
+
+def _loads(block_bytes: Sequence[int], owner: Sequence[int], k: int, first_bytes: int) -> list[int]:
+    """Bytes on each of ``k`` devices when block i goes to ``owner[i]`` (device 0 also holds ``first_bytes``)."""
+    used = [first_bytes] + [0] * (k - 1)
+    for b, d in zip(block_bytes, owner):
+        used[d] += b
+    return used
 
 
 def block_memory(model, dtype: torch.dtype, state_tokens: int) -> tuple[list[int], int]:
@@ -168,9 +173,7 @@ def plan(model, devices: Sequence[torch.device], dtype: torch.dtype,
     sizes, first = block_memory(model, dtype, state_tokens)
     caps = _capacities(devices)
     owner = balance(sizes, caps, first)
-    used = [first if d == 0 else 0 for d in range(len(devices))]
-    for b, d in zip(sizes, owner):
-        used[d] += b
+    used = _loads(sizes, owner, len(devices), first)
     for d, dev in enumerate(devices):
         if dev.type == "cuda" and used[d] > caps[d]:
             log.warning("the split needs %.1f GB on %s, which has %.1f GB free", used[d] / 1e9, dev, caps[d] / 1e9)
