@@ -19,6 +19,9 @@ from importlib import resources
 import torch
 import torch.nn.functional as F
 
+from evo_cli.errors import CheckpointError, InputError
+from evo_cli.model.tokenizer import encode
+
 # model -> (mean loss, mean accuracy in %), from evo2's test/test_evo2.py
 EXPECTED = {
     "evo2_40b": (0.2159424, 91.673),
@@ -53,6 +56,27 @@ class SelftestResult:
         return abs(self.mean_loss - self.expected_loss) < TOLERANCE
 
 
+def check_selftest(model: str, expected: str | None = None) -> str:
+    """The published model whose recorded numbers a selftest of ``model`` (a name or a path) checks
+    against (``expected``, else ``model``); an InputError when the test records none for it, or when
+    ``model`` is a published name whose weights are not downloaded (saying how to get them)."""
+    from evo_cli import registry
+    from evo_cli.checkpoints import resolve_checkpoint
+
+    name = expected or str(model)
+    if name not in EXPECTED:
+        raise InputError(f"{name}: evo2's test records numbers for {', '.join(EXPECTED)} only"
+                         + ("" if expected else " (pass --expected NAME for a checkpoint given as a path)"))
+    spec = registry.get_spec(str(model))
+    if spec is not None:
+        try:
+            resolve_checkpoint(spec.name, download=False)
+        except CheckpointError:
+            raise InputError(f"{spec.name} is not downloaded: run `evo download {spec.name}` (~{spec.download_bytes / 1e9:.1f} GB "
+                             f"from huggingface.co/{spec.repo}), then `evo selftest --model {spec.name}` again") from None
+    return name
+
+
 def upstream_prompts() -> list[tuple[str, str]]:
     """(name, sequence) of the four prompts of evo2's test."""
     from evo_cli.io.fasta import read_fasta
@@ -69,7 +93,7 @@ def run_selftest(model, expected: str, prompts: list[tuple[str, str]] | None = N
     loss_want, acc_want = EXPECTED[expected]
     losses, accs = [], []
     for i, (_, seq) in enumerate(prompts):
-        ids = torch.tensor([list(seq.encode())], dtype=torch.long, device=model.device)
+        ids = torch.tensor([encode(seq)], dtype=torch.long, device=model.device)
         with torch.inference_mode():
             logits = model(ids)[0, :-1].float()
         target = ids[0, 1:]

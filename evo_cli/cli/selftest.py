@@ -18,22 +18,9 @@ def selftest(model, device, dtype, kernels, expected):
     """Run the evo2 repository's test on a published Evo 2 model: next-token cross-entropy over its four
     prompts, PASS when the mean is within 1e-3 of the value the test records for that model. Tells
     whether this hardware, dtype and --fp8 mode give the reference numbers."""
-    from evo_cli import registry
-    from evo_cli.checkpoints import resolve_checkpoint
-    from evo_cli.errors import CheckpointError, InputError
-    from evo_cli.selftest import EXPECTED, TOLERANCE, projection_macs, run_selftest, upstream_prompts
+    from evo_cli.selftest import TOLERANCE, check_selftest, projection_macs, run_selftest, upstream_prompts
 
-    name = expected or str(model)
-    if name not in EXPECTED:
-        raise InputError(f"{name}: evo2's test records numbers for {', '.join(EXPECTED)} only"
-                         + ("" if expected else " (pass --expected NAME for a checkpoint given as a path)"))
-    spec = registry.get_spec(str(model))
-    if spec is not None:
-        try:
-            resolve_checkpoint(spec.name, download=False)
-        except CheckpointError:
-            raise InputError(f"{spec.name} is not downloaded: run `evo download {spec.name}` (~{spec.download_bytes / 1e9:.1f} GB "
-                             f"from huggingface.co/{spec.repo}), then `evo selftest --model {spec.name}` again") from None
+    name = check_selftest(model, expected)
     net = load_model_cli(model, device, dtype, kernels)
     prompts = upstream_prompts()
     if net.fp8 == "emulate" and net.device.type == "cpu":
