@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT
+from evo_cli.io.atomic import STDOUT, check_output_path
 from evo_cli.io.fasta import DNA_CODES, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
@@ -95,6 +95,27 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
                              f"(use .tsv, .parquet or .vcf.gz, or --format)")
     if path in STDOUT and fmt != "tsv":
         raise InputError(f"{fmt} output needs a file name")
+    return fmt
+
+
+def check_outputs(output: str | Path | None, format: str | None = None, *, plot: str | Path | None = None,
+                  bedgraph: str | Path | None = None, resume: bool = False, inputs: tuple = ()) -> str | None:
+    """Every check of a run's outputs that needs no model, so that a bad one fails in seconds: the
+    output format (None for no output file), each location (``check_output_path``; none may be one of
+    ``inputs``), an interrupted run's progress when not resuming, the plot and track extensions."""
+    if resume and output in STDOUT:
+        raise InputError("resume needs an output file (progress is kept beside it)")
+    fmt = output_format(output, format) if output is not None else None
+    for path in (output, plot, bedgraph):
+        check_output_path(path, inputs)
+    if output not in STDOUT:
+        check_fresh(output, resume)
+    if plot is not None:
+        from evo_cli.plots import check_plot_output
+
+        check_plot_output(plot)
+    if bedgraph is not None:
+        check_track_output(bedgraph)
     return fmt
 
 
@@ -243,19 +264,10 @@ def run_mutagenize(
     model's context when shorter, as in score-variants. ``reduce``: window scores are mean (default)
     or summed per-base log-likelihoods, as in score-variants."""
     window = check_run_options(model, window, strand, batch_size, reduce)
-    fmt = output_format(output, format) if output is not None else None
-    if resume and output in STDOUT:
-        raise InputError("resume needs an output file (progress is kept beside it)")
-    if bedgraph is not None:
-        check_track_output(bedgraph)
+    fmt = check_outputs(output, format, plot=plot, bedgraph=bedgraph, resume=resume, inputs=(fasta,))
     if plot is not None:
-        from evo_cli.plots import check_plot_output
-
-        check_plot_output(plot)
         rows = [] if rows is None else rows
     to_file = output not in STDOUT
-    if to_file:
-        check_fresh(output, resume)
     t0 = time.perf_counter()
     summary = Summary()
     with Reference(fasta) as reference:

@@ -51,28 +51,14 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
     evo mutagenize --fasta ref.fa --region chr17:41197700-41197800 -m evo2_7b -o scan.tsv --plot scan.png
     evo mutagenize --fasta constructs.fa --record design_3 -m evo2_7b -o design_3.vcf.gz --bedgraph design_3.bedGraph
     """
-    from evo_cli.io.atomic import check_output_path
-    from evo_cli.io.partial import check_fresh
-    from evo_cli.io.tracks import check_track_output
     from evo_cli.io.vcf import read_bed
-    from evo_cli.mutagenesis import check_inputs, output_format, run_mutagenize
+    from evo_cli.mutagenesis import check_inputs, check_outputs, run_mutagenize
     from evo_cli.variants import DEFAULT_WINDOW
 
     if resume and output == "-":
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     # every check that needs no model first: bad input fails in seconds
-    fmt = output_format(output, fmt)
-    # every output location, before any work
-    for path in (output, plot, bedgraph):
-        check_output_path(path, inputs=(fasta, bed))
-    if output != "-":
-        check_fresh(output, resume)
-    if plot:
-        from evo_cli.plots import check_plot_output
-
-        check_plot_output(plot)
-    if bedgraph:
-        check_track_output(bedgraph)
+    fmt = check_outputs(output, fmt, plot=plot, bedgraph=bedgraph, resume=resume, inputs=(fasta, bed))
     regions = list(region_texts) + (read_bed(bed) if bed else [])
     total = check_inputs(fasta, regions, records)
     # the KV cache a batch of windows holds, for balancing a model split over devices
