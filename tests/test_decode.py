@@ -48,6 +48,25 @@ def test_state_helpers(tiny_models):
         model(ids, state)
 
 
+def test_decoding_stores_wide_weights_column_major_with_the_same_numbers():
+    """new_state lays out CPU Linear weights for one-token products: column-major where a weight has
+    more outputs than inputs, row-major otherwise (benchmarks/README.md); the logits do not change."""
+    from evo_cli.model.init import motif_config, random_model
+
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=16, inner_mlp_size=80), seed=0)
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids)
+        model.new_state(1, 12)
+        after = model(ids)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert {m.weight.shape[0] > m.weight.shape[1] for m in linears} == {True, False}
+    for m in linears:
+        out, inp = m.weight.shape
+        assert m.weight.stride() == ((1, out) if out > inp else (inp, 1)), (m.weight.shape, m.weight.stride())
+    assert torch.allclose(after, before, atol=1e-5)
+
+
 def test_evo1_complex_filter_is_built_once_and_follows_the_weights():
     from evo_cli.model.init import motif_config, random_model
 
