@@ -67,6 +67,27 @@ def test_decoding_stores_wide_weights_column_major_with_the_same_numbers():
     assert torch.allclose(after, before, atol=1e-5)
 
 
+def test_rotary_angles_come_from_a_table_with_the_same_numbers(monkeypatch):
+    """Angles sliced from the table are the directly computed ones, bit for bit; the table grows to
+    the furthest position asked for, positions past ``table_positions`` are computed directly, and a
+    table built under inference mode still works with autograd."""
+    from evo_cli.model.layers import RotaryEmbedding
+
+    rot = RotaryEmbedding(16, 10000.0, 4.0)
+    monkeypatch.setattr(RotaryEmbedding, "table_positions", 2048)
+    cpu = torch.device("cpu")
+    for pos, L in ((0, 3), (7, 1), (250, 300), (2040, 8), (2045, 10), (5000, 2)):
+        with torch.inference_mode():
+            cos, sin = rot.angles(pos, L, cpu)
+        t = torch.arange(pos, pos + L, dtype=torch.float32) / 4.0
+        ang = torch.outer(t, rot.inv_freq)
+        assert torch.equal(cos, ang.cos()) and torch.equal(sin, ang.sin()), (pos, L)
+    assert rot._table[1].shape[0] == 2048  # grown by doubling, capped at table_positions
+    q = torch.randn(1, 2, 1, 16, requires_grad=True)
+    rot(q, q, 3)[0].sum().backward()
+    assert q.grad is not None
+
+
 def test_evo1_complex_filter_is_built_once_and_follows_the_weights():
     from evo_cli.model.init import motif_config, random_model
 

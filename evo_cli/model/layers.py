@@ -211,18 +211,42 @@ class RotaryEmbedding(nn.Module):
     formula); positions are divided by ``scaling`` (linear position interpolation).
     """
 
+    # positions up to this many take their angles from a table built once (``angles``); cos and sin
+    # of 65,536 positions are 32 MiB at head dim 128
+    table_positions = 1 << 16
+
     def __init__(self, head_dim: int, base: float, scaling: float):
         super().__init__()
         self.register_buffer("inv_freq", rotary_inv_freq(head_dim, base))
         self.scaling = scaling
+        self._table = None  # (key, cos, sin): see angles()
 
     def forward(self, q, k, pos: int):
         """q: [B, L, H, hd], k: [B, L, Hkv, hd] -> rotated (q, k) for absolute positions pos..pos+L-1."""
-        L = q.shape[1]
-        t = torch.arange(pos, pos + L, device=q.device, dtype=torch.float32) / self.scaling
+        cos, sin = self.angles(pos, q.shape[1], q.device)
+        return _rotate(q, cos[None, :, None], sin[None, :, None]), _rotate(k, cos[None, :, None], sin[None, :, None])
+
+    def angles(self, pos: int, L: int, device):
+        """cos, sin [L, hd / 2] float32 of positions pos..pos+L-1.
+
+        Positions below ``table_positions`` are sliced from a table of every position up to the
+        furthest asked for (grown by doubling; rebuilt when the device or the frequencies change): a
+        decoding step would otherwise compute its angles in every attention block for every token.
+        Each angle is the same float32 product either way, so the numbers are identical."""
+        end = pos + L
+        if end > self.table_positions:
+            return self._angles(pos, end, device)
+        key = (device, self.inv_freq.data_ptr(), self.inv_freq._version, self.scaling)
+        if self._table is None or self._table[0] != key or self._table[1].shape[0] < end:
+            have = self._table[1].shape[0] if self._table is not None and self._table[0] == key else 0
+            with torch.inference_mode(False):  # a table made under inference mode could not enter autograd later
+                self._table = (key, *self._angles(0, min(self.table_positions, max(end, 2 * have, 256)), device))
+        return self._table[1][pos:end], self._table[2][pos:end]
+
+    def _angles(self, start: int, end: int, device):
+        t = torch.arange(start, end, device=device, dtype=torch.float32) / self.scaling
         ang = torch.outer(t, self.inv_freq.float())
-        cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return ang.cos(), ang.sin()
 
 
 def rotary_inv_freq(head_dim: int, base: float):
