@@ -1,6 +1,6 @@
 """CPU time of the README's quick start (``evo score-variants``, evo-demo, the 36 SNVs of examples/data).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_quickstart.py [--repeat 3] [--deltas before.tsv]
+    OMP_NUM_THREADS=1 python benchmarks/bench_quickstart.py [--repeat 3] [--deltas before.tsv] [--narrow]
 
 Prints the process CPU time of each run (after one warm-up run), the number of forward calls and
 tokens, the run's arithmetic (``profile_forward.py``'s floor: GEMMs and attention at the matmul rate
@@ -12,6 +12,7 @@ its own GEMM shapes reach here, one exp per attention score at torch.exp's rate)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from evo_cli import score_variants
 from evo_cli.checkpoints import load_model
+from evo_cli.model.init import random_model
 from evo_cli.scoring import _CPU_STEP
 from evo_cli.runtime import keep_freed_memory
 from profile_forward import arithmetic_floor, attention_flops, attention_scores, exp_rate, gemm_flops, gemm_rate  # noqa: E402
@@ -36,10 +38,17 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--deltas", help="write the deltas here (one per line)")
     p.add_argument("--compare", help="deltas written by an earlier run: print the largest absolute difference")
+    p.add_argument("--narrow", action="store_true",
+                   help="evo-demo's layers at hidden size 8 (random weights): the same ops with almost no "
+                        "arithmetic, so the time left is the cost per op")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the CLI does
     model = load_model("evo-demo", device="cpu")
+    if args.narrow:
+        c = model.config
+        model = random_model(dataclasses.replace(c, hidden_size=8, num_heads=1, num_kv_heads=1, inner_mlp_size=16,
+                                                 hcs_filter_groups=8, hcm_filter_groups=8), seed=0)
     calls, tokens = [], []
 
     work = {"gemm": 0.0, "attention": 0.0, "scores": 0.0}
