@@ -156,6 +156,19 @@ def test_native_path_passes_torch_scaled_mm_the_same_operands(ckpts, monkeypatch
     assert torch.equal(model.blocks[4].projections(x), want)
 
 
+def test_e4m3_weight_stays_row_major_after_the_cpu_decode_layout(ckpts):
+    """new_state on CPU stores the projection weights column-major (a faster GEMV); a later .to() rebuilds
+    the E4M3 weight from them, and it must still be row-major: an FP8 GEMM takes the transposed weight
+    only column-major (cuBLASLt rejects anything else, and mmaemu applies the same check)."""
+    model = evo_cli.load_model(ckpts["bytesio"], device="cpu", fp8="emulate")
+    ids = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(0))
+    want = model(ids)
+    model.new_state(1, 9)
+    assert not model.blocks[4].projections.weight.is_contiguous()
+    model.float()
+    assert torch.equal(model(ids), want)
+
+
 def test_mode_choice_and_its_errors(ckpts, monkeypatch, tmp_path):
     cpu = torch.device("cpu")
     assert runtime.resolve_fp8("auto", cpu, needs_fp8=False) == "off"

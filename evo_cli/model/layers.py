@@ -135,7 +135,9 @@ class Projection(nn.Linear):
         if mode != "off" and not self.has_fp8_state:
             raise ValueError("this projection has no FP8 scales")
         self.fp8 = mode
-        self.weight_fp8 = None if mode == "off" else K.quantize_e4m3(self.weight, self.fp8_scale_weight)
+        # row-major whatever the weight's strides (a CPU decode stores it column-major, new_state; .to()
+        # keeps that): its transpose must be the column-major operand FP8 GEMMs take (cuBLASLt)
+        self.weight_fp8 = None if mode == "off" else K.quantize_e4m3(self.weight, self.fp8_scale_weight).contiguous()
 
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() after loading: rebuild the E4M3 weight on the new device (a cast of it would be wrong)
