@@ -10,6 +10,9 @@ leave partial channel blocks; filter groups that straddle a channel block). With
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -284,3 +287,14 @@ def test_conformance_evo1_with_triton_kernels():
         steps = [model(prompt, state)[:, -1], model(v["generated_ids"][:, :1], state)[:, 0]]
     assert (logits - v["logits"][:, :64]).abs().max().item() < 1e-4
     assert (torch.stack(steps, 1) - v["generated_step_logits"][:, :2]).abs().max().item() < 1e-4
+
+
+def test_offsets_past_2_31_elements():
+    """Every fused op reads inputs whose rows or channels lie 2^31 elements or more from their base
+    (real sizes: 1M tokens x 12,288 projection channels) without an int32 wrap: ``far_offsets.py``, in
+    a child process because a wrapped address ends it with a segmentation fault (see its docstring)."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "tests.far_offsets"], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, f"exit status {out.returncode}\n{out.stdout}\n{out.stderr[-2000:]}"
+    assert out.stdout.count("relative error") == 9
