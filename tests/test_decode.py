@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -219,6 +221,46 @@ def test_static_decoder_without_memory_for_the_capture_falls_back(tiny_models, m
         monkeypatch.setattr(InferenceState, "clone", no_memory)
         dec = StaticDecoder(model, b, graph=True)
         assert dec.graph is None
+        for p in range(5, 12):
+            want = model(ids[:, p : p + 1], a)
+            assert (dec.step(ids[:, p : p + 1]) - want).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("failing", ["warm-up", "capture"])
+def test_static_decoder_failed_capture_undoes_the_warm_up(tiny_models, monkeypatch, failing):
+    """The capture's two warm-up steps advance the state (and write the KV cache at position 0); when
+    they or the capture then fail, decoding goes on without a graph from the state the prefill left.
+    No CUDA here: the stream and graph calls are stood in for, and one raises after the warm-up steps
+    ran (as an allocation can) or at the capture (as an op that cannot be captured does)."""
+    from evo_cli.model.graph import StaticDecoder
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def on_stream(stream):
+        yield
+        if failing == "warm-up":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    def capture(graph):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    for name, fake in {"device": lambda d: contextlib.nullcontext(), "Stream": Stream, "CUDAGraph": object,
+                       "current_stream": lambda *d: Stream(), "stream": on_stream, "graph": capture}.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    model = tiny_models["evo2"]
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = model.new_state(1, 12), model.new_state(1, 12)
+        model(ids[:, :5], a)
+        model(ids[:, :5], b)
+        dec = StaticDecoder(model, b, graph=True)
+        assert dec.graph is None
+        for sa, sb in zip(a.layers, b.layers):
+            for name in vars(sa):
+                assert torch.equal(getattr(sa, name), getattr(sb, name))
         for p in range(5, 12):
             want = model(ids[:, p : p + 1], a)
             assert (dec.step(ids[:, p : p + 1]) - want).abs().max().item() < 1e-5
