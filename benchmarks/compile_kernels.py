@@ -6,7 +6,9 @@
 The Triton interpreter checks the kernels' arithmetic on CPU but not that they compile; this runs the
 real compiler (Triton -> PTX -> ptxas) for the target and prints, per kernel and config, the registers
 per thread, spilled bytes and shared memory, so a config that spills or cannot compile is seen before
-anyone runs it on a GPU. Needs the triton package with its bundled ptxas; no driver.
+anyone runs it on a GPU. Then, in each kernel's first config: every on/off combination of the optional
+inputs, and the specialisations real inputs bring (batch strides of 2^31 elements or more, passed as
+i64; a one-token call, L = 1 made a constant). Needs the triton package with its bundled ptxas; no driver.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 from evo_cli.kernels.featurize.fused import featurize_fwd_kernel  # noqa: E402
 from evo_cli.kernels.fir.fused import fir_taps_fwd_kernel, fir_toeplitz_fwd_kernel  # noqa: E402
 from evo_cli.kernels.modal.fused import modal_fwd_kernel  # noqa: E402
+from evo_cli.kernels.norm.fused import launch_shape as norm_launch_shape  # noqa: E402
 from evo_cli.kernels.norm.fused import rms_norm_fwd_kernel  # noqa: E402
 from evo_cli.kernels.step.fused import hyena_step_kernel  # noqa: E402
 
@@ -87,9 +90,26 @@ def cases(act: str):
         "stride_ri": 1, "stride_hg": 0, "stride_hk": 0, "stride_ib": "i32/16", "stride_i1": "i32/16",
         "stride_i2": "i32", "stride_i3": 1, "KI": 1, "KIP": 1, "MODAL": True, "IS_COMPLEX": True, "SP": 8,
         "HAS_BIAS": True}
-    yield "rms_norm D=4096", rms_norm_fwd_kernel, {
-        "x_ptr": p, "w_ptr": f, "y_ptr": p, "R": "i32", "D": "i32/16", "eps": "fp32", "stride_xr": "i32/16",
-        "stride_yr": "i32/16", "BR": 1, "BLOCK": 4096}
+    for d in (4096, 8192, 1920):  # evo2_7b, evo2_40b, evo2_1b
+        rows, block, warps = norm_launch_shape(d)
+        yield f"rms_norm D={d}", rms_norm_fwd_kernel, {
+            "x_ptr": p, "w_ptr": f, "y_ptr": p, "R": "i32", "D": "i32/16" if d % 16 == 0 else "i32", "eps": "fp32",
+            "stride_xr": "i32/16", "stride_yr": "i32/16", "BR": rows, "BLOCK": block, "num_warps": warps}
+
+
+# batch strides of the activations: from 2^31 elements on (evo2_7b: 174,763 tokens of the 12,288-wide
+# projection; 1M tokens x 4,096 channels of the gate) Triton passes them as i64
+_BATCH_STRIDES = ("stride_zb", "stride_ob", "stride_xb", "stride_gb", "stride_yb")
+
+
+def real_size_variants(spec):
+    """``spec`` as a long sequence and as a single token launch it: (label, spec) for batch strides of
+    2^31 elements or more (i64) and for L = 1 (Triton makes an integer argument equal to 1 a constant).
+    Only kernels with a sequence length L."""
+    if "L" not in spec:
+        return
+    yield "i64 batch strides", {**spec, **{k: "i64/16" for k in _BATCH_STRIDES if k in spec}}
+    yield "L=1", {**spec, "L": 1}
 
 
 def _ptxas(ptx: str, arch: int) -> dict:
@@ -108,6 +128,23 @@ def _ptxas(ptx: str, arch: int) -> dict:
     return {"regs": get(r"Used (\d+) registers"), "spill": get(r"(\d+) bytes spill stores")}
 
 
+def _compile(kernel, spec, cfg, target):
+    """Compile ``kernel`` (jit or autotuned) for ``spec`` in config ``cfg``."""
+    jit = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    consts = {k: v for k, v in {**spec, **cfg.kwargs}.items() if not _runtime(v) and k in jit.arg_names}
+    sig = {a: ("constexpr" if a in consts else spec[a].split("/")[0]) for a in jit.arg_names}
+    # pointers from torch allocations and integers marked /16 are multiples of 16, as at launch
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(jit.arg_names)
+             if a not in consts and (spec[a].startswith("*") or spec[a].endswith("/16"))}
+    return triton.compile(ASTSource(jit, sig, consts, attrs), target=target,
+                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+
+
+def _configs(kernel, spec):
+    """The autotune configs of ``kernel``, or the one launch config a plain kernel gets."""
+    return getattr(kernel, "configs", None) or [triton.Config({}, num_warps=spec.get("num_warps", 4))]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: H100)")
@@ -120,40 +157,34 @@ def main():
     for name, kernel, spec in cases(args.dtype):
         if args.only not in name:
             continue
-        configs = getattr(kernel, "configs", None) or [triton.Config({}, num_warps=8 if "norm" in name else 4)]
-        jit = kernel.fn if isinstance(kernel, Autotuner) else kernel
-        for cfg in configs:
-            consts = {k: v for k, v in {**spec, **cfg.kwargs}.items() if not _runtime(v)}
-            sig = {a: ("constexpr" if a in consts else spec[a].split("/")[0]) for a in jit.arg_names}
-            # pointers from torch allocations and integers marked /16 are multiples of 16, as at launch
-            attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(jit.arg_names)
-                     if a not in consts and (spec[a].startswith("*") or spec[a].endswith("/16"))}
+        for cfg in _configs(kernel, spec):
             label = ", ".join(f"{k}={v}" for k, v in cfg.kwargs.items()) + f", warps={cfg.num_warps}"
             try:
-                compiled = triton.compile(ASTSource(jit, sig, consts, attrs), target=target,
-                                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                compiled = _compile(kernel, spec, cfg, target)
             except Exception as e:  # report every failure, then exit non-zero
                 failed += 1
                 print(f"| {name} | {label} | FAILED: {str(e).splitlines()[0][:120]} | | |")
                 continue
             info = _ptxas(compiled.asm["ptx"], args.arch)
             print(f"| {name} | {label} | {info['regs']} | {info['spill']} | {compiled.metadata.shared} B |", flush=True)
-    # every on/off combination of the optional inputs, in the first config
+    # every on/off combination of the optional inputs, and the real-size specialisations, in the first config
     for name, kernel, spec in cases(args.dtype):
-        if args.only not in name or not isinstance(kernel, Autotuner):
+        if args.only not in name:
             continue
+        cfg = _configs(kernel, spec)[0]
         flags = [k for k in ("HAS_STATE", "HAS_BIAS", "HAS_D") if k in spec]
-        cfg = kernel.configs[0]
-        for bits in itertools.product((False, True), repeat=len(flags)):
-            variant = {**spec, **dict(zip(flags, bits))}
-            consts = {k: v for k, v in {**variant, **cfg.kwargs}.items() if not _runtime(v)}
-            sig = {a: ("constexpr" if a in consts else variant[a].split("/")[0]) for a in kernel.fn.arg_names}
+        variants = [(str(dict(zip(flags, bits))), {**spec, **dict(zip(flags, bits))})
+                    for bits in itertools.product((False, True), repeat=len(flags)) if flags]
+        for label, variant in variants + list(real_size_variants(spec)):
             try:
-                triton.compile(ASTSource(kernel.fn, sig, consts), target=target,
-                               options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                compiled = _compile(kernel, variant, cfg, target)
             except Exception as e:
                 failed += 1
-                print(f"{name} {dict(zip(flags, bits))}: FAILED: {str(e).splitlines()[0][:160]}")
+                print(f"{name} {label}: FAILED: {str(e).splitlines()[0][:160]}")
+                continue
+            if label in ("i64 batch strides", "L=1"):
+                info = _ptxas(compiled.asm["ptx"], args.arch)
+                print(f"{name} {label}: {info['regs']} registers, {info['spill']} spill bytes", flush=True)
     print(f"\n{'all kernels, configs and flag variants compile' if not failed else f'{failed} failures'} "
           f"for sm_{args.arch} ({args.dtype} activations)")
     sys.exit(1 if failed else 0)

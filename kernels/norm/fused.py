@@ -30,10 +30,15 @@ def rms_norm(x, scale, eps):
     R = x2.shape[0]
     y = torch.empty(x2.shape, device=x.device, dtype=x.dtype)
     if R:
-        block = triton.next_power_of_2(D)
-        # one row of a wide model per program; narrow rows are batched up to 4096 elements
-        rows = max(1, min(64, 4096 // block))
-        warps = min(16, max(1, block * rows // 512))
+        rows, block, warps = launch_shape(D)
         rms_norm_fwd_kernel[(triton.cdiv(R, rows),)](x2, scale.contiguous(), y, R, D, eps, x2.stride(0), y.stride(0),
                                                     BR=rows, BLOCK=block, num_warps=warps)
     return y.view(x.shape)
+
+
+def launch_shape(D: int) -> tuple[int, int, int]:
+    """(rows per program BR, row block BLOCK, warps) for rows of D elements: one row of a wide model
+    per program; narrow rows are batched up to 4096 elements."""
+    block = triton.next_power_of_2(D)
+    rows = max(1, min(64, 4096 // block))
+    return rows, block, min(16, max(1, block * rows // 512))
