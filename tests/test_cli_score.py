@@ -154,7 +154,7 @@ def test_resume_writes_the_same_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("track", ["t.bedGraph", "t.bw"])
-def test_the_track_is_written_as_the_records_are_scored(track, tmp_path, capsys):
+def test_the_track_is_written_as_the_records_are_scored(track, tmp_path):
     """The track is not held in memory: a chunk's rows are in its file when the next chunk is scored,
     and hold the per-position log-probabilities."""
     import pyBigWig

@@ -368,13 +368,14 @@ def test_pos_0_records_are_skipped_as_telomeres(tmp_path):
     vcf = tmp_path / "tel.vcf"
     vcf.write_text(f"##fileformat=VCFv4.2\n##contig=<ID={contig}>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
                    f"{contig}\t0\ttel\tN\t<TEL>,A\t.\t.\t.\n{first}\n{contig}\t0\ttel2\tA\t.\t.\t.\t.\n")
-    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64, "-o", tmp_path / "o.tsv")
+    args = ["score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64, "-o"]
+    code, _, err = evo(*args, tmp_path / "o.tsv")
     assert code == 0, err
     assert _summary(err) == (1, {"telomere": 2, "no_alt": 1})
     rows = pd.read_csv(tmp_path / "o.tsv", sep="\t", keep_default_na=False)
     assert rows[["pos", "alt", "status"]].values.tolist() == [[0, "<TEL>", "telomere"], [0, "A", "telomere"],
                                                              [97722, "A", "ok"], [0, ".", "no_alt"]]
-    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64, "-o", tmp_path / "o.vcf")
+    code, _, err = evo(*args, tmp_path / "o.vcf")
     assert code == 0, err
     with pysam.VariantFile(str(tmp_path / "o.vcf")) as vf:
         assert [(r.pos, "EVO_DELTA" in r.info) for r in vf] == [(0, False), (97722, True), (0, False)]
