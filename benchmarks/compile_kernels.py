@@ -115,7 +115,7 @@ def main():
     ap.add_argument("--only", default="", help="compile only kernels whose name contains this")
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
-    print(f"| kernel | config | registers | spill bytes | shared memory |\n|---|---|---|---|---|")
+    print("| kernel | config | registers | spill bytes | shared memory |\n|---|---|---|---|---|")
     failed = 0
     for name, kernel, spec in cases(args.dtype):
         if args.only not in name:

@@ -4,9 +4,10 @@
     python benchmarks/profile_forward.py --length 8192 --threads 2               # 8k, the benchmark model
 
 Prints the window's CPU seconds (``time.process_time``, best of ``--repeats``; the machine is shared,
-so wall time is noisy), the matmul floor (the model's GEMM FLOPs at the rate one ``--length`` x
-hidden x 3 hidden GEMM reaches here), and the top ops by self CPU time, grouped as GEMM / attention /
-Hyena / other.
+so wall time is noisy), the GEMM floor (the model's weight-matmul FLOPs at the rate its own GEMM
+shapes reach here, ``gemm_rate``), the arithmetic floor (that plus attention's matmul FLOPs at
+the same rate and one exp per attention score at torch.exp's rate), and the top ops by self CPU
+time, grouped as GEMM / attention / other.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import add_model_args, build  # noqa: E402
+from common import add_model_args  # noqa: E402
 from profile_decode import load  # noqa: E402
 
 GEMM = {"aten::mm", "aten::addmm", "aten::bmm"}
@@ -32,21 +34,62 @@ def gemm_flops(model, L: int, batch: int) -> float:
     return 2.0 * batch * L * (n + model.embedding_layer.weight.numel())
 
 
-def attention_flops(model, L: int, batch: int) -> float:
-    """FLOPs of causal attention (QK^T and PV, half the square) over all attention blocks."""
+def attention_scores(model, L: int, batch: int, offset: int = 0, blocks: int | None = None) -> float:
+    """Attention scores (query-key pairs, causal) of ``batch`` x ``L`` tokens after ``offset`` cached
+    ones, over all heads of ``blocks`` attention blocks (default: all of the model's). Each score
+    costs 4 head_dim FLOPs of matmul (QK^T and PV) and one exp."""
     c = model.config
-    return sum(2.0 * 2 * batch * c.num_heads * c.head_dim * L * L / 2 for _ in c.layers_of("attn"))
+    blocks = len(c.layers_of("attn")) if blocks is None else blocks
+    return batch * (L * offset + L * (L + 1) / 2) * c.num_heads * blocks
 
 
-def matmul_rate(L: int, d: int, repeats: int = 3) -> float:
-    """FLOP per CPU-second of an [L, d] x [d, 3d] GEMM (the Hyena projection's shape)."""
-    a, w = torch.randn(L, d), torch.randn(3 * d, d)
+def attention_flops(model, L: int, batch: int, offset: int = 0, blocks: int | None = None) -> float:
+    """Matmul FLOPs of causal attention, as ``attention_scores``."""
+    return 4.0 * model.config.head_dim * attention_scores(model, L, batch, offset, blocks)
+
+
+def exp_rate(repeats: int = 3) -> float:
+    """exp per CPU-second of torch.exp over 1 MB of float32 (in cache): the softmax's arithmetic."""
+    x = torch.randn(1 << 18)
+    y = torch.empty_like(x)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.process_time()
+        for _ in range(20):
+            torch.exp(x, out=y)
+        best = min(best, (time.process_time() - t0) / 20)
+    return x.numel() / best
+
+
+def arithmetic_floor(gemm: float, attention: float, scores: float, rate: float, exps: float) -> str:
+    """One line: the GEMM floor, and the arithmetic floor with attention's matmuls and exps added."""
+    floor = gemm / rate + attention / rate + scores / exps
+    return (f"GEMM {gemm / 1e9:.1f} GFLOP + attention {attention / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP per "
+            f"CPU-s, {scores / 1e6:.0f} M attention exps at {exps / 1e9:.2f} G per CPU-s: GEMM floor "
+            f"{gemm / rate:.3f} CPU-s, arithmetic floor {floor:.3f} CPU-s")
+
+
+def gemm_rate(model, rows: int, repeats: int = 5) -> float:
+    """FLOP per CPU-second of the model's own weight GEMMs at ``rows`` rows: every distinct
+    ``nn.Linear`` shape (and the tied unembedding) timed alone, best of ``repeats`` after a warm-up,
+    weighted by how often the model has it. Small hidden sizes make thin GEMMs that run below the
+    core's peak, and that is arithmetic the model cannot avoid."""
+    shapes = Counter(tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    shapes[tuple(model.embedding_layer.weight.shape)] += 1
+    flops = seconds = 0.0
+    for (out, inp), count in shapes.items():
+        a, w = torch.randn(rows, inp), torch.randn(out, inp)
         torch.nn.functional.linear(a, w)
-        best = min(best, time.process_time() - t0)
-    return 2.0 * L * d * 3 * d / best
+        n = max(1, int(4e8 // (2.0 * rows * inp * out)))  # a few ms per timing: CPU clocks are coarse
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            for _ in range(n):
+                torch.nn.functional.linear(a, w)
+            best = min(best, (time.process_time() - t0) / n)
+        flops += count * 2.0 * rows * inp * out
+        seconds += count * best
+    return flops / seconds
 
 
 def main():
@@ -71,7 +114,7 @@ def main():
             best = min(best, time.process_time() - t0)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             model(ids)
-    rate = matmul_rate(args.length, model.config.hidden_size)
+    rate = gemm_rate(model, args.batch * args.length)
     gf, af = gemm_flops(model, args.length, args.batch), attention_flops(model, args.length, args.batch)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
@@ -80,8 +123,10 @@ def main():
         share["GEMM" if e.key in GEMM else "attention" if e.key in ATTENTION else "other"] += e.self_cpu_time_total
     print(f"{args.batch} x {args.length} tokens, {args.threads} thread(s): {best:.3f} CPU-s per window "
           f"({best / args.threads:.3f} s if the threads ran in parallel)")
-    print(f"GEMM {gf / 1e9:.1f} GFLOP, attention {af / 1e9:.1f} GFLOP; matmul rate {rate / 1e9:.1f} GFLOP per CPU-s; "
-          f"GEMM floor {gf / rate:.3f} CPU-s, measured / floor {best / (gf / rate):.2f}x")
+    scores, exps = attention_scores(model, args.length, args.batch), exp_rate()
+    floor = gf / rate + af / rate + scores / exps
+    print(arithmetic_floor(gf, af, scores, rate, exps))
+    print(f"measured / GEMM floor {best / (gf / rate):.2f}x, measured / arithmetic floor {best / floor:.2f}x")
     print("  ".join(f"{k} {v / total:.0%}" for k, v in share.items()))
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.top))
 
