@@ -43,7 +43,7 @@ from evo_cli.io.atomic import STDOUT, check_output_path
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference, contig_aliases
-from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
+from evo_cli.io.tables import TABLE_EXTENSIONS, check_parquet_destination, format_from_extension, table_writer
 from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
 from evo_cli.runs import output_metadata, run_settings
@@ -207,6 +207,7 @@ def check_output(output: str | Path | None, format: str | None = None, resume: b
             raise InputError(f"{fmt} output needs a file name")
         return output_format(None, fmt)
     fmt = output_format(output, format)
+    check_parquet_destination(output, fmt)
     check_output_path(output, inputs)
     check_fresh(output, resume)
     return fmt

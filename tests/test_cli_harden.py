@@ -433,8 +433,8 @@ def test_resume_with_a_pipe_output_is_one_line(tmp_path):
     os.mkfifo(fifo)
     reader, _ = _read_fifo(fifo)
     code, _, err = _sv(fifo, "--region", FEW, "--format", "tsv", "--resume")
-    if reader.is_alive():  # nothing opened the pipe: let the reader go
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    if reader.is_alive():  # nothing opened the pipe: let the reader go (O_RDWR never blocks on a FIFO;
+        os.close(os.open(fifo, os.O_RDWR))  # a write-only open without a reader yet would fail)
     assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe, and a run writing there keeps "
                                          "no progress to resume; rerun without --resume"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
@@ -447,4 +447,19 @@ def test_embeddings_to_a_pipe_are_refused(tmp_path):
     code, _, err = evo("embed", "--fasta", FA, "-m", tmp_path / "no_model", "-o", fifo)
     assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe; embeddings are written to a "
                                          "regular Parquet file"], err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["score-variants", "--vcf", SNVS, "--fasta", FA, "--region", FEW],
+    ["score", "--fasta", FA],
+    ["mutagenize", "--fasta", FA, "--region", FEW],
+])
+def test_parquet_to_a_pipe_is_refused(argv, tmp_path):
+    # pyarrow's writer seeks: the run ended in "OSError: lseek failed" after scoring everything
+    fifo = tmp_path / "o.parquet"
+    os.mkfifo(fifo)
+    code, _, err = evo(*argv, "-m", TINY, "-o", fifo)
+    assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe; parquet output needs a regular "
+                                         "file (its writer seeks)"], err
     assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]

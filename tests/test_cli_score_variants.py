@@ -18,7 +18,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pysam
 import pytest
-import torch
 
 import evo_cli
 from evo_cli.cli.main import main
