@@ -37,7 +37,7 @@ from evo_cli.io.atomic import STDOUT, check_output_path
 from evo_cli.io.fasta import DNA_CODES, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference
-from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
+from evo_cli.io.tables import TABLE_EXTENSIONS, check_parquet_destination, format_from_extension, table_writer
 from evo_cli.io.tracks import check_track_output, write_track
 from evo_cli.io.vcf import Region, write_bgzipped_vcf
 from evo_cli.runs import output_metadata, run_settings
@@ -106,6 +106,7 @@ def check_outputs(output: str | Path | None, format: str | None = None, *, plot:
     if resume and output in STDOUT:
         raise InputError("resume needs an output file (progress is kept beside it)")
     fmt = output_format(output, format) if output is not None else None
+    check_parquet_destination(output, fmt)
     for path in (output, plot, bedgraph):
         check_output_path(path, inputs)
     if output not in STDOUT:

@@ -31,7 +31,7 @@ from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.partial import Checkpoint
 from evo_cli.io.tables import check_table_output, table_writer
-from evo_cli.io.tracks import check_track_output, write_track
+from evo_cli.io.tracks import check_track_output, track_writer
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
 from evo_cli.runtime import free_memory_bytes, non_finite_error
 
@@ -339,7 +339,6 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
     warn_beyond_context(records, model.config.max_seqlen)
     keep = per_position is not None or bedgraph is not None  # per-position log-probs are kept
-    track: list[tuple[str, int, float]] = []
     if bedgraph is not None:
         check_track_output(bedgraph)
     store = None
@@ -376,12 +375,18 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
                     compute(k, chunk)
         if not share.finish():
             return summary  # another rank writes the outputs
-        # to stdout, each chunk is written as soon as it is scored
+        # to stdout, each chunk is written as soon as it is scored; to a file, the outputs (the track too:
+        # a resumed run rebuilds it) are written from the kept chunks, one at a time
         results = store.chunks() if store is not None else (compute(k, chunk) for k, chunk in enumerate(chunks))
         with contextlib.ExitStack() as stack:
             write = stack.enter_context(table_writer(output, SCORE_COLUMNS, fmt, metadata))
             write_pos = (stack.enter_context(table_writer(per_position, POSITION_COLUMNS, pos_fmt, metadata))
                          if per_position else None)
+            write_bg = None
+            if bedgraph is not None:
+                write_bg = stack.enter_context(track_writer(
+                    bedgraph, {r.id: len(r.sequence) for r in records}, name="evo log-probability",
+                    description=f"{(metadata or {}).get('model', 'evo')} per-base log-probability"))
             for chunk, stored in zip(chunks, results, strict=True):
                 for rec, (length, first, mean, total, logprobs) in zip(chunk, stored, strict=True):
                     if length != len(rec.sequence):
@@ -390,11 +395,8 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
                     write([(rec.id, length, mean, total)])
                     if write_pos:
                         write_pos((rec.id, first + j + 1, rec.sequence[first + j], v) for j, v in enumerate(logprobs))
-                    if bedgraph is not None:
-                        track.extend((rec.id, first + j, v) for j, v in enumerate(logprobs))
+                    if write_bg:
+                        write_bg((rec.id, first + j, v) for j, v in enumerate(logprobs))
                 summary.sequences += len(chunk)
-        if bedgraph is not None:
-            write_track(bedgraph, track, {r.id: len(r.sequence) for r in records}, name="evo log-probability",
-                        description=f"{(metadata or {}).get('model', 'evo')} per-base log-probability")
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -9,8 +9,9 @@ site share the prefix before the variant (``scoring.score_windows``).
 
 Not scored, with the reason as the row's status: ALT ``.`` (``no_alt``), ``*`` (``star_allele``),
 symbolic (``symbolic``) and breakend (``breakend``) alleles, alleles with characters that are not
-nucleotide codes (``invalid_allele``), records whose CHROM is not in the FASTA even after
-``chr``-aliasing (``contig_not_in_fasta``), windows with characters other than nucleotide codes
+nucleotide codes (``invalid_allele``), records at POS 0, a telomere, which has no base
+(``telomere``), records whose CHROM is not in the FASTA even after ``chr``-aliasing
+(``contig_not_in_fasta``), windows with characters other than nucleotide codes
 (``non_dna_reference``) and, with ``skip_ref_mismatch``, records whose REF differs from the FASTA
 (``ref_mismatch``; otherwise a mismatch is an error naming the record).
 
@@ -42,7 +43,7 @@ from evo_cli.io.atomic import STDOUT, check_output_path
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import Checkpoint, check_fresh
 from evo_cli.io.reference import Reference, contig_aliases
-from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
+from evo_cli.io.tables import TABLE_EXTENSIONS, check_parquet_destination, format_from_extension, table_writer
 from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
 from evo_cli.runs import output_metadata, run_settings
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 OK = "ok"
 CONTIG_MISSING = "contig_not_in_fasta"
+TELOMERE = "telomere"  # POS 0
 REF_MISMATCH = "ref_mismatch"
 NON_DNA = "non_dna_reference"
 # the Evo 2 BRCA1 notebook's window
@@ -114,6 +116,8 @@ def _statuses(rec: VcfRecord, reference: Reference, skip_ref_mismatch: bool) -> 
     """(FASTA contig name or None, one status per ALT row) for ``rec``; raises on a REF mismatch."""
     if not rec.alts:
         return None, [NO_ALT]
+    if rec.pos == 0:
+        return None, [TELOMERE] * len(rec.alts)
     contig = reference.resolve(rec.chrom)
     if contig is None:
         return None, [CONTIG_MISSING] * len(rec.alts)
@@ -203,6 +207,7 @@ def check_output(output: str | Path | None, format: str | None = None, resume: b
             raise InputError(f"{fmt} output needs a file name")
         return output_format(None, fmt)
     fmt = output_format(output, format)
+    check_parquet_destination(output, fmt)
     check_output_path(output, inputs)
     check_fresh(output, resume)
     return fmt

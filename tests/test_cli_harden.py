@@ -399,3 +399,67 @@ def test_mutagenize_vcf_gz_to_a_fifo_keeps_the_fifo(tmp_path):
     assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["o"]
     records = [line for line in gzip.decompress(got[0]).decode().splitlines() if not line.startswith("#")]
     assert len(records) == 1 and records[0].split("\t")[1] == "97722"
+
+
+@pytest.mark.parametrize("argv", [
+    ["score-variants", "--vcf", SNVS, "--fasta", FA, "--region", FEW, "--window", 64],
+    ["score", "--fasta", "{fa}"],
+    ["generate", "--prompt", "ACGT", "-n", 4, "--seed", 1],
+    ["mutagenize", "--fasta", FA, "--region", FEW, "--window", 32],
+])
+def test_a_device_or_pipe_output_keeps_no_progress_file(argv, tmp_path):
+    # the progress sidecar was created beside the output during the run: as root, -o /dev/null made
+    # /dev/null.evo-partial; such an output cannot be resumed, so the run keeps its chunks in memory
+    fa = tmp_path / "in.fa"
+    fa.write_text(">a\nACGTACGTAC\n>b\nGGGTTTAAC\n")
+    argv = [str(a).format(fa=fa) for a in argv] + ["-m", TINY, "--format", "fasta" if argv[0] == "generate" else "tsv"]
+    out = tmp_path / "out"
+    out.mkdir()
+    fifo = out / "o"
+    os.mkfifo(fifo)
+    os.utime(out, ns=(0, 0))  # a file created or removed in out during the run changes its mtime
+    reader, got = _read_fifo(fifo)
+    code, _, err = evo(*argv, "-o", fifo)
+    reader.join(timeout=30)
+    assert code == 0, err
+    assert out.stat().st_mtime_ns == 0 and sorted(p.name for p in out.iterdir()) == ["o"]
+    code, _, err = evo(*argv, "-o", tmp_path / "o.txt")
+    assert code == 0, err
+    assert got[0] == (tmp_path / "o.txt").read_bytes()
+
+
+def test_resume_with_a_pipe_output_is_one_line(tmp_path):
+    fifo = tmp_path / "o"
+    os.mkfifo(fifo)
+    reader, _ = _read_fifo(fifo)
+    code, _, err = _sv(fifo, "--region", FEW, "--format", "tsv", "--resume")
+    if reader.is_alive():  # nothing opened the pipe: let the reader go (O_RDWR never blocks on a FIFO;
+        os.close(os.open(fifo, os.O_RDWR))  # a write-only open without a reader yet would fail)
+    assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe, and a run writing there keeps "
+                                         "no progress to resume; rerun without --resume"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_embeddings_to_a_pipe_are_refused(tmp_path):
+    # they are assembled from part files beside the output: a pipe got its parts and was replaced by one
+    fifo = tmp_path / "o.parquet"
+    os.mkfifo(fifo)
+    code, _, err = evo("embed", "--fasta", FA, "-m", tmp_path / "no_model", "-o", fifo)
+    assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe; embeddings are written to a "
+                                         "regular Parquet file"], err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["score-variants", "--vcf", SNVS, "--fasta", FA, "--region", FEW],
+    ["score", "--fasta", FA],
+    ["mutagenize", "--fasta", FA, "--region", FEW],
+])
+def test_parquet_to_a_pipe_is_refused(argv, tmp_path):
+    # pyarrow's writer seeks: the run ended in "OSError: lseek failed" after scoring everything
+    fifo = tmp_path / "o.parquet"
+    os.mkfifo(fifo)
+    code, _, err = evo(*argv, "-m", TINY, "-o", fifo)
+    assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe; parquet output needs a regular "
+                                         "file (its writer seeks)"], err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]

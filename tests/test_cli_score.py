@@ -102,7 +102,8 @@ def test_cli_and_api_give_the_same_numbers(tmp_path):
 
 
 def test_resume_writes_the_same_bytes(tmp_path):
-    """A run stopped after two chunks leaves its progress; resuming it gives the uninterrupted outputs."""
+    """A run stopped after two chunks leaves its progress; resuming it gives the uninterrupted outputs
+    (the bedGraph track too, rebuilt from the kept log-probabilities)."""
     from pathlib import Path
 
     import evo_cli
@@ -117,11 +118,13 @@ def test_resume_writes_the_same_bytes(tmp_path):
     records = read_fasta(fa)
     model = evo_cli.load_model(CASES[1], device="cpu", dtype="float32")
     settings = run_settings(model, {"fasta": fa})
-    kw = dict(per_position=tmp_path / "pos.parquet", batch_size=1, settings=settings, metadata={"m": "x"})
+    kw = dict(per_position=tmp_path / "pos.parquet", bedgraph=tmp_path / "t.bedGraph", batch_size=1, settings=settings,
+              metadata={"m": "x"})
     out, partial = tmp_path / "scores.tsv", Path(str(tmp_path / "scores.tsv") + ".evo-partial")
     run_score(model, records, out, **kw)
-    expected = out.read_bytes(), (tmp_path / "pos.parquet").read_bytes()
+    expected = out.read_bytes(), (tmp_path / "pos.parquet").read_bytes(), (tmp_path / "t.bedGraph").read_bytes()
     out.unlink()
+    (tmp_path / "t.bedGraph").unlink()
 
     calls = []
     bos = evo_cli.scoring.default_prepend_bos(model)
@@ -136,6 +139,7 @@ def test_resume_writes_the_same_bytes(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_score(model, records, out, progress=stop_in_the_third, **kw)
     assert len(calls) == 33 and not out.exists() and partial.read_text().count("\n") == 3
+    assert not (tmp_path / "t.bedGraph").exists()
     with pytest.raises(evo_cli.InputError, match="add --resume"):
         run_score(model, records, out, **kw)
     with pytest.raises(evo_cli.InputError, match=r"settings differ \(batch_size: 1 then, 2 now\)"):
@@ -145,7 +149,39 @@ def test_resume_writes_the_same_bytes(tmp_path):
     chunk = [sum(len(r.sequence) + bos for r in records[i : i + 16]) for i in (0, 16)]
     assert (summary.sequences, summary.resumed, done[:2], len(done)) == (40, 32, chunk, 2 + 8)
     assert sum(done) == sum(len(r.sequence) + bos for r in records)
-    assert (out.read_bytes(), (tmp_path / "pos.parquet").read_bytes()) == expected and not partial.exists()
+    got = out.read_bytes(), (tmp_path / "pos.parquet").read_bytes(), (tmp_path / "t.bedGraph").read_bytes()
+    assert got == expected and not partial.exists()
+
+
+@pytest.mark.parametrize("track", ["t.bedGraph", "t.bw"])
+def test_the_track_is_written_as_the_records_are_scored(track, tmp_path):
+    """The track is not held in memory: a chunk's rows are in its file when the next chunk is scored,
+    and hold the per-position log-probabilities."""
+    import pyBigWig
+
+    from evo_cli.io.atomic import temporary_prefix
+    from evo_cli.io.fasta import FastaRecord
+    from evo_cli.scoring import run_score
+
+    model = evo_cli.load_model(CASES[1], device="cpu", dtype="float32")
+    # batch size 1: chunks of 16 sequences; the 17th sequence is scored after the first chunk's rows
+    records = [FastaRecord(f"s{i}", "", "ACGTTGCA" * 40) for i in range(17)]
+    path = tmp_path / track
+    written = []
+
+    def progress(_):
+        written.append(sum(p.stat().st_size for p in tmp_path.glob(temporary_prefix(path) + "*")))
+
+    run_score(model, records, "-", per_position=tmp_path / "pos.tsv", bedgraph=path, batch_size=1, progress=progress)
+    # bytes on disk: before the first chunk's rows (at most a header) and after them (16 x 319 rows)
+    assert len(written) == 17 and written[15] == written[0] < 1000 and written[16] > written[0] + 16 * 1000
+    pos = pd.read_csv(tmp_path / "pos.tsv", sep="\t")
+    if track.endswith(".bw"):
+        bw = pyBigWig.open(str(path))
+        got = [v for r in records for v in bw.values(r.id, 1, len(r.sequence))]
+    else:
+        got = pd.read_csv(path, sep="\t", skiprows=1, header=None).iloc[:, 3].tolist()
+    assert len(got) == len(pos) == 17 * 319 and max(abs(a - b) for a, b in zip(got, pos.logprob)) < 1e-6
 
 
 def test_cli_resume_refuses_stdout_and_an_edited_fasta(tmp_path):

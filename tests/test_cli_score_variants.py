@@ -18,7 +18,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pysam
 import pytest
-import torch
 
 import evo_cli
 from evo_cli.cli.main import main
@@ -361,6 +360,26 @@ def test_failed_start_leaves_no_progress_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.fa.gz", "scores.vcf.evo-partial"]
 
 
+def test_pos_0_records_are_skipped_as_telomeres(tmp_path):
+    """POS 0 (a telomere: VCF allows it, there is no base to score) is a status, not an error."""
+    first = next(line for line in SNVS.read_text().splitlines() if not line.startswith("#"))
+    contig = first.split("\t")[0]
+    vcf = tmp_path / "tel.vcf"
+    vcf.write_text(f"##fileformat=VCFv4.2\n##contig=<ID={contig}>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{contig}\t0\ttel\tN\t<TEL>,A\t.\t.\t.\n{first}\n{contig}\t0\ttel2\tA\t.\t.\t.\t.\n")
+    args = ["score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64, "-o"]
+    code, _, err = evo(*args, tmp_path / "o.tsv")
+    assert code == 0, err
+    assert _summary(err) == (1, {"telomere": 2, "no_alt": 1})
+    rows = pd.read_csv(tmp_path / "o.tsv", sep="\t", keep_default_na=False)
+    assert rows[["pos", "alt", "status"]].values.tolist() == [[0, "<TEL>", "telomere"], [0, "A", "telomere"],
+                                                             [97722, "A", "ok"], [0, ".", "no_alt"]]
+    code, _, err = evo(*args, tmp_path / "o.vcf")
+    assert code == 0, err
+    with pysam.VariantFile(str(tmp_path / "o.vcf")) as vf:
+        assert [(r.pos, "EVO_DELTA" in r.info) for r in vf] == [(0, False), (97722, True), (0, False)]
+
+
 def test_plain_gzip_vcf_and_malformed_records(tmp_path):
     """A plain-gzip VCF is streamed to the same scores; a malformed record is one line naming line and field."""
     plain_gz = tmp_path / "snvs.vcf.gz"
@@ -373,11 +392,11 @@ def test_plain_gzip_vcf_and_malformed_records(tmp_path):
     assert outs[SNVS].read_text() == outs[plain_gz].read_text() and len(outs[SNVS].read_text().splitlines()) == 49
     lines = SNVS.read_text().splitlines(keepends=True)
     first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
-    for pos, message in (("0", "POS 0 is not a base"), ("97,724", "POS '97,724' is not a position")):
-        cols = lines[first + 2].split("\t")
-        bad = tmp_path / "bad.vcf"
-        bad.write_text("".join(lines[: first + 2] + ["\t".join([cols[0], pos, *cols[2:]])] + lines[first + 3 :]))
-        code, _, err = evo("score-variants", "--vcf", bad, "--fasta", FA, "-m", TINY, "--window", 64,
-                           "-o", tmp_path / "bad.tsv")
-        assert code == 1 and err == f"evo: error: {bad}:{first + 3}: {message}" + err.split(message, 1)[1]
-        assert err.count("\n") == 1 and not (tmp_path / "bad.tsv").exists()
+    message = "POS '97,724' is not a position"
+    cols = lines[first + 2].split("\t")
+    bad = tmp_path / "bad.vcf"
+    bad.write_text("".join(lines[: first + 2] + ["\t".join([cols[0], "97,724", *cols[2:]])] + lines[first + 3 :]))
+    code, _, err = evo("score-variants", "--vcf", bad, "--fasta", FA, "-m", TINY, "--window", 64,
+                       "-o", tmp_path / "bad.tsv")
+    assert code == 1 and err == f"evo: error: {bad}:{first + 3}: {message}" + err.split(message, 1)[1]
+    assert err.count("\n") == 1 and not (tmp_path / "bad.tsv").exists()

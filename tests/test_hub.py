@@ -274,7 +274,7 @@ def test_stalled_hub_fails_in_seconds(env, monkeypatch, capsys):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert e.value.code == 1 and elapsed < 8, (elapsed, err)
-    assert lines[0].startswith(f"evo: downloading evo2_1b_base (~") and f"from {endpoint}/arcinstitute/" in lines[0]
+    assert lines[0].startswith("evo: downloading evo2_1b_base (~") and f"from {endpoint}/arcinstitute/" in lines[0]
     assert len(lines) == 2 and lines[1].startswith("evo: error: cannot download arcinstitute/evo2_1b_base@main")
     assert f"{endpoint} cannot be reached or did not answer within 1 s" in lines[1] and "HF_HUB_OFFLINE=1" in lines[1]
     assert hub.cache_status(registry.MODELS["evo2_1b_base"]).state == "missing"

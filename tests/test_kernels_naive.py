@@ -38,6 +38,19 @@ def test_modal_conv_matches_direct_sum(complex_poles, L):
     assert torch.allclose(K.modal_conv_ref(x, lp, r).double(), _direct_conv(x, h64), atol=1e-4)
 
 
+@pytest.mark.parametrize("block_elems", [1 << 24, 600])
+def test_fft_convolution_in_channel_blocks(monkeypatch, block_elems):
+    """The FFT convolution gives the direct sum whether all channels go in one transform or in blocks
+    (a small bound on the temporaries forces blocks of 1 to 4 channels here), for one and several rows."""
+    from evo_cli.kernels.modal import naive
+
+    monkeypatch.setattr(naive, "_FFT_BLOCK_ELEMS", block_elems)
+    for B in (1, 3):
+        x, h = torch.randn(B, 70, 7), torch.randn(7, 70)
+        y = naive.fftconv_ref(x, h)
+        assert y.is_contiguous() and torch.allclose(y.double(), _direct_conv(x, h), atol=1e-4)
+
+
 def test_fft_length_is_the_next_5_smooth_length():
     from evo_cli.kernels.modal.naive import fft_length
 

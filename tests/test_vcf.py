@@ -309,8 +309,18 @@ def test_text_records_agree_with_htslib():
         assert list(VcfReader(path)) == expected, path
 
 
+def test_pos_0_is_read_as_a_telomere(tmp_path):
+    """VCF allows POS 0 (a telomere): read like htslib reads it, for the scorer to skip (no base there)."""
+    vcf = tmp_path / "tel.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##contig=<ID=17>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   "17\t0\ttel\tN\t<TEL>\t.\t.\t.\n17\t5\t.\tC\tA\t.\t.\t.\n")
+    with quiet_htslib(), pysam.VariantFile(str(vcf)) as vf:
+        expected = [VcfRecord(r.chrom, r.pos, r.id, r.ref, tuple(r.alts or ())) for r in vf]
+    assert list(VcfReader(vcf)) == expected and expected[0] == VcfRecord("17", 0, "tel", "N", ("<TEL>",))
+    assert [r.pos for r in VcfReader(vcf, [Region("17")])] == [5]  # a region is of bases: POS 0 lies in none
+
+
 @pytest.mark.parametrize("pos, field, message", [
-    ("0", "POS", r"POS 0 is not a base \(VCF positions are 1-based"),
     ("abc", "POS", r"POS 'abc' is not a position"),
     ("-5", "POS", r"POS '-5' is not a position"),
     ("100", "REF", r"REF 'X' is not a sequence of nucleotide codes"),

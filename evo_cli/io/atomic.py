@@ -141,7 +141,7 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     from evo_cli.errors import OutputError
 
     path = Path(path)
-    if _is_special(path):
+    if is_special(path):
         # /dev/null, /dev/stdout, a FIFO or >(process substitution): written in place, as `> path`
         # would; a rename over it would replace the device or pipe with a regular file
         try:
@@ -175,10 +175,10 @@ def atomic_path(path: str | Path, suffix: str | None = None):
         tmp.unlink(missing_ok=True)
 
 
-def _is_special(path: Path) -> bool:
+def is_special(path: str | Path) -> bool:
     """Whether ``path`` exists and is not a regular file or directory (a device, FIFO or socket)."""
     try:
-        mode = path.stat().st_mode
+        mode = os.stat(path).st_mode
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))

@@ -9,6 +9,8 @@ wrote them. A file is created when its writer's first chunk completes, so a run 
 doing any work leaves no sidecar.
 A kill can at worst leave a truncated last line, which resuming drops. Floats go through JSON's
 ``repr``, which reads back to the same float64 bits, so a resumed run writes byte-identical output.
+An output that is a device or a pipe (``-o /dev/null``, ``>(gzip > x)``) is written in place and
+cannot be resumed: its run keeps its chunks in memory and creates no file beside it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Iterator
 
 from evo_cli.errors import InputError, OutputError
 
-from .atomic import atomic_open
+from .atomic import atomic_open, is_special
 
 SUFFIX = ".evo-partial"
 _FORMAT = "evo-partial/1"
@@ -45,8 +47,19 @@ def progress_files(output: str | Path) -> list[Path]:
     return [p for p in [main] + [p for _, p in found] if p.is_file()]
 
 
+def keeps_progress(output: str | Path) -> bool:
+    """Whether a run writing ``output`` keeps its progress in files beside it: not for a device or a pipe."""
+    return not is_special(output)
+
+
 def check_fresh(output: str | Path, resume: bool) -> None:
-    """Refuse to start over an interrupted run's progress unless resuming it."""
+    """Refuse to start over an interrupted run's progress unless resuming it, and to resume a run
+    whose output keeps no progress."""
+    if not keeps_progress(output):
+        if resume:
+            raise InputError(f"{output}: is a device or a pipe, and a run writing there keeps no progress to "
+                             f"resume; rerun without --resume")
+        return
     files = progress_files(output)
     if files and not resume:
         raise InputError(f"{files[0]} exists: an earlier run of this output was interrupted; add --resume to "
@@ -68,16 +81,21 @@ def stored_settings(output: str | Path) -> dict | None:
 class Checkpoint:
     """Completed chunks of one run, keyed by the run's ``settings`` (a JSON-able dict).
 
-    ``rank``: the writer's rank in a distributed run (0 or a single process write the sidecar)."""
+    ``rank``: the writer's rank in a distributed run (0 or a single process write the sidecar).
+    For an output that keeps no progress (``keeps_progress``) the chunks stay in memory and
+    ``path`` is None."""
 
     def __init__(self, output: str | Path, settings: dict, resume: bool, rank: int = 0):
+        check_fresh(output, resume)
         self.output = output
-        self.path = sidecar_path(output, rank)
+        self.path = sidecar_path(output, rank) if keeps_progress(output) else None
         self.rank = rank
         self.settings = json.loads(json.dumps(settings))
-        self._where: dict[int, tuple[Path, int]] = {}  # chunk -> (file, offset of its line)
+        # chunk -> (file, offset of its line), or the line itself when kept in memory
+        self._where: dict[int, tuple[Path, int] | bytes] = {}
         self._fh = None
-        check_fresh(output, resume)
+        if self.path is None:
+            return
         self.reload()
         if self.path.exists():
             self._fh = open(self.path, "ab")
@@ -94,6 +112,8 @@ class Checkpoint:
 
     def reload(self) -> None:
         """Read which chunks every progress file holds (again: after other ranks finished theirs)."""
+        if self.path is None:
+            return  # nothing on disk
         self._where = {}
         for path in progress_files(self.output):
             self._load(path)
@@ -133,13 +153,17 @@ class Checkpoint:
         """Persist chunk number ``chunk`` with its per-record results."""
         if chunk in self._where:
             raise ValueError(f"chunk {chunk} is stored already")
+        line = json.dumps({"chunk": chunk, "records": records}).encode() + b"\n"
+        if self.path is None:
+            self._where[chunk] = line  # as JSON all the same: the output gets the values a resumed run reads
+            return
         if self._fh is None:
             with atomic_open(self.path) as fh:
                 fh.write(json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n")
             self._fh = open(self.path, "ab")
         offset = self._fh.tell()
         try:
-            self._fh.write(json.dumps({"chunk": chunk, "records": records}).encode() + b"\n")
+            self._fh.write(line)
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as err:
@@ -150,6 +174,8 @@ class Checkpoint:
 
     def get(self, chunk: int) -> list:
         """The stored records of ``chunk``."""
+        if isinstance(self._where[chunk], bytes):
+            return json.loads(self._where[chunk])["records"]
         path, offset = self._where[chunk]
         if self._fh is not None:
             self._fh.flush()
@@ -184,5 +210,7 @@ class Checkpoint:
     def remove(self) -> None:
         """Delete every progress file of the output (the run is complete)."""
         self.close()
+        if self.path is None:
+            return
         for path in progress_files(self.output):
             path.unlink(missing_ok=True)

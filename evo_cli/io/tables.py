@@ -14,7 +14,7 @@ from typing import Iterator
 
 from evo_cli.errors import InputError
 
-from .atomic import STDOUT, atomic_open, atomic_path, check_output_path
+from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, is_special
 
 TABLE_FORMATS = ("tsv", "parquet")
 # file name endings of tables (lower case) -> format
@@ -43,13 +43,20 @@ def format_from_extension(path: str | Path, extensions: dict[str, str]) -> str |
 
 
 def check_table_output(path: str | Path | None, format: str | None = None) -> str:
-    """``table_format``, refusing Parquet on stdout (it needs a seekable file) and a path that cannot
-    be a file (``check_output_path``), before any work."""
+    """``table_format``, refusing Parquet on stdout, a device or a pipe (it needs a seekable file) and a
+    path that cannot be a file (``check_output_path``), before any work."""
     fmt = table_format(path, format)
     if fmt == "parquet" and path in STDOUT:
         raise InputError("parquet output needs a file name (-o PATH), not stdout")
+    check_parquet_destination(path, fmt)
     check_output_path(path)
     return fmt
+
+
+def check_parquet_destination(path: str | Path | None, fmt: str) -> None:
+    """Parquet's writer seeks: refuse a device or a pipe as its destination (``-o /dev/stdout``)."""
+    if fmt == "parquet" and path not in STDOUT and is_special(path):
+        raise InputError(f"{path}: is a device or a pipe; parquet output needs a regular file (its writer seeks)")
 
 
 def _cell(v) -> str:

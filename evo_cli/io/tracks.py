@@ -7,9 +7,10 @@ regions without reading the whole file. Outputs appear only when complete (``io/
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from evo_cli.errors import InputError
 
@@ -45,42 +46,63 @@ def check_track_output(path: str | Path) -> str:
 
 def write_track(path: str | Path, values: Iterable[tuple[str, int, float]], chrom_sizes: dict[str, int],
                 name: str, description: str = "") -> None:
-    """Write per-base ``values`` (chrom, 0-based start, value; NaN skipped) as bedGraph or bigWig
-    (by extension). ``chrom_sizes``: every chrom's length, in the order the values come (bigWig needs
-    them in its header, and its entries sorted by chrom then position)."""
+    """Write per-base ``values`` (chrom, 0-based start, value; NaN skipped), in any order, as bedGraph
+    (in the order given) or bigWig (sorted by chrom, in ``chrom_sizes`` order, then position), by
+    extension. ``chrom_sizes``: every chrom's length."""
+    if track_format(path) == "bigwig":
+        order = {c: i for i, c in enumerate(chrom_sizes)}
+        values = sorted(values, key=lambda t: (order[t[0]], t[1]))
+    with track_writer(path, chrom_sizes, name, description) as write:
+        write(values)
+
+
+@contextlib.contextmanager
+def track_writer(path: str | Path, chrom_sizes: dict[str, int], name: str, description: str = "") -> Iterator:
+    """Yield ``write(values)``, which writes per-base ``values`` (chrom, 0-based start, value; NaN
+    skipped) at once, so that a genome's track is never held in memory. Calls must give the values
+    by chrom in ``chrom_sizes`` order (every chrom's length), then by position: bigWig needs its
+    entries sorted. The track appears, complete, when the block ends without an error."""
     fmt = check_track_output(path)
-    values = [(c, s, v) for c, s, v in values if v is not None and not math.isnan(v)]
     if fmt == "bigwig":
-        _write_bigwig(path, values, chrom_sizes)
+        with _bigwig_writer(path, chrom_sizes) as write:
+            yield write
         return
     header = f'track type=bedGraph name="{name}"' + (f' description="{description}"' if description else "")
-    if str(path).lower().endswith(".gz"):
-        import gzip
+    with contextlib.ExitStack() as stack:
+        if str(path).lower().endswith(".gz"):
+            import gzip
 
-        with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as fh:
-            _write_bedgraph(fh, header, values)
-        return
-    with atomic_open(path) as fh:
-        _write_bedgraph(fh, header, values)
+            fh = stack.enter_context(gzip.open(stack.enter_context(atomic_path(path)), "wt", encoding="utf-8"))
+        else:
+            fh = stack.enter_context(atomic_open(path))
+        fh.write(header + "\n")
+
+        def write_bedgraph(values: Iterable[tuple[str, int, float]]) -> None:
+            # 9 significant digits: a float32 log-probability exactly
+            fh.writelines(f"{c}\t{s}\t{s + 1}\t{v:.9g}\n" for c, s, v in values if not _missing(v))
+
+        yield write_bedgraph
 
 
-def _write_bedgraph(fh, header: str, values) -> None:
-    fh.write(header + "\n")
-    # 9 significant digits: a float32 log-probability exactly
-    fh.writelines(f"{c}\t{s}\t{s + 1}\t{v:.9g}\n" for c, s, v in values)
+def _missing(v) -> bool:
+    return v is None or math.isnan(v)
 
 
-def _write_bigwig(path, values, chrom_sizes) -> None:
+@contextlib.contextmanager
+def _bigwig_writer(path: str | Path, chrom_sizes: dict[str, int]) -> Iterator:
     import pyBigWig
 
-    order = {c: i for i, c in enumerate(chrom_sizes)}
-    values = sorted(values, key=lambda t: (order[t[0]], t[1]))
     with atomic_path(path) as tmp:
         bw = pyBigWig.open(str(tmp), "w")
         try:
             bw.addHeader(list(chrom_sizes.items()))
-            if values:
-                chroms, starts, vals = zip(*values)
-                bw.addEntries(list(chroms), list(starts), ends=[s + 1 for s in starts], values=[float(v) for v in vals])
+
+            def write_bigwig(values: Iterable[tuple[str, int, float]]) -> None:
+                values = [(c, s, float(v)) for c, s, v in values if not _missing(v)]
+                if values:
+                    chroms, starts, vals = zip(*values)
+                    bw.addEntries(list(chroms), list(starts), ends=[s + 1 for s in starts], values=list(vals))
+
+            yield write_bigwig
         finally:
             bw.close()

@@ -50,7 +50,7 @@ def classify_alt(alt: str) -> str | None:
 @dataclass(frozen=True)
 class VcfRecord:
     chrom: str
-    pos: int  # 1-based VCF POS
+    pos: int  # 1-based VCF POS; 0 is a telomere (no base)
     id: str | None
     ref: str
     alts: tuple[str, ...]  # empty when ALT is '.'
@@ -71,11 +71,8 @@ def parse_record(line: str, where: str) -> VcfRecord:
     chrom, pos, rid, ref, alt = cols[:5]
     if not chrom:
         raise InputError(f"{where}: empty CHROM")
-    if not (pos.isascii() and pos.isdigit()):
-        raise InputError(f"{where}: POS {pos!r} is not a position (a whole number >= 1)")
-    if int(pos) < 1:
-        # VCF allows POS 0 for a telomere; there is no base there to score
-        raise InputError(f"{where}: POS {pos} is not a base (VCF positions are 1-based; 0 marks a telomere)")
+    if not (pos.isascii() and pos.isdigit()):  # VCF allows POS 0, a telomere: read, for the scorer to skip
+        raise InputError(f"{where}: POS {pos!r} is not a position (a whole number >= 0)")
     if not ref or not set(ref.upper()) <= DNA_CODES:
         raise InputError(f"{where}: REF {ref!r} is not a sequence of nucleotide codes")
     if not alt:
@@ -236,9 +233,6 @@ class VcfReader:
         with self.open() as vf:
             try:
                 for rec in self._pysam_records(vf):
-                    if rec.pos < 1:
-                        raise InputError(f"{self.path}: record {rec.chrom}:{rec.pos}: POS {rec.pos} is not a base "
-                                         f"(VCF positions are 1-based; 0 marks a telomere)")
                     yield VcfRecord(rec.chrom, rec.pos, rec.id, rec.ref or "", tuple(rec.alts or ()))
             except (OSError, ValueError) as err:
                 raise InputError(f"{self.path}: cannot read a record ({err})") from None
