@@ -177,7 +177,7 @@ class Share:
         self.ranks: list[dict] = []  # on rank 0 after finish(): every rank's chunks and times (``_stats``)
         if self.job is None:
             return
-        if store is None or store.path is None:
+        if store is None:
             raise InputError("a distributed run needs an output file (-o PATH), not stdout, a device or a pipe: the "
                              "ranks keep their chunks beside it")
         self._key = self.job.key("")

@@ -43,7 +43,7 @@ from evo_cli.distributed import Share, checkpoint_rank, current, shared_value
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.generated import output_format, write_generations
-from evo_cli.io.partial import Checkpoint, stored_settings
+from evo_cli.io.partial import open_progress, stored_settings
 from evo_cli.model.graph import StaticDecoder
 from evo_cli.model.tokenizer import decode, encode
 from evo_cli.runtime import non_finite_error
@@ -181,18 +181,13 @@ def run_generate(
     options, and writes what the uninterrupted run would have: every row has its own random stream.
     ``seed=None`` when resuming takes the interrupted run's seed."""
     fmt = output_format(output, format)
-    to_file = output not in STDOUT
-    if resume and not to_file:
-        raise InputError("resume needs an output file (progress is kept beside it)")
     seed = resolve_seed(seed, output, resume)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk, sampling)
-    store = None
-    if to_file:
-        store = Checkpoint(output, {**(settings or {}), **sampling, "prompts": run.prompts, "n_tokens": n_tokens,
-                                    "num_samples": num_samples, "seed": run.seed, "batch_size": batch_size,
-                                    "prefill_chunk": prefill_chunk, "format": fmt, "header": header or {}}, resume,
-                           checkpoint_rank())
+    store = open_progress(output, {**(settings or {}), **sampling, "prompts": run.prompts, "n_tokens": n_tokens,
+                                   "num_samples": num_samples, "seed": run.seed, "batch_size": batch_size,
+                                   "prefill_chunk": prefill_chunk, "format": fmt, "header": header or {}}, resume,
+                          checkpoint_rank())
     out: dict[tuple[int, int], Generation] = {}
     resumed = 0
     with store or contextlib.nullcontext():

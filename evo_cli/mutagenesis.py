@@ -33,11 +33,11 @@ from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT, check_output_path
+from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable
 from evo_cli.io.fasta import DNA_CODES, reverse_complement
-from evo_cli.io.partial import Checkpoint, check_fresh
+from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference
-from evo_cli.io.tables import TABLE_EXTENSIONS, check_parquet_destination, format_from_extension, table_writer
+from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
 from evo_cli.io.tracks import check_track_output, write_track
 from evo_cli.io.vcf import Region, write_bgzipped_vcf
 from evo_cli.runs import output_metadata, run_settings
@@ -106,7 +106,8 @@ def check_outputs(output: str | Path | None, format: str | None = None, *, plot:
     if resume and output in STDOUT:
         raise InputError("resume needs an output file (progress is kept beside it)")
     fmt = output_format(output, format) if output is not None else None
-    check_parquet_destination(output, fmt)
+    if fmt == "parquet":
+        check_seekable(output, "parquet")
     for path in (output, plot, bedgraph):
         check_output_path(path, inputs)
     if output not in STDOUT:
@@ -268,7 +269,6 @@ def run_mutagenize(
     fmt = check_outputs(output, format, plot=plot, bedgraph=bedgraph, resume=resume, inputs=(fasta,))
     if plot is not None:
         rows = [] if rows is None else rows
-    to_file = output not in STDOUT
     t0 = time.perf_counter()
     summary = Summary()
     with Reference(fasta) as reference:
@@ -283,7 +283,7 @@ def run_mutagenize(
                                 targets=[str(t) for t in targets], batch_size=batch_size, share_prefix=share_prefix,
                                 chunk_size=chunk_size, format=fmt, model_name=info["model"], kind="mutagenize",
                                 reduce=reduce)
-        store = Checkpoint(output, settings, resume, checkpoint_rank()) if to_file else None
+        store = open_progress(output, settings, resume, checkpoint_rank())
         memory: list[list] = []
         with store or contextlib.nullcontext():
             share = Share(store, progress)

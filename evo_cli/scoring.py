@@ -29,7 +29,7 @@ import torch
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
-from evo_cli.io.partial import Checkpoint
+from evo_cli.io.partial import open_progress
 from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.io.tracks import check_track_output, track_writer
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
@@ -341,11 +341,9 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
     keep = per_position is not None or bedgraph is not None  # per-position log-probs are kept
     if bedgraph is not None:
         check_track_output(bedgraph)
-    store = None
-    if output not in STDOUT:
-        full = {**(settings or {}), "bos": bos, "batch_size": batch_size, "chunk_size": chunk_size, "format": fmt,
-                "per_position": per_position is not None, "logprobs": keep, "metadata": metadata or {}}
-        store = Checkpoint(output, full, resume, checkpoint_rank())
+    full = {**(settings or {}), "bos": bos, "batch_size": batch_size, "chunk_size": chunk_size, "format": fmt,
+            "per_position": per_position is not None, "logprobs": keep, "metadata": metadata or {}}
+    store = open_progress(output, full, resume, checkpoint_rank())
     summary = ScoreSummary()
     chunk_len = batch_size * _SORT_WINDOW_BATCHES
     chunks = [records[i : i + chunk_len] for i in range(0, len(records), chunk_len)]

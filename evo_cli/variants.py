@@ -39,11 +39,11 @@ from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT, check_output_path
+from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
-from evo_cli.io.partial import Checkpoint, check_fresh
+from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference, contig_aliases
-from evo_cli.io.tables import TABLE_EXTENSIONS, check_parquet_destination, format_from_extension, table_writer
+from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
 from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
 from evo_cli.runs import output_metadata, run_settings
@@ -207,7 +207,8 @@ def check_output(output: str | Path | None, format: str | None = None, resume: b
             raise InputError(f"{fmt} output needs a file name")
         return output_format(None, fmt)
     fmt = output_format(output, format)
-    check_parquet_destination(output, fmt)
+    if fmt == "parquet":
+        check_seekable(output, "parquet")
     check_output_path(output, inputs)
     check_fresh(output, resume)
     return fmt
@@ -321,7 +322,6 @@ def run_score_variants(
     window = check_run_options(model, window, strand, batch_size, reduce)
     regions = list(regions or [])
     fmt = check_output(output, format, resume, inputs=(vcf, fasta))
-    to_file = output not in STDOUT
     t0 = time.perf_counter()
     reader = VcfReader(vcf, regions)
     with Reference(fasta) as reference:
@@ -333,7 +333,7 @@ def run_score_variants(
                             regions=[str(r) for r in regions], batch_size=batch_size,
                             skip_ref_mismatch=skip_ref_mismatch, share_prefix=share_prefix, chunk_size=chunk_size,
                             format=fmt, model_name=name, reduce=reduce)
-    store = Checkpoint(output, settings, resume, checkpoint_rank()) if to_file else None
+    store = open_progress(output, settings, resume, checkpoint_rank())
     with store or contextlib.nullcontext():
         summary = _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch,
                        share_prefix, chunk_size, reduce, progress, rows)

@@ -431,10 +431,11 @@ def test_a_device_or_pipe_output_keeps_no_progress_file(argv, tmp_path):
 def test_resume_with_a_pipe_output_is_one_line(tmp_path):
     fifo = tmp_path / "o"
     os.mkfifo(fifo)
-    reader, _ = _read_fifo(fifo)
-    code, _, err = _sv(fifo, "--region", FEW, "--format", "tsv", "--resume")
-    if reader.is_alive():  # nothing opened the pipe: let the reader go (O_RDWR never blocks on a FIFO;
-        os.close(os.open(fifo, os.O_RDWR))  # a write-only open without a reader yet would fail)
+    held = os.open(fifo, os.O_RDWR)  # a reader for the run's lifetime, so that a wrong open() cannot block
+    try:
+        code, _, err = _sv(fifo, "--region", FEW, "--format", "tsv", "--resume")
+    finally:
+        os.close(held)
     assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe, and a run writing there keeps "
                                          "no progress to resume; rerun without --resume"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
@@ -463,3 +464,37 @@ def test_parquet_to_a_pipe_is_refused(argv, tmp_path):
     assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe; parquet output needs a regular "
                                          "file (its writer seeks)"], err
     assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]
+
+
+def test_a_dev_or_proc_name_redirected_to_a_file_is_written_in_place(tmp_path):
+    # `evo ... -o /dev/stdout > file`: the name leads to a regular file, so the output was refused as a
+    # non-root user ("the directory /dev is not writable") and, as root, written to a temporary in /dev
+    # renamed over the link; /proc/self/fd/1 is the same link without the risk to /dev in a failing run
+    import subprocess
+    import sys
+
+    fa = tmp_path / "in.fa"
+    fa.write_text(">a\nACGTACGTAC\n>b\nGGGTTTAAC\n")
+    want = tmp_path / "want.tsv"
+    code, _, err = evo("score", "--fasta", fa, "-m", TINY, "-o", want)
+    assert code == 0, err
+    got = tmp_path / "got.tsv"
+    with open(got, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "evo_cli.cli.main", "score", "--fasta", str(fa), "-m", str(TINY),
+                               "--format", "tsv", "-q", "-o", "/proc/self/fd/1"], stdout=fh, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert got.read_bytes() == want.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["got.tsv", "in.fa", "want.tsv"]
+
+
+def test_bigwig_to_a_pipe_is_refused(tmp_path):
+    # pyBigWig seeks: the run scored everything, then failed writing the header (two lines, no file named)
+    fifo = tmp_path / "t.bw"
+    os.mkfifo(fifo)
+    fa = tmp_path / "in.fa"
+    fa.write_text(">a\nACGTACGTAC\n")
+    code, _, err = evo("score", "--fasta", fa, "-m", TINY, "-o", tmp_path / "o.tsv", "--bedgraph", fifo)
+    assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe; bigWig output needs a regular "
+                                         "file (its writer seeks)"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "t.bw"]

@@ -30,8 +30,8 @@ def check_output_path(path: str | Path | None, inputs: tuple = ()) -> None:
     Also removes stale temporaries of ``path`` (see above)."""
     from evo_cli.errors import OutputError
 
-    if path in STDOUT:
-        return
+    if path in STDOUT or is_special(path):
+        return  # stdout, or a device or a pipe written in place: nothing is created beside it
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory, expected an output file name")
@@ -175,13 +175,30 @@ def atomic_path(path: str | Path, suffix: str | None = None):
         tmp.unlink(missing_ok=True)
 
 
-def is_special(path: str | Path) -> bool:
-    """Whether ``path`` exists and is not a regular file or directory (a device, FIFO or socket)."""
+def is_special(path: str | Path | None) -> bool:
+    """Whether ``path`` is written in place, as the shell's ``>`` would, not replaced by a renamed
+    temporary: an existing device, FIFO or socket, or any name under /dev or /proc (``/dev/stdout``
+    and ``/dev/fd/1`` lead to whatever the descriptor is, a regular file when the shell redirected
+    it: replacing that name would replace the link in /dev, not write the file)."""
+    if path in STDOUT:
+        return False
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def check_seekable(path: str | Path | None, what: str) -> None:
+    """Refuse stdout, a device or a pipe as the output of a writer that seeks (Parquet, bigWig)."""
+    from evo_cli.errors import InputError
+
+    if path in STDOUT:
+        raise InputError(f"{what} output needs a file name (-o PATH), not stdout")
+    if is_special(path):
+        raise InputError(f"{path}: is a device or a pipe; {what} output needs a regular file (its writer seeks)")
 
 
 def _umask() -> int:

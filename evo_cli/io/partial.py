@@ -9,8 +9,8 @@ wrote them. A file is created when its writer's first chunk completes, so a run 
 doing any work leaves no sidecar.
 A kill can at worst leave a truncated last line, which resuming drops. Floats go through JSON's
 ``repr``, which reads back to the same float64 bits, so a resumed run writes byte-identical output.
-An output that is a device or a pipe (``-o /dev/null``, ``>(gzip > x)``) is written in place and
-cannot be resumed: its run keeps its chunks in memory and creates no file beside it.
+An output on stdout, a device or a pipe (``-o /dev/null``, ``>(gzip > x)``) cannot be resumed: its
+run keeps no progress file and writes as it goes (``open_progress``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Iterator
 
 from evo_cli.errors import InputError, OutputError
 
-from .atomic import atomic_open, is_special
+from .atomic import STDOUT, atomic_open, is_special
 
 SUFFIX = ".evo-partial"
 _FORMAT = "evo-partial/1"
@@ -47,15 +47,10 @@ def progress_files(output: str | Path) -> list[Path]:
     return [p for p in [main] + [p for _, p in found] if p.is_file()]
 
 
-def keeps_progress(output: str | Path) -> bool:
-    """Whether a run writing ``output`` keeps its progress in files beside it: not for a device or a pipe."""
-    return not is_special(output)
-
-
 def check_fresh(output: str | Path, resume: bool) -> None:
     """Refuse to start over an interrupted run's progress unless resuming it, and to resume a run
-    whose output keeps no progress."""
-    if not keeps_progress(output):
+    whose output keeps no progress (a device or a pipe)."""
+    if is_special(output):
         if resume:
             raise InputError(f"{output}: is a device or a pipe, and a run writing there keeps no progress to "
                              f"resume; rerun without --resume")
@@ -78,24 +73,32 @@ def stored_settings(output: str | Path) -> dict | None:
     return None
 
 
+def open_progress(output: str | Path | None, settings: dict, resume: bool, rank: int = 0) -> Checkpoint | None:
+    """The ``Checkpoint`` of a run writing ``output``, or None where the output keeps no progress:
+    stdout, a device or a pipe, written as the run goes (``resume`` there is an InputError)."""
+    if output in STDOUT:
+        if resume:
+            raise InputError("resume needs an output file (progress is kept beside it)")
+        return None
+    if is_special(output):
+        check_fresh(output, resume)
+        return None
+    return Checkpoint(output, settings, resume, rank)
+
+
 class Checkpoint:
     """Completed chunks of one run, keyed by the run's ``settings`` (a JSON-able dict).
 
-    ``rank``: the writer's rank in a distributed run (0 or a single process write the sidecar).
-    For an output that keeps no progress (``keeps_progress``) the chunks stay in memory and
-    ``path`` is None."""
+    ``rank``: the writer's rank in a distributed run (0 or a single process write the sidecar)."""
 
     def __init__(self, output: str | Path, settings: dict, resume: bool, rank: int = 0):
-        check_fresh(output, resume)
         self.output = output
-        self.path = sidecar_path(output, rank) if keeps_progress(output) else None
+        self.path = sidecar_path(output, rank)
         self.rank = rank
         self.settings = json.loads(json.dumps(settings))
-        # chunk -> (file, offset of its line), or the line itself when kept in memory
-        self._where: dict[int, tuple[Path, int] | bytes] = {}
+        self._where: dict[int, tuple[Path, int]] = {}  # chunk -> (file, offset of its line)
         self._fh = None
-        if self.path is None:
-            return
+        check_fresh(output, resume)
         self.reload()
         if self.path.exists():
             self._fh = open(self.path, "ab")
@@ -112,8 +115,6 @@ class Checkpoint:
 
     def reload(self) -> None:
         """Read which chunks every progress file holds (again: after other ranks finished theirs)."""
-        if self.path is None:
-            return  # nothing on disk
         self._where = {}
         for path in progress_files(self.output):
             self._load(path)
@@ -153,17 +154,13 @@ class Checkpoint:
         """Persist chunk number ``chunk`` with its per-record results."""
         if chunk in self._where:
             raise ValueError(f"chunk {chunk} is stored already")
-        line = json.dumps({"chunk": chunk, "records": records}).encode() + b"\n"
-        if self.path is None:
-            self._where[chunk] = line  # as JSON all the same: the output gets the values a resumed run reads
-            return
         if self._fh is None:
             with atomic_open(self.path) as fh:
                 fh.write(json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n")
             self._fh = open(self.path, "ab")
         offset = self._fh.tell()
         try:
-            self._fh.write(line)
+            self._fh.write(json.dumps({"chunk": chunk, "records": records}).encode() + b"\n")
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as err:
@@ -174,8 +171,6 @@ class Checkpoint:
 
     def get(self, chunk: int) -> list:
         """The stored records of ``chunk``."""
-        if isinstance(self._where[chunk], bytes):
-            return json.loads(self._where[chunk])["records"]
         path, offset = self._where[chunk]
         if self._fh is not None:
             self._fh.flush()
@@ -210,7 +205,5 @@ class Checkpoint:
     def remove(self) -> None:
         """Delete every progress file of the output (the run is complete)."""
         self.close()
-        if self.path is None:
-            return
         for path in progress_files(self.output):
             path.unlink(missing_ok=True)

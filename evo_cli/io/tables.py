@@ -14,7 +14,7 @@ from typing import Iterator
 
 from evo_cli.errors import InputError
 
-from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, is_special
+from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, check_seekable
 
 TABLE_FORMATS = ("tsv", "parquet")
 # file name endings of tables (lower case) -> format
@@ -46,17 +46,10 @@ def check_table_output(path: str | Path | None, format: str | None = None) -> st
     """``table_format``, refusing Parquet on stdout, a device or a pipe (it needs a seekable file) and a
     path that cannot be a file (``check_output_path``), before any work."""
     fmt = table_format(path, format)
-    if fmt == "parquet" and path in STDOUT:
-        raise InputError("parquet output needs a file name (-o PATH), not stdout")
-    check_parquet_destination(path, fmt)
+    if fmt == "parquet":
+        check_seekable(path, "parquet")
     check_output_path(path)
     return fmt
-
-
-def check_parquet_destination(path: str | Path | None, fmt: str) -> None:
-    """Parquet's writer seeks: refuse a device or a pipe as its destination (``-o /dev/stdout``)."""
-    if fmt == "parquet" and path not in STDOUT and is_special(path):
-        raise InputError(f"{path}: is a device or a pipe; parquet output needs a regular file (its writer seeks)")
 
 
 def _cell(v) -> str:

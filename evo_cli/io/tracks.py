@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 from evo_cli.errors import InputError
 
-from .atomic import atomic_open, atomic_path, check_output_path
+from .atomic import atomic_open, atomic_path, check_output_path, check_seekable
 
 BEDGRAPH_EXTENSIONS = (".bedgraph", ".bedgraph.gz", ".bg")
 BIGWIG_EXTENSIONS = (".bw", ".bigwig")
@@ -32,11 +32,12 @@ def track_format(path: str | Path) -> str:
 
 
 def check_track_output(path: str | Path) -> str:
-    """The track format; fails early (before any scoring) when bigWig is asked for without pyBigWig,
-    or when ``path`` cannot be a file (``check_output_path``)."""
+    """The track format; fails early (before any scoring) when bigWig is asked for without pyBigWig or
+    to a device or a pipe (its writer seeks), or when ``path`` cannot be a file (``check_output_path``)."""
     fmt = track_format(path)
     check_output_path(path)
     if fmt == "bigwig":
+        check_seekable(path, "bigWig")
         try:
             import pyBigWig  # noqa: F401
         except ImportError:
