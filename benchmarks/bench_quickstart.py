@@ -80,8 +80,8 @@ def main():
           f"{len(calls)} forward calls, {sum(tokens)} tokens, {len(df)} variants, {args.threads} thread(s)")
     # the rows of a typical call: a site's REF + 3 ALT suffixes, scoring._CPU_STEP tokens each
     rate, exps = gemm_rate(model, 4 * _CPU_STEP), exp_rate()
-    floor = (work["gemm"] + work["attention"]) / rate + work["scores"] / exps
-    print(arithmetic_floor(work["gemm"], work["attention"], work["scores"], rate, exps))
+    floor, line = arithmetic_floor(work["gemm"], work["attention"], work["scores"], rate, exps)
+    print(line)
     print(f"measured / GEMM floor {min(times) / (work['gemm'] / rate):.2f}x, "
           f"measured / arithmetic floor {min(times) / floor:.2f}x")
     deltas = df.delta.to_numpy()

@@ -61,12 +61,13 @@ def exp_rate(repeats: int = 3) -> float:
     return x.numel() / best
 
 
-def arithmetic_floor(gemm: float, attention: float, scores: float, rate: float, exps: float) -> str:
-    """One line: the GEMM floor, and the arithmetic floor with attention's matmuls and exps added."""
+def arithmetic_floor(gemm: float, attention: float, scores: float, rate: float, exps: float) -> tuple[float, str]:
+    """The arithmetic floor in CPU-s (GEMMs and attention's matmuls at ``rate``, its exps at ``exps``)
+    and one line that shows it beside the GEMM floor."""
     floor = gemm / rate + attention / rate + scores / exps
-    return (f"GEMM {gemm / 1e9:.1f} GFLOP + attention {attention / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP per "
-            f"CPU-s, {scores / 1e6:.0f} M attention exps at {exps / 1e9:.2f} G per CPU-s: GEMM floor "
-            f"{gemm / rate:.3f} CPU-s, arithmetic floor {floor:.3f} CPU-s")
+    return floor, (f"GEMM {gemm / 1e9:.1f} GFLOP + attention {attention / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP "
+                   f"per CPU-s, {scores / 1e6:.0f} M attention exps at {exps / 1e9:.2f} G per CPU-s: GEMM floor "
+                   f"{gemm / rate:.3f} CPU-s, arithmetic floor {floor:.3f} CPU-s")
 
 
 def gemm_rate(model, rows: int, repeats: int = 5) -> float:
@@ -123,9 +124,8 @@ def main():
         share["GEMM" if e.key in GEMM else "attention" if e.key in ATTENTION else "other"] += e.self_cpu_time_total
     print(f"{args.batch} x {args.length} tokens, {args.threads} thread(s): {best:.3f} CPU-s per window "
           f"({best / args.threads:.3f} s if the threads ran in parallel)")
-    scores, exps = attention_scores(model, args.length, args.batch), exp_rate()
-    floor = gf / rate + af / rate + scores / exps
-    print(arithmetic_floor(gf, af, scores, rate, exps))
+    floor, line = arithmetic_floor(gf, af, attention_scores(model, args.length, args.batch), rate, exp_rate())
+    print(line)
     print(f"measured / GEMM floor {best / (gf / rate):.2f}x, measured / arithmetic floor {best / floor:.2f}x")
     print("  ".join(f"{k} {v / total:.0%}" for k, v in share.items()))
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.top))

@@ -238,8 +238,11 @@ def test_static_decoder_failed_capture_undoes_the_warm_up(tiny_models, monkeypat
         def wait_stream(self, other):
             pass
 
+    caller, calls = Stream(), []
+
     @contextlib.contextmanager
     def on_stream(stream):
+        calls.append(("stream", stream))
         yield
         if failing == "warm-up":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
@@ -248,7 +251,9 @@ def test_static_decoder_failed_capture_undoes_the_warm_up(tiny_models, monkeypat
         raise RuntimeError("operation not permitted when stream is capturing")
 
     for name, fake in {"device": lambda d: contextlib.nullcontext(), "Stream": Stream, "CUDAGraph": object,
-                       "current_stream": lambda *d: Stream(), "stream": on_stream, "graph": capture}.items():
+                       "current_stream": lambda *d: caller, "stream": on_stream, "graph": capture,
+                       "set_stream": lambda st: calls.append(("set_stream", st)),
+                       "synchronize": lambda *d: calls.append(("synchronize",))}.items():
         monkeypatch.setattr(torch.cuda, name, fake)
     model = tiny_models["evo2"]
     ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(4))
@@ -258,6 +263,9 @@ def test_static_decoder_failed_capture_undoes_the_warm_up(tiny_models, monkeypat
         model(ids[:, :5], b)
         dec = StaticDecoder(model, b, graph=True)
         assert dec.graph is None
+        # the warm-up ran on a side stream; the fallback is back on the caller's, with every kernel done
+        assert calls[0][0] == "stream" and calls[0][1] is not caller
+        assert calls[1:] == [("set_stream", caller), ("synchronize",)], calls
         for sa, sb in zip(a.layers, b.layers):
             for name in vars(sa):
                 assert torch.equal(getattr(sa, name), getattr(sb, name))

@@ -108,7 +108,7 @@ class StaticDecoder:
             self.graph, self.logits = None, torch.empty(0)
             return
         dev = self.tokens.device
-        caller = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
+        caller = torch.cuda.current_stream(dev)
         try:
             with torch.cuda.device(dev):
                 side = torch.cuda.Stream()
@@ -124,12 +124,11 @@ class StaticDecoder:
             self.graph = graph
         except Exception as e:  # noqa: BLE001 - any capture failure falls back to the normal step
             log.warning("decoding without a CUDA graph (capture failed: %s)", e)
-            if caller is not None:
-                # torch.cuda.graph leaves its capture stream current when ending the capture raises, and
-                # a failed warm-up may leave kernels running on the side stream: back to the caller's
-                # stream, with every kernel done, before the state is restored under them
-                torch.cuda.set_stream(caller)
-                torch.cuda.synchronize(dev)
+            # torch.cuda.graph leaves its capture stream current when ending the capture raises, and a
+            # failed warm-up may leave kernels running on the side stream: back to the caller's stream,
+            # with every kernel done, before the state is restored under them
+            torch.cuda.set_stream(caller)
+            torch.cuda.synchronize(dev)
             _copy_state(self.state, backup)
             self.graph, self.logits = None, torch.empty(0)
 

@@ -213,9 +213,10 @@ class RotaryEmbedding(nn.Module):
     formula); positions are divided by ``scaling`` (linear position interpolation).
     """
 
-    # positions up to this many take their angles from a table built once (``angles``); cos and sin
-    # of 65,536 positions are 32 MiB at head dim 128
-    table_positions = 1 << 16
+    # positions up to this many take their angles from a table built once per attention block
+    # (``angles``): cos and sin of 16,384 positions are 8 MiB at head dim 128; past it a step computes
+    # its own few angles
+    table_positions = 1 << 14
 
     def __init__(self, head_dim: int, base: float, scaling: float):
         super().__init__()

@@ -108,8 +108,9 @@ class StripedHyena(nn.Module):
         per weight, and MKL streams a weight at a rate that depends on its rows' length: on this
         project's CPUs (one core, benchmarks/README.md) a [1536, 512] projection runs at 16 GB/s
         column-major against 9 row-major, while the MLP's [512, 1368] down-projection runs at 13 GB/s
-        row-major against 10 column-major. Matrix products of many tokens run at the same speed with
-        the same results either way. Called before decoding (``new_state``)."""
+        row-major against 10 column-major (square ones: the same within noise; they keep their
+        layout). Matrix products of many tokens run at the same speed with the same results either
+        way. Called before decoding (``new_state``)."""
         with torch.inference_mode(False), torch.no_grad():
             for m in self.modules():
                 w = m.weight if isinstance(m, nn.Linear) else None

@@ -135,8 +135,8 @@ def fftconv_ref(x, h):
     """Causal convolution ``y[t] = sum_{k<=t} h[:, t-k] * x[k]`` by FFT.
 
     x: [B, L, D] float32; h: [D, L] float32 -> y: [B, L, D] float32 (a new tensor).
-    The transforms run along the token axis of x in place (no [B, D, L] transposed copies in and out:
-    7-25% faster on CPU, the same numbers), on blocks of channels that bound the temporaries.
+    The transforms run directly along the token axis of x (no [B, D, L] transposed copies in and
+    out: 7-25% faster on CPU, the same numbers there), on blocks of channels that bound the temporaries.
     """
     B, L, D = x.shape
     n = fft_length(2 * L)
