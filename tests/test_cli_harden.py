@@ -498,3 +498,16 @@ def test_bigwig_to_a_pipe_is_refused(tmp_path):
     assert code == 1 and _lines(err) == [f"evo: error: {fifo}: is a device or a pipe; bigWig output needs a regular "
                                          "file (its writer seeks)"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "t.bw"]
+
+
+def test_what_is_written_in_place(tmp_path):
+    # links into /dev or /proc (descriptors), devices and pipes are written in place; an ordinary file in
+    # a directory under /dev (/dev/shm, a tmpfs) or a link elsewhere keeps the atomic rename and --resume
+    regular = tmp_path / "o.tsv"
+    regular.write_text("x")
+    link = tmp_path / "link.tsv"
+    link.symlink_to(regular)
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    assert [atomic.is_special(p) for p in ("/proc/self/fd/1", "/dev/null", fifo)] == [True, True, True]
+    assert [atomic.is_special(p) for p in (regular, link, "/dev/shm/evo-test-never-made.tsv", "-")] == [False] * 4

@@ -177,12 +177,13 @@ def atomic_path(path: str | Path, suffix: str | None = None):
 
 def is_special(path: str | Path | None) -> bool:
     """Whether ``path`` is written in place, as the shell's ``>`` would, not replaced by a renamed
-    temporary: an existing device, FIFO or socket, or any name under /dev or /proc (``/dev/stdout``
-    and ``/dev/fd/1`` lead to whatever the descriptor is, a regular file when the shell redirected
-    it: replacing that name would replace the link in /dev, not write the file)."""
+    temporary: an existing device, FIFO or socket, or a link under /dev or /proc (``/dev/stdout``,
+    ``/dev/fd/1``, ``/proc/self/fd/1`` lead to whatever the descriptor is, a regular file when the
+    shell redirected it: replacing the name would replace the link, not write the file). Files in a
+    directory such as /dev/shm are ordinary outputs."""
     if path in STDOUT:
         return False
-    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+    if os.path.islink(path) and os.path.abspath(path).startswith(("/dev/", "/proc/")):
         return True
     try:
         mode = os.stat(path).st_mode
