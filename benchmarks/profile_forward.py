@@ -48,17 +48,22 @@ def attention_flops(model, L: int, batch: int, offset: int = 0, blocks: int | No
     return 4.0 * model.config.head_dim * attention_scores(model, L, batch, offset, blocks)
 
 
+def cpu_seconds(fn, repeats: int, calls: int = 1) -> float:
+    """Best CPU seconds (``time.process_time``) of one ``fn()``, timed ``calls`` at a time."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.process_time() - t0) / calls)
+    return best
+
+
 def exp_rate(repeats: int = 3) -> float:
     """exp per CPU-second of torch.exp over 1 MB of float32 (in cache): the softmax's arithmetic."""
     x = torch.randn(1 << 18)
     y = torch.empty_like(x)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
-        for _ in range(20):
-            torch.exp(x, out=y)
-        best = min(best, (time.process_time() - t0) / 20)
-    return x.numel() / best
+    return x.numel() / cpu_seconds(lambda: torch.exp(x, out=y), repeats, calls=20)
 
 
 def arithmetic_floor(gemm: float, attention: float, scores: float, rate: float, exps: float) -> tuple[float, str]:
@@ -82,14 +87,8 @@ def gemm_rate(model, rows: int, repeats: int = 5) -> float:
         a, w = torch.randn(rows, inp), torch.randn(out, inp)
         torch.nn.functional.linear(a, w)
         n = max(1, int(4e8 // (2.0 * rows * inp * out)))  # a few ms per timing: CPU clocks are coarse
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.process_time()
-            for _ in range(n):
-                torch.nn.functional.linear(a, w)
-            best = min(best, (time.process_time() - t0) / n)
         flops += count * 2.0 * rows * inp * out
-        seconds += count * best
+        seconds += count * cpu_seconds(lambda: torch.nn.functional.linear(a, w), repeats, calls=n)
     return flops / seconds
 
 
@@ -108,11 +107,7 @@ def main():
     ids = torch.randint(0, 4, (args.batch, args.length), generator=torch.Generator().manual_seed(0)) + 65
     with torch.inference_mode():
         model(ids[:, :256])
-        best = float("inf")
-        for _ in range(args.repeats):
-            t0 = time.process_time()
-            model(ids)
-            best = min(best, time.process_time() - t0)
+        best = cpu_seconds(lambda: model(ids), args.repeats)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             model(ids)
     rate = gemm_rate(model, args.batch * args.length)
