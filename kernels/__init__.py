@@ -1,9 +1,11 @@
 """Functional ops of the StripedHyena runtime, installed as ``evo_cli.kernels``.
 
 Model code calls only these functions. Each has a plain-PyTorch reference in ``<op>/naive.py`` (the
-ground truth) and, where it pays, a Triton kernel in ``<op>/fused.py``. ``backend`` picks one:
-``"auto"`` uses Triton for CUDA tensors when Triton imports and the naive op elsewhere, ``"triton"``
-forces the fused op (on CPU only under ``TRITON_INTERPRET=1``), ``"torch"`` forces the naive op.
+ground truth) and, where it pays, a Triton kernel in ``<op>/fused.py`` (GPUs) or a numba kernel in
+``<op>/cpu.py`` (CPUs). ``backend`` picks one: ``"auto"`` uses Triton for CUDA tensors when Triton
+imports, numba for CPU tensors when numba imports, and the naive op elsewhere; ``"triton"`` forces
+the fused op (on CPU only under ``TRITON_INTERPRET=1``), ``"numba"`` the CPU kernels (naive ops
+where an op has none), ``"torch"`` the naive op.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .featurize.naive import hyena_featurize_ref
 from .fp8.gemm import mmaemu_available
 from .fp8.naive import fp8_linear_ref, quantize_e4m3
 from .fir.naive import causal_conv1d_ref, hyena_fir_ref
+from .linear.naive import linear_ref
 from .modal.naive import hyena_modal_ref, modal_conv_ref, modal_filter_ref
 from .norm.naive import rms_norm_ref
 from .step.naive import hyena_step_ref
@@ -39,9 +42,12 @@ __all__ = [
     "hyena_modal_ref",
     "hyena_step",
     "hyena_step_ref",
+    "linear",
+    "linear_ref",
     "modal_conv_ref",
     "mmaemu_available",
     "modal_filter_ref",
+    "numba_available",
     "quantize_e4m3",
     "resolve_backend",
     "rms_norm",
@@ -49,10 +55,11 @@ __all__ = [
     "triton_available",
 ]
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "numba", "torch")
 # how the FP8 input projections of Evo 2 1B/20B/40B run; resolved by evo_cli.runtime.resolve_fp8
 FP8_MODES = ("auto", "emulate", "native", "off")
 _FUSED = {}
+_CPU = {}
 
 
 @functools.cache
@@ -65,12 +72,31 @@ def triton_available() -> bool:
     return True
 
 
+@functools.cache
+def numba_available() -> bool:
+    """True when numba imports (checked once per process; a numba too old or too new for the installed
+    numpy fails here, and the CPU then runs the naive ops)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_backend(backend: str, device) -> str:
-    """The backend a call on ``device`` uses: ``"triton"`` or ``"torch"``."""
+    """The backend a call on ``device`` uses: ``"triton"``, ``"numba"`` or ``"torch"``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    kind = getattr(device, "type", device)
     if backend == "auto":
-        return "triton" if getattr(device, "type", device) == "cuda" and triton_available() else "torch"
+        if kind == "cuda":
+            return "triton" if triton_available() else "torch"
+        return "numba" if kind == "cpu" and numba_available() else "torch"
+    if backend == "numba":
+        if not numba_available():
+            raise RuntimeError("--kernels numba needs the numba package: pip install 'evo-cli[cpu]'")
+        # the CPU kernels take CPU tensors only; a GPU runs the reference ops
+        return "numba" if kind == "cpu" else "torch"
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("--kernels triton needs the triton package, which is not installed")
@@ -89,8 +115,21 @@ def _fused(op: str):
     return _FUSED[op]
 
 
+def _cpu(op: str):
+    """The numba implementation of ``op`` (module ``<op>/cpu.py``), or None where there is none."""
+    if op not in _CPU:
+        try:
+            _CPU[op] = importlib.import_module(f"{__name__}.{op}.cpu")
+        except ImportError:  # no such module
+            _CPU[op] = None
+    return _CPU[op]
+
+
 def _pick(op: str, backend: str, x):
-    if resolve_backend(backend, x.device) == "triton":
+    resolved = resolve_backend(backend, x.device)
+    if resolved == "numba":
+        return _cpu(op)
+    if resolved == "triton":
         mod = _fused(op)
         if mod is not None:
             return mod
@@ -107,6 +146,14 @@ def _on(x):
 
         return torch.cuda.device(x.device)
     return contextlib.nullcontext()
+
+
+def linear(x, weight, bias=None, *, backend="auto"):
+    """x: [..., K] -> [..., N], ``F.linear``; numba's matrix-vector loop for decoding's few rows on CPU.
+    A GPU runs ``F.linear`` under every backend (cuBLAS; there is no Triton kernel to force)."""
+    if resolve_backend(backend, x.device) == "numba":
+        return _cpu("linear").linear(x, weight, bias)
+    return linear_ref(x, weight, bias)
 
 
 def rms_norm(x, scale, eps, *, backend="auto"):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from evo_cli.cli.main import cli, main
 from evo_cli.io.embeddings import embedding_matrix, read_embeddings, read_metadata
 from evo_cli.model.tokenizer import decode
+from evo_cli.kernels import resolve_backend
 
 from .conftest import CONFORMANCE, EVO1_CASES, EVO2_CASES, case_id
 from .test_embedding import recorded_layer
@@ -94,7 +95,7 @@ def test_metadata_default_layer_and_schema(tmp_path):
     assert meta["command"].startswith("evo embed --fasta") and "--layer blocks.3.mlp.l3 --pool max --strand both" in meta["command"]
     from evo_cli import __version__
 
-    assert meta["version"] == __version__ and "--kernels torch" in meta["command"]
+    assert meta["version"] == __version__ and f"--kernels {resolve_backend('auto', 'cpu')}" in meta["command"]
     # one key, as in every Parquet file evo writes
     assert list(pq.read_schema(out).metadata) == [b"evo"]
     t = read_embeddings(out)

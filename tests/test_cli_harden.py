@@ -24,6 +24,7 @@ from evo_cli.cli.main import cli
 from evo_cli.io.embeddings import read_metadata
 from evo_cli.io.fasta import format_fasta, read_fasta
 from evo_cli.io.generated import read_generations_jsonl
+from evo_cli.kernels import resolve_backend
 
 from .test_cli_score_variants import FA, SNVS, TINY, evo
 
@@ -357,7 +358,7 @@ def test_mutagenize_follows_the_same_conventions(tmp_path):
                        "-o", out)
     assert code == 0, err
     meta = read_metadata(out)
-    assert meta["window"] == 32 and " --window 32 " in meta["command"] and " --kernels torch " in meta["command"]
+    assert meta["window"] == 32 and " --window 32 " in meta["command"] and f" --kernels {resolve_backend('auto', 'cpu')} " in meta["command"]
 
 
 def _read_fifo(fifo: Path) -> tuple[threading.Thread, list[bytes]]:

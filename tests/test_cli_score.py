@@ -11,6 +11,7 @@ from safetensors import safe_open
 import evo_cli
 from evo_cli.io.fasta import format_fasta
 from evo_cli.model.tokenizer import decode
+from evo_cli.kernels import resolve_backend
 
 from .conftest import CONFORMANCE
 from .test_cli_score_variants import evo
@@ -62,7 +63,7 @@ def test_chunks_bos_override_and_parquet(tmp_path):
     assert meta["bos"] is True and meta["dtype"] == "float32" and meta["version"] == evo_cli.__version__
     # the full command: defaults included, None defaults resolved
     assert meta["command"].startswith("evo score --fasta ") and " --bos --batch-size 8 --chunk-size 8192 " in meta["command"]
-    assert "--format parquet" in meta["command"] and "--kernels torch" in meta["command"]
+    assert "--format parquet" in meta["command"] and f"--kernels {resolve_backend('auto', 'cpu')}" in meta["command"]
 
 
 def test_parquet_to_stdout_and_same_outputs_fail_before_writing(tmp_path, monkeypatch):

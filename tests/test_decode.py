@@ -7,6 +7,8 @@ import contextlib
 import pytest
 import torch
 
+from evo_cli.kernels import numba_available
+
 
 @pytest.mark.parametrize("family", ["evo1", "evo2"])
 @pytest.mark.parametrize("prompt_len", [1, 2, 5, 6, 7, 127, 128, 129, 300])
@@ -51,11 +53,14 @@ def test_state_helpers(tiny_models):
 
 
 def test_decoding_stores_wide_weights_column_major_with_the_same_numbers():
-    """new_state lays out CPU Linear weights for one-token products: column-major where a weight has
-    more outputs than inputs, row-major otherwise (benchmarks/README.md); the logits do not change."""
+    """Under --kernels torch (MKL's GEMV), new_state lays out CPU Linear weights for one-token products:
+    column-major where a weight has more outputs than inputs, row-major otherwise
+    (benchmarks/README.md); the logits do not change. The numba loop streams row-major weights: a
+    switch back to it restores them."""
     from evo_cli.model.init import motif_config, random_model
 
-    model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=16, inner_mlp_size=80), seed=0)
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=16, inner_mlp_size=80), seed=0,
+                         kernels="torch")
     ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(ids)
@@ -67,6 +72,9 @@ def test_decoding_stores_wide_weights_column_major_with_the_same_numbers():
         out, inp = m.weight.shape
         assert m.weight.stride() == ((1, out) if out > inp else (inp, 1)), (m.weight.shape, m.weight.stride())
     assert torch.allclose(after, before, atol=1e-5)
+    if numba_available():
+        model.set_kernels("numba").new_state(1, 12)
+        assert all(m.weight.is_contiguous() for m in linears)
 
 
 def test_rotary_angles_come_from_a_table_with_the_same_numbers(monkeypatch):

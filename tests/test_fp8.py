@@ -159,7 +159,7 @@ def test_e4m3_weight_stays_row_major_after_the_cpu_decode_layout(ckpts):
     """new_state on CPU stores the projection weights column-major (a faster GEMV); a later .to() rebuilds
     the E4M3 weight from them, and it must still be row-major: an FP8 GEMM takes the transposed weight
     only column-major (cuBLASLt rejects anything else, and mmaemu applies the same check)."""
-    model = evo_cli.load_model(ckpts["bytesio"], device="cpu", fp8="emulate")
+    model = evo_cli.load_model(ckpts["bytesio"], device="cpu", fp8="emulate", kernels="torch")  # MKL's layout
     ids = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(0))
     want = model(ids)
     model.new_state(1, 9)

@@ -124,11 +124,17 @@ def test_rms_norm_eps_outside_sqrt():
     assert torch.allclose(K.rms_norm(x, scale, 1e-2, backend="torch"), expected, atol=1e-6)
 
 
-def test_backend_names():
-    assert K.resolve_backend("torch", torch.device("cpu")) == "torch"
-    assert K.resolve_backend("auto", torch.device("cpu")) == "torch"
+def test_backend_names(monkeypatch):
+    cpu = torch.device("cpu")
+    assert K.resolve_backend("torch", cpu) == "torch"
+    assert K.resolve_backend("auto", cpu) == ("numba" if K.numba_available() else "torch")
+    assert K.resolve_backend("auto", "meta") == "torch"
     with pytest.raises(ValueError):
-        K.resolve_backend("cuda", torch.device("cpu"))
+        K.resolve_backend("cuda", cpu)
+    monkeypatch.setattr(K, "numba_available", lambda: False)
+    assert K.resolve_backend("auto", cpu) == "torch"
+    with pytest.raises(RuntimeError, match=r"pip install 'evo-cli\[cpu\]'"):
+        K.resolve_backend("numba", cpu)
 
 
 @pytest.mark.parametrize("offset,Lq", [(0, 9), (5, 1), (37, 20), (3000, 70)])

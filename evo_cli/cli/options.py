@@ -12,7 +12,7 @@ import click
 
 # evo_cli.kernels.BACKENDS, spelled out here because importing evo_cli.kernels imports torch, which
 # would cost every command (even `evo --help`) a second; tests check that the two agree
-KERNEL_BACKENDS = ("auto", "triton", "torch")
+KERNEL_BACKENDS = ("auto", "triton", "numba", "torch")
 FP8_MODES = ("auto", "emulate", "native", "off")  # evo_cli.kernels.FP8_MODES, for the same reason
 
 
@@ -33,7 +33,7 @@ def model_options(f):
     @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
                   help="Weights and activations; auto is float32 on CPU, bfloat16 on GPUs.")
     @click.option("--kernels", type=click.Choice(KERNEL_BACKENDS), default=None,
-                  help="Triton or plain-PyTorch ops [default: $EVO_KERNELS or auto].")
+                  help="Fused ops: Triton on GPUs, numba on CPUs, or plain PyTorch (torch) [default: $EVO_KERNELS or auto].")
     @click.option("--fp8", type=click.Choice(FP8_MODES), default=None,
                   help="FP8 projections of Evo 2 1B/20B/40B: native on sm_89/sm_90 GPUs, emulate (mmaemu) "
                        "anywhere, off [default: $EVO_FP8 or auto].")

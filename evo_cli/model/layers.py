@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from evo_cli import kernels as K
 
@@ -31,14 +30,26 @@ class RMSNorm(nn.Module):
         return K.rms_norm(x, self.scale, self.eps, backend=self.backend)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` through ``kernels.linear``: on a CPU, decoding's matrix-vector products run in the
+    numba loop, which streams the weight faster than MKL (benchmarks/README.md)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, backend: str = "auto"):
+        super().__init__(in_features, out_features, bias=bias)
+        self.backend = backend
+
+    def forward(self, x):
+        return K.linear(x, self.weight, self.bias, backend=self.backend)
+
+
 class MLP(nn.Module):
     """``l3(act(l1 x) * l2 x)``, no biases."""
 
-    def __init__(self, dim: int, inner: int, activation: str):
+    def __init__(self, dim: int, inner: int, activation: str, backend: str = "auto"):
         super().__init__()
-        self.l1 = nn.Linear(dim, inner, bias=False)
-        self.l2 = nn.Linear(dim, inner, bias=False)
-        self.l3 = nn.Linear(inner, dim, bias=False)
+        self.l1 = Linear(dim, inner, bias=False, backend=backend)
+        self.l2 = Linear(dim, inner, bias=False, backend=backend)
+        self.l3 = Linear(inner, dim, bias=False, backend=backend)
         # exact (erf) GELU, as the references use
         self.act = {"gelu": nn.GELU(), "silu": nn.SiLU(), "identity": nn.Identity()}[activation]
 
@@ -46,11 +57,11 @@ class MLP(nn.Module):
         return self.l3(self.act(self.l1(x)) * self.l2(x))
 
 
-def _mlp(config: ModelConfig, layer: int) -> MLP:
+def _mlp(config: ModelConfig, layer: int, backend: str) -> MLP:
     act = config.mlp_activation
     if config.activation_first_layer_only and layer > 0:
         act = "identity"
-    return MLP(config.hidden_size, config.inner_mlp_size, act)
+    return MLP(config.hidden_size, config.inner_mlp_size, act, backend)
 
 
 class HyenaFilter(nn.Module):
@@ -107,7 +118,7 @@ class HyenaFilter(nn.Module):
         return (d, config.state_size), torch.complex64 if self.kind == "hyena" else torch.float32
 
 
-class Projection(nn.Linear):
+class Projection(Linear):
     """The Hyena input projection [B, L, D] -> [B, L, 3D], with the FP8 GEMM Evo 2 1B/20B/40B were trained with.
 
     A checkpoint with Transformer Engine state gives the module two float32 buffers, ``fp8_scale_input``
@@ -116,8 +127,8 @@ class Projection(nn.Linear):
     input with the stored scale: no amax history, so a result never depends on what ran before it.
     ``fp8`` is ``off`` (plain matmul), ``emulate`` or ``native`` (see ``kernels.fp8_linear``)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool):
-        super().__init__(in_features, out_features, bias=bias)
+    def __init__(self, in_features: int, out_features: int, bias: bool, backend: str = "auto"):
+        super().__init__(in_features, out_features, bias=bias, backend=backend)
         self.fp8 = "off"
         self.weight_fp8 = None
 
@@ -148,7 +159,7 @@ class Projection(nn.Linear):
 
     def forward(self, x):
         if self.fp8 == "off":
-            return F.linear(x, self.weight, self.bias)
+            return super().forward(x)
         return K.fp8_linear(x, self.weight_fp8, self.fp8_scale_input, self.fp8_scale_weight, self.bias, mode=self.fp8)
 
 
@@ -163,10 +174,10 @@ class HyenaBlock(nn.Module):
         self.backend = backend
         self.pre_norm = RMSNorm(d, config.eps, backend)
         self.post_norm = RMSNorm(d, config.eps, backend)
-        self.projections = Projection(d, 3 * d, bias=config.hyena_proj_bias)
+        self.projections = Projection(d, 3 * d, bias=config.hyena_proj_bias, backend=backend)
         self.filter = HyenaFilter(config, self.kind)
-        self.out_filter_dense = nn.Linear(d, d, bias=config.hyena_out_proj_bias)
-        self.mlp = _mlp(config, layer)
+        self.out_filter_dense = Linear(d, d, bias=config.hyena_out_proj_bias, backend=backend)
+        self.mlp = _mlp(config, layer, backend)
 
     def new_state(self, batch: int, device) -> HyenaState:
         """Zeroed state: fir [batch, K-1, 3D] float32 and the inner filter's state (see ``HyenaState``)."""
@@ -268,13 +279,13 @@ def _rotate(x, cos, sin):
 class MHA(nn.Module):
     """Causal multi-head attention with rotary embeddings; scale 1/sqrt(head_dim)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, backend: str = "auto"):
         super().__init__()
         c = config
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         qkv_out = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-        self.Wqkv = nn.Linear(c.hidden_size, qkv_out, bias=c.qkv_proj_bias)
-        self.out_proj = nn.Linear(c.hidden_size, c.hidden_size, bias=c.mha_out_proj_bias)
+        self.Wqkv = Linear(c.hidden_size, qkv_out, bias=c.qkv_proj_bias, backend=backend)
+        self.out_proj = Linear(c.hidden_size, c.hidden_size, bias=c.mha_out_proj_bias, backend=backend)
         self.rotary_emb = RotaryEmbedding(c.head_dim, c.rotary_base, c.rotary_scaling)
 
     def forward(self, x, state: AttentionState | None = None, pos: int = 0):
@@ -305,8 +316,8 @@ class AttentionBlock(nn.Module):
         self.kind = "attn"
         self.pre_norm = RMSNorm(config.hidden_size, config.eps, backend)
         self.post_norm = RMSNorm(config.hidden_size, config.eps, backend)
-        self.inner_mha_cls = MHA(config)
-        self.mlp = _mlp(config, layer)
+        self.inner_mha_cls = MHA(config, backend)
+        self.mlp = _mlp(config, layer, backend)
 
     def new_state(self, batch: int, device, max_seqlen: int, dtype) -> AttentionState:
         """Zeroed KV cache: k and v [batch, Hkv, max_seqlen, hd] in ``dtype``."""

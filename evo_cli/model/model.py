@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from evo_cli import kernels as K
 from evo_cli.kernels import BACKENDS
 
 from .cache import InferenceState
@@ -59,7 +59,7 @@ class StripedHyena(nn.Module):
         return self.device if self.placement is None else self.placement.block_device(i)
 
     def set_kernels(self, kernels: str) -> StripedHyena:
-        """Switch every op between ``auto``, ``triton`` and ``torch`` kernels."""
+        """Switch every op between ``auto``, ``triton``, ``numba`` and ``torch`` kernels."""
         if kernels not in BACKENDS:
             raise ValueError(f"unknown kernel backend {kernels!r} (choose from {', '.join(BACKENDS)})")
         self.kernels = kernels
@@ -103,19 +103,26 @@ class StripedHyena(nn.Module):
         return InferenceState([self._block_state(i, batch_size, max_seqlen) for i in range(n)], max_seqlen)
 
     def _cpu_gemv_layout(self) -> None:
-        """Store every CPU ``nn.Linear`` weight [out, in] with more outputs than inputs column-major (the
-        transpose of a contiguous [in, out] tensor), once. A one-token step is a matrix-vector product
-        per weight, and MKL streams a weight at a rate that depends on its rows' length: on this
-        project's CPUs (one core, benchmarks/README.md) a [1536, 512] projection runs at 16 GB/s
-        column-major against 9 row-major, while the MLP's [512, 1368] down-projection runs at 13 GB/s
-        row-major against 10 column-major (square ones: the same within noise; they keep their
-        layout). Matrix products of many tokens run at the same speed with the same results either
-        way. Called before decoding (``new_state``)."""
+        """Lay out every CPU ``nn.Linear`` weight [out, in] for one-token steps, once (``new_state``).
+
+        A one-token step is a matrix-vector product per weight. The numba loop (``kernels.linear``)
+        streams row-major weights (contiguous: how they load). MKL, under ``--kernels torch``, streams
+        a weight at a rate that depends on its rows' length: on this project's CPUs (one core,
+        benchmarks/README.md) a [1536, 512] projection runs at 16 GB/s column-major against 9
+        row-major, while the MLP's [512, 1368] down-projection runs at 13 GB/s row-major against 10
+        column-major; so there, weights with more outputs than inputs are stored column-major (the
+        transpose of a contiguous [in, out] tensor). Matrix products of many tokens run at the same
+        speed with the same results either way."""
+        row_major = K.resolve_backend(self.kernels, "cpu") == "numba"
         with torch.inference_mode(False), torch.no_grad():
             for m in self.modules():
                 w = m.weight if isinstance(m, nn.Linear) else None
-                if (w is not None and w.device.type == "cpu" and w.dim() == 2 and w.shape[0] > w.shape[1]
-                        and w.stride() != (1, w.shape[0])):
+                if w is None or w.device.type != "cpu" or w.dim() != 2:
+                    continue
+                if row_major:
+                    if not w.is_contiguous():
+                        w.data = w.data.contiguous()
+                elif w.shape[0] > w.shape[1] and w.stride() != (1, w.shape[0]):
                     w.data = w.data.t().contiguous().t()
 
     def forward(self, input_ids, state: InferenceState | None = None, *, return_logits: bool = True,
@@ -221,7 +228,7 @@ class StripedHyena(nn.Module):
             return None
         x = self.norm(x.to(self.device))
         # tied unembedding, in float32 so that scores keep full precision under bf16 weights
-        return F.linear(x.float(), self.embedding_layer.weight.float()) if return_logits else None
+        return K.linear(x.float(), self.embedding_layer.weight.float(), backend=self.kernels) if return_logits else None
 
     def long_forward_bytes(self, batch: int, length: int, chunk_size: int, last_block: int | None = None) -> dict:
         """Estimated peak bytes of ``forward_chunked`` and ``forward_layerwise`` (keys ``chunked``,

@@ -1,0 +1,33 @@
+"""Pieces shared by the fused CPU kernels (``<op>/cpu.py``, compiled by numba on first use).
+
+They serve what eager PyTorch does badly on a CPU: the matrix-vector products of decoding (MKL
+streams a weight at 9-17 GB/s on this project's CPUs, a plain loop at 21-30; benchmarks/README.md)
+and chains of small ops over one token. Compiled code is cached on disk (numba's ``cache=True``), so
+only the first run on a machine pays the compilation (a few seconds).
+"""
+
+from __future__ import annotations
+
+import numba
+import torch
+
+# sums may be reordered (vectorised partial sums, as any BLAS does) and multiply-adds fused; no
+# assumption about NaN or infinities, which must propagate as they do in PyTorch
+FASTMATH = {"reassoc", "nsz", "contract"}
+
+
+def array(t: torch.Tensor):
+    """A numpy view of a CPU tensor (no copy), parameters included."""
+    return t.detach().numpy()
+
+
+def parallel() -> bool:
+    """Whether to run a kernel's parallel version: torch runs on more than one CPU thread. Its thread
+    count is then given to numba's pool, which is not started otherwise (its idle threads would
+    compete with a single-threaded run)."""
+    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if n < 2:
+        return False
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return True
