@@ -16,6 +16,7 @@ import importlib
 import os
 
 from .attention.naive import causal_attention_ref
+from .block.naive import hyena_block_step_ref
 from .featurize.naive import hyena_featurize_ref
 from .fp8.gemm import mmaemu_available
 from .fp8.naive import fp8_linear_ref, quantize_e4m3
@@ -40,6 +41,8 @@ __all__ = [
     "hyena_fir_ref",
     "hyena_modal",
     "hyena_modal_ref",
+    "hyena_block_step",
+    "hyena_block_step_ref",
     "hyena_step",
     "hyena_step_ref",
     "linear",
@@ -200,6 +203,14 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
         with _on(z):
             return fused.hyena_step(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
     return hyena_step_ref(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
+
+
+def hyena_block_step(x, fir_state, inner_state, *, backend="auto", **weights):
+    """One decoding step of a whole Hyena block, x: [B, 1, D] -> [B, 1, D], in one numba call on CPU
+    (the reference elsewhere: the block's own ops). See ``block/naive.py`` for the weights."""
+    if resolve_backend(backend, x.device) == "numba":
+        return _cpu("block").hyena_block_step(x, fir_state, inner_state, **weights)
+    return hyena_block_step_ref(x, fir_state, inner_state, **weights)
 
 
 def causal_attention(q, k, v, offset: int = 0):

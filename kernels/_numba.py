@@ -11,6 +11,20 @@ from __future__ import annotations
 import numba
 import torch
 
+
+def _start_pool() -> None:
+    """Start numba's thread pool now, keeping torch's thread count. With numba's OpenMP layer and torch
+    sharing one libgomp, the pool's start (at the first call of any kernel with a parallel loop) sets
+    the process's OpenMP thread count to numba's, every core: a run on one thread then ran its torch
+    ops on all of them, and decoding took twice the CPU time."""
+    n = torch.get_num_threads()
+    numba.get_num_threads()  # starts the pool
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+_start_pool()
+
 # sums may be reordered (vectorised partial sums, as any BLAS does) and multiply-adds fused; no
 # assumption about NaN or infinities, which must propagate as they do in PyTorch
 FASTMATH = {"reassoc", "nsz", "contract"}

@@ -13,7 +13,7 @@ from .test_kernels_naive import _modal_params
 pytest.importorskip("numba")
 
 from evo_cli.kernels.linear import cpu as linear_cpu  # noqa: E402
-from evo_cli.kernels.norm import cpu as norm_cpu  # noqa: E402
+from evo_cli.kernels.block import cpu as block_cpu  # noqa: E402
 from evo_cli.kernels.step import cpu as step_cpu  # noqa: E402
 
 
@@ -82,23 +82,6 @@ def test_linear_propagates_nan_and_inf():
     assert torch.isinf(K.linear(x, w, backend="numba")).all()
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(1, 1, 512), (3, 70, 48), (2, 300, 128)])
-def test_rms_norm(shape, threads):
-    torch.set_num_threads(threads)
-    x, scale = torch.randn(shape) * 3, torch.randn(shape[-1])
-    _close(K.rms_norm(x, scale, 1e-6, backend="numba"), K.rms_norm_ref(x, scale, 1e-6))
-    _close(norm_cpu.rms_norm(x.transpose(0, 1), scale, 1e-3), K.rms_norm_ref(x.transpose(0, 1), scale, 1e-3))
-
-
-def test_rms_norm_hands_over_and_propagates_nan():
-    x, scale = torch.randn(2, 5, 16), torch.randn(16)
-    assert torch.equal(norm_cpu.rms_norm(x.bfloat16(), scale, 1e-6), K.rms_norm_ref(x.bfloat16(), scale, 1e-6))
-    x[1, 2, 3] = float("nan")
-    y = norm_cpu.rms_norm(x, scale, 1e-6)
-    assert torch.isnan(y[1, 2]).all() and not torch.isnan(y[0]).any() and not torch.isnan(y[1, 3]).any()
-
-
 def _step_case(kind, B, C, bias):
     z = torch.randn(B, 1, 3 * C)
     w, b = torch.randn(3 * C, 3), (torch.randn(3 * C) if bias else None)
@@ -140,9 +123,49 @@ def test_hyena_step_hands_over_to_the_reference():
         assert torch.equal(s, s2)
 
 
+def _block_weights(kind, C, I, bias, activation):
+    z, w, b, fir, state, inner = _step_case(kind, 2, C, bias)
+    rnd = lambda *shape: torch.randn(*shape) / shape[-1] ** 0.5  # noqa: E731
+    return fir, state, dict(eps=1e-6, pre_scale=torch.randn(C), proj_w=rnd(3 * C, C), proj_b=torch.randn(3 * C) if bias else None,
+                            short_w=w, short_b=b, **inner, out_w=rnd(C, C), out_b=torch.randn(C) if bias else None,
+                            post_scale=torch.randn(C), l1=rnd(I, C), l2=rnd(I, C), l3=rnd(C, I), activation=activation)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind,bias,activation", [("hcs", False, "gelu"), ("hcm", True, "identity"),
+                                                   ("hcl", False, "silu"), ("hyena", True, "gelu")])
+def test_hyena_block_step(kind, bias, activation, threads):
+    """A whole block's step in one call against the block's ops, over several tokens: outputs and
+    states; wide enough (C = 160) for the parallel matrix-vector blocks with two threads."""
+    torch.set_num_threads(threads)
+    fir, state, weights = _block_weights(kind, 160, 420, bias, activation)
+    ref_fir, ref_state = fir.clone(), state.clone()
+    with torch.inference_mode():
+        for _ in range(3):
+            x = torch.randn(2, 1, 160)
+            _close(K.hyena_block_step(x, fir, state, **weights, backend="numba"),
+                   K.hyena_block_step_ref(x, ref_fir, ref_state, **weights), rel=1e-5)
+    assert torch.allclose(fir, ref_fir, rtol=1e-5, atol=1e-5)  # projections: sums in another order
+    assert torch.allclose(state, ref_state, rtol=1e-5, atol=1e-5)
+
+
+def test_hyena_block_step_hands_over_to_the_reference():
+    """A non-contiguous state, or weights that record a gradient: the block's ops."""
+    fir, state, weights = _block_weights("hcs", 16, 40, False, "identity")
+    x = torch.randn(2, 1, 16)
+    state = state.transpose(0, 1).contiguous().transpose(0, 1)
+    f2, s2 = fir.clone(), state.clone()
+    want = K.hyena_block_step_ref(x, f2, s2, **weights)
+    assert torch.equal(block_cpu.hyena_block_step(x, fir, state, **weights), want)
+    assert torch.equal(state, s2)
+    weights["l3"].requires_grad_()
+    assert block_cpu.hyena_block_step(x, fir, state, **weights).grad_fn is not None
+
+
 def test_decoding_with_numba_kernels_equals_the_reference_ops():
-    """A small model decodes the same logits with numba kernels as with the reference ops, and both
-    equal the full forward at every position."""
+    """A small model decodes the same logits with numba kernels (a Hyena block in one call) as with the
+    reference ops, and both equal the full forward at every position; a forward hook on a block's
+    module makes that block run its modules."""
     from evo_cli.model.init import motif_config, random_model
 
     model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=16, inner_mlp_size=80), seed=1)
@@ -154,5 +177,12 @@ def test_decoding_with_numba_kernels_equals_the_reference_ops():
             model.set_kernels(backend)
             state = model.new_state(2, 10)
             steps[backend] = torch.cat([model(ids[:, t : t + 1], state) for t in range(10)], 1)
+        seen = []
+        model.blocks[1].mlp.l3.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        assert model.blocks[0]._one_call_step(ids[:, :1]) and not model.blocks[1]._one_call_step(ids[:, :1])
+        state = model.new_state(2, 10)
+        hooked = torch.cat([model(ids[:, t : t + 1], state) for t in range(10)], 1)
+    assert seen == [(2, 1, 32)] * 10
     _close(steps["numba"], steps["torch"], rel=1e-5)
     _close(steps["numba"], full, rel=1e-5)
+    _close(hooked, full, rel=1e-5)

@@ -52,6 +52,7 @@ class MLP(nn.Module):
         self.l3 = Linear(inner, dim, bias=False, backend=backend)
         # exact (erf) GELU, as the references use
         self.act = {"gelu": nn.GELU(), "silu": nn.SiLU(), "identity": nn.Identity()}[activation]
+        self.activation = activation
 
     def forward(self, x):
         return self.l3(self.act(self.l1(x)) * self.l2(x))
@@ -213,8 +214,35 @@ class HyenaBlock(nn.Module):
     def forward(self, x, state: HyenaState | None = None, pos: int = 0):
         """x: [B, L, D] -> [B, L, D]; ``state`` is read and advanced by L tokens. ``pos`` is unused (the
         blocks share one signature; Hyena state carries its own position)."""
+        if state is not None and x.shape[1] == 1 and self._one_call_step(x):
+            return K.hyena_block_step(x, state.fir, state.inner, backend=self.backend, **self.step_weights())
         u = self.out_filter_dense(self.mix(x, state)) + x
         return u + self.mlp(self.post_norm(u))
+
+
+    def _one_call_step(self, x) -> bool:
+        """Whether a one-token step runs as one call (``kernels.hyena_block_step``; numba on CPU): not
+        with FP8 projections, nor while a forward hook on the block or one of its modules (or a global
+        one) expects the modules to run."""
+        if K.resolve_backend(self.backend, x.device) != "numba" or self.projections.fp8 != "off":
+            return False
+        g = nn.modules.module
+        if g._global_forward_hooks or g._global_forward_pre_hooks:
+            return False
+        mlp = self.mlp
+        # the modules a step runs, spelled out: walking self.modules() costs more than the check
+        mods = (self, self.pre_norm, self.projections, self.filter, self.out_filter_dense, self.post_norm, mlp,
+                mlp.l1, mlp.l2, mlp.l3, mlp.act)
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+
+    def step_weights(self) -> dict:
+        """The keyword arguments of ``kernels.hyena_block_step``: this block's parameters."""
+        f, mlp = self.filter, self.mlp
+        return dict(eps=self.pre_norm.eps, pre_scale=self.pre_norm.scale, proj_w=self.projections.weight,
+                    proj_b=self.projections.bias, short_w=f.short_filter_weight[:, 0], short_b=f.short_filter_bias,
+                    **self.inner_filter(), out_w=self.out_filter_dense.weight, out_b=self.out_filter_dense.bias,
+                    post_scale=self.post_norm.scale, l1=mlp.l1.weight, l2=mlp.l2.weight, l3=mlp.l3.weight,
+                    activation=mlp.activation)
 
 
 class RotaryEmbedding(nn.Module):
