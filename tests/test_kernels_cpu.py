@@ -150,7 +150,8 @@ def test_hyena_block_step(kind, bias, activation, threads):
 
 
 def test_hyena_block_step_hands_over_to_the_reference():
-    """A non-contiguous state, or weights that record a gradient: the block's ops."""
+    """A non-contiguous state, more tokens than MAX_ROWS, or weights that record a gradient: the
+    block's ops."""
     fir, state, weights = _block_weights("hcs", 16, 40, False, "identity")
     x = torch.randn(2, 1, 16)
     state = state.transpose(0, 1).contiguous().transpose(0, 1)
@@ -158,6 +159,10 @@ def test_hyena_block_step_hands_over_to_the_reference():
     want = K.hyena_block_step_ref(x, f2, s2, **weights)
     assert torch.equal(block_cpu.hyena_block_step(x, fir, state, **weights), want)
     assert torch.equal(state, s2)
+    B = linear_cpu.MAX_ROWS + 1
+    fir, state = torch.randn(B, *fir.shape[1:]), torch.randn(B, *state.shape[1:])
+    x, f2, s2 = torch.randn(B, 1, 16), fir.clone(), state.clone()
+    assert torch.equal(block_cpu.hyena_block_step(x, fir, state, **weights), K.hyena_block_step_ref(x, f2, s2, **weights))
     weights["l3"].requires_grad_()
     assert block_cpu.hyena_block_step(x, fir, state, **weights).grad_fn is not None
 

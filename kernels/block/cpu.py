@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .._numba import FASTMATH, array, parallel
-from ..linear.cpu import _NO_BIAS, _PARALLEL_ELEMS, gemv, gemv_parallel
+from ..linear.cpu import _NO_BIAS, _PARALLEL_ELEMS, MAX_ROWS, gemv, gemv_parallel
 from ..step.cpu import step_fir, step_modal
 from .naive import hyena_block_step_ref
 
@@ -109,15 +109,16 @@ def _vec(t):
 
 def hyena_block_step(x, fir_state, inner_state, *, eps, pre_scale, proj_w, proj_b, short_w, short_b, h=None,
                      log_poles=None, residues=None, D=None, out_w, out_b, post_scale, l1, l2, l3, activation):
-    """As ``block/naive.py``. Runs here for float32 CPU tensors (complex64 modal state) with contiguous
-    weights and states and no gradient to record; anything else runs the reference."""
+    """As ``block/naive.py``. Runs here for up to ``MAX_ROWS`` float32 CPU tokens (complex64 modal state)
+    with contiguous weights and states and no gradient to record; anything else runs the reference
+    (with more tokens the matrix products are GEMMs, which MKL runs at the core's arithmetic rate)."""
     kw = dict(eps=eps, pre_scale=pre_scale, proj_w=proj_w, proj_b=proj_b, short_w=short_w, short_b=short_b, h=h,
               log_poles=log_poles, residues=residues, D=D, out_w=out_w, out_b=out_b, post_scale=post_scale,
               l1=l1, l2=l2, l3=l3, activation=activation)
     modal = h is None
     tensors = [t for t in (x, fir_state, inner_state, *(v for k, v in kw.items() if k not in ("eps", "activation")))
                if t is not None]
-    if (any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors)
+    if (x.shape[0] > MAX_ROWS or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors)
             or any(t.dtype != torch.float32 for t in tensors if t is not inner_state and t is not log_poles
                    and t is not residues)
             or (modal and (D is None or log_poles.dtype != residues.dtype or log_poles.dtype != inner_state.dtype))
