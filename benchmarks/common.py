@@ -30,7 +30,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=["evo1", "evo2"], default="evo2")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on CUDA")
-    p.add_argument("--kernels", choices=["auto", "triton", "torch"], default="auto")
+    p.add_argument("--kernels", choices=["auto", "triton", "numba", "torch"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--default-malloc", action="store_true",
                    help="keep glibc's default allocator settings (the CLI calls runtime.keep_freed_memory)")

@@ -44,6 +44,7 @@ from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.generated import output_format, write_generations
 from evo_cli.io.partial import open_progress, stored_settings
+from evo_cli.model.cpu_decode import CpuDecoder
 from evo_cli.model.graph import StaticDecoder
 from evo_cli.model.tokenizer import decode, encode
 from evo_cli.runtime import non_finite_error
@@ -300,10 +301,14 @@ def _run_batch(model, prompts: list[list[int]], row_prompt: list[int], uniforms,
     if distinct != row_prompt:
         state = state.index_select([distinct.index(j) for j in row_prompt])
 
-    # on one CUDA device each step replays a captured CUDA graph (model/graph.py); elsewhere (CPU, a
-    # model split over devices) it is the normal forward
-    graph = dev.type == "cuda" and model.placement is None
-    step = StaticDecoder(model, state).step if graph else lambda t: model(t, state)
+    # on one CUDA device each step replays a captured CUDA graph (model/graph.py); on a CPU with numba
+    # it is one kernel call per block (model/cpu_decode.py); elsewhere (a model split over devices,
+    # hooks, FP8) it is the normal forward
+    if dev.type == "cuda" and model.placement is None:
+        step = StaticDecoder(model, state).step
+    else:
+        cpu = CpuDecoder.build(model, state)
+        step = cpu.step if cpu is not None else lambda t: model(t, state)
     for p in range(m - 1, width - 1):
         logits = step(seq[:, p : p + 1])[:, -1]
         nan_rows |= logits.isnan().any(-1)

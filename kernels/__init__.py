@@ -16,7 +16,7 @@ import importlib
 import os
 
 from .attention.naive import causal_attention_ref
-from .block.naive import hyena_block_step_ref
+from .block.naive import attention_block_step_ref, hyena_block_step_ref
 from .featurize.naive import hyena_featurize_ref
 from .fp8.gemm import mmaemu_available
 from .fp8.naive import fp8_linear_ref, quantize_e4m3
@@ -28,6 +28,8 @@ from .step.naive import hyena_step_ref
 
 __all__ = [
     "BACKENDS",
+    "attention_block_step_ref",
+    "bind_decoding_steps",
     "FP8_MODES",
     "causal_attention",
     "causal_attention_ref",
@@ -211,6 +213,13 @@ def hyena_block_step(x, fir_state, inner_state, *, backend="auto", **weights):
     if resolve_backend(backend, x.device) == "numba":
         return _cpu("block").hyena_block_step(x, fir_state, inner_state, **weights)
     return hyena_block_step_ref(x, fir_state, inner_state, **weights)
+
+
+def bind_decoding_steps():
+    """The numba module that binds whole decoding steps to fixed arrays (``block/cpu.py``:
+    ``bind_hyena_block``, ``bind_attention_block``, ``bind_head``), or None without numba. Each binder
+    returns a function of no arguments, or None where its tensors cannot go to the kernel."""
+    return _cpu("block") if numba_available() else None
 
 
 def causal_attention(q, k, v, offset: int = 0):

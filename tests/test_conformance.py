@@ -7,6 +7,7 @@ import torch
 
 from evo_cli import kernels as K
 from evo_cli.checkpoints.formats import column_split_perm
+from evo_cli.model.cpu_decode import CpuDecoder
 from evo_cli.model.tokenizer import decode
 from evo_cli.scoring import score_sequences
 
@@ -80,33 +81,51 @@ def test_scores(case, load_case):
         _close(got, v[key], tol)
 
 
-def _greedy(model, prompt, n):
-    """Greedy continuation through the recurrent path: (tokens [B, n], step logits [B, n, V], state)."""
+def _greedy(model, prompt, n, bound=False):
+    """Greedy continuation through the recurrent path: (tokens [B, n], step logits [B, n, V], state).
+    ``bound``: the steps run as ``evo generate`` runs them on a CPU with numba (``CpuDecoder``)."""
     state = model.new_state(prompt.shape[0], prompt.shape[1] + n)
     tokens, steps = [], []
     with torch.no_grad():
         logits = model(prompt, state)[:, -1]
+        step = CpuDecoder.build(model, state).step if bound else lambda t: model(t, state)
         for i in range(n):
             steps.append(logits)
             tokens.append(logits.argmax(-1))
             if i < n - 1:
-                logits = model(tokens[-1][:, None], state)[:, -1]
+                logits = step(tokens[-1][:, None])[:, -1]
     return torch.stack(tokens, 1), torch.stack(steps, 1), state
 
 
+@pytest.fixture(params=["torch", "numba", "numba-bound"])
+def backend(request):
+    """How a decoding test steps: the reference ops, numba through the modules (one call per Hyena
+    block), or numba kernels bound once per block (``CpuDecoder``, as ``evo generate`` on a CPU)."""
+    if request.param != "torch" and not K.numba_available():
+        pytest.skip("numba is not installed")
+    return request.param
+
+
+def _greedy_with(model, backend, prompt, n):
+    try:
+        return _greedy(model.set_kernels(backend.split("-")[0]), prompt, n, bound=backend == "numba-bound")
+    finally:
+        model.set_kernels("torch")  # the session's shared model
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_greedy_generation(case, load_case):
+def test_greedy_generation(case, load_case, backend):
     model, v = load_case(case)
-    tokens, steps, _ = _greedy(model, v["prompt_ids"], v["generated_ids"].shape[1])
+    tokens, steps, _ = _greedy_with(model, backend, v["prompt_ids"], v["generated_ids"].shape[1])
     assert torch.equal(tokens, v["generated_ids"])
     _close(steps, v["generation_logits"] if "generation_logits" in v else v["generated_step_logits"])
 
 
 @pytest.mark.parametrize("case", EVO1_CASES, ids=case_id)
-def test_evo1_final_recurrent_state(case, load_case):
+def test_evo1_final_recurrent_state(case, load_case, backend):
     """After generation the first hyena block holds the reference's modal and FIR states."""
     model, v = load_case(case)
-    _, _, state = _greedy(model, v["prompt_ids"], v["generated_ids"].shape[1])
+    _, _, state = _greedy_with(model, backend, v["prompt_ids"], v["generated_ids"].shape[1])
     layer = model.config.block_types.index("hyena")
     s = state.layers[layer]
     # the modal state sums ~130 terms amplified by poles near the unit circle (|s| up to ~70); with

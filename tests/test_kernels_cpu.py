@@ -191,3 +191,101 @@ def test_decoding_with_numba_kernels_equals_the_reference_ops():
     _close(steps["numba"], steps["torch"], rel=1e-5)
     _close(steps["numba"], full, rel=1e-5)
     _close(hooked, full, rel=1e-5)
+
+
+def _attention_weights(C, H, Hkv, hd, I, bias, activation):
+    rnd = lambda *shape: torch.randn(*shape) / shape[-1] ** 0.5  # noqa: E731
+    return dict(eps=1e-6, pre_scale=torch.randn(C), wqkv=rnd((H + 2 * Hkv) * hd, C),
+                bqkv=torch.randn((H + 2 * Hkv) * hd) if bias else None,
+                inv_freq=1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd)), scaling=2.0, num_heads=H,
+                out_w=rnd(C, H * hd), out_b=torch.randn(C) if bias else None, post_scale=torch.randn(C),
+                l1=rnd(I, C), l2=rnd(I, C), l3=rnd(C, I), activation=activation)
+
+
+@pytest.mark.parametrize("H,Hkv,bias,activation", [(4, 4, False, "gelu"), (6, 2, True, "identity")])
+def test_bound_attention_block(H, Hkv, bias, activation):
+    """The bound attention step against the block's ops at successive positions (rotary at each, the
+    cache written at each, grouped kv heads), out aliasing x as the decoder uses it."""
+    B, C, hd, T = 3, 48, 16, 9
+    weights = _attention_weights(C, H, Hkv, hd, 100, bias, activation)
+    kc, vc = torch.zeros(B, Hkv, T, hd), torch.zeros(B, Hkv, T, hd)
+    rk, rv = kc.clone(), vc.clone()
+    x, pos = torch.empty(B, C), torch.zeros(1, dtype=torch.long)
+    step = block_cpu.bind_attention_block(x, x, kc, vc, pos, **weights)
+    for p in range(T):
+        token = torch.randn(B, 1, C)
+        x.copy_(token[:, 0])
+        pos[0] = p
+        step()
+        want = K.attention_block_step_ref(token, rk, rv, p, **weights)
+        _close(x, want[:, 0], rel=1e-5)
+    assert torch.allclose(kc, rk, atol=1e-5) and torch.allclose(vc, rv, atol=1e-5)
+
+
+def test_binders_refuse_what_the_kernels_cannot_take():
+    """bf16 weights, a non-contiguous cache, more tokens than MAX_ROWS: None (the caller runs the modules)."""
+    w = _attention_weights(16, 2, 2, 8, 20, False, "gelu")
+    kc = torch.zeros(1, 2, 4, 8)
+    pos = torch.zeros(1, dtype=torch.long)
+    x = torch.empty(1, 16)
+    assert block_cpu.bind_attention_block(x, x, kc, kc.clone(), pos, **w) is not None
+    assert block_cpu.bind_attention_block(x, x, kc.transpose(2, 3), kc.clone(), pos, **w) is None
+    assert block_cpu.bind_attention_block(x, x, kc, kc.clone(), pos, **dict(w, l3=w["l3"].bfloat16())) is None
+    many = torch.empty(linear_cpu.MAX_ROWS + 1, 16)
+    assert block_cpu.bind_head(many, torch.empty(len(many), 30), eps=1e-6, scale=torch.ones(16),
+                               weight=torch.randn(30, 16)) is None
+    logits = torch.empty(1, 30)
+    scale, emb = torch.randn(16), torch.randn(30, 16)
+    x.normal_()
+    block_cpu.bind_head(x, logits, eps=1e-6, scale=scale, weight=emb)()
+    _close(logits, K.linear_ref(K.rms_norm_ref(x, scale, 1e-6), emb))
+
+
+@pytest.mark.parametrize("family,kv_heads", [("evo2", None), ("evo2", 2), ("evo1", None)])
+def test_cpu_decoder_equals_the_model_steps(family, kv_heads):
+    """CpuDecoder (one bound kernel per block) continues a prefilled state with the logits and the
+    state of model(token, state) under the reference ops, for Evo 2 (grouped kv heads too) and Evo 1."""
+    import dataclasses
+
+    from evo_cli.model.cpu_decode import CpuDecoder
+    from evo_cli.model.init import motif_config, random_model
+
+    config = motif_config(family, hidden_size=32, num_layers=7, head_dim=8, inner_mlp_size=80)
+    if kv_heads:
+        config = dataclasses.replace(config, num_kv_heads=kv_heads)
+    model = random_model(config, seed=3, kernels="numba")
+    ids = torch.randint(0, 512, (3, 12))
+    with torch.inference_mode():
+        states = {}
+        for name in ("torch", "bound"):
+            model.set_kernels("numba" if name == "bound" else "torch")
+            state = states[name] = model.new_state(3, 12)
+            model(ids[:, :5], state)
+            decoder = CpuDecoder.build(model, state)
+            assert (decoder is None) == (name == "torch")
+            step = decoder.step if decoder else lambda t: model(t, state)  # noqa: B023
+            states[name + "_logits"] = torch.cat([step(ids[:, t : t + 1]) for t in range(5, 12)], 1)
+        with pytest.raises(ValueError, match="all are used"):
+            decoder.step(ids[:, :1])
+    _close(states["bound_logits"], states["torch_logits"], rel=1e-5)
+    assert states["bound"].seqlen == states["torch"].seqlen == 12
+    for a, b in zip(states["bound"].layers, states["torch"].layers):
+        for name in vars(a):
+            assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-5), name
+
+
+def test_cpu_decoder_stands_aside_for_hooks_fp8_and_large_batches():
+    from evo_cli.model.cpu_decode import CpuDecoder
+    from evo_cli.model.init import motif_config, random_model
+
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=8, inner_mlp_size=80), seed=3,
+                         kernels="numba")
+    with torch.inference_mode():
+        assert CpuDecoder.build(model, model.new_state(2, 4)) is not None
+        assert CpuDecoder.build(model, model.new_state(linear_cpu.MAX_ROWS + 1, 4)) is None
+        assert CpuDecoder.build(model, model.new_state(2, 4, last_block=3)) is None
+        handle = model.blocks[2].mlp.register_forward_hook(lambda m, i, o: None)
+        assert CpuDecoder.build(model, model.new_state(2, 4)) is None
+        handle.remove()
+        model.add_fp8_state().set_fp8("emulate")
+        assert CpuDecoder.build(model, model.new_state(2, 4)) is None

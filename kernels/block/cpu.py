@@ -6,6 +6,7 @@ block's weights; benchmarks/README.md."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -103,35 +104,146 @@ def block_modal(x, eps, pre_scale, proj_w, proj_b, short_w, short_b, fir, log_po
     _mlp_residual(_mix_out(x, y, out_w, out_b, par), eps, post_scale, l1, l2, l3, act, par, out)
 
 
+@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+def _rotate(v, c, sn):
+    """GPT-NeoX rotary embedding of one head v [hd] in place: halves (v0, v1) -> (v0 c - v1 s, v0 s + v1 c)."""
+    half = v.shape[0] // 2
+    for j in range(half):
+        a, b = v[j], v[half + j]
+        v[j] = a * c[j] - b * sn[j]
+        v[half + j] = a * sn[j] + b * c[j]
+
+
+@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+def attention_block(x, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, pos_arr, kc, vc, H, out_w, out_b,
+                    post_scale, l1, l2, l3, act, par, out):
+    """An attention block for one token per row of x [B, D] at position ``pos_arr[0]``: its key and value
+    go into the caches kc, vc [B, Hkv, T, hd], and each of the H heads attends over positions 0..pos
+    (softmax in float32, scale 1/sqrt(hd); head h reads kv head h // (H / Hkv))."""
+    B, D = x.shape
+    Hkv, hd = kc.shape[1], kc.shape[3]
+    pos = pos_arr[0]
+    n = np.empty_like(x)
+    _norm(x, pre_scale, eps, n)
+    qkv = np.empty((B, wqkv.shape[0]), dtype=np.float32)
+    _mv(wqkv, n, bqkv, qkv, par)
+    half = hd // 2
+    c = np.empty(half, dtype=np.float32)
+    sn = np.empty(half, dtype=np.float32)
+    t = np.float32(pos) / scaling
+    for j in range(half):
+        a = t * inv_freq[j]
+        c[j] = math.cos(a)
+        sn[j] = math.sin(a)
+    o = np.empty((B, H * hd), dtype=np.float32)
+    p = np.empty(pos + 1, dtype=np.float32)
+    scale = np.float32(1.0 / math.sqrt(hd))
+    rep = H // Hkv
+    for b in range(B):
+        for h in range(H):
+            _rotate(qkv[b, h * hd : (h + 1) * hd], c, sn)
+        for g in range(Hkv):
+            k = qkv[b, (H + g) * hd : (H + g + 1) * hd]
+            _rotate(k, c, sn)
+            kc[b, g, pos, :] = k
+            vc[b, g, pos, :] = qkv[b, (H + Hkv + g) * hd : (H + Hkv + g + 1) * hd]
+        for h in range(H):
+            g = h // rep
+            q = qkv[b, h * hd : (h + 1) * hd]
+            m = np.float32(-np.inf)
+            for s in range(pos + 1):
+                acc = np.float32(0.0)
+                for j in range(hd):
+                    acc += q[j] * kc[b, g, s, j]
+                p[s] = acc * scale
+                m = max(m, p[s])
+            total = np.float32(0.0)
+            for s in range(pos + 1):
+                p[s] = math.exp(p[s] - m)
+                total += p[s]
+            oh = o[b, h * hd : (h + 1) * hd]
+            oh[:] = 0.0
+            for s in range(pos + 1):
+                w = p[s] / total
+                for j in range(hd):
+                    oh[j] += w * vc[b, g, s, j]
+    _mlp_residual(_mix_out(x, o, out_w, out_b, par), eps, post_scale, l1, l2, l3, act, par, out)
+
+
+@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+def head(x, eps, scale, weight, par, logits):
+    """The final norm and the tied unembedding of x [B, D] into logits [B, V]."""
+    n = np.empty_like(x)
+    _norm(x, scale, eps, n)
+    _mv(weight, n, _NO_BIAS, logits, par)
+
+
 def _vec(t):
     return _NO_BIAS if t is None else array(t)
 
 
-def hyena_block_step(x, fir_state, inner_state, *, eps, pre_scale, proj_w, proj_b, short_w, short_b, h=None,
-                     log_poles=None, residues=None, D=None, out_w, out_b, post_scale, l1, l2, l3, activation):
+def _usable(tensors, rows: int) -> bool:
+    """Whether arrays of these tensors can go to a kernel: CPU, contiguous, float32 (complex64 allowed
+    where the caller checks it), no gradient to record, at most ``MAX_ROWS`` tokens."""
+    return (rows <= MAX_ROWS and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
+def _hyena_call(x, out, fir_state, inner_state, w):
+    """(kernel, arguments) of a Hyena block step on x, out [B, D], or None where the kernel cannot run."""
+    modal = w["h"] is None
+    tensors = [t for t in (x, out, fir_state, inner_state, *(v for k, v in w.items() if k not in ("eps", "activation")))
+               if t is not None]
+    complex_ok = (inner_state, w["log_poles"], w["residues"]) if modal else ()
+    if (not _usable(tensors, x.shape[0])
+            or any(t.dtype != torch.float32 for t in tensors if not any(t is c for c in complex_ok))
+            or (modal and (w["D"] is None or not w["log_poles"].dtype == w["residues"].dtype == inner_state.dtype))):
+        return None
+    head_ = (array(x), np.float32(w["eps"]), array(w["pre_scale"]), array(w["proj_w"]), _vec(w["proj_b"]),
+             array(w["short_w"]), _vec(w["short_b"]), array(fir_state))
+    filt = (array(w["log_poles"]), array(w["residues"]), array(w["D"])) if modal else (array(w["h"]), _vec(w["D"]))
+    tail = (array(inner_state), array(w["out_w"]), _vec(w["out_b"]), array(w["post_scale"]), array(w["l1"]),
+            array(w["l2"]), array(w["l3"]), _ACT[w["activation"]], parallel(), array(out))
+    return (block_modal if modal else block_fir), head_ + filt + tail
+
+
+def hyena_block_step(x, fir_state, inner_state, *, h=None, log_poles=None, residues=None, D=None, **weights):
     """As ``block/naive.py``. Runs here for up to ``MAX_ROWS`` float32 CPU tokens (complex64 modal state)
     with contiguous weights and states and no gradient to record; anything else runs the reference
     (with more tokens the matrix products are GEMMs, which MKL runs at the core's arithmetic rate)."""
-    kw = dict(eps=eps, pre_scale=pre_scale, proj_w=proj_w, proj_b=proj_b, short_w=short_w, short_b=short_b, h=h,
-              log_poles=log_poles, residues=residues, D=D, out_w=out_w, out_b=out_b, post_scale=post_scale,
-              l1=l1, l2=l2, l3=l3, activation=activation)
-    modal = h is None
-    tensors = [t for t in (x, fir_state, inner_state, *(v for k, v in kw.items() if k not in ("eps", "activation")))
-               if t is not None]
-    if (x.shape[0] > MAX_ROWS or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors)
-            or any(t.dtype != torch.float32 for t in tensors if t is not inner_state and t is not log_poles
-                   and t is not residues)
-            or (modal and (D is None or log_poles.dtype != residues.dtype or log_poles.dtype != inner_state.dtype))
-            or (not modal and inner_state.dtype != torch.float32)
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
-        return hyena_block_step_ref(x, fir_state, inner_state, **kw)
+    w = dict(weights, h=h, log_poles=log_poles, residues=residues, D=D)
     out = torch.empty(x.shape[0], x.shape[2], dtype=torch.float32)
-    head = (array(x[:, 0]), np.float32(eps), array(pre_scale), array(proj_w), _vec(proj_b), array(short_w),
-            _vec(short_b), array(fir_state))
-    tail = (array(inner_state), array(out_w), _vec(out_b), array(post_scale), array(l1), array(l2), array(l3),
-            _ACT[activation], parallel(), array(out))
-    if modal:
-        block_modal(*head, array(log_poles), array(residues), array(D), *tail)
-    else:
-        block_fir(*head, array(h), _vec(D), *tail)
+    call = _hyena_call(x[:, 0], out, fir_state, inner_state, w) if x.dtype == torch.float32 else None
+    if call is None:
+        return hyena_block_step_ref(x, fir_state, inner_state, **w)
+    call[0](*call[1])
     return out[:, None]
+
+
+def bind_hyena_block(x, out, fir_state, inner_state, *, h=None, log_poles=None, residues=None, D=None, **weights):
+    """A function of no arguments that runs the block's step from x [B, D] into out [B, D] (out may be
+    x) on these arrays, for a decoding loop that keeps them; None where the kernel cannot run."""
+    call = _hyena_call(x, out, fir_state, inner_state, dict(weights, h=h, log_poles=log_poles, residues=residues, D=D))
+    return None if call is None else functools.partial(call[0], *call[1])
+
+
+def bind_attention_block(x, out, k_cache, v_cache, pos, *, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, num_heads,
+                         out_w, out_b, post_scale, l1, l2, l3, activation):
+    """As ``bind_hyena_block`` for an attention block (``attention_block_step_ref``): the token's
+    position is read from ``pos`` ([1] int64) at every call."""
+    tensors = [t for t in (x, out, k_cache, v_cache, pre_scale, wqkv, bqkv, inv_freq, out_w, out_b, post_scale, l1, l2,
+                           l3) if t is not None]
+    if not _usable(tensors, x.shape[0]) or any(t.dtype != torch.float32 for t in tensors) or pos.dtype != torch.int64:
+        return None
+    return functools.partial(attention_block, array(x), np.float32(eps), array(pre_scale), array(wqkv), _vec(bqkv),
+                             array(inv_freq), np.float32(scaling), array(pos), array(k_cache), array(v_cache),
+                             num_heads, array(out_w), _vec(out_b), array(post_scale), array(l1), array(l2), array(l3),
+                             _ACT[activation], parallel(), array(out))
+
+
+def bind_head(x, logits, *, eps, scale, weight):
+    """As ``bind_hyena_block`` for the final norm and the unembedding, x [B, D] -> logits [B, V]."""
+    tensors = (x, logits, scale, weight)
+    if not _usable(tensors, x.shape[0]) or any(t.dtype != torch.float32 for t in tensors):
+        return None
+    return functools.partial(head, array(x), np.float32(eps), array(scale), array(weight), parallel(), array(logits))
