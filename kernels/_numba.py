@@ -8,8 +8,13 @@ only the first run on a machine pays the compilation (a few seconds).
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import numba
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def _start_pool() -> None:
@@ -45,3 +50,28 @@ def parallel() -> bool:
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return True
+
+
+_noticed = threading.Event()
+_NOTICE_AFTER = 1.0  # seconds
+
+
+def ready(kernel, args) -> None:
+    """Compile ``kernel`` for ``args`` before its first call (numba loads it from its disk cache when it
+    can). Compiling all of them takes 10-20 s on the first run on a machine, so where this takes over
+    a second one line says why, once per process."""
+    if kernel.overloads:
+        return
+    timer = threading.Timer(_NOTICE_AFTER, _notice)
+    timer.daemon = True
+    timer.start()
+    try:
+        kernel.compile(tuple(numba.typeof(a) for a in args))
+    finally:
+        timer.cancel()
+
+
+def _notice() -> None:
+    if not _noticed.is_set():
+        _noticed.set()
+        log.warning("compiling the CPU kernels (numba; the first run on a machine only, 10-20 s)")

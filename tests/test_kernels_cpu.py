@@ -289,3 +289,25 @@ def test_cpu_decoder_stands_aside_for_hooks_fp8_and_large_batches():
         handle.remove()
         model.add_fp8_state().set_fp8("emulate")
         assert CpuDecoder.build(model, model.new_state(2, 4)) is None
+
+
+def test_a_slow_first_compilation_says_so_once(monkeypatch, caplog):
+    """ready() compiles before the first call; when that is slow, one line says why, once per process."""
+    import numba
+    import numpy as np
+
+    from evo_cli.kernels import _numba
+
+    monkeypatch.setattr(_numba, "_NOTICE_AFTER", 0.0)
+    monkeypatch.setattr(_numba, "_noticed", __import__("threading").Event())
+    def fresh(k):  # a new, uncached kernel
+        return numba.njit(lambda a: a.sum() + k)
+
+    kernels = [fresh(0), fresh(1)]
+    args = (np.ones(3, dtype=np.float32),)
+    with caplog.at_level("WARNING", logger="evo_cli.kernels._numba"):
+        for kernel in kernels:
+            _numba.ready(kernel, args)
+            assert kernel.overloads and kernel(*args) == 3.0 + kernels.index(kernel)
+    assert [r.getMessage() for r in caplog.records] == [
+        "compiling the CPU kernels (numba; the first run on a machine only, 10-20 s)"]

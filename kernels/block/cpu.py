@@ -13,7 +13,7 @@ import numba
 import numpy as np
 import torch
 
-from .._numba import FASTMATH, array, parallel
+from .._numba import FASTMATH, array, parallel, ready
 from ..linear.cpu import _NO_BIAS, _PARALLEL_ELEMS, MAX_ROWS, gemv, gemv_parallel
 from ..step.cpu import step_fir, step_modal
 from .naive import hyena_block_step_ref
@@ -216,6 +216,7 @@ def hyena_block_step(x, fir_state, inner_state, *, h=None, log_poles=None, resid
     call = _hyena_call(x[:, 0], out, fir_state, inner_state, w) if x.dtype == torch.float32 else None
     if call is None:
         return hyena_block_step_ref(x, fir_state, inner_state, **w)
+    ready(*call)
     call[0](*call[1])
     return out[:, None]
 
@@ -224,7 +225,7 @@ def bind_hyena_block(x, out, fir_state, inner_state, *, h=None, log_poles=None, 
     """A function of no arguments that runs the block's step from x [B, D] into out [B, D] (out may be
     x) on these arrays, for a decoding loop that keeps them; None where the kernel cannot run."""
     call = _hyena_call(x, out, fir_state, inner_state, dict(weights, h=h, log_poles=log_poles, residues=residues, D=D))
-    return None if call is None else functools.partial(call[0], *call[1])
+    return None if call is None else _bound(*call)
 
 
 def bind_attention_block(x, out, k_cache, v_cache, pos, *, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, num_heads,
@@ -235,10 +236,10 @@ def bind_attention_block(x, out, k_cache, v_cache, pos, *, eps, pre_scale, wqkv,
                            l3) if t is not None]
     if not _usable(tensors, x.shape[0]) or any(t.dtype != torch.float32 for t in tensors) or pos.dtype != torch.int64:
         return None
-    return functools.partial(attention_block, array(x), np.float32(eps), array(pre_scale), array(wqkv), _vec(bqkv),
-                             array(inv_freq), np.float32(scaling), array(pos), array(k_cache), array(v_cache),
-                             num_heads, array(out_w), _vec(out_b), array(post_scale), array(l1), array(l2), array(l3),
-                             _ACT[activation], parallel(), array(out))
+    return _bound(attention_block, (array(x), np.float32(eps), array(pre_scale), array(wqkv), _vec(bqkv),
+                                    array(inv_freq), np.float32(scaling), array(pos), array(k_cache), array(v_cache),
+                                    num_heads, array(out_w), _vec(out_b), array(post_scale), array(l1), array(l2),
+                                    array(l3), _ACT[activation], parallel(), array(out)))
 
 
 def bind_head(x, logits, *, eps, scale, weight):
@@ -246,4 +247,9 @@ def bind_head(x, logits, *, eps, scale, weight):
     tensors = (x, logits, scale, weight)
     if not _usable(tensors, x.shape[0]) or any(t.dtype != torch.float32 for t in tensors):
         return None
-    return functools.partial(head, array(x), np.float32(eps), array(scale), array(weight), parallel(), array(logits))
+    return _bound(head, (array(x), np.float32(eps), array(scale), array(weight), parallel(), array(logits)))
+
+
+def _bound(kernel, args):
+    ready(kernel, args)
+    return functools.partial(kernel, *args)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from numba import prange
 
-from .._numba import FASTMATH, array, parallel
+from .._numba import FASTMATH, array, parallel, ready
 from .naive import linear_ref
 
 # rows of x up to which the loop beats MKL: each weight row is read once for all of them
@@ -85,5 +85,7 @@ def linear(x, weight, bias=None):
     out = torch.empty(rows.shape[0], N, dtype=torch.float32)
     b = _NO_BIAS if bias is None else array(bias.contiguous())
     kernel = gemv_parallel if N * K >= _PARALLEL_ELEMS and parallel() else gemv
-    kernel(array(weight), array(rows), b, array(out))
+    args = (array(weight), array(rows), b, array(out))
+    ready(kernel, args)
+    kernel(*args)
     return out.view(*x.shape[:-1], N)

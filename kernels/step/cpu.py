@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import torch
 
-from .._numba import FASTMATH, array
+from .._numba import FASTMATH, array, ready
 from .naive import hyena_step_ref
 
 _EMPTY = np.zeros(0, dtype=np.float32)
@@ -116,8 +116,8 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
         return hyena_step_ref(*args)
     y = torch.empty(z.shape[0], z.shape[2] // 3, dtype=torch.float32)
     zz, w, b, fir, inner = parts
-    if modal:
-        step_modal(zz, w, b, fir, extra[0], extra[1], Dskip, inner, array(y))
-    else:
-        step_fir(zz, w, b, fir, extra[0], Dskip, inner, array(y))
+    kernel, args = (step_modal, (zz, w, b, fir, *extra, Dskip, inner, array(y))) if modal else \
+        (step_fir, (zz, w, b, fir, *extra, Dskip, inner, array(y)))
+    ready(kernel, args)
+    kernel(*args)
     return y[:, None]
