@@ -2,12 +2,25 @@
 
 from pathlib import Path
 
+import pytest
+
 import evo_cli
 from evo_cli import kernels
 
 
 def test_kernels_is_this_repository():
     assert Path(kernels.__file__).resolve().parent == Path(__file__).resolve().parent.parent / "kernels"
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject lists packages by name (kernels/ installs as evo_cli.kernels): an editable install finds
+    a package missing from the list, a wheel leaves it out. Every folder of Python files is one."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in root.glob("evo_cli/**/*.py")}
+    found |= {".".join(("evo_cli",) + p.parent.relative_to(root).parts) for p in root.glob("kernels/**/*.py")}
+    assert found == listed
 
 
 def test_public_names():
