@@ -3,7 +3,7 @@
 They serve what eager PyTorch does badly on a CPU: the matrix-vector products of decoding (MKL
 streams a weight at 9-17 GB/s on this project's CPUs, a plain loop at 21-30; benchmarks/README.md)
 and chains of small ops over one token. Compiled code is cached on disk (numba's ``cache=True``), so
-only the first run on a machine pays the compilation (a few seconds).
+only the first run on a machine pays the compilation (10-20 s; ``ready`` says so).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import threading
 
 import numba
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,33 @@ _start_pool()
 FASTMATH = {"reassoc", "nsz", "contract"}
 
 
+# an absent optional vector (a bias, a skip term): kernels test its length
+EMPTY = np.zeros(0, dtype=np.float32)
+
+
 def array(t: torch.Tensor):
     """A numpy view of a CPU tensor (no copy), parameters included."""
     return t.detach().numpy()
 
 
+def vec(t: torch.Tensor | None):
+    """``array(t)``, or ``EMPTY`` for None."""
+    return EMPTY if t is None else array(t)
+
+
+def usable(tensors, complex_ok=()) -> bool:
+    """Whether these tensors (None entries ignored) can go to a kernel as they are: contiguous float32
+    CPU tensors (complex64 allowed for those in ``complex_ok``) with no gradient to record."""
+    tensors = [t for t in tensors if t is not None]
+    return (all(t.device.type == "cpu" and t.is_contiguous()
+                and (t.dtype == torch.float32 or (t.dtype == torch.complex64 and any(t is c for c in complex_ok)))
+                for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
 def parallel() -> bool:
-    """Whether to run a kernel's parallel version: torch runs on more than one CPU thread. Its thread
-    count is then given to numba's pool, which is not started otherwise (its idle threads would
-    compete with a single-threaded run)."""
+    """Whether to run a kernel's parallel version: torch runs on more than one CPU thread, whose count
+    is then given to numba's pool."""
     n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     if n < 2:
         return False

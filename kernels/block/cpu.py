@@ -1,8 +1,11 @@
-"""One decoding step of a whole Hyena block on a CPU in one numba call: both norms, the five
-matrix-vector products (the loop of ``linear/cpu.py``), the Hyena step (``step/cpu.py``), the MLP's
-gate and both residual adds. Through the block's modules the same step is about 60 PyTorch calls,
-whose fixed cost (about 130 us per block on this project's CPUs) is as much as reading a 512-wide
-block's weights; benchmarks/README.md."""
+"""One decoding step of a whole block on a CPU in one numba call: both norms, the matrix-vector
+products (the loop of ``linear/cpu.py``), the Hyena step (``step/cpu.py``) or rotary attention over
+the KV cache, the MLP's gate and both residual adds. Through the block's modules the same step is
+about 60 PyTorch calls, whose fixed cost (about 130 us per block on this project's CPUs) is as much
+as reading a 512-wide block's weights; benchmarks/README.md.
+
+``hyena_block_step`` serves ``HyenaBlock.forward``; the ``bind_*`` functions bind a kernel to fixed
+arrays once for ``model/cpu_decode.py``, so that a step costs no conversion or check at all."""
 
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ import numba
 import numpy as np
 import torch
 
-from .._numba import FASTMATH, array, parallel, ready
-from ..linear.cpu import _NO_BIAS, _PARALLEL_ELEMS, MAX_ROWS, gemv, gemv_parallel
+from .._numba import EMPTY, FASTMATH, array, parallel, ready, usable, vec
+from ..linear.cpu import _PARALLEL_ELEMS, MAX_ROWS, gemv, gemv_parallel
 from ..step.cpu import step_fir, step_modal
 from .naive import hyena_block_step_ref
 
@@ -50,8 +53,8 @@ def _mlp_residual(u, eps, post_scale, l1, l2, l3, act, par, out):
     _norm(u, post_scale, eps, n)
     a = np.empty((B, l1.shape[0]), dtype=np.float32)
     g = np.empty_like(a)
-    _mv(l1, n, _NO_BIAS, a, par)
-    _mv(l2, n, _NO_BIAS, g, par)
+    _mv(l1, n, EMPTY, a, par)
+    _mv(l2, n, EMPTY, g, par)
     for r in range(B):
         for i in range(a.shape[1]):
             v = a[r, i]
@@ -60,7 +63,7 @@ def _mlp_residual(u, eps, post_scale, l1, l2, l3, act, par, out):
             elif act == 2:
                 v = v / (np.float32(1.0) + np.float32(math.exp(-v)))
             a[r, i] = v * g[r, i]
-    _mv(l3, a, _NO_BIAS, out, par)
+    _mv(l3, a, EMPTY, out, par)
     for r in range(B):
         for j in range(D):
             out[r, j] += u[r, j]
@@ -175,34 +178,20 @@ def head(x, eps, scale, weight, par, logits):
     """The final norm and the tied unembedding of x [B, D] into logits [B, V]."""
     n = np.empty_like(x)
     _norm(x, scale, eps, n)
-    _mv(weight, n, _NO_BIAS, logits, par)
-
-
-def _vec(t):
-    return _NO_BIAS if t is None else array(t)
-
-
-def _usable(tensors, rows: int) -> bool:
-    """Whether arrays of these tensors can go to a kernel: CPU, contiguous, float32 (complex64 allowed
-    where the caller checks it), no gradient to record, at most ``MAX_ROWS`` tokens."""
-    return (rows <= MAX_ROWS and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+    _mv(weight, n, EMPTY, logits, par)
 
 
 def _hyena_call(x, out, fir_state, inner_state, w):
     """(kernel, arguments) of a Hyena block step on x, out [B, D], or None where the kernel cannot run."""
     modal = w["h"] is None
-    tensors = [t for t in (x, out, fir_state, inner_state, *(v for k, v in w.items() if k not in ("eps", "activation")))
-               if t is not None]
-    complex_ok = (inner_state, w["log_poles"], w["residues"]) if modal else ()
-    if (not _usable(tensors, x.shape[0])
-            or any(t.dtype != torch.float32 for t in tensors if not any(t is c for c in complex_ok))
+    tensors = (x, out, fir_state, inner_state, *(v for k, v in w.items() if k not in ("eps", "activation")))
+    if (x.shape[0] > MAX_ROWS or not usable(tensors, (inner_state, w["log_poles"], w["residues"]) if modal else ())
             or (modal and (w["D"] is None or not w["log_poles"].dtype == w["residues"].dtype == inner_state.dtype))):
         return None
-    head_ = (array(x), np.float32(w["eps"]), array(w["pre_scale"]), array(w["proj_w"]), _vec(w["proj_b"]),
-             array(w["short_w"]), _vec(w["short_b"]), array(fir_state))
-    filt = (array(w["log_poles"]), array(w["residues"]), array(w["D"])) if modal else (array(w["h"]), _vec(w["D"]))
-    tail = (array(inner_state), array(w["out_w"]), _vec(w["out_b"]), array(w["post_scale"]), array(w["l1"]),
+    head_ = (array(x), np.float32(w["eps"]), array(w["pre_scale"]), array(w["proj_w"]), vec(w["proj_b"]),
+             array(w["short_w"]), vec(w["short_b"]), array(fir_state))
+    filt = (array(w["log_poles"]), array(w["residues"]), array(w["D"])) if modal else (array(w["h"]), vec(w["D"]))
+    tail = (array(inner_state), array(w["out_w"]), vec(w["out_b"]), array(w["post_scale"]), array(w["l1"]),
             array(w["l2"]), array(w["l3"]), _ACT[w["activation"]], parallel(), array(out))
     return (block_modal if modal else block_fir), head_ + filt + tail
 
@@ -213,7 +202,7 @@ def hyena_block_step(x, fir_state, inner_state, *, h=None, log_poles=None, resid
     (with more tokens the matrix products are GEMMs, which MKL runs at the core's arithmetic rate)."""
     w = dict(weights, h=h, log_poles=log_poles, residues=residues, D=D)
     out = torch.empty(x.shape[0], x.shape[2], dtype=torch.float32)
-    call = _hyena_call(x[:, 0], out, fir_state, inner_state, w) if x.dtype == torch.float32 else None
+    call = _hyena_call(x[:, 0], out, fir_state, inner_state, w)
     if call is None:
         return hyena_block_step_ref(x, fir_state, inner_state, **w)
     ready(*call)
@@ -232,20 +221,18 @@ def bind_attention_block(x, out, k_cache, v_cache, pos, *, eps, pre_scale, wqkv,
                          out_w, out_b, post_scale, l1, l2, l3, activation):
     """As ``bind_hyena_block`` for an attention block (``attention_block_step_ref``): the token's
     position is read from ``pos`` ([1] int64) at every call."""
-    tensors = [t for t in (x, out, k_cache, v_cache, pre_scale, wqkv, bqkv, inv_freq, out_w, out_b, post_scale, l1, l2,
-                           l3) if t is not None]
-    if not _usable(tensors, x.shape[0]) or any(t.dtype != torch.float32 for t in tensors) or pos.dtype != torch.int64:
+    tensors = (x, out, k_cache, v_cache, pre_scale, wqkv, bqkv, inv_freq, out_w, out_b, post_scale, l1, l2, l3)
+    if x.shape[0] > MAX_ROWS or not usable(tensors) or pos.dtype != torch.int64:
         return None
-    return _bound(attention_block, (array(x), np.float32(eps), array(pre_scale), array(wqkv), _vec(bqkv),
+    return _bound(attention_block, (array(x), np.float32(eps), array(pre_scale), array(wqkv), vec(bqkv),
                                     array(inv_freq), np.float32(scaling), array(pos), array(k_cache), array(v_cache),
-                                    num_heads, array(out_w), _vec(out_b), array(post_scale), array(l1), array(l2),
+                                    num_heads, array(out_w), vec(out_b), array(post_scale), array(l1), array(l2),
                                     array(l3), _ACT[activation], parallel(), array(out)))
 
 
 def bind_head(x, logits, *, eps, scale, weight):
     """As ``bind_hyena_block`` for the final norm and the unembedding, x [B, D] -> logits [B, V]."""
-    tensors = (x, logits, scale, weight)
-    if not _usable(tensors, x.shape[0]) or any(t.dtype != torch.float32 for t in tensors):
+    if x.shape[0] > MAX_ROWS or not usable((x, logits, scale, weight)):
         return None
     return _bound(head, (array(x), np.float32(eps), array(scale), array(weight), parallel(), array(logits)))
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from numba import prange
 
-from .._numba import FASTMATH, array, parallel, ready
+from .._numba import FASTMATH, array, parallel, ready, vec
 from .naive import linear_ref
 
 # rows of x up to which the loop beats MKL: each weight row is read once for all of them
@@ -62,9 +62,6 @@ def gemv_parallel(w, x, bias, out):
         _rows(w, x, bias, out, b * _BLOCK, min(N, (b + 1) * _BLOCK))
 
 
-_NO_BIAS = np.zeros(0, dtype=np.float32)
-
-
 def applies(x, weight, bias) -> bool:
     """Whether ``linear`` runs the loop: float32 CPU tensors, a row-major weight, at most ``MAX_ROWS``
     rows, and no gradient to record."""
@@ -83,7 +80,7 @@ def linear(x, weight, bias=None):
     N, K = weight.shape
     rows = x.reshape(-1, K).contiguous()
     out = torch.empty(rows.shape[0], N, dtype=torch.float32)
-    b = _NO_BIAS if bias is None else array(bias.contiguous())
+    b = vec(None if bias is None else bias.contiguous())
     kernel = gemv_parallel if N * K >= _PARALLEL_ELEMS and parallel() else gemv
     args = (array(weight), array(rows), b, array(out))
     ready(kernel, args)

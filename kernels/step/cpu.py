@@ -9,11 +9,8 @@ import numba
 import numpy as np
 import torch
 
-from .._numba import FASTMATH, array, ready
+from .._numba import FASTMATH, array, ready, usable, vec
 from .naive import hyena_step_ref
-
-_EMPTY = np.zeros(0, dtype=np.float32)
-
 
 @numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
 def _featurize(z, w, bias, fir, x1v, x2):
@@ -88,36 +85,19 @@ def step_modal(z, w, bias, fir, log_poles, residues, Dskip, inner, y):
             y[b, d] = (acc + Dskip[d] * x1v[b, d]) * x2[b, d]
 
 
-def _f32(t, shape=None):
-    """A float32 (complex64 for complex) contiguous numpy view of a CPU tensor, or None where it is not one."""
-    if t is None or t.device.type != "cpu" or t.dtype not in (torch.float32, torch.complex64):
-        return None
-    return array(t.contiguous())
-
-
 def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, residues=None, D=None):
     """As ``step/naive.py``: z [B, 1, 3D] -> y [B, 1, D]; fir_state [B, K-1, 3D] and inner_state
-    ([B, Kh-1, D] or [B, D, S]) are updated in place. float32 (complex64 modal state) CPU tensors
-    without autograd and contiguous states run here, anything else runs the reference."""
-    args = (z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
+    ([B, Kh-1, D] or [B, D, S]) are updated in place. Contiguous float32 CPU tensors (a complex64
+    modal state and poles) with no gradient to record run here, anything else runs the reference."""
     modal = h is None
-    tensors = [z, weight, fir_state, inner_state] + ([log_poles, residues, D] if modal else [h])
-    if (z.dtype != torch.float32 or not fir_state.is_contiguous() or not inner_state.is_contiguous()
-            or any(t.device.type != "cpu" for t in tensors)
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors if t is not None))
-            or (modal and (log_poles.is_complex() != inner_state.is_complex()
-                           or residues.dtype != log_poles.dtype or D is None))):
-        return hyena_step_ref(*args)
-    parts = [_f32(t) for t in (z[:, 0], weight, fir_state, inner_state)]
-    parts.insert(2, _EMPTY if bias is None else _f32(bias))
-    extra = [_f32(log_poles), _f32(residues)] if modal else [_f32(h)]
-    Dskip = _EMPTY if D is None else _f32(D)
-    if any(a is None for a in parts + extra) or Dskip is None or fir_state.dtype != torch.float32:
-        return hyena_step_ref(*args)
+    filt = (log_poles, residues, D) if modal else (h, D)
+    if (not usable((z, weight, bias, fir_state, inner_state, *filt), (inner_state, log_poles, residues) if modal else ())
+            or (modal and (D is None or not log_poles.dtype == residues.dtype == inner_state.dtype))):
+        return hyena_step_ref(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
     y = torch.empty(z.shape[0], z.shape[2] // 3, dtype=torch.float32)
-    zz, w, b, fir, inner = parts
-    kernel, args = (step_modal, (zz, w, b, fir, *extra, Dskip, inner, array(y))) if modal else \
-        (step_fir, (zz, w, b, fir, *extra, Dskip, inner, array(y)))
+    kernel = step_modal if modal else step_fir
+    args = (array(z[:, 0]), array(weight), vec(bias), array(fir_state), *(vec(t) for t in filt), array(inner_state),
+            array(y))
     ready(kernel, args)
     kernel(*args)
     return y[:, None]
