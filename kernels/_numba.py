@@ -1,7 +1,7 @@
 """Pieces shared by the fused CPU kernels (``<op>/cpu.py``, compiled by numba on first use).
 
 They serve what eager PyTorch does badly on a CPU: the matrix-vector products of decoding (MKL
-streams a weight at 9-17 GB/s on this project's CPUs, a plain loop at 21-30; benchmarks/README.md)
+streams a weight at 9-17 GB/s on this project's CPUs, a plain loop at 19-24; benchmarks/README.md)
 and chains of small ops over one token. Compiled code is cached on disk (numba's ``cache=True``), so
 only the first run on a machine pays the compilation (10-20 s; ``ready`` says so).
 """
@@ -18,22 +18,11 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def _start_pool() -> None:
-    """Start numba's thread pool now, keeping torch's thread count. With numba's OpenMP layer and torch
-    sharing one libgomp, the pool's start (at the first call of any kernel with a parallel loop) sets
-    the process's OpenMP thread count to numba's, every core: a run on one thread then ran its torch
-    ops on all of them, and decoding took twice the CPU time."""
-    n = torch.get_num_threads()
-    numba.get_num_threads()  # starts the pool
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
-_start_pool()
-
-# sums may be reordered (vectorised partial sums, as any BLAS does) and multiply-adds fused; no
-# assumption about NaN or infinities, which must propagate as they do in PyTorch
-FASTMATH = {"reassoc", "nsz", "contract"}
+# No kernel is compiled with fast-math flags: the order of every sum is the source's. With them
+# (reassociation), a kernel's results changed in the last bits with the context it was compiled in
+# (a fresh compilation against numba's cached one), so a run's numbers depended on whether it had
+# compiled the kernels, and a distributed run did not reproduce the single-process bytes. The loops
+# vectorise across independent outputs instead (``linear/cpu.py``, ``block/cpu.py``).
 
 
 # an absent optional vector (a bias, a skip term): kernels test its length
@@ -58,17 +47,6 @@ def usable(tensors, complex_ok=()) -> bool:
                 and (t.dtype == torch.float32 or (t.dtype == torch.complex64 and any(t is c for c in complex_ok)))
                 for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
-
-
-def parallel() -> bool:
-    """Whether to run a kernel's parallel version: torch runs on more than one CPU thread, whose count
-    is then given to numba's pool."""
-    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if n < 2:
-        return False
-    if numba.get_num_threads() != n:
-        numba.set_num_threads(n)
-    return True
 
 
 _noticed = threading.Event()

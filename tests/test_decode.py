@@ -74,7 +74,10 @@ def test_decoding_stores_wide_weights_column_major_with_the_same_numbers():
     assert torch.allclose(after, before, atol=1e-5)
     if numba_available():
         model.set_kernels("numba").new_state(1, 12)
-        assert all(m.weight.is_contiguous() for m in linears)
+        assert all(m.weight.t().is_contiguous() for m in linears)
+        model.set_kernels("torch").new_state(1, 12)
+        assert all(m.weight.stride() == ((1, m.weight.shape[0]) if m.weight.shape[0] > m.weight.shape[1] else
+                                         (m.weight.shape[1], 1)) for m in linears)
 
 
 def test_rotary_angles_come_from_a_table_with_the_same_numbers(monkeypatch):

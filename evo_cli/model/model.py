@@ -103,27 +103,25 @@ class StripedHyena(nn.Module):
         return InferenceState([self._block_state(i, batch_size, max_seqlen) for i in range(n)], max_seqlen)
 
     def _cpu_gemv_layout(self) -> None:
-        """Lay out every CPU ``nn.Linear`` weight [out, in] for one-token steps, once (``new_state``).
-
-        A one-token step is a matrix-vector product per weight. The numba loop (``kernels.linear``)
-        streams row-major weights (contiguous: how they load). MKL, under ``--kernels torch``, streams
-        a weight at a rate that depends on its rows' length: on this project's CPUs (one core,
-        benchmarks/README.md) a [1536, 512] projection runs at 16 GB/s column-major against 9
-        row-major, while the MLP's [512, 1368] down-projection runs at 13 GB/s row-major against 10
-        column-major; so there, weights with more outputs than inputs are stored column-major (the
-        transpose of a contiguous [in, out] tensor). Matrix products of many tokens run at the same
-        speed with the same results either way."""
-        row_major = K.resolve_backend(self.kernels, "cpu") == "numba"
+        """Lay out every CPU ``nn.Linear`` weight [out, in] for one-token steps, once (``new_state``):
+        column-major (the transpose of a contiguous [in, out] tensor) where the step's matrix-vector
+        product streams it faster. The numba loop (``kernels.linear``) reads every weight so. MKL,
+        under ``--kernels torch``, streams a weight at a rate that depends on its rows' length: on
+        this project's CPUs (one core, benchmarks/README.md) a [1536, 512] projection runs at 16 GB/s
+        column-major against 9 row-major, while the MLP's [512, 1368] down-projection runs at 13 GB/s
+        row-major against 10 column-major; so there, only weights with more outputs than inputs are
+        stored column-major. Matrix products of many tokens run at the same speed either way."""
+        numba = K.resolve_backend(self.kernels, "cpu") == "numba"
         with torch.inference_mode(False), torch.no_grad():
             for m in self.modules():
                 w = m.weight if isinstance(m, nn.Linear) else None
                 if w is None or w.device.type != "cpu" or w.dim() != 2:
                     continue
-                if row_major:
-                    if not w.is_contiguous():
-                        w.data = w.data.contiguous()
-                elif w.shape[0] > w.shape[1] and w.stride() != (1, w.shape[0]):
+                column_major = numba or w.shape[0] > w.shape[1]
+                if column_major and not w.t().is_contiguous():
                     w.data = w.data.t().contiguous().t()
+                elif not column_major and not w.is_contiguous():
+                    w.data = w.data.contiguous()
 
     def forward(self, input_ids, state: InferenceState | None = None, *, return_logits: bool = True,
                 last_block: int | None = None):

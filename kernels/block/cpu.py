@@ -16,45 +16,57 @@ import numba
 import numpy as np
 import torch
 
-from .._numba import EMPTY, FASTMATH, array, parallel, ready, usable, vec
-from ..linear.cpu import _PARALLEL_ELEMS, MAX_ROWS, gemv, gemv_parallel
+from .._numba import EMPTY, array, ready, usable, vec
+from ..linear.cpu import MAX_ROWS, gemv
 from ..step.cpu import step_fir, step_modal
 from .naive import hyena_block_step_ref
 
 _ACT = {"identity": 0, "gelu": 1, "silu": 2}
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def _dot(a, b):
+    """sum_j a[j] b[j] of two 1-D float32 arrays as eight interleaved partial sums added in a fixed
+    order: the same rounding however the compiler schedules it, and eight independent chains instead
+    of one (no fast-math flags here; see _numba.REDUCE)."""
+    n = a.shape[0]
+    m = n - n % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    for j in range(0, m, 8):
+        s0 += a[j] * b[j]
+        s1 += a[j + 1] * b[j + 1]
+        s2 += a[j + 2] * b[j + 2]
+        s3 += a[j + 3] * b[j + 3]
+        s4 += a[j + 4] * b[j + 4]
+        s5 += a[j + 5] * b[j + 5]
+        s6 += a[j + 6] * b[j + 6]
+        s7 += a[j + 7] * b[j + 7]
+    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for j in range(m, n):
+        s += a[j] * b[j]
+    return s
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def _norm(x, scale, eps, out):
     """RMSNorm of each row of x [B, D] into out, as the reference: x / (||x|| / sqrt(D) + eps) * scale."""
     B, D = x.shape
     for r in range(B):
-        s = np.float32(0.0)
-        for j in range(D):
-            s += x[r, j] * x[r, j]
-        d = np.float32(math.sqrt(s)) * np.float32(D ** -0.5) + eps
+        d = np.float32(math.sqrt(_dot(x[r], x[r]))) * np.float32(D ** -0.5) + eps
         for j in range(D):
             out[r, j] = x[r, j] / d * scale[j]
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
-def _mv(w, x, bias, out, par):
-    if par and w.shape[0] * w.shape[1] >= _PARALLEL_ELEMS:
-        gemv_parallel(w, x, bias, out)
-    else:
-        gemv(w, x, bias, out)
-
-
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
-def _mlp_residual(u, eps, post_scale, l1, l2, l3, act, par, out):
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def _mlp_residual(u, eps, post_scale, l1, l2, l3, act, out):
     """out = u + l3(act(l1 n) * l2 n), n = norm(u); u: [B, D]."""
     B, D = u.shape
     n = np.empty_like(u)
     _norm(u, post_scale, eps, n)
-    a = np.empty((B, l1.shape[0]), dtype=np.float32)
+    a = np.empty((B, l1.shape[1]), dtype=np.float32)
     g = np.empty_like(a)
-    _mv(l1, n, EMPTY, a, par)
-    _mv(l2, n, EMPTY, g, par)
+    gemv(l1, n, EMPTY, a)
+    gemv(l2, n, EMPTY, g)
     for r in range(B):
         for i in range(a.shape[1]):
             v = a[r, i]
@@ -63,51 +75,51 @@ def _mlp_residual(u, eps, post_scale, l1, l2, l3, act, par, out):
             elif act == 2:
                 v = v / (np.float32(1.0) + np.float32(math.exp(-v)))
             a[r, i] = v * g[r, i]
-    _mv(l3, a, EMPTY, out, par)
+    gemv(l3, a, EMPTY, out)
     for r in range(B):
         for j in range(D):
             out[r, j] += u[r, j]
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
-def _mix_in(x, eps, pre_scale, proj_w, proj_b, par):
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def _mix_in(x, eps, pre_scale, proj_w, proj_b):
     B, D = x.shape
     n = np.empty_like(x)
     _norm(x, pre_scale, eps, n)
-    z = np.empty((B, proj_w.shape[0]), dtype=np.float32)
-    _mv(proj_w, n, proj_b, z, par)
+    z = np.empty((B, proj_w.shape[1]), dtype=np.float32)
+    gemv(proj_w, n, proj_b, z)
     return z
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
-def _mix_out(x, y, out_w, out_b, par):
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def _mix_out(x, y, out_w, out_b):
     u = np.empty_like(x)
-    _mv(out_w, y, out_b, u, par)
+    gemv(out_w, y, out_b, u)
     u += x
     return u
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def block_fir(x, eps, pre_scale, proj_w, proj_b, short_w, short_b, fir, h, Dskip, inner, out_w, out_b,
-              post_scale, l1, l2, l3, act, par, out):
+              post_scale, l1, l2, l3, act, out):
     """A Hyena-SE / -MR block; arrays as in ``hyena_block_step_ref`` with x, out [B, D]."""
-    z = _mix_in(x, eps, pre_scale, proj_w, proj_b, par)
+    z = _mix_in(x, eps, pre_scale, proj_w, proj_b)
     y = np.empty_like(x)
     step_fir(z, short_w, short_b, fir, h, Dskip, inner, y)
-    _mlp_residual(_mix_out(x, y, out_w, out_b, par), eps, post_scale, l1, l2, l3, act, par, out)
+    _mlp_residual(_mix_out(x, y, out_w, out_b), eps, post_scale, l1, l2, l3, act, out)
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def block_modal(x, eps, pre_scale, proj_w, proj_b, short_w, short_b, fir, log_poles, residues, Dskip, inner,
-                out_w, out_b, post_scale, l1, l2, l3, act, par, out):
+                out_w, out_b, post_scale, l1, l2, l3, act, out):
     """A Hyena-LR / Evo 1 Hyena block (real or complex poles)."""
-    z = _mix_in(x, eps, pre_scale, proj_w, proj_b, par)
+    z = _mix_in(x, eps, pre_scale, proj_w, proj_b)
     y = np.empty_like(x)
     step_modal(z, short_w, short_b, fir, log_poles, residues, Dskip, inner, y)
-    _mlp_residual(_mix_out(x, y, out_w, out_b, par), eps, post_scale, l1, l2, l3, act, par, out)
+    _mlp_residual(_mix_out(x, y, out_w, out_b), eps, post_scale, l1, l2, l3, act, out)
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def _rotate(v, c, sn):
     """GPT-NeoX rotary embedding of one head v [hd] in place: halves (v0, v1) -> (v0 c - v1 s, v0 s + v1 c)."""
     half = v.shape[0] // 2
@@ -117,9 +129,9 @@ def _rotate(v, c, sn):
         v[half + j] = a * sn[j] + b * c[j]
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def attention_block(x, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, pos_arr, kc, vc, H, out_w, out_b,
-                    post_scale, l1, l2, l3, act, par, out):
+                    post_scale, l1, l2, l3, act, out):
     """An attention block for one token per row of x [B, D] at position ``pos_arr[0]``: its key and value
     go into the caches kc, vc [B, Hkv, T, hd], and each of the H heads attends over positions 0..pos
     (softmax in float32, scale 1/sqrt(hd); head h reads kv head h // (H / Hkv))."""
@@ -128,8 +140,8 @@ def attention_block(x, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, pos_arr, k
     pos = pos_arr[0]
     n = np.empty_like(x)
     _norm(x, pre_scale, eps, n)
-    qkv = np.empty((B, wqkv.shape[0]), dtype=np.float32)
-    _mv(wqkv, n, bqkv, qkv, par)
+    qkv = np.empty((B, wqkv.shape[1]), dtype=np.float32)
+    gemv(wqkv, n, bqkv, qkv)
     half = hd // 2
     c = np.empty(half, dtype=np.float32)
     sn = np.empty(half, dtype=np.float32)
@@ -155,10 +167,7 @@ def attention_block(x, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, pos_arr, k
             q = qkv[b, h * hd : (h + 1) * hd]
             m = np.float32(-np.inf)
             for s in range(pos + 1):
-                acc = np.float32(0.0)
-                for j in range(hd):
-                    acc += q[j] * kc[b, g, s, j]
-                p[s] = acc * scale
+                p[s] = _dot(q, kc[b, g, s]) * scale
                 m = max(m, p[s])
             total = np.float32(0.0)
             for s in range(pos + 1):
@@ -170,19 +179,30 @@ def attention_block(x, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, pos_arr, k
                 w = p[s] / total
                 for j in range(hd):
                     oh[j] += w * vc[b, g, s, j]
-    _mlp_residual(_mix_out(x, o, out_w, out_b, par), eps, post_scale, l1, l2, l3, act, par, out)
+    _mlp_residual(_mix_out(x, o, out_w, out_b), eps, post_scale, l1, l2, l3, act, out)
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
-def head(x, eps, scale, weight, par, logits):
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def head(x, eps, scale, weight, logits):
     """The final norm and the tied unembedding of x [B, D] into logits [B, V]."""
     n = np.empty_like(x)
     _norm(x, scale, eps, n)
-    _mv(weight, n, EMPTY, logits, par)
+    for r in range(x.shape[0]):
+        for v in range(weight.shape[0]):
+            logits[r, v] = _dot(weight[v], n[r])
+
+
+# the weight matrices, which the kernels take transposed (column-major weights; see linear/cpu.py)
+_MATRICES = ("proj_w", "out_w", "wqkv", "l1", "l2", "l3")
+
+
+def _transposed(weights: dict) -> dict:
+    return {k: v.t() if k in _MATRICES else v for k, v in weights.items()}
 
 
 def _hyena_call(x, out, fir_state, inner_state, w):
     """(kernel, arguments) of a Hyena block step on x, out [B, D], or None where the kernel cannot run."""
+    w = _transposed(w)
     modal = w["h"] is None
     tensors = (x, out, fir_state, inner_state, *(v for k, v in w.items() if k not in ("eps", "activation")))
     if (x.shape[0] > MAX_ROWS or not usable(tensors, (inner_state, w["log_poles"], w["residues"]) if modal else ())
@@ -192,14 +212,15 @@ def _hyena_call(x, out, fir_state, inner_state, w):
              array(w["short_w"]), vec(w["short_b"]), array(fir_state))
     filt = (array(w["log_poles"]), array(w["residues"]), array(w["D"])) if modal else (array(w["h"]), vec(w["D"]))
     tail = (array(inner_state), array(w["out_w"]), vec(w["out_b"]), array(w["post_scale"]), array(w["l1"]),
-            array(w["l2"]), array(w["l3"]), _ACT[w["activation"]], parallel(), array(out))
+            array(w["l2"]), array(w["l3"]), _ACT[w["activation"]], array(out))
     return (block_modal if modal else block_fir), head_ + filt + tail
 
 
 def hyena_block_step(x, fir_state, inner_state, *, h=None, log_poles=None, residues=None, D=None, **weights):
     """As ``block/naive.py``. Runs here for up to ``MAX_ROWS`` float32 CPU tokens (complex64 modal state)
-    with contiguous weights and states and no gradient to record; anything else runs the reference
-    (with more tokens the matrix products are GEMMs, which MKL runs at the core's arithmetic rate)."""
+    with column-major weight matrices, contiguous vectors and states and no gradient to record;
+    anything else runs the reference (with more tokens the matrix products are GEMMs, which MKL runs
+    at the core's arithmetic rate)."""
     w = dict(weights, h=h, log_poles=log_poles, residues=residues, D=D)
     out = torch.empty(x.shape[0], x.shape[2], dtype=torch.float32)
     call = _hyena_call(x[:, 0], out, fir_state, inner_state, w)
@@ -221,20 +242,22 @@ def bind_attention_block(x, out, k_cache, v_cache, pos, *, eps, pre_scale, wqkv,
                          out_w, out_b, post_scale, l1, l2, l3, activation):
     """As ``bind_hyena_block`` for an attention block (``attention_block_step_ref``): the token's
     position is read from ``pos`` ([1] int64) at every call."""
+    wqkv, out_w, l1, l2, l3 = wqkv.t(), out_w.t(), l1.t(), l2.t(), l3.t()
     tensors = (x, out, k_cache, v_cache, pre_scale, wqkv, bqkv, inv_freq, out_w, out_b, post_scale, l1, l2, l3)
     if x.shape[0] > MAX_ROWS or not usable(tensors) or pos.dtype != torch.int64:
         return None
     return _bound(attention_block, (array(x), np.float32(eps), array(pre_scale), array(wqkv), vec(bqkv),
                                     array(inv_freq), np.float32(scaling), array(pos), array(k_cache), array(v_cache),
                                     num_heads, array(out_w), vec(out_b), array(post_scale), array(l1), array(l2),
-                                    array(l3), _ACT[activation], parallel(), array(out)))
+                                    array(l3), _ACT[activation], array(out)))
 
 
 def bind_head(x, logits, *, eps, scale, weight):
-    """As ``bind_hyena_block`` for the final norm and the unembedding, x [B, D] -> logits [B, V]."""
+    """As ``bind_hyena_block`` for the final norm and the unembedding, x [B, D] -> logits [B, V]; the
+    embedding ``weight`` [V, D] is row-major (the lookup reads its rows)."""
     if x.shape[0] > MAX_ROWS or not usable((x, logits, scale, weight)):
         return None
-    return _bound(head, (array(x), np.float32(eps), array(scale), array(weight), parallel(), array(logits)))
+    return _bound(head, (array(x), np.float32(eps), array(scale), array(weight), array(logits)))
 
 
 def _bound(kernel, args):

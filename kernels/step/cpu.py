@@ -9,10 +9,10 @@ import numba
 import numpy as np
 import torch
 
-from .._numba import FASTMATH, array, ready, usable, vec
+from .._numba import array, ready, usable, vec
 from .naive import hyena_step_ref
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def _featurize(z, w, bias, fir, x1v, x2):
     """z: [B, 3D]; w: [3D, K]; bias: [3D] or [0]; fir: [B, K-1, 3D] (shifted in place).
     Writes x2 [B, D] and x1v [B, D]."""
@@ -35,7 +35,7 @@ def _featurize(z, w, bias, fir, x1v, x2):
             x1v[b, c] = zc[D + c] * zc[2 * D + c]
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def step_fir(z, w, bias, fir, h, Dskip, inner, y):
     """Hyena-SE / -MR: h [G, Kh] grouped taps (current token last), Dskip [D] or [0], inner
     [B, Kh-1, D] history of x1v (shifted in place); y: [B, D]."""
@@ -65,7 +65,7 @@ def step_fir(z, w, bias, fir, h, Dskip, inner, y):
             y[b, c] = v * x2[b, c]
 
 
-@numba.njit(fastmath=FASTMATH, cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def step_modal(z, w, bias, fir, log_poles, residues, Dskip, inner, y):
     """Hyena-LR (real poles) / Evo 1 (complex poles, complex64 arrays): log_poles, residues [D, S];
     inner [B, D, S]: ``s <- exp(log_p) s + x1v``, ``y = (Re sum_n R_n s_n + Dskip x1v) * x2``."""
