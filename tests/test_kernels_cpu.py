@@ -314,3 +314,35 @@ def test_a_slow_first_compilation_says_so_once(monkeypatch, caplog):
             assert kernel.overloads and kernel(*args) == 3.0 + kernels.index(kernel)
     assert [r.getMessage() for r in caplog.records] == [
         "compiling the CPU kernels (numba; the first run on a machine only, 10-20 s)"]
+
+
+_FRESH_OR_CACHED = """
+import hashlib, torch
+from tests.test_kernels_cpu import _attention_weights, _block_weights
+from evo_cli.kernels.block import cpu as block_cpu
+torch.manual_seed(0)
+fir, state, w = _block_weights("hcm", 64, 160, True, "gelu")
+x, out = torch.randn(2, 64), torch.empty(2, 64)
+block_cpu.bind_hyena_block(x, out, fir, state, **w)()
+w = _attention_weights(64, 4, 2, 16, 160, True, "gelu")
+kc, vc, pos = torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16), torch.tensor([5])
+block_cpu.bind_attention_block(x, x, kc, vc, pos, **w)()
+print(hashlib.md5(out.numpy().tobytes() + x.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_kernels_give_the_same_bits_compiled_or_cached(tmp_path):
+    """A process that compiles the kernels and one that loads them from numba's cache compute the same
+    bytes (with fast-math reassociation the attention kernel did not: a run's numbers depended on
+    whether it had compiled the kernels)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    root = Path(__file__).resolve().parent.parent
+    runs = [subprocess.run([sys.executable, "-c", _FRESH_OR_CACHED], cwd=root, env=env, capture_output=True,
+                           text=True, check=True).stdout for _ in range(2)]
+    assert any(tmp_path.rglob("*.nbi")), "the first run left no cache"
+    assert runs[0] == runs[1] and len(runs[0].strip()) == 32
