@@ -346,3 +346,20 @@ def test_kernels_give_the_same_bits_compiled_or_cached(tmp_path):
                            text=True, check=True).stdout for _ in range(2)]
     assert any(tmp_path.rglob("*.nbi")), "the first run left no cache"
     assert runs[0] == runs[1] and len(runs[0].strip()) == 32
+
+
+def test_weights_past_max_elems_go_to_mkl(monkeypatch):
+    """Past MAX_ELEMS MKL streams a weight faster: the product is F.linear's, a block runs its ops and
+    the decoder binds nothing."""
+    monkeypatch.setattr(linear_cpu, "MAX_ELEMS", 120)
+    monkeypatch.setattr(block_cpu, "MAX_ELEMS", 120)
+    x, w = torch.randn(1, 20), _column_major(6, 20)
+    assert linear_cpu.applies(x, w, None)  # 120 elements
+    assert linear_cpu.applies(x[:, :16], _column_major(6, 16), None)  # 96
+    assert not linear_cpu.applies(x, _column_major(10, 20), None)  # 200
+    fir, state, weights = _block_weights("hcs", 16, 40, False, "identity")
+    x = torch.randn(2, 1, 16)
+    f2, s2 = fir.clone(), state.clone()
+    assert torch.equal(K.hyena_block_step(x, fir, state, **weights, backend="numba"),
+                       K.hyena_block_step_ref(x, f2, s2, **weights))
+    assert block_cpu.bind_hyena_block(x[:, 0], x[:, 0].clone(), fir, state, **weights) is None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .._numba import EMPTY, array, ready, usable, vec
-from ..linear.cpu import MAX_ROWS, gemv
+from ..linear.cpu import MAX_ELEMS, MAX_ROWS, gemv
 from ..step.cpu import step_fir, step_modal
 from .naive import hyena_block_step_ref
 
@@ -196,13 +196,19 @@ def head(x, eps, scale, weight, logits):
 _MATRICES = ("proj_w", "out_w", "wqkv", "l1", "l2", "l3")
 
 
-def _transposed(weights: dict) -> dict:
+def _transposed(weights: dict) -> dict | None:
+    """The weights with their matrices transposed, or None where a matrix is too large for the loop
+    (``MAX_ELEMS``: MKL streams those faster, so the block runs its ops)."""
+    if any(v.numel() > MAX_ELEMS for k, v in weights.items() if k in _MATRICES):
+        return None
     return {k: v.t() if k in _MATRICES else v for k, v in weights.items()}
 
 
 def _hyena_call(x, out, fir_state, inner_state, w):
     """(kernel, arguments) of a Hyena block step on x, out [B, D], or None where the kernel cannot run."""
     w = _transposed(w)
+    if w is None:
+        return None
     modal = w["h"] is None
     tensors = (x, out, fir_state, inner_state, *(v for k, v in w.items() if k not in ("eps", "activation")))
     if (x.shape[0] > MAX_ROWS or not usable(tensors, (inner_state, w["log_poles"], w["residues"]) if modal else ())
@@ -242,7 +248,10 @@ def bind_attention_block(x, out, k_cache, v_cache, pos, *, eps, pre_scale, wqkv,
                          out_w, out_b, post_scale, l1, l2, l3, activation):
     """As ``bind_hyena_block`` for an attention block (``attention_block_step_ref``): the token's
     position is read from ``pos`` ([1] int64) at every call."""
-    wqkv, out_w, l1, l2, l3 = wqkv.t(), out_w.t(), l1.t(), l2.t(), l3.t()
+    mats = _transposed(dict(wqkv=wqkv, out_w=out_w, l1=l1, l2=l2, l3=l3))
+    if mats is None:
+        return None
+    wqkv, out_w, l1, l2, l3 = mats.values()
     tensors = (x, out, k_cache, v_cache, pre_scale, wqkv, bqkv, inv_freq, out_w, out_b, post_scale, l1, l2, l3)
     if x.shape[0] > MAX_ROWS or not usable(tensors) or pos.dtype != torch.int64:
         return None

@@ -21,6 +21,10 @@ from .naive import linear_ref
 
 # rows of x up to which the loop beats MKL
 MAX_ROWS = 8
+# weights up to this many elements (16 MiB of float32). Past it MKL's GEMV streams a column-major
+# weight faster: the outputs outgrow L1 (one core, benchmarks/README.md: [11008, 4096] 20.2 GB/s
+# against 14.7, [4096, 4096] 19.0 against 17.5; [1536, 512] 16.5 against 20.8)
+MAX_ELEMS = 1 << 22
 
 
 @numba.njit(cache=True, boundscheck=False, nogil=True)
@@ -48,11 +52,11 @@ def gemv(wt, x, bias, out):
 
 
 def applies(x, weight, bias) -> bool:
-    """Whether ``linear`` runs the loop: float32 CPU tensors, a column-major weight, at most
-    ``MAX_ROWS`` rows, and no gradient to record."""
+    """Whether ``linear`` runs the loop: float32 CPU tensors, a column-major weight of at most
+    ``MAX_ELEMS`` elements, at most ``MAX_ROWS`` rows, and no gradient to record."""
     K = x.shape[-1]
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and K > 0
-            and 0 < x.numel() // K <= MAX_ROWS and weight.t().is_contiguous()
+            and 0 < x.numel() // K <= MAX_ROWS and weight.t().is_contiguous() and weight.numel() <= MAX_ELEMS
             and (bias is None or bias.dtype == torch.float32)
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad))))
