@@ -12,6 +12,7 @@ import torch
 from .._numba import array, ready, usable, vec
 from .naive import hyena_step_ref
 
+
 @numba.njit(cache=True, boundscheck=False, nogil=True)
 def _featurize(z, w, bias, fir, x1v, x2):
     """z: [B, 3D]; w: [3D, K]; bias: [3D] or [0]; fir: [B, K-1, 3D] (shifted in place).
@@ -91,7 +92,8 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
     modal state and poles) with no gradient to record run here, anything else runs the reference."""
     modal = h is None
     filt = (log_poles, residues, D) if modal else (h, D)
-    if (not usable((z, weight, bias, fir_state, inner_state, *filt), (inner_state, log_poles, residues) if modal else ())
+    complex_ok = (inner_state, log_poles, residues) if modal else ()
+    if (not usable((z, weight, bias, fir_state, inner_state, *filt), complex_ok)
             or (modal and (D is None or not log_poles.dtype == residues.dtype == inner_state.dtype))):
         return hyena_step_ref(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
     y = torch.empty(z.shape[0], z.shape[2] // 3, dtype=torch.float32)
