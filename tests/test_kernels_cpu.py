@@ -113,6 +113,16 @@ def test_hyena_step(kind, B, bias):
     assert torch.allclose(state, ref_state, rtol=1e-5, atol=1e-5)
 
 
+def test_filter_groups_that_do_not_tile_the_channels_are_refused():
+    """The kernels would leave the channels past the last whole group unwritten: they hand over to the
+    reference, which refuses such a filter."""
+    z, w, b, fir, state, inner = _step_case("hcm", 1, 42, False)  # 42 channels, 5 groups
+    with pytest.raises(RuntimeError):
+        step_cpu.hyena_step(z, w, b, fir, state, **inner)
+    fir, state, weights = _block_weights("hcm", 42, 40, False, "identity")
+    assert block_cpu.bind_hyena_block(torch.empty(2, 42), torch.empty(2, 42), fir, state, **weights) is None
+
+
 def test_hyena_step_hands_over_to_the_reference():
     """A bf16 token or a non-contiguous state runs the reference (the same numbers as it)."""
     z, w, b, fir, state, inner = _step_case("hcm", 2, 20, False)
@@ -321,10 +331,10 @@ import hashlib, torch
 from tests.test_kernels_cpu import _attention_weights, _block_weights
 from evo_cli.kernels.block import cpu as block_cpu
 torch.manual_seed(0)
-fir, state, w = _block_weights("hcm", 64, 160, True, "gelu")
-x, out = torch.randn(2, 64), torch.empty(2, 64)
+fir, state, w = _block_weights("hcm", 60, 160, True, "gelu")
+x, out = torch.randn(2, 60), torch.empty(2, 60)
 block_cpu.bind_hyena_block(x, out, fir, state, **w)()
-w = _attention_weights(64, 4, 2, 16, 160, True, "gelu")
+w = _attention_weights(60, 4, 2, 16, 160, True, "gelu")
 kc, vc, pos = torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16), torch.tensor([5])
 block_cpu.bind_attention_block(x, x, kc, vc, pos, **w)()
 print(hashlib.md5(out.numpy().tobytes() + x.numpy().tobytes()).hexdigest())

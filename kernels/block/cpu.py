@@ -212,7 +212,8 @@ def _hyena_call(x, out, fir_state, inner_state, w):
     modal = w["h"] is None
     tensors = (x, out, fir_state, inner_state, *(v for k, v in w.items() if k not in ("eps", "activation")))
     if (x.shape[0] > MAX_ROWS or not usable(tensors, (inner_state, w["log_poles"], w["residues"]) if modal else ())
-            or (modal and (w["D"] is None or not w["log_poles"].dtype == w["residues"].dtype == inner_state.dtype))):
+            or (modal and (w["D"] is None or not w["log_poles"].dtype == w["residues"].dtype == inner_state.dtype))
+            or (not modal and x.shape[1] % w["h"].shape[0])):  # groups must tile the channels
         return None
     head_ = (array(x), np.float32(w["eps"]), array(w["pre_scale"]), array(w["proj_w"]), vec(w["proj_b"]),
              array(w["short_w"]), vec(w["short_b"]), array(fir_state))

@@ -94,7 +94,8 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
     filt = (log_poles, residues, D) if modal else (h, D)
     complex_ok = (inner_state, log_poles, residues) if modal else ()
     if (not usable((z, weight, bias, fir_state, inner_state, *filt), complex_ok)
-            or (modal and (D is None or not log_poles.dtype == residues.dtype == inner_state.dtype))):
+            or (modal and (D is None or not log_poles.dtype == residues.dtype == inner_state.dtype))
+            or (not modal and (z.shape[2] // 3) % h.shape[0])):  # groups must tile the channels (the reference raises)
         return hyena_step_ref(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
     y = torch.empty(z.shape[0], z.shape[2] // 3, dtype=torch.float32)
     kernel = step_modal if modal else step_fir
