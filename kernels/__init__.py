@@ -123,9 +123,12 @@ def _fused(op: str):
 def _cpu(op: str):
     """The numba implementation of ``op`` (module ``<op>/cpu.py``), or None where there is none."""
     if op not in _CPU:
+        name = f"{__name__}.{op}.cpu"
         try:
-            _CPU[op] = importlib.import_module(f"{__name__}.{op}.cpu")
-        except ImportError:  # no such module
+            _CPU[op] = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the module exists and failed to import: say why
+                raise
             _CPU[op] = None
     return _CPU[op]
 

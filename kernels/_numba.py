@@ -2,14 +2,17 @@
 
 They serve what eager PyTorch does badly on a CPU: the matrix-vector products of decoding (MKL
 streams a weight at 9-17 GB/s on this project's CPUs, a plain loop at 19-24; benchmarks/README.md)
-and chains of small ops over one token. Compiled code is cached on disk (numba's ``cache=True``), so
-only the first run on a machine pays the compilation (10-20 s; ``ready`` says so).
+and chains of small ops over one token. Compiled code is cached on disk (``jit``), so only the first
+run on a machine pays the compilation (10-20 s; ``ready`` says so).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -23,6 +26,38 @@ log = logging.getLogger(__name__)
 # (a fresh compilation against numba's cached one), so a run's numbers depended on whether it had
 # compiled the kernels, and a distributed run did not reproduce the single-process bytes. The loops
 # vectorise across independent outputs instead (``linear/cpu.py``, ``block/cpu.py``).
+
+
+def sources_digest(root: Path) -> str:
+    """A digest of every kernel source under ``root`` (``_numba.py`` and ``*/cpu.py``)."""
+    digest = hashlib.sha256()
+    for path in sorted([root / "_numba.py", *root.glob("*/cpu.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_dir() -> str:
+    """Where numba caches the compiled kernels: one folder per version of the kernel sources, under
+    ``$NUMBA_CACHE_DIR`` or ``~/.cache/evo/numba``. numba checks a cached kernel against its own file
+    only, and the block kernels inline the products and the Hyena step from other files: an edit there
+    (or an upgrade of evo) would otherwise keep running the old compiled code."""
+    base = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "evo", "numba")
+    return os.path.join(base, "kernels-" + sources_digest(Path(__file__).resolve().parent))
+
+
+_CACHE_DIR = _cache_dir()
+
+
+def jit(fn):
+    """``numba.njit`` for the kernels: cached on disk in ``_CACHE_DIR``, no bounds checks (the wrappers
+    check shapes), the GIL released."""
+    saved = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = _CACHE_DIR  # read once, when the decorator sets up the function's cache
+    try:
+        return numba.njit(cache=True, boundscheck=False, nogil=True)(fn)
+    finally:
+        numba.config.CACHE_DIR = saved
 
 
 # an absent optional vector (a bias, a skip term): kernels test its length

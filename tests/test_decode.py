@@ -55,8 +55,8 @@ def test_state_helpers(tiny_models):
 def test_decoding_stores_wide_weights_column_major_with_the_same_numbers():
     """Under --kernels torch (MKL's GEMV), new_state lays out CPU Linear weights for one-token products:
     column-major where a weight has more outputs than inputs, row-major otherwise
-    (benchmarks/README.md); the logits do not change. The numba loop streams row-major weights: a
-    switch back to it restores them."""
+    (benchmarks/README.md); the logits do not change. The numba loop reads every weight column-major;
+    a switch back to torch restores the row-major ones."""
     from evo_cli.model.init import motif_config, random_model
 
     model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=16, inner_mlp_size=80), seed=0,

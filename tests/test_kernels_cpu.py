@@ -373,3 +373,58 @@ def test_weights_past_max_elems_go_to_mkl(monkeypatch):
     assert torch.equal(K.hyena_block_step(x, fir, state, **weights, backend="numba"),
                        K.hyena_block_step_ref(x, f2, s2, **weights))
     assert block_cpu.bind_hyena_block(x[:, 0], x[:, 0].clone(), fir, state, **weights) is None
+
+
+def test_the_kernel_cache_folder_follows_every_kernel_source(tmp_path):
+    """numba checks a cached kernel against its own file only; the folder the kernels are cached in
+    is keyed by all their sources, so an edit to a kernel another one inlines compiles afresh."""
+    import shutil
+    from pathlib import Path
+
+    from evo_cli.kernels import _numba
+
+    root = Path(_numba.__file__).resolve().parent
+    copy = tmp_path / "kernels"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _numba.sources_digest(copy) == _numba.sources_digest(root)
+    assert _numba._CACHE_DIR.endswith("kernels-" + _numba.sources_digest(root))
+    step = copy / "step" / "cpu.py"
+    step.write_text(step.read_text() + "\n# an edit\n")
+    assert _numba.sources_digest(copy) != _numba.sources_digest(root)
+
+
+def test_shape_mistakes_are_python_errors_not_memory_reads():
+    """The kernels run without bounds checks: a bias of the wrong length goes to F.linear (which
+    raises), and the decoder refuses tokens that are not one per sequence of its state."""
+    from evo_cli.model.cpu_decode import CpuDecoder
+    from evo_cli.model.init import motif_config, random_model
+
+    x, w = torch.randn(1, 20), _column_major(8, 20)
+    assert not linear_cpu.applies(x, w, torch.randn(3))
+    with pytest.raises(RuntimeError):
+        K.linear(x, w, torch.randn(3), backend="numba")
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=8, inner_mlp_size=80), seed=3,
+                         kernels="numba")
+    with torch.inference_mode():
+        decoder = CpuDecoder.build(model, model.new_state(3, 4))
+        for tokens in (torch.zeros(2, 1, dtype=torch.long), torch.zeros(4, 1, dtype=torch.long),
+                       torch.zeros(3, 2, dtype=torch.long)):
+            with pytest.raises(ValueError, match=r"tokens must be \[3, 1\]"):
+                decoder.step(tokens)
+
+
+def test_cpu_decoder_stands_aside_for_global_hooks():
+    from evo_cli.model.cpu_decode import CpuDecoder
+    from evo_cli.model.init import motif_config, random_model
+
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=8, inner_mlp_size=80), seed=3,
+                         kernels="numba")
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        with torch.inference_mode():
+            assert CpuDecoder.build(model, model.new_state(1, 4)) is None
+            assert not model.blocks[0]._one_call_step(torch.zeros(1, 1, 32))
+    finally:
+        handle.remove()
+    with torch.inference_mode():
+        assert CpuDecoder.build(model, model.new_state(1, 4)) is not None

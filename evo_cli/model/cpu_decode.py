@@ -11,6 +11,7 @@ in ``graph.py``: the same numbers as ``model(tokens, state)`` (float32 rounding)
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from evo_cli import kernels as K
 
@@ -19,7 +20,9 @@ from .cache import InferenceState
 
 class CpuDecoder:
     """``step(tokens [B, 1] int64) -> logits [B, 1, vocab] float32`` continuing ``state`` (updated in
-    place, ``state.seqlen`` advanced). Build it with ``CpuDecoder.build``."""
+    place, ``state.seqlen`` advanced). Build it with ``CpuDecoder.build``. It holds views of the
+    weights and the state taken then: valid while neither is replaced (``model.to()``, a new
+    ``new_state`` under another backend, a new parameter), as during one ``generate`` batch."""
 
     def __init__(self, model, state: InferenceState, steps: list, x, pos, logits, head):
         self.model, self.state = model, state
@@ -30,11 +33,12 @@ class CpuDecoder:
         """A decoder for ``state``, or None where the modules must run instead: no numba, a backend other
         than numba, a split model, weights other than float32 on the CPU, FP8 projections, a forward
         hook anywhere (it expects its module to run), a state without every block, or more
-        sequences than the matrix-vector kernels take."""
+        sequences than the matrix-vector kernels take, weights larger than they take (MKL is faster)."""
         binders = K.bind_decoding_steps()
         if (binders is None or model.device.type != "cpu" or K.resolve_backend(model.kernels, model.device) != "numba"
                 or model.placement is not None or model.dtype != torch.float32 or model.fp8 != "off"
-                or model._hooked() or len(state.layers) != len(model.blocks)):
+                or model._hooked() or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks or len(state.layers) != len(model.blocks)):
             return None
         B, c = state.batch_size, model.config
         x = torch.empty(B, c.hidden_size)
@@ -66,6 +70,8 @@ class CpuDecoder:
         s = self.state
         if s.seqlen >= s.max_seqlen:
             raise ValueError(f"state holds {s.max_seqlen} positions; all are used")
+        if tokens.shape != (self.x.shape[0], 1):
+            raise ValueError(f"tokens must be [{self.x.shape[0]}, 1] (the state's batch), not {list(tokens.shape)}")
         torch.index_select(self.model.embedding_layer.weight.detach(), 0, tokens[:, 0], out=self.x)
         self.pos[0] = s.seqlen
         for step in self.steps:

@@ -219,7 +219,6 @@ class HyenaBlock(nn.Module):
         u = self.out_filter_dense(self.mix(x, state)) + x
         return u + self.mlp(self.post_norm(u))
 
-
     def _one_call_step(self, x) -> bool:
         """Whether a one-token step runs as one call (``kernels.hyena_block_step``; numba on CPU): not
         with FP8 projections, nor while a forward hook on the block or one of its modules (or a global

@@ -12,11 +12,10 @@ from __future__ import annotations
 import functools
 import math
 
-import numba
 import numpy as np
 import torch
 
-from .._numba import EMPTY, array, ready, usable, vec
+from .._numba import EMPTY, array, jit, ready, usable, vec
 from ..linear.cpu import MAX_ELEMS, MAX_ROWS, gemv
 from ..step.cpu import step_fir, step_modal
 from .naive import hyena_block_step_ref
@@ -24,11 +23,11 @@ from .naive import hyena_block_step_ref
 _ACT = {"identity": 0, "gelu": 1, "silu": 2}
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def _dot(a, b):
     """sum_j a[j] b[j] of two 1-D float32 arrays as eight interleaved partial sums added in a fixed
     order: the same rounding however the compiler schedules it, and eight independent chains instead
-    of one (no fast-math flags here; see _numba.REDUCE)."""
+    of one (no fast-math flags: see _numba.py)."""
     n = a.shape[0]
     m = n - n % 8
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
@@ -47,7 +46,7 @@ def _dot(a, b):
     return s
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def _norm(x, scale, eps, out):
     """RMSNorm of each row of x [B, D] into out, as the reference: x / (||x|| / sqrt(D) + eps) * scale."""
     B, D = x.shape
@@ -57,7 +56,7 @@ def _norm(x, scale, eps, out):
             out[r, j] = x[r, j] / d * scale[j]
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def _mlp_residual(u, eps, post_scale, l1, l2, l3, act, out):
     """out = u + l3(act(l1 n) * l2 n), n = norm(u); u: [B, D]."""
     B, D = u.shape
@@ -81,7 +80,7 @@ def _mlp_residual(u, eps, post_scale, l1, l2, l3, act, out):
             out[r, j] += u[r, j]
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def _mix_in(x, eps, pre_scale, proj_w, proj_b):
     B, D = x.shape
     n = np.empty_like(x)
@@ -91,7 +90,7 @@ def _mix_in(x, eps, pre_scale, proj_w, proj_b):
     return z
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def _mix_out(x, y, out_w, out_b):
     u = np.empty_like(x)
     gemv(out_w, y, out_b, u)
@@ -99,7 +98,7 @@ def _mix_out(x, y, out_w, out_b):
     return u
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def block_fir(x, eps, pre_scale, proj_w, proj_b, short_w, short_b, fir, h, Dskip, inner, out_w, out_b,
               post_scale, l1, l2, l3, act, out):
     """A Hyena-SE / -MR block; arrays as in ``hyena_block_step_ref`` with x, out [B, D]."""
@@ -109,7 +108,7 @@ def block_fir(x, eps, pre_scale, proj_w, proj_b, short_w, short_b, fir, h, Dskip
     _mlp_residual(_mix_out(x, y, out_w, out_b), eps, post_scale, l1, l2, l3, act, out)
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def block_modal(x, eps, pre_scale, proj_w, proj_b, short_w, short_b, fir, log_poles, residues, Dskip, inner,
                 out_w, out_b, post_scale, l1, l2, l3, act, out):
     """A Hyena-LR / Evo 1 Hyena block (real or complex poles)."""
@@ -119,7 +118,7 @@ def block_modal(x, eps, pre_scale, proj_w, proj_b, short_w, short_b, fir, log_po
     _mlp_residual(_mix_out(x, y, out_w, out_b), eps, post_scale, l1, l2, l3, act, out)
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def _rotate(v, c, sn):
     """GPT-NeoX rotary embedding of one head v [hd] in place: halves (v0, v1) -> (v0 c - v1 s, v0 s + v1 c)."""
     half = v.shape[0] // 2
@@ -129,7 +128,7 @@ def _rotate(v, c, sn):
         v[half + j] = a * sn[j] + b * c[j]
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def attention_block(x, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, pos_arr, kc, vc, H, out_w, out_b,
                     post_scale, l1, l2, l3, act, out):
     """An attention block for one token per row of x [B, D] at position ``pos_arr[0]``: its key and value
@@ -182,7 +181,7 @@ def attention_block(x, eps, pre_scale, wqkv, bqkv, inv_freq, scaling, pos_arr, k
     _mlp_residual(_mix_out(x, o, out_w, out_b), eps, post_scale, l1, l2, l3, act, out)
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def head(x, eps, scale, weight, logits):
     """The final norm and the tied unembedding of x [B, D] into logits [B, V]."""
     n = np.empty_like(x)
@@ -213,7 +212,10 @@ def _hyena_call(x, out, fir_state, inner_state, w):
     tensors = (x, out, fir_state, inner_state, *(v for k, v in w.items() if k not in ("eps", "activation")))
     if (x.shape[0] > MAX_ROWS or not usable(tensors, (inner_state, w["log_poles"], w["residues"]) if modal else ())
             or (modal and (w["D"] is None or not w["log_poles"].dtype == w["residues"].dtype == inner_state.dtype))
-            or (not modal and x.shape[1] % w["h"].shape[0])):  # groups must tile the channels
+            or (not modal and x.shape[1] % w["h"].shape[0])  # groups must tile the channels
+            or fir_state.shape != (x.shape[0], w["short_w"].shape[1] - 1, 3 * x.shape[1]) or out.shape != x.shape
+            or inner_state.shape != ((x.shape[0], x.shape[1], w["log_poles"].shape[1]) if modal else
+                                     (x.shape[0], w["h"].shape[1] - 1, x.shape[1]))):
         return None
     head_ = (array(x), np.float32(w["eps"]), array(w["pre_scale"]), array(w["proj_w"]), vec(w["proj_b"]),
              array(w["short_w"]), vec(w["short_b"]), array(fir_state))
@@ -254,7 +256,9 @@ def bind_attention_block(x, out, k_cache, v_cache, pos, *, eps, pre_scale, wqkv,
         return None
     wqkv, out_w, l1, l2, l3 = mats.values()
     tensors = (x, out, k_cache, v_cache, pre_scale, wqkv, bqkv, inv_freq, out_w, out_b, post_scale, l1, l2, l3)
-    if x.shape[0] > MAX_ROWS or not usable(tensors) or pos.dtype != torch.int64:
+    if (x.shape[0] > MAX_ROWS or not usable(tensors) or pos.dtype != torch.int64 or out.shape != x.shape
+            or k_cache.shape != v_cache.shape or k_cache.shape[0] != x.shape[0]
+            or wqkv.shape[1] != (num_heads + 2 * k_cache.shape[1]) * k_cache.shape[3]):
         return None
     return _bound(attention_block, (array(x), np.float32(eps), array(pre_scale), array(wqkv), vec(bqkv),
                                     array(inv_freq), np.float32(scaling), array(pos), array(k_cache), array(v_cache),

@@ -13,10 +13,9 @@ arithmetic rate of the core).
 
 from __future__ import annotations
 
-import numba
 import torch
 
-from .._numba import array, ready, vec
+from .._numba import array, jit, ready, vec
 from .naive import linear_ref
 
 # rows of x up to which the loop beats MKL
@@ -27,7 +26,7 @@ MAX_ROWS = 8
 MAX_ELEMS = 1 << 22
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def gemv(wt, x, bias, out):
     """out[r] = sum_j x[r, j] wt[j] (+ bias): wt [K, N] (the weight's transpose); x [M, K]; bias [N] or
     [0] (none); out [M, N]; all float32."""
@@ -57,7 +56,7 @@ def applies(x, weight, bias) -> bool:
     K = x.shape[-1]
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and K > 0
             and 0 < x.numel() // K <= MAX_ROWS and weight.t().is_contiguous() and weight.numel() <= MAX_ELEMS
-            and (bias is None or bias.dtype == torch.float32)
+            and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad))))
 

@@ -5,15 +5,14 @@ poles) and the output gate in one call, with both states updated in place. The r
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 
-from .._numba import array, ready, usable, vec
+from .._numba import array, jit, ready, usable, vec
 from .naive import hyena_step_ref
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def _featurize(z, w, bias, fir, x1v, x2):
     """z: [B, 3D]; w: [3D, K]; bias: [3D] or [0]; fir: [B, K-1, 3D] (shifted in place).
     Writes x2 [B, D] and x1v [B, D]."""
@@ -36,7 +35,7 @@ def _featurize(z, w, bias, fir, x1v, x2):
             x1v[b, c] = zc[D + c] * zc[2 * D + c]
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def step_fir(z, w, bias, fir, h, Dskip, inner, y):
     """Hyena-SE / -MR: h [G, Kh] grouped taps (current token last), Dskip [D] or [0], inner
     [B, Kh-1, D] history of x1v (shifted in place); y: [B, D]."""
@@ -66,7 +65,7 @@ def step_fir(z, w, bias, fir, h, Dskip, inner, y):
             y[b, c] = v * x2[b, c]
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@jit
 def step_modal(z, w, bias, fir, log_poles, residues, Dskip, inner, y):
     """Hyena-LR (real poles) / Evo 1 (complex poles, complex64 arrays): log_poles, residues [D, S];
     inner [B, D, S]: ``s <- exp(log_p) s + x1v``, ``y = (Re sum_n R_n s_n + Dskip x1v) * x2``."""
@@ -95,7 +94,8 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
     complex_ok = (inner_state, log_poles, residues) if modal else ()
     if (not usable((z, weight, bias, fir_state, inner_state, *filt), complex_ok)
             or (modal and (D is None or not log_poles.dtype == residues.dtype == inner_state.dtype))
-            or (not modal and (z.shape[2] // 3) % h.shape[0])):  # groups must tile the channels (the reference raises)
+            or (not modal and (z.shape[2] // 3) % h.shape[0])  # groups must tile the channels (the reference raises)
+            or fir_state.shape != (z.shape[0], weight.shape[1] - 1, z.shape[2])):
         return hyena_step_ref(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
     y = torch.empty(z.shape[0], z.shape[2] // 3, dtype=torch.float32)
     kernel = step_modal if modal else step_fir
