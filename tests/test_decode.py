@@ -283,3 +283,25 @@ def test_static_decoder_failed_capture_undoes_the_warm_up(tiny_models, monkeypat
         for p in range(5, 12):
             want = model(ids[:, p : p + 1], a)
             assert (dec.step(ids[:, p : p + 1]) - want).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+@pytest.mark.parametrize("kernels", ["torch", "numba"])
+def test_a_model_built_under_inference_mode_decodes(kernels, family):
+    """Weights created under torch.inference_mode are inference tensors (no version counter, no views
+    outside inference mode): laying them out for decoding and caching the rotary table must work
+    with them, and give the numbers of a model built normally."""
+    from evo_cli.model.init import motif_config, random_model
+
+    if kernels == "numba" and not numba_available():
+        pytest.skip("numba is not installed")
+    config = motif_config(family, hidden_size=32, num_layers=7, head_dim=8, inner_mlp_size=80)
+    ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for inference in (True, False):
+        with torch.inference_mode(inference):
+            model = random_model(config, seed=3, kernels=kernels)
+        with torch.inference_mode():
+            state = model.new_state(2, 6)
+            outs.append(torch.cat([model(ids[:, t : t + 1], state) for t in range(6)], 1))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)

@@ -102,7 +102,7 @@ class HyenaFilter(nn.Module):
         if self.kind == "hcl":
             return self.log_poles[..., 0], self.residues
         training = torch.is_grad_enabled() and (self.poles.requires_grad or self.residues.requires_grad)
-        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.poles, self.residues))
+        key = tuple((t.data_ptr(), _version(t), t.device) for t in (self.poles, self.residues))
         if not training and self._complex_modal is not None and self._complex_modal[0] == key:
             return self._complex_modal[1]
         p = torch.complex(self.poles[..., 0, 0].float(), self.poles[..., 0, 1].float())
@@ -277,7 +277,7 @@ class RotaryEmbedding(nn.Module):
         end = pos + L
         if end > self.table_positions:
             return self._angles(pos, end, device)
-        key = (device, self.inv_freq.data_ptr(), self.inv_freq._version, self.scaling)
+        key = (device, self.inv_freq.data_ptr(), _version(self.inv_freq), self.scaling)
         if self._table is None or self._table[0] != key or self._table[1].shape[0] < end:
             have = self._table[1].shape[0] if self._table is not None and self._table[0] == key else 0
             with torch.inference_mode(False):  # a table made under inference mode could not enter autograd later
@@ -288,6 +288,12 @@ class RotaryEmbedding(nn.Module):
         t = torch.arange(start, end, device=device, dtype=torch.float32) / self.scaling
         ang = torch.outer(t, self.inv_freq.float())
         return ang.cos(), ang.sin()
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place version, for caches of values derived from it; 0 for an inference tensor
+    (a model built under inference mode), which keeps no version counter."""
+    return 0 if t.is_inference() else t._version
 
 
 def rotary_inv_freq(head_dim: int, base: float):

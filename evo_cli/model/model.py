@@ -112,11 +112,13 @@ class StripedHyena(nn.Module):
         row-major against 10 column-major; so there, only weights with more outputs than inputs are
         stored column-major. Matrix products of many tokens run at the same speed either way."""
         numba = K.resolve_backend(self.kernels, "cpu") == "numba"
-        with torch.inference_mode(False), torch.no_grad():
-            for m in self.modules():
-                w = m.weight if isinstance(m, nn.Linear) else None
-                if w is None or w.device.type != "cpu" or w.dim() != 2:
-                    continue
+        for m in self.modules():
+            w = m.weight if isinstance(m, nn.Linear) else None
+            if w is None or w.device.type != "cpu" or w.dim() != 2:
+                continue
+            # the new layout is an inference tensor only where the weight is one (a model built under
+            # inference mode): one made under a caller's inference mode could not enter autograd later
+            with torch.inference_mode(w.is_inference()), torch.no_grad():
                 column_major = numba or w.shape[0] > w.shape[1]
                 if column_major and not w.t().is_contiguous():
                     w.data = w.data.t().contiguous().t()
