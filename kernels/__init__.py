@@ -15,7 +15,7 @@ import functools
 import importlib
 import os
 
-from .attention.naive import causal_attention_ref
+from .attention.naive import causal_attention_ref, rotate_halves
 from .block.naive import attention_block_step_ref, hyena_block_step_ref
 from .featurize.naive import hyena_featurize_ref
 from .fp8.gemm import mmaemu_available
@@ -55,6 +55,7 @@ __all__ = [
     "numba_available",
     "quantize_e4m3",
     "resolve_backend",
+    "rotate_halves",
     "rms_norm",
     "rms_norm_ref",
     "triton_available",

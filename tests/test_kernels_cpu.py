@@ -8,7 +8,7 @@ import torch
 
 from evo_cli import kernels as K
 
-from .test_kernels_naive import _modal_params
+from .test_kernels_naive import _inner_filter_case
 
 pytest.importorskip("numba")
 
@@ -87,14 +87,7 @@ def _step_case(kind, B, C, bias):
     z = torch.randn(B, 1, 3 * C)
     w, b = torch.randn(3 * C, 3), (torch.randn(3 * C) if bias else None)
     fir = torch.randn(B, 2, 3 * C)
-    if kind in ("hcs", "hcm"):
-        G, Kh = (4, 7) if kind == "hcs" else (5, 128)
-        inner = dict(h=torch.randn(G, Kh), D=torch.randn(C) if kind == "hcm" else None)
-        state = torch.randn(B, Kh - 1, C)
-    else:
-        lp, r = _modal_params(C, 6, kind == "hyena")
-        inner = dict(log_poles=lp, residues=r, D=torch.randn(C))
-        state = torch.randn(B, C, 6, dtype=torch.complex64 if kind == "hyena" else torch.float32)
+    inner, state = _inner_filter_case(kind, B, C, {"hcs": 4, "hcm": 5}, 6)
     return z, w, b, fir, state, inner
 
 

@@ -30,6 +30,7 @@ from evo_cli.kernels.norm.fused import rms_norm  # noqa: E402
 from evo_cli.kernels.step.fused import hyena_step  # noqa: E402
 
 from .conftest import CONFORMANCE  # noqa: E402
+from .test_kernels_naive import _inner_filter_case  # noqa: E402
 from .test_kernels_naive import _modal_params as _cpu_modal_params  # noqa: E402
 
 DEVICE = torch.device(os.environ.get("EVO_TEST_DEVICE", "cpu"))
@@ -202,14 +203,7 @@ def test_step(kind, dtype):
     w = quarters(3 * C, 3)
     b = quarters(3 * C) if kind == "hyena" else None
     fir = torch.randint(-4, 5, (B, 2, 3 * C)).float()
-    if kind in ("hcs", "hcm"):
-        G, K_ = (8, 7) if kind == "hcs" else (10, 128)
-        inner = dict(h=torch.randn(G, K_), D=torch.randn(C) if kind == "hcm" else None)
-        state = torch.randn(B, K_ - 1, C)
-    else:
-        lp, r = _modal_params(C, 5, kind == "hyena")
-        inner = dict(log_poles=lp, residues=r, D=torch.randn(C))
-        state = torch.randn(B, C, 5, dtype=torch.complex64 if kind == "hyena" else F32)
+    inner, state = _inner_filter_case(kind, B, C, {"hcs": 8, "hcm": 10}, 5, _modal_params)
     ref_fir, ref_state = fir.clone(), state.clone()
     _close(hyena_step(z, w, b, fir, state, **inner), K.hyena_step_ref(z, w, b, ref_fir, ref_state, **inner), dtype)
     assert torch.equal(fir, ref_fir)

@@ -26,6 +26,19 @@ def _modal_params(D, S, complex_poles, seed=0):
     return torch.log(mag), torch.randn(D, S, generator=g)
 
 
+def _inner_filter_case(kind, B, C, groups, S, modal_params=_modal_params):
+    """(inner filter arguments, random decoding state [B, ...]) of a Hyena operator of ``kind``: grouped
+    taps (7 for hcs, 128 with a D skip for hcm; ``groups[kind]`` groups) or S modal poles (complex for
+    Evo 1's ``hyena``) with a D skip. ``modal_params`` draws the poles and residues."""
+    if kind in ("hcs", "hcm"):
+        G, K_ = (groups["hcs"], 7) if kind == "hcs" else (groups["hcm"], 128)
+        inner = dict(h=torch.randn(G, K_), D=torch.randn(C) if kind == "hcm" else None)
+        return inner, torch.randn(B, K_ - 1, C)
+    lp, r = modal_params(C, S, kind == "hyena")
+    inner = dict(log_poles=lp, residues=r, D=torch.randn(C))
+    return inner, torch.randn(B, C, S, dtype=torch.complex64 if kind == "hyena" else torch.float32)
+
+
 @pytest.mark.parametrize("complex_poles", [False, True])
 @pytest.mark.parametrize("L", [1, 5, 64, 129])
 def test_modal_conv_matches_direct_sum(complex_poles, L):

@@ -22,8 +22,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from evo_cli import kernels as K
+
 from .cache import InferenceState
-from .layers import _rotate
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class StaticDecoder:
         rot = mha.rotary_emb
         ang = (self.pos.float() / rot.scaling) * rot.inv_freq.float()
         cos, sin = ang.cos()[None, None, None, :], ang.sin()[None, None, None, :]
-        q, k = _rotate(q.view(B, 1, h, hd), cos, sin), _rotate(k.view(B, 1, hkv, hd), cos, sin)
+        q, k = K.rotate_halves(q.view(B, 1, h, hd), cos, sin), K.rotate_halves(k.view(B, 1, hkv, hd), cos, sin)
         at = self.pos.view(1)
         st.k.index_copy_(2, at, k.transpose(1, 2))
         st.v.index_copy_(2, at, v.view(B, 1, hkv, hd).transpose(1, 2))

@@ -265,7 +265,8 @@ class RotaryEmbedding(nn.Module):
     def forward(self, q, k, pos: int):
         """q: [B, L, H, hd], k: [B, L, Hkv, hd] -> rotated (q, k) for absolute positions pos..pos+L-1."""
         cos, sin = self.angles(pos, q.shape[1], q.device)
-        return _rotate(q, cos[None, :, None], sin[None, :, None]), _rotate(k, cos[None, :, None], sin[None, :, None])
+        cos, sin = cos[None, :, None], sin[None, :, None]
+        return K.rotate_halves(q, cos, sin), K.rotate_halves(k, cos, sin)
 
     def angles(self, pos: int, L: int, device):
         """cos, sin [L, hd / 2] float32 of positions pos..pos+L-1.
@@ -301,12 +302,6 @@ def rotary_inv_freq(head_dim: int, base: float):
 
     Always computed on the CPU: under a meta-device context the op would pull in torch._dynamo."""
     return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim))
-
-
-def _rotate(x, cos, sin):
-    """x: [B, L, H, hd]; cos, sin: [1, L, 1, hd / 2] -> x rotated by halves, in x.dtype (math in float32)."""
-    x0, x1 = x.float().chunk(2, dim=-1)
-    return torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).to(x.dtype)
 
 
 class MHA(nn.Module):

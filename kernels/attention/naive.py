@@ -10,6 +10,13 @@ from __future__ import annotations
 import torch
 
 
+def rotate_halves(x, cos, sin):
+    """GPT-NeoX rotary embedding: x [..., hd]; cos, sin broadcastable to [..., hd / 2] -> x with its
+    halves (x0, x1) rotated to (x0 cos - x1 sin, x0 sin + x1 cos), in x.dtype (math in float32)."""
+    x0, x1 = x.float().chunk(2, dim=-1)
+    return torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).to(x.dtype)
+
+
 def causal_attention_ref(q, k, v, offset: int, q_block: int = 1024, k_block: int = 4096):
     """q: [B, H, Lq, hd]; k, v: [B, H, Lk, hd] with Lk = offset + Lq -> [B, H, Lq, hd] in q.dtype.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..attention.naive import rotate_halves
 from ..linear.naive import linear_ref
 from ..norm.naive import rms_norm_ref
 from ..step.naive import hyena_step_ref
@@ -38,14 +39,9 @@ def attention_block_step_ref(x, k_cache, v_cache, pos: int, *, eps, pre_scale, w
     q, k, v = linear_ref(rms_norm_ref(x, pre_scale, eps), wqkv, bqkv).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
     ang = torch.tensor([float(pos)]) / scaling * inv_freq.float()
     cos, sin = ang.cos(), ang.sin()
-
-    def rotate(t):
-        t0, t1 = t.chunk(2, dim=-1)
-        return torch.cat([t0 * cos - t1 * sin, t0 * sin + t1 * cos], dim=-1)
-
-    k_cache[:, :, pos] = rotate(k.view(B, Hkv, hd))
+    k_cache[:, :, pos] = rotate_halves(k.view(B, Hkv, hd), cos, sin)
     v_cache[:, :, pos] = v.view(B, Hkv, hd)
-    o = F.scaled_dot_product_attention(rotate(q.view(B, H, hd))[:, :, None], k_cache[:, :, : pos + 1],
+    o = F.scaled_dot_product_attention(rotate_halves(q.view(B, H, hd), cos, sin)[:, :, None], k_cache[:, :, : pos + 1],
                                        v_cache[:, :, : pos + 1], enable_gqa=Hkv != H)
     u = linear_ref(o.reshape(B, 1, H * hd), out_w, out_b) + x
     return _mlp_residual(u, eps, post_scale, l1, l2, l3, activation)
