@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -21,22 +23,39 @@ def _close(actual, expected, atol=ATOL, rtol=0.0):
     assert torch.allclose(actual, expected, atol=atol, rtol=rtol), f"max abs error {err:.3g} > {atol} (rtol {rtol})"
 
 
+@pytest.fixture(params=["torch", "numba"])
+def kernels(request):
+    """The ops a forward test runs: the reference ops, or the numba CPU kernels (the default on a CPU
+    where numba is installed)."""
+    if request.param == "numba" and not K.numba_available():
+        pytest.skip("numba is not installed")
+    return request.param
+
+
+@contextlib.contextmanager
+def _running(model, kernels):
+    try:
+        yield model.set_kernels(kernels)
+    finally:
+        model.set_kernels("torch")  # the session's shared model
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_logits(case, load_case):
+def test_logits(case, load_case, kernels):
     model, v = load_case(case)
-    with torch.no_grad():
+    with torch.no_grad(), _running(model, kernels):
         _close(model(v["input_ids"]), v["logits"])
 
 
 @pytest.mark.parametrize("case", EVO1_CASES, ids=case_id)
-def test_evo1_hidden_states(case, load_case):
+def test_evo1_hidden_states(case, load_case, kernels):
     """Embedding output and every block's output (batch row 0), captured with forward hooks."""
     model, v = load_case(case)
     seen = {}
     names = ["embedding_layer"] + [f"blocks.{i}" for i in range(model.config.num_layers)]
     hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in names]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _running(model, kernels):
             model(v["input_ids"])
     finally:
         for h in hooks:
@@ -54,7 +73,7 @@ def test_evo1_modal_filter(case, load_case):
 
 
 @pytest.mark.parametrize("case", EVO2_CASES, ids=case_id)
-def test_evo2_embedding_hook(case, load_case):
+def test_evo2_embedding_hook(case, load_case, kernels):
     """The MLP output of the layer the evo2 wrapper hooked (name in the vectors' metadata)."""
     from safetensors import safe_open
 
@@ -63,19 +82,20 @@ def test_evo2_embedding_hook(case, load_case):
         layer = f.metadata()["embedding_layer"]
     seen = {}
     h = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.__setitem__("x", o))
-    with torch.no_grad():
+    with torch.no_grad(), _running(model, kernels):
         model(v["input_ids"])
     h.remove()
     _close(seen["x"], v["embedding"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_scores(case, load_case):
+def test_scores(case, load_case, kernels):
     """Mean / sum log-likelihood with each family's reference defaults (BOS for Evo 1 only)."""
     model, v = load_case(case)
     seqs = [decode(row) for row in v["input_ids"].tolist()]
     for reduce, key in (("mean", "score_mean"), ("sum", "score_sum")):
-        got = torch.tensor(score_sequences(model, seqs, reduce=reduce))
+        with _running(model, kernels):
+            got = torch.tensor(score_sequences(model, seqs, reduce=reduce))
         # sums over hundreds of positions accumulate float32 rounding: compare them relatively
         tol = 1e-5 if reduce == "mean" else 1e-5 * v[key].abs().max().item()
         _close(got, v[key], tol)

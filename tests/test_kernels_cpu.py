@@ -8,12 +8,15 @@ import torch
 
 from evo_cli import kernels as K
 
-from .test_kernels_naive import _inner_filter_case
+from .test_kernels_naive import _inner_filter_case, _modal_params
 
 pytest.importorskip("numba")
 
 from evo_cli.kernels.linear import cpu as linear_cpu  # noqa: E402
 from evo_cli.kernels.block import cpu as block_cpu  # noqa: E402
+from evo_cli.kernels.featurize import cpu as featurize_cpu  # noqa: E402
+from evo_cli.kernels.fir import cpu as fir_cpu  # noqa: E402
+from evo_cli.kernels.modal import cpu as modal_cpu  # noqa: E402
 from evo_cli.kernels.step import cpu as step_cpu  # noqa: E402
 
 
@@ -421,3 +424,127 @@ def test_cpu_decoder_stands_aside_for_global_hooks():
         handle.remove()
     with torch.inference_mode():
         assert CpuDecoder.build(model, model.new_state(1, 4)) is not None
+
+
+@pytest.mark.parametrize("L", [1, 2, 37])
+@pytest.mark.parametrize("bias,carry", [(False, False), (True, True), (False, True)])
+def test_featurize_window(L, bias, carry):
+    """The featurizer over L tokens against the reference, with windows shorter than the history."""
+    B, D, Kf = 3, 24, 4
+    z, w, b = torch.randn(B, L, 3 * D), torch.randn(3 * D, Kf), (torch.randn(3 * D) if bias else None)
+    state = torch.randn(B, Kf - 1, 3 * D) if carry else None
+    ref_state = None if state is None else state.clone()
+    with torch.inference_mode():
+        got = featurize_cpu.hyena_featurize(z, w, b, state)
+        want = K.hyena_featurize_ref(z, w, b, ref_state)
+    for g, r in zip(got, want):
+        _close(g, r)
+    assert state is None or torch.equal(state, ref_state)
+
+
+@pytest.mark.parametrize("L", [1, 5, 40])
+@pytest.mark.parametrize("G,Kh,skip,carry", [(20, 7, False, True), (4, 7, True, False), (5, 16, True, True)])
+def test_fir_window(L, G, Kh, skip, carry):
+    """The gated short filter over L tokens against the reference: grouped taps, skip term, history."""
+    B, C = 2, 20
+    x1v, x2, h = torch.randn(B, L, C), torch.randn(B, L, C), torch.randn(G, Kh)
+    D = torch.randn(C) if skip else None
+    state = torch.randn(B, Kh - 1, C) if carry else None
+    ref_state = None if state is None else state.clone()
+    with torch.inference_mode():
+        _close(fir_cpu.hyena_fir(x1v, x2, h, D, state), K.hyena_fir_ref(x1v, x2, h, D, ref_state), rel=1e-5)
+    assert state is None or torch.equal(state, ref_state)
+
+
+def test_fir_past_max_taps_runs_the_reference():
+    """Hyena-MR's 128 taps go to the reference's convolution call (faster there): the same bits."""
+    x1v, x2, h, D = torch.randn(2, 9, 8), torch.randn(2, 9, 8), torch.randn(2, fir_cpu.MAX_TAPS + 1), torch.randn(8)
+    state = torch.randn(2, fir_cpu.MAX_TAPS, 8)
+    ref_state = state.clone()
+    assert torch.equal(fir_cpu.hyena_fir(x1v, x2, h, D, state), K.hyena_fir_ref(x1v, x2, h, D, ref_state))
+    assert torch.equal(state, ref_state)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_window_then_steps_equals_decoding_from_the_start(skip):
+    """Featurizer + short filter over a window give the bits of the decoding step token after token
+    (both sum the taps in a convolution's order), states included."""
+    B, L, D = 2, 9, 16
+    z, w, b, h = torch.randn(B, L, 3 * D), torch.randn(3 * D, 3), torch.randn(3 * D), torch.randn(4, 7)
+    Dk = torch.randn(D) if skip else None
+    fir, inner = torch.randn(B, 2, 3 * D), torch.randn(B, 6, D)
+    fir2, inner2 = fir.clone(), inner.clone()
+    with torch.inference_mode():
+        x2, x1v = K.hyena_featurize(z, w, b, fir, backend="numba")
+        window = K.hyena_fir(x1v, x2, h, Dk, inner, backend="numba")
+        steps = torch.cat([K.hyena_step(z[:, t : t + 1].contiguous(), w, b, fir2, inner2, h=h, D=Dk, backend="numba")
+                           for t in range(L)], 1)
+    assert torch.equal(window, steps) and torch.equal(fir, fir2) and torch.equal(inner, inner2)
+
+
+def _modal_case(B, L, C, S):
+    lp, r = _modal_params(C, S, False)
+    lp[:, 0] = -1e-4  # a mode that decays over 10,000 tokens: the hard case for a recurrence
+    return torch.randn(B, L, C), torch.randn(B, L, C), lp, r, torch.randn(C), torch.randn(B, C, S)
+
+
+def _modal_exact(x1v, x2, lp, r, D, state):
+    """The modal filter as a float64 recurrence: (y [B, L, C], final state)."""
+    s, p, r, D = state.double(), lp.double().exp(), r.double(), D.double()
+    y = torch.empty(x1v.shape, dtype=torch.float64)
+    for t in range(x1v.shape[1]):
+        x = x1v[:, t].double()
+        s = s * p + x[..., None]
+        y[:, t] = ((s * r).sum(-1) + D * x) * x2[:, t].double()
+    return y, s
+
+
+@pytest.mark.parametrize("B,L", [(1, 1), (3, 50), (1, 3000)])
+def test_modal_window_against_exact_arithmetic(B, L):
+    """The recurrence (float64 inside a call) against float64 arithmetic, no less accurate than the
+    reference's FFT; its state against the float64 state."""
+    x1v, x2, lp, r, D, state = _modal_case(B, L, 12, 16)
+    want, want_state = _modal_exact(x1v, x2, lp, r, D, state)
+    ref_state = state.clone()
+    with torch.inference_mode():
+        got = modal_cpu.hyena_modal(x1v, x2, lp, r, D, state)
+        ref = K.hyena_modal_ref(x1v, x2, lp, r, D, ref_state)
+    scale = want.abs().max()
+    err, ref_err = (got.double() - want).abs().max() / scale, (ref.double() - want).abs().max() / scale
+    assert err <= max(ref_err, 1e-7) and err < 1e-6, (err, ref_err)
+    assert (state.double() - want_state).abs().max() <= 1e-6 * want_state.abs().max()
+
+
+def test_modal_window_without_state_and_split_into_calls():
+    """No state is a zero state, left untouched; a sequence split into calls gives the numbers of one
+    call (the state goes through float32 between calls)."""
+    x1v, x2, lp, r, D, _ = _modal_case(2, 60, 8, 4)
+    zero = torch.zeros(2, 8, 4)
+    with torch.inference_mode():
+        whole = modal_cpu.hyena_modal(x1v, x2, lp, r, D)
+        assert torch.equal(whole, modal_cpu.hyena_modal(x1v, x2, lp, r, D, zero.clone()))
+        parts = [modal_cpu.hyena_modal(x1v[:, a:b], x2[:, a:b], lp, r, D, zero) for a, b in ((0, 1), (1, 23), (23, 60))]
+    _close(torch.cat(parts, 1), whole, rel=1e-6)
+
+
+def test_window_kernels_take_strided_inputs_and_hand_over():
+    """A strided input (a hook's output, a column slice) gives the bits of a contiguous one; complex
+    poles (Evo 1) and bf16 inputs run the reference."""
+    x1v, x2, lp, r, D, state = _modal_case(2, 30, 8, 4)
+    strided = torch.cat([x2, x2], -1)[..., :8]
+    with torch.inference_mode():
+        assert torch.equal(modal_cpu.hyena_modal(x1v, strided, lp, r, D), modal_cpu.hyena_modal(x1v, x2, lp, r, D))
+        h = torch.randn(8, 7)
+        assert torch.equal(fir_cpu.hyena_fir(x1v, strided, h), fir_cpu.hyena_fir(x1v, x2, h))
+        z = torch.randn(2, 30, 48)
+        zs = torch.cat([z, z], -1)[..., :24]
+        assert not zs.is_contiguous()
+        w = torch.randn(24, 3)
+        for g, want in zip(featurize_cpu.hyena_featurize(zs, w), featurize_cpu.hyena_featurize(zs.contiguous(), w)):
+            assert torch.equal(g, want)
+        clp, cr = _modal_params(8, 4, True)
+        cstate = torch.randn(2, 8, 4, dtype=torch.complex64)
+        c2 = cstate.clone()
+        assert torch.equal(modal_cpu.hyena_modal(x1v, x2, clp, cr, D, cstate), K.hyena_modal_ref(x1v, x2, clp, cr, D, c2))
+        b16 = x1v.bfloat16()
+        assert torch.equal(modal_cpu.hyena_modal(b16, x2.bfloat16(), lp, r, D), K.hyena_modal_ref(b16, x2.bfloat16(), lp, r, D))

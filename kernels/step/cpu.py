@@ -21,10 +21,11 @@ def _featurize(z, w, bias, fir, x1v, x2):
     D = C3 // 3
     zc = np.empty(C3, dtype=np.float32)
     for b in range(B):
-        for c in range(C3):
-            s = z[b, c] * w[c, K - 1]
+        for c in range(C3):  # oldest token first, as a convolution sums
+            s = np.float32(0.0)
             for k in range(K - 1):
                 s += fir[b, k, c] * w[c, k]
+            s += z[b, c] * w[c, K - 1]
             zc[c] = s + bias[c] if bias.shape[0] else s
         for k in range(K - 2):
             fir[b, k, :] = fir[b, k + 1, :]
@@ -47,15 +48,16 @@ def step_fir(z, w, bias, fir, h, Dskip, inner, y):
     x1v = np.empty((B, D), dtype=np.float32)
     _featurize(z, w, bias, fir, x1v, x2)
     for b in range(B):
-        for g in range(G):
-            hk = h[g, Kh - 1]
-            for c in range(g * per, (g + 1) * per):
-                y[b, c] = x1v[b, c] * hk
-        for k in range(Kh - 1):
+        y[b, :] = np.float32(0.0)
+        for k in range(Kh - 1):  # oldest token first, as a convolution sums
             for g in range(G):
                 hk = h[g, k]
                 for c in range(g * per, (g + 1) * per):
                     y[b, c] += inner[b, k, c] * hk
+        for g in range(G):
+            hk = h[g, Kh - 1]
+            for c in range(g * per, (g + 1) * per):
+                y[b, c] += x1v[b, c] * hk
         for k in range(Kh - 2):
             inner[b, k, :] = inner[b, k + 1, :]
         if Kh > 1:
