@@ -443,7 +443,8 @@ def test_featurize_window(L, bias, carry):
 
 
 @pytest.mark.parametrize("L", [1, 5, 40])
-@pytest.mark.parametrize("G,Kh,skip,carry", [(20, 7, False, True), (4, 7, True, False), (5, 16, True, True)])
+@pytest.mark.parametrize("G,Kh,skip,carry", [(20, 7, False, True), (4, 7, True, False), (5, 128, True, True),
+                                             (2, 128, True, False)])
 def test_fir_window(L, G, Kh, skip, carry):
     """The gated short filter over L tokens against the reference: grouped taps, skip term, history."""
     B, C = 2, 20
@@ -456,23 +457,14 @@ def test_fir_window(L, G, Kh, skip, carry):
     assert state is None or torch.equal(state, ref_state)
 
 
-def test_fir_past_max_taps_runs_the_reference():
-    """Hyena-MR's 128 taps go to the reference's convolution call (faster there): the same bits."""
-    x1v, x2, h, D = torch.randn(2, 9, 8), torch.randn(2, 9, 8), torch.randn(2, fir_cpu.MAX_TAPS + 1), torch.randn(8)
-    state = torch.randn(2, fir_cpu.MAX_TAPS, 8)
-    ref_state = state.clone()
-    assert torch.equal(fir_cpu.hyena_fir(x1v, x2, h, D, state), K.hyena_fir_ref(x1v, x2, h, D, ref_state))
-    assert torch.equal(state, ref_state)
-
-
-@pytest.mark.parametrize("skip", [False, True])
-def test_window_then_steps_equals_decoding_from_the_start(skip):
-    """Featurizer + short filter over a window give the bits of the decoding step token after token
+@pytest.mark.parametrize("skip,Kh", [(False, 7), (True, 128)])
+def test_window_then_steps_equals_decoding_from_the_start(skip, Kh):
+    """Featurizer + explicit filter over a window give the bits of the decoding step token after token
     (both sum the taps in a convolution's order), states included."""
     B, L, D = 2, 9, 16
-    z, w, b, h = torch.randn(B, L, 3 * D), torch.randn(3 * D, 3), torch.randn(3 * D), torch.randn(4, 7)
+    z, w, b, h = torch.randn(B, L, 3 * D), torch.randn(3 * D, 3), torch.randn(3 * D), torch.randn(4, Kh)
     Dk = torch.randn(D) if skip else None
-    fir, inner = torch.randn(B, 2, 3 * D), torch.randn(B, 6, D)
+    fir, inner = torch.randn(B, 2, 3 * D), torch.randn(B, Kh - 1, D)
     fir2, inner2 = fir.clone(), inner.clone()
     with torch.inference_mode():
         x2, x1v = K.hyena_featurize(z, w, b, fir, backend="numba")
