@@ -8,6 +8,8 @@ run on a machine pays the compilation (10-20 s; ``ready`` says so).
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import hashlib
 import logging
 import os
@@ -107,3 +109,29 @@ def _notice() -> None:
     if not _noticed.is_set():
         _noticed.set()
         log.warning("compiling the CPU kernels (numba; the first run on a machine only, 10-20 s)")
+
+
+# multiply-adds a thread takes at the least: below that, handing work to a thread costs more than it saves
+_MIN_PART_WORK = 1 << 20
+
+
+@functools.cache
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="evo-kernels")
+
+
+def over_channels(kernel, args, channels: int, work: int) -> None:
+    """``kernel(*args, lo, hi)`` for channel ranges covering ``0 .. channels``: one call, or, when
+    ``work`` (its multiply-adds) is large, as many calls as torch has threads, run in threads (the
+    kernels release the GIL) while torch's own threads are idle. Each channel's numbers are the same
+    however the channels are split."""
+    ready(kernel, args + (0, channels))
+    parts = min(torch.get_num_threads(), channels // 16, work // _MIN_PART_WORK)
+    if parts <= 1:
+        kernel(*args, 0, channels)
+        return
+    # multiples of 16 channels: every range but the last is whole vectors
+    bounds = [channels * i // parts // 16 * 16 for i in range(parts)] + [channels]
+    runs = [_pool(parts).submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    for run in runs:
+        run.result()

@@ -540,3 +540,33 @@ def test_window_kernels_take_strided_inputs_and_hand_over():
         assert torch.equal(modal_cpu.hyena_modal(x1v, x2, clp, cr, D, cstate), K.hyena_modal_ref(x1v, x2, clp, cr, D, c2))
         b16 = x1v.bfloat16()
         assert torch.equal(modal_cpu.hyena_modal(b16, x2.bfloat16(), lp, r, D), K.hyena_modal_ref(b16, x2.bfloat16(), lp, r, D))
+
+
+def test_window_kernels_split_over_threads_give_the_same_bits(monkeypatch):
+    """With several torch threads a large window's channels are split among threads: every output
+    and state is the bytes of one call (channels are independent, each summed in the same order)."""
+    from evo_cli.kernels import _numba
+
+    monkeypatch.setattr(_numba, "_MIN_PART_WORK", 1)  # split even these small shapes
+    pools = []
+    monkeypatch.setattr(_numba, "_pool", lambda n, pool=_numba._pool: pools.append(n) or pool(n))
+    x1v, x2, lp, r, D, state = _modal_case(2, 33, 56, 4)
+    z, w, b, h = torch.randn(2, 33, 3 * 56), torch.randn(3 * 56, 3), torch.randn(3 * 56), torch.randn(8, 128)
+    fir, hist = torch.randn(2, 2, 3 * 56), torch.randn(2, 127, 56)
+
+    def run():
+        states = [state.clone(), fir.clone(), hist.clone()]
+        outs = [modal_cpu.hyena_modal(x1v, x2, lp, r, D, states[0]), *featurize_cpu.hyena_featurize(z, w, b, states[1]),
+                fir_cpu.hyena_fir(x1v, x2, h, D, states[2])]
+        return outs + states
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(3)  # 56 channels: ranges of 16, 16 and 24
+        split = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert pools and set(pools) == {3}  # the second run did split, the first did not
+    assert all(torch.equal(a, b) for a, b in zip(one, split))

@@ -9,30 +9,37 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._numba import array, jit, ready, usable, vec
+from .._numba import array, jit, over_channels, usable, vec
 from ..fir.cpu import causal_taps, push_history, taps_by_channel
 from .naive import hyena_featurize_ref
 
 
 @jit
-def featurize(z, w, bias, state, carry, x2, x1v):
-    """z: [B, L, 3D]; w: [3D, K] (current token last); bias: [3D] or [0]; state: [B, K-1, 3D] history
-    of z, read and moved on when ``carry``. Writes x2, x1v: [B, L, D]."""
+def featurize(z, w, bias, state, carry, x2, x1v, lo, hi):
+    """Output channels lo..hi-1 of: z [B, L, 3D]; w: [3D, K] (current token last); bias: [3D] or [0];
+    state: [B, K-1, 3D] history of z, read and moved on when ``carry``; x2, x1v: [B, L, D]. Loops
+    over slices, as in ``fir/cpu.py``."""
     B, L, C3 = z.shape
     D = C3 // 3
+    n = hi - lo
     wt = taps_by_channel(w, C3)
     zc = np.empty(C3, dtype=np.float32)
+    g2, g1, gv = zc[lo:hi], zc[D + lo : D + hi], zc[2 * D + lo : 2 * D + hi]
     for b in range(B):
         for t in range(L):
-            causal_taps(z, wt, state, carry, b, t, zc)
-            if bias.shape[0]:
-                for c in range(C3):
-                    zc[c] += bias[c]
-            for c in range(D):
-                x2[b, t, c] = zc[c]
-                x1v[b, t, c] = zc[D + c] * zc[2 * D + c]
+            for j in range(3):  # the x2, x1 and v channels of this range
+                causal_taps(z, wt, state, carry, b, t, j * D + lo, j * D + hi, zc)
+                if bias.shape[0]:
+                    part, bj = zc[j * D + lo : j * D + hi], bias[j * D + lo : j * D + hi]
+                    for c in range(n):
+                        part[c] += bj[c]
+            o2, o1v = x2[b, t, lo:hi], x1v[b, t, lo:hi]
+            for c in range(n):
+                o2[c] = g2[c]
+                o1v[c] = g1[c] * gv[c]
     if carry:
-        push_history(z, state)
+        for j in range(3):
+            push_history(z, state, j * D + lo, j * D + hi)
 
 
 def hyena_featurize(z, weight, bias=None, state=None):
@@ -51,6 +58,5 @@ def hyena_featurize(z, weight, bias=None, state=None):
     carry = state is not None
     args = (array(z), array(weight), vec(bias), array(state) if carry else np.zeros((1, 1, 1), dtype=np.float32),
             carry, array(x2), array(x1v))
-    ready(featurize, args)
-    featurize(*args)
+    over_channels(featurize, args, C3 // 3, z.numel() * K)
     return x2, x1v

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._numba import array, jit, ready, usable, vec
+from .._numba import array, jit, over_channels, usable, vec
 from .naive import hyena_fir_ref
 
 
@@ -31,54 +31,68 @@ def taps_by_channel(h, C):
     return out
 
 
+# The kernels below take a channel range lo..hi-1 (``_numba.over_channels``) and loop over slices of
+# it: a loop over ``range(lo, hi)`` indexes with a possibly negative number, and numba's wraparound
+# check then keeps it from vectorising (8x slower).
+
+
 @jit
-def causal_taps(x, wt, state, carry, b, t, out):
-    """out [C] <- ``sum_k wt[k] * x[b, t - (K-1-k)]`` (wt: [K, C], current token last), oldest token
-    first as a convolution sums (and the decoding step, ``step/cpu.py``). Inputs before the sequence's
-    start are ``state[b]`` ([B, K-1, C]) when ``carry``, else zero."""
-    K, C = wt.shape
-    out[:] = np.float32(0.0)
+def causal_taps(x, wt, state, carry, b, t, lo, hi, out):
+    """out[lo:hi] <- ``sum_k wt[k] * x[b, t - (K-1-k)]`` over channels lo..hi-1 (wt: [K, C], current
+    token last), oldest token first as a convolution sums (and the decoding step, ``step/cpu.py``).
+    Inputs before the sequence's start are ``state[b]`` ([B, K-1, C]) when ``carry``, else zero."""
+    K = wt.shape[0]
+    o = out[lo:hi]
+    o[:] = np.float32(0.0)
     for k in range(K):
         src = t - (K - 1 - k)
         if src >= 0:
-            row = x[b, src]
+            row = x[b, src, lo:hi]
         elif carry:
-            row = state[b, state.shape[1] + src]
+            row = state[b, state.shape[1] + src, lo:hi]
         else:
             continue
-        for c in range(C):
-            out[c] += row[c] * wt[k, c]
+        w = wt[k, lo:hi]
+        for c in range(hi - lo):
+            o[c] += row[c] * w[c]
 
 
 @jit
-def push_history(x, state):
-    """state [B, K-1, C] <- the last K-1 rows of ``[state, x]`` (x: [B, L, C]), for the next call."""
+def push_history(x, state, lo, hi):
+    """state[:, :, lo:hi] ([B, K-1, C]) <- the last K-1 rows of ``[state, x]`` (x: [B, L, C]), for the
+    next call."""
     B, L = x.shape[0], x.shape[1]
     K1 = state.shape[1]
     for b in range(B):
         for i in range(K1):  # reads row L + i of [state, x]: at or after the row it writes
             src = L + i - K1
             if src >= 0:
-                state[b, i] = x[b, src]
+                state[b, i, lo:hi] = x[b, src, lo:hi]
             else:
-                state[b, i] = state[b, K1 + src]
+                state[b, i, lo:hi] = state[b, K1 + src, lo:hi]
 
 
 @jit
-def fir_gate(x1v, x2, h, Dskip, state, carry, y):
-    """x1v, x2, y: [B, L, C]; h: [G, K] taps (current token last); Dskip: [C] or [0]; state:
-    [B, K-1, C] history of x1v, read and moved on when ``carry``."""
+def fir_gate(x1v, x2, h, Dskip, state, carry, y, lo, hi):
+    """Channels lo..hi-1 of: x1v, x2, y [B, L, C]; h: [G, K] taps (current token last); Dskip: [C]
+    or [0]; state: [B, K-1, C] history of x1v, read and moved on when ``carry``."""
     B, L, C = x1v.shape
     wt = taps_by_channel(h, C)
     acc = np.empty(C, dtype=np.float32)
+    a = acc[lo:hi]
+    skip = Dskip[lo:hi] if Dskip.shape[0] else Dskip
     for b in range(B):
         for t in range(L):
-            causal_taps(x1v, wt, state, carry, b, t, acc)
-            for c in range(C):
-                v = acc[c] + Dskip[c] * x1v[b, t, c] if Dskip.shape[0] else acc[c]
-                y[b, t, c] = v * x2[b, t, c]
+            causal_taps(x1v, wt, state, carry, b, t, lo, hi, acc)
+            xs, gs, ys = x1v[b, t, lo:hi], x2[b, t, lo:hi], y[b, t, lo:hi]
+            if skip.shape[0]:
+                for c in range(hi - lo):
+                    ys[c] = (a[c] + skip[c] * xs[c]) * gs[c]
+            else:
+                for c in range(hi - lo):
+                    ys[c] = a[c] * gs[c]
     if carry:
-        push_history(x1v, state)
+        push_history(x1v, state, lo, hi)
 
 
 def hyena_fir(x1v, x2, h, D=None, state=None):
@@ -96,6 +110,5 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
     carry = state is not None
     args = (array(x1v), array(x2), array(h), vec(D),
             array(state) if carry else np.zeros((1, 1, 1), dtype=np.float32), carry, array(y))
-    ready(fir_gate, args)
-    fir_gate(*args)
+    over_channels(fir_gate, args, C, x1v.numel() * K)
     return y

@@ -16,47 +16,52 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._numba import array, jit, ready, usable
+from .._numba import array, jit, over_channels, usable
 from .naive import hyena_modal_ref
 
 
 @jit
-def modal_scan(x1v, x2, log_poles, residues, Dskip, state, carry, y):
-    """x1v, x2, y: [B, L, D] float32; log_poles, residues: [D, S] real; Dskip: [D]; state: [B, D, S],
-    read and overwritten when ``carry`` (else the recurrence starts from zero and state is untouched).
-    The states and sums are float64: in float32 a slowly decaying mode accumulates rounding over its
-    memory (1e-2 at 8,192 tokens with p = 0.9999, where the FFT loses 3e-5 and this 7e-6)."""
+def modal_scan(x1v, x2, log_poles, residues, Dskip, state, carry, y, lo, hi):
+    """Channels lo..hi-1 of: x1v, x2, y [B, L, D] float32; log_poles, residues: [D, S] real; Dskip:
+    [D]; state: [B, D, S], read and overwritten when ``carry`` (else the recurrence starts from zero
+    and state is untouched). The states and sums are float64: in float32 a slowly decaying mode
+    accumulates rounding over its memory (1e-2 at 8,192 tokens with p = 0.9999, where the FFT loses
+    3e-5 and this 7e-6). Loops over slices, as in ``fir/cpu.py``."""
     B, L, D = x1v.shape
     S = log_poles.shape[1]
-    # [S, D]: the inner loops run over contiguous channels
-    p = np.empty((S, D), dtype=np.float64)
-    r = np.empty((S, D), dtype=np.float64)
-    for d in range(D):
+    W = hi - lo
+    # [S, W]: the inner loops run over contiguous channels
+    p = np.empty((S, W), dtype=np.float64)
+    r = np.empty((S, W), dtype=np.float64)
+    for j in range(W):
         for n in range(S):
-            p[n, d] = np.exp(np.float64(log_poles[d, n]))
-            r[n, d] = residues[d, n]
-    s = np.empty((S, D), dtype=np.float64)
-    acc = np.empty(D, dtype=np.float64)
-    xt = np.empty(D, dtype=np.float64)
+            p[n, j] = np.exp(np.float64(log_poles[lo + j, n]))
+            r[n, j] = residues[lo + j, n]
+    s = np.empty((S, W), dtype=np.float64)
+    acc = np.empty(W, dtype=np.float64)
+    xt = np.empty(W, dtype=np.float64)
+    skip = Dskip[lo:hi]
     for b in range(B):
         for n in range(S):
-            for d in range(D):
-                s[n, d] = state[b, d, n] if carry else 0.0
+            for j in range(W):
+                s[n, j] = state[b, lo + j, n] if carry else 0.0
         for t in range(L):
-            for d in range(D):
-                xt[d] = x1v[b, t, d]
-                acc[d] = 0.0
+            xs, gs, ys = x1v[b, t, lo:hi], x2[b, t, lo:hi], y[b, t, lo:hi]
+            for j in range(W):
+                xt[j] = xs[j]
+                acc[j] = 0.0
             for n in range(S):
-                for d in range(D):
-                    v = s[n, d] * p[n, d] + xt[d]
-                    s[n, d] = v
-                    acc[d] += r[n, d] * v
-            for d in range(D):
-                y[b, t, d] = np.float32((acc[d] + Dskip[d] * xt[d]) * x2[b, t, d])
+                sn, pn, rn = s[n], p[n], r[n]
+                for j in range(W):
+                    v = sn[j] * pn[j] + xt[j]
+                    sn[j] = v
+                    acc[j] += rn[j] * v
+            for j in range(W):
+                ys[j] = np.float32((acc[j] + skip[j] * xt[j]) * gs[j])
         if carry:
             for n in range(S):
-                for d in range(D):
-                    state[b, d, n] = s[n, d]
+                for j in range(W):
+                    state[b, lo + j, n] = s[n, j]
 
 
 def hyena_modal(x1v, x2, log_poles, residues, D, state=None):
@@ -73,6 +78,5 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None):
     carry = state is not None
     args = (array(x1v), array(x2), array(log_poles), array(residues), array(D),
             array(state) if carry else np.zeros((1, 1, 1), dtype=np.float32), carry, array(y))
-    ready(modal_scan, args)
-    modal_scan(*args)
+    over_channels(modal_scan, args, x1v.shape[2], x1v.numel() * log_poles.shape[1])
     return y
