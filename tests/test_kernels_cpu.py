@@ -570,3 +570,17 @@ def test_window_kernels_split_over_threads_give_the_same_bits(monkeypatch):
         torch.set_num_threads(threads)
     assert pools and set(pools) == {3}  # the second run did split, the first did not
     assert all(torch.equal(a, b) for a, b in zip(one, split))
+
+
+def test_shapes_the_kernels_cannot_take_go_to_the_reference():
+    """The kernels have no bounds checks: a skip term of another length, or a decoding state of the
+    wrong shape, runs the reference, which broadcasts or raises, instead of reading past an array."""
+    x1v, x2, lp, r, _, state = _modal_case(2, 9, 8, 4)
+    one = torch.randn(1)
+    assert torch.equal(modal_cpu.hyena_modal(x1v, x2, lp, r, one), K.hyena_modal_ref(x1v, x2, lp, r, one))
+    z, w, b, fir, inner_state, inner = _step_case("hcs", 2, 8, True)
+    with pytest.raises(RuntimeError):
+        step_cpu.hyena_step(z, w, b, fir, inner_state[:, :2].contiguous(), **inner)
+    z, w, b, fir, inner_state, inner = _step_case("hcl", 2, 8, True)
+    with pytest.raises(RuntimeError):
+        step_cpu.hyena_step(z, w, b, fir, inner_state, **dict(inner, D=torch.randn(3)))

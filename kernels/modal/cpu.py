@@ -72,6 +72,7 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None):
     if (log_poles.is_complex() or D is None
             or not usable((x1v, x2, log_poles, residues, D, state))
             or x2.shape != x1v.shape or log_poles.shape != residues.shape or log_poles.shape[0] != x1v.shape[2]
+            or D.shape != (x1v.shape[2],)
             or (state is not None and state.shape != (x1v.shape[0], *log_poles.shape))):
         return hyena_modal_ref(x1v, x2, log_poles, residues, D, state)
     y = torch.empty_like(x1v)

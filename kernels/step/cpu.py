@@ -94,10 +94,17 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
     modal = h is None
     filt = (log_poles, residues, D) if modal else (h, D)
     complex_ok = (inner_state, log_poles, residues) if modal else ()
-    if (not usable((z, weight, bias, fir_state, inner_state, *filt), complex_ok)
-            or (modal and (D is None or not log_poles.dtype == residues.dtype == inner_state.dtype))
-            or (not modal and (z.shape[2] // 3) % h.shape[0])  # groups must tile the channels (the reference raises)
-            or fir_state.shape != (z.shape[0], weight.shape[1] - 1, z.shape[2])):
+    B, C3 = z.shape[0], z.shape[2]
+    if (not usable((z, weight, bias, fir_state, inner_state, *filt), complex_ok) or z.shape[1] != 1 or C3 % 3
+            or weight.shape[0] != C3 or (bias is not None and bias.shape != (C3,))
+            or fir_state.shape != (B, weight.shape[1] - 1, C3)
+            or (D is not None and D.shape != (C3 // 3,))
+            or (modal and (D is None or not log_poles.dtype == residues.dtype == inner_state.dtype
+                           or log_poles.shape != residues.shape or log_poles.shape[0] != C3 // 3
+                           or inner_state.shape != (B, *log_poles.shape)))
+            or (not modal and ((C3 // 3) % h.shape[0]  # groups must tile the channels (the reference raises)
+                               or inner_state.shape != (B, h.shape[1] - 1, C3 // 3)))):
+        # the kernel has no bounds checks: any other shape goes to the reference, which raises on it
         return hyena_step_ref(z, weight, bias, fir_state, inner_state, h, log_poles, residues, D)
     y = torch.empty(z.shape[0], z.shape[2] // 3, dtype=torch.float32)
     kernel = step_modal if modal else step_fir
