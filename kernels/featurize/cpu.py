@@ -17,26 +17,29 @@ from .naive import hyena_featurize_ref
 @jit
 def featurize(z, w, bias, state, carry, x2, x1v, lo, hi):
     """Output channels lo..hi-1 of: z [B, L, 3D]; w: [3D, K] (current token last); bias: [3D] or [0];
-    state: [B, K-1, 3D] history of z, read and moved on when ``carry``; x2, x1v: [B, L, D]. Loops
-    over slices, as in ``fir/cpu.py``."""
+    state: [B, K-1, 3D] history of z, read and moved on when ``carry``; x2, x1v: [B, L, D]. Unsigned
+    channel indices, as in ``fir/cpu.py``."""
     B, L, C3 = z.shape
     D = C3 // 3
-    n = hi - lo
     wt = taps_by_channel(w, C3)
     zc = np.empty(C3, dtype=np.float32)
-    g2, g1, gv = zc[lo:hi], zc[D + lo : D + hi], zc[2 * D + lo : 2 * D + hi]
+    # unsigned (see fir/cpu.py); unsigned with signed would be float64 in numba
+    ulo, uhi, uD, u2D = np.uint64(lo), np.uint64(hi), np.uint64(D), np.uint64(2 * D)
     for b in range(B):
         for t in range(L):
-            for j in range(3):  # the x2, x1 and v channels of this range
-                causal_taps(z, wt, state, carry, b, t, j * D + lo, j * D + hi, zc)
-                if bias.shape[0]:
-                    part, bj = zc[j * D + lo : j * D + hi], bias[j * D + lo : j * D + hi]
-                    for c in range(n):
-                        part[c] += bj[c]
-            o2, o1v = x2[b, t, lo:hi], x1v[b, t, lo:hi]
-            for c in range(n):
-                o2[c] = g2[c]
-                o1v[c] = g1[c] * gv[c]
+            if lo == 0 and hi == D:  # all channels: one pass over the three thirds
+                causal_taps(z, wt, state, carry, b, t, 0, C3, zc)
+            else:
+                for j in range(3):  # the x2, x1 and v channels of this range
+                    causal_taps(z, wt, state, carry, b, t, j * D + lo, j * D + hi, zc)
+            if bias.shape[0]:
+                for c in range(ulo, uhi):
+                    zc[c] += bias[c]
+                    zc[uD + c] += bias[uD + c]
+                    zc[u2D + c] += bias[u2D + c]
+            for c in range(ulo, uhi):
+                x2[b, t, c] = zc[c]
+                x1v[b, t, c] = zc[uD + c] * zc[u2D + c]
     if carry:
         for j in range(3):
             push_history(z, state, j * D + lo, j * D + hi)

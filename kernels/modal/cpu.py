@@ -26,42 +26,40 @@ def modal_scan(x1v, x2, log_poles, residues, Dskip, state, carry, y, lo, hi):
     [D]; state: [B, D, S], read and overwritten when ``carry`` (else the recurrence starts from zero
     and state is untouched). The states and sums are float64: in float32 a slowly decaying mode
     accumulates rounding over its memory (1e-2 at 8,192 tokens with p = 0.9999, where the FFT loses
-    3e-5 and this 7e-6). Loops over slices, as in ``fir/cpu.py``."""
+    3e-5 and this 7e-6). Unsigned channel indices, as in ``fir/cpu.py``."""
     B, L, D = x1v.shape
     S = log_poles.shape[1]
     W = hi - lo
+    ulo, uW = np.uint64(lo), np.uint64(W)  # unsigned + signed would be float64 in numba
     # [S, W]: the inner loops run over contiguous channels
     p = np.empty((S, W), dtype=np.float64)
     r = np.empty((S, W), dtype=np.float64)
-    for j in range(W):
+    for j in range(uW):
         for n in range(S):
-            p[n, j] = np.exp(np.float64(log_poles[lo + j, n]))
-            r[n, j] = residues[lo + j, n]
+            p[n, j] = np.exp(np.float64(log_poles[ulo + j, n]))
+            r[n, j] = residues[ulo + j, n]
     s = np.empty((S, W), dtype=np.float64)
     acc = np.empty(W, dtype=np.float64)
     xt = np.empty(W, dtype=np.float64)
-    skip = Dskip[lo:hi]
     for b in range(B):
         for n in range(S):
-            for j in range(W):
-                s[n, j] = state[b, lo + j, n] if carry else 0.0
+            for j in range(uW):
+                s[n, j] = state[b, ulo + j, n] if carry else 0.0
         for t in range(L):
-            xs, gs, ys = x1v[b, t, lo:hi], x2[b, t, lo:hi], y[b, t, lo:hi]
-            for j in range(W):
-                xt[j] = xs[j]
+            for j in range(uW):
+                xt[j] = x1v[b, t, ulo + j]
                 acc[j] = 0.0
             for n in range(S):
-                sn, pn, rn = s[n], p[n], r[n]
-                for j in range(W):
-                    v = sn[j] * pn[j] + xt[j]
-                    sn[j] = v
-                    acc[j] += rn[j] * v
-            for j in range(W):
-                ys[j] = np.float32((acc[j] + skip[j] * xt[j]) * gs[j])
+                for j in range(uW):
+                    v = s[n, j] * p[n, j] + xt[j]
+                    s[n, j] = v
+                    acc[j] += r[n, j] * v
+            for j in range(uW):
+                y[b, t, ulo + j] = np.float32((acc[j] + Dskip[ulo + j] * xt[j]) * x2[b, t, ulo + j])
         if carry:
             for n in range(S):
-                for j in range(W):
-                    state[b, lo + j, n] = s[n, j]
+                for j in range(uW):
+                    state[b, ulo + j, n] = s[n, j]
 
 
 def hyena_modal(x1v, x2, log_poles, residues, D, state=None):
