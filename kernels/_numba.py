@@ -115,8 +115,14 @@ def _notice() -> None:
 _MIN_PART_WORK = 1 << 20
 
 
-@functools.cache
 def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A pool of ``workers`` threads of this process: a child forked after the parent made one gets
+    its own (the parent's threads do not exist in the child, and its tasks would never run)."""
+    return _process_pool(workers, os.getpid())
+
+
+@functools.cache
+def _process_pool(workers: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="evo-kernels")
 
 
@@ -132,6 +138,7 @@ def over_channels(kernel, args, channels: int, work: int) -> None:
         return
     # multiples of 16 channels: every range but the last is whole vectors
     bounds = [channels * i // parts // 16 * 16 for i in range(parts)] + [channels]
-    runs = [_pool(parts).submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    pool = _pool(parts)
+    runs = [pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
     for run in runs:
         run.result()

@@ -584,3 +584,38 @@ def test_shapes_the_kernels_cannot_take_go_to_the_reference():
     z, w, b, fir, inner_state, inner = _step_case("hcl", 2, 8, True)
     with pytest.raises(RuntimeError):
         step_cpu.hyena_step(z, w, b, fir, inner_state, **dict(inner, D=torch.randn(3)))
+
+
+def test_a_forked_child_splits_windows_too(monkeypatch):
+    """A process forked after the window kernels started their threads (a data loader, a launcher)
+    gets threads of its own instead of waiting forever on its parent's."""
+    import os
+    import time
+
+    from evo_cli.kernels import _numba
+
+    monkeypatch.setattr(_numba, "_MIN_PART_WORK", 1)
+    x1v, x2, lp, r, D, _ = _modal_case(1, 20, 48, 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = modal_cpu.hyena_modal(x1v, x2, lp, r, D)  # the parent's pool now exists
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if a split call returns the parent's numbers
+            torch.set_num_threads(2)  # torch resets a forked child to one thread
+            split = []
+            _numba._pool = lambda n, pool=_numba._pool: split.append(n) or pool(n)
+            ok = torch.equal(modal_cpu.hyena_modal(x1v, x2, lp, r, D), want) and split == [2]  # one split, in 2
+            os._exit(0 if ok else 1)
+        for _ in range(600):  # 60 s at most: a child waiting on threads it does not have never exits
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+    finally:
+        torch.set_num_threads(threads)
+    assert os.waitstatus_to_exitcode(status) == 0
