@@ -9,7 +9,6 @@ run on a machine pays the compilation (10-20 s; ``ready`` says so).
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import hashlib
 import logging
 import os
@@ -115,15 +114,19 @@ def _notice() -> None:
 _MIN_PART_WORK = 1 << 20
 
 
-def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """A pool of ``workers`` threads of this process: a child forked after the parent made one gets
-    its own (the parent's threads do not exist in the child, and its tasks would never run)."""
-    return _process_pool(workers, os.getpid())
+_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
-@functools.cache
-def _process_pool(workers: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="evo-kernels")
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """This process's kernel threads (made as tasks need them, one per core at most). A child forked
+    after its parent made the pool gets its own: the parent's threads do not exist in the child, and
+    tasks given to them would never run."""
+    with _pools_lock:
+        pid = os.getpid()
+        if pid not in _pools:
+            _pools[pid] = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="evo-kernels")
+        return _pools[pid]
 
 
 def over_channels(kernel, args, channels: int, work: int) -> None:
@@ -138,7 +141,11 @@ def over_channels(kernel, args, channels: int, work: int) -> None:
         return
     # multiples of 16 channels: every range but the last is whole vectors
     bounds = [channels * i // parts // 16 * 16 for i in range(parts)] + [channels]
-    pool = _pool(parts)
-    runs = [pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    pool = _pool()
+    runs = [pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds[1:], bounds[2:])]
+    try:
+        kernel(*args, bounds[0], bounds[1])  # this thread takes the first range
+    finally:
+        concurrent.futures.wait(runs)  # nothing may still write into the outputs after this returns
     for run in runs:
         run.result()

@@ -549,7 +549,7 @@ def test_window_kernels_split_over_threads_give_the_same_bits(monkeypatch):
 
     monkeypatch.setattr(_numba, "_MIN_PART_WORK", 1)  # split even these small shapes
     pools = []
-    monkeypatch.setattr(_numba, "_pool", lambda n, pool=_numba._pool: pools.append(n) or pool(n))
+    monkeypatch.setattr(_numba, "_pool", lambda pool=_numba._pool: pools.append(1) or pool())
     x1v, x2, lp, r, D, state = _modal_case(2, 33, 56, 4)
     z, w, b, h = torch.randn(2, 33, 3 * 56), torch.randn(3 * 56, 3), torch.randn(3 * 56), torch.randn(8, 128)
     fir, hist = torch.randn(2, 2, 3 * 56), torch.randn(2, 127, 56)
@@ -568,7 +568,7 @@ def test_window_kernels_split_over_threads_give_the_same_bits(monkeypatch):
         split = run()
     finally:
         torch.set_num_threads(threads)
-    assert pools and set(pools) == {3}  # the second run did split, the first did not
+    assert len(pools) == 3  # the second run split each of its three kernel calls, the first none
     assert all(torch.equal(a, b) for a, b in zip(one, split))
 
 
@@ -604,8 +604,8 @@ def test_a_forked_child_splits_windows_too(monkeypatch):
         if pid == 0:  # the child: exit 0 only if a split call returns the parent's numbers
             torch.set_num_threads(2)  # torch resets a forked child to one thread
             split = []
-            _numba._pool = lambda n, pool=_numba._pool: split.append(n) or pool(n)
-            ok = torch.equal(modal_cpu.hyena_modal(x1v, x2, lp, r, D), want) and split == [2]  # one split, in 2
+            _numba._pool = lambda pool=_numba._pool: split.append(1) or pool()
+            ok = torch.equal(modal_cpu.hyena_modal(x1v, x2, lp, r, D), want) and split == [1]
             os._exit(0 if ok else 1)
         for _ in range(600):  # 60 s at most: a child waiting on threads it does not have never exits
             done, status = os.waitpid(pid, os.WNOHANG)

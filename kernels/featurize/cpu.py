@@ -52,7 +52,7 @@ def hyena_featurize(z, weight, bias=None, state=None):
     B, L, C3 = z.shape
     K = weight.shape[1]
     z = z.contiguous()  # a strided z (a hook's output) gets the same numbers as a contiguous one
-    if (not usable((z, weight, bias, state)) or C3 % 3 or weight.shape[0] != C3
+    if (not usable((z, weight, bias, state)) or C3 % 3 or weight.dim() != 2 or weight.shape[0] != C3
             or (bias is not None and bias.shape != (C3,))
             or (state is not None and state.shape != (B, K - 1, C3))):
         return hyena_featurize_ref(z, weight, bias, state)

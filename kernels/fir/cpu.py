@@ -97,7 +97,7 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
     B, L, C = x1v.shape
     G, K = h.shape
     x1v, x2 = x1v.contiguous(), x2.contiguous()  # strided inputs get the numbers of contiguous ones
-    if (not usable((x1v, x2, h, D, state)) or x2.shape != x1v.shape
+    if (not usable((x1v, x2, h, D, state)) or h.dim() != 2 or x2.shape != x1v.shape
             or C % G  # groups must tile the channels (the reference raises)
             or (D is not None and D.shape != (C,)) or (state is not None and state.shape != (B, K - 1, C))):
         return hyena_fir_ref(x1v, x2, h, D, state)

@@ -67,7 +67,7 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None):
     Real poles on float32 CPU tensors with no gradient to record run here (filter and state
     contiguous); complex poles and anything else run the reference."""
     x1v, x2 = x1v.contiguous(), x2.contiguous()  # strided inputs get the numbers of contiguous ones
-    if (log_poles.is_complex() or D is None
+    if (log_poles.is_complex() or D is None or log_poles.dim() != 2 or x1v.dim() != 3
             or not usable((x1v, x2, log_poles, residues, D, state))
             or x2.shape != x1v.shape or log_poles.shape != residues.shape or log_poles.shape[0] != x1v.shape[2]
             or D.shape != (x1v.shape[2],)

@@ -96,7 +96,8 @@ def hyena_step(z, weight, bias, fir_state, inner_state, h=None, log_poles=None, 
     complex_ok = (inner_state, log_poles, residues) if modal else ()
     B, C3 = z.shape[0], z.shape[2]
     if (not usable((z, weight, bias, fir_state, inner_state, *filt), complex_ok) or z.shape[1] != 1 or C3 % 3
-            or weight.shape[0] != C3 or (bias is not None and bias.shape != (C3,))
+            or weight.dim() != 2 or weight.shape[0] != C3 or (bias is not None and bias.shape != (C3,))
+            or (modal and log_poles.dim() != 2) or (not modal and h.dim() != 2)
             or fir_state.shape != (B, weight.shape[1] - 1, C3)
             or (D is not None and D.shape != (C3 // 3,))
             or (modal and (D is None or not log_poles.dtype == residues.dtype == inner_state.dtype
