@@ -110,8 +110,10 @@ def _notice() -> None:
         log.warning("compiling the CPU kernels (numba; the first run on a machine only, 10-20 s)")
 
 
-# multiply-adds a thread takes at the least: below that, handing work to a thread costs more than it saves
-_MIN_PART_WORK = 1 << 20
+# multiply-adds a thread takes at the least (about a millisecond): below that, handing work to a thread
+# costs more than it saves, the more so as torch's OpenMP threads still spin for a while after each of
+# its ops (on 2 threads the quick start's windows ran 2% slower split from 1 M multiply-adds up)
+_MIN_PART_WORK = 1 << 22
 
 
 _pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
