@@ -1,9 +1,10 @@
 """Pieces shared by the fused CPU kernels (``<op>/cpu.py``, compiled by numba on first use).
 
 They serve what eager PyTorch does badly on a CPU: the matrix-vector products of decoding (MKL
-streams a weight at 9-17 GB/s on this project's CPUs, a plain loop at 19-24; benchmarks/README.md)
-and chains of small ops over one token. Compiled code is cached on disk (``jit``), so only the first
-run on a machine pays the compilation (10-20 s; ``ready`` says so).
+streams a weight at 9-17 GB/s on this project's CPUs, a plain loop at 19-24; benchmarks/README.md),
+chains of small ops over one token, and the Hyena filters of a window, where PyTorch makes a pass
+per tap or an FFT (``over_channels`` splits those among threads). Compiled code is cached on disk
+(``jit``), so only the first run on a machine pays the compilation (10-20 s; ``ready`` says so).
 """
 
 from __future__ import annotations

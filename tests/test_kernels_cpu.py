@@ -333,7 +333,12 @@ block_cpu.bind_hyena_block(x, out, fir, state, **w)()
 w = _attention_weights(60, 4, 2, 16, 160, True, "gelu")
 kc, vc, pos = torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16), torch.tensor([5])
 block_cpu.bind_attention_block(x, x, kc, vc, pos, **w)()
-print(hashlib.md5(out.numpy().tobytes() + x.numpy().tobytes()).hexdigest())
+from evo_cli import kernels as K
+z, lp, r = torch.randn(2, 40, 3 * 60), -torch.rand(60, 4), torch.randn(60, 4)
+x2, x1v = K.hyena_featurize(z, torch.randn(3 * 60, 3), None, torch.randn(2, 2, 3 * 60), backend="numba")
+y = K.hyena_fir(x1v, x2, torch.randn(6, 128), torch.randn(60), torch.randn(2, 127, 60), backend="numba")
+y = K.hyena_modal(y, x2, lp, r, torch.randn(60), torch.randn(2, 60, 4), backend="numba")
+print(hashlib.md5(out.numpy().tobytes() + x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
 """
 
 
@@ -446,7 +451,8 @@ def test_featurize_window(L, bias, carry):
 @pytest.mark.parametrize("G,Kh,skip,carry", [(20, 7, False, True), (4, 7, True, False), (5, 128, True, True),
                                              (2, 128, True, False)])
 def test_fir_window(L, G, Kh, skip, carry):
-    """The gated short filter over L tokens against the reference: grouped taps, skip term, history."""
+    """The gated explicit filter (7 or 128 taps) over L tokens against the reference: grouped taps, skip
+    term, history."""
     B, C = 2, 20
     x1v, x2, h = torch.randn(B, L, C), torch.randn(B, L, C), torch.randn(G, Kh)
     D = torch.randn(C) if skip else None

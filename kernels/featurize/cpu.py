@@ -50,7 +50,7 @@ def hyena_featurize(z, weight, bias=None, state=None):
     in place. float32 CPU tensors with no gradient to record run here (weights and state contiguous),
     anything else runs the reference."""
     B, L, C3 = z.shape
-    K = weight.shape[1]
+    K = weight.shape[-1]
     z = z.contiguous()  # a strided z (a hook's output) gets the same numbers as a contiguous one
     if (not usable((z, weight, bias, state)) or C3 % 3 or weight.dim() != 2 or weight.shape[0] != C3
             or (bias is not None and bias.shape != (C3,))

@@ -95,7 +95,7 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
     float32 CPU tensors with no gradient to record run here (weights and state contiguous); anything
     else runs the reference."""
     B, L, C = x1v.shape
-    G, K = h.shape
+    G, K = h.shape[0], h.shape[-1]
     x1v, x2 = x1v.contiguous(), x2.contiguous()  # strided inputs get the numbers of contiguous ones
     if (not usable((x1v, x2, h, D, state)) or h.dim() != 2 or x2.shape != x1v.shape
             or C % G  # groups must tile the channels (the reference raises)
