@@ -3,7 +3,7 @@
 It runs the modal recurrence that decoding runs, token after token: ``s_n <- p_n s_n + x1v``,
 ``y = (sum_n R_n s_n + D x1v) * x2``, vectorised over the channels. With Evo 2's real poles
 (S = 16) that is 2S multiply-adds per element in one pass over x1v and x2, where the reference
-builds the filter, runs two FFTs and projects the state (about 25 PyTorch ops; 7-17x slower,
+builds the filter, runs two FFTs and projects the state (about 25 PyTorch ops; 5-17x slower,
 benchmarks/README.md). The states and sums are float64 within a call, so the result is nearer exact
 arithmetic than the FFT's; the state goes back to float32 between calls.
 
