@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import (add_model_args, build, fmt_bytes, kv_cache_bytes, machine, peak_rss_bytes,  # noqa: E402
+from common import (add_model_args, build, fmt_bytes, kv_cache_bytes, load_kernels, machine, peak_rss_bytes,  # noqa: E402
                     rss_bytes, run_each_length)
 
 from evo_cli.embedding import DEFAULT_CHUNK_SIZE, _last_block, iter_embeddings, resolve_layers  # noqa: E402
@@ -40,6 +40,7 @@ def one(args) -> dict:
     g = torch.Generator().manual_seed(0)
     seq = "".join("ACGT"[i] for i in torch.randint(0, 4, (L,), generator=g).tolist())
     layers = resolve_layers(model.config, args.layer)
+    load_kernels(model)
     load_before = os.getloadavg()[0]
     base_peak, base_rss = peak_rss_bytes(), rss_bytes()
     done, trace, next_trace = 0, [], args.trace

@@ -18,13 +18,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import PeakMemory, add_model_args, build, fmt_bytes, machine, run_isolated  # noqa: E402
+from common import PeakMemory, add_model_args, build, fmt_bytes, load_kernels, machine, run_isolated  # noqa: E402
 
 
 def one(args) -> dict:
     model = build(args)
     ids = torch.randint(0, 4, (1, args.length), generator=torch.Generator().manual_seed(0)) + 65
     run = model.forward_layerwise if args.mode == "layerwise" else model.forward_chunked
+    load_kernels(model)
     with torch.inference_mode(), PeakMemory(args.device) as mem:
         t0 = time.process_time()
         for _start, logits in run(ids, args.chunk):

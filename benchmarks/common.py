@@ -69,6 +69,17 @@ def kv_cache_bytes(model, batch: int, positions: int, last_block: int | None = N
     return n_attn * 2 * batch * c.num_kv_heads * c.head_dim * positions * model.dtype.itemsize
 
 
+def load_kernels(model) -> None:
+    """A 64-token forward and one decoding step of ``model``: what a process compiles or loads once
+    (numba's kernels: about 130 MiB and 0.6 s; Triton's), so that a peak measured after it is the
+    run's own memory."""
+    ids = torch.full((1, 64), 65, dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        state = model.new_state(1, 65)
+        model(ids, state)
+        model(ids[:, :1], state)
+
+
 class PeakMemory:
     """Context manager: ``.bytes`` is the peak memory the block added (see module docstring)."""
 
