@@ -64,6 +64,8 @@ def jit(fn):
 
 # an absent optional vector (a bias, a skip term): kernels test its length
 EMPTY = np.zeros(0, dtype=np.float32)
+# an absent history or state: the window kernels read it only when their ``carry`` argument is true
+NO_STATE = np.zeros((1, 1, 1), dtype=np.float32)
 
 
 def array(t: torch.Tensor):

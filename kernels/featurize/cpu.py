@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._numba import array, jit, over_channels, usable, vec
+from .._numba import NO_STATE, array, jit, over_channels, usable, vec
 from ..fir.cpu import causal_taps, push_history, taps_by_channel
 from .naive import hyena_featurize_ref
 
@@ -59,7 +59,7 @@ def hyena_featurize(z, weight, bias=None, state=None):
     x2 = torch.empty(B, L, C3 // 3, dtype=torch.float32)
     x1v = torch.empty_like(x2)
     carry = state is not None
-    args = (array(z), array(weight), vec(bias), array(state) if carry else np.zeros((1, 1, 1), dtype=np.float32),
+    args = (array(z), array(weight), vec(bias), array(state) if carry else NO_STATE,
             carry, array(x2), array(x1v))
     over_channels(featurize, args, C3 // 3, z.numel() * K)
     return x2, x1v

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._numba import array, jit, over_channels, usable, vec
+from .._numba import NO_STATE, array, jit, over_channels, usable, vec
 from .naive import hyena_fir_ref
 
 
@@ -104,6 +104,6 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
     y = torch.empty_like(x1v)
     carry = state is not None
     args = (array(x1v), array(x2), array(h), vec(D),
-            array(state) if carry else np.zeros((1, 1, 1), dtype=np.float32), carry, array(y))
+            array(state) if carry else NO_STATE, carry, array(y))
     over_channels(fir_gate, args, C, x1v.numel() * K)
     return y

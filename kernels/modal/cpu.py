@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._numba import array, jit, over_channels, usable
+from .._numba import NO_STATE, array, jit, over_channels, usable
 from .naive import hyena_modal_ref
 
 
@@ -76,6 +76,6 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None):
     y = torch.empty_like(x1v)
     carry = state is not None
     args = (array(x1v), array(x2), array(log_poles), array(residues), array(D),
-            array(state) if carry else np.zeros((1, 1, 1), dtype=np.float32), carry, array(y))
+            array(state) if carry else NO_STATE, carry, array(y))
     over_channels(modal_scan, args, x1v.shape[2], x1v.numel() * log_poles.shape[1])
     return y

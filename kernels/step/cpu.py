@@ -1,7 +1,11 @@
 """One decoding step of a whole Hyena operator on a CPU, compiled by numba: the featurizer's short
 filter and pre-gate, the inner filter (explicit taps, or the modal recurrence with real or complex
 poles) and the output gate in one call, with both states updated in place. The reference
-(``step/naive.py``) is about twenty PyTorch ops for one token, each costing more than its arithmetic."""
+(``step/naive.py``) is about twenty PyTorch ops for one token, each costing more than its arithmetic.
+
+The explicit filters add their taps in the order of the window kernels (``featurize/cpu.py``,
+``fir/cpu.py``), so a window and steps give the same bits, but do not call them: those lay the taps
+out per channel on every call (128 x D floats for Hyena-MR), a copy one token should not pay for."""
 
 from __future__ import annotations
 
