@@ -55,12 +55,12 @@ def _stored_dtypes(directory: Path) -> dict[str, torch.dtype]:
 def test_dtype_options(tmp_path):
     """tiny_a stores bf16 weights with float32 poles, residues and inv_freq: ``keep`` keeps exactly that."""
     kept = _stored_dtypes(convert_checkpoint(TINY_A, tmp_path / "keep"))
-    assert kept["blocks.0.mlp.l1.weight"] == kept["blocks.1.filter.h"] == torch.bfloat16
+    assert kept["blocks.0.mlp.l1.weight.T"] == kept["blocks.1.filter.h"] == torch.bfloat16
     assert kept["blocks.2.filter.log_poles"] == kept["blocks.3.inner_mha_cls.rotary_emb.inv_freq"] == torch.float32
     f32 = _stored_dtypes(convert_checkpoint(TINY_A, tmp_path / "f32", dtype="float32"))
     assert set(f32.values()) == {torch.float32}
     bf16 = _stored_dtypes(convert_checkpoint(TINY_A, tmp_path / "bf16", dtype="bfloat16"))
-    assert bf16["blocks.0.mlp.l1.weight"] == torch.bfloat16 and bf16["blocks.1.filter.h"] == torch.float32
+    assert bf16["blocks.0.mlp.l1.weight.T"] == torch.bfloat16 and bf16["blocks.1.filter.h"] == torch.float32
     with safe_open(str(next((tmp_path / "keep").glob("model-*"))), "pt") as f:
         assert f.metadata()["source_format"] == "vortex"
 
@@ -90,6 +90,34 @@ def test_native_load_is_zero_copy(tmp_path):
     bf = evo_cli.load_model(out, device="cpu", dtype="bfloat16")
     ptr = bf.blocks[0].mlp.l1.weight.data_ptr()
     assert not any(lo <= ptr < hi and path in shards for lo, hi, path in _mapped_files())
+
+
+def test_linear_weights_are_stored_transposed_and_old_directories_still_load(tmp_path):
+    """A native checkpoint stores each Linear weight [out, in] as ``<name>.T`` [in, out], so that a CPU
+    model's column-major layout is a view of the mapping; a directory written before (``<name>``
+    [out, in]) loads to the same model, laid out in memory."""
+    from safetensors.torch import save_file
+
+    out = convert_checkpoint(TINY_A, tmp_path / "n", dtype="float32")
+    model = evo_cli.load_model(out, device="cpu", kernels="torch")
+    stored = {}
+    for shard in out.glob("model-*.safetensors"):
+        stored.update(load_file(str(shard)))
+    w = model.blocks[0].mlp.l1.weight
+    assert "blocks.0.mlp.l1.weight" not in stored and torch.equal(stored["blocks.0.mlp.l1.weight.T"], w.t())
+    assert w.t().is_contiguous() and "blocks.0.filter.h" in stored
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text((out / "config.json").read_text())
+    save_file({k.removesuffix(".T"): v.t().contiguous() if k.endswith(".T") else v for k, v in stored.items()},
+              str(old / "model.safetensors"))
+    again = evo_cli.load_model(old, device="cpu", kernels="torch")
+    ids = torch.randint(0, 512, (1, 7), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_logits(again, ids), _logits(model, ids))
+    assert all(a.stride() == b.stride() for a, b in zip(again.parameters(), model.parameters()))
+    # a published layout gets the same layout at load (in the copy its permutations make anyway)
+    vortex = evo_cli.load_model(TINY_A, device="cpu", dtype="float32", kernels="torch")
+    assert all(a.stride() == b.stride() for a, b in zip(vortex.parameters(), model.parameters()))
 
 
 def test_output_is_atomic(tmp_path, capsys):

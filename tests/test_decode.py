@@ -52,32 +52,38 @@ def test_state_helpers(tiny_models):
         model(ids, state)
 
 
-def test_decoding_stores_wide_weights_column_major_with_the_same_numbers():
-    """Under --kernels torch (MKL's GEMV), new_state lays out CPU Linear weights for one-token products:
-    column-major where a weight has more outputs than inputs, row-major otherwise
-    (benchmarks/README.md); the logits do not change. The numba loop reads every weight column-major;
-    a switch back to torch restores the row-major ones."""
+def test_cpu_models_store_wide_weights_column_major_from_the_start():
+    """Under --kernels torch (MKL's GEMV), CPU Linear weights are laid out for one-token products
+    (benchmarks/README.md): column-major where a weight has more outputs than inputs, row-major
+    otherwise; the numba loop reads every weight column-major, and switching kernels lays them out
+    again. The layout is made when the model is built, not by the first decoding call: a product of
+    few rows takes the numba loop only with a column-major weight, so a forward's bits would depend on
+    whether the process had decoded before (a resumed run would not give the uninterrupted bytes)."""
     from evo_cli.model.init import motif_config, random_model
+
+    def torch_layout(w):
+        return (1, w.shape[0]) if w.shape[0] > w.shape[1] else (w.shape[1], 1)
 
     model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=16, inner_mlp_size=80), seed=0,
                          kernels="torch")
-    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        before = model(ids)
-        model.new_state(1, 12)
-        after = model(ids)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert {m.weight.shape[0] > m.weight.shape[1] for m in linears} == {True, False}
-    for m in linears:
-        out, inp = m.weight.shape
-        assert m.weight.stride() == ((1, out) if out > inp else (inp, 1)), (m.weight.shape, m.weight.stride())
-    assert torch.allclose(after, before, atol=1e-5)
-    if numba_available():
-        model.set_kernels("numba").new_state(1, 12)
-        assert all(m.weight.t().is_contiguous() for m in linears)
-        model.set_kernels("torch").new_state(1, 12)
-        assert all(m.weight.stride() == ((1, m.weight.shape[0]) if m.weight.shape[0] > m.weight.shape[1] else
-                                         (m.weight.shape[1], 1)) for m in linears)
+    assert all(m.weight.stride() == torch_layout(m.weight) for m in linears)
+    backends = ["torch", "numba"] if numba_available() else ["torch"]
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randint(0, 512, shape, generator=gen) for shape in [(1, 1), (1, 5), (2, 3), (1, 12)]]
+    with torch.no_grad():
+        for kernels in backends:
+            model.set_kernels(kernels)
+            want = all(m.weight.t().is_contiguous() for m in linears) if kernels == "numba" else \
+                all(m.weight.stride() == torch_layout(m.weight) for m in linears)
+            assert want, kernels
+            before = [model(ids) for ids in inputs]
+            model.new_state(1, 12)
+            assert all(torch.equal(model(ids), b) for ids, b in zip(inputs, before)), kernels
+        # weights coming back from another dtype get the layout too
+        model.set_kernels("torch").double().float()
+        assert all(m.weight.stride() == torch_layout(m.weight) for m in linears)
 
 
 def test_rotary_angles_come_from_a_table_with_the_same_numbers(monkeypatch):

@@ -33,6 +33,7 @@ from evo_cli.model.config import NATIVE_FORMAT, ModelConfig
 from evo_cli.model.layers import rotary_inv_freq
 
 from . import community, te_state
+from .native import transposed_key
 from .sources import TensorSource, open_safetensors, open_torch, safetensors_index_files, split_parts
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -161,7 +162,14 @@ def _vortex_resolver(config: ModelConfig, source: TensorSource):
 
 
 def _native_resolver(config: ModelConfig, source: TensorSource):
-    return lambda name: (name, _identity)
+    keys = set(source.keys())
+
+    def resolve(name: str):
+        if transposed_key(name) in keys:  # an nn.Linear weight stored [in, out]: its transpose is a view
+            return transposed_key(name), lambda t: t.t()
+        return name, _identity
+
+    return resolve
 
 
 def _read_yaml(path: Path) -> dict:

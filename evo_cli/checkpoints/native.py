@@ -1,5 +1,10 @@
 """Our native checkpoint: ``config.json`` + sharded ``model-*.safetensors`` + index, in the runtime's
-own layout, so that loading is a memory map with no conversion."""
+own layout, so that loading is a memory map with no conversion.
+
+Each ``nn.Linear`` weight [out, in] is stored transposed, as ``<name>.T`` [in, out]: a CPU model
+keeps these weights column-major (``StripedHyena._cpu_gemv_layout``), and the transpose of the
+mapped tensor is exactly that, with nothing copied. Checkpoints written before store ``<name>``
+[out, in] and still load (the layout is then made at load, in memory)."""
 
 from __future__ import annotations
 
@@ -9,12 +14,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch.nn as nn
 from safetensors.torch import save_file
 
 from evo_cli.errors import CheckpointError, OutputError
 from evo_cli.io.atomic import _umask, remove_stale_temporaries, temporary_prefix, write_failure
 
 DEFAULT_SHARD_BYTES = 4 << 30
+
+
+def transposed_key(name: str) -> str:
+    """The key under which a native checkpoint stores the transpose of the ``nn.Linear`` weight ``name``."""
+    return name + ".T"
 
 
 def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, metadata: dict | None = None) -> Path:
@@ -31,7 +42,14 @@ def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHA
     except OSError as err:
         raise OutputError(write_failure(out, err)) from None
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        tensors = {}
+        for k, v in model.state_dict().items():
+            v = v.detach().cpu()
+            if k in linear and v.dim() == 2:
+                tensors[transposed_key(k)] = v.t().contiguous()
+            else:
+                tensors[k] = v.contiguous()
         shards, current, size = [], {}, 0
         for k, v in tensors.items():
             nbytes = v.numel() * v.element_size()

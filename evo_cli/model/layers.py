@@ -147,8 +147,9 @@ class Projection(Linear):
         if mode != "off" and not self.has_fp8_state:
             raise ValueError("this projection has no FP8 scales")
         self.fp8 = mode
-        # row-major whatever the weight's strides (a CPU decode stores it column-major, new_state; .to()
-        # keeps that): its transpose must be the column-major operand FP8 GEMMs take (cuBLASLt)
+        # row-major whatever the weight's strides (a CPU model stores it column-major for decoding,
+        # StripedHyena._cpu_gemv_layout; .to() keeps that): its transpose must be the column-major
+        # operand FP8 GEMMs take (cuBLASLt)
         self.weight_fp8 = None if mode == "off" else K.quantize_e4m3(self.weight, self.fp8_scale_weight).contiguous()
 
     def _apply(self, fn, recurse=True):

@@ -66,6 +66,18 @@ class StripedHyena(nn.Module):
         for m in self.modules():
             if hasattr(m, "backend"):
                 m.backend = kernels
+        self._cpu_gemv_layout()
+        return self
+
+    def load_state_dict(self, *args, **kwargs):
+        result = super().load_state_dict(*args, **kwargs)
+        self._cpu_gemv_layout()  # ``assign=True`` puts the given tensors, in their own layout, in place
+        return result
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .float() / .cpu(): a weight coming from another device or dtype gets the CPU layout
+        super()._apply(fn, recurse)
+        self._cpu_gemv_layout()
         return self
 
     @property
@@ -103,15 +115,20 @@ class StripedHyena(nn.Module):
         return InferenceState([self._block_state(i, batch_size, max_seqlen) for i in range(n)], max_seqlen)
 
     def _cpu_gemv_layout(self) -> None:
-        """Lay out every CPU ``nn.Linear`` weight [out, in] for one-token steps, once (``new_state``):
-        column-major (the transpose of a contiguous [in, out] tensor) where the step's matrix-vector
-        product streams it faster. The numba loop (``kernels.linear``) reads every weight so. MKL,
-        under ``--kernels torch``, streams a weight at a rate that depends on its rows' length: on
-        this project's CPUs (one core, benchmarks/README.md) a [1536, 512] projection runs at 16 GB/s
-        column-major against 9 row-major, while the MLP's [512, 1368] down-projection runs at 13 GB/s
-        row-major against 10 column-major; so there, only weights with more outputs than inputs are
-        stored column-major. Matrix products of many tokens run at the same speed either way."""
-        numba = K.resolve_backend(self.kernels, "cpu") == "numba"
+        """Lay out every CPU ``nn.Linear`` weight [out, in] for one-token steps: column-major (the
+        transpose of a contiguous [in, out] tensor) where the step's matrix-vector product streams it
+        faster. The numba loop (``kernels.linear``) reads every weight so. MKL, under ``--kernels
+        torch``, streams a weight at a rate that depends on its rows' length: on this project's CPUs
+        (one core, benchmarks/README.md) a [1536, 512] projection runs at 16 GB/s column-major against
+        9 row-major, while the MLP's [512, 1368] down-projection runs at 13 GB/s row-major against 10
+        column-major; so there, only weights with more outputs than inputs are stored column-major.
+        Matrix products of many tokens run at the same speed either way.
+
+        Done whenever the weights or the kernels change (loading, ``.to()``, ``set_kernels``) and again
+        by ``new_state``, not first by a decoding call: a product of up to ``kernels.linear``'s few rows
+        takes the numba loop only with a column-major weight, so a forward's numbers would depend on
+        whether the process had decoded before (and a resumed or distributed run, which skips some
+        work, would not give the uninterrupted run's bytes)."""
         for m in self.modules():
             w = m.weight if isinstance(m, nn.Linear) else None
             if w is None or w.device.type != "cpu" or w.dim() != 2:
@@ -119,11 +136,16 @@ class StripedHyena(nn.Module):
             # the new layout is an inference tensor only where the weight is one (a model built under
             # inference mode): one made under a caller's inference mode could not enter autograd later
             with torch.inference_mode(w.is_inference()), torch.no_grad():
-                column_major = numba or w.shape[0] > w.shape[1]
+                column_major = self.column_major(w.shape)
                 if column_major and not w.t().is_contiguous():
                     w.data = w.data.t().contiguous().t()
                 elif not column_major and not w.is_contiguous():
                     w.data = w.data.contiguous()
+
+    def column_major(self, shape) -> bool:
+        """Whether a CPU ``nn.Linear`` weight of ``shape`` [out, in] is stored column-major (see
+        ``_cpu_gemv_layout``)."""
+        return K.resolve_backend(self.kernels, "cpu") == "numba" or shape[0] > shape[1]
 
     def forward(self, input_ids, state: InferenceState | None = None, *, return_logits: bool = True,
                 last_block: int | None = None):
