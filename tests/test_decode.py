@@ -52,7 +52,7 @@ def test_state_helpers(tiny_models):
         model(ids, state)
 
 
-def test_cpu_models_store_wide_weights_column_major_from_the_start():
+def test_cpu_models_store_wide_weights_column_major_from_the_start(monkeypatch):
     """Under --kernels torch (MKL's GEMV), CPU Linear weights are laid out for one-token products
     (benchmarks/README.md): column-major where a weight has more outputs than inputs, row-major
     otherwise; the numba loop reads every weight column-major, and switching kernels lays them out
@@ -84,6 +84,10 @@ def test_cpu_models_store_wide_weights_column_major_from_the_start():
         # weights coming back from another dtype get the layout too
         model.set_kernels("torch").double().float()
         assert all(m.weight.stride() == torch_layout(m.weight) for m in linears)
+    # a backend this CPU cannot run fails when an op runs, not when the model is switched or loaded
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model.set_kernels("triton")
+    assert all(m.weight.stride() == torch_layout(m.weight) for m in linears)
 
 
 def test_rotary_angles_come_from_a_table_with_the_same_numbers(monkeypatch):

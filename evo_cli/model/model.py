@@ -145,7 +145,10 @@ class StripedHyena(nn.Module):
     def column_major(self, shape) -> bool:
         """Whether a CPU ``nn.Linear`` weight of ``shape`` [out, in] is stored column-major (see
         ``_cpu_gemv_layout``)."""
-        return K.resolve_backend(self.kernels, "cpu") == "numba" or shape[0] > shape[1]
+        # not resolve_backend: it raises for a backend this CPU cannot run (say triton), and a model
+        # loaded for a GPU, or switched before its error is due, must not fail here
+        numba = self.kernels in ("auto", "numba") and K.numba_available()
+        return numba or shape[0] > shape[1]
 
     def forward(self, input_ids, state: InferenceState | None = None, *, return_logits: bool = True,
                 last_block: int | None = None):
