@@ -108,13 +108,19 @@ def test_linear_weights_are_stored_transposed_and_old_directories_still_load(tmp
     assert w.t().is_contiguous() and "blocks.0.filter.h" in stored
     old = tmp_path / "old"
     old.mkdir()
-    (old / "config.json").write_text((out / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "evo-cli/striped-hyena/2"
+    (old / "config.json").write_text(json.dumps({**config, "format": "evo-cli/striped-hyena/1"}))
     save_file({k.removesuffix(".T"): v.t().contiguous() if k.endswith(".T") else v for k, v in stored.items()},
               str(old / "model.safetensors"))
     again = evo_cli.load_model(old, device="cpu", kernels="torch")
     ids = torch.randint(0, 512, (1, 7), generator=torch.Generator().manual_seed(0))
     assert torch.equal(_logits(again, ids), _logits(model, ids))
     assert all(a.stride() == b.stride() for a, b in zip(again.parameters(), model.parameters()))
+    # a format from a newer evo-cli says so
+    (old / "config.json").write_text(json.dumps({**config, "format": "evo-cli/striped-hyena/3"}))
+    with pytest.raises(evo_cli.errors.ConfigError, match="a newer evo-cli may read it"):
+        evo_cli.load_model(old, device="cpu")
     # a published layout gets the same layout at load (in the copy its permutations make anyway)
     vortex = evo_cli.load_model(TINY_A, device="cpu", dtype="float32", kernels="torch")
     assert all(a.stride() == b.stride() for a, b in zip(vortex.parameters(), model.parameters()))

@@ -88,6 +88,17 @@ def test_cpu_models_store_wide_weights_column_major_from_the_start(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     model.set_kernels("triton")
     assert all(m.weight.stride() == torch_layout(m.weight) for m in linears)
+    # off the CPU every weight is row-major, as a load straight to that device gives (meta stands in for a GPU)
+    assert all(m.weight.is_contiguous() for m in model.to("meta").modules() if isinstance(m, torch.nn.Linear))
+    # a model built on the CPU and initialised in place has the layout from the start
+    from evo_cli.model.init import init_weights_
+    from evo_cli.model.model import StripedHyena
+
+    built = init_weights_(StripedHyena(model.config, kernels=backends[-1]), seed=0)
+    with torch.no_grad():
+        before = [built(ids) for ids in inputs]
+        built.new_state(1, 12)
+        assert all(torch.equal(built(ids), b) for ids, b in zip(inputs, before))
 
 
 def test_rotary_angles_come_from_a_table_with_the_same_numbers(monkeypatch):

@@ -2,8 +2,10 @@
 shards + index, already in the runtime's row orders, so loading is a memory map with no conversion.
 
 safetensors memory-maps its files and hands out tensors backed by the mapping, and the native key map
-is the identity: a CPU load in the stored dtype therefore copies nothing (the parameters share memory
-with the mapped files; ``tests/test_convert.py`` checks this).
+is the identity but for the ``nn.Linear`` weights, stored transposed (``<name>.T``, see ``native.py``):
+a CPU load in the stored dtype with the numba kernels therefore copies nothing (the parameters share
+memory with the mapped files; ``tests/test_convert.py`` checks this). With ``--kernels torch`` the
+Linear weights with no more outputs than inputs are copied back to row-major at load.
 """
 
 from __future__ import annotations

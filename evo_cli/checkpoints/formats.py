@@ -5,7 +5,8 @@ Formats:
   ``pytorch_model*.bin`` / ``*.pt``; keys prefixed ``backbone.``; no ``unembed.weight``). An evo
   inference yml beside the weights wins over ``config.json``, as in the evo package.
 - ``vortex``: Evo 2 ``<name>.pt`` (or byte-split ``<name>.pt.part0..N``) with the evo2 yml.
-- ``native``: our ``config.json`` + safetensors shards in the runtime's own layout (zero-copy load).
+- ``native``: our ``config.json`` + safetensors shards in the runtime's own layout (zero-copy load on
+  CPU with the numba kernels; ``nn.Linear`` weights stored transposed, as ``<name>.T``).
 - ``transformers-wip``, ``aquiles``: community Hugging Face layouts of Evo 2 (``model.layers.{i}...``
   keys), recognised by their tensor names; key maps in ``community.py``.
 
@@ -29,7 +30,7 @@ import torch
 import yaml
 
 from evo_cli.errors import CheckpointError, ConfigError
-from evo_cli.model.config import NATIVE_FORMAT, ModelConfig
+from evo_cli.model.config import ModelConfig
 from evo_cli.model.layers import rotary_inv_freq
 
 from . import community, te_state
@@ -280,7 +281,7 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
         resolver = community.community_resolver(layout, parsed, source, _vortex_resolver(parsed, source))
         return Checkpoint(path=path, format=layout, config=parsed, source=source, resolve=resolver,
                           ignorable=community.community_ignorable(layout, _is_extra))
-    if json_d is not None and json_d.get("format") == NATIVE_FORMAT:
+    if json_d is not None and str(json_d.get("format", "")).startswith("evo-cli/"):
         fmt = "native"
         parsed = parsed or ModelConfig.from_native(json_d, str(cfg_json))
     else:

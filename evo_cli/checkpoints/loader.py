@@ -29,11 +29,11 @@ def _check_finite(t: torch.Tensor, key: str, where) -> None:
                               f"{at}, as {str(t.dtype).removeprefix('torch.')}); the checkpoint is damaged")
 
 
-def _placed(t: torch.Tensor, device, dtype: torch.dtype, column_major: bool) -> torch.Tensor:
+def _placed(t: torch.Tensor, device: torch.device, dtype: torch.dtype, column_major: bool) -> torch.Tensor:
     """``t`` on ``device`` in ``dtype``, row-major, except a CPU ``nn.Linear`` weight that the model keeps
     column-major (``column_major``; see ``StripedHyena._cpu_gemv_layout``): that layout comes in the
     same copy as the conversion, and with no copy from a native checkpoint, which stores it so."""
-    if torch.device(device).type == "cpu" and column_major:
+    if column_major:
         if t.t().is_contiguous():
             return t.to(dtype=dtype)
         return torch.empty(t.shape[::-1], dtype=dtype).copy_(t.t()).t()
@@ -69,7 +69,9 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
         if not t.is_floating_point():
             raise CheckpointError(f"{ckpt.source.where(key)}: tensor {key!r} has dtype {t.dtype}, expected floating point")
         target = t.dtype if dtype is None else torch.float32 if keeps_float32(name) else dtype
-        tensors[name] = _placed(t, where(name), target, name in linear and model.column_major(t.shape))
+        device = torch.device(where(name))
+        tensors[name] = _placed(t, device, target,
+                                device.type == "cpu" and name in linear and model.column_major(t.shape))
         if key is not None:
             _check_finite(tensors[name], key, ckpt.source.where(key))
         used.add(key)

@@ -15,7 +15,10 @@ from evo_cli.errors import ConfigError
 
 # one letter per block type, used in the printed pattern ("SMLASML")
 BLOCK_CODES = {"hyena": "H", "hcs": "S", "hcm": "M", "hcl": "L", "attn": "A"}
-NATIVE_FORMAT = "evo-cli/striped-hyena/1"
+# the native config's format: a /2 checkpoint stores its nn.Linear weights transposed (checkpoints/native.py),
+# a /1 checkpoint as [out, in]; both are read (and the registry's config files, which hold no weights, say /1)
+NATIVE_FORMAT = "evo-cli/striped-hyena/2"
+NATIVE_FORMATS = ("evo-cli/striped-hyena/1", NATIVE_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,9 @@ class ModelConfig:
     def from_native(cls, d: dict, source: str = "config") -> ModelConfig:
         d = dict(d)
         fmt = d.pop("format", None)
-        if fmt != NATIVE_FORMAT:
-            raise ConfigError(f"{source}: not an evo-cli config (format {fmt!r}, expected {NATIVE_FORMAT!r})")
+        if fmt not in NATIVE_FORMATS:
+            raise ConfigError(f"{source}: not an evo-cli config (format {fmt!r}, expected one of "
+                              f"{', '.join(map(repr, NATIVE_FORMATS))}; a newer evo-cli may read it)")
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(d) - names)
         if unknown:

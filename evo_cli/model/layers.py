@@ -148,8 +148,8 @@ class Projection(Linear):
             raise ValueError("this projection has no FP8 scales")
         self.fp8 = mode
         # row-major whatever the weight's strides (a CPU model stores it column-major for decoding,
-        # StripedHyena._cpu_gemv_layout; .to() keeps that): its transpose must be the column-major
-        # operand FP8 GEMMs take (cuBLASLt)
+        # StripedHyena._cpu_gemv_layout): its transpose must be the column-major operand FP8 GEMMs
+        # take (cuBLASLt)
         self.weight_fp8 = None if mode == "off" else K.quantize_e4m3(self.weight, self.fp8_scale_weight).contiguous()
 
     def _apply(self, fn, recurse=True):

@@ -45,6 +45,7 @@ class StripedHyena(nn.Module):
         self.forward_chunk = 8192
         # blocks split over several devices (placement.py; set by the loader), None on one device
         self.placement = None
+        self._cpu_gemv_layout()  # a model built on a CPU (not the meta device): see there
 
     @property
     def device(self) -> torch.device:
@@ -124,19 +125,20 @@ class StripedHyena(nn.Module):
         column-major; so there, only weights with more outputs than inputs are stored column-major.
         Matrix products of many tokens run at the same speed either way.
 
-        Done whenever the weights or the kernels change (loading, ``.to()``, ``set_kernels``) and again
-        by ``new_state``, not first by a decoding call: a product of up to ``kernels.linear``'s few rows
+        Done whenever the weights or the kernels change (building, loading, ``.to()`` of the whole model,
+        ``set_kernels``) and again by ``new_state``, not first by a decoding call: a product of up to ``kernels.linear``'s few rows
         takes the numba loop only with a column-major weight, so a forward's numbers would depend on
         whether the process had decoded before (and a resumed or distributed run, which skips some
         work, would not give the uninterrupted run's bytes)."""
         for m in self.modules():
             w = m.weight if isinstance(m, nn.Linear) else None
-            if w is None or w.device.type != "cpu" or w.dim() != 2:
+            if w is None or w.dim() != 2:
                 continue
             # the new layout is an inference tensor only where the weight is one (a model built under
             # inference mode): one made under a caller's inference mode could not enter autograd later
             with torch.inference_mode(w.is_inference()), torch.no_grad():
-                column_major = self.column_major(w.shape)
+                # off the CPU row-major, as loaded there (.to() of a CPU model keeps its strides)
+                column_major = w.device.type == "cpu" and self.column_major(w.shape)
                 if column_major and not w.t().is_contiguous():
                     w.data = w.data.t().contiguous().t()
                 elif not column_major and not w.is_contiguous():
