@@ -1,17 +1,20 @@
 """CPU time of the README's quick start (``evo score-variants``, evo-demo, the 36 SNVs of examples/data).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_quickstart.py [--repeat 3] [--deltas before.tsv] [--narrow]
+    OMP_NUM_THREADS=1 python benchmarks/bench_quickstart.py [--repeat 3] [--deltas before.tsv] [--narrow] [--breakdown]
 
 Prints the process CPU time of each run (after one warm-up run), the number of forward calls and
 tokens, the run's arithmetic (``profile_forward.py``'s floor: GEMMs and attention at the matmul rate
 its own GEMM shapes reach here, one exp per attention score at torch.exp's rate), and with ``--deltas`` writes the
 ``delta`` column, to compare two versions of the code
-(``--compare before.tsv``: the largest absolute difference).
+(``--compare before.tsv``: the largest absolute difference). ``--breakdown``: one more run with each
+op family of ``evo_cli.kernels`` timed where it is called (process CPU time; the timers add a little),
+and the rest of the run beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import os
 import sys
@@ -22,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import evo_cli.kernels as K
 from evo_cli import score_variants
 from evo_cli.checkpoints import load_model
 from evo_cli.model.init import random_model
@@ -38,6 +42,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--deltas", help="write the deltas here (one per line)")
     p.add_argument("--compare", help="deltas written by an earlier run: print the largest absolute difference")
+    p.add_argument("--breakdown", action="store_true", help="one more run, with each op family timed")
     p.add_argument("--narrow", action="store_true",
                    help="evo-demo's layers at hidden size 8 (random weights): the same ops with almost no "
                         "arithmetic, so the time left is the cost per op")
@@ -90,6 +95,46 @@ def main():
     if args.compare:
         before = [float(x) for x in Path(args.compare).read_text().split()]
         print(f"max |delta - delta before| = {max(abs(a - b) for a, b in zip(deltas, before)):.3e}")
+    if args.breakdown:
+        breakdown(model, vcf, fasta)
+
+
+# what --breakdown times: the kernels' entry points, which the blocks call for every op but the
+# residual adds, the MLP's gate and the embedding
+FAMILIES = {"linear": "nn.Linear products", "causal_attention": "attention", "hyena_fir": "Hyena-SE / -MR filters",
+            "rms_norm": "RMSNorm", "hyena_featurize": "featurizer", "hyena_modal": "Hyena-LR / Evo 1 filter",
+            "rotate_halves": "rotary"}
+
+
+def breakdown(model, vcf, fasta) -> None:
+    """One run of the quick start with every ``FAMILIES`` function timed where it is called."""
+    spent, calls = collections.Counter(), collections.Counter()
+    originals = {name: getattr(K, name) for name in FAMILIES}
+
+    def timed(name, fn):
+        def call(*a, **kw):
+            c0 = time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] += time.process_time() - c0
+                calls[name] += 1
+        return call
+
+    try:
+        for name, fn in originals.items():
+            setattr(K, name, timed(name, fn))
+        c0 = time.process_time()
+        score_variants(model, vcf, fasta)
+        total = time.process_time() - c0
+    finally:
+        for name, fn in originals.items():
+            setattr(K, name, fn)
+    print(f"\n| part | CPU-s | calls |\n|---|---|---|")
+    for name, t in spent.most_common():
+        print(f"| {FAMILIES[name]} | {t:.3f} | {calls[name]:,} |")
+    print(f"| everything else (adds, MLP gate, embedding, log-softmax, scoring, Python) | {total - sum(spent.values()):.3f} | - |")
+    print(f"| the run, timers included | {total:.3f} | - |")
 
 
 if __name__ == "__main__":
