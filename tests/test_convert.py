@@ -121,6 +121,13 @@ def test_linear_weights_are_stored_transposed_and_old_directories_still_load(tmp
     (old / "config.json").write_text(json.dumps({**config, "format": "evo-cli/striped-hyena/3"}))
     with pytest.raises(evo_cli.errors.ConfigError, match="a newer evo-cli may read it"):
         evo_cli.load_model(old, device="cpu")
+    # a stored transpose of the wrong shape or rank is named as stored
+    for bad, shown in [(stored["blocks.0.mlp.l1.weight.T"][:, :-1], r"shape \[64, 175\] \(read as \[175, 64\]\)"),
+                       (stored["blocks.0.mlp.l1.weight.T"][None], r"shape \[1, 64, 176\], the config")]:
+        save_file({**stored, "blocks.0.mlp.l1.weight.T": bad.contiguous()}, str(old / "model.safetensors"))
+        (old / "config.json").write_text(json.dumps(config))
+        with pytest.raises(evo_cli.errors.CheckpointError, match=shown):
+            evo_cli.load_model(old, device="cpu")
     # a published layout gets the same layout at load (in the copy its permutations make anyway)
     vortex = evo_cli.load_model(TINY_A, device="cpu", dtype="float32", kernels="torch")
     assert all(a.stride() == b.stride() for a, b in zip(vortex.parameters(), model.parameters()))

@@ -167,7 +167,7 @@ def _native_resolver(config: ModelConfig, source: TensorSource):
 
     def resolve(name: str):
         if transposed_key(name) in keys:  # an nn.Linear weight stored [in, out]: its transpose is a view
-            return transposed_key(name), lambda t: t.t()
+            return transposed_key(name), lambda t: t.t() if t.dim() == 2 else t  # other ranks fail the shape check
         return name, _identity
 
     return resolve

@@ -60,11 +60,14 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
         key, transform = ckpt.resolve(name)
         if key is not None and key not in ckpt.source:
             raise CheckpointError(f"{ckpt.source.description}: missing tensor {key!r} (needed for {name})")
-        t = transform(ckpt.source.get(key) if key is not None else None)
+        stored = ckpt.source.get(key) if key is not None else None
+        t = transform(stored)
         if tuple(t.shape) != tuple(meta.shape):
-            where = ckpt.source.where(key) if key is not None else ckpt.path
+            file = ckpt.source.where(key) if key is not None else ckpt.path
+            read_as = f" (read as {list(t.shape)})" if stored is not None and stored.shape != t.shape else ""
             raise CheckpointError(
-                f"{where}: tensor {key!r} has shape {list(t.shape)}, the config needs {list(meta.shape)}"
+                f"{file}: tensor {key!r} has shape {list(stored.shape if stored is not None else t.shape)}{read_as}, "
+                f"the config needs {list(meta.shape)}"
             )
         if not t.is_floating_point():
             raise CheckpointError(f"{ckpt.source.where(key)}: tensor {key!r} has dtype {t.dtype}, expected floating point")
