@@ -125,11 +125,12 @@ class StripedHyena(nn.Module):
         column-major; so there, only weights with more outputs than inputs are stored column-major.
         Matrix products of many tokens run at the same speed either way.
 
-        Done whenever the weights or the kernels change (building, loading, ``.to()`` of the whole model,
-        ``set_kernels``) and again by ``new_state``, not first by a decoding call: a product of up to ``kernels.linear``'s few rows
-        takes the numba loop only with a column-major weight, so a forward's numbers would depend on
-        whether the process had decoded before (and a resumed or distributed run, which skips some
-        work, would not give the uninterrupted run's bytes)."""
+        Done whenever the weights or the kernels change (building, loading, ``.to()`` of the whole
+        model, ``set_kernels``) and again by ``new_state``, not first by a decoding call: a product of
+        up to ``kernels.linear``'s few rows takes the numba loop only with a column-major weight, so a
+        forward's numbers would depend on whether the process had decoded before (and a resumed or
+        distributed run, which skips some work, would not give the uninterrupted run's bytes). Off
+        the CPU weights are row-major, as when loaded straight to their device."""
         for m in self.modules():
             w = m.weight if isinstance(m, nn.Linear) else None
             if w is None or w.dim() != 2:
