@@ -330,6 +330,8 @@ def embed(
     Pooled: ``{layer: [N, D]}``; ``pool="none"``: ``{layer: [Tensor [L_i, D] per sequence]}``. Either
     way ``result[layer][i]`` is sequence i's embedding. ``layers``: a name, a list, or None for the
     model's default (see ``default_layer``). For outputs too large to hold, use ``iter_embeddings``.
+    Sequences should be upper-case DNA: the tokenizer is case-sensitive, so a soft-masked (lower-case)
+    base is another token (``evo embed`` upper-cases what it reads).
     """
     if isinstance(sequences, str):
         sequences = [sequences]

@@ -55,6 +55,8 @@ def _chunk_logprobs(chunks: Iterable[tuple[int, torch.Tensor]], ids: torch.Tenso
     prev = first_logits
     for start, logits in chunks:
         n = logits.shape[1]
+        if n == 0:  # an empty sequence (alone in its batch): nothing to score
+            continue
         tok = ids[:, start : start + n]
         if prev is None:
             out[:, start] = float("nan")

@@ -326,3 +326,50 @@ def test_a_model_built_under_inference_mode_decodes(kernels, family):
             state = model.new_state(2, 6)
             outs.append(torch.cat([model(ids[:, t : t + 1], state) for t in range(6)], 1))
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_a_cast_keeps_the_float32_tensors_as_loading_does():
+    """``.to(bfloat16)`` / ``.half()`` / ``.double()`` after building keep the Hyena filters and rotary
+    frequencies float32, with their values: the same model as one built in that dtype, and a float64
+    model runs with its float32 states (it raised a dtype mismatch)."""
+    from evo_cli.model.init import motif_config, random_model
+    from evo_cli.model.model import keeps_float32
+
+    config = motif_config("evo2", hidden_size=32, num_layers=7, head_dim=16, inner_mlp_size=80)
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = random_model(config, seed=0, dtype=torch.bfloat16)(ids)
+        cast = random_model(config, seed=0).to(torch.bfloat16)
+        kept = dict(random_model(config, seed=0).named_parameters())
+        assert all(p.dtype == torch.float32 and torch.equal(p, kept[n])
+                   for n, p in cast.named_parameters() if keeps_float32(n))
+        assert torch.equal(cast(ids), want)
+        wide = random_model(config, seed=0).double()
+        assert wide.blocks[0].mlp.l1.weight.dtype == torch.float64 and wide.blocks[2].filter.D.dtype == torch.float32
+        state = wide.new_state(1, 12)
+        steps = torch.cat([wide(ids[:, :7], state), wide(ids[:, 7:], state)], 1)
+        assert torch.allclose(steps.float(), random_model(config, seed=0)(ids), atol=1e-4)
+
+
+def test_last_block_is_checked():
+    """``last_block`` runs blocks 0..last_block (-1: none, the embedding only); other values are refused
+    (-2 ran all but the last block, as a Python slice, and 100 ran every block and returned None)."""
+    from evo_cli.model.init import motif_config, random_model
+
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=7, head_dim=16, inner_mlp_size=80), seed=0)
+    ids = torch.randint(0, 512, (1, 6), generator=torch.Generator().manual_seed(0))
+    ran = []
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(model.blocks)]
+    try:
+        with torch.no_grad():
+            for last, blocks in [(-1, 0), (0, 1), (3, 4), (6, 7)]:
+                ran.clear()
+                assert model(ids, last_block=last) is None and ran == list(range(blocks)), last
+            for bad in (7, -2, 2.0, True):
+                with pytest.raises(ValueError, match="last_block must be a block index from 0 to 6, or -1"):
+                    model(ids, last_block=bad)
+            with pytest.raises(ValueError, match="the state holds blocks 0..3; this forward runs blocks 0..6"):
+                model(ids, model.new_state(1, 6, last_block=3))
+    finally:
+        for h in hooks:
+            h.remove()

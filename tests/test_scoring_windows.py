@@ -1,5 +1,6 @@
 """Variant windows, prefix-shared window scoring and chunked sequence scoring against plain full-window scoring."""
 
+import math
 import random
 
 import pytest
@@ -125,3 +126,13 @@ def test_chunked_sequence_scores_equal_unchunked(family, tiny_a, tiny_models):
         for r, g in zip(ref, got):
             assert r.shape == g.shape and torch.allclose(r, g, atol=1e-5, rtol=1e-5)
     assert score_sequences(model, seqs, chunk_size=33) == pytest.approx(score_sequences(model, seqs), abs=1e-5)
+
+
+def test_an_empty_sequence_scores_nan_alone_or_batched(tiny_a):
+    """An empty sequence has nothing to score, like one base without BOS: mean NaN and sum 0, also
+    when it is alone in its batch (its [B, 0] logits once raised an IndexError)."""
+    for kwargs in ({}, {"chunk_size": 2}, {"batch_size": 1}):
+        means = score_sequences(tiny_a, ["", "ACGT"], **kwargs)
+        assert math.isnan(means[0]) and math.isfinite(means[1])
+        assert math.isnan(score_sequences(tiny_a, [""], **kwargs)[0])
+        assert score_sequences(tiny_a, [""], reduce="sum", **kwargs) == [0.0]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
+
 import torch
 import torch.nn as nn
 
@@ -76,8 +79,28 @@ class StripedHyena(nn.Module):
         return result
 
     def _apply(self, fn, recurse=True):
-        # .to() / .float() / .cpu(): a weight coming from another device or dtype gets the CPU layout
+        """.to() / .float() / .half() / .cpu(): the ``keeps_float32`` tensors follow the device but keep
+        their float32 values (as ``load_model(dtype=...)`` gives them: a cast would round the filters,
+        or leave them float64 beside float32 states); FP8 weights are rebuilt from the float32 scales,
+        and the weights get their CPU layout."""
+        kept = {name: t.data for name, t in itertools.chain(self.named_parameters(), self.named_buffers())
+                if keeps_float32(name) and t.is_floating_point()}
         super()._apply(fn, recurse)
+        for name, before in kept.items():
+            owner, _, attr = name.rpartition(".")
+            module = self.get_submodule(owner)
+            now = getattr(module, attr)
+            if now.dtype == before.dtype or now.dtype == torch.float32 and before.dtype != torch.float32:
+                continue  # a move only, or a widening to float32 (a model that kept its stored dtypes)
+            with torch.inference_mode(now.is_inference()), torch.no_grad():  # as _cpu_gemv_layout
+                restored = (before if before.device.type != "meta" else now).to(device=now.device, dtype=torch.float32)
+                if isinstance(now, nn.Parameter):
+                    now.data = restored
+                else:
+                    module._buffers[attr] = restored
+        for block in self.blocks:
+            if block.kind != "attn" and block.projections.fp8 != "off":
+                block.projections.set_fp8(block.projections.fp8)
         self._cpu_gemv_layout()
         return self
 
@@ -111,7 +134,7 @@ class StripedHyena(nn.Module):
     def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:
         """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);
         with ``last_block``, only for blocks ``0..last_block`` (see ``forward``)."""
-        n = len(self.blocks) if last_block is None else last_block + 1
+        n = self.blocks_to_run(last_block)
         self._cpu_gemv_layout()
         return InferenceState([self._block_state(i, batch_size, max_seqlen) for i in range(n)], max_seqlen)
 
@@ -158,7 +181,7 @@ class StripedHyena(nn.Module):
         """input_ids: [B, L] int64 -> logits [B, L, vocab] float32 (None with ``return_logits=False``,
         which still runs the final norm so that hooks on ``norm`` fire).
 
-        last_block: run blocks ``0..last_block`` only and return None (feature extraction, where the
+        last_block: run blocks ``0..last_block`` only (-1: none) and return None (feature extraction, where the
         later blocks are not needed); with a state, the states of the skipped blocks are not updated.
 
         Without a state, an input longer than ``self.forward_chunk`` tokens runs in chunks of that
@@ -169,13 +192,30 @@ class StripedHyena(nn.Module):
         pos = 0 if state is None else state.seqlen
         if state is not None and pos + input_ids.shape[1] > state.max_seqlen:
             raise ValueError(f"state holds {state.max_seqlen} positions; {pos} used, {input_ids.shape[1]} more asked")
+        n = self.blocks_to_run(last_block)
+        if state is not None and len(state.layers) < n:
+            raise ValueError(f"the state holds blocks 0..{len(state.layers) - 1}; this forward runs blocks 0..{n - 1}")
         x = self.embedding_layer(input_ids)
-        n = len(self.blocks) if last_block is None else last_block + 1
         for i, block in enumerate(self.blocks[:n]):
             x = self._run_block(i, block, x, None if state is None else state.layers[i], pos)
         if state is not None:
             state.seqlen = pos + input_ids.shape[1]
         return self._head(x, return_logits, last_block is None)
+
+    def blocks_to_run(self, last_block: int | None) -> int:
+        """How many blocks a call with ``last_block`` runs: all for None, else blocks ``0..last_block``
+        (-1: none, the embedding only)."""
+        n = len(self.blocks)
+        if last_block is None:
+            return n
+        try:
+            i = None if isinstance(last_block, bool) else operator.index(last_block)
+        except TypeError:
+            i = None
+        if i is None or not -1 <= i < n:
+            raise ValueError(f"last_block must be a block index from 0 to {n - 1}, or -1 for none (the embedding "
+                             f"only), not {last_block!r}")
+        return i + 1
 
     def _hooked(self) -> bool:
         """Whether a forward hook or pre-hook is registered on any submodule: a caller that hooks a
@@ -224,7 +264,7 @@ class StripedHyena(nn.Module):
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         B, L = input_ids.shape
-        n = len(self.blocks) if last_block is None else last_block + 1
+        n = self.blocks_to_run(last_block)
         if n == 0:  # no block to run (only the embedding is wanted)
             yield from self.forward_chunked(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
             return
@@ -265,7 +305,7 @@ class StripedHyena(nn.Module):
         stream B L D (layer by layer only), and the activations of one chunk (about 16 B chunk D
         float32 values plus the chunk's logits)."""
         c = self.config
-        n = len(self.blocks) if last_block is None else last_block + 1
+        n = self.blocks_to_run(last_block)
         item = self.dtype.itemsize
         kv = 2 * batch * length * c.num_kv_heads * c.head_dim * item
         n_attn = sum(1 for i in c.layers_of("attn") if i < n)

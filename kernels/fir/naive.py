@@ -22,6 +22,8 @@ def causal_conv1d_ref(x, weight, bias=None, state=None):
     """
     B, L, C = x.shape
     G, K = weight.shape
+    if L == 0:  # nothing to filter; the history stays as it is
+        return torch.zeros(B, 0, C, device=x.device, dtype=torch.float32)
     xf = x.float()
     short = L > 1 and K <= _SHIFTED_SUM_TAPS
     if state is not None and not short:
