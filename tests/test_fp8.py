@@ -166,6 +166,13 @@ def test_e4m3_weight_stays_row_major_after_the_cpu_decode_layout(ckpts):
     assert not model.blocks[4].projections.weight.is_contiguous()
     model.float()
     assert torch.equal(model(ids), want)
+    # a cast keeps the float32 scales (a half scale would quantise otherwise) and rebuilds the E4M3 weight
+    proj = model.blocks[4].projections
+    scales = proj.fp8_scale_input.clone(), proj.fp8_scale_weight.clone()
+    model.half()
+    assert all(a.dtype == torch.float32 and torch.equal(a, b)
+               for a, b in zip((proj.fp8_scale_input, proj.fp8_scale_weight), scales))
+    assert torch.equal(proj.weight_fp8, K.quantize_e4m3(proj.weight, scales[1]).contiguous())
 
 
 def test_mode_choice_and_its_errors(ckpts, monkeypatch, tmp_path):
