@@ -42,10 +42,11 @@ from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLI
                                    open_embedding_writer, parts_dir)
 from evo_cli.io.partial import Checkpoint
 from evo_cli.io.fasta import STRANDS, reverse_complement
+from evo_cli.limits import check_batch_size
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
 from evo_cli.runtime import free_memory_bytes, non_finite_error
-from evo_cli.scoring import warn_beyond_context
+from evo_cli.scoring import warn_beyond_context, warn_not_acgt
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,9 @@ def _check(pool: str, strand: str, batch_size: int, chunk_size: int) -> None:
         raise InputError(f"pool must be one of {', '.join(POOLINGS)}, not {pool!r}")
     if strand not in STRANDS:
         raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
-    if batch_size < 1 or chunk_size < 1:
-        raise InputError(f"batch size and chunk size must be at least 1, not {batch_size} and {chunk_size}")
+    check_batch_size(batch_size)
+    if chunk_size < 1:
+        raise InputError(f"chunk size must be at least 1, not {chunk_size}")
 
 
 class _Pooler:
@@ -380,6 +382,7 @@ def run_embed(
     check_embedding_output(output)
     layers = resolve_layers(model.config, layers)
     warn_beyond_context(records, model.config.max_seqlen)
+    warn_not_acgt(records)
     full = {**(settings or {}), "layers": layers, "pool": pool, "strand": strand, "batch_size": batch_size,
             "chunk_size": chunk_size, "metadata": metadata or {}}
     store = Checkpoint(output, full, resume, checkpoint_rank())

@@ -44,6 +44,7 @@ from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.generated import output_format, write_generations
 from evo_cli.io.partial import open_progress, stored_settings
+from evo_cli.limits import MAX_GENERATIONS, check_batch_size
 from evo_cli.model.cpu_decode import CpuDecoder
 from evo_cli.model.graph import StaticDecoder
 from evo_cli.model.tokenizer import decode, encode
@@ -217,13 +218,16 @@ class _Run:
     def __init__(self, model, prompts, n_tokens: int, num_samples: int, seed: int | None, batch_size: int,
                  prefill_chunk: int | None, sampling: dict):
         check_sampling(**sampling)
-        for name, value in (("n_tokens", n_tokens), ("num_samples", num_samples), ("batch_size", batch_size),
-                            ("prefill_chunk", prefill_chunk)):
+        for name, value in (("n_tokens", n_tokens), ("num_samples", num_samples), ("prefill_chunk", prefill_chunk)):
             if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
+        check_batch_size(batch_size)
         if seed is not None and seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed}")
         self.prompts = prepare_prompts(prompts)
+        if len(self.prompts) * num_samples > MAX_GENERATIONS:
+            raise InputError(f"{len(self.prompts):,} prompt(s) x {num_samples:,} samples: at most {MAX_GENERATIONS:,} "
+                             "generations per run (each is kept until the output is written); split the run")
         self.names = list(self.prompts)
         self.ids = [encode(seq) for seq in self.prompts.values()]
         check_context(model, self.prompts, n_tokens)

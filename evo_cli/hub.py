@@ -131,6 +131,8 @@ def model_weights_path(spec: ModelSpec, download: bool = True) -> Path:
 def resolve_spec(name: str) -> ModelSpec:
     spec = MODELS.get(name)
     if spec is None:
+        if name in BUNDLED:
+            raise CheckpointError(f"{name} is bundled with evo and needs no download: use --model {name}")
         raise CheckpointError(unknown_model_message(name))
     return spec
 

@@ -19,6 +19,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from evo_cli.io.atomic import STDOUT
 from evo_cli.io.partial import open_progress
 from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.io.tracks import check_track_output, track_writer
+from evo_cli.limits import check_batch_size
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
 from evo_cli.runtime import free_memory_bytes, non_finite_error
 
@@ -165,8 +167,7 @@ def iter_sequence_scores(model, sequences: Iterable[str], prepend_bos: bool | No
     in chunks with a carried state (same numbers, bounded memory). Sequences should be upper-case DNA
     (the tokenizer is case-sensitive). ``progress(n)``: called with the positions (tokens, BOS
     included) of every forward call."""
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    check_batch_size(batch_size)
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
     it = iter(sequences)
     while window := list(itertools.islice(it, batch_size * _SORT_WINDOW_BATCHES)):
@@ -307,6 +308,21 @@ def warn_beyond_context(records: Sequence, context: int) -> None:
                     "the context", len(long), f"{context:,}", longest.id, f"{len(longest.sequence):,}")
 
 
+def warn_not_acgt(records: Sequence) -> None:
+    """Warn about records (``id``, ``sequence``) holding bases other than A, C, G and T (N, IUPAC codes,
+    lower case): each is read as a token of its own, which the models rarely saw in training (an N
+    scores about -22 under evo-demo), so they pull a record's scores and embeddings away."""
+    odd = [r for r in records if _NOT_ACGT.search(r.sequence)]
+    if odd:
+        base = _NOT_ACGT.search(odd[0].sequence).group()
+        log.warning("warning: %d record(s) hold bases other than A, C, G and T (first: %r, %r): each is read as a "
+                    "token of its own, which the models rarely saw in training (it lowers a record's likelihood "
+                    "and shifts its embedding)", len(odd), odd[0].id, base)
+
+
+_NOT_ACGT = re.compile("[^ACGT]")
+
+
 SCORE_COLUMNS = [("id", "str"), ("length", "int"), ("mean_ll", "float"), ("sum_ll", "float")]
 POSITION_COLUMNS = [("id", "str"), ("pos", "int"), ("base", "str"), ("logprob", "float")]
 
@@ -340,6 +356,7 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
         raise InputError("resume needs an output file (progress is kept beside it)")
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
     warn_beyond_context(records, model.config.max_seqlen)
+    warn_not_acgt(records)
     keep = per_position is not None or bedgraph is not None  # per-position log-probs are kept
     if bedgraph is not None:
         check_track_output(bedgraph)

@@ -46,6 +46,7 @@ from evo_cli.io.reference import Reference, contig_aliases
 from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
 from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
                             write_annotated_vcf)
+from evo_cli.limits import check_batch_size
 from evo_cli.runs import output_metadata, run_settings
 from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
@@ -223,8 +224,7 @@ def check_run_options(model, window: int | None, strand: str, batch_size: int, r
         raise InputError(f"window must be at least 2 bases, not {window}")
     if strand not in STRANDS:
         raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    check_batch_size(batch_size)
     if reduce not in REDUCE_TEXT:
         raise InputError(f"reduce must be one of {', '.join(REDUCE_TEXT)}, not {reduce!r}")
     if window > model.config.max_seqlen:

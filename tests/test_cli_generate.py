@@ -75,6 +75,8 @@ def test_stdout_and_prompts_fasta(tmp_path):
     (["-p", "ACGT", "--top-p", "0"], "--top-p"),
     (["-p", "ACGT", "--n-tokens", "0"], "--n-tokens"),
     (["-p", "ACGT", "--num-samples", "0"], "--num-samples"),
+    (["-p", "ACGT", "--num-samples", "99999999999999999999"], "--num-samples"),  # it ran the machine out of memory
+    (["-p", "ACGT", "--batch-size", "99999999999999999999"], "--batch-size"),
     ([], "give prompts with --prompt"),
 ])
 def test_usage_errors(args, message):
@@ -179,3 +181,14 @@ def test_resume_takes_the_interrupted_runs_seed_and_gives_its_output(tmp_path):
 def test_cli_resume_needs_a_file():
     res = _run(["-m", TINY, "-p", "ACGT", "--resume"])
     assert res.exit_code == 2 and "--resume needs an output file" in res.output
+
+
+def test_generations_per_run_are_bounded():
+    """prompts x samples past MAX_GENERATIONS is refused before anything runs (every generation is kept
+    until the output is written)."""
+    import evo_cli
+    from evo_cli.limits import MAX_GENERATIONS
+
+    model = evo_cli.load_model(TINY, device="cpu")
+    with pytest.raises(InputError, match=r"2 prompt\(s\) x 500,001 samples: at most 1,000,000 generations per run"):
+        evo_cli.generate(model, ["ACGT", "GGCA"], n_tokens=1, num_samples=MAX_GENERATIONS // 2 + 1)

@@ -38,6 +38,23 @@ def test_verbose_flags_anywhere_show_the_traceback(monkeypatch, flags, traceback
             assert code == 1 and err == "evo: error: RuntimeError: a bug (run with -v for the traceback)\n"
 
 
+@pytest.mark.parametrize("error,shown", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 41571947520 bytes. Error code 12"), " (an allocation of 38.7 GiB failed)"),
+    (MemoryError(), ""),
+])
+def test_out_of_memory_is_one_line_saying_what_to_change(monkeypatch, error, shown):
+    """A failed allocation (a record too long for its attention cache, a batch too large) says so and
+    what to change, not the allocator's message."""
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(evo_cli.checkpoints, "describe_checkpoint", fail)
+    code, _, err = evo("info", "-m", "x")
+    assert code == 1 and err == (f"evo: error: out of memory{shown}: use shorter sequences or windows, a smaller "
+                                 "--batch-size, or a device with more memory\n")
+
+
 def test_closed_stdout_exits_quietly():
     """The reader is gone before evo writes: no traceback, no 'Exception ignored', exit 141."""
     proc = subprocess.Popen([sys.executable, "-m", "evo_cli.cli.main", "models"], stdout=subprocess.PIPE,

@@ -197,3 +197,28 @@ def test_cli_resume_refuses_stdout_and_an_edited_fasta(tmp_path):
     assert code == 1 and "add --resume" in err and err.count("\n") == 1
     code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], "-o", out, "--resume")
     assert code == 1 and "cannot resume, the settings differ" in err and "fasta_mtime_ns" in err
+
+
+def test_bases_other_than_acgt_are_warned_about_and_a_huge_batch_is_a_usage_error(tmp_path):
+    fa = tmp_path / "in.fa"
+    fa.write_text(format_fasta("a", "ACGTNNACGT") + format_fasta("b", "ACGTACGT") + format_fasta("c", "ACRYGT"))
+    code, out, err = evo("score", "--fasta", fa, "-m", CASES[1], "-o", "-")
+    assert code == 0 and len(out.splitlines()) == 4
+    assert "warning: 2 record(s) hold bases other than A, C, G and T (first: 'a', 'N')" in err
+    code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], "--batch-size", "99999999999999999999")
+    assert code == 2 and "--batch-size" in err and "Traceback" not in err
+
+
+def test_a_resume_names_only_the_settings_that_differ(tmp_path):
+    """A generation records its command's header among its settings: a changed option shows once, under
+    its own name inside the header, not as two whole headers."""
+    out = tmp_path / "g.fa"
+    partial = tmp_path / "g.fa.evo-partial"
+    header = {"batch_size": 4, "model": "x", "command": "evo generate " + "-p ACGT " * 40}
+    from evo_cli.io.partial import _FORMAT, open_progress
+
+    partial.write_text(json.dumps({"format": _FORMAT, "settings": {"batch_size": 4, "header": header}}) + "\n")
+    with pytest.raises(evo_cli.InputError) as e:
+        open_progress(out, {"batch_size": 8, "header": {**header, "batch_size": 8}}, True, 0)
+    assert "batch_size: 4 then, 8 now, header.batch_size: 4 then, 8 now)" in str(e.value)
+    assert "evo generate" not in str(e.value)

@@ -169,7 +169,10 @@ def test_bad_inputs(tiny_models):
         embed(model, ["ACGT"], pool="median")
     with pytest.raises(InputError, match="strand must be one of forward, both, not 'reverse'"):
         embed(model, ["ACGT"], strand="reverse")
-    with pytest.raises(InputError, match="batch size and chunk size must be at least 1, not 0 and 8192"):
-        embed(model, ["ACGT"], batch_size=0)
+    for batch_size in (0, 1 << 70):
+        with pytest.raises(InputError, match=f"batch size must be from 1 to 1,048,576, not {batch_size}"):
+            embed(model, ["ACGT"], batch_size=batch_size)
+    with pytest.raises(InputError, match="chunk size must be at least 1, not 0"):
+        embed(model, ["ACGT"], chunk_size=0)
     with pytest.raises(InputError, match="unknown layer"):
         embed(model, ["ACGT"], "blocks.99")

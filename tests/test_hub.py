@@ -130,6 +130,11 @@ def test_unknown_name_suggests_the_closest(env):
         evo_cli.load_model("/no/such/dir", device="cpu")
 
 
+def test_downloading_a_bundled_model_says_it_needs_none(env):
+    with pytest.raises(CheckpointError, match="evo-demo is bundled with evo and needs no download: use --model evo-demo"):
+        hub.download_model("evo-demo")
+
+
 def test_evo2_merged_file_is_used(env):
     """The evo2 package merges split parts into $HF_HOME/<name>.pt and deletes them; that file is used."""
     (env.parent).mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import click
 
 from evo_cli.io.embeddings import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS
 from evo_cli.io.fasta import STRANDS
+from evo_cli.limits import MAX_BATCH_SIZE
 
 from .options import echo, full_command, hint_on_interrupt, is_quiet, load_model_cli, model_options, progress_bar
 
@@ -20,7 +21,7 @@ from .options import echo, full_command, hint_on_interrupt, is_quiet, load_model
               help="Pooling over positions; none writes one row per position.")
 @click.option("--strand", type=click.Choice(STRANDS), default="forward", show_default=True,
               help="both: average with the reverse complement (position i with its position L-1-i).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Sequences per batch (sequences up to --chunk-size bases).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE, show_default=True,
               help="Longer sequences run alone in chunks of this many bases (bounds memory; exact).")

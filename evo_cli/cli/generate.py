@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from evo_cli.limits import MAX_BATCH_SIZE, MAX_GENERATIONS
+
 from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar
 
 
@@ -20,10 +22,10 @@ from .options import echo, full_command, hint_on_interrupt, load_model_cli, mode
               help="Sample among the k most likely tokens; 1 = greedy, 0 = the whole vocabulary.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
-@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt.")
+@click.option("--num-samples", type=click.IntRange(1, MAX_GENERATIONS), default=1, show_default=True, help="Samples per prompt.")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed for reproducible sampling [default: random, written to the output].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=8, show_default=True,
               help="Sequences decoded together (each sample keeps its own random stream whatever the batch).")
 @click.option("--prefill-chunk", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Prompt tokens per prefill pass (bounds memory for long prompts).")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import sys
 
 import click
@@ -102,9 +103,27 @@ def _run(argv) -> None:
     except Exception as e:  # a bug or an environment failure: one line unless -v
         if _verbosity["verbose"]:
             raise
+        if (oom := _out_of_memory(e)) is not None:
+            click.echo(f"evo: error: out of memory{oom}: use shorter sequences or windows, a smaller --batch-size, "
+                       "or a device with more memory", err=True)
+            sys.exit(1)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         click.echo(f"evo: error: {type(e).__name__}: {msg} (run with -v for the traceback)", err=True)
         sys.exit(1)
+
+
+def _out_of_memory(e: Exception) -> str | None:
+    """None unless ``e`` is a failed allocation (host or GPU); else how much it asked for, when it says."""
+    torch = sys.modules.get("torch")
+    text = str(e)
+    if not (isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError))
+            or (isinstance(e, RuntimeError) and "can't allocate memory" in text)):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    if asked is None:
+        return ""
+    size = asked.group(1)
+    return f" (an allocation of {int(size) / 2**30:,.1f} GiB failed)" if size.isdigit() else f" (an allocation of {size} failed)"
 
 
 def _quiet_stdout() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from evo_cli.io.fasta import STRANDS
+from evo_cli.limits import MAX_BATCH_SIZE
 
 from .options import (echo, full_command, hint_on_interrupt, load_model_cli, model_options, parse_regions,
                       progress_bar, verbosity_options)
@@ -35,7 +36,7 @@ from .options import (echo, full_command, hint_on_interrupt, load_model_cli, mod
               help="both: average each score with that of the reverse-complement window.")
 @click.option("--reduce", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
               help="Window score, as in score-variants: mean per-base log-likelihood, or its sum.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=8, show_default=True,
               help="Sequences per forward pass; also the positions per saved chunk of progress.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Tokens per forward call inside a window (bounds memory for long windows) [default: whole window].")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from evo_cli.io.fasta import STRANDS
+from evo_cli.limits import MAX_BATCH_SIZE
 
 from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar, region_option
 
@@ -29,7 +30,7 @@ from .options import echo, full_command, hint_on_interrupt, load_model_cli, mode
               help="Window score: mean per-base log-likelihood (the Evo 2 method), or its sum (delta = the "
                    "whole-window log-likelihood ratio).")
 @click.option("--regions", "bed", metavar="BED", default=None, help="Only variants in these BED intervals (0-based).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=8, show_default=True,
               help="Sequences per forward pass; also the records per saved chunk of progress.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Tokens per forward call inside a window (bounds memory for long windows) [default: whole window].")
@@ -99,7 +100,7 @@ def _same_output(a: str, b: str) -> bool:
               help="Output format [default: from the extension].")
 @click.option("--bos/--no-bos", default=None,
               help="Prepend the BOS token 0 and score the first base too [default: Evo 1 yes, Evo 2 no, as the references].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Sequences per forward pass.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=8, show_default=True, help="Sequences per forward pass.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Sequences longer than this run in chunks of this many tokens with a carried state (bounded memory).")
 @click.option("--per-position", metavar="PATH", default=None,

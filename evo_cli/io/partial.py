@@ -130,9 +130,7 @@ class Checkpoint:
         except (IndexError, ValueError, KeyError, AssertionError, TypeError):
             raise InputError(f"{path}: not an evo progress file; delete it to start over") from None
         if head["settings"] != self.settings:
-            old, new = head["settings"], self.settings
-            diff = ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
-                             if old.get(k) != new.get(k))
+            diff = ", ".join(_differences(head["settings"], self.settings))
             raise InputError(f"{path}: cannot resume, the settings differ ({diff}); rerun the same command, "
                              f"or delete the file to start over")
         offset = len(lines[0]) + 1
@@ -207,3 +205,21 @@ class Checkpoint:
         self.close()
         for path in progress_files(self.output):
             path.unlink(missing_ok=True)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _differences(old: dict, new: dict, prefix: str = ""):
+    """``"key: old then, new now"`` for each setting that differs, nested settings by their own keys
+    (a command's recorded header differs wherever one of its options does: only that option shows)."""
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from _differences(a, b, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}: {_short(a)} then, {_short(b)} now"
