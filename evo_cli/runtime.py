@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from evo_cli.errors import EvoError, InputError
-from evo_cli.kernels import BACKENDS, FP8_MODES, fp8_native_supported, mmaemu_available
+from evo_cli.kernels import BACKENDS, FP8_MODES, fp8_native_supported, mmaemu_available, resolve_backend
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -88,11 +88,17 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
-def resolve_kernels(kernels: str | None) -> str:
-    """Kernel backend: the argument, else ``EVO_KERNELS``, else ``auto``."""
+def resolve_kernels(kernels: str | None, devices: Sequence[torch.device] = ()) -> str:
+    """Kernel backend: the argument, else ``EVO_KERNELS``, else ``auto``; an ``InputError`` where one of
+    ``devices`` cannot run it (``--kernels triton`` on a CPU, ``numba`` without numba installed)."""
     choice = kernels or os.environ.get("EVO_KERNELS") or "auto"
     if choice not in BACKENDS:
         raise InputError(f"unknown kernel backend {choice!r} (use {', '.join(BACKENDS)})")
+    for device in devices:
+        try:
+            resolve_backend(choice, device)
+        except RuntimeError as err:
+            raise InputError(str(err)) from None
     return choice
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ import evo_cli.checkpoints
 from evo_cli.cli.main import main
 
 from .test_cli_score_variants import evo
+
+DATA_FASTA = Path(__file__).resolve().parent.parent / "examples" / "data" / "ecoli_genes.fa"
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch):
@@ -92,3 +95,13 @@ def test_kernel_backends_are_spelled_out_alike():
     from evo_cli.cli.options import KERNEL_BACKENDS
 
     assert KERNEL_BACKENDS == kernels.BACKENDS
+
+
+def test_a_backend_the_device_cannot_run_is_one_line(monkeypatch, tmp_path):
+    """--kernels triton on a CPU (outside the interpreter the tests use) is refused at load in one line,
+    not as an internal RuntimeError from the first op."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, _, err = evo("score", "-m", "evo-demo", "--fasta", str(DATA_FASTA), "--kernels", "triton", "-o", "-")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("evo: error: --kernels triton on CPU needs TRITON_INTERPRET=1") or \
+        err.startswith("evo: error: --kernels triton needs the triton package")  # where triton is not installed

@@ -165,4 +165,6 @@ def test_parse_size(text, size):
 
 def test_bad_shard_size_is_a_usage_error():
     res = CliRunner().invoke(cli, ["convert", str(TINY_A), "-o", "x", "--shard-size", "lots"])
-    assert res.exit_code == 2 and "not a size" in res.output
+    assert res.exit_code == 2 and "Invalid value for --shard-size: 'lots' is not a size" in res.output
+    res = CliRunner().invoke(cli, ["convert", str(TINY_A), "-o", "x", "--shard-size", "0"])
+    assert res.exit_code == 2 and "Invalid value for --shard-size: must be at least 1 byte" in res.output

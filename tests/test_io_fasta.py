@@ -48,6 +48,19 @@ def test_bad_fasta(tmp_path, text, match):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         read_fasta(tmp_path / "nope.fa")
+    with pytest.raises(InputError, match="FASTA from standard input is not supported; give a file"):
+        read_fasta("-")
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    """Some Windows editors start a UTF-8 file with a byte-order mark; it was read as the header's
+    first character and the file refused as not FASTA."""
+    path = tmp_path / "bom.fa"
+    path.write_bytes(b"\xef\xbb\xbf>a\nACGT\n")
+    gz = tmp_path / "bom.fa.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    for f in (path, gz):
+        assert [(r.id, r.sequence) for r in read_fasta(f)] == [("a", "ACGT")]
 
 
 def test_reverse_complement_iupac():

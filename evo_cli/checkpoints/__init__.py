@@ -48,12 +48,13 @@ def load_model(
     """
     path, published = resolve_checkpoint(model)
     devices = resolve_devices(device, devices_per_rank)
+    kernels = resolve_kernels(kernels, devices)
     ckpt = open_checkpoint(path, config or published)
     dt = resolve_dtype(dtype, devices[0])
     mode = fp8_mode(ckpt, fp8, devices[0])
     if device in (None, "auto") and devices_per_rank is None and devices[0].type == "cuda" and local_rank() is None:
         devices = auto_devices(ckpt.config, dt, state_tokens) or devices
-    loaded = build_model(ckpt, devices, dt, resolve_kernels(kernels), state_tokens)
+    loaded = build_model(ckpt, devices, dt, kernels, state_tokens)
     loaded.set_fp8(mode)
     if mode == "off":
         registry.warn_without_fp8(loaded.config, has_state=ckpt.fp8_state() is not None)

@@ -18,10 +18,10 @@ def parse_size(text: str) -> int:
     """``4GB`` (10^9), ``4GiB`` (2^30), ``500MB``, ``123456`` (bytes) -> bytes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     if not m or m.group(2).upper() not in _UNITS:
-        raise click.BadParameter(f"{text!r} is not a size (examples: 4GB, 500MB, 2GiB)")
+        raise click.BadParameter(f"{text!r} is not a size (examples: 4GB, 500MB, 2GiB)", param_hint="--shard-size")
     size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if size < 1:
-        raise click.BadParameter("must be at least 1 byte")
+        raise click.BadParameter("must be at least 1 byte", param_hint="--shard-size")
     return size
 
 

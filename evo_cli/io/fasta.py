@@ -41,13 +41,14 @@ def reverse_complement(seq: str) -> str:
 
 
 def open_text(path: str | Path, errors: str = "replace") -> TextIO:
-    """A text file, plain or gzip/bgzip (by its magic bytes), as UTF-8. ``errors``: what undecodable
-    bytes become (``replace``: U+FFFD; ``surrogateescape``: they pass through to a writer unchanged)."""
+    """A text file, plain or gzip/bgzip (by its magic bytes), as UTF-8 (a byte-order mark at its start,
+    which some Windows editors write, is dropped). ``errors``: what undecodable bytes become
+    (``replace``: U+FFFD; ``surrogateescape``: they pass through to a writer unchanged)."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", errors=errors)
-    return open(path, encoding="utf-8", errors=errors)
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", errors=errors)
+    return open(path, encoding="utf-8-sig", errors=errors)
 
 
 def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | None = DNA_CODES) -> Iterator[FastaRecord]:
@@ -57,6 +58,8 @@ def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | N
     tokenizer is case-sensitive); the number of changed records is logged.
     alphabet: allowed characters after upper-casing (None: any printable character).
     """
+    if str(path) == "-":
+        raise InputError("-: FASTA from standard input is not supported; give a file (plain, gzip or bgzip)")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
