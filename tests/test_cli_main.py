@@ -105,3 +105,16 @@ def test_a_backend_the_device_cannot_run_is_one_line(monkeypatch, tmp_path):
     assert code == 1 and err.count("\n") == 1
     assert err.startswith("evo: error: --kernels triton on CPU needs TRITON_INTERPRET=1") or \
         err.startswith("evo: error: --kernels triton needs the triton package")  # where triton is not installed
+
+
+def test_ranks_after_the_first_name_themselves(monkeypatch):
+    """Under torchrun every rank meets a bad input: the lines after rank 0's say whose they are."""
+    def fail(*args, **kwargs):
+        raise evo_cli.errors.InputError("bad input")
+
+    monkeypatch.setattr(evo_cli.checkpoints, "describe_checkpoint", fail)
+    for rank, name in (("0", "evo"), ("1", "evo (rank 1)")):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        code, _, err = evo("info", "-m", "x")
+        assert code == 1 and err == f"{name}: error: bad input\n"

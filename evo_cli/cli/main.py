@@ -50,11 +50,18 @@ def cli(ctx, verbose, quiet):
     configure_logging(ctx.obj)
 
 
+def _name() -> str:
+    """``evo``, or ``evo (rank N)`` on the ranks after the first of a torchrun run, whose lines would
+    otherwise repeat rank 0's."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return "evo" if rank == "0" or not world.isdigit() or int(world) < 2 else f"evo (rank {rank})"
+
+
 def configure_logging(obj: dict) -> None:
     _verbosity["verbose"] = obj.get("verbose", 0)
     level = logging.ERROR if obj.get("quiet") else (logging.DEBUG if obj.get("verbose", 0) > 1 else
                                                      logging.INFO if obj.get("verbose") else logging.WARNING)
-    logging.basicConfig(format="evo: %(message)s", level=level, stream=sys.stderr, force=True)
+    logging.basicConfig(format=f"{_name()}: %(message)s", level=level, stream=sys.stderr, force=True)
 
 
 for _command in COMMANDS:
@@ -79,7 +86,7 @@ def _run(argv) -> None:
     except click.exceptions.Abort as e:
         # click turns Ctrl-C (and EOF at a prompt) into Abort
         interrupted = isinstance(e.__cause__, (KeyboardInterrupt, EOFError))
-        click.echo("evo: interrupted" if interrupted else "evo: aborted", err=True)
+        click.echo(f"{_name()}: interrupted" if interrupted else f"{_name()}: aborted", err=True)
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as e:  # `evo` alone: the help text
         e.show()
@@ -87,16 +94,16 @@ def _run(argv) -> None:
     except click.UsageError as e:
         # one line, as for every other error, with where to look
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
-        click.echo(f"evo: error: {' '.join(e.format_message().split())}{hint}", err=True)
+        click.echo(f"{_name()}: error: {' '.join(e.format_message().split())}{hint}", err=True)
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except EvoError as e:
-        click.echo(f"evo: error: {e}", err=True)
+        click.echo(f"{_name()}: error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:  # outside a command (click turns those into Abort)
-        click.echo("evo: interrupted", err=True)
+        click.echo(f"{_name()}: interrupted", err=True)
         sys.exit(130)
     except _StdoutClosed:
         raise
@@ -104,11 +111,11 @@ def _run(argv) -> None:
         if _verbosity["verbose"]:
             raise
         if (oom := _out_of_memory(e)) is not None:
-            click.echo(f"evo: error: out of memory{oom}: use shorter sequences or windows, a smaller --batch-size, "
+            click.echo(f"{_name()}: error: out of memory{oom}: use shorter sequences or windows, a smaller --batch-size, "
                        "or a device with more memory", err=True)
             sys.exit(1)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        click.echo(f"evo: error: {type(e).__name__}: {msg} (run with -v for the traceback)", err=True)
+        click.echo(f"{_name()}: error: {type(e).__name__}: {msg} (run with -v for the traceback)", err=True)
         sys.exit(1)
 
 
