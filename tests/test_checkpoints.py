@@ -263,3 +263,37 @@ def test_native_config_values_are_checked(tmp_path, field, value):
     cfg[field] = value
     (d / "config.json").write_text(json.dumps(cfg))
     assert "must be" in _error(d, rf"config.json: {field} ")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda sd: {**sd, 5: torch.zeros(1)}, r"weights.pt: key 5 is a int, not a name"),
+    (lambda sd: {**sd, "blocks.0.mlp.l1.weight": 3}, r"weights.pt: 'blocks.0.mlp.l1.weight' holds a int, not a dense"),
+    (lambda sd: {**sd, "blocks.0.mlp.l1.weight": sd["blocks.0.mlp.l1.weight"].to_sparse()},
+     r"weights.pt: 'blocks.0.mlp.l1.weight' holds a torch.sparse_coo tensor, not a dense tensor"),
+])
+def test_a_state_dict_of_other_things_than_named_dense_tensors(tmp_path, change, match):
+    """Keys that are not names, values that are not tensors and sparse tensors: one line naming the
+    file and the key (they raised TypeError, AttributeError and a sparse-copy RuntimeError)."""
+    d = _copy(TINY_A, tmp_path / "c")
+    torch.save(change(torch.load(d / "weights.pt", weights_only=True)), d / "weights.pt")
+    _error(d, match)
+
+
+def test_a_damaged_zip_checkpoint_is_one_line(tmp_path):
+    """Bytes flipped inside a zip .pt: the pickle scan found nothing and hit an unset variable."""
+    d = _copy(TINY_A, tmp_path / "c")
+    data = bytearray((d / "weights.pt").read_bytes())
+    data[2000:2100] = bytes(b ^ 0xFF for b in data[2000:2100])
+    (d / "weights.pt").write_bytes(bytes(data))
+    assert "weights.pt" in _error(d, r"weights\.pt")
+
+
+def test_config_sizes_past_any_model_and_a_nested_json_are_refused(tmp_path):
+    from evo_cli.checkpoints.convert import convert_checkpoint
+
+    d = convert_checkpoint(TINY_A, tmp_path / "n")
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "hidden_size": 10**12}))
+    _error(d, r"hidden_size 1000000000000 is too large \(at most 16,777,216\)")
+    (d / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    _error(d, r"config.json: not a readable JSON config")

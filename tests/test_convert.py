@@ -168,3 +168,21 @@ def test_bad_shard_size_is_a_usage_error():
     assert res.exit_code == 2 and "Invalid value for --shard-size: 'lots' is not a size" in res.output
     res = CliRunner().invoke(cli, ["convert", str(TINY_A), "-o", "x", "--shard-size", "0"])
     assert res.exit_code == 2 and "Invalid value for --shard-size: must be at least 1 byte" in res.output
+
+
+def test_only_linear_weights_are_read_transposed_and_never_twice(tmp_path, caplog):
+    """``<name>.T`` stands for an nn.Linear weight only (a ``filter.h.T`` beside ``filter.h`` is an
+    unused tensor, not the filter), and a weight stored both ways is refused."""
+    from safetensors.torch import save_file
+
+    out = convert_checkpoint(TINY_A, tmp_path / "n", dtype="float32")
+    shard = next(out.glob("model-*.safetensors"))
+    stored = load_file(str(shard))
+    want = _logits(evo_cli.load_model(out, device="cpu"), torch.arange(65, 75)[None])
+    save_file({**stored, "blocks.1.filter.h.T": torch.zeros_like(stored["blocks.1.filter.h"])}, str(shard))
+    assert torch.equal(_logits(evo_cli.load_model(out, device="cpu"), torch.arange(65, 75)[None]), want)
+    assert "ignoring 1 tensor(s)" in caplog.text and "blocks.1.filter.h.T" in caplog.text
+    save_file({**stored, "blocks.0.mlp.l1.weight": stored["blocks.0.mlp.l1.weight.T"].t().contiguous()}, str(shard))
+    with pytest.raises(evo_cli.errors.CheckpointError,
+                       match=r"holds both 'blocks.0.mlp.l1.weight' and 'blocks.0.mlp.l1.weight.T'"):
+        evo_cli.load_model(out, device="cpu")

@@ -111,7 +111,7 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
         c = ckpt.config
         location, fmt = str(path), ckpt.format
         emb_key, _ = ckpt.resolve("embedding_layer.weight")
-        stored = str(ckpt.source.get(emb_key).dtype).removeprefix("torch.")
+        stored = str(ckpt.source.tensor(emb_key).dtype).removeprefix("torch.")
     with torch.device("meta"):
         n_params = sum(p.numel() for p in StripedHyena(c).parameters())
     dev = resolve_device(device)

@@ -162,12 +162,20 @@ def _vortex_resolver(config: ModelConfig, source: TensorSource):
     return resolve
 
 
+# the nn.Linear weights, which a native checkpoint stores transposed (``<name>.T``)
+_LINEAR_WEIGHT = re.compile(r"blocks\.\d+\.(projections|out_filter_dense|mlp\.l[123]|inner_mha_cls\.(Wqkv|out_proj))\.weight")
+
+
 def _native_resolver(config: ModelConfig, source: TensorSource):
     keys = set(source.keys())
 
     def resolve(name: str):
-        if transposed_key(name) in keys:  # an nn.Linear weight stored [in, out]: its transpose is a view
-            return transposed_key(name), lambda t: t.t() if t.dim() == 2 else t  # other ranks fail the shape check
+        if _LINEAR_WEIGHT.fullmatch(name) and transposed_key(name) in keys:
+            if name in keys:
+                raise CheckpointError(f"{source.where(name)}: holds both {name!r} and {transposed_key(name)!r} "
+                                      "(the same weight twice, as stored and transposed); keep one")
+            # stored [in, out]: its transpose is a view; other ranks fail the shape check
+            return transposed_key(name), lambda t: t.t() if t.dim() == 2 else t
         return name, _identity
 
     return resolve
@@ -186,8 +194,8 @@ def _read_yaml(path: Path) -> dict:
 def _read_json(path: Path) -> dict:
     try:
         d = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: not a readable JSON config ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:
+        raise ConfigError(f"{path}: not a readable JSON config ({str(err)[:200]})") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a JSON object of config fields")
     return d
@@ -266,7 +274,7 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
 
     source = _open_weights(kind, files)
     if not source.keys():
-        raise CheckpointError(f"{source.description}: holds no tensors")
+        raise CheckpointError(f"{source.description or path}: holds no tensors")
 
     # config: explicit, a native config.json, an inference yml (wins, as in the reference loaders), an HF config.json
     fmt, parsed = None, config

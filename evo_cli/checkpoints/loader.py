@@ -60,13 +60,15 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
         key, transform = ckpt.resolve(name)
         if key is not None and key not in ckpt.source:
             raise CheckpointError(f"{ckpt.source.description}: missing tensor {key!r} (needed for {name})")
-        stored = ckpt.source.get(key) if key is not None else None
+        # Transformer Engine's ``_extra_state`` (FP8 scales) is a serialised object, read by its transform
+        stored = None if key is None else ckpt.source.get(key) if key.endswith("_extra_state") else ckpt.source.tensor(key)
         t = transform(stored)
         if tuple(t.shape) != tuple(meta.shape):
             file = ckpt.source.where(key) if key is not None else ckpt.path
-            read_as = f" (read as {list(t.shape)})" if stored is not None and stored.shape != t.shape else ""
+            shown = stored if isinstance(stored, torch.Tensor) else t
+            read_as = f" (read as {list(t.shape)})" if shown.shape != t.shape else ""
             raise CheckpointError(
-                f"{file}: tensor {key!r} has shape {list(stored.shape if stored is not None else t.shape)}{read_as}, "
+                f"{file}: tensor {key!r} has shape {list(shown.shape)}{read_as}, "
                 f"the config needs {list(meta.shape)}"
             )
         if not t.is_floating_point():

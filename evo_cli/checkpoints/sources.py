@@ -39,6 +39,14 @@ class TensorSource:
     def where(self, key: str) -> Path:
         return self._files[key]
 
+    def tensor(self, key: str) -> torch.Tensor:
+        """``get(key)``, which must be a dense tensor: else one line naming the key and its file."""
+        t = self.get(key)
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+            what = f"a {t.layout} tensor" if isinstance(t, torch.Tensor) else f"a {type(t).__name__}"
+            raise CheckpointError(f"{self.where(key)}: {key!r} holds {what}, not a dense tensor")
+        return t
+
     def get(self, key: str) -> torch.Tensor:
         try:
             return self._get(key)
@@ -140,6 +148,7 @@ _TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "io.BytesIO")
 def _pickled_globals(path: Path) -> list[tuple[str | None, str]]:
     """(key or None, ``module.name``) of each class or function the checkpoint's pickle names, found by
     reading its opcodes (pickletools executes nothing); the key is the last string pushed before it."""
+    found, strings = [], []
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -147,7 +156,6 @@ def _pickled_globals(path: Path) -> list[tuple[str | None, str]]:
                 stream = io.BytesIO(zf.read(name))
         else:
             stream = open(path, "rb")
-        found, strings = [], []
         with stream:
             for _ in range(4):  # legacy files: magic number, protocol, sys info, then the object
                 for op, arg, _pos in pickletools.genops(stream):
@@ -221,6 +229,9 @@ def open_torch(files: list[Path]) -> TensorSource:
             if not isinstance(obj, Path):
                 obj.close()  # the parts of a split file: read into memory (torch.load maps only one path)
         for k, v in sd.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"{label}: key {k!r} is a {type(k).__name__}, not a name: expected a state "
+                                      "dict of named tensors")
             if k in where:
                 raise CheckpointError(f"{label}: tensor {k!r} also appears in {where[k]}")
             where[k] = label

@@ -234,6 +234,11 @@ _BOOLS = ("short_filter_bias", "hyena_proj_bias", "hyena_out_proj_bias", "qkv_pr
 _STRS = ("family", "mlp_activation", "name")
 
 
+# no size of a real model comes near this (a 1 Mb context is 2^20), and tensors built from the sizes,
+# even on the meta device, would overflow past it
+_MAX_INT = 1 << 24
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -246,6 +251,8 @@ def _check_value(name: str, v, kind, minimum: int = 1) -> None:
     """Raise ConfigError naming ``name`` unless ``v`` is of ``kind`` (int, float, bool, str or list)."""
     if kind is int and not (_is_int(v) and v >= minimum):
         raise ConfigError(f"{name} {v!r} must be a whole number >= {minimum}")
+    if kind is int and v > _MAX_INT:
+        raise ConfigError(f"{name} {v!r} is too large (at most {_MAX_INT:,})")
     if kind is float and not (_is_number(v) and v > 0):
         raise ConfigError(f"{name} {v!r} must be a finite number > 0")
     if kind is bool and not isinstance(v, bool):
