@@ -155,8 +155,13 @@ def fp8_choice(fp8: str | None) -> str:
     """The FP8 mode asked for: the argument, else ``EVO_FP8``, else ``auto``."""
     choice = fp8 or os.environ.get("EVO_FP8") or "auto"
     if choice not in FP8_MODES:
-        raise InputError(f"unknown FP8 mode {choice!r} (use {', '.join(FP8_MODES)})")
+        raise InputError(f"unknown FP8 mode {choice!r}{_from_env(fp8)} (use {', '.join(FP8_MODES)})")
     return choice
+
+
+def _from_env(fp8: str | None) -> str:
+    """`` (from EVO_FP8)`` where the FP8 mode came from the environment, not from an argument."""
+    return " (from EVO_FP8)" if not fp8 and os.environ.get("EVO_FP8") else ""
 
 
 def resolve_fp8(fp8: str | None, device: torch.device, needs_fp8: bool) -> str:
@@ -169,8 +174,8 @@ def resolve_fp8(fp8: str | None, device: torch.device, needs_fp8: bool) -> str:
             return "off"
         choice = "native" if fp8_native_supported(device) else "emulate"
     if choice == "native" and not fp8_native_supported(device):
-        raise InputError(f"--fp8 native needs a GPU of compute capability 8.9 or 9.x (Ada, Hopper), not {_device_name(device)}; "
-                         "use --fp8 emulate")
+        raise InputError(f"--fp8 native{_from_env(fp8)} needs a GPU of compute capability 8.9 or 9.x (Ada, Hopper), "
+                         f"not {_device_name(device)}; use --fp8 emulate")
     if choice == "emulate" and not mmaemu_available():
         raise InputError(f"FP8 emulation needs the mmaemu package: {FP8_INSTALL_HINT} (or --fp8 off, at lower accuracy)")
     return choice

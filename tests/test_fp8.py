@@ -181,6 +181,11 @@ def test_mode_choice_and_its_errors(ckpts, monkeypatch, tmp_path):
     assert runtime.resolve_fp8(None, cpu, needs_fp8=True) == "emulate"
     monkeypatch.setenv("EVO_FP8", "off")
     assert runtime.resolve_fp8(None, cpu, needs_fp8=True) == "off"
+    # a mode from the environment that cannot run says where it came from
+    for value, match in (("native", r"--fp8 native \(from EVO_FP8\) needs a GPU"), ("bogus", r"'bogus' \(from EVO_FP8\)")):
+        monkeypatch.setenv("EVO_FP8", value)
+        with pytest.raises(InputError, match=match):
+            runtime.resolve_fp8(None, cpu, needs_fp8=True)
     monkeypatch.delenv("EVO_FP8")
     with pytest.raises(InputError, match="compute capability 8.9 or 9.x"):
         runtime.resolve_fp8("native", cpu, needs_fp8=True)

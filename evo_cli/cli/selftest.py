@@ -24,8 +24,8 @@ def selftest(model, device, dtype, kernels, expected):
     net = load_model_cli(model, device, dtype, kernels)
     prompts = upstream_prompts()
     if net.fp8 == "emulate" and net.device.type == "cpu":
-        hours = projection_macs(net.config, prompts) / 1e7 / 3600
-        echo(f"FP8 emulation on the CPU (about 10 M multiply-adds/s): roughly {hours:,.1f} h for this test; "
+        hours = projection_macs(net.config, prompts) / 2e8 / 3600
+        echo(f"FP8 emulation on the CPU (about 200 M multiply-adds/s per core): roughly {hours:,.1f} h for this test; "
              "a CUDA GPU runs mmaemu's kernels in minutes")
     with progress_bar("selftest", len(prompts), "prompts") as advance:
         result = run_selftest(net, name, prompts, progress=lambda i: advance())
