@@ -175,6 +175,16 @@ def test_only_linear_weights_are_read_transposed_and_never_twice(tmp_path, caplo
     unused tensor, not the filter), and a weight stored both ways is refused."""
     from safetensors.torch import save_file
 
+    from evo_cli.checkpoints.native import is_linear_weight
+    from evo_cli.model.init import motif_config
+    from evo_cli.model.model import StripedHyena
+
+    for family in ("evo1", "evo2"):  # the names the checkpoint rule knows are the model's nn.Linear weights
+        with torch.device("meta"):
+            model = StripedHyena(motif_config(family, hidden_size=32, num_layers=7, head_dim=16))
+        linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        assert linear == {k for k in model.state_dict() if is_linear_weight(k)}
+
     out = convert_checkpoint(TINY_A, tmp_path / "n", dtype="float32")
     shard = next(out.glob("model-*.safetensors"))
     stored = load_file(str(shard))

@@ -34,7 +34,7 @@ from evo_cli.model.config import ModelConfig
 from evo_cli.model.layers import rotary_inv_freq
 
 from . import community, te_state
-from .native import transposed_key
+from .native import is_linear_weight, transposed_key
 from .sources import TensorSource, open_safetensors, open_torch, safetensors_index_files, split_parts
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -162,15 +162,11 @@ def _vortex_resolver(config: ModelConfig, source: TensorSource):
     return resolve
 
 
-# the nn.Linear weights, which a native checkpoint stores transposed (``<name>.T``)
-_LINEAR_WEIGHT = re.compile(r"blocks\.\d+\.(projections|out_filter_dense|mlp\.l[123]|inner_mha_cls\.(Wqkv|out_proj))\.weight")
-
-
 def _native_resolver(config: ModelConfig, source: TensorSource):
     keys = set(source.keys())
 
     def resolve(name: str):
-        if _LINEAR_WEIGHT.fullmatch(name) and transposed_key(name) in keys:
+        if is_linear_weight(name) and transposed_key(name) in keys:
             if name in keys:
                 raise CheckpointError(f"{source.where(name)}: holds both {name!r} and {transposed_key(name)!r} "
                                       "(the same weight twice, as stored and transposed); keep one")

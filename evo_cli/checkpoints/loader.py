@@ -13,6 +13,7 @@ from evo_cli.model.model import StripedHyena, keeps_float32
 from evo_cli.model.placement import DEFAULT_STATE_TOKENS, plan
 
 from .formats import Checkpoint
+from .native import is_linear_weight
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
     placement = plan(model, devices, dtype or torch.float32, state_tokens) if len(devices) > 1 else None
     where = placement.device_of if placement is not None else lambda _name: devices[0]
     expected = model.state_dict()
-    linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     used, tensors = set(), {}
     for name, meta in expected.items():
         key, transform = ckpt.resolve(name)
@@ -76,7 +76,7 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
         target = t.dtype if dtype is None else torch.float32 if keeps_float32(name) else dtype
         device = torch.device(where(name))
         tensors[name] = _placed(t, device, target,
-                                device.type == "cpu" and name in linear and model.column_major(t.shape))
+                                device.type == "cpu" and is_linear_weight(name) and model.column_major(t.shape))
         if key is not None:
             _check_finite(tensors[name], key, ckpt.source.where(key))
         used.add(key)

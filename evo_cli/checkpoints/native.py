@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import torch.nn as nn
 from safetensors.torch import save_file
 
 from evo_cli.errors import CheckpointError, OutputError
 from evo_cli.io.atomic import _umask, remove_stale_temporaries, temporary_prefix, write_failure
 
 DEFAULT_SHARD_BYTES = 4 << 30
+
+
+# the nn.Linear weights of a StripedHyena, which a native checkpoint stores transposed
+_LINEAR_WEIGHT = re.compile(r"blocks\.\d+\.(projections|out_filter_dense|mlp\.l[123]|inner_mha_cls\.(Wqkv|out_proj))\.weight")
+
+
+def is_linear_weight(name: str) -> bool:
+    """Whether the state-dict entry ``name`` is an ``nn.Linear`` weight (stored as ``transposed_key``)."""
+    return _LINEAR_WEIGHT.fullmatch(name) is not None
 
 
 def transposed_key(name: str) -> str:
@@ -42,11 +51,10 @@ def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHA
     except OSError as err:
         raise OutputError(write_failure(out, err)) from None
     try:
-        linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)}
         tensors = {}
         for k, v in model.state_dict().items():
             v = v.detach().cpu()
-            if k in linear and v.dim() == 2:
+            if is_linear_weight(k) and v.dim() == 2:
                 tensors[transposed_key(k)] = v.t().contiguous()
             else:
                 tensors[k] = v.contiguous()

@@ -86,6 +86,7 @@ class StripedHyena(nn.Module):
         kept = {name: t.data for name, t in itertools.chain(self.named_parameters(), self.named_buffers())
                 if keeps_float32(name) and t.is_floating_point()}
         super()._apply(fn, recurse)
+        rescaled = False  # an FP8 scale put back: the E4M3 weights were built from the cast one
         for name, before in kept.items():
             owner, _, attr = name.rpartition(".")
             module = self.get_submodule(owner)
@@ -98,7 +99,8 @@ class StripedHyena(nn.Module):
                     now.data = restored
                 else:
                     module._buffers[attr] = restored
-        for block in self.blocks:
+            rescaled = rescaled or ".fp8_scale_" in name
+        for block in self.blocks if rescaled else ():
             if block.kind != "attn" and block.projections.fp8 != "off":
                 block.projections.set_fp8(block.projections.fp8)
         self._cpu_gemv_layout()
