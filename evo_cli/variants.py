@@ -12,16 +12,20 @@ symbolic (``symbolic``) and breakend (``breakend``) alleles, alleles with charac
 nucleotide codes (``invalid_allele``), records at POS 0, a telomere, which has no base
 (``telomere``), records whose CHROM is not in the FASTA even after ``chr``-aliasing
 (``contig_not_in_fasta``), windows with characters other than nucleotide codes
-(``non_dna_reference``) and, with ``skip_ref_mismatch``, records whose REF differs from the FASTA
-(``ref_mismatch``; otherwise a mismatch is an error naming the record).
+(``non_dna_reference``) and, with ``skip_ref_mismatch``, records whose REF runs past the end of
+their contig in the FASTA (``past_contig_end``) or differs from the FASTA (``ref_mismatch``;
+without it either is an error naming the record). A VCF output carries the statuses too, as the
+``Number=A`` INFO key ``EVO_STATUS`` on every record (``ok`` for a scored ALT, as in the table's
+``status`` column; a record with ALT ``.`` gets the one value ``no_alt``).
 
 A run with an output file persists its progress in ``<output>.evo-partial`` chunk by chunk (a chunk
 is ``batch_size`` records, extended to the end of a position); ``resume=True`` continues from there,
 with the same chunks, so the output is byte-identical to an uninterrupted run. Resuming checks that
 the settings match: the VCF and FASTA (path, size, modification time), the model (config and
-embedding weights), device, kernel backend, window, strand, regions, batch and chunk sizes and
-format. The progress file is created when the first chunk completes; the output is written at
-the end from the stored results, atomically, and the progress file is then removed.
+embedding weights), device, kernel backend, window, strand, regions, batch and chunk sizes, format
+and the version of the stored results (``RESULTS``: a progress file whose statuses meant something
+else is not resumed). The progress file is created when the first chunk completes; the output is
+written at the end from the stored results, atomically, and the progress file is then removed.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference, contig_aliases
 from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension, table_writer
-from evo_cli.io.vcf import (NO_ALT, InfoField, Region, VcfReader, VcfRecord, classify_alt,
-                            write_annotated_vcf)
+from evo_cli.io.vcf import (BREAKEND, INVALID, NO_ALT, STAR, SYMBOLIC, InfoField, Region, VcfReader, VcfRecord,
+                            classify_alt, write_annotated_vcf)
 from evo_cli.limits import check_batch_size
 from evo_cli.runs import output_metadata, run_settings
 from evo_cli.runtime import non_finite_error
@@ -56,8 +60,14 @@ log = logging.getLogger(__name__)
 OK = "ok"
 CONTIG_MISSING = "contig_not_in_fasta"
 TELOMERE = "telomere"  # POS 0
+PAST_END = "past_contig_end"  # REF runs past the end of the FASTA contig
 REF_MISMATCH = "ref_mismatch"
 NON_DNA = "non_dna_reference"
+# every reason an ALT is not scored, in the order the README lists them
+SKIP_STATUSES = (NO_ALT, STAR, SYMBOLIC, BREAKEND, INVALID, TELOMERE, CONTIG_MISSING, NON_DNA, PAST_END, REF_MISMATCH)
+# what the progress file's results are: bumped when a stored status changes meaning (2: past_contig_end,
+# earlier stored as ref_mismatch), so that a resumed run never mixes the two
+RESULTS = "score-variants/2"
 # the Evo 2 BRCA1 notebook's window
 DEFAULT_WINDOW = 8192
 OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")
@@ -76,6 +86,12 @@ def info_fields(reduce: str = "mean") -> list[InfoField]:
         InfoField("EVO_REF_LL", "1", "Float", f"Evo {what} of the REF window"),
         InfoField("EVO_ALT_LL", "A", "Float", f"Evo {what} of each ALT window"),
     ]
+
+
+# score-variants only (mutagenize writes scored positions alone): why each ALT was or was not scored
+STATUS_FIELD = InfoField("EVO_STATUS", "A", "String",
+                         f"Evo score-variants status of each ALT: {OK} (scored) or why it was not scored "
+                         f"({', '.join(SKIP_STATUSES)}); ALT . gets the one value {NO_ALT}")
 
 
 def output_format(path: str | Path | None, format: str | None = None) -> str:
@@ -126,13 +142,18 @@ def _statuses(rec: VcfRecord, reference: Reference, skip_ref_mismatch: bool) -> 
     if OK not in statuses:
         return contig, statuses
     end = rec.start + len(rec.ref)
-    found = reference.fetch(contig, rec.start, end)
-    if rec.ref.upper() != found or end > reference.length(contig):
+    if end > reference.length(contig):
         if not skip_ref_mismatch:
-            fasta = (f"{reference.path.name} has {_short(found)}" if end <= reference.length(contig) else
-                     f"contig {contig} of {reference.path.name} is only {reference.length(contig):,} bp long")
-            raise InputError(f"{rec.chrom}:{rec.pos}: REF {_short(rec.ref)} does not match the FASTA ({fasta}); "
-                             f"check the reference build, or skip such records with --skip-ref-mismatch")
+            raise InputError(f"{rec.chrom}:{rec.pos}: REF {_short(rec.ref)} runs past the end of contig {contig} "
+                             f"({reference.length(contig):,} bp) in {reference.path.name}; check the reference "
+                             f"build, or skip such records with --skip-ref-mismatch")
+        return contig, [PAST_END] * len(rec.alts)
+    found = reference.fetch(contig, rec.start, end)
+    if rec.ref.upper() != found:
+        if not skip_ref_mismatch:
+            raise InputError(f"{rec.chrom}:{rec.pos}: REF {_short(rec.ref)} does not match the FASTA "
+                             f"({reference.path.name} has {_short(found)}); check the reference build, or skip "
+                             f"such records with --skip-ref-mismatch")
         return contig, [REF_MISMATCH] * len(rec.alts)
     return contig, statuses
 
@@ -239,8 +260,9 @@ def _first(names: Iterable[str], n: int = 3) -> str:
 
 def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region] | None = None,
                    skip_ref_mismatch: bool = False) -> int:
-    """Read every selected record once, check REF against the FASTA (raising on a mismatch unless
-    ``skip_ref_mismatch``) and return the number of variants (ALT alleles; ALT '.' counts one).
+    """Read every selected record once, check REF against the FASTA (raising on a mismatch or a REF
+    past its contig's end unless ``skip_ref_mismatch``) and return the number of variants (ALT
+    alleles; ALT '.' counts one).
 
     Raises when records were selected but none has its contig in the FASTA (naming the first contigs
     of both), and for a region on a contig that neither the VCF header nor the FASTA knows; logs a
@@ -332,7 +354,7 @@ def run_score_variants(
     settings = run_settings(model, {"vcf": vcf, "fasta": fasta}, window=window, strand=strand,
                             regions=[str(r) for r in regions], batch_size=batch_size,
                             skip_ref_mismatch=skip_ref_mismatch, share_prefix=share_prefix, chunk_size=chunk_size,
-                            format=fmt, model_name=name, reduce=reduce)
+                            format=fmt, model_name=name, reduce=reduce, results=RESULTS)
     store = open_progress(output, settings, resume, checkpoint_rank())
     with store or contextlib.nullcontext():
         summary = _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch,
@@ -367,7 +389,7 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
         rows.extend(_rows(reader, results, summary))
     elif fmt in ("vcf", "vcf.gz"):
         header = [(f"evo_{k}", v) for k, v in info.items() if v is not None]
-        summary.indexed = write_annotated_vcf(output, reader, info_fields(reduce), header,
+        summary.indexed = write_annotated_vcf(output, reader, [*info_fields(reduce), STATUS_FIELD], header,
                                               _annotations(results, summary, rows, reader), fmt == "vcf.gz")
     else:
         with table_writer(output, COLUMNS, fmt, metadata=info) as write:
@@ -414,7 +436,8 @@ def _rows(reader: VcfReader, results: Iterator[list], summary: Summary) -> Itera
 
 
 def _annotations(results: Iterator[list], summary: Summary, rows: list | None, reader: VcfReader):
-    """``(chrom, pos, INFO values)`` per record for the VCF writer; also fills ``rows`` when asked."""
+    """``(chrom, pos, INFO values)`` per record for the VCF writer, ``EVO_STATUS`` on every record and
+    the scores on those with a scored ALT; also fills ``rows`` when asked."""
     pairs = _paired(reader, results) if rows is not None else ((None, r) for r in results)
     for rec, (chrom, pos, statuses, ref_ll, alt_ll) in pairs:
         summary.records += 1
@@ -426,10 +449,10 @@ def _annotations(results: Iterator[list], summary: Summary, rows: list | None, r
                          a - ref_ll if s == OK else None, s)
                         for alt, s, a in zip(rec.alts or (".",), statuses, alt_ll, strict=True))
         if ref_ll is None:
-            yield chrom, pos, {}
+            yield chrom, pos, {"EVO_STATUS": tuple(statuses)}
         else:
             yield chrom, pos, {"EVO_DELTA": tuple(None if a is None else a - ref_ll for a in alt_ll),
-                               "EVO_REF_LL": ref_ll, "EVO_ALT_LL": tuple(alt_ll)}
+                               "EVO_REF_LL": ref_ll, "EVO_ALT_LL": tuple(alt_ll), "EVO_STATUS": tuple(statuses)}
 
 
 def score_variants(
@@ -454,7 +477,9 @@ def score_variants(
     model: a loaded model, or a name/path for ``load_model``. regions: ``Region`` objects or
     ``"chr:start-end"`` strings (1-based, inclusive). output: also write a VCF/TSV/Parquet file
     (by extension or ``format``). Returns a pandas DataFrame with columns ``chrom, pos`` (1-based),
-    ``id, ref, alt, ref_ll, alt_ll, delta, status``; ``df.attrs["summary"]`` holds the counts.
+    ``id, ref, alt, ref_ll, alt_ll, delta, status`` (``ok``, or why the ALT was not scored: one of
+    ``SKIP_STATUSES``, its scores then None); ``df.attrs["summary"]`` holds the counts, skipped ALTs by
+    status. A VCF output carries the status as INFO ``EVO_STATUS`` on every record.
     """
     import pandas as pd
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,8 @@ def test_outputs_agree_and_read_back(tmp_path):
     # VCF: INFO per ALT, header lines; .vcf.gz is the same text, bgzipped and indexed
     text = outs["vcf"].read_text()
     for line in ("##evo_window=64", "##evo_strand=forward", "##evo_dtype=float32", f"##evo_version={evo_cli.__version__}",
-                 f"##evo_model={TINY}", "##INFO=<ID=EVO_DELTA,Number=A,Type=Float"):
+                 f"##evo_model={TINY}", "##INFO=<ID=EVO_DELTA,Number=A,Type=Float",
+                 "##INFO=<ID=EVO_STATUS,Number=A,Type=String"):
         assert line in text
     with gzip.open(outs["vcf.gz"], "rt") as fh:
         assert fh.read().replace("scores.vcf.gz ", "scores.vcf ").replace("--format vcf.gz ", "--format vcf ") == text
@@ -126,6 +128,7 @@ def test_outputs_agree_and_read_back(tmp_path):
     deltas = [d for r in recs for d in r.info["EVO_DELTA"]]
     assert np.allclose(deltas, tsv.delta, rtol=1e-6, atol=1e-9)
     assert [len(r.info["EVO_ALT_LL"]) for r in recs] == [len(r.alts) for r in recs]
+    assert [s for r in recs for s in r.info["EVO_STATUS"]] == ["ok"] * 14  # as the table's status column
 
 
 def _synthetic_fasta(vcf: Path, out: Path, cap: int = 2_000_000) -> Path:
@@ -159,20 +162,20 @@ EDGE_CASES = {
                           {"ref_mismatch": 1, "no_alt": 1, "star_allele": 1, "invalid_allele": 1}),
     "cyvcf2/multi-contig.vcf.gz": (None, [], None, 11, {"no_alt": 2}),
     "cyvcf2/no-seq-names.vcf": (None, [], None, 1, {}),
-    "cyvcf2/o.vcf.gz": (None, [], "chr1:3769970: REF A does not match the FASTA (contig chr1", 31,
-                        {"ref_mismatch": 2056}),
+    "cyvcf2/o.vcf.gz": (None, [], "chr1:3769970: REF A runs past the end of contig chr1 (50 bp) in ref.fa", 31,
+                        {"past_contig_end": 2056}),
     "cyvcf2/test-invalid-header.vcf": ("bcftools/norm.fa", [], "not a valid VCF/BCF", None, None),
     "derived/brca1_sge_first24.chr17.vcf": ("../brca1/GRCh37_chr17_BRCA1locus_Npadded.fa.gz", [], None, 24, {}),
     "ga4gh_compliance/brca1_1kgPhase3_variants.vcf": ("ga4gh_compliance/ref_brca1.fa",
                                                       ["--region", "ref_brca1:25000-27000"], None, 50, {"symbolic": 1}),
-    "htslib/test-vcf-hdr-in.vcf": (None, [], "1:12065947: REF C does not match the FASTA", 0,
-                                   {"ref_mismatch": 10, "no_alt": 2}),
+    "htslib/test-vcf-hdr-in.vcf": (None, [], "1:12065947: REF C runs past the end of contig 1", 0,
+                                   {"past_contig_end": 10, "no_alt": 2}),
     "htslib/vcf44_1.vcf": (None, [], None, 28, {}),
     "htslib/weird-chr-names.vcf": (None, [], None, 6, {}),
-    "pysam/ex1.vcf.gz": (None, [], "chr1:12939904: REF A does not match the FASTA", 8, {"ref_mismatch": 157}),
-    "pysam/example_vcf43_with_utf8.vcf": (None, [], "20:2345678: REF G does not match the FASTA", 6,
-                                          {"no_alt": 1, "ref_mismatch": 1}),
-    "pysam/gnomad.vcf": (None, [], "22:16050036: REF A does not match the FASTA", 0, {"ref_mismatch": 10}),
+    "pysam/ex1.vcf.gz": (None, [], "chr1:12939904: REF A runs past the end of contig chr1", 8, {"past_contig_end": 157}),
+    "pysam/example_vcf43_with_utf8.vcf": (None, [], "20:2345678: REF G runs past the end of contig 20", 6,
+                                          {"no_alt": 1, "past_contig_end": 1}),
+    "pysam/gnomad.vcf": (None, [], "22:16050036: REF A runs past the end of contig 22", 0, {"past_contig_end": 10}),
 }
 
 
@@ -197,8 +200,11 @@ def test_edge_case_scores_or_fails_clearly(name, tmp_path):
     assert code == 0, err
     assert _summary(err) == (scored, skipped)
     with pysam.VariantFile(str(out)) as vf:
-        values = [d for r in vf for d in r.info.get("EVO_DELTA", ())]
+        recs = list(vf)
+    values = [d for r in recs for d in r.info.get("EVO_DELTA", ())]
     assert sum(v is not None for v in values) == scored
+    # every record says why each ALT was (not) scored: the summary's counts, per ALT
+    assert Counter(s for r in recs for s in r.info["EVO_STATUS"]) == Counter({"ok": scored, **skipped})
 
 
 def test_regions_select_variants(tmp_path):
@@ -377,7 +383,8 @@ def test_pos_0_records_are_skipped_as_telomeres(tmp_path):
     code, _, err = evo(*args, tmp_path / "o.vcf")
     assert code == 0, err
     with pysam.VariantFile(str(tmp_path / "o.vcf")) as vf:
-        assert [(r.pos, "EVO_DELTA" in r.info) for r in vf] == [(0, False), (97722, True), (0, False)]
+        assert [(r.pos, "EVO_DELTA" in r.info, r.info["EVO_STATUS"]) for r in vf] == [
+            (0, False, ("telomere", "telomere")), (97722, True, ("ok",)), (0, False, ("no_alt",))]
 
 
 def test_plain_gzip_vcf_and_malformed_records(tmp_path):
@@ -400,3 +407,145 @@ def test_plain_gzip_vcf_and_malformed_records(tmp_path):
                        "-o", tmp_path / "bad.tsv")
     assert code == 1 and err == f"evo: error: {bad}:{first + 3}: {message}" + err.split(message, 1)[1]
     assert err.count("\n") == 1 and not (tmp_path / "bad.tsv").exists()
+
+
+def _skips_vcf(tmp_path) -> tuple[Path, str]:
+    """A VCF on the BRCA1 region (200,000 bp) with one record per way of not being scored, and its contig."""
+    contig = read_fasta(FA)[0].id
+    seq = read_fasta(FA)[0].sequence
+    assert len(seq) == 200_000
+    other = next(b for b in "ACGT" if b != seq[99_999])
+    tail = seq[199_998:]  # the last two bases: REF tail + "A" runs one base past the end
+    alts = ",".join([b for b in "ACGT" if b != other][:2])
+    vcf = tmp_path / "skips.vcf"
+    vcf.write_text(
+        f"##fileformat=VCFv4.2\n##contig=<ID={contig},length=200000>\n##contig=<ID=chrZ>\n"
+        f'##INFO=<ID=EVO_STATUS,Number=1,Type=String,Description="a stale value, replaced">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+        f"{contig}\t97722\tok_star\tT\tA,*\t.\t.\tEVO_STATUS=stale\n"
+        f"{contig}\t100000\tmismatch\t{other}\t{alts}\t.\t.\t.\n"
+        f"{contig}\t150000\tnoalt\t{seq[149_999]}\t.\t.\t.\t.\n"
+        f"{contig}\t150010\tsym\t{seq[150_009]}\t<DEL>\t.\t.\t.\n"
+        f"{contig}\t199999\tstraddle\t{tail}A\t{tail[0]}\t.\t.\t.\n"
+        f"{contig}\t200000\tlast\t{seq[-1]}\t{'A' if seq[-1] != 'A' else 'C'}\t.\t.\t.\n"
+        f"{contig}\t200005\tpast\tA\tG\t.\t.\t.\n"
+        "chrZ\t10\tnocontig\tA\tC\t.\t.\t.\n")
+    return vcf, contig
+
+
+STATUSES = {"ok_star": ("ok", "star_allele"), "mismatch": ("ref_mismatch", "ref_mismatch"), "noalt": ("no_alt",),
+            "sym": ("symbolic",), "straddle": ("past_contig_end",), "last": ("ok",), "past": ("past_contig_end",),
+            "nocontig": ("contig_not_in_fasta",)}
+
+
+def test_past_contig_end_is_its_own_status(tmp_path):
+    """A REF that starts or ends past its contig's end is past_contig_end, not ref_mismatch: an error naming the
+    contig's length, or with --skip-ref-mismatch a status counted in the summary (the contig's last base scores)."""
+    vcf, contig = _skips_vcf(tmp_path)
+    base = ["score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64]
+    # without the flag: one line, before the model loads (there is none here)
+    out = tmp_path / "e.tsv"
+    code, _, err = evo(*base[:5], "-m", tmp_path / "no_model", "--region", f"{contig}:199000", "-o", out)
+    assert code == 1 and not out.exists()
+    assert err == (f"evo: error: {contig}:199999: REF {read_fasta(FA)[0].sequence[199_998:]}A runs past the end of "
+                   f"contig {contig} (200,000 bp) in {FA.name}; check the reference build, or skip such records "
+                   f"with --skip-ref-mismatch\n")
+    code, _, err = evo(*base[:5], "-m", tmp_path / "no_model", "--region", f"{contig}:200001", "-o", out)
+    assert code == 1 and f"{contig}:200005: REF A runs past the end of contig {contig} (200,000 bp)" in err
+    # with it: its own status in the summary and the table
+    code, _, err = evo(*base, "-o", tmp_path / "s.tsv", "--skip-ref-mismatch")
+    assert code == 0, err
+    assert "evo: scored 2 of 10 variants (8 records)" in err
+    assert _summary(err) == (2, {"past_contig_end": 2, "ref_mismatch": 2, "star_allele": 1, "no_alt": 1,
+                                 "symbolic": 1, "contig_not_in_fasta": 1})
+    assert "evo: skipped 8: ref_mismatch 2, past_contig_end 2, " in err
+    df = pd.read_csv(tmp_path / "s.tsv", sep="\t", keep_default_na=False)
+    assert df.status.tolist() == [s for v in STATUSES.values() for s in v]
+    scored = df[df.status == "ok"]
+    assert scored.id.tolist() == ["ok_star", "last"] and (scored.delta.astype(float) != 0).all()
+    assert (df[df.status != "ok"][["ref_ll", "alt_ll", "delta"]] == "").all().all()
+    # the Python API counts it too
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    api = evo_cli.score_variants(model, vcf, FA, window=64, skip_ref_mismatch=True)
+    assert api.status.tolist() == df.status.tolist()
+    assert api.attrs["summary"]["skipped"]["past_contig_end"] == 2
+
+
+@pytest.mark.parametrize("ext", ["vcf", "vcf.gz"])
+def test_vcf_output_says_why_each_alt_was_not_scored(ext, tmp_path):
+    """EVO_STATUS (Number=A, declared after the score keys) on every record, ``ok`` for a scored ALT as in the
+    table; a stale EVO_STATUS of the input is replaced; ALT . gets one value, no_alt."""
+    vcf, _ = _skips_vcf(tmp_path)
+    out = tmp_path / f"s.{ext}"
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64, "-o", out,
+                       "--skip-ref-mismatch")
+    assert code == 0, err
+    with pysam.VariantFile(str(out)) as vf:
+        recs = list(vf)
+        assert vf.header.info["EVO_STATUS"].number == "A" and vf.header.info["EVO_STATUS"].type == "String"
+        assert "past_contig_end" in vf.header.info["EVO_STATUS"].description
+    assert {r.id: r.info["EVO_STATUS"] for r in recs} == STATUSES
+    assert {r.id for r in recs if "EVO_DELTA" in r.info} == {"ok_star", "last"}
+    star = next(r for r in recs if r.id == "ok_star")
+    assert star.info["EVO_DELTA"][0] != 0 and star.info["EVO_DELTA"][1] is None
+    text = (gzip.open(out, "rt") if ext == "vcf.gz" else open(out)).read()
+    lines = text.splitlines()
+    infos = [line.split(",")[0] for line in lines if line.startswith("##INFO=")]
+    assert infos == ["##INFO=<ID=EVO_DELTA", "##INFO=<ID=EVO_REF_LL", "##INFO=<ID=EVO_ALT_LL", "##INFO=<ID=EVO_STATUS"]
+    assert "stale" not in text
+    record = {line.split("\t")[2]: line.split("\t")[7] for line in lines if not line.startswith("#")}
+    assert record["past"] == "EVO_STATUS=past_contig_end" and record["noalt"] == "EVO_STATUS=no_alt"
+    assert [kv.split("=")[0] for kv in record["ok_star"].split(";")] == ["EVO_DELTA", "EVO_REF_LL", "EVO_ALT_LL",
+                                                                         "EVO_STATUS"]
+    assert record["ok_star"].split(";")[0].endswith(",.") and record["ok_star"].endswith(";EVO_STATUS=ok,star_allele")
+    # the table and the VCF agree, ALT by ALT
+    tsv = tmp_path / "s.tsv"
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 64, "-o", tsv,
+                       "--skip-ref-mismatch")
+    assert code == 0, err
+    assert pd.read_csv(tsv, sep="\t").status.tolist() == [s for r in recs for s in r.info["EVO_STATUS"]]
+
+
+def test_resume_keeps_the_statuses_and_refuses_older_results(tmp_path):
+    """A resumed VCF run writes the same EVO_STATUS values as an uninterrupted one; progress stored before
+    past_contig_end existed (no ``results`` setting) is not resumed."""
+    from evo_cli.variants import RESULTS, run_score_variants
+
+    vcf, _ = _skips_vcf(tmp_path)
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    out = tmp_path / "s.vcf"
+    kw = dict(window=64, batch_size=2, skip_ref_mismatch=True)
+    evo_cli.score_variants(model, vcf, FA, out, **kw)
+    expected = out.read_bytes()
+    assert b"EVO_STATUS=past_contig_end" in expected
+    out.unlink()
+    partial = Path(str(out) + ".evo-partial")
+    with pytest.raises(KeyboardInterrupt):
+        run_score_variants(model, vcf, FA, out, progress=_interrupt_after(2), **kw)
+    head, *chunks = partial.read_text().splitlines()
+    assert json.loads(head)["settings"]["results"] == RESULTS == "score-variants/2" and len(chunks) == 2
+    evo_cli.score_variants(model, vcf, FA, out, resume=True, **kw)
+    assert out.read_bytes() == expected and not partial.exists()
+    # an older progress file: its past-the-end records were stored as ref_mismatch
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run_score_variants(model, vcf, FA, out, progress=_interrupt_after(2), **kw)
+    head, *chunks = partial.read_text().splitlines()
+    old = json.loads(head)
+    del old["settings"]["results"]
+    partial.write_text("\n".join([json.dumps(old, sort_keys=True), *chunks]) + "\n")
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(results: None then, 'score-variants/2' now\)"):
+        evo_cli.score_variants(model, vcf, FA, out, resume=True, **kw)
+    assert partial.exists() and not out.exists()
+
+
+def test_every_status_is_documented():
+    """The README's list of statuses and the EVO_STATUS header description name every skip status."""
+    from evo_cli.variants import SKIP_STATUSES, STATUS_FIELD
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    listed = readme.split("Not scored, with the reason as the ALT's status", 1)[1].split("\n\n", 1)[0]
+    assert [s for s in SKIP_STATUSES if f"`{s}`" not in listed] == []
+    assert "`ok`" in listed and "`EVO_STATUS`" in readme
+    assert all(s in STATUS_FIELD.description for s in SKIP_STATUSES)
+    assert len(set(SKIP_STATUSES)) == 10 and "past_contig_end" in SKIP_STATUSES

@@ -34,7 +34,9 @@ from .options import echo, full_command, hint_on_interrupt, load_model_cli, mode
               help="Sequences per forward pass; also the records per saved chunk of progress.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Tokens per forward call inside a window (bounds memory for long windows) [default: whole window].")
-@click.option("--skip-ref-mismatch", is_flag=True, help="Skip records whose REF differs from the FASTA instead of failing.")
+@click.option("--skip-ref-mismatch", is_flag=True,
+              help="Skip records whose REF differs from the FASTA or runs past the end of its contig instead of "
+                   "failing (status ref_mismatch, past_contig_end).")
 @click.option("--no-prefix-sharing", "no_share", is_flag=True,
               help="Score every window in full instead of sharing the prefix before the variant (slower; same scores).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
