@@ -64,8 +64,8 @@ def _chunk_logprobs(chunks: Iterable[tuple[int, torch.Tensor]], ids: torch.Tenso
             out[:, start] = float("nan")
         else:
             out[:, start] = torch.log_softmax(prev.float(), dim=-1).gather(-1, tok[:, :1])[:, 0]
-        if n > 1:
-            lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        if n > 1:  # every row, the last one too: a slice of the logits would be copied first
+            lp = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
             out[:, start + 1 : start + n] = lp.gather(-1, tok[:, 1:, None])[..., 0]
         prev = logits[:, -1]
     return out, prev

@@ -433,9 +433,10 @@ def test_cpu_decoder_stands_aside_for_global_hooks():
 
 @pytest.mark.parametrize("L", [1, 2, 37])
 @pytest.mark.parametrize("bias,carry", [(False, False), (True, True), (False, True)])
-def test_featurize_window(L, bias, carry):
+@pytest.mark.parametrize("Kf", [3, 4])  # 3: four tokens per pass (three_taps4); any other: one
+def test_featurize_window(L, bias, carry, Kf):
     """The featurizer over L tokens against the reference, with windows shorter than the history."""
-    B, D, Kf = 3, 24, 4
+    B, D = 3, 24
     z, w, b = torch.randn(B, L, 3 * D), torch.randn(3 * D, Kf), (torch.randn(3 * D) if bias else None)
     state = torch.randn(B, Kf - 1, 3 * D) if carry else None
     ref_state = None if state is None else state.clone()
@@ -447,7 +448,7 @@ def test_featurize_window(L, bias, carry):
     assert state is None or torch.equal(state, ref_state)
 
 
-@pytest.mark.parametrize("L", [1, 5, 40])
+@pytest.mark.parametrize("L", [1, 5, 40, 263])  # 263: past one tile of fir_gate (256 tokens), not a multiple of 4
 @pytest.mark.parametrize("G,Kh,skip,carry", [(20, 7, False, True), (4, 7, True, False), (5, 128, True, True),
                                              (2, 128, True, False)])
 def test_fir_window(L, G, Kh, skip, carry):
@@ -463,11 +464,12 @@ def test_fir_window(L, G, Kh, skip, carry):
     assert state is None or torch.equal(state, ref_state)
 
 
-@pytest.mark.parametrize("skip,Kh", [(False, 7), (True, 128)])
-def test_window_then_steps_equals_decoding_from_the_start(skip, Kh):
+@pytest.mark.parametrize("skip,Kh,L", [(False, 7, 9), (True, 128, 9), (True, 128, 301), (False, 5, 301)])
+def test_window_then_steps_equals_decoding_from_the_start(skip, Kh, L):
     """Featurizer + explicit filter over a window give the bits of the decoding step token after token
-    (both sum the taps in a convolution's order), states included."""
-    B, L, D = 2, 9, 16
+    (both sum the taps in a convolution's order), states included; 301 tokens span two of the filter's
+    tiles and end inside a group of four tokens."""
+    B, D = 2, 16
     z, w, b, h = torch.randn(B, L, 3 * D), torch.randn(3 * D, 3), torch.randn(3 * D), torch.randn(4, Kh)
     Dk = torch.randn(D) if skip else None
     fir, inner = torch.randn(B, 2, 3 * D), torch.randn(B, Kh - 1, D)

@@ -72,20 +72,119 @@ def push_history(x, state, lo, hi):
                 state[b, i, c] = row[c]
 
 
+# tokens per tile of ``fir_gate``: its copy of the tile and the K-1 rows before it is about 1.5 rows per
+# token for Hyena-MR, small next to the 128 taps each row takes part in
+_TILE = 256
+
+
+@jit
+def taps4(ext, wt, t0, acc, lo, hi):
+    """acc[j, lo:hi] <- ``sum_k wt[k] * ext[t0 + j + k]`` for the four tokens j = 0..3 (wt: [K, C],
+    current token last), each output's taps added oldest first as ``causal_taps`` adds them, so the
+    bits are the same. Four tokens and four taps per pass over the channels keep the partial sums in
+    registers: each tap's row and weights are loaded once for four outputs, where a pass per tap and
+    token loads and stores its sum every time (1.4-2.3x faster for Hyena-MR's 128 taps). The rows
+    come from one array: read from the input and the state directly, the loop did not vectorise."""
+    K = wt.shape[0]
+    ulo, uhi = np.uint64(lo), np.uint64(hi)
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+    for c in range(ulo, uhi):
+        a0[c] = np.float32(0.0)
+        a1[c] = np.float32(0.0)
+        a2[c] = np.float32(0.0)
+        a3[c] = np.float32(0.0)
+    k = 0
+    while k + 4 <= K:
+        e0, e1, e2, e3 = ext[t0 + k], ext[t0 + k + 1], ext[t0 + k + 2], ext[t0 + k + 3]
+        e4, e5, e6 = ext[t0 + k + 4], ext[t0 + k + 5], ext[t0 + k + 6]
+        v0, v1, v2, v3 = wt[k], wt[k + 1], wt[k + 2], wt[k + 3]
+        for c in range(ulo, uhi):
+            w0, w1, w2, w3 = v0[c], v1[c], v2[c], v3[c]
+            r0, r1, r2, r3, r4, r5, r6 = e0[c], e1[c], e2[c], e3[c], e4[c], e5[c], e6[c]
+            s = a0[c]
+            s += r0 * w0
+            s += r1 * w1
+            s += r2 * w2
+            s += r3 * w3
+            a0[c] = s
+            s = a1[c]
+            s += r1 * w0
+            s += r2 * w1
+            s += r3 * w2
+            s += r4 * w3
+            a1[c] = s
+            s = a2[c]
+            s += r2 * w0
+            s += r3 * w1
+            s += r4 * w2
+            s += r5 * w3
+            a2[c] = s
+            s = a3[c]
+            s += r3 * w0
+            s += r4 * w1
+            s += r5 * w2
+            s += r6 * w3
+            a3[c] = s
+        k += 4
+    while k < K:  # the taps left over, one per pass
+        e0, e1, e2, e3 = ext[t0 + k], ext[t0 + k + 1], ext[t0 + k + 2], ext[t0 + k + 3]
+        v0 = wt[k]
+        for c in range(ulo, uhi):
+            w0 = v0[c]
+            a0[c] += e0[c] * w0
+            a1[c] += e1[c] * w0
+            a2[c] += e2[c] * w0
+            a3[c] += e3[c] * w0
+        k += 1
+
+
+@jit
+def history_tile(x, state, carry, b, start, n, ext, lo, hi):
+    """ext[:K-1+n+3, lo:hi] <- rows start-(K-1) .. start+n-1 of ``[state[b], x[b]]`` (zeros before the
+    sequence without ``carry``), then three rows of zeros (``taps4`` reads four tokens at a time)."""
+    K1 = ext.shape[0] - _TILE - 3
+    ulo, uhi = np.uint64(lo), np.uint64(hi)
+    for i in range(K1 + n + 3):
+        src = start - K1 + i
+        row = ext[i]
+        if src >= n + start:
+            for c in range(ulo, uhi):
+                row[c] = np.float32(0.0)
+        elif src >= 0:
+            xr = x[b, src]
+            for c in range(ulo, uhi):
+                row[c] = xr[c]
+        elif carry:
+            sr = state[b, K1 + src]
+            for c in range(ulo, uhi):
+                row[c] = sr[c]
+        else:
+            for c in range(ulo, uhi):
+                row[c] = np.float32(0.0)
+
+
 @jit
 def fir_gate(x1v, x2, h, Dskip, state, carry, y, lo, hi):
     """Channels lo..hi-1 of: x1v, x2, y [B, L, C]; h: [G, K] taps (current token last); Dskip: [C]
     or [0]; state: [B, K-1, C] history of x1v, read and moved on when ``carry``."""
     B, L, C = x1v.shape
+    K = h.shape[1]
     wt = taps_by_channel(h, C)
-    acc = np.empty(C, dtype=np.float32)
+    ext = np.empty((K - 1 + _TILE + 3, C), dtype=np.float32)
+    acc = np.empty((4, C), dtype=np.float32)
     ulo, uhi = np.uint64(lo), np.uint64(hi)
     for b in range(B):
-        for t in range(L):
-            causal_taps(x1v, wt, state, carry, b, t, lo, hi, acc)
-            for c in range(ulo, uhi):
-                v = acc[c] + Dskip[c] * x1v[b, t, c] if Dskip.shape[0] else acc[c]
-                y[b, t, c] = v * x2[b, t, c]
+        for start in range(0, L, _TILE):
+            n = min(_TILE, L - start)
+            history_tile(x1v, state, carry, b, start, n, ext, lo, hi)
+            for t0 in range(0, n, 4):
+                taps4(ext, wt, t0, acc, lo, hi)
+                for j in range(min(4, n - t0)):
+                    t = start + t0 + j
+                    a, xr, gr, yr = acc[j], x1v[b, t], x2[b, t], y[b, t]
+                    for c in range(ulo, uhi):
+                        v = a[c] + Dskip[c] * xr[c] if Dskip.shape[0] else a[c]
+                        yr[c] = v * gr[c]
     if carry:
         push_history(x1v, state, lo, hi)
 
