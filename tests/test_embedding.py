@@ -176,3 +176,24 @@ def test_bad_inputs(tiny_models):
         embed(model, ["ACGT"], chunk_size=0)
     with pytest.raises(InputError, match="unknown layer"):
         embed(model, ["ACGT"], "blocks.99")
+
+
+@pytest.mark.parametrize("module", ["blocks.0.mlp.l1", "blocks.0.mlp.act", "blocks.3.mlp.l1"])
+def test_a_hook_on_the_mlp_keeps_what_the_layer_computed(tiny_models, module):
+    """The MLP gates in place in the activation's buffer unless a hook may hold it: a forward hook on
+    ``mlp.l1`` or ``mlp.act`` keeps the layer's own output, and the forward's numbers do not change."""
+    model = tiny_models["evo2"]
+    ids = torch.tensor([list(random_dna(64, 3).encode())])
+    mlp = model.get_submodule(module.rsplit(".", 1)[0])
+    with torch.inference_mode():
+        plain = model(ids)
+        seen = {}
+        handles = [mlp.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].clone())),
+                   model.get_submodule(module).register_forward_hook(lambda m, a, o: seen.update(out=o))]
+        try:
+            assert torch.equal(model(ids), plain)
+        finally:
+            for h in handles:
+                h.remove()
+        want = mlp.l1(seen["x"])
+        assert torch.equal(seen["out"], mlp.act(want) if module.endswith("act") else want)

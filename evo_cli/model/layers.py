@@ -55,7 +55,23 @@ class MLP(nn.Module):
         self.activation = activation
 
     def forward(self, x):
-        return self.l3(self.act(self.l1(x)) * self.l2(x))
+        a, b = self.act(self.l1(x)), self.l2(x)
+        if _recording(a, b) or _hooked(self.l1, self.act):
+            return self.l3(a * b)
+        # the gate in place, in the activation's buffer (which nothing else holds): one [..., inner]
+        # temporary fewer, the same numbers (benchmarks/README.md, seventh round)
+        return self.l3(a.mul_(b))
+
+
+def _recording(*tensors) -> bool:
+    """Whether autograd records an op on these tensors (then nothing may change in place)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _hooked(*modules) -> bool:
+    """Whether a forward hook (the modules' own or a global one) may hold these modules' outputs."""
+    g = nn.modules.module
+    return bool(g._global_forward_hooks or any(m._forward_hooks for m in modules))
 
 
 def _mlp(config: ModelConfig, layer: int, backend: str) -> MLP:
