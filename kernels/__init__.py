@@ -158,8 +158,9 @@ def _on(x):
 
 
 def linear(x, weight, bias=None, *, backend="auto"):
-    """x: [..., K] -> [..., N], ``F.linear``; numba's matrix-vector loop for decoding's few rows on CPU.
-    A GPU runs ``F.linear`` under every backend (cuBLAS; there is no Triton kernel to force)."""
+    """x: [..., K] -> [..., N], ``F.linear``; on CPU numba's matrix-vector loop for decoding's few rows,
+    oneDNN's GEMM for more (``linear/cpu.py``). A GPU runs ``F.linear`` under every backend (cuBLAS;
+    there is no Triton kernel to force)."""
     if resolve_backend(backend, x.device) == "numba":
         return _cpu("linear").linear(x, weight, bias)
     return linear_ref(x, weight, bias)

@@ -60,8 +60,19 @@ def test_linear_rows_do_not_depend_on_the_batch():
         assert torch.equal(linear_cpu.linear(x[r : r + 1], w, b), batch[r : r + 1])
 
 
-def test_linear_hands_over_to_f_linear():
-    """More rows than MAX_ROWS, bf16, a row-major weight, or a gradient to record: F.linear."""
+def test_gemm_rows_do_not_depend_on_the_batch():
+    """Past the loop's rows, the GEMM gives a row the same bits in a batch of any size (a distributed or
+    resumed run batches windows differently from a single process)."""
+    x, w, b = torch.randn(300, 200), _column_major(352, 200), torch.randn(352)
+    with torch.inference_mode():
+        batch = linear_cpu.linear(x, w, b)
+        for rows in (linear_cpu.MAX_ROWS + 1, 17, 100, 256):
+            assert torch.equal(linear_cpu.linear(x[:rows], w, b), batch[:rows])
+
+
+def test_linear_hands_over_to_a_gemm():
+    """More rows than MAX_ROWS: oneDNN's GEMM (F.linear where torch lacks it); bf16, a row-major
+    weight, or a gradient to record: F.linear."""
     w = _column_major(64, 32)
     many = torch.randn(linear_cpu.MAX_ROWS + 1, 32)
     assert linear_cpu.applies(many[:1], w, None)
@@ -74,7 +85,8 @@ def test_linear_hands_over_to_f_linear():
     assert y.grad_fn is not None
     with torch.no_grad():
         assert linear_cpu.applies(many[:1], wg, None)
-    assert torch.equal(K.linear(many, w, backend="numba"), K.linear_ref(many, w))
+    _close(K.linear(many, w, backend="numba"), K.linear_ref(many, w))
+    assert linear_cpu.gemm_applies(many, w, None) == (linear_cpu._ONEDNN is not None)
 
 
 def test_linear_propagates_nan_and_inf():

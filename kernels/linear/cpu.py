@@ -7,8 +7,9 @@ GB/s on this project's CPUs depending on the weight's shape and layout; the loop
 ``StripedHyena._cpu_gemv_layout`` stores it for decoding) and adds each input's column to all the
 outputs at once: the loop over outputs vectorises with no reassociation, so every output is summed
 in input order, with the same rounding in any compiled context and for any number of rows. Inputs
-with more rows, or anything but float32 without autograd, go to ``F.linear`` (a GEMM, at the
-arithmetic rate of the core).
+with more rows go to oneDNN's GEMM where torch has it (6-10% faster than ``F.linear``'s MKL GEMM on
+one core, and a row's bits do not depend on the rows beside it); anything but float32 without
+autograd goes to ``F.linear``.
 """
 
 from __future__ import annotations
@@ -61,9 +62,28 @@ def applies(x, weight, bias) -> bool:
                                                   or (bias is not None and bias.requires_grad))))
 
 
+# oneDNN's dense layer (the op torch.compile's CPU code calls), where this torch build has it: 6-10%
+# more FLOP per second than F.linear's MKL GEMM on the models' shapes, one core
+# (benchmarks/README.md, seventh round)
+_ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def gemm_applies(x, weight, bias) -> bool:
+    """Whether ``linear`` runs oneDNN's GEMM: float32 CPU tensors (x contiguous, with rows), a 2-D
+    weight, and no gradient to record."""
+    return (_ONEDNN is not None and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.is_contiguous() and x.numel() > 0 and weight.dim() == 2 and x.shape[-1] == weight.shape[1]
+            and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or (bias is not None and bias.requires_grad))))
+
+
 def linear(x, weight, bias=None):
-    """x: [..., K]; weight: [N, K]; bias: [N] or None -> [..., N], as ``F.linear``."""
+    """x: [..., K]; weight: [N, K]; bias: [N] or None -> [..., N], as ``F.linear``: the loop for a few
+    rows, oneDNN's GEMM for more."""
     if not applies(x, weight, bias):
+        if gemm_applies(x, weight, bias):
+            return _ONEDNN(x, weight, bias, "none", [], "")
         return linear_ref(x, weight, bias)
     N, K = weight.shape
     rows = x.reshape(-1, K).contiguous()
