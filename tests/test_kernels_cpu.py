@@ -89,6 +89,23 @@ def test_linear_hands_over_to_a_gemm():
     assert linear_cpu.gemm_applies(many, w, None) == (linear_cpu._ONEDNN is not None)
 
 
+def test_gemm_takes_a_strided_bias():
+    """oneDNN reads a bias as if it were contiguous: a strided or broadcast one (a view of a larger
+    tensor) gave wrong numbers or read past its storage."""
+    x, w = torch.randn(linear_cpu.MAX_ROWS + 5, 48), _column_major(64, 48)
+    with torch.inference_mode():
+        for b in (torch.randn(128)[::2], torch.randn(1).expand(64)):
+            _close(linear_cpu.linear(x, w, b), K.linear_ref(x, w, b))
+
+
+def test_gemm_rows_do_not_depend_on_the_input_layout():
+    """A strided input (a slice of a batch, a hook's output) gets the bits of a contiguous one: it went
+    to F.linear's MKL GEMM while a contiguous one went to oneDNN."""
+    x, w, b = torch.randn(2, 300, 200)[:, 20:], _column_major(352, 200), torch.randn(352)
+    with torch.inference_mode():
+        assert torch.equal(linear_cpu.linear(x, w, b), linear_cpu.linear(x.contiguous(), w, b))
+
+
 def test_linear_propagates_nan_and_inf():
     x, w = torch.randn(1, 40), _column_major(30, 40)
     x[0, 3] = float("nan")

@@ -69,10 +69,10 @@ _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends
 
 
 def gemm_applies(x, weight, bias) -> bool:
-    """Whether ``linear`` runs oneDNN's GEMM: float32 CPU tensors (x contiguous, with rows), a 2-D
-    weight, and no gradient to record."""
+    """Whether ``linear`` runs oneDNN's GEMM: float32 CPU tensors (x with rows), a 2-D weight, and no
+    gradient to record."""
     return (_ONEDNN is not None and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and x.is_contiguous() and x.numel() > 0 and weight.dim() == 2 and x.shape[-1] == weight.shape[1]
+            and x.numel() > 0 and weight.dim() == 2 and x.shape[-1] == weight.shape[1]
             and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad))))
@@ -83,7 +83,9 @@ def linear(x, weight, bias=None):
     rows, oneDNN's GEMM for more."""
     if not applies(x, weight, bias):
         if gemm_applies(x, weight, bias):
-            return _ONEDNN(x, weight, bias, "none", [], "")
+            # oneDNN reads a bias as if it were contiguous (a strided one gave wrong numbers); a strided x
+            # is copied, not sent to F.linear, so that its rows get a contiguous one's bits
+            return _ONEDNN(x.contiguous(), weight, None if bias is None else bias.contiguous(), "none", [], "")
         return linear_ref(x, weight, bias)
     N, K = weight.shape
     rows = x.reshape(-1, K).contiguous()
