@@ -118,6 +118,20 @@ def test_decoding_rows_stay_off_the_gemm():
         linear_cpu._ONEDNN is not None)
 
 
+def test_gemm_respects_torch_turning_onednn_off():
+    """``torch.backends.mkldnn.enabled = False`` (torch's switch to work around a oneDNN problem on some
+    build or CPU) sends the products to F.linear."""
+    x, w = torch.randn(linear_cpu.MAX_ROWS + 1, 32), _column_major(64, 32)
+    was = torch.backends.mkldnn.enabled
+    try:
+        torch.backends.mkldnn.enabled = False
+        assert not linear_cpu.gemm_applies(x, w, None)
+        with torch.inference_mode():
+            assert torch.equal(linear_cpu.linear(x, w), K.linear_ref(x, w))
+    finally:
+        torch.backends.mkldnn.enabled = was
+
+
 def test_linear_propagates_nan_and_inf():
     x, w = torch.randn(1, 40), _column_major(30, 40)
     x[0, 3] = float("nan")

@@ -72,9 +72,11 @@ def gemm_applies(x, weight, bias) -> bool:
     """Whether ``linear`` runs oneDNN's GEMM: more than ``MAX_ROWS`` rows of float32 CPU tensors, a 2-D
     weight, and no gradient to record. Fewer rows with a weight too large for the loop (a 7B model's
     decoding) go to F.linear: MKL's matrix-vector product streams a column-major weight 2.5x faster
-    than oneDNN's GEMM does for one row ([11008, 4096]: 9.4 against 23.4 ms, one core)."""
+    than oneDNN's GEMM does for one row ([11008, 4096]: 9.4 against 23.4 ms, one core). Not where the
+    user turned oneDNN off (``torch.backends.mkldnn.enabled = False``, torch's switch around a oneDNN
+    problem on some build or CPU), which the op, called directly, would not check."""
     K = x.shape[-1]
-    return (_ONEDNN is not None and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    return (_ONEDNN is not None and torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and K > 0 and x.numel() // K > MAX_ROWS and weight.dim() == 2 and K == weight.shape[1]
             and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
