@@ -15,7 +15,7 @@ import functools
 import importlib
 import os
 
-from .attention.naive import causal_attention_ref, rotate_halves
+from .attention.naive import causal_attention_ref, rotate_halves_ref
 from .block.naive import attention_block_step_ref, hyena_block_step_ref
 from .featurize.naive import hyena_featurize_ref
 from .fp8.gemm import mmaemu_available
@@ -56,6 +56,7 @@ __all__ = [
     "quantize_e4m3",
     "resolve_backend",
     "rotate_halves",
+    "rotate_halves_ref",
     "rms_norm",
     "rms_norm_ref",
     "triton_available",
@@ -225,6 +226,15 @@ def bind_decoding_steps():
     ``bind_hyena_block``, ``bind_attention_block``, ``bind_head``), or None without numba. Each binder
     returns a function of no arguments, or None where its tensors cannot go to the kernel."""
     return _cpu("block") if numba_available() else None
+
+
+def rotate_halves(x, cos, sin, *, backend="auto"):
+    """GPT-NeoX rotary embedding of x [B, L, H, hd] at cos, sin [1, L, 1, hd / 2]. See
+    ``attention/naive.py``; on CPU one numba pass (``rotary/cpu.py``). A GPU runs the reference under
+    every backend (there is no Triton kernel to force)."""
+    if resolve_backend(backend, x.device) == "numba":
+        return _cpu("rotary").rotate_halves(x, cos, sin)
+    return rotate_halves_ref(x, cos, sin)
 
 
 def causal_attention(q, k, v, offset: int = 0):

@@ -273,17 +273,18 @@ class RotaryEmbedding(nn.Module):
     # its own few angles
     table_positions = 1 << 14
 
-    def __init__(self, head_dim: int, base: float, scaling: float):
+    def __init__(self, head_dim: int, base: float, scaling: float, backend: str = "auto"):
         super().__init__()
         self.register_buffer("inv_freq", rotary_inv_freq(head_dim, base))
         self.scaling = scaling
+        self.backend = backend
         self._table = None  # (key, cos, sin): see angles()
 
     def forward(self, q, k, pos: int):
         """q: [B, L, H, hd], k: [B, L, Hkv, hd] -> rotated (q, k) for absolute positions pos..pos+L-1."""
         cos, sin = self.angles(pos, q.shape[1], q.device)
         cos, sin = cos[None, :, None], sin[None, :, None]
-        return K.rotate_halves(q, cos, sin), K.rotate_halves(k, cos, sin)
+        return K.rotate_halves(q, cos, sin, backend=self.backend), K.rotate_halves(k, cos, sin, backend=self.backend)
 
     def angles(self, pos: int, L: int, device):
         """cos, sin [L, hd / 2] float32 of positions pos..pos+L-1.
@@ -331,7 +332,7 @@ class MHA(nn.Module):
         qkv_out = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
         self.Wqkv = Linear(c.hidden_size, qkv_out, bias=c.qkv_proj_bias, backend=backend)
         self.out_proj = Linear(c.hidden_size, c.hidden_size, bias=c.mha_out_proj_bias, backend=backend)
-        self.rotary_emb = RotaryEmbedding(c.head_dim, c.rotary_base, c.rotary_scaling)
+        self.rotary_emb = RotaryEmbedding(c.head_dim, c.rotary_base, c.rotary_scaling, backend)
 
     def forward(self, x, state: AttentionState | None = None, pos: int = 0):
         """x: [B, L, D] at positions pos..pos+L-1 -> [B, L, D]. With ``state``, k and v are written to the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-def rotate_halves(x, cos, sin):
+def rotate_halves_ref(x, cos, sin):
     """GPT-NeoX rotary embedding: x [..., hd]; cos, sin broadcastable to [..., hd / 2] -> x with its
     halves (x0, x1) rotated to (x0 cos - x1 sin, x0 sin + x1 cos), in x.dtype (math in float32)."""
     x0, x1 = x.float().chunk(2, dim=-1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attention.naive import rotate_halves
+from ..attention.naive import rotate_halves_ref as rotate_halves
 from ..linear.naive import linear_ref
 from ..norm.naive import rms_norm_ref
 from ..step.naive import hyena_step_ref
