@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_quickstart.py [--repeat 3] [--deltas before.tsv] [--narrow] [--breakdown]
 
 Prints the process CPU time of each run (after one warm-up run), the number of forward calls and
-tokens, the run's arithmetic (``profile_forward.py``'s floor: GEMMs and attention at the matmul rate
-its own GEMM shapes reach here, one exp per attention score at torch.exp's rate), and with ``--deltas`` writes the
+tokens, the run's arithmetic (``profile_forward.py``'s floor: GEMMs, attention and every other FLOP at
+the matmul rate its own GEMM shapes reach here, one exp per attention score and per logit at
+torch.exp's rate), and with ``--deltas`` writes the
 ``delta`` column, to compare two versions of the code
 (``--compare before.tsv``: the largest absolute difference). ``--breakdown``: one more run with each
 op family of ``evo_cli.kernels`` timed where it is called (process CPU time; the timers add a little),
@@ -31,7 +32,8 @@ from evo_cli.checkpoints import load_model
 from evo_cli.model.init import random_model
 from evo_cli.scoring import _CPU_STEP
 from evo_cli.runtime import keep_freed_memory
-from profile_forward import arithmetic_floor, attention_flops, attention_scores, exp_rate, gemm_flops, gemm_rate  # noqa: E402
+from profile_forward import (arithmetic_floor, attention_flops, attention_scores, exp_rate, gemm_flops,  # noqa: E402
+                             gemm_rate, other_work)
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
 
@@ -85,7 +87,8 @@ def main():
           f"{len(calls)} forward calls, {sum(tokens)} tokens, {len(df)} variants, {args.threads} thread(s)")
     # the rows of a typical call: a site's REF + 3 ALT suffixes, scoring._CPU_STEP tokens each
     rate, exps = gemm_rate(model, 4 * _CPU_STEP), exp_rate()
-    floor, line = arithmetic_floor(work["gemm"], work["attention"], work["scores"], rate, exps)
+    floor, line = arithmetic_floor(work["gemm"], work["attention"], work["scores"], rate, exps,
+                                   other_work(model, sum(tokens)))
     print(line)
     print(f"measured / GEMM floor {min(times) / (work['gemm'] / rate):.2f}x, "
           f"measured / arithmetic floor {min(times) / floor:.2f}x")
