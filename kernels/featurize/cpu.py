@@ -1,6 +1,7 @@
 """Hyena featurizer on a CPU for any number of tokens, compiled by numba: the short causal filter
 over ``z = [x2 | x1 | v]``, its bias, the split and the pre-gate ``x1 * v`` in one pass over z (the
-reference makes one pass per tap, one for the bias and one for the gate). Each output sums its taps
+reference makes one pass per tap, one for the bias and one for the gate), four tokens at a time for
+three taps (1.4-1.7x faster than a token at a time). Each output sums its taps
 in the order of the decoding step (``step/cpu.py``), so a prefill continued by decoding gives the
 numbers of one call."""
 
@@ -19,8 +20,9 @@ def three_taps4(src, r, wt, bias, x2, x1v, b, t0, lo, hi):
     """Tokens t0..t0+3 of x2 and x1v [B, L, D], channels lo..hi-1, for three taps (every published
     model's short filter) from the six rows src[r:r+6] of z (3D channels each, the oldest first). One
     pass over the channels computes the four tokens' x2, x1 and v, adding the taps and then the bias
-    in ``causal_taps``' order (the same bits); ``featurize`` makes seven passes per token. The rows
-    come from one array: from several, the loop did not vectorise (2x slower)."""
+    in ``causal_taps``' order (the same bits), where a token at a time (``featurize`` for other filter
+    lengths and the last L % 4 tokens) makes seven passes. The rows come from one array: from several,
+    the loop did not vectorise (2x slower)."""
     D = x2.shape[2]
     ulo, uhi, uD, u2D = np.uint64(lo), np.uint64(hi), np.uint64(D), np.uint64(2 * D)
     w0, w1, w2 = wt[0], wt[1], wt[2]
