@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pysam  # noqa: E402
+import torch  # noqa: E402
 from common import add_model_args, build, machine  # noqa: E402
 
 from evo_cli.checkpoints.native import save_native  # noqa: E402
@@ -39,16 +40,22 @@ FASTA = DATA / "GRCh37_chr17_41100001-41300000.fa"
 EVO = str(Path(sys.executable).with_name("evo"))
 
 
-def variants(n: int, path: Path) -> Path:
+def variants(n: int, path: Path, window: int) -> Path:
     """``n`` SNVs at distinct positions: every third record of the BRCA1 set, then copies shifted by
-    2 kb steps with REF read from the FASTA there (the windows are what costs)."""
+    2 kb steps with REF read from the FASTA there (the windows are what costs). Steps shrink where 2 kb
+    would take the last copy's windows past the end of the 200 kb FASTA (over about 750 variants)."""
     with pysam.VariantFile(str(DATA / "brca1_sge_first48.region.vcf")) as vf, pysam.FastaFile(str(FASTA)) as fa:
         recs = list(vf)[::3]
+        copies = -(-n // len(recs))
+        first, last = min(r.pos for r in recs), max(r.pos for r in recs)
+        step = min(2000, (fa.get_reference_length(fa.references[0]) - last - window // 2) // max(1, copies - 1))
+        if step <= last - first:  # copies would overlap: positions no longer distinct
+            sys.exit(f"{n} variants do not fit in {FASTA.name} with W = {window}")
         with pysam.VariantFile(str(path), "w", header=vf.header) as out:
             for i in range(n):
                 rec = recs[i % len(recs)].copy()
                 if i >= len(recs):
-                    rec.pos += 2000 * (i // len(recs))
+                    rec.pos += step * (i // len(recs))
                     ref = fa.fetch(fa.references[0], rec.pos - 1, rec.pos).upper()
                     rec.alleles = (ref, next(b for b in "ACGT" if b != ref))
                 out.write(rec)
@@ -89,12 +96,20 @@ def main():
     p.add_argument("--batch-size", type=int, default=2, help="also the records per chunk (the unit ranks share)")
     p.set_defaults(threads=1)
     args = p.parse_args()
+    if args.device.startswith("cuda"):
+        # one GPU per rank: a larger count would fail only after the smaller ones had run
+        gpus = torch.cuda.device_count()
+        if any(r > gpus for r in args.ranks):
+            print(f"skipping {[r for r in args.ranks if r > gpus]} ranks: {gpus} GPU(s) here", file=sys.stderr)
+            args.ranks = [r for r in args.ranks if r <= gpus]
+            if not args.ranks:
+                sys.exit("no rank count left to run")
     model = build(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_native(model.cpu(), tmp / "model")
-        vcf = variants(args.variants, tmp / "in.vcf")
+        vcf = variants(args.variants, tmp / "in.vcf", args.window)
         for ranks in args.ranks:
             r = run(ranks, args, tmp / "model", vcf, tmp / f"out{ranks}.tsv")
             r["work"] = max(pr["wall"] for pr in r["per_rank"])

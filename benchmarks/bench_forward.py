@@ -63,6 +63,8 @@ def main():
         print("\n| L | tokens/s | time | peak memory |\n|---|---|---|---|")
         for r in ok:
             print(f"| {r['length']:,} | {r['tokens_per_s']:,.0f} | {r['seconds'] * 1e3:,.0f} ms | {fmt_bytes(r['peak_bytes'])} |")
+    if len(ok) < len(rows):
+        sys.exit(1)  # a failed length fails the run (the checklist reads the exit status)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,14 @@ def main():
     p.add_argument("--length", type=int, default=256, help="tokens of the model window")
     p.add_argument("--repeats", type=int, default=1)
     args = p.parse_args()
+    if args.threads:  # before the GEMM table: build() sets it only for the window
+        torch.set_num_threads(args.threads)
+    if "emulate" in args.modes and not K.mmaemu_available():
+        # a GPU machine without the package (no network to install it): time the other modes
+        print("emulate skipped: mmaemu is not installed (pip install mmaemu)", file=sys.stderr)
+        args.modes = [m for m in args.modes if m != "emulate"]
+        if not args.modes:
+            sys.exit("no mode left to time")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
     print(machine())
     print(f"\n| GEMM (rows x in -> out) | {' | '.join(args.modes)} | multiply-adds/s ({args.modes[-1]}) |")

@@ -79,6 +79,8 @@ def main():
         for r in ok:
             print(f"| {r['batch']} | {r['n_tokens']:,} | {r['tokens_per_s']:,.1f} | {r['seconds']:,.1f} s | "
                   f"{fmt_bytes(r['peak_bytes'])} | {fmt_bytes(r['kv_cache_bytes'])} |")
+    if len(ok) < len(rows):
+        sys.exit(1)  # a failed configuration fails the run (the checklist reads the exit status)
 
 
 if __name__ == "__main__":

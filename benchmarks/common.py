@@ -129,7 +129,10 @@ def run_isolated(script: str, argv: list[str]) -> dict:
     """Run ``script argv --json`` in a fresh process (clean peak-memory numbers) and parse its JSON line."""
     proc = subprocess.run([sys.executable, script, *argv, "--json"], capture_output=True, text=True)
     if proc.returncode:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+        lines = proc.stderr.strip().splitlines()
+        # the traceback's end, for a failure seen once on a lent GPU; callers report the last line
+        print("\n".join(lines[-20:]), file=sys.stderr)
+        return {"error": (lines or [f"exit status {proc.returncode}"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
