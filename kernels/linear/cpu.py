@@ -77,7 +77,8 @@ def gemm_applies(x, weight, bias) -> bool:
     problem on some build or CPU), which the op, called directly, would not check."""
     K = x.shape[-1]
     return (_ONEDNN is not None and torch.backends.mkldnn.enabled
-            and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and K > 0 and x.numel() // K > MAX_ROWS and weight.dim() == 2 and K == weight.shape[1]
+            and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and K > 0 and x.numel() // K > MAX_ROWS and weight.dim() == 2 and K == weight.shape[1]
             and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad))))
