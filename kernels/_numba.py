@@ -80,12 +80,20 @@ def vec(t: torch.Tensor | None):
 
 def usable(tensors, complex_ok=()) -> bool:
     """Whether these tensors (None entries ignored) can go to a kernel as they are: contiguous float32
-    CPU tensors (complex64 allowed for those in ``complex_ok``) with no gradient to record."""
+    CPU tensors (complex64 allowed for those in ``complex_ok``) with no derivative to record."""
     tensors = [t for t in tensors if t is not None]
     return (all(t.device.type == "cpu" and t.is_contiguous()
                 and (t.dtype == torch.float32 or (t.dtype == torch.complex64 and any(t is c for c in complex_ok)))
                 for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+            and not recording(tensors))
+
+
+def recording(tensors) -> bool:
+    """Whether autograd records derivatives through ops on these tensors (None entries ignored): a
+    gradient to record, or forward-mode AD (a dual level open), which would lose its tangents in a
+    kernel (they have no derivatives) without an error; the reference ops run instead."""
+    return ((torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+            or getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0)
 
 
 _noticed = threading.Event()

@@ -682,3 +682,41 @@ def test_a_forked_child_splits_windows_too(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# torch's forward AD loads its decompositions through torch.jit.script, which warns in torch 2.13
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_forward_mode_derivatives_run_the_reference_ops():
+    """Under forward-mode AD (a dual level open) the kernels, which have no derivatives, hand over to
+    the reference ops: the tangents are the reference's, where the kernels would silently drop them."""
+    import torch.autograd.forward_ad as fwAD
+
+    B, L, C = 2, 12, 16
+    x, w = torch.randn(B, L, C), _column_major(24, C)
+    z, zw = torch.randn(B, L, 3 * C), torch.randn(3 * C, 3)
+    h, cos, sin = torch.randn(4, 7), torch.rand(1, L, 1, 4), torch.rand(1, L, 1, 4)
+    calls = {
+        "linear, loop": lambda t: K.linear(t[:1, :3], w, backend="numba"),
+        "linear, GEMM": lambda t: K.linear(t, w, backend="numba"),
+        "featurize": lambda t: K.hyena_featurize(torch.cat([t, t, t], -1) * z, zw, backend="numba")[1],
+        "fir": lambda t: K.hyena_fir(t, t, h, backend="numba"),
+        "rotary": lambda t: K.rotate_halves(t.view(B, L, 2, 8), cos, sin, backend="numba"),
+    }
+    for name, fn in calls.items():
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(fn(fwAD.make_dual(x, torch.ones_like(x)))).tangent
+            want = fwAD.unpack_dual(_reference(fn, fwAD.make_dual(x, torch.ones_like(x)))).tangent
+        assert got is not None, name
+        _close(got, want, rel=1e-5)
+
+
+def _reference(fn, t):
+    """``fn`` with the reference ops (a model's ``--kernels torch``)."""
+    import evo_cli.kernels as kernels
+
+    original = kernels.resolve_backend
+    kernels.resolve_backend = lambda backend, device: "torch"
+    try:
+        return fn(t)
+    finally:
+        kernels.resolve_backend = original

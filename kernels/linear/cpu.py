@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .._numba import array, jit, ready, vec
+from .._numba import array, jit, ready, recording, vec
 from .naive import linear_ref
 
 # rows of x up to which the loop beats MKL
@@ -53,13 +53,12 @@ def gemv(wt, x, bias, out):
 
 def applies(x, weight, bias) -> bool:
     """Whether ``linear`` runs the loop: float32 CPU tensors, a column-major weight of at most
-    ``MAX_ELEMS`` elements, at most ``MAX_ROWS`` rows, and no gradient to record."""
+    ``MAX_ELEMS`` elements, at most ``MAX_ROWS`` rows, and no derivative to record."""
     K = x.shape[-1]
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and K > 0
             and 0 < x.numel() // K <= MAX_ROWS and weight.t().is_contiguous() and weight.numel() <= MAX_ELEMS
             and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad))))
+            and not recording((x, weight, bias)))
 
 
 # oneDNN's dense layer (the op torch.compile's CPU code calls), where this torch build has it: 6-10%
@@ -70,7 +69,7 @@ _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends
 
 def gemm_applies(x, weight, bias) -> bool:
     """Whether ``linear`` runs oneDNN's GEMM: more than ``MAX_ROWS`` rows of float32 CPU tensors, a 2-D
-    weight, and no gradient to record. Fewer rows with a weight too large for the loop (a 7B model's
+    weight, and no derivative to record. Fewer rows with a weight too large for the loop (a 7B model's
     decoding) go to F.linear: MKL's matrix-vector product streams a column-major weight 2.5x faster
     than oneDNN's GEMM does for one row ([11008, 4096]: 9.4 against 23.4 ms, one core). Not where the
     user turned oneDNN off (``torch.backends.mkldnn.enabled = False``, torch's switch around a oneDNN
@@ -80,8 +79,7 @@ def gemm_applies(x, weight, bias) -> bool:
             and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and K > 0 and x.numel() // K > MAX_ROWS and weight.dim() == 2 and K == weight.shape[1]
             and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad))))
+            and not recording((x, weight, bias)))
 
 
 def linear(x, weight, bias=None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._numba import array, jit, ready, usable
+from .._numba import array, jit, ready, recording, usable
 from ..attention.naive import rotate_halves_ref
 
 
@@ -32,11 +32,11 @@ def rope(x, cos, sin, out):
 
 def rotate_halves(x, cos, sin):
     """As ``rotate_halves_ref`` for x [B, L, H, hd] float32 with a contiguous last dim (a view of the
-    QKV projection is fine) and cos, sin [1, L, 1, hd / 2] contiguous, with no gradient to record;
+    QKV projection is fine) and cos, sin [1, L, 1, hd / 2] contiguous, with no derivative to record;
     anything else runs the reference."""
     if (x.dim() != 4 or x.shape[-1] % 2 or x.stride(-1) != 1 or x.dtype != torch.float32 or x.device.type != "cpu"
             or cos.shape != (1, x.shape[1], 1, x.shape[-1] // 2) or sin.shape != cos.shape
-            or not usable((cos, sin)) or (torch.is_grad_enabled() and x.requires_grad)):
+            or not usable((cos, sin)) or recording((x,))):
         return rotate_halves_ref(x, cos, sin)
     out = torch.empty(x.shape, dtype=torch.float32)
     args = (x.detach().numpy(), array(cos[0, :, 0]), array(sin[0, :, 0]), array(out))
