@@ -297,15 +297,17 @@ def _score_shared(model, p: int, groups: list[list[tuple[str, list[int]]]], batc
     return out
 
 
-def warn_beyond_context(records: Sequence, context: int) -> None:
+def warn_beyond_context(records: Sequence, context: int, bos: bool = False) -> None:
     """Warn about records (``id``, ``sequence``) longer than the model's context: the model was not
-    trained on such lengths, and the attention layers' cost grows quadratically with length."""
-    long = [r for r in records if len(r.sequence) > context]
+    trained on such lengths, and the attention layers' cost grows quadratically with length. ``bos``:
+    a BOS token goes first, so a record of exactly the context's length already runs one past it."""
+    long = [r for r in records if len(r.sequence) + bos > context]
     if long:
         longest = max(long, key=lambda r: len(r.sequence))
-        log.warning("warning: %d record(s) are longer than the model's context of %s positions (longest: %r, "
+        log.warning("warning: %d record(s) are longer than the model's context of %s positions%s (longest: %r, "
                     "%s bp): the model was not trained on such lengths and the run time grows quadratically past "
-                    "the context", len(long), f"{context:,}", longest.id, f"{len(longest.sequence):,}")
+                    "the context", len(long), f"{context:,}", " with the BOS token" if bos else "", longest.id,
+                    f"{len(longest.sequence):,}")
 
 
 def warn_not_acgt(records: Sequence) -> None:
@@ -355,7 +357,7 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
     if resume and output in STDOUT:
         raise InputError("resume needs an output file (progress is kept beside it)")
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
-    warn_beyond_context(records, model.config.max_seqlen)
+    warn_beyond_context(records, model.config.max_seqlen, bos)
     warn_not_acgt(records)
     keep = per_position is not None or bedgraph is not None  # per-position log-probs are kept
     if bedgraph is not None:
