@@ -4,6 +4,7 @@ converted to our layout, cast and moved to the target device once."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Sequence
 
 import torch
@@ -16,6 +17,9 @@ from .formats import Checkpoint
 from .native import is_linear_weight
 
 log = logging.getLogger(__name__)
+
+# a block's tensors: "blocks.N." (Evo 1 under "backbone.", vortex, native) or "model.layers.N." (community)
+_BLOCK = re.compile(r"(?:^|\.)(?:blocks|layers)\.(\d+)\.")
 
 
 def _check_finite(t: torch.Tensor, key: str, where) -> None:
@@ -81,6 +85,14 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
             _check_finite(tensors[name], key, ckpt.source.where(key))
         used.add(key)
     extra = [k for k in ckpt.source.keys() if k not in used and not ckpt.ignorable(k)]
+    # an unused tensor may be a harmless extra, but one of a block past the config's last layer means the
+    # config does not describe these weights: running the first blocks only would give wrong numbers
+    past = [(int(m.group(1)), k) for k in extra if (m := _BLOCK.search(k)) and int(m.group(1)) >= len(model.blocks)]
+    if past:
+        block, key = max(past)
+        raise CheckpointError(f"{ckpt.source.description}: the weights have block {block} (e.g. {key!r}), past the "
+                              f"config's num_layers {len(model.blocks)} (blocks 0..{len(model.blocks) - 1}): the "
+                              "config does not describe this checkpoint")
     if extra:
         log.warning("%s: ignoring %d tensor(s) the model does not use, e.g. %r", ckpt.source.description, len(extra), extra[0])
     model.load_state_dict(tensors, strict=True, assign=True)
