@@ -249,7 +249,7 @@ def check_run_options(model, window: int | None, strand: str, batch_size: int, r
     if reduce not in REDUCE_TEXT:
         raise InputError(f"reduce must be one of {', '.join(REDUCE_TEXT)}, not {reduce!r}")
     if window > model.config.max_seqlen:
-        log.warning("window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
+        log.warning("warning: window %d is longer than the model's context (%d)", window, model.config.max_seqlen)
     return window
 
 

@@ -94,7 +94,8 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
                               f"config's num_layers {len(model.blocks)} (blocks 0..{len(model.blocks) - 1}): the "
                               "config does not describe this checkpoint")
     if extra:
-        log.warning("%s: ignoring %d tensor(s) the model does not use, e.g. %r", ckpt.source.description, len(extra), extra[0])
+        log.warning("warning: %s: ignoring %d tensor(s) the model does not use, e.g. %r", ckpt.source.description,
+                    len(extra), extra[0])
     model.load_state_dict(tensors, strict=True, assign=True)
     model.requires_grad_(False)
     if placement is not None:

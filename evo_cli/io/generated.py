@@ -93,7 +93,7 @@ def write_generations(path: str | Path | None, generations, settings: dict, fmt:
                 replaced += n
                 fh.write(format_fasta(fasta_header(gen, settings), seq))
     if replaced:
-        log.warning("%d generated token(s) are not letters and were written as N in the FASTA output "
+        log.warning("warning: %d generated token(s) are not letters and were written as N in the FASTA output "
                     "(write .jsonl for the exact token ids)", replaced)
     return replaced
 

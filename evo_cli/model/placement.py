@@ -176,7 +176,8 @@ def plan(model, devices: Sequence[torch.device], dtype: torch.dtype,
     used = _loads(sizes, owner, len(devices), first)
     for d, dev in enumerate(devices):
         if dev.type == "cuda" and used[d] > caps[d]:
-            log.warning("the split needs %.1f GB on %s, which has %.1f GB free", used[d] / 1e9, dev, caps[d] / 1e9)
+            log.warning("warning: the split needs %.1f GB on %s, which has %.1f GB free", used[d] / 1e9, dev,
+                        caps[d] / 1e9)
     return Placement(tuple(devices), tuple(owner))
 
 
