@@ -16,6 +16,28 @@ from .naive import hyena_featurize_ref
 
 
 @jit
+def _three_taps(e0, e1, e2, e3, e4, e5, w0, w1, w2, bias, i):
+    """Channel i of four tokens from the six rows e0..e5 (oldest first) and taps w0..w2: each sum from
+    zero, oldest tap first, then the bias (when ``bias`` has entries), as ``causal_taps`` adds them."""
+    a, p, q = w0[i], w1[i], w2[i]
+    s0 = np.float32(0.0) + e0[i] * a
+    s0 += e1[i] * p
+    s0 += e2[i] * q
+    s1 = np.float32(0.0) + e1[i] * a
+    s1 += e2[i] * p
+    s1 += e3[i] * q
+    s2 = np.float32(0.0) + e2[i] * a
+    s2 += e3[i] * p
+    s2 += e4[i] * q
+    s3 = np.float32(0.0) + e3[i] * a
+    s3 += e4[i] * p
+    s3 += e5[i] * q
+    if bias.shape[0]:
+        return s0 + bias[i], s1 + bias[i], s2 + bias[i], s3 + bias[i]
+    return s0, s1, s2, s3
+
+
+@jit
 def three_taps4(src, r, wt, bias, x2, x1v, b, t0, lo, hi):
     """Tokens t0..t0+3 of x2 and x1v [B, L, D], channels lo..hi-1, for three taps (every published
     model's short filter) from the six rows src[r:r+6] of z (3D channels each, the oldest first). One
@@ -27,58 +49,14 @@ def three_taps4(src, r, wt, bias, x2, x1v, b, t0, lo, hi):
     ulo, uhi, uD, u2D = np.uint64(lo), np.uint64(hi), np.uint64(D), np.uint64(2 * D)
     w0, w1, w2 = wt[0], wt[1], wt[2]
     e0, e1, e2, e3, e4, e5 = src[r], src[r + 1], src[r + 2], src[r + 3], src[r + 4], src[r + 5]
-    with_bias = bias.shape[0] > 0
     y0, y1, y2, y3 = x2[b, t0], x2[b, t0 + 1], x2[b, t0 + 2], x2[b, t0 + 3]
     g0, g1, g2, g3 = x1v[b, t0], x1v[b, t0 + 1], x1v[b, t0 + 2], x1v[b, t0 + 3]
     # two passes, x2 then x1v: one pass storing both did not vectorise
     for c in range(ulo, uhi):
-        a, p, q = w0[c], w1[c], w2[c]
-        s0 = np.float32(0.0) + e0[c] * a
-        s0 += e1[c] * p
-        s0 += e2[c] * q
-        s1 = np.float32(0.0) + e1[c] * a
-        s1 += e2[c] * p
-        s1 += e3[c] * q
-        s2 = np.float32(0.0) + e2[c] * a
-        s2 += e3[c] * p
-        s2 += e4[c] * q
-        s3 = np.float32(0.0) + e3[c] * a
-        s3 += e4[c] * p
-        s3 += e5[c] * q
-        if with_bias:
-            s0, s1, s2, s3 = s0 + bias[c], s1 + bias[c], s2 + bias[c], s3 + bias[c]
-        y0[c], y1[c], y2[c], y3[c] = s0, s1, s2, s3
-    for c in range(ulo, uhi):
-        i, j = c + uD, c + u2D  # the x1 and v channels of channel c
-        a, p, q = w0[i], w1[i], w2[i]
-        u0 = np.float32(0.0) + e0[i] * a
-        u0 += e1[i] * p
-        u0 += e2[i] * q
-        u1 = np.float32(0.0) + e1[i] * a
-        u1 += e2[i] * p
-        u1 += e3[i] * q
-        u2 = np.float32(0.0) + e2[i] * a
-        u2 += e3[i] * p
-        u2 += e4[i] * q
-        u3 = np.float32(0.0) + e3[i] * a
-        u3 += e4[i] * p
-        u3 += e5[i] * q
-        a, p, q = w0[j], w1[j], w2[j]
-        v0 = np.float32(0.0) + e0[j] * a
-        v0 += e1[j] * p
-        v0 += e2[j] * q
-        v1 = np.float32(0.0) + e1[j] * a
-        v1 += e2[j] * p
-        v1 += e3[j] * q
-        v2 = np.float32(0.0) + e2[j] * a
-        v2 += e3[j] * p
-        v2 += e4[j] * q
-        v3 = np.float32(0.0) + e3[j] * a
-        v3 += e4[j] * p
-        v3 += e5[j] * q
-        if with_bias:
-            u0, u1, u2, u3 = u0 + bias[i], u1 + bias[i], u2 + bias[i], u3 + bias[i]
-            v0, v1, v2, v3 = v0 + bias[j], v1 + bias[j], v2 + bias[j], v3 + bias[j]
+        y0[c], y1[c], y2[c], y3[c] = _three_taps(e0, e1, e2, e3, e4, e5, w0, w1, w2, bias, c)
+    for c in range(ulo, uhi):  # x1 and v: channels c + D and c + 2D
+        u0, u1, u2, u3 = _three_taps(e0, e1, e2, e3, e4, e5, w0, w1, w2, bias, c + uD)
+        v0, v1, v2, v3 = _three_taps(e0, e1, e2, e3, e4, e5, w0, w1, w2, bias, c + u2D)
         g0[c], g1[c], g2[c], g3[c] = u0 * v0, u1 * v1, u2 * v2, u3 * v3
 
 

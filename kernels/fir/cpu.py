@@ -77,6 +77,16 @@ _TILE = 256
 
 
 @jit
+def _four_taps(s, r0, r1, r2, r3, w0, w1, w2, w3):
+    """``s`` plus four taps' products, added in order (oldest first)."""
+    s += r0 * w0
+    s += r1 * w1
+    s += r2 * w2
+    s += r3 * w3
+    return s
+
+
+@jit
 def taps4(ext, wt, t0, acc, lo, hi):
     """acc[j, lo:hi] <- ``sum_k wt[k] * ext[t0 + j + k]`` for the four tokens j = 0..3 (wt: [K, C],
     current token last), each output's taps added oldest first as ``causal_taps`` adds them, so the
@@ -100,30 +110,10 @@ def taps4(ext, wt, t0, acc, lo, hi):
         for c in range(ulo, uhi):
             w0, w1, w2, w3 = v0[c], v1[c], v2[c], v3[c]
             r0, r1, r2, r3, r4, r5, r6 = e0[c], e1[c], e2[c], e3[c], e4[c], e5[c], e6[c]
-            s = a0[c]
-            s += r0 * w0
-            s += r1 * w1
-            s += r2 * w2
-            s += r3 * w3
-            a0[c] = s
-            s = a1[c]
-            s += r1 * w0
-            s += r2 * w1
-            s += r3 * w2
-            s += r4 * w3
-            a1[c] = s
-            s = a2[c]
-            s += r2 * w0
-            s += r3 * w1
-            s += r4 * w2
-            s += r5 * w3
-            a2[c] = s
-            s = a3[c]
-            s += r3 * w0
-            s += r4 * w1
-            s += r5 * w2
-            s += r6 * w3
-            a3[c] = s
+            a0[c] = _four_taps(a0[c], r0, r1, r2, r3, w0, w1, w2, w3)
+            a1[c] = _four_taps(a1[c], r1, r2, r3, r4, w0, w1, w2, w3)
+            a2[c] = _four_taps(a2[c], r2, r3, r4, r5, w0, w1, w2, w3)
+            a3[c] = _four_taps(a3[c], r3, r4, r5, r6, w0, w1, w2, w3)
         k += 4
     while k < K:  # the taps left over, one per pass
         e0, e1, e2, e3 = ext[t0 + k], ext[t0 + k + 1], ext[t0 + k + 2], ext[t0 + k + 3]
