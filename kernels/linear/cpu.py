@@ -51,14 +51,23 @@ def gemv(wt, x, bias, out):
                 o[i] += bias[i]
 
 
+def _float32_rows(x, weight, bias) -> int:
+    """The rows of the product if both kernels could take its operands (float32 CPU tensors, a 2-D weight
+    [N, K] matching x [..., K], a bias [N] or None, no derivative to record), else 0."""
+    K = x.shape[-1]
+    if not (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and K > 0 and weight.dim() == 2
+            and K == weight.shape[1]
+            and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
+            and not recording((x, weight, bias))):
+        return 0
+    return x.numel() // K
+
+
 def applies(x, weight, bias) -> bool:
     """Whether ``linear`` runs the loop: float32 CPU tensors, a column-major weight of at most
     ``MAX_ELEMS`` elements, at most ``MAX_ROWS`` rows, and no derivative to record."""
-    K = x.shape[-1]
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and K > 0
-            and 0 < x.numel() // K <= MAX_ROWS and weight.t().is_contiguous() and weight.numel() <= MAX_ELEMS
-            and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
-            and not recording((x, weight, bias)))
+    return (0 < _float32_rows(x, weight, bias) <= MAX_ROWS and weight.t().is_contiguous()
+            and weight.numel() <= MAX_ELEMS)
 
 
 # oneDNN's dense layer (the op torch.compile's CPU code calls), where this torch build has it: 6-10%
@@ -74,12 +83,8 @@ def gemm_applies(x, weight, bias) -> bool:
     than oneDNN's GEMM does for one row ([11008, 4096]: 9.4 against 23.4 ms, one core). Not where the
     user turned oneDNN off (``torch.backends.mkldnn.enabled = False``, torch's switch around a oneDNN
     problem on some build or CPU), which the op, called directly, would not check."""
-    K = x.shape[-1]
     return (_ONEDNN is not None and torch.backends.mkldnn.enabled
-            and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and K > 0 and x.numel() // K > MAX_ROWS and weight.dim() == 2 and K == weight.shape[1]
-            and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
-            and not recording((x, weight, bias)))
+            and _float32_rows(x, weight, bias) > MAX_ROWS)
 
 
 def linear(x, weight, bias=None):
