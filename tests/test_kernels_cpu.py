@@ -519,6 +519,23 @@ def test_fir_window(L, G, Kh, skip, carry):
     assert state is None or torch.equal(state, ref_state)
 
 
+@pytest.mark.parametrize("Kh", [7, 128])
+def test_fir_window_rows_side_by_side_give_each_rows_bits(Kh):
+    """The filter runs several batch rows side by side (up to 512 columns: here 2 rows of 200 channels
+    per tile, then the fifth row alone): every row gets the bits it gets alone, and the reference's
+    numbers."""
+    B, L, C = 5, 37, 200
+    x1v, x2, h, D = torch.randn(B, L, C), torch.randn(B, L, C), torch.randn(8, Kh), torch.randn(C)
+    state = torch.randn(B, Kh - 1, C)
+    rows = [state[i : i + 1].clone() for i in range(B)]
+    ref_state = state.clone()
+    with torch.inference_mode():
+        together = fir_cpu.hyena_fir(x1v, x2, h, D, state)
+        alone = torch.cat([fir_cpu.hyena_fir(x1v[i : i + 1], x2[i : i + 1], h, D, rows[i]) for i in range(B)])
+        _close(together, K.hyena_fir_ref(x1v, x2, h, D, ref_state), rel=1e-5)
+    assert torch.equal(together, alone) and torch.equal(state, torch.cat(rows)) and torch.equal(state, ref_state)
+
+
 @pytest.mark.parametrize("skip,Kh,L", [(False, 7, 9), (True, 128, 9), (True, 128, 301), (False, 5, 301)])
 def test_window_then_steps_equals_decoding_from_the_start(skip, Kh, L):
     """Featurizer + explicit filter over a window give the bits of the decoding step token after token

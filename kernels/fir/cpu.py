@@ -127,53 +127,68 @@ def taps4(ext, wt, t0, acc, lo, hi):
         k += 1
 
 
+# columns of ``fir_gate``'s tile: the channels of as many batch rows as fit side by side. One pass of
+# ``taps4`` over 128 channels spends as long starting as working; over 512 (four rows of evo-demo) it
+# runs 1.2-1.4x faster, and the tile (about 0.8 MB for 128 taps) still fits in a 1 MB L2, where 1,024
+# columns made it 2x slower (benchmarks/README.md, eighth round)
+_COLUMNS = 512
+
+
 @jit
-def history_tile(x, state, carry, b, start, n, ext, lo, hi):
-    """ext[:K-1+n+3, lo:hi] <- rows start-(K-1) .. start+n-1 of ``[state[b], x[b]]`` (zeros before the
-    sequence without ``carry``), then three rows of zeros (``taps4`` reads four tokens at a time)."""
+def history_tile(x, state, carry, b0, nb, start, n, ext, lo, hi):
+    """ext[:K-1+n+3, g*W : (g+1)*W] (W = hi - lo) <- channels lo..hi-1 of rows start-(K-1) .. start+n-1
+    of ``[state[b], x[b]]`` for the ``nb`` batch rows b = b0 + g side by side (zeros before the sequence
+    without ``carry``), then three rows of zeros (``taps4`` reads four tokens at a time)."""
     K1 = ext.shape[0] - _TILE - 3
-    ulo, uhi = np.uint64(lo), np.uint64(hi)
+    ulo, uhi, uW = np.uint64(lo), np.uint64(hi), np.uint64(hi - lo)
     for i in range(K1 + n + 3):
         src = start - K1 + i
         row = ext[i]
-        if src >= n + start:
-            for c in range(ulo, uhi):
-                row[c] = np.float32(0.0)
-        elif src >= 0:
-            xr = x[b, src]
-            for c in range(ulo, uhi):
-                row[c] = xr[c]
-        elif carry:
-            sr = state[b, K1 + src]
-            for c in range(ulo, uhi):
-                row[c] = sr[c]
-        else:
-            for c in range(ulo, uhi):
-                row[c] = np.float32(0.0)
+        for g in range(nb):
+            off = np.uint64(g) * uW  # channel c goes to column off + c - lo
+            if src >= n + start or (src < 0 and not carry):
+                for c in range(ulo, uhi):
+                    row[off + c - ulo] = np.float32(0.0)
+            else:
+                xr = x[b0 + g, src] if src >= 0 else state[b0 + g, K1 + src]
+                for c in range(ulo, uhi):
+                    row[off + c - ulo] = xr[c]
 
 
 @jit
 def fir_gate(x1v, x2, h, Dskip, state, carry, y, lo, hi):
     """Channels lo..hi-1 of: x1v, x2, y [B, L, C]; h: [G, K] taps (current token last); Dskip: [C]
-    or [0]; state: [B, K-1, C] history of x1v, read and moved on when ``carry``."""
+    or [0]; state: [B, K-1, C] history of x1v, read and moved on when ``carry``. The taps run over
+    up to ``_COLUMNS`` columns at once: the range's channels of several batch rows side by side (each
+    output's sum is the same)."""
     B, L, C = x1v.shape
     K = h.shape[1]
-    wt = taps_by_channel(h, C)
-    ext = np.empty((K - 1 + _TILE + 3, C), dtype=np.float32)
-    acc = np.empty((4, C), dtype=np.float32)
-    ulo, uhi = np.uint64(lo), np.uint64(hi)
-    for b in range(B):
+    W = hi - lo
+    per = max(1, min(B, _COLUMNS // W))  # batch rows per tile
+    wc = taps_by_channel(h, C)
+    wt = np.empty((K, per * W), dtype=np.float32)
+    for k in range(K):
+        for g in range(per):
+            wt[k, g * W : (g + 1) * W] = wc[k, lo:hi]
+    ext = np.empty((K - 1 + _TILE + 3, per * W), dtype=np.float32)
+    acc = np.empty((4, per * W), dtype=np.float32)
+    ulo, uhi, uW = np.uint64(lo), np.uint64(hi), np.uint64(W)
+    for b0 in range(0, B, per):
+        nb = min(per, B - b0)
         for start in range(0, L, _TILE):
             n = min(_TILE, L - start)
-            history_tile(x1v, state, carry, b, start, n, ext, lo, hi)
+            history_tile(x1v, state, carry, b0, nb, start, n, ext, lo, hi)
             for t0 in range(0, n, 4):
-                taps4(ext, wt, t0, acc, lo, hi)
+                taps4(ext, wt, t0, acc, 0, nb * W)
                 for j in range(min(4, n - t0)):
                     t = start + t0 + j
-                    a, xr, gr, yr = acc[j], x1v[b, t], x2[b, t], y[b, t]
-                    for c in range(ulo, uhi):
-                        v = a[c] + Dskip[c] * xr[c] if Dskip.shape[0] else a[c]
-                        yr[c] = v * gr[c]
+                    a = acc[j]
+                    for g in range(nb):
+                        off = np.uint64(g) * uW  # channel c's sum is in column off + c - lo
+                        xr, gr, yr = x1v[b0 + g, t], x2[b0 + g, t], y[b0 + g, t]
+                        for c in range(ulo, uhi):
+                            v = a[off + c - ulo] + Dskip[c] * xr[c] if Dskip.shape[0] else a[off + c - ulo]
+                            yr[c] = v * gr[c]
     if carry:
         push_history(x1v, state, lo, hi)
 
