@@ -5,7 +5,7 @@
 Prints the process CPU time of each run (after one warm-up run), the number of forward calls and
 tokens, the run's arithmetic (``profile_forward.py``'s floor: GEMMs, attention and every other FLOP at
 the matmul rate its own GEMM shapes reach here, one exp per attention score and per logit at
-torch.exp's rate), and with ``--deltas`` writes the
+the fastest exp's rate), and with ``--deltas`` writes the
 ``delta`` column, to compare two versions of the code
 (``--compare before.tsv``: the largest absolute difference). ``--breakdown``: one more run with each
 op family of ``evo_cli.kernels`` timed where it is called (process CPU time; the timers add a little),

@@ -187,7 +187,8 @@ def score_sequences(
     """Mean (or sum) log-likelihood per sequence; ``prepend_bos`` defaults to the family's reference.
 
     Sequences should be upper-case DNA (the tokenizer is case-sensitive). ``chunk_size``: score
-    sequences longer than this in chunks with a carried state (same numbers, bounded memory). A
+    sequences longer than this in chunks with a carried state (one pass's numbers within float32
+    rounding, bounded memory). A
     sequence with nothing to score (one base without BOS) has mean NaN and sum 0. See
     ``iter_sequence_scores`` for per-position log-probabilities."""
     if reduce not in ("mean", "sum"):

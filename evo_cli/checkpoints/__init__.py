@@ -40,7 +40,7 @@ def load_model(
     cannot hold the model (not under torchrun: use ``devices_per_rank`` there, see ``resolve_devices``).
     dtype: ``auto`` (float32 on CPU, bfloat16 on GPUs), ``float32``, ``bfloat16`` or a torch dtype;
     Hyena filters, poles and residues stay float32 either way.
-    kernels: ``auto`` / ``triton`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
+    kernels: ``auto`` / ``triton`` / ``numba`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
     fp8: the Hyena input projections of checkpoints trained with FP8 (Evo 2 1B, 20B, 40B): ``auto``
     (``native`` on sm_89 / sm_90 GPUs, ``emulate`` elsewhere, ``off`` for other models), ``emulate``
     (Hopper's FP8 GEMM bit for bit through mmaemu, any device), ``native`` (``torch._scaled_mm``),

@@ -24,7 +24,8 @@ from .options import echo, full_command, hint_on_interrupt, is_quiet, load_model
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Sequences per batch (sequences up to --chunk-size bases).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE, show_default=True,
-              help="Longer sequences run alone in chunks of this many bases (bounds memory; exact).")
+              help="Longer sequences run alone in chunks of this many bases (bounds memory; one pass's "
+                   "values within float32 rounding).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @model_options
 def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, model, device, dtype, kernels):

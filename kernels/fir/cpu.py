@@ -1,9 +1,9 @@
 """Gated Hyena-SE / Hyena-MR filter on a CPU for any number of tokens, compiled by numba:
 ``y = (causal_conv(x1v, h) + D * x1v) * x2`` in one pass, where the reference makes one pass per tap
 (Hyena-SE) or a convolution call with transposed copies (Hyena-MR), then the skip term and the gate.
-For Hyena-MR's 128 taps the kernel is 1.5x faster than the convolution call on the quick
-start's [4, 256, 128] windows and 4-5x faster from 2,048 tokens up (benchmarks/README.md, seventh
-round); one path for every size keeps a sequence's numbers independent of how it is batched.
+For Hyena-MR's 128 taps the kernel is 2.2x faster than the convolution call on the quick start's
+[4, 256, 128] windows and 4x at [1, 2048, 512] (benchmarks/README.md, eighth round); one path for
+every size keeps a sequence's numbers independent of how it is batched.
 Each output sums its taps in the order of the decoding step (``step/cpu.py``), so a prefill continued
 by decoding gives the numbers of one call. ``causal_taps`` (a token at a time, in the same order)
 and ``push_history`` serve the featurizer (``featurize/cpu.py``)."""
@@ -127,10 +127,11 @@ def taps4(ext, wt, t0, acc, lo, hi):
         k += 1
 
 
-# columns of ``fir_gate``'s tile: the channels of as many batch rows as fit side by side. One pass of
-# ``taps4`` over 128 channels spends as long starting as working; over 512 (four rows of evo-demo) it
-# runs 1.2-1.4x faster, and the tile (about 0.8 MB for 128 taps) still fits in a 1 MB L2, where 1,024
-# columns made it 2x slower (benchmarks/README.md, eighth round)
+# columns of ``fir_gate``'s tile: a channel range narrower than this takes as many batch rows side by
+# side as fit (a wider one takes one row). A pass of ``taps4`` over 128 channels spends about as long
+# starting as working; over 512 (four rows of evo-demo) the filter runs 1.2x faster, and the tile (0.8 MB
+# for 128 taps) still fits in a 1 MB L2, where 1,024 columns made it 2x slower (benchmarks/README.md,
+# eighth round)
 _COLUMNS = 512
 
 
@@ -158,9 +159,9 @@ def history_tile(x, state, carry, b0, nb, start, n, ext, lo, hi):
 @jit
 def fir_gate(x1v, x2, h, Dskip, state, carry, y, lo, hi):
     """Channels lo..hi-1 of: x1v, x2, y [B, L, C]; h: [G, K] taps (current token last); Dskip: [C]
-    or [0]; state: [B, K-1, C] history of x1v, read and moved on when ``carry``. The taps run over
-    up to ``_COLUMNS`` columns at once: the range's channels of several batch rows side by side (each
-    output's sum is the same)."""
+    or [0]; state: [B, K-1, C] history of x1v, read and moved on when ``carry``. A range narrower than
+    ``_COLUMNS`` runs the channels of several batch rows side by side in one pass (each output's sum is
+    the same)."""
     B, L, C = x1v.shape
     K = h.shape[1]
     W = hi - lo

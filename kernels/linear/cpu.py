@@ -23,7 +23,7 @@ from .naive import linear_ref
 MAX_ROWS = 8
 # weights up to this many elements (16 MiB of float32). Past it MKL's GEMV streams a column-major
 # weight faster: the outputs outgrow L1 (one core, benchmarks/README.md: [11008, 4096] 20.2 GB/s
-# against 14.7, [4096, 4096] 19.0 against 17.5; [1536, 512] 16.5 against 20.8)
+# against 14.7-15.1, [4096, 4096] 19.0-19.5 against 17.1-18.1; [1536, 512] 17.3 against 23.4-23.7)
 MAX_ELEMS = 1 << 22
 
 
