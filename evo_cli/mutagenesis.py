@@ -5,8 +5,8 @@ around the position (``scoring.variant_windows``, the same ``window``), one ALT 
 the mean (or, with ``reduce="sum"``, summed) log-likelihood of window positions 2..n,
 ``delta = alt_ll - ref_ll``, and with
 ``strand="both"`` the average with the reverse-complement windows. Positions whose REF base is not
-A, C, G or T, or whose window holds characters other than nucleotide codes, are skipped (counted in
-the summary, absent from the output).
+A, C, G or T, whose window holds characters other than nucleotide codes, or whose window is a single
+base (nothing to score), are skipped (counted in the summary, absent from the output).
 
 Sharing: the work of a position is its REF window and three ALT windows that share everything
 before the position; ``scoring.score_windows`` runs that prefix once and forks its state (what
@@ -194,6 +194,10 @@ def _site_windows(reference: Reference, contig: str, start: int, ref: str, windo
     alts = [b for b in BASES if b != ref]
     ref_window, alt_windows = variant_windows(lambda a, b: reference.fetch(contig, a, b), reference.length(contig),
                                               start, ref, alts, window)
+    if len(ref_window) < 2:
+        # a window scores bases 2..n: one base (a 1-base record, or --window 2 at a contig start)
+        # has no score, not a mean of NaN or a sum of 0
+        return "window_under_2_bases"
     if not set(ref_window).union(*alt_windows) <= DNA_CODES:
         return "non_dna_reference"
     windows = [(ref_window, alt_windows)]
@@ -308,6 +312,7 @@ def run_mutagenize(
             _count(results, summary)
             if rows is not None:
                 rows.extend(table_rows(results))
+            figure = _draw(rows, info, targets, window, strand) if plot is not None else None
             if fmt == "vcf.gz":
                 summary.indexed = _write_vcf(output, results, info, reference, targets, reduce)
             elif fmt is not None:  # None: no output file, rows only
@@ -317,13 +322,26 @@ def run_mutagenize(
                 write_track(bedgraph, ((c, p - 1, sum(a) / 3 - r) for c, p, _, r, a in results if a is not None),
                             {t.contig: reference.length(t.contig) for t in targets},
                             name="evo mean delta", description=f"{info['model']} mean SNV delta, W={window}")
-            if plot is not None:
-                from evo_cli.plots import plot_mutagenesis
+            if figure is not None:
+                from evo_cli.plots import save
 
-                plot_mutagenesis(rows, plot, title=f"{info['model']}: {', '.join(map(str, targets[:3]))}"
-                                 f"{' ...' if len(targets) > 3 else ''} (W = {window}, {strand})")
+                fig, table = figure
+                save(fig, plot, table)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _draw(rows: list, info: dict, targets: list[Target], window: int, strand: str) -> tuple:
+    """``(Figure, table)`` of the heatmap, drawn before any output is written so that a table that
+    cannot be drawn fails the run with no output file (the progress file stays for ``--resume``)."""
+    import pandas as pd
+
+    from evo_cli.plots import plot_mutagenesis
+
+    table = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
+    title = (f"{info['model']}: {', '.join(map(str, targets[:3]))}{' ...' if len(targets) > 3 else ''} "
+             f"(W = {window}, {strand})")
+    return plot_mutagenesis(table, title=title), table
 
 
 def _count(results: list, summary: Summary) -> None:

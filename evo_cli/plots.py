@@ -93,24 +93,36 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
         raise InputError("nothing to plot: the table has no scored positions")
     parts = []
     for chrom, positions, m, refs in mutagenesis_matrix(df):
-        for k in range(0, len(positions), panel):
-            block = m[:, k : k + panel]
-            if np.isfinite(block).any():
-                parts.append((chrom, positions[k : k + panel], block, refs))
+        scored = np.isfinite(m).any(axis=0)
+        k = 0
+        while scored[k:].any():
+            # a panel starts at the next scored position: a gap longer than a panel (between two
+            # regions of one contig) is left out instead of drawn as empty panels
+            k += int(np.argmax(scored[k:]))
+            end = k + 1 + int(np.flatnonzero(scored[k : k + panel])[-1])  # up to the last scored position
+            parts.append((chrom, positions[k:end], m[:, k:end], refs))
+            k += panel
+    if not parts:
+        raise InputError("nothing to plot: the table has no scored positions")
     # one scale for every panel, centred at 0; red: less likely than the reference; grey: REF, not scored
     vmax = float(np.nanmax(np.abs(df.delta.to_numpy()))) or 1.0
     cmap = plt.get_cmap("RdBu").with_extremes(bad="0.85")
     fig = plt.figure(figsize=(WIDTH, 0.6 + 2.6 * len(parts)), dpi=DPI, layout="constrained")
     grid = fig.add_gridspec(2 * len(parts), 1, height_ratios=[1, 1.6] * len(parts))
-    heat_axes = []
+    span = max(len(positions) for _, positions, _, _ in parts)
+    heat_axes, tops = [], []
     for i, (chrom, positions, block, refs) in enumerate(parts):
         x0, n = positions[0], len(positions)
-        top = fig.add_subplot(grid[2 * i])
-        mean = np.nanmean(np.where(np.isfinite(block), block, np.nan), axis=0)
-        top.bar(positions, np.nan_to_num(mean), width=1.0, color=["#b2182b" if v < 0 else "#2166ac" for v in mean])
+        # one mean-delta scale for every panel, as the colour scale is
+        top = fig.add_subplot(grid[2 * i], sharey=tops[0] if tops else None)
+        tops.append(top)
+        # a bar per scored position only: positions without a score (N, gaps between regions) have none
+        cols = np.flatnonzero(np.isfinite(block).any(axis=0))
+        mean = np.nanmean(block[:, cols], axis=0)
+        top.bar([positions[j] for j in cols], mean, width=1.0, color=["#b2182b" if v < 0 else "#2166ac" for v in mean])
         top.axhline(0, color="0.4", lw=0.5)
-        # every panel of a split region spans ``panel`` positions: cells keep one width
-        top.set_xlim(x0 - 0.5, x0 + (panel if len(parts) > 1 else n) - 0.5)
+        # every panel spans as many positions as the longest: cells keep one width
+        top.set_xlim(x0 - 0.5, x0 + span - 0.5)
         top.set_ylabel("mean Δ", fontsize=8)
         top.tick_params(labelbottom=False, labelsize=7)
         top.set_gid("mean_delta")
@@ -118,7 +130,7 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
         ax = fig.add_subplot(grid[2 * i + 1], sharex=top)
         im = ax.imshow(np.ma.masked_invalid(block), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax,
                        interpolation="nearest", extent=(x0 - 0.5, x0 + n - 0.5, 3.5, -0.5))
-        xs = [p for p in positions if refs.get(p) in BASES]
+        xs = [p for p in positions if p in refs]  # the scored positions (their REF is A, C, G or T)
         ax.scatter(xs, [BASES.index(refs[p]) for p in xs], s=min(12, 600 / n), c="black", marker="o",
                    linewidths=0, gid="ref")
         ax.set_yticks(range(4), list(BASES), fontsize=8)

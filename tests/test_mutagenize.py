@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,41 @@ def test_score_bedgraph_matches_per_position(tmp_path):
     bg = pd.read_csv(tmp_path / "s.bedGraph.gz", sep="\t", skiprows=1, header=None, names=["chrom", "s", "e", "v"])
     assert list(bg.chrom) == list(pos["id"]) and list(bg.s + 1) == list(pos.pos) and (bg.e == bg.s + 1).all()
     assert np.abs(bg.v - pos.logprob).max() < 1e-5
+
+
+def test_plot_of_a_record_with_n_and_no_output_when_drawing_fails(tmp_path, monkeypatch):
+    """--plot of a region with an N inside draws it (was a TypeError after the whole run); a figure
+    that cannot be drawn fails the run before any output is written, and the progress stays."""
+    from evo_cli import plots
+
+    fasta = tmp_path / "n.fa"
+    fasta.write_text(format_fasta("d1", "ACGTNNACGTTG"))
+    args = ["mutagenize", "--fasta", fasta, "--record", "d1", "-m", TINY, "--window", 16]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would reach the user's terminal
+        code, _, err = evo(*args, "-o", tmp_path / "d.tsv", "--plot", tmp_path / "d.png")
+    assert code == 0, err
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+    def cannot_draw(*a, **k):
+        raise plots.InputError("cannot draw")
+
+    monkeypatch.setattr(plots, "plot_mutagenesis", cannot_draw)
+    out = tmp_path / "e.tsv"
+    code, _, err = evo(*args, "-o", out, "--plot", tmp_path / "e.png", "--bedgraph", tmp_path / "e.bedGraph")
+    assert code != 0 and err.strip().splitlines()[-1] == "evo: error: cannot draw"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "d.tsv", "e.tsv.evo-partial", "n.fa"]
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_one_base_windows_are_skipped(reduce, tmp_path):
+    """A window of one base has nothing to score (bases 2..n): a 1-base record, or --window 2 at a
+    contig start. Skipped with a reason, not a NaN error blaming the checkpoint nor a sum of 0."""
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(format_fasta("one", "A") + format_fasta("two", "ACGT"))
+    code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "one", "--record", "two", "-m", TINY,
+                       "--window", 2, "--reduce", reduce, "-o", tmp_path / "o.tsv")
+    assert code == 0, err
+    assert "9 variants at 3 of 5 positions" in err and "window_under_2_bases 2" in err
+    df = pd.read_csv(tmp_path / "o.tsv", sep="\t")
+    assert list(df.pos.unique()) == [2, 3, 4] and set(df.chrom) == {"two"} and df.delta.notna().all()

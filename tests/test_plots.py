@@ -147,3 +147,37 @@ def test_evo_plot_every_kind(scan, tmp_path):
         assert np.array_equal(ax.lines[0].get_xydata(), part[["pos", "logprob"]].to_numpy())
     code, _, err = evo("plot", tmp_path / "s.fa", "-o", tmp_path / "x.png")
     assert code == 1 and "scores are .tsv, .parquet, .vcf or .vcf.gz" in err
+
+
+def _table(positions, chrom="c"):
+    """A mutagenesis table with a known delta per (position, ALT)."""
+    rows = []
+    for p in positions:
+        ref = "ACGT"[p % 4]
+        rows += [(chrom, p, ref, a, -1.0, -1.0, p / 1000 - 0.25 + "ACGT".index(a) / 100) for a in "ACGT" if a != ref]
+    return pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt", "ref_ll", "alt_ll", "delta"])
+
+
+def test_heatmap_of_a_region_with_gaps(tmp_path):
+    """An unscored position inside a region (an N) and a second region of the contig far away: each
+    panel starts at a scored position, bars and REF marks only at scored positions, no warning, and
+    one mean-delta scale for all panels."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    scored = [p for p in range(1, 11) if p != 5] + list(range(500, 504))
+    df = _table(scored)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would reach the user's terminal
+        fig = plots.plot_mutagenesis(df, tmp_path / "gaps.png")
+    heat, tops = _heatmaps(fig), [ax for ax in fig.axes if ax.get_gid() == "mean_delta"]
+    assert [tuple(ax.images[0].get_extent()[:2]) for ax in heat] == [(0.5, 10.5), (499.5, 503.5)]
+    assert [t.get_title(loc="left") for t in tops] == ["c:1-10", "c:500-503"]
+    bars = [(b.get_x() + b.get_width() / 2, b.get_height()) for ax in tops for b in ax.patches]
+    mean = df.groupby("pos").delta.mean()
+    assert [x for x, _ in bars] == scored and np.allclose([h for _, h in bars], mean.loc[scored], atol=1e-12)
+    assert [int(x) for ax in heat for x, _ in ax.collections[0].get_offsets()] == scored
+    assert tops[0].get_ylim() == tops[1].get_ylim()
+    assert png_size(tmp_path / "gaps.png")[1] == round((0.6 + 2.6 * 2) * plots.DPI)
+    plt.close(fig)
