@@ -21,6 +21,9 @@ PLOT_FORMATS = ("png", "svg", "pdf", "html")
 PLOT_EXTRA = 'plotting needs matplotlib: pip install "evo-cli[plot]"'
 BASES = "ACGT"
 PANEL = 100  # positions per heatmap panel: long regions are split into panels of this many
+# at most this many heatmap panels (a figure about 5,000 pixels high): longer regions get wider panels,
+# and of many regions apart (a BED of exons) the first ones are drawn, the title saying how many
+MAX_PANELS = 20
 DPI = 100
 WIDTH = 12.0  # inches
 # the kinds of score tables ``evo plot`` draws, by their columns
@@ -84,7 +87,9 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
     """Heatmap of a mutagenesis table (rows of ``mutagenesis.COLUMNS`` or a DataFrame): rows A, C, G, T,
     columns genome positions, a diverging colour map centred at 0 (shared by all panels), the REF
     base marked with a dot, and above each panel the mean delta per position. Regions longer than
-    ``panel`` positions are split into panels. Writes ``path`` when given; returns the Figure."""
+    ``panel`` positions are split into panels, each starting at a scored position; panels are
+    widened to keep at most ``MAX_PANELS`` for one long region, and of more (regions far apart) the
+    first ``MAX_PANELS`` are drawn. Writes ``path`` when given; returns the Figure."""
     import numpy as np
 
     plt = _pyplot()
@@ -92,7 +97,10 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
     if df.empty:
         raise InputError("nothing to plot: the table has no scored positions")
     parts = []
-    for chrom, positions, m, refs in mutagenesis_matrix(df):
+    matrices = mutagenesis_matrix(df)
+    # positions per panel: ``panel``, or more where the scored positions would fill more than MAX_PANELS
+    panel = max(panel, -(-sum(int(np.isfinite(m).any(axis=0).sum()) for _, _, m, _ in matrices) // MAX_PANELS))
+    for chrom, positions, m, refs in matrices:
         scored = np.isfinite(m).any(axis=0)
         k = 0
         while scored[k:].any():
@@ -104,6 +112,9 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
             k += panel
     if not parts:
         raise InputError("nothing to plot: the table has no scored positions")
+    if len(parts) > MAX_PANELS:
+        title = f"{title}{chr(10) if title else ''}(the first {MAX_PANELS} of {len(parts):,} panels)"
+        parts = parts[:MAX_PANELS]
     # one scale for every panel, centred at 0; red: less likely than the reference; grey: REF, not scored
     vmax = float(np.nanmax(np.abs(df.delta.to_numpy()))) or 1.0
     cmap = plt.get_cmap("RdBu").with_extremes(bad="0.85")

@@ -181,3 +181,21 @@ def test_heatmap_of_a_region_with_gaps(tmp_path):
     assert tops[0].get_ylim() == tops[1].get_ylim()
     assert png_size(tmp_path / "gaps.png")[1] == round((0.6 + 2.6 * 2) * plots.DPI)
     plt.close(fig)
+
+
+def test_heatmap_panels_are_bounded():
+    """A long region gets wider panels rather than a figure past matplotlib's 2^16-pixel limit (a
+    whole 30 kb record took minutes, then failed); of many regions apart the first panels are drawn
+    and the title says so."""
+    import matplotlib.pyplot as plt
+
+    fig = plots.plot_mutagenesis(_table(range(1, 2101)))
+    heat = _heatmaps(fig)
+    assert len(heat) == 20 == plots.MAX_PANELS
+    spans = [tuple(ax.images[0].get_extent()[:2]) for ax in heat]
+    assert spans[0] == (0.5, 105.5) and spans[-1] == (1995.5, 2100.5)  # 105 positions a panel, all drawn
+    assert fig.get_size_inches()[1] * fig.dpi < 2**16
+    plt.close(fig)
+    fig = plots.plot_mutagenesis(_table([p for k in range(25) for p in range(1000 * k + 1, 1000 * k + 4)]), title="t")
+    assert len(_heatmaps(fig)) == 20 and fig.get_suptitle() == "t\n(the first 20 of 25 panels)"
+    plt.close(fig)
