@@ -166,6 +166,8 @@ def plot_histogram(df, path: str | Path | None = None, *, by: str | None = None,
     import numpy as np
 
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     df = df[df.delta.notna()]
     if df.empty:
         raise InputError("nothing to plot: no scored variants (no delta)")
@@ -181,6 +183,7 @@ def plot_histogram(df, path: str | Path | None = None, *, by: str | None = None,
     ax.axvline(0, color="0.3", lw=0.6)
     ax.set_xlabel("Δ log-likelihood (ALT − REF)")
     ax.set_ylabel("variants")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.5 variant ticks
     ax.legend(fontsize=8, title=by)
     ax.set_gid("histogram")
     if title:
@@ -192,11 +195,15 @@ def plot_histogram(df, path: str | Path | None = None, *, by: str | None = None,
 
 def plot_track(df, path: str | Path | None = None, *, title: str = "", max_panels: int = 20):
     """Per-position log-probability along each sequence (an ``evo score --per-position`` table), one
-    panel per id (the first ``max_panels``). Writes ``path`` when given; returns the Figure."""
+    panel per id (the first ``max_panels``, the title saying so). Writes ``path`` when given; returns
+    the Figure."""
     plt = _pyplot()
     if df.empty:
         raise InputError("nothing to plot: the table has no positions")
-    ids = list(dict.fromkeys(df["id"]))[:max_panels]
+    ids = list(dict.fromkeys(df["id"]))
+    if len(ids) > max_panels:
+        title = f"{title}{chr(10) if title else ''}(the first {max_panels} of {len(ids):,} sequences)"
+        ids = ids[:max_panels]
     fig, axes = plt.subplots(len(ids), 1, figsize=(WIDTH, 0.6 + 2.0 * len(ids)), dpi=DPI, layout="constrained",
                              squeeze=False)
     for ax, (name, part) in zip(axes[:, 0], ((i, df[df["id"] == i]) for i in ids)):

@@ -199,3 +199,20 @@ def test_heatmap_panels_are_bounded():
     fig = plots.plot_mutagenesis(_table([p for k in range(25) for p in range(1000 * k + 1, 1000 * k + 4)]), title="t")
     assert len(_heatmaps(fig)) == 20 and fig.get_suptitle() == "t\n(the first 20 of 25 panels)"
     plt.close(fig)
+
+
+def test_histogram_counts_and_track_panels_say_what_is_drawn():
+    """Histogram ticks are whole variants; a track of more sequences than panels says it shows the first."""
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame({"chrom": "c", "pos": range(1, 8), "alt": "A", "delta": [-0.3, -0.1, 0.0, 0.05, 0.1, 0.2, 0.4]})
+    fig = plots.plot_histogram(df, by=None)
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_yticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    plt.close(fig)
+    pos = pd.DataFrame({"id": [f"s{i}" for i in range(5) for _ in range(3)], "pos": [2, 3, 4] * 5, "logprob": -1.0})
+    fig = plots.plot_track(pos, title="p", max_panels=3)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["s0", "s1", "s2"]
+    assert fig.get_suptitle() == "p\n(the first 3 of 5 sequences)"
+    plt.close(fig)
