@@ -93,6 +93,8 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
     import numpy as np
 
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     df = _frame(data)
     if df.empty:
         raise InputError("nothing to plot: the table has no scored positions")
@@ -146,6 +148,7 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
                    linewidths=0, gid="ref")
         ax.set_yticks(range(4), list(BASES), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # positions: no 1.5 ticks on a short region
         ax.xaxis.get_major_formatter().set_useOffset(False)
         ax.ticklabel_format(axis="x", style="plain")
         ax.set_gid("heatmap")

@@ -179,6 +179,12 @@ def test_heatmap_of_a_region_with_gaps(tmp_path):
     assert [x for x, _ in bars] == scored and np.allclose([h for _, h in bars], mean.loc[scored], atol=1e-12)
     assert [int(x) for ax in heat for x, _ in ax.collections[0].get_offsets()] == scored
     assert tops[0].get_ylim() == tops[1].get_ylim()
+    plt.close(fig)
+    fig = plots.plot_mutagenesis(_table([7, 8, 9]))
+    fig.canvas.draw()
+    ax = _heatmaps(fig)[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [7, 8, 9]  # genome positions: no 7.5
     assert png_size(tmp_path / "gaps.png")[1] == round((0.6 + 2.6 * 2) * plots.DPI)
     plt.close(fig)
 
