@@ -312,28 +312,28 @@ def run_mutagenize(
             _count(results, summary)
             if rows is not None:
                 rows.extend(table_rows(results))
-            figure = _draw(rows, info, targets, window, strand) if plot is not None else None
+            if plot is not None:
+                from evo_cli.plots import save
+
+                fig, table = _draw(rows, info, targets, window, strand)
+                save(fig, plot, table)
+            if bedgraph is not None:
+                write_track(bedgraph, ((c, p - 1, sum(a) / 3 - r) for c, p, _, r, a in results if a is not None),
+                            {t.contig: reference.length(t.contig) for t in targets},
+                            name="evo mean delta", description=f"{info['model']} mean SNV delta, W={window}")
+            # the output last: where it exists, every file of the run was written (a failed plot or
+            # track leaves none, and the progress file for --resume)
             if fmt == "vcf.gz":
                 summary.indexed = _write_vcf(output, results, info, reference, targets, reduce)
             elif fmt is not None:  # None: no output file, rows only
                 with table_writer(output, COLUMNS, fmt, metadata=info) as write:
                     write(table_rows(results))
-            if bedgraph is not None:
-                write_track(bedgraph, ((c, p - 1, sum(a) / 3 - r) for c, p, _, r, a in results if a is not None),
-                            {t.contig: reference.length(t.contig) for t in targets},
-                            name="evo mean delta", description=f"{info['model']} mean SNV delta, W={window}")
-            if figure is not None:
-                from evo_cli.plots import save
-
-                fig, table = figure
-                save(fig, plot, table)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def _draw(rows: list, info: dict, targets: list[Target], window: int, strand: str) -> tuple:
-    """``(Figure, table)`` of the heatmap, drawn before any output is written so that a table that
-    cannot be drawn fails the run with no output file (the progress file stays for ``--resume``)."""
+    """``(Figure, table)``: the heatmap of ``rows`` and the table an HTML figure embeds."""
     import pandas as pd
 
     from evo_cli.plots import plot_mutagenesis

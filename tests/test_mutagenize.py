@@ -12,6 +12,7 @@ import pandas as pd
 import pysam
 import pytest
 
+from evo_cli.errors import OutputError
 from evo_cli.io.fasta import format_fasta
 from evo_cli.mutagenesis import run_mutagenize
 
@@ -214,14 +215,22 @@ def test_plot_of_a_record_with_n_and_no_output_when_drawing_fails(tmp_path, monk
     assert code == 0, err
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
 
-    def cannot_draw(*a, **k):
-        raise plots.InputError("cannot draw")
+    def fail(message):
+        def raise_error(*a, **k):
+            raise OutputError(message)
 
-    monkeypatch.setattr(plots, "plot_mutagenesis", cannot_draw)
-    out = tmp_path / "e.tsv"
-    code, _, err = evo(*args, "-o", out, "--plot", tmp_path / "e.png", "--bedgraph", tmp_path / "e.bedGraph")
-    assert code != 0 and err.strip().splitlines()[-1] == "evo: error: cannot draw"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "d.tsv", "e.tsv.evo-partial", "n.fa"]
+        return raise_error
+
+    # drawing fails, or writing the figure does (a full disk): the main output is written last
+    for name, message in [("plot_mutagenesis", "cannot draw"), ("save", "cannot write e.png: No space left")]:
+        with monkeypatch.context() as patch:
+            patch.setattr(plots, name, fail(message))
+            code, _, err = evo(*args, "-o", tmp_path / "e.vcf.gz", "--plot", tmp_path / "e.png",
+                               "--bedgraph", tmp_path / "e.bedGraph", "--resume")
+        assert code != 0 and err.strip().splitlines()[-1] == f"evo: error: {message}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "d.tsv", "e.vcf.gz.evo-partial", "n.fa"]
+    code, _, err = evo(*args, "-o", tmp_path / "e.vcf.gz", "--plot", tmp_path / "e.png", "--resume")
+    assert code == 0 and "12 positions done before resuming" in err, err
 
 
 @pytest.mark.parametrize("reduce", ["mean", "sum"])
