@@ -15,7 +15,8 @@ from .options import (echo, full_command, hint_on_interrupt, load_model_cli, mod
 @click.option("--fasta", required=True, metavar="PATH",
               help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
 @click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END", callback=parse_regions,
-              help="Positions to mutate (1-based, inclusive; repeatable).")
+              help="Positions to mutate (1-based, inclusive; repeatable). CHR:START runs to the contig end, "
+                   "CHR is the whole contig.")
 @click.option("--regions", "bed", metavar="BED", default=None, help="Positions to mutate: BED intervals (0-based).")
 @click.option("--record", "records", multiple=True, metavar="ID",
               help="Mutate a whole FASTA record, e.g. a designed construct (repeatable).")
