@@ -58,6 +58,12 @@ def _pyplot():
     return plt
 
 
+def _literal(text: str) -> str:
+    """``text`` drawn as written: matplotlib reads a pair of ``$`` as math (a title or sequence id
+    holding ``$\\frac{$`` failed the whole figure)."""
+    return text.replace("$", r"\$")
+
+
 def _frame(data):
     import pandas as pd
 
@@ -139,7 +145,7 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
         top.set_ylabel("mean Δ", fontsize=8)
         top.tick_params(labelbottom=False, labelsize=7)
         top.set_gid("mean_delta")
-        top.set_title(f"{chrom}:{x0:,}-{positions[-1]:,}", fontsize=9, loc="left")
+        top.set_title(_literal(f"{chrom}:{x0:,}-{positions[-1]:,}"), fontsize=9, loc="left")
         ax = fig.add_subplot(grid[2 * i + 1], sharex=top)
         im = ax.imshow(np.ma.masked_invalid(block), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax,
                        interpolation="nearest", extent=(x0 - 0.5, x0 + n - 0.5, 3.5, -0.5))
@@ -157,7 +163,7 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
     cbar = fig.colorbar(im, ax=heat_axes, shrink=0.8, pad=0.01)
     cbar.set_label("Δ log-likelihood (ALT − REF)", fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_literal(title), fontsize=10)
     if path is not None:
         save(fig, path, df)
     return fig
@@ -180,17 +186,17 @@ def plot_histogram(df, path: str | Path | None = None, *, by: str | None = None,
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=DPI, layout="constrained")
     groups = [(None, df)] if by is None else list(df.groupby(df[by].astype(str), sort=True))
     for name, part in groups:
-        label = f"{'all' if name is None else name} (n = {len(part):,})"
+        label = _literal(f"{'all' if name is None else name} (n = {len(part):,})")
         # outlines when split: overlapping filled histograms hide each other
         ax.hist(part.delta.to_numpy(), bins=edges, label=label, histtype="step" if by else "stepfilled", lw=1.5)
     ax.axvline(0, color="0.3", lw=0.6)
     ax.set_xlabel("Δ log-likelihood (ALT − REF)")
     ax.set_ylabel("variants")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.5 variant ticks
-    ax.legend(fontsize=8, title=by)
+    ax.legend(fontsize=8, title=None if by is None else _literal(by))
     ax.set_gid("histogram")
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_literal(title), fontsize=10)
     if path is not None:
         save(fig, path, df)
     return fig
@@ -211,13 +217,13 @@ def plot_track(df, path: str | Path | None = None, *, title: str = "", max_panel
                              squeeze=False)
     for ax, (name, part) in zip(axes[:, 0], ((i, df[df["id"] == i]) for i in ids)):
         ax.plot(part.pos.to_numpy(), part.logprob.to_numpy(), lw=0.6, color="#2166ac")
-        ax.set_title(str(name), fontsize=9, loc="left")
+        ax.set_title(_literal(str(name)), fontsize=9, loc="left")
         ax.set_ylabel("log p", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_gid("track")
     axes[-1, 0].set_xlabel("position (1-based)")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_literal(title), fontsize=10)
     if path is not None:
         save(fig, path, df)
     return fig

@@ -222,3 +222,16 @@ def test_histogram_counts_and_track_panels_say_what_is_drawn():
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["s0", "s1", "s2"]
     assert fig.get_suptitle() == "p\n(the first 3 of 5 sequences)"
     plt.close(fig)
+
+
+def test_dollar_signs_are_drawn_as_written(tmp_path):
+    """Titles, contig and sequence ids and --by values are text, not matplotlib math: a pair of $
+    (``$\\frac{$``) failed the figure with "ValueError: \\frac{"."""
+    odd = r"x$\frac{$y"
+    fig = plots.plot_mutagenesis(_table([1, 2], chrom=odd), tmp_path / "m.png", title=odd)
+    assert fig.get_suptitle() == r"x\$\frac{\$y"  # an escaped $ is drawn as a $
+    pos = pd.DataFrame({"id": odd, "pos": [2, 3], "logprob": [-1.0, -2.0]})
+    plots.plot_track(pos, tmp_path / "t.png", title=odd)
+    df = pd.DataFrame({"chrom": "c", "pos": [1, 2], "alt": "A", "delta": [0.1, -0.1], "label": [odd, "b"]})
+    plots.plot_histogram(df, tmp_path / "h.svg", by="label", title=odd)
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("m.png", "t.png", "h.svg"))
