@@ -24,6 +24,8 @@ PANEL = 100  # positions per heatmap panel: long regions are split into panels o
 # at most this many heatmap panels (a figure about 5,000 pixels high): longer regions get wider panels,
 # and of many regions apart (a BED of exons) the first ones are drawn, the title saying how many
 MAX_PANELS = 20
+# at most this many histograms in one figure: matplotlib's 10 colours, a legend that fits
+MAX_GROUPS = 10
 DPI = 100
 WIDTH = 12.0  # inches
 # the kinds of score tables ``evo plot`` draws, by their columns
@@ -185,6 +187,9 @@ def plot_histogram(df, path: str | Path | None = None, *, by: str | None = None,
     edges = np.histogram_bin_edges(df.delta.to_numpy(), bins=bins)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=DPI, layout="constrained")
     groups = [(None, df)] if by is None else list(df.groupby(df[by].astype(str), sort=True))
+    if len(groups) > MAX_GROUPS:
+        raise InputError(f"--by {by}: {len(groups):,} values; a histogram is split into at most {MAX_GROUPS} "
+                         f"(choose a column of classes, e.g. a clinical label)")
     for name, part in groups:
         label = _literal(f"{'all' if name is None else name} (n = {len(part):,})")
         # outlines when split: overlapping filled histograms hide each other

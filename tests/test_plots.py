@@ -133,6 +133,11 @@ def test_evo_plot_every_kind(scan, tmp_path):
         f"{name} (n = {len(part)})" for name, part in df.groupby("CONSEQUENCE")]
     code, _, err = evo("plot", tmp_path / "sv.vcf.gz", "--by", "NOPE", "-o", tmp_path / "x.png")
     assert code == 1 and "--by NOPE: no such column" in err
+    # one histogram per variant: an unreadable legend over the plot, colours repeating after 10
+    code, _, err = evo("plot", tmp_path / "sv.vcf.gz", "--by", "pos", "-o", tmp_path / "x.png")
+    assert code == 1 and err.strip() == (f"evo: error: --by pos: {df.pos.nunique()} values; a histogram is split "
+                                         "into at most 10 (choose a column of classes, e.g. a clinical label)")
+    assert not (tmp_path / "x.png").exists()
     # evo score --per-position: a likelihood track
     seqs = tmp_path / "s.fa"
     seqs.write_text(">a\nACGTTGCAAGGTACGATCGA\n>b\nTTGACAGGCA\n")
