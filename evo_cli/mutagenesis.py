@@ -72,6 +72,7 @@ class Summary:
     scored: int = 0  # positions scored (3 variants each)
     skipped: dict = field(default_factory=dict)  # reason -> positions
     resumed: int = 0  # positions done by an earlier, interrupted run
+    resumed_scored: int = 0  # of those, the positions scored (not skipped)
     seconds: float = 0.0
     indexed: bool | None = None
 
@@ -294,6 +295,7 @@ def run_mutagenize(
             for i, chunk in enumerate(_chunks(_positions(reference, targets), batch_size)):
                 if store is not None and i in store:
                     summary.resumed += len(chunk)
+                    summary.resumed_scored += sum(r[4] is not None for r in store.get(i))
                 if share.take(i, len(chunk)):
                     results = _score_chunk(model, reference, chunk, window, strand, batch_size, share_prefix,
                                            chunk_size, reduce)

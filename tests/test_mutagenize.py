@@ -245,3 +245,43 @@ def test_one_base_windows_are_skipped(reduce, tmp_path):
     assert "9 variants at 3 of 5 positions" in err and "window_under_2_bases 2" in err
     df = pd.read_csv(tmp_path / "o.tsv", sep="\t")
     assert list(df.pos.unique()) == [2, 3, 4] and set(df.chrom) == {"two"} and df.delta.notna().all()
+
+
+def test_rate_counts_scored_variants_only(tmp_path, monkeypatch):
+    """The summary's variants/s counts the variants scored by this run: not N positions (skipped,
+    no model work), nor those an interrupted run scored before --resume."""
+    import types
+
+    import evo_cli
+    import evo_cli.mutagenesis as mut
+    from evo_cli.io.vcf import parse_region
+
+    def clock_of(seconds):  # run_mutagenize reads the clock at its start and its end
+        ticks = iter([0.0, seconds])
+        monkeypatch.setattr(mut, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+
+    fasta = tmp_path / "n.fa"
+    fasta.write_text(format_fasta("d1", "ACG" + "N" * 297))
+    args = ["mutagenize", "--fasta", fasta, "--record", "d1", "-m", TINY, "--window", 8, "--batch-size", 2]
+    clock_of(10.0)
+    code, _, err = evo(*args, "-o", tmp_path / "a.tsv")
+    assert code == 0, err
+    assert "scored 9 variants at 3 of 300 positions in 10.0 s, 0.9 variants/s" in err  # was 90.0
+
+    class Stop(Exception):
+        pass
+
+    def stop(n):
+        raise Stop
+
+    # an interrupted run scored the first chunk (2 positions); the resumed run scores 1
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    clock_of(1.0)
+    with pytest.raises(Stop):
+        run_mutagenize(model, fasta, tmp_path / "b.tsv", regions=[parse_region("d1")], window=8, batch_size=2,
+                       model_name=str(TINY), progress=stop)
+    clock_of(10.0)
+    code, _, err = evo(*args, "-o", tmp_path / "b.tsv", "--resume")
+    assert code == 0, err
+    assert "in 10.0 s, 0.3 variants/s; 2 positions done before resuming" in err
+    assert (tmp_path / "b.tsv").read_text() == (tmp_path / "a.tsv").read_text()

@@ -72,8 +72,8 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
                                  strand=strand, reduce=reduce, batch_size=batch_size, share_prefix=not no_share,
                                  chunk_size=chunk_size, resume=resume, bedgraph=bedgraph, plot=plot,
                                  model_name=model, command=command, progress=advance)
-    new = summary.positions - summary.resumed
-    rate = f", {3 * new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new and summary.scored else ""
+    new = summary.scored - summary.resumed_scored  # skipped positions (N) cost nothing: not in the rate
+    rate = f", {3 * new / summary.seconds:,.1f} variants/s" if summary.seconds > 0 and new else ""
     echo(f"scored {summary.variants:,} variants at {summary.scored:,} of {summary.positions:,} positions "
          f"in {summary.seconds:,.1f} s{rate}" + (f"; {summary.resumed:,} positions done before resuming"
                                                   if summary.resumed else ""))
