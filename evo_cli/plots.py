@@ -156,7 +156,7 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
                    linewidths=0, gid="ref")
         ax.set_yticks(range(4), list(BASES), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # positions: no 1.5 ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))  # positions: no 1.5 ticks
         ax.xaxis.get_major_formatter().set_useOffset(False)
         ax.ticklabel_format(axis="x", style="plain")
         ax.set_gid("heatmap")

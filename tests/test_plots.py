@@ -185,11 +185,13 @@ def test_heatmap_of_a_region_with_gaps(tmp_path):
     assert [int(x) for ax in heat for x, _ in ax.collections[0].get_offsets()] == scored
     assert tops[0].get_ylim() == tops[1].get_ylim()
     plt.close(fig)
-    fig = plots.plot_mutagenesis(_table([7, 8, 9]))
-    fig.canvas.draw()
-    ax = _heatmaps(fig)[0]
-    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-    assert ticks == [7, 8, 9]  # genome positions: no 7.5
+    for positions in ([7, 8, 9], [5]):
+        fig = plots.plot_mutagenesis(_table(positions))
+        fig.canvas.draw()
+        ax = _heatmaps(fig)[0]
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == positions  # genome positions: no 7.5, no 4.6 4.7 ...
+        plt.close(fig)
     assert png_size(tmp_path / "gaps.png")[1] == round((0.6 + 2.6 * 2) * plots.DPI)
     plt.close(fig)
 
