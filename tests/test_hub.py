@@ -215,6 +215,36 @@ def test_evo_models_lists_all_ten_and_the_bundled_one(env):
     assert rows["evo-1-131k-base"]["revision"] == "1.1_fix"
 
 
+def test_evo_models_on_an_80_column_terminal_cuts_no_name(env):
+    """A terminal too narrow for the rich table gets the plain lines: rich cut the names to 'evo2_…'."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    master, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "evo_cli.cli.main", "models"], stdout=child, stderr=subprocess.PIPE,
+                            env={**os.environ, "COLUMNS": "80"})
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait() == 0, proc.stderr.read()
+    out = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode())
+    names = [*registry.MODELS, *registry.BUNDLED]
+    lines = [line.split() for line in out.splitlines()]
+    assert [line[0] for line in lines if line and line[0] in names] == names, out
+    assert "blocks.16.mlp.l3" in out and "Hugging Face cache: " in out
+
+
 def test_evo_download_prints_the_snapshot(env):
     spec = registry.MODELS["evo2_1b_base"]
     snap = add_snapshot(env, spec.repo, spec.revision, {"evo2_1b_base.pt": b"x"})
