@@ -25,3 +25,13 @@ def test_bad_checkpoint_is_one_line_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "empty directory" in proc.stderr
+
+
+def test_a_device_list_is_a_usage_error():
+    """--device cuda:0,cuda:1 (a split model, for the model commands) passed the parser and failed as
+    "unknown device 'cpu,cpu'" with exit status 1."""
+    res = CliRunner().invoke(cli, ["info", "--model", str(CONFORMANCE / "evo2" / "tiny_a"), "--device", "cpu,cpu"])
+    assert res.exit_code == 2, res.output
+    assert "Invalid value for '--device': 'cpu,cpu': give one device" in " ".join(res.output.split())
+    res = CliRunner().invoke(cli, ["info", "--model", str(CONFORMANCE / "evo2" / "tiny_a"), "--device", "cpu", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["runtime dtype"].startswith("float32 on cpu")
