@@ -162,6 +162,21 @@ def fake_download(env, monkeypatch):
     return calls
 
 
+def test_a_merged_file_is_not_downloaded_again(fake_download, env):
+    """With the parts merged by the evo2 package (and deleted), `evo download` fetched all 82 GB again and
+    `evo models` said missing, though the loader uses the merged file."""
+    merged = env.parent / "evo2_40b.pt"
+    merged.parent.mkdir(parents=True, exist_ok=True)
+    merged.write_bytes((TINY_A / "weights.pt").read_bytes())
+    assert hub.download_model("evo2_40b") == merged and fake_download == []
+    res = CliRunner().invoke(cli, ["download", "evo2_40b"])
+    assert res.exit_code == 0 and res.stdout.strip() == str(merged) and fake_download == []
+    rows = {r["name"]: r for r in hub.list_models()}
+    assert rows["evo2_40b"]["cached"] == "cached" and rows["evo2_40b"]["path"] == str(merged)
+    assert rows["evo2_40b"]["size_on_disk"] == merged.stat().st_size
+    assert rows["evo2_40b_base"]["cached"] == "missing" and rows["evo2_40b_base"]["path"] is None
+
+
 def test_download_then_cached(fake_download, env):
     path = hub.download_model("evo2_40b")
     assert fake_download == [dict(repo_id="arcinstitute/evo2_40b", revision=COMMIT, cache_dir=str(env),
