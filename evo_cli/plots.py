@@ -106,6 +106,13 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
     df = _frame(data)
     if df.empty:
         raise InputError("nothing to plot: the table has no scored positions")
+    # one row per SNV of A, C, G, T: anything else (an indel, a repeated row) has no cell
+    bad = df[~df.ref.isin(list(BASES)) | ~df.alt.isin(list(BASES)) | (df.ref == df.alt)]
+    repeated = df[df.duplicated(["chrom", "pos", "alt"])]
+    for rows, what in ((bad, "is not a SNV of A, C, G and T"), (repeated, "appears twice")):
+        if len(rows):
+            r = rows.iloc[0]
+            raise InputError(f"not a mutagenesis table: {r.chrom}:{r.pos} {r.ref}>{r.alt} {what}")
     parts = []
     matrices = mutagenesis_matrix(df)
     # positions per panel: ``panel``, or more where the scored positions would fill more than MAX_PANELS
@@ -280,6 +287,13 @@ def read_scores(path: str | Path):
             raise InputError(f"{path}: scores are .tsv, .parquet, .vcf or .vcf.gz")
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read as a table ({err})") from None
+    for column in ("delta", "logprob", "pos"):
+        if column in df.columns:
+            numbers = pd.to_numeric(df[column], errors="coerce")
+            text = df[column][numbers.isna() & df[column].notna()]
+            if len(text):
+                raise InputError(f"{path}: column {column} holds {text.iloc[0]!r}, not a number")
+            df[column] = numbers
     cols = set(df.columns)
     for kind in ("positions", "variants", "mutagenize"):
         if KINDS[kind] <= cols and (kind != "variants" or "status" in cols or "id" in cols):

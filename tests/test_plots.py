@@ -242,3 +242,19 @@ def test_dollar_signs_are_drawn_as_written(tmp_path):
     df = pd.DataFrame({"chrom": "c", "pos": [1, 2], "alt": "A", "delta": [0.1, -0.1], "label": [odd, "b"]})
     plots.plot_histogram(df, tmp_path / "h.svg", by="label", title=odd)
     assert all((tmp_path / f).stat().st_size > 0 for f in ("m.png", "t.png", "h.svg"))
+
+
+def test_evo_plot_refuses_tables_it_cannot_draw(tmp_path):
+    """A table that is not one SNV per row of A, C, G, T (an indel, a repeated row), or a delta that
+    is not a number: one line saying what (an indel was "ValueError: substring not found", a
+    repeated row was drawn with one of its values), and no figure."""
+    head = "chrom\tpos\tref\talt\tdelta\n"
+    cases = {"indel": ("c\t1\tA\tAT\t0.1\nc\t2\tC\tG\t0.2\n", "not a mutagenesis table: c:1 A>AT is not a SNV of A, C, G and T"),
+             "twice": ("c\t1\tA\tC\t0.1\nc\t1\tA\tC\t0.3\n", "not a mutagenesis table: c:1 A>C appears twice"),
+             "text": ("c\t1\tA\tC\tabc\n", "{path}: column delta holds 'abc', not a number")}
+    for name, (rows, message) in cases.items():
+        path = tmp_path / f"{name}.tsv"
+        path.write_text(head + rows)
+        code, _, err = evo("plot", path, "-o", tmp_path / f"{name}.png")
+        assert code == 1 and err.strip() == "evo: error: " + message.format(path=path), err
+        assert not (tmp_path / f"{name}.png").exists()
