@@ -130,7 +130,7 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
     if not parts:
         raise InputError("nothing to plot: the table has no scored positions")
     if len(parts) > MAX_PANELS:
-        title = f"{title}{chr(10) if title else ''}(the first {MAX_PANELS} of {len(parts):,} panels)"
+        title = "\n".join(filter(None, [title, f"(the first {MAX_PANELS} of {len(parts):,} panels)"]))
         parts = parts[:MAX_PANELS]
     # one scale for every panel, centred at 0; red: less likely than the reference; grey: REF, not scored
     vmax = float(np.nanmax(np.abs(df.delta.to_numpy()))) or 1.0
@@ -163,7 +163,8 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
                    linewidths=0, gid="ref")
         ax.set_yticks(range(4), list(BASES), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))  # positions: no 1.5 ticks
+        # whole positions (no 1.5, and a one-position panel ticked at its position)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
         ax.xaxis.get_major_formatter().set_useOffset(False)
         ax.ticklabel_format(axis="x", style="plain")
         ax.set_gid("heatmap")
@@ -223,7 +224,7 @@ def plot_track(df, path: str | Path | None = None, *, title: str = "", max_panel
         raise InputError("nothing to plot: the table has no positions")
     ids = list(dict.fromkeys(df["id"]))
     if len(ids) > max_panels:
-        title = f"{title}{chr(10) if title else ''}(the first {max_panels} of {len(ids):,} sequences)"
+        title = "\n".join(filter(None, [title, f"(the first {max_panels} of {len(ids):,} sequences)"]))
         ids = ids[:max_panels]
     fig, axes = plt.subplots(len(ids), 1, figsize=(WIDTH, 0.6 + 2.0 * len(ids)), dpi=DPI, layout="constrained",
                              squeeze=False)

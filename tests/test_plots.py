@@ -249,7 +249,8 @@ def test_evo_plot_refuses_tables_it_cannot_draw(tmp_path):
     is not a number: one line saying what (an indel was "ValueError: substring not found", a
     repeated row was drawn with one of its values), and no figure."""
     head = "chrom\tpos\tref\talt\tdelta\n"
-    cases = {"indel": ("c\t1\tA\tAT\t0.1\nc\t2\tC\tG\t0.2\n", "not a mutagenesis table: c:1 A>AT is not a SNV of A, C, G and T"),
+    cases = {"indel": ("c\t1\tA\tAT\t0.1\nc\t2\tC\tG\t0.2\n",
+                       "not a mutagenesis table: c:1 A>AT is not a SNV of A, C, G and T"),
              "twice": ("c\t1\tA\tC\t0.1\nc\t1\tA\tC\t0.3\n", "not a mutagenesis table: c:1 A>C appears twice"),
              "text": ("c\t1\tA\tC\tabc\n", "{path}: column delta holds 'abc', not a number")}
     for name, (rows, message) in cases.items():
