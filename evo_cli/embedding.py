@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # pooled results are small: sort this many batches' worth of sequences by length to cut padding
 _SORT_WINDOW_BATCHES = 16
 
-_BLOCK_LAYER = re.compile(r"blocks\.(-?\d+)(\.mlp\.l3)?")
+_BLOCK_LAYER = re.compile(r"blocks\.(-?[0-9]+)(\.mlp\.l3)?")
 
 
 @dataclass
@@ -65,6 +65,14 @@ class Embedding:
     layer: str
     values: torch.Tensor
     start: int = 0
+
+
+def check_layer_name(name: str) -> None:
+    """InputError unless ``name`` has the form of a layer name (``resolve_layer`` also checks its block
+    index against a model): without a model, so that a typo is reported before one is loaded."""
+    if name not in ("embedding_layer", "norm") and not _BLOCK_LAYER.fullmatch(name):
+        raise InputError(f"unknown layer {name!r}: valid layers are embedding_layer, blocks.N, blocks.N.mlp.l3 "
+                         "(N a block index, negative counting from the end) and norm")
 
 
 def resolve_layer(config, name: str) -> str:
