@@ -154,3 +154,15 @@ def test_truncated_gzip_yields_the_records_before_the_damage(tmp_path):
     assert next(records).sequence == "ACGT"
     with pytest.raises(InputError, match=r"t\.fa\.gz: cannot read \("):
         next(records)
+
+
+@pytest.mark.parametrize("magic,what", [(b"BZh91AY&SY", "bzip2"), (b"\xfd7zXZ\x00\x00", "xz"),
+                                        (b"\x28\xb5\x2f\xfd\x00", "zstd"), (b"PK\x03\x04\x14\x00", "zip"),
+                                        (">a\nACGT\n".encode("utf-16"), "UTF-16")])
+def test_other_compressions_and_utf16_are_named(tmp_path, magic, what):
+    """A FASTA compressed with another tool than gzip, or saved as UTF-16, was called "not FASTA"."""
+    path = tmp_path / "x.fa"
+    path.write_bytes(magic + b"\x00" * 20)
+    with pytest.raises(InputError) as err:
+        read_fasta(path)
+    assert str(err.value).startswith(f"{path}: {what}") and "plain, gzip or bgzip" in str(err.value)

@@ -51,6 +51,20 @@ def open_text(path: str | Path, errors: str = "replace") -> TextIO:
     return open(path, encoding="utf-8-sig", errors=errors)
 
 
+# what a file that gzip cannot open may be, by its first bytes: named, rather than called "not FASTA"
+_OTHER_ENCODINGS = {b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed", b"\x28\xb5\x2f\xfd": "zstd-compressed",
+                    b"PK\x03\x04": "zip archive", b"\xff\xfe": "UTF-16 text", b"\xfe\xff": "UTF-16 text"}
+
+
+def _check_encoding(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    for magic, what in _OTHER_ENCODINGS.items():
+        if head.startswith(magic):
+            raise InputError(f"{path}: {what}; evo reads plain, gzip or bgzip FASTA (UTF-8 or ASCII text): "
+                             f"decompress it, recompress it with bgzip, or save it as UTF-8")
+
+
 def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | None = DNA_CODES) -> Iterator[FastaRecord]:
     """Records of a FASTA file, in order.
 
@@ -65,6 +79,7 @@ def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | N
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a FASTA file")
+    _check_encoding(path)
     seen: set[str] = set()
     lowered = 0
     with open_text(path) as fh:
