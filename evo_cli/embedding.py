@@ -247,6 +247,11 @@ class _Runner:
         self.model, self.layers, self.pool, self.strand = model, layers, pool, strand
         self.chunk_size, self.capture, self.progress = chunk_size, capture, progress
         self.last_block = _last_block(layers)
+        # layer by layer (when the KV caches would not fit) only where every hook fires while the last
+        # block runs, chunk by chunk: that block's output and MLP, and the final norm after it
+        last = model.config.num_layers - 1 if self.last_block is None else self.last_block
+        in_last = {f"blocks.{last}", f"blocks.{last}.mlp.l3"} | ({"norm"} if self.last_block is None else set())
+        self.layerwise_ok = set(layers) <= in_last
 
     def _forward(self, ids):
         self.model(ids.to(self.model.device), return_logits=False, last_block=self.last_block)
@@ -254,9 +259,7 @@ class _Runner:
 
     def _chunks(self, ids) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """(start, {layer: [1, n, D]}) per chunk of a [1, L] sequence."""
-        # layer by layer (when the KV caches would not fit) only where the hooks all sit in the last block run
-        last = "norm" if self.last_block is None else f"blocks.{self.last_block}."
-        free = free_memory_bytes(self.model.device) if all(n.startswith(last) for n in self.layers) else None
+        free = free_memory_bytes(self.model.device) if self.layerwise_ok else None
         for start, _ in self.model.forward_long(ids.to(self.model.device), self.chunk_size, free_bytes=free,
                                                 return_logits=False, last_block=self.last_block):
             out = self.capture.take()
