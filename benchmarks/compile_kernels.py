@@ -54,17 +54,17 @@ def cases(act: str):
     p, f = f"*{act}", "*fp32"
     blc = ("b", "l", "c")
     fir = {"x_ptr": p, "g_ptr": p, "h_ptr": f, "d_ptr": f, "s_ptr": f, "y_ptr": p, "L": "i32", "C": "i32/16",
-           "GS": "i32/16", **_strides("x", blc), **_strides("g", blc), **_strides("h", ("g", "k")),
+           "GS": "i32/16", "TOKENS": "i32/16", **_strides("x", blc), **_strides("g", blc), **_strides("h", ("g", "k")),
            **_strides("s", blc), **_strides("y", blc)}
     yield "featurize K=3", featurize_fwd_kernel, {
-        "z_ptr": p, "w_ptr": f, "b_ptr": f, "s_ptr": f, "x2_ptr": p, "x1v_ptr": p, "L": "i32", "D": "i32/16",
+        "z_ptr": p, "w_ptr": f, "b_ptr": f, "s_ptr": f, "x2_ptr": p, "x1v_ptr": p, "L": "i32", "D": "i32/16", "TOKENS": "i32/16",
         **_strides("z", blc), **_strides("w", ("c", "k")), **_strides("s", blc), **_strides("o", blc),
         "K": 3, "HAS_BIAS": False, "HAS_STATE": True}
     yield "fir taps K=7 (Hyena-SE)", fir_taps_fwd_kernel, {**fir, "K": 7, "HAS_D": False, "HAS_STATE": True}
     yield "fir Toeplitz K=128 (Hyena-MR)", fir_toeplitz_fwd_kernel, {
         **fir, "K": 128, "HAS_D": True, "HAS_STATE": True, "PREC": "tf32" if act != "fp32" else "tf32x3"}
     modal = {"x_ptr": p, "g_ptr": p, "y_ptr": p, "lp_ptr": f, "r_ptr": f, "d_ptr": f, "s_ptr": f,
-             "L": "i32", "C": "i32/16", "S": "i32/16", **_strides("x", blc), **_strides("g", blc),
+             "L": "i32", "C": "i32/16", "S": "i32/16", "ROWS": "i32/16", "LENGTH": "i32/16", **_strides("x", blc), **_strides("g", blc),
              **_strides("y", blc), "HAS_STATE": True}
     # real poles come as [C, S, 1] views (unit mode and re/im strides), complex as [C, S, 2]
     real = {**_strides("p", ("c", "n", "i"), 2), **_strides("r", ("c", "n", "i"), 2),

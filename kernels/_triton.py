@@ -34,6 +34,14 @@ def autotune(configs, key, **kwargs):
     return triton.autotune(configs=configs, key=key, **kwargs)
 
 
+def size_class(n: int) -> int:
+    """``n`` rounded up to a power of two, at least 16: an autotune key (a kernel argument the kernel
+    does not read) that retunes once per size class instead of once per shape, or never (a config tuned
+    on a 1-token call would serve a 131,072-token one). At least 16, so that every value is a multiple of
+    16 and Triton compiles one specialisation for all of them."""
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot`` input precision for activations of ``dtype``: TF32 tensor cores hold bf16 / fp16
     values exactly and round fp32 filters to ~5e-4, below what a bf16 output keeps; float32

@@ -225,6 +225,20 @@ def test_one_autotune_config_under_the_interpreter():
     assert [len(k.configs) for k in (fir_taps_fwd_kernel, fir_toeplitz_fwd_kernel, modal_fwd_kernel)] == [1, 1, 1]
 
 
+def test_autotuning_is_per_size_class():
+    """The window kernels tune once per power-of-two class of tokens (the modal kernel: of rows and of
+    length), not once for the first shape they see; every class is a multiple of 16 (one specialisation)."""
+    from evo_cli.kernels._triton import size_class
+    from evo_cli.kernels.featurize.fused import featurize_fwd_kernel
+    from evo_cli.kernels.fir.fused import fir_taps_fwd_kernel, fir_toeplitz_fwd_kernel
+    from evo_cli.kernels.modal.fused import modal_fwd_kernel
+
+    assert [size_class(n) for n in (0, 1, 16, 17, 1000, 131072)] == [16, 16, 16, 32, 1024, 131072]
+    for kernel in (featurize_fwd_kernel, fir_taps_fwd_kernel, fir_toeplitz_fwd_kernel):
+        assert "TOKENS" in kernel.keys
+    assert {"ROWS", "LENGTH"} <= set(modal_fwd_kernel.keys)
+
+
 def test_dispatch_uses_the_fused_op(monkeypatch):
     """backend="triton" runs ``<op>/fused.py`` on CPU tensors under the interpreter; "torch" never does."""
     import evo_cli.kernels.norm.fused as fused

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, placeholder, push_history
+from .._triton import autotune, placeholder, push_history, size_class
 from ..fir.fused import load_rows
 from .naive import hyena_featurize_ref
 
@@ -35,14 +35,15 @@ def _short_conv(z_ptr, s_ptr, w_ptr, b_ptr, o_l, o_c, m_c, L, stride_zl, stride_
     triton.Config({"BL": 32, "BD": 64}, num_warps=4),
     triton.Config({"BL": 32, "BD": 128}, num_warps=8),
     triton.Config({"BL": 16, "BD": 128}, num_warps=4),
-], key=["D", "K"])
+], key=["D", "K", "TOKENS"])
 @triton.jit
-def featurize_fwd_kernel(z_ptr, w_ptr, b_ptr, s_ptr, x2_ptr, x1v_ptr, L, D,
+def featurize_fwd_kernel(z_ptr, w_ptr, b_ptr, s_ptr, x2_ptr, x1v_ptr, L, D, TOKENS,
                          stride_zb, stride_zl, stride_zc, stride_wc, stride_wk, stride_sb, stride_sl, stride_sc,
                          stride_ob, stride_ol, stride_oc,
                          K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
                          BL: tl.constexpr, BD: tl.constexpr):
-    """Grid (cdiv(L, BL), cdiv(D, BD), B); x2 and x1v share strides (both allocated here)."""
+    """Grid (cdiv(L, BL), cdiv(D, BD), B); x2 and x1v share strides (both allocated here). TOKENS:
+    ``size_class(B * L)``, read by the autotuner only."""
     i_l, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_l = i_l * BL + tl.arange(0, BL)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -75,7 +76,7 @@ def hyena_featurize(z, weight, bias=None, state=None):
     grid = lambda meta: (triton.cdiv(L, meta["BL"]), triton.cdiv(D, meta["BD"]), B)  # noqa: E731
     featurize_fwd_kernel[grid](
         z, weight, bias.contiguous() if bias is not None else dummy, state if state is not None else dummy,
-        x2, x1v, L, D, *z.stride(), *weight.stride(), *(state.stride() if state is not None else (0, 0, 0)),
+        x2, x1v, L, D, size_class(B * L), *z.stride(), *weight.stride(), *(state.stride() if state is not None else (0, 0, 0)),
         *x2.stride(), K=K, HAS_BIAS=bias is not None, HAS_STATE=state is not None,
     )
     if state is not None:

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, dot_precision, placeholder, push_history
+from .._triton import autotune, dot_precision, placeholder, push_history, size_class
 from .naive import hyena_fir_ref
 
 # narrower groups cost the Toeplitz kernel one dot and one filter gather per group in a channel block:
@@ -67,14 +67,15 @@ _TAPS_CONFIGS = [
 ]
 
 
-@autotune(_TAPS_CONFIGS, key=["C", "K"])
+@autotune(_TAPS_CONFIGS, key=["C", "K", "TOKENS"])
 @triton.jit
-def fir_taps_fwd_kernel(x_ptr, g_ptr, h_ptr, d_ptr, s_ptr, y_ptr, L, C, GS,
+def fir_taps_fwd_kernel(x_ptr, g_ptr, h_ptr, d_ptr, s_ptr, y_ptr, L, C, GS, TOKENS,
                         stride_xb, stride_xl, stride_xc, stride_gb, stride_gl, stride_gc,
                         stride_hg, stride_hk, stride_sb, stride_sl, stride_sc, stride_yb, stride_yl, stride_yc,
                         K: tl.constexpr, HAS_D: tl.constexpr, HAS_STATE: tl.constexpr,
                         BL: tl.constexpr, BC: tl.constexpr):
-    """Grid (cdiv(L, BL), cdiv(C, BC), B). Channel c uses filter row c // GS; tap K-1 is the current token."""
+    """Grid (cdiv(L, BL), cdiv(C, BC), B). Channel c uses filter row c // GS; tap K-1 is the current token.
+    TOKENS: ``size_class(B * L)``, read by the autotuner only."""
     i_l, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_l = i_l * BL + tl.arange(0, BL)
     o_c = i_c * BC + tl.arange(0, BC)
@@ -98,15 +99,15 @@ _TOEPLITZ_CONFIGS = [
 ]
 
 
-@autotune(_TOEPLITZ_CONFIGS, key=["C", "K", "GS"])
+@autotune(_TOEPLITZ_CONFIGS, key=["C", "K", "GS", "TOKENS"])
 @triton.jit
-def fir_toeplitz_fwd_kernel(x_ptr, g_ptr, h_ptr, d_ptr, s_ptr, y_ptr, L, C, GS,
+def fir_toeplitz_fwd_kernel(x_ptr, g_ptr, h_ptr, d_ptr, s_ptr, y_ptr, L, C, GS, TOKENS,
                             stride_xb, stride_xl, stride_xc, stride_gb, stride_gl, stride_gc,
                             stride_hg, stride_hk, stride_sb, stride_sl, stride_sc, stride_yb, stride_yl, stride_yc,
                             K: tl.constexpr, HAS_D: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
                             BT: tl.constexpr, BC: tl.constexpr):
     """Grid (cdiv(L, BT), cdiv(C, BC), B). A channel block that straddles groups gets one dot per group
-    with the other groups' columns zeroed (1B: 15 channels per group)."""
+    with the other groups' columns zeroed (1B: 15 channels per group). TOKENS as in ``fir_taps_fwd_kernel``."""
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_i = tl.arange(0, BT)
     o_t = i_t * BT + o_i
@@ -147,7 +148,7 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
     s = state if state is not None else dummy
     s_strides = state.stride() if state is not None else (0, 0, 0)
     d = D.contiguous() if D is not None else dummy
-    args = (x1v, x2, h, d, s, y, L, C, C // G, *x1v.stride(), *x2.stride(), *h.stride(), *s_strides, *y.stride())
+    args = (x1v, x2, h, d, s, y, L, C, C // G, size_class(B * L), *x1v.stride(), *x2.stride(), *h.stride(), *s_strides, *y.stride())
     if uses_toeplitz(C, G, K):
         grid = lambda meta: (triton.cdiv(L, meta["BT"]), triton.cdiv(C, meta["BC"]), B)  # noqa: E731
         fir_toeplitz_fwd_kernel[grid](*args, K=K, HAS_D=D is not None, HAS_STATE=state is not None,

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import autotune, placeholder
+from .._triton import autotune, placeholder, size_class
 from .naive import hyena_modal_ref
 
 
@@ -76,15 +76,16 @@ def _update_maps(lr, li, e3, nv, IS_COMPLEX: tl.constexpr):
     triton.Config({"T": 8, "BD": 32}, num_warps=4),
     triton.Config({"T": 8, "BD": 16}, num_warps=4),
     triton.Config({"T": 8, "BD": 32}, num_warps=8),
-], key=["C", "S", "IS_COMPLEX"], restore_value=["s_ptr"])
+], key=["C", "S", "IS_COMPLEX", "ROWS", "LENGTH"], restore_value=["s_ptr"])
 @triton.jit
-def modal_fwd_kernel(x_ptr, g_ptr, y_ptr, lp_ptr, r_ptr, d_ptr, s_ptr, L, C, S,
+def modal_fwd_kernel(x_ptr, g_ptr, y_ptr, lp_ptr, r_ptr, d_ptr, s_ptr, L, C, S, ROWS, LENGTH,
                      stride_xb, stride_xl, stride_xc, stride_gb, stride_gl, stride_gc, stride_yb, stride_yl, stride_yc,
                      stride_pc, stride_pn, stride_pi, stride_rc, stride_rn, stride_ri,
                      stride_sb, stride_sc, stride_sn, stride_si,
                      IS_COMPLEX: tl.constexpr, HAS_STATE: tl.constexpr, SP: tl.constexpr,
                      T: tl.constexpr, BD: tl.constexpr):
-    """Grid (cdiv(C, BD), B). Poles, residues and state come as (…, re[, im]) float32 views."""
+    """Grid (cdiv(C, BD), B). Poles, residues and state come as (…, re[, im]) float32 views. ROWS, LENGTH:
+    ``size_class`` of B and of L (the grid's rows and each program's loop), read by the autotuner only."""
     i_c, i_b = tl.program_id(0), tl.program_id(1)
     o_c = i_c * BD + tl.arange(0, BD)
     m_c = o_c < C
@@ -182,7 +183,7 @@ def hyena_modal(x1v, x2, log_poles, residues, D, state=None):
     s_strides = s.stride() if state is not None else (0, 0, 0, 0)
     grid = lambda meta: (triton.cdiv(C, meta["BD"]), B)  # noqa: E731
     modal_fwd_kernel[grid](
-        x1v, x2, y, lp, r, D.contiguous(), s, L, C, S, *x1v.stride(), *x2.stride(), *y.stride(), *lp.stride(),
+        x1v, x2, y, lp, r, D.contiguous(), s, L, C, S, size_class(B), size_class(L), *x1v.stride(), *x2.stride(), *y.stride(), *lp.stride(),
         *r.stride(), *s_strides, IS_COMPLEX=is_complex, HAS_STATE=state is not None, SP=triton.next_power_of_2(S),
     )
     return y
