@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -331,7 +331,7 @@ class _Runner:
 
 def embed(
     model,
-    sequences: str | Sequence[str],
+    sequences: str | Iterable[str],
     layers: str | Sequence[str] | None = None,
     pool: str = "mean",
     strand: str = "forward",
@@ -346,8 +346,8 @@ def embed(
     Sequences should be upper-case DNA: the tokenizer is case-sensitive, so a soft-masked (lower-case)
     base is another token (``evo embed`` upper-cases what it reads).
     """
-    if isinstance(sequences, str):
-        sequences = [sequences]
+    # a string is one sequence; any other iterable is read once, here (it is indexed below)
+    sequences = [sequences] if isinstance(sequences, str) else list(sequences)
     layers = resolve_layers(model.config, layers)
     pieces: dict[str, list[list[torch.Tensor]]] = {layer: [[] for _ in sequences] for layer in layers}
     for e in iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size):

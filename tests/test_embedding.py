@@ -222,3 +222,13 @@ def test_the_deepest_block_output_runs_layer_by_layer(monkeypatch, layers):
     assert used == [1]
     assert [(e.layer, e.start) for e in got] == [(e.layer, e.start) for e in chunked]
     assert max((a.values - b.values).abs().max().item() for a, b in zip(got, chunked)) < 1e-5
+
+
+def test_embed_takes_any_iterable_of_sequences(tiny_models):
+    """A generator of sequences (``score_sequences`` takes one) ended in an IndexError."""
+    model = tiny_models["evo2"]
+    seqs = [random_dna(9, 1), random_dna(5, 2)]
+    want = embed(model, seqs, ["blocks.2"])["blocks.2"]
+    assert want.shape == (2, 32)
+    assert torch.equal(embed(model, (s for s in seqs), ["blocks.2"])["blocks.2"], want)
+    assert torch.equal(embed(model, seqs[0], ["blocks.2"])["blocks.2"], want[:1])
