@@ -197,7 +197,7 @@ def _groups(lengths: list[int], batch_size: int, chunk_size: int, window: int) -
 @torch.inference_mode()
 def iter_embeddings(
     model,
-    sequences: Sequence[str],
+    sequences: str | Sequence[str],
     layers: str | Sequence[str] | None = None,
     pool: str = "mean",
     strand: str = "forward",
@@ -214,6 +214,8 @@ def iter_embeddings(
     """
     _check(pool, strand, batch_size, chunk_size)
     layers = resolve_layers(model.config, layers)
+    if isinstance(sequences, str):  # one sequence, as in ``embed``, not one per base
+        sequences = [sequences]
     for i, s in enumerate(sequences):
         if not s:
             raise InputError(f"sequence {i} is empty")

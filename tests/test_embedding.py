@@ -232,3 +232,5 @@ def test_embed_takes_any_iterable_of_sequences(tiny_models):
     assert want.shape == (2, 32)
     assert torch.equal(embed(model, (s for s in seqs), ["blocks.2"])["blocks.2"], want)
     assert torch.equal(embed(model, seqs[0], ["blocks.2"])["blocks.2"], want[:1])
+    # a string is one sequence in the streaming form too, not one per base
+    assert [(e.index, e.layer) for e in iter_embeddings(model, seqs[0], ["blocks.2"])] == [(0, "blocks.2")]
