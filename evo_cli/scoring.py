@@ -182,7 +182,7 @@ def iter_sequence_scores(model, sequences: str | Iterable[str], prepend_bos: boo
 
 def score_sequences(
     model,
-    sequences: str | Sequence[str],
+    sequences: str | Iterable[str],
     reduce: str = "mean",
     prepend_bos: bool | None = None,
     batch_size: int = 8,

@@ -166,3 +166,19 @@ def test_other_compressions_and_utf16_are_named(tmp_path, magic, what):
     with pytest.raises(InputError) as err:
         read_fasta(path)
     assert str(err.value).startswith(f"{path}: {what}") and "plain, gzip or bgzip" in str(err.value)
+
+
+def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    path = _write(tmp_path, ">a\nACGT\n")
+    real = builtins.open
+
+    def no_permission(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_permission)
+    with pytest.raises(InputError, match=r"x\.fa: cannot read \(Permission denied\)"):
+        read_fasta(path)

@@ -57,8 +57,11 @@ _OTHER_ENCODINGS = {b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed"
 
 
 def _check_encoding(path: Path) -> None:
-    with open(path, "rb") as fh:
-        head = fh.read(6)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as err:  # no read permission, say
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
     for magic, what in _OTHER_ENCODINGS.items():
         if head.startswith(magic):
             raise InputError(f"{path}: {what}; evo reads plain, gzip or bgzip FASTA (UTF-8 or ASCII text): "
