@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -184,11 +185,11 @@ def run_generate(
     ``seed=None`` when resuming takes the interrupted run's seed."""
     fmt = output_format(output, format)
     seed = resolve_seed(seed, output, resume)
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk, sampling)
-    store = open_progress(output, {**(settings or {}), **sampling, "prompts": run.prompts, "n_tokens": n_tokens,
-                                   "num_samples": num_samples, "seed": run.seed, "batch_size": batch_size,
-                                   "prefill_chunk": prefill_chunk, "format": fmt, "header": header or {}}, resume,
+    run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk,
+               dict(temperature=temperature, top_k=top_k, top_p=top_p))
+    store = open_progress(output, {**(settings or {}), **run.sampling, "prompts": run.prompts, "n_tokens": run.n_tokens,
+                                   "num_samples": run.num_samples, "seed": run.seed, "batch_size": run.batch_size,
+                                   "prefill_chunk": run.prefill_chunk, "format": fmt, "header": header or {}}, resume,
                           checkpoint_rank())
     out: dict[tuple[int, int], Generation] = {}
     resumed = 0
@@ -218,11 +219,17 @@ class _Run:
     def __init__(self, model, prompts, n_tokens: int, num_samples: int, seed: int | None, batch_size: int,
                  prefill_chunk: int | None, sampling: dict):
         check_sampling(**sampling)
+        # plain Python numbers from here on (numpy scalars included): they go into JSON progress files
+        self.sampling = {"temperature": float(sampling["temperature"]), "top_k": int(sampling["top_k"]),
+                         "top_p": float(sampling["top_p"])}
+        n_tokens, num_samples = _integer("n_tokens", n_tokens), _integer("num_samples", num_samples)
+        batch_size = _integer("batch_size", batch_size)
+        prefill_chunk = None if prefill_chunk is None else _integer("prefill_chunk", prefill_chunk)
         for name, value in (("n_tokens", n_tokens), ("num_samples", num_samples), ("prefill_chunk", prefill_chunk)):
             if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
         check_batch_size(batch_size)
-        if seed is not None and seed < 0:
+        if seed is not None and _integer("seed", seed) < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed}")
         self.prompts = prepare_prompts(prompts)
         if len(self.prompts) * num_samples > MAX_GENERATIONS:
@@ -233,8 +240,9 @@ class _Run:
         check_context(model, self.prompts, n_tokens)
         self.model = model
         self.n_tokens = n_tokens
-        self.seed = resolve_seed(seed, None, False)
-        self.sampling = sampling
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = int(resolve_seed(seed, None, False))
         self.prefill_chunk = prefill_chunk
         self.rows = [(i, k) for i in range(len(self.ids)) for k in range(num_samples)]
         self.batches = list(_batches(self.rows, [len(t) for t in self.ids], batch_size))
@@ -252,6 +260,13 @@ class _Run:
                 raise non_finite_error(f"prompt {self.names[i]!r} while sampling", self.model.dtype)
             out.append(Generation(self.names[i], k, tuple(tokens[r]), float(logprobs[r]), self.seed))
         return out
+
+
+def _integer(name: str, value) -> int:
+    """``value`` as a Python int (numpy integers included); an ``InputError`` for a float or a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def _uniforms(seed: int, prompt_index: int, sample: int, n: int) -> torch.Tensor:

@@ -185,12 +185,18 @@ def _bounded_session(seconds: float):
 
 def download_model(name: str, quiet: bool = False) -> Path:
     """Download (or finish downloading) a published model into the Hugging Face cache; returns its
-    snapshot folder. Nothing is fetched when every file is already there."""
+    snapshot folder. Nothing is fetched when every file is already there, nor when the evo2 package has
+    merged the model's parts into ``<name>.pt`` beside the cache (``_evo2_merged_file``), which the
+    loader uses: that file is returned."""
     spec = resolve_spec(name)
     cache = hub_cache_dir()
     status = cache_status(spec, cache)
     if status.state == "cached":
         return status.path
+    merged = _evo2_merged_file(spec)
+    if merged is not None:
+        log.info("%s: %s (merged by the evo2 package) is used; nothing to download", spec.name, merged)
+        return merged
     if is_offline():
         raise CheckpointError(not_cached_message(spec, status))
     check_disk_space(spec, status, cache)
@@ -250,6 +256,9 @@ def list_models() -> list[dict]:
     rows = []
     for spec in MODELS.values():
         status = cache_status(spec, cache)
+        merged = _evo2_merged_file(spec) if status.state != "cached" else None
+        if merged is not None:  # what the loader uses when the parts are gone
+            status = CacheStatus("cached", merged.parent, merged.stat().st_size, ())
         rows.append({
             "name": spec.name,
             "family": spec.family_label,
@@ -265,7 +274,7 @@ def list_models() -> list[dict]:
             "cached": status.state,
             "size_on_disk": status.size_bytes,
             "download_bytes": spec.download_bytes,
-            "path": str(status.path / spec.weights) if status.state == "cached" else None,
+            "path": str(merged or status.path / spec.weights) if status.state == "cached" else None,
             "description": spec.description,
         })
     for b in BUNDLED.values():

@@ -92,13 +92,14 @@ def resolve_kernels(kernels: str | None, devices: Sequence[torch.device] = ()) -
     """Kernel backend: the argument, else ``EVO_KERNELS``, else ``auto``; an ``InputError`` where one of
     ``devices`` cannot run it (``--kernels triton`` on a CPU, ``numba`` without numba installed)."""
     choice = kernels or os.environ.get("EVO_KERNELS") or "auto"
+    source = " (from EVO_KERNELS)" if not kernels and os.environ.get("EVO_KERNELS") else ""
     if choice not in BACKENDS:
-        raise InputError(f"unknown kernel backend {choice!r} (use {', '.join(BACKENDS)})")
+        raise InputError(f"unknown kernel backend {choice!r}{source} (use {', '.join(BACKENDS)})")
     for device in devices:
         try:
             resolve_backend(choice, device)
         except RuntimeError as err:
-            raise InputError(str(err)) from None
+            raise InputError(f"{err}{source}") from None
     return choice
 
 

@@ -16,6 +16,7 @@ token likely); ``+inf`` logits win over every finite one.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -23,9 +24,13 @@ from evo_cli.errors import InputError
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    """Raise ``InputError`` for settings that do not define a distribution."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+    """Raise ``InputError`` for settings that do not define a distribution (numpy scalars count as the
+    numbers they hold)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
         raise InputError(f"top_k must be an integer >= 0 (0 = the whole vocabulary, 1 = greedy), got {top_k!r}")
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InputError(f"{name} must be a number, got {value!r}")
     if not (0 < top_p <= 1):
         raise InputError(f"top_p must be in (0, 1], got {top_p}")
     if top_k != 1 and not (0 < temperature < math.inf):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +65,12 @@ def check_selftest(model: str, expected: str | None = None) -> str:
     from evo_cli.checkpoints import resolve_checkpoint
 
     name = expected or str(model)
+    if not Path(model).exists() and str(model) not in registry.MODELS and str(model) not in registry.BUNDLED:
+        raise InputError(registry.unknown_model_message(str(model)))
     if name not in EXPECTED:
         raise InputError(f"{name}: evo2's test records numbers for {', '.join(EXPECTED)} only"
-                         + ("" if expected else " (pass --expected NAME for a checkpoint given as a path)"))
+                         + ("" if expected or str(model) in registry.BUNDLED else
+                            " (pass --expected NAME for a checkpoint given as a path)"))
     spec = registry.get_spec(str(model))
     if spec is not None:
         try:
@@ -75,6 +79,19 @@ def check_selftest(model: str, expected: str | None = None) -> str:
             raise InputError(f"{spec.name} is not downloaded: run `evo download {spec.name}` (~{spec.download_bytes / 1e9:.1f} GB "
                              f"from huggingface.co/{spec.repo}), then `evo selftest --model {spec.name}` again") from None
     return name
+
+
+def check_architecture(config, expected: str) -> None:
+    """An InputError unless ``config`` has the layers, width and block pattern of the published model
+    ``expected``: the test's recorded numbers hold for that model only, and another one would FAIL as
+    if this install computed wrong numbers."""
+    from evo_cli import registry
+
+    want = registry.model_config(expected)
+    if (config.num_layers, config.hidden_size, config.pattern) != (want.num_layers, want.hidden_size, want.pattern):
+        raise InputError(f"{config.name or 'the model'} has {config.num_layers} layers ({config.pattern}) of width "
+                         f"{config.hidden_size}, {expected} {want.num_layers} ({want.pattern}) of width {want.hidden_size}: "
+                         f"evo2's test numbers for {expected} do not apply to it (check --model and --expected)")
 
 
 def upstream_prompts() -> list[tuple[str, str]]:
@@ -88,7 +105,9 @@ def upstream_prompts() -> list[tuple[str, str]]:
 def run_selftest(model, expected: str, prompts: list[tuple[str, str]] | None = None, progress=None) -> SelftestResult:
     """The upstream test on ``model`` against the recorded numbers of model ``expected`` (see EXPECTED).
 
-    ``progress(i)`` is called after each prompt."""
+    ``progress(i)`` is called after each prompt. An InputError when ``model`` is not ``expected``'s
+    architecture (``check_architecture``)."""
+    check_architecture(model.config, expected)
     prompts = upstream_prompts() if prompts is None else prompts
     loss_want, acc_want = EXPECTED[expected]
     losses, accs = [], []

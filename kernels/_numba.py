@@ -97,13 +97,15 @@ def recording(tensors) -> bool:
 
 
 _noticed = threading.Event()
-_NOTICE_AFTER = 1.0  # seconds
+# seconds: compiling one kernel takes longer; loading one from the cache can take a second on a
+# loaded machine, and then the line would show on every run
+_NOTICE_AFTER = 2.0
 
 
 def ready(kernel, args) -> None:
     """Compile ``kernel`` for ``args`` before its first call (numba loads it from its disk cache when it
     can). Compiling all of them takes 10-20 s on the first run on a machine, so where this takes over
-    a second one line says why, once per process."""
+    ``_NOTICE_AFTER`` one line says why, once per process."""
     if kernel.overloads:
         return
     timer = threading.Timer(_NOTICE_AFTER, _notice)
@@ -118,7 +120,8 @@ def ready(kernel, args) -> None:
 def _notice() -> None:
     if not _noticed.is_set():
         _noticed.set()
-        log.warning("compiling the CPU kernels (numba; the first run on a machine only, 10-20 s)")
+        log.warning("preparing the CPU kernels (numba compiles them on the first run on a machine, 10-20 s; "
+                    "later runs load them from its cache)")
 
 
 # multiply-adds a thread takes at the least (about a millisecond): below that, handing work to a thread

@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import evo_cli
+from evo_cli.checkpoints import describe_checkpoint
 from evo_cli.checkpoints.native import save_native
 from evo_cli.errors import CheckpointError, ConfigError
 
@@ -297,3 +298,16 @@ def test_config_sizes_past_any_model_and_a_nested_json_are_refused(tmp_path):
     _error(d, r"hidden_size 1000000000000 is too large \(at most 16,777,216\)")
     (d / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     _error(d, r"config.json: not a readable JSON config")
+
+
+def test_an_empty_model_name_is_an_error_not_the_current_folder(tmp_path, monkeypatch):
+    """``load_model("")`` (an unset ``$MODEL`` on a command line) would open the current folder as a
+    checkpoint, here one that holds a valid model."""
+    save_native(evo_cli.load_model(TINY_A, device="cpu"), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert evo_cli.load_model(".", device="cpu") is not None  # the folder is a checkpoint
+    for name in ("", " "):
+        with pytest.raises(CheckpointError, match="the model name or path is empty"):
+            evo_cli.load_model(name, device="cpu")
+        with pytest.raises(CheckpointError, match="the model name or path is empty"):
+            describe_checkpoint(name)

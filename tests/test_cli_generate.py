@@ -73,6 +73,10 @@ def test_stdout_and_prompts_fasta(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["-p", "ACGT", "--temperature", "0"], "--temperature 0 means greedy decoding"),
     (["-p", "ACGT", "--top-p", "0"], "--top-p"),
+    # FloatRange lets nan (and inf above an open range) through: they failed after the model loaded, exit 1
+    (["-p", "ACGT", "--top-p", "nan"], "'--top-p': nan is not a finite number"),
+    (["-p", "ACGT", "--temperature", "nan"], "'--temperature': nan is not a finite number"),
+    (["-p", "ACGT", "--temperature", "inf"], "'--temperature': inf is not a finite number"),
     (["-p", "ACGT", "--n-tokens", "0"], "--n-tokens"),
     (["-p", "ACGT", "--num-samples", "0"], "--num-samples"),
     (["-p", "ACGT", "--num-samples", "99999999999999999999"], "--num-samples"),  # it ran the machine out of memory
@@ -181,6 +185,16 @@ def test_resume_takes_the_interrupted_runs_seed_and_gives_its_output(tmp_path):
 def test_cli_resume_needs_a_file():
     res = _run(["-m", TINY, "-p", "ACGT", "--resume"])
     assert res.exit_code == 2 and "--resume needs an output file" in res.output
+    # an empty -o is stdout too: it was refused only after the model had loaded, exit 1
+    res = _run(["-m", TINY, "-p", "ACGT", "-o", "", "--resume"])
+    assert res.exit_code == 2 and "--resume needs an output file" in res.output
+
+
+def test_empty_output_is_stdout():
+    res = _run(["-m", TINY, "-p", "ACGT", "-n", "3", "--top-k", "1", "-o", ""])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith(">prompt1_sample0 prompt=prompt1 sample=0 n_tokens=3 ")
+    assert "x 3 tokens (seed " in res.stderr and res.stderr.rstrip().endswith("to stdout")
 
 
 def test_generations_per_run_are_bounded():

@@ -65,7 +65,7 @@ def test_nan_is_impossible_and_inf_wins():
 
 @pytest.mark.parametrize("temperature, top_k, top_p, match", [
     (0.0, 4, 1.0, "temperature"), (float("nan"), 0, 1.0, "temperature"), (1.0, 4, 0.0, "top_p"),
-    (1.0, 4, 1.5, "top_p"),
+    (1.0, 4, 1.5, "top_p"), ("hot", 4, 1.0, "temperature must be a number"), (1.0, 4.0, 1.0, "top_k must be an integer"),
 ])
 def test_check_sampling_rejects(temperature, top_k, top_p, match):
     with pytest.raises(InputError, match=match):
@@ -176,3 +176,28 @@ def test_nan_logits_are_an_error(tiny_models):
         broken.norm.scale[0] = float("nan")
     with pytest.raises(EvoError, match=r"NaN or infinite values for prompt 'prompt1' while sampling \(already float32"):
         generate(broken, "ACGTACGT", 3, seed=0)
+
+
+def test_numpy_numbers_are_numbers(tiny_models, tmp_path):
+    """numpy scalars (np.arange, np.linspace) are the numbers they hold: top_k=np.int64(4) was refused as
+    "top_k must be an integer ..., got np.int64(4)", and numpy values written to a file failed with a
+    TypeError (not JSON serializable); a float where an integer is needed is one InputError."""
+    import numpy as np
+
+    from evo_cli.generation import run_generate
+    from evo_cli.io.generated import read_generations_jsonl
+
+    model = tiny_models["evo2"]
+    want = generate(model, "ACGTAC", 4, top_k=4, temperature=0.5, num_samples=2, seed=3)
+    got = generate(model, "ACGTAC", np.int64(4), top_k=np.int64(4), temperature=np.float32(0.5), num_samples=np.int32(2),
+                   seed=np.uint32(3), batch_size=np.int64(1), prefill_chunk=np.int64(2))
+    assert got == want
+    out = tmp_path / "g.jsonl"
+    gens, _ = run_generate(model, "ACGTAC", np.int64(4), out, top_k=np.int64(4), temperature=np.float32(0.5),
+                           num_samples=np.int64(2), seed=np.int64(3), batch_size=np.int64(1))
+    assert gens == want and [r["token_ids"] for r in read_generations_jsonl(out)] == [list(g.token_ids) for g in want]
+    for kw, message in [(dict(n_tokens=2.5), "n_tokens must be an integer, got 2.5"),
+                        (dict(num_samples=2.0), "num_samples must be an integer, got 2.0"),
+                        (dict(seed=1.5), "seed must be an integer, got 1.5")]:
+        with pytest.raises(InputError, match=message):
+            generate(model, "ACGT", **{"n_tokens": 3, **kw})

@@ -162,6 +162,21 @@ def fake_download(env, monkeypatch):
     return calls
 
 
+def test_a_merged_file_is_not_downloaded_again(fake_download, env):
+    """With the parts merged by the evo2 package (and deleted), `evo download` fetched all 82 GB again and
+    `evo models` said missing, though the loader uses the merged file."""
+    merged = env.parent / "evo2_40b.pt"
+    merged.parent.mkdir(parents=True, exist_ok=True)
+    merged.write_bytes((TINY_A / "weights.pt").read_bytes())
+    assert hub.download_model("evo2_40b") == merged and fake_download == []
+    res = CliRunner().invoke(cli, ["download", "evo2_40b"])
+    assert res.exit_code == 0 and res.stdout.strip() == str(merged) and fake_download == []
+    rows = {r["name"]: r for r in hub.list_models()}
+    assert rows["evo2_40b"]["cached"] == "cached" and rows["evo2_40b"]["path"] == str(merged)
+    assert rows["evo2_40b"]["size_on_disk"] == merged.stat().st_size
+    assert rows["evo2_40b_base"]["cached"] == "missing" and rows["evo2_40b_base"]["path"] is None
+
+
 def test_download_then_cached(fake_download, env):
     path = hub.download_model("evo2_40b")
     assert fake_download == [dict(repo_id="arcinstitute/evo2_40b", revision=COMMIT, cache_dir=str(env),
@@ -213,6 +228,36 @@ def test_evo_models_lists_all_ten_and_the_bundled_one(env):
     assert rows["evo2_7b"]["path"].endswith("/evo2_7b.pt") and Path(rows["evo2_7b"]["path"]).is_file()
     assert rows["evo2_40b"]["cached"] == "missing" and rows["evo2_40b"]["needs_fp8"]
     assert rows["evo-1-131k-base"]["revision"] == "1.1_fix"
+
+
+def test_evo_models_on_an_80_column_terminal_cuts_no_name(env):
+    """A terminal too narrow for the rich table gets the plain lines: rich cut the names to 'evo2_…'."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    master, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "evo_cli.cli.main", "models"], stdout=child, stderr=subprocess.PIPE,
+                            env={**os.environ, "COLUMNS": "80"})
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait() == 0, proc.stderr.read()
+    out = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode())
+    names = [*registry.MODELS, *registry.BUNDLED]
+    lines = [line.split() for line in out.splitlines()]
+    assert [line[0] for line in lines if line and line[0] in names] == names, out
+    assert "blocks.16.mlp.l3" in out and "Hugging Face cache: " in out
 
 
 def test_evo_download_prints_the_snapshot(env):

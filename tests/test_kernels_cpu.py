@@ -374,7 +374,8 @@ def test_a_slow_first_compilation_says_so_once(monkeypatch, caplog):
             _numba.ready(kernel, args)
             assert kernel.overloads and kernel(*args) == 3.0 + kernels.index(kernel)
     assert [r.getMessage() for r in caplog.records] == [
-        "compiling the CPU kernels (numba; the first run on a machine only, 10-20 s)"]
+        "preparing the CPU kernels (numba compiles them on the first run on a machine, 10-20 s; later runs load "
+        "them from its cache)"]
 
 
 _FRESH_OR_CACHED = """

@@ -51,3 +51,23 @@ def test_set_kernels_switches_every_op():
     assert torch.allclose(got, want, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="unknown kernel backend 'cuda'"):
         model.set_kernels("cuda")
+
+
+def test_a_kernel_backend_from_the_environment_says_so(monkeypatch):
+    """EVO_KERNELS's value, when it is wrong or cannot run, is named as coming from the environment (as
+    EVO_FP8's is); the same value given as an argument is not."""
+    import torch
+
+    from evo_cli import runtime
+    from evo_cli.errors import InputError
+
+    monkeypatch.setenv("EVO_KERNELS", "bogus")
+    with pytest.raises(InputError, match=r"'bogus' \(from EVO_KERNELS\)"):
+        runtime.resolve_kernels(None)
+    monkeypatch.setenv("EVO_KERNELS", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(InputError, match=r"needs TRITON_INTERPRET=1 .*\(from EVO_KERNELS\)"):
+        runtime.resolve_kernels(None, [torch.device("cpu")])
+    with pytest.raises(InputError, match=r"unknown kernel backend 'bogus' \(use"):
+        runtime.resolve_kernels("bogus")
+    assert runtime.resolve_kernels("torch") == "torch"

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import evo_cli
+from evo_cli import registry
 from evo_cli import selftest as st
+from evo_cli.errors import InputError
 
 from .fp8util import write_fp8_checkpoint
 from .test_cli_score_variants import evo
@@ -46,6 +48,9 @@ def test_selftest_on_a_tiny_fp8_model(tmp_path, monkeypatch):
     ckpt = write_fp8_checkpoint(tmp_path / "tiny")
     monkeypatch.setattr(st, "upstream_prompts", lambda: SHORT)
     model = evo_cli.load_model(ckpt, device="cpu", fp8="emulate")
+    # the tiny model stands for evo2_1b_base, whose architecture the test checks
+    published = registry.model_config
+    monkeypatch.setattr(registry, "model_config", lambda n: model.config if n == "evo2_1b_base" else published(n))
     losses = []
     for _, seq in SHORT:
         ids = torch.tensor(list(seq.encode()))
@@ -62,3 +67,26 @@ def test_selftest_on_a_tiny_fp8_model(tmp_path, monkeypatch):
     assert code == 0 and out.splitlines()[-1].startswith("PASS evo2_1b_base")
     code, out, _ = evo("selftest", "-m", ckpt, "--expected", "evo2_1b_base", "--fp8", "off")
     assert code == 1 and "fp8 off" in out
+
+
+def test_another_architecture_is_refused_before_the_test():
+    """evo2's numbers hold for one architecture: another model ran the whole test and printed FAIL, as if
+    this install computed wrong numbers."""
+    code, out, err = evo("selftest", "-m", "evo-demo", "--expected", "evo2_1b_base")
+    assert code == 1 and out == "" and err.count("\n") == 1, (out, err)
+    assert err.startswith("evo: error: evo-demo has 8 layers (SMLASMLS) of width 128, evo2_1b_base 25 (SMLASMLSMLA")
+    assert err.rstrip().endswith("of width 1920: evo2's test numbers for evo2_1b_base do not apply to it "
+                                 "(check --model and --expected)")
+    with pytest.raises(InputError, match=r"evo-demo has 8 layers \(SMLASMLS\) of width 128, evo2_7b 32 "):
+        st.run_selftest(evo_cli.load_model("evo-demo", device="cpu"), "evo2_7b", SHORT)
+
+
+@pytest.mark.parametrize("args, message", [
+    # neither a path nor a name: said so, not "evo2's test records numbers for ... only"
+    (["-m", "evo2-1b"], "evo2-1b: no such checkpoint file or directory, nor a published model name (did you mean "),
+    (["-m", "evo-demo"], "evo-demo: evo2's test records numbers for evo2_40b, "),
+])
+def test_model_errors(args, message):
+    code, out, err = evo("selftest", *args)
+    assert code == 1 and out == "" and err.startswith(f"evo: error: {message}") and err.count("\n") == 1, err
+    assert "--expected" not in err

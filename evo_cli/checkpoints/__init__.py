@@ -81,7 +81,10 @@ def fp8_mode(ckpt: Checkpoint, fp8: str | None, device: torch.device) -> str:
 def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, ModelConfig | None]:
     """An existing path as given; a published model name (``evo models``) -> (its weights in the Hugging
     Face cache, downloaded unless cached or ``download`` is False or HF_HUB_OFFLINE is set, and its
-    packaged config). An existing path wins over a name."""
+    packaged config). An existing path wins over a name. An empty name is an error (``Path("")`` is the
+    current folder: an unset ``$MODEL`` would load whatever is there)."""
+    if not str(model).strip():
+        raise CheckpointError("no model given: the model name or path is empty (see `evo models`)")
     path = Path(model)
     if path.exists():
         return path, None
@@ -98,7 +101,8 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
 
     Reads the config and one tensor, never the whole set of weights. A published model whose weights
     are not in the cache is described from the config shipped with the package."""
-    spec = None if Path(model).exists() or str(model) in registry.BUNDLED else registry.get_spec(str(model))
+    spec = None if not str(model).strip() or Path(model).exists() or str(model) in registry.BUNDLED \
+        else registry.get_spec(str(model))
     try:
         path, published = resolve_checkpoint(model, download=False)
     except CheckpointError:

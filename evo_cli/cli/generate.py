@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from evo_cli.limits import MAX_BATCH_SIZE, MAX_GENERATIONS
 
 from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar
+
+
+def _finite(_ctx, _param, value):
+    # FloatRange lets nan through (every comparison with it is false) and inf past an open upper end
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 @click.command()
@@ -16,11 +25,11 @@ from .options import echo, full_command, hint_on_interrupt, load_model_cli, mode
               help="Prompts from a FASTA file (named by record id).")
 @click.option("-n", "--n-tokens", type=click.IntRange(min=1), default=500, show_default=True,
               help="Tokens to generate per sample (prompt + tokens must fit the model's context).")
-@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True, callback=_finite,
               help="Softmax temperature (> 0; 0 only with --top-k 1, greedy).")
 @click.option("--top-k", type=click.IntRange(min=0), default=4, show_default=True,
               help="Sample among the k most likely tokens; 1 = greedy, 0 = the whole vocabulary.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True, callback=_finite,
               help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
 @click.option("--num-samples", type=click.IntRange(1, MAX_GENERATIONS), default=1, show_default=True, help="Samples per prompt.")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
@@ -44,7 +53,7 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     """
     from evo_cli._version import __version__
     from evo_cli.generation import check_context, prepare_prompts, resolve_seed, run_generate
-    from evo_cli.io.atomic import check_output_path
+    from evo_cli.io.atomic import STDOUT, check_output_path
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.generated import output_format
     from evo_cli.io.partial import check_fresh
@@ -54,7 +63,7 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
         raise click.UsageError("give prompts with --prompt SEQ (repeatable) or --prompts FASTA, one of the two")
     if temperature == 0 and top_k != 1:
         raise click.UsageError("--temperature 0 means greedy decoding: add --top-k 1, or give a temperature > 0")
-    if resume and output == "-":
+    if resume and output in STDOUT:
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     if prompts_fasta:
         prompts = {r.id: r.sequence for r in read_fasta(prompts_fasta, uppercase=False, alphabet=None)}
@@ -64,7 +73,7 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     prompts = prepare_prompts(prompts)
     fmt = output_format(output, fmt)
     check_output_path(output, inputs=(prompts_fasta,))
-    if output != "-":
+    if output not in STDOUT:
         check_fresh(output, resume)
     rows = min(batch_size, len(prompts) * num_samples)
     lm = load_model_cli(model, device, dtype, kernels,
@@ -81,6 +90,6 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
                                             settings=run_settings(lm, {}), header=header, temperature=temperature,
                                             top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed,
                                             batch_size=batch_size, prefill_chunk=prefill_chunk, progress=advance)
-    where = "stdout" if output == "-" else output
+    where = "stdout" if output in STDOUT else output
     echo(f"generated {len(generations):,} sequence(s) x {n_tokens:,} tokens (seed {seed}) to {where}"
          + (f"; {resumed:,} done before resuming" if resumed else ""))

@@ -9,9 +9,17 @@ import click
 from .options import check_device, verbosity_options
 
 
+def _one_device(ctx, param, value):
+    # the model commands take a list (a split model); what info reports is resolved for one device
+    if value is not None and "," in value:
+        raise click.BadParameter(f"{value!r}: give one device (the runtime dtype is resolved for one; "
+                                 "every device of a split model gets the same)")
+    return check_device(ctx, param, value)
+
+
 @click.command()
 @click.option("-m", "--model", "model", required=True, metavar="NAME|PATH", help="Model name or checkpoint path.")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=check_device,
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=_one_device,
               help="Device the runtime dtype is resolved for (nothing is loaded on it).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
               help="Runtime dtype to report; auto is float32 on CPU, bfloat16 on GPUs.")

@@ -52,20 +52,26 @@ def models(as_json):
     table = [[r["name"], r["family"], _params(r["params_billions"]), _context(r["context"]), r["embedding_layer"],
               "E4M3 (TE scales)" if r["needs_fp8"] else "-", r["cached"],
               _gb(r["size_on_disk"]) if r["size_on_disk"] else "-", "~" + _gb(r["download_bytes"]) if r["download_bytes"] else "-"] for r in rows]
+    caption = f"Hugging Face cache: {hub_cache_dir()}\n{_FP8_NOTE}"
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(caption=f"Hugging Face cache: {hub_cache_dir()}\n{_FP8_NOTE}")
+        t = Table(caption=caption)
         for h in header:
             t.add_column(h, justify="right" if h in ("params", "context", "on disk", "download") else "left")
         for row in table:
             t.add_row(*row)
-        Console().print(t)
-        return
+        console = Console()
+        # a terminal too narrow for the table (80 columns) would get names cut to "evo2_…": plain lines instead
+        if console.measure(t, options=console.options.update_width(1 << 16)).maximum <= console.width:
+            console.print(t)
+            return
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     for row in [header, *table]:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    if sys.stdout.isatty():
+        click.echo(caption)
 
 
 _FP8_NOTE = ("fp8: models trained with FP8 projections run them with --fp8 auto: native on sm_89/sm_90 GPUs, "

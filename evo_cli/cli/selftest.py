@@ -18,10 +18,12 @@ def selftest(model, device, dtype, kernels, expected):
     """Run the evo2 repository's test on a published Evo 2 model: next-token cross-entropy over its four
     prompts, PASS when the mean is within 1e-3 of the value the test records for that model. Tells
     whether this hardware, dtype and --fp8 mode give the reference numbers."""
-    from evo_cli.selftest import TOLERANCE, check_selftest, projection_macs, run_selftest, upstream_prompts
+    from evo_cli.selftest import (TOLERANCE, check_architecture, check_selftest, projection_macs, run_selftest,
+                                  upstream_prompts)
 
     name = check_selftest(model, expected)
     net = load_model_cli(model, device, dtype, kernels)
+    check_architecture(net.config, name)  # before the CPU time estimate
     prompts = upstream_prompts()
     if net.fp8 == "emulate" and net.device.type == "cpu":
         hours = projection_macs(net.config, prompts) / 2e8 / 3600
