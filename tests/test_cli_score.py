@@ -188,8 +188,9 @@ def test_the_track_is_written_as_the_records_are_scored(track, tmp_path):
 def test_cli_resume_refuses_stdout_and_an_edited_fasta(tmp_path):
     fa = tmp_path / "in.fa"
     fa.write_text(format_fasta("s", "ACGTACGT"))
-    code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], "--resume")
-    assert code == 2 and "--resume needs an output file" in err
+    for output in ([], ["-o", "-"], ["-o", ""]):  # "" is stdout too: it failed after the model had loaded
+        code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], *output, "--resume")
+        assert code == 2 and "--resume needs an output file" in err and "scoring" not in err
     out = tmp_path / "o.tsv"
     partial = tmp_path / "o.tsv.evo-partial"
     partial.write_text(json.dumps({"format": "evo-partial/1", "settings": {}}) + "\n")
