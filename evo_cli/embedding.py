@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # pooled results are small: sort this many batches' worth of sequences by length to cut padding
 _SORT_WINDOW_BATCHES = 16
 
-_BLOCK_LAYER = re.compile(r"blocks\.(-?\d+)(\.mlp\.l3)?")
+_BLOCK_LAYER = re.compile(r"blocks\.(-?[0-9]+)(\.mlp\.l3)?")
 
 
 @dataclass
@@ -65,6 +65,14 @@ class Embedding:
     layer: str
     values: torch.Tensor
     start: int = 0
+
+
+def check_layer_name(name: str) -> None:
+    """InputError unless ``name`` has the form of a layer name (``resolve_layer`` also checks its block
+    index against a model): without a model, so that a typo is reported before one is loaded."""
+    if name not in ("embedding_layer", "norm") and not _BLOCK_LAYER.fullmatch(name):
+        raise InputError(f"unknown layer {name!r}: valid layers are embedding_layer, blocks.N, blocks.N.mlp.l3 "
+                         "(N a block index, negative counting from the end) and norm")
 
 
 def resolve_layer(config, name: str) -> str:
@@ -189,7 +197,7 @@ def _groups(lengths: list[int], batch_size: int, chunk_size: int, window: int) -
 @torch.inference_mode()
 def iter_embeddings(
     model,
-    sequences: Sequence[str],
+    sequences: str | Sequence[str],
     layers: str | Sequence[str] | None = None,
     pool: str = "mean",
     strand: str = "forward",
@@ -206,6 +214,8 @@ def iter_embeddings(
     """
     _check(pool, strand, batch_size, chunk_size)
     layers = resolve_layers(model.config, layers)
+    if isinstance(sequences, str):  # one sequence, as in ``embed``, not one per base
+        sequences = [sequences]
     for i, s in enumerate(sequences):
         if not s:
             raise InputError(f"sequence {i} is empty")
@@ -239,6 +249,11 @@ class _Runner:
         self.model, self.layers, self.pool, self.strand = model, layers, pool, strand
         self.chunk_size, self.capture, self.progress = chunk_size, capture, progress
         self.last_block = _last_block(layers)
+        # layer by layer (when the KV caches would not fit) only where every hook fires while the last
+        # block runs, chunk by chunk: that block's output and MLP, and the final norm after it
+        last = model.config.num_layers - 1 if self.last_block is None else self.last_block
+        in_last = {f"blocks.{last}", f"blocks.{last}.mlp.l3"} | ({"norm"} if self.last_block is None else set())
+        self.layerwise_ok = set(layers) <= in_last
 
     def _forward(self, ids):
         self.model(ids.to(self.model.device), return_logits=False, last_block=self.last_block)
@@ -246,9 +261,7 @@ class _Runner:
 
     def _chunks(self, ids) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """(start, {layer: [1, n, D]}) per chunk of a [1, L] sequence."""
-        # layer by layer (when the KV caches would not fit) only where the hooks all sit in the last block run
-        last = "norm" if self.last_block is None else f"blocks.{self.last_block}."
-        free = free_memory_bytes(self.model.device) if all(n.startswith(last) for n in self.layers) else None
+        free = free_memory_bytes(self.model.device) if self.layerwise_ok else None
         for start, _ in self.model.forward_long(ids.to(self.model.device), self.chunk_size, free_bytes=free,
                                                 return_logits=False, last_block=self.last_block):
             out = self.capture.take()
@@ -320,7 +333,7 @@ class _Runner:
 
 def embed(
     model,
-    sequences: str | Sequence[str],
+    sequences: str | Iterable[str],
     layers: str | Sequence[str] | None = None,
     pool: str = "mean",
     strand: str = "forward",
@@ -335,8 +348,8 @@ def embed(
     Sequences should be upper-case DNA: the tokenizer is case-sensitive, so a soft-masked (lower-case)
     base is another token (``evo embed`` upper-cases what it reads).
     """
-    if isinstance(sequences, str):
-        sequences = [sequences]
+    # a string is one sequence; any other iterable is read once, here (it is indexed below)
+    sequences = [sequences] if isinstance(sequences, str) else list(sequences)
     layers = resolve_layers(model.config, layers)
     pieces: dict[str, list[list[torch.Tensor]]] = {layer: [[] for _ in sequences] for layer in layers}
     for e in iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size):

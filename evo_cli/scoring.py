@@ -157,19 +157,23 @@ class SequenceScore:
         return _reduce(self.logprobs, "mean")
 
 
-def iter_sequence_scores(model, sequences: Iterable[str], prepend_bos: bool | None = None, batch_size: int = 8,
+def iter_sequence_scores(model, sequences: str | Iterable[str], prepend_bos: bool | None = None, batch_size: int = 8,
                          chunk_size: int | None = None,
                          progress: Callable[[int], None] | None = None) -> Iterator[SequenceScore]:
     """One ``SequenceScore`` per sequence, in input order, as they are computed.
 
-    ``sequences`` is read lazily, ``batch_size * 16`` at a time, batched by length within that window.
-    ``prepend_bos`` defaults to the family's reference; ``chunk_size``: score sequences longer than this
-    in chunks with a carried state (same numbers, bounded memory). Sequences should be upper-case DNA
-    (the tokenizer is case-sensitive). ``progress(n)``: called with the positions (tokens, BOS
-    included) of every forward call."""
+    ``sequences`` (a string is one sequence) is read lazily, ``batch_size * 16`` at a time, batched by
+    length within that window. ``prepend_bos`` defaults to the family's reference; ``chunk_size``:
+    score sequences longer than this in chunks with a carried state (same numbers, bounded memory;
+    None: never chunk). Sequences should be upper-case DNA (the tokenizer is case-sensitive).
+    ``progress(n)``: called with the positions (tokens, BOS included) of every forward call."""
     check_batch_size(batch_size)
+    # 0 would silently mean "never chunk" below (``chunk_size and ...``)
+    if chunk_size is not None and chunk_size < 1:
+        raise InputError(f"chunk size must be at least 1, not {chunk_size}")
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
-    it = iter(sequences)
+    # a string is one sequence, as in ``embed``: iterating it would score each base as a sequence
+    it = iter([sequences] if isinstance(sequences, str) else sequences)
     while window := list(itertools.islice(it, batch_size * _SORT_WINDOW_BATCHES)):
         lps = token_logprobs(model, [encode(s) for s in window], bos, batch_size, chunk_size, progress)
         for seq, lp in zip(window, lps, strict=True):
@@ -178,13 +182,14 @@ def iter_sequence_scores(model, sequences: Iterable[str], prepend_bos: bool | No
 
 def score_sequences(
     model,
-    sequences: list[str],
+    sequences: str | Iterable[str],
     reduce: str = "mean",
     prepend_bos: bool | None = None,
     batch_size: int = 8,
     chunk_size: int | None = None,
 ) -> list[float]:
-    """Mean (or sum) log-likelihood per sequence; ``prepend_bos`` defaults to the family's reference.
+    """Mean (or sum) log-likelihood per sequence (a string is one sequence: a list of one value);
+    ``prepend_bos`` defaults to the family's reference.
 
     Sequences should be upper-case DNA (the tokenizer is case-sensitive). ``chunk_size``: score
     sequences longer than this in chunks with a carried state (one pass's numbers within float32

@@ -130,8 +130,11 @@ def test_bad_fasta(tmp_path, capsys, text, match):
 
 
 def test_missing_fasta_bad_layer_and_stdout(tmp_path, capsys):
+    # a missing input is a bad file (exit 1, as in evo score), not a bad option
     code, err = run_failing(capsys, "--fasta", tmp_path / "nope.fa", "-o", tmp_path / "out.parquet", "--model", TINY)
-    assert code == 2 and "nope.fa' does not exist" in err
+    assert code == 1 and err == f"evo: error: {tmp_path / 'nope.fa'}: no such file\n"
+    code, err = run_failing(capsys, "--fasta", tmp_path, "-o", tmp_path / "out.parquet", "--model", TINY)
+    assert code == 1 and err == f"evo: error: {tmp_path}: is a directory, expected a FASTA file\n"
     fa = write_fasta(tmp_path / "in.fa", [("a", "ACGT")])
     code, err = run_failing(capsys, "--fasta", fa, "-o", tmp_path / "out.parquet", "--model", TINY, "--layer", "blocks.7")
     assert code == 1 and "unknown layer 'blocks.7'" in err and "blocks.N.mlp.l3" in err and err.count("\n") == 1
@@ -216,3 +219,17 @@ def test_cli_refuses_to_overwrite_progress_without_resume(tmp_path, capsys):
     assert code == 1 and "cannot resume, the settings differ" in err and "fasta_mtime_ns" in err
     res = run("--fasta", fa, "-o", tmp_path / "fresh.parquet", "--model", TINY, "--resume")  # nothing to resume: a new run
     assert res.exit_code == 0 and read_embeddings(tmp_path / "fresh.parquet").num_rows == 1
+
+
+@pytest.mark.parametrize("layer", ["3", "blocks.3.mlp", "blocks.x", "blocks.1.mlp.l1", "unembed", ""])
+def test_a_malformed_layer_fails_before_the_model_loads(tmp_path, capsys, monkeypatch, layer):
+    """A layer name of no known form is a bad option (exit 2), found before a model of minutes is loaded;
+    a block past the model's end is found once its config is known (exit 1, above)."""
+    import evo_cli.cli.embed
+
+    monkeypatch.setattr(evo_cli.cli.embed, "load_model_cli", lambda *a, **k: pytest.fail("the model was loaded"))
+    fa = write_fasta(tmp_path / "in.fa", [("a", "ACGT")])
+    code, err = run_failing(capsys, "--fasta", fa, "-o", tmp_path / "out.parquet", "--model", TINY, "--layer", "norm",
+                            "--layer", layer)
+    assert code == 2 and f"unknown layer {layer!r}" in err and "blocks.N.mlp.l3" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [fa]

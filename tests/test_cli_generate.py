@@ -88,6 +88,13 @@ def test_usage_errors(args, message):
     assert res.exit_code == 2 and message in res.output, res.output
 
 
+def test_a_missing_or_folder_prompts_file_is_a_bad_file(tmp_path):
+    """Exit 1 and the FASTA reader's words, as for `evo score --fasta` (click's own check said exit 2)."""
+    for path, message in ((tmp_path / "none.fa", "none.fa: no such file"), (tmp_path, "is a directory")):
+        res = _run(["--model", TINY, "--prompts", str(path)])
+        assert res.exit_code == 1 and isinstance(res.exception, InputError) and message in str(res.exception)
+
+
 def test_both_prompt_sources_is_a_usage_error(tmp_path):
     (tmp_path / "p.fa").write_text(">a\nACGT\n")
     res = _run(["--model", TINY, "-p", "ACGT", "--prompts", str(tmp_path / "p.fa")])

@@ -188,8 +188,9 @@ def test_the_track_is_written_as_the_records_are_scored(track, tmp_path):
 def test_cli_resume_refuses_stdout_and_an_edited_fasta(tmp_path):
     fa = tmp_path / "in.fa"
     fa.write_text(format_fasta("s", "ACGTACGT"))
-    code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], "--resume")
-    assert code == 2 and "--resume needs an output file" in err
+    for output in ([], ["-o", "-"], ["-o", ""]):  # "" is stdout too: it failed after the model had loaded
+        code, _, err = evo("score", "--fasta", fa, "-m", CASES[1], *output, "--resume")
+        assert code == 2 and "--resume needs an output file" in err and "scoring" not in err
     out = tmp_path / "o.tsv"
     partial = tmp_path / "o.tsv.evo-partial"
     partial.write_text(json.dumps({"format": "evo-partial/1", "settings": {}}) + "\n")
@@ -222,3 +223,35 @@ def test_a_resume_names_only_the_settings_that_differ(tmp_path):
         open_progress(out, {"batch_size": 8, "header": {**header, "batch_size": 8}}, True, 0)
     assert "batch_size: 4 then, 8 now, header.batch_size: 4 then, 8 now)" in str(e.value)
     assert "evo generate" not in str(e.value)
+
+
+def test_one_sequence_as_a_string_and_a_bad_chunk_size(tiny_models):
+    """A bare string is one sequence (as in ``evo_cli.embed``), not one sequence per character; a chunk
+    size below 1 is an error, not "no chunking"."""
+    from evo_cli.scoring import iter_sequence_scores
+
+    model = tiny_models["evo2"]
+    seq = "ACGTTGCAAGGT"
+    want = evo_cli.score_sequences(model, [seq], reduce="sum")
+    assert len(want) == 1 and want[0] < 0
+    assert evo_cli.score_sequences(model, seq, reduce="sum") == want
+    assert [s.length for s in iter_sequence_scores(model, seq)] == [len(seq)]
+    for bad in (0, -3):
+        with pytest.raises(evo_cli.InputError, match=f"chunk size must be at least 1, not {bad}"):
+            evo_cli.score_sequences(model, [seq], chunk_size=bad)
+
+
+@pytest.mark.parametrize("args", [["-o", "s.parquet", "--format", "tsv"], ["-o", "s.tsv", "--format", "parquet"],
+                                  ["-o", "p.bedGraph", "--format", "tsv", "--bedgraph", "p.bedGraph"]])
+def test_conflicting_outputs_fail_before_the_model_loads(tmp_path, monkeypatch, args):
+    """--format naming another table format than the output's extension (a text file named .parquet),
+    and two outputs on one file, are usage errors caught before any work."""
+    import evo_cli.cli.score
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.fa").write_text(format_fasta("s", "ACGTACGT"))
+    monkeypatch.setattr(evo_cli.cli.score, "load_model_cli", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], *args)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert ("are both" in err) if "--bedgraph" in args else ("contradicts" in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]

@@ -234,9 +234,10 @@ def test_bad_inputs_end_in_one_line(tmp_path):
         code, _, err = evo("score-variants", "-m", TINY, "--window", 64, *args)
         assert code != 0 and message in err and "Traceback" not in err, err
         assert len([line for line in err.splitlines() if line.strip()]) == 1, err
-    code, _, err = evo("score-variants", "-m", TINY, "--vcf", SNVS, "--fasta", FA, "-o", "-", "--resume")
-    assert code == 2 and err == ("evo: error: --resume needs an output file (-o PATH), not stdout "
-                                 "(see `evo score-variants --help`)\n")  # a usage error, in one line
+    for output in ("-", ""):  # "" is stdout too: it failed after the model had loaded
+        code, _, err = evo("score-variants", "-m", TINY, "--vcf", SNVS, "--fasta", FA, "-o", output, "--resume")
+        assert code == 2 and err == ("evo: error: --resume needs an output file (-o PATH), not stdout "
+                                     "(see `evo score-variants --help`)\n")  # a usage error, in one line
     # a VCF none of whose contigs is in the FASTA: an error naming the first contigs of both, before the model loads
     out = tmp_path / "none.vcf"
     code, _, err = evo("score-variants", "-m", tmp_path / "no_model", "--window", 64, "--vcf",

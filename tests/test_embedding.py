@@ -197,3 +197,40 @@ def test_a_hook_on_the_mlp_keeps_what_the_layer_computed(tiny_models, module):
                 h.remove()
         want = mlp.l1(seen["x"])
         assert torch.equal(seen["out"], mlp.act(want) if module.endswith("act") else want)
+
+
+@pytest.mark.parametrize("layers", [["blocks.11"], ["blocks.11", "blocks.11.mlp.l3"], ["norm", "blocks.13"],
+                                    ["norm", "blocks.13.mlp.l3"]])
+def test_the_deepest_block_output_runs_layer_by_layer(monkeypatch, layers):
+    """A block's own output (``blocks.N``) and the last block beside ``norm`` sit in the last block run:
+    when the KV caches would not fit they run layer by layer too (only ``blocks.N.mlp.l3`` did), with the
+    chunked run's numbers."""
+    import evo_cli.embedding as embedding
+    from evo_cli.model.init import random_model
+
+    # 14 layers of the Evo 2 motif: blocks 3 and 10 are attention, so layer by layer needs less memory
+    model = random_model(motif_config("evo2", hidden_size=16, num_layers=14, head_dim=8, state_size=4, name="t14"),
+                         seed=3)
+    seq = random_dna(70, 1)
+    kw = dict(layers=layers, pool="none", chunk_size=32)
+    chunked = list(iter_embeddings(model, [seq], **kw))
+    used = []
+    real = model.forward_layerwise
+    monkeypatch.setattr(model, "forward_layerwise", lambda *a, **k: (used.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(embedding, "free_memory_bytes", lambda device: 0)
+    got = list(iter_embeddings(model, [seq], **kw))
+    assert used == [1]
+    assert [(e.layer, e.start) for e in got] == [(e.layer, e.start) for e in chunked]
+    assert max((a.values - b.values).abs().max().item() for a, b in zip(got, chunked)) < 1e-5
+
+
+def test_embed_takes_any_iterable_of_sequences(tiny_models):
+    """A generator of sequences (``score_sequences`` takes one) ended in an IndexError."""
+    model = tiny_models["evo2"]
+    seqs = [random_dna(9, 1), random_dna(5, 2)]
+    want = embed(model, seqs, ["blocks.2"])["blocks.2"]
+    assert want.shape == (2, 32)
+    assert torch.equal(embed(model, (s for s in seqs), ["blocks.2"])["blocks.2"], want)
+    assert torch.equal(embed(model, seqs[0], ["blocks.2"])["blocks.2"], want[:1])
+    # a string is one sequence in the streaming form too, not one per base
+    assert [(e.index, e.layer) for e in iter_embeddings(model, seqs[0], ["blocks.2"])] == [(0, "blocks.2")]

@@ -132,7 +132,7 @@ def test_records_stream_before_the_file_is_read(tmp_path, monkeypatch):
         def __iter__(self):
             return self._it
 
-    monkeypatch.setattr(fasta, "open_text", lambda p: GeneratorFile())
+    monkeypatch.setattr(fasta, "_as_text", lambda raw, errors="replace": raw.close() or GeneratorFile())
     records = fasta.iter_fasta(path)
     assert next(records) == fasta.FastaRecord("a", "", "ACGT")
     assert len(served) == 3  # a's lines and the header that ends it
@@ -154,3 +154,54 @@ def test_truncated_gzip_yields_the_records_before_the_damage(tmp_path):
     assert next(records).sequence == "ACGT"
     with pytest.raises(InputError, match=r"t\.fa\.gz: cannot read \("):
         next(records)
+
+
+@pytest.mark.parametrize("magic,what", [(b"BZh91AY&SY", "bzip2"), (b"\xfd7zXZ\x00\x00", "xz"),
+                                        (b"\x28\xb5\x2f\xfd\x00", "zstd"), (b"PK\x03\x04\x14\x00", "zip"),
+                                        (">a\nACGT\n".encode("utf-16"), "UTF-16")])
+def test_other_compressions_and_utf16_are_named(tmp_path, magic, what):
+    """A FASTA compressed with another tool than gzip, or saved as UTF-16, was called "not FASTA"."""
+    path = tmp_path / "x.fa"
+    path.write_bytes(magic + b"\x00" * 20)
+    with pytest.raises(InputError) as err:
+        read_fasta(path)
+    assert str(err.value).startswith(f"{path}: {what}") and "plain, gzip or bgzip" in str(err.value)
+
+
+def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    path = _write(tmp_path, ">a\nACGT\n")
+    real = builtins.open
+
+    def no_permission(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_permission)
+    with pytest.raises(InputError, match=r"x\.fa: cannot read \(Permission denied\)"):
+        read_fasta(path)
+
+
+def test_a_pipe_is_read_once(tmp_path):
+    """A FASTA from a pipe (``--fasta <(zcat x.fa.gz)``), plain or gzip: the file is opened once and its
+    magic bytes peeked, where a second open of the pipe waited for a writer that had gone (the reads
+    run in threads, so that such a wait fails the test instead of hanging it)."""
+    import gzip
+    import os
+    import threading
+
+    from evo_cli.io.fasta import read_fasta
+
+    text = b">a desc\nACGT\nAC\n>b\nGGTT\n"
+    for data in (text, gzip.compress(text)):
+        fifo = tmp_path / f"p{len(data)}"
+        os.mkfifo(fifo)
+        got = []
+        threads = [threading.Thread(target=lambda: fifo.write_bytes(data), daemon=True),
+                   threading.Thread(target=lambda: got.extend((r.id, r.sequence) for r in read_fasta(fifo)), daemon=True)]
+        for t in threads:
+            t.start()
+        threads[1].join(10)
+        assert not threads[1].is_alive() and got == [("a", "ACGTAC"), ("b", "GGTT")]

@@ -11,10 +11,24 @@ from evo_cli.limits import MAX_BATCH_SIZE
 from .options import echo, full_command, hint_on_interrupt, is_quiet, load_model_cli, model_options, progress_bar
 
 
+def _check_layers(_ctx, _param, names):
+    """Layer names of no known form are bad options, found before the model loads (which can take minutes)."""
+    from evo_cli.embedding import check_layer_name
+    from evo_cli.errors import InputError
+
+    for name in names:
+        try:
+            check_layer_name(name)
+        except InputError as err:
+            raise click.BadParameter(str(err)) from None
+    return names
+
+
 @click.command()
-@click.option("--fasta", required=True, type=click.Path(exists=True, dir_okay=False), help="Input sequences (plain or gzipped FASTA).")
+# a missing or unreadable FASTA is a bad file (exit 1, read_fasta's message), as in `evo score`
+@click.option("--fasta", required=True, metavar="PATH", help="Input sequences (plain or gzipped FASTA).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
-@click.option("--layer", "layers", multiple=True, metavar="NAME",
+@click.option("--layer", "layers", multiple=True, metavar="NAME", callback=_check_layers,
               help="Layer to embed (repeatable): embedding_layer, blocks.N, blocks.N.mlp.l3 or norm; negative N counts "
                    "from the end. Default: the model's recommended layer, else the middle block's MLP output.")
 @click.option("--pool", type=click.Choice(POOLINGS), default="mean", show_default=True,

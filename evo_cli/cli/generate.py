@@ -21,7 +21,7 @@ def _finite(_ctx, _param, value):
 @click.command()
 @click.option("-p", "--prompt", "prompt_seqs", multiple=True, metavar="SEQ",
               help="A DNA prompt (repeatable; named prompt1, prompt2, ...).")
-@click.option("--prompts", "prompts_fasta", type=click.Path(exists=True, dir_okay=False), metavar="FASTA",
+@click.option("--prompts", "prompts_fasta", metavar="FASTA",
               help="Prompts from a FASTA file (named by record id).")
 @click.option("-n", "--n-tokens", type=click.IntRange(min=1), default=500, show_default=True,
               help="Tokens to generate per sample (prompt + tokens must fit the model's context).")

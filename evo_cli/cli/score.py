@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from evo_cli.io.atomic import STDOUT
 from evo_cli.io.fasta import STRANDS
 from evo_cli.limits import MAX_BATCH_SIZE
 
@@ -53,7 +54,7 @@ def score_variants(vcf, fasta, output, fmt, window, strand, regions, reduce, bed
     from evo_cli.io.vcf import read_bed
     from evo_cli.variants import DEFAULT_WINDOW, check_output, check_variants, run_score_variants
 
-    if resume and output == "-":
+    if resume and output in STDOUT:
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     # check the output, read the VCF and check REF before loading the model: bad input fails in seconds
     fmt = check_output(output, fmt, resume, inputs=(vcf, fasta, bed))
@@ -126,6 +127,14 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
     from evo_cli.runs import output_metadata, run_settings
     from evo_cli.scoring import default_prepend_bos, run_score
 
+    if fmt and output != "-":
+        from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension
+
+        # a TSV named .parquet (or the reverse) would fail whatever reads it by its name
+        named = format_from_extension(output, TABLE_EXTENSIONS)
+        if named and named != fmt:
+            raise click.UsageError(f"--format {fmt} contradicts -o {output} (a {named} name): drop --format or "
+                                   "rename the output")
     fmt = check_table_output(output, fmt)
     if per_position:
         check_table_output(per_position)
@@ -135,10 +144,12 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
         check_track_output(bedgraph)
     if per_position and _same_output(output, per_position):
         raise click.UsageError(f"--per-position and -o are both {output}: give them different files")
-    if resume and output == "-":
+    if bedgraph and _same_output(output, bedgraph):  # possible with --format: -o x.bedGraph --format tsv
+        raise click.UsageError(f"--bedgraph and -o are both {output}: give them different files")
+    if resume and output in STDOUT:
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     # every output location is checked before any work
-    for path in (output, per_position):
+    for path in (output, per_position, bedgraph):
         check_output_path(path, inputs=(fasta,))
     if output != "-":
         check_fresh(output, resume)

@@ -44,11 +44,46 @@ def open_text(path: str | Path, errors: str = "replace") -> TextIO:
     """A text file, plain or gzip/bgzip (by its magic bytes), as UTF-8 (a byte-order mark at its start,
     which some Windows editors write, is dropped). ``errors``: what undecodable bytes become
     (``replace``: U+FFFD; ``surrogateescape``: they pass through to a writer unchanged)."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", errors=errors)
-    return open(path, encoding="utf-8-sig", errors=errors)
+    return _as_text(open(path, "rb"), errors)
+
+
+def _as_text(fh: io.BufferedReader, errors: str = "replace") -> TextIO:
+    """``open_text`` of a binary file at its start, which it then owns. The magic bytes are peeked, not
+    read, so that the file is opened once: a pipe (``--fasta <(zcat x.fa.gz)``) cannot be opened again."""
+    try:
+        if fh.peek(2)[:2] == b"\x1f\x8b":
+            return io.TextIOWrapper(_OwnedGzip(fh), encoding="utf-8-sig", errors=errors)
+        return io.TextIOWrapper(fh, encoding="utf-8-sig", errors=errors)
+    except BaseException:
+        fh.close()
+        raise
+
+
+class _OwnedGzip(gzip.GzipFile):
+    """A GzipFile over an open file that closes that file too, as ``gzip.open`` does for a path."""
+
+    def __init__(self, fh):
+        super().__init__(fileobj=fh, mode="rb")
+        self._owned = fh
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            self._owned.close()
+
+
+# what a file that gzip cannot open may be, by its first bytes: named, rather than called "not FASTA"
+_OTHER_ENCODINGS = {b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed", b"\x28\xb5\x2f\xfd": "zstd-compressed",
+                    b"PK\x03\x04": "zip archive", b"\xff\xfe": "UTF-16 text", b"\xfe\xff": "UTF-16 text"}
+
+
+def _check_encoding(path: Path, head: bytes) -> None:
+    """``head``: the file's first bytes."""
+    for magic, what in _OTHER_ENCODINGS.items():
+        if head.startswith(magic):
+            raise InputError(f"{path}: {what}; evo reads plain, gzip or bgzip FASTA (UTF-8 or ASCII text): "
+                             f"decompress it, recompress it with bgzip, or save it as UTF-8")
 
 
 def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | None = DNA_CODES) -> Iterator[FastaRecord]:
@@ -65,9 +100,18 @@ def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | N
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a FASTA file")
+    try:
+        raw = open(path, "rb")  # once (see _as_text)
+    except OSError as err:  # no read permission, say
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        _check_encoding(path, raw.peek(6)[:6])
+    except BaseException:
+        raw.close()
+        raise
     seen: set[str] = set()
     lowered = 0
-    with open_text(path) as fh:
+    with _as_text(raw) as fh:
         header, start_line, chunks = None, 0, []
         lines = _lines(fh)  # streamed: memory holds one record, whatever the file's size
         while True:
