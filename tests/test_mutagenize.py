@@ -180,6 +180,9 @@ def test_bad_inputs_end_in_one_line(tmp_path, monkeypatch):
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", TINY, "-o", tmp_path / "o.vcf")
     assert code == 1 and "cannot tell the output format" in err
+    for output in ("-", ""):  # "" is stdout too: it was refused only after the model had loaded
+        code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", "x", "-o", output, "--resume")
+        assert code == 2 and "--resume needs an output file" in err, err
     # without matplotlib: one line naming the extra, before any model is loaded
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", "x", "-o", tmp_path / "o.tsv",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from evo_cli.io.atomic import STDOUT
 from evo_cli.io.fasta import STRANDS
 from evo_cli.limits import MAX_BATCH_SIZE
 
@@ -57,7 +58,7 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
     from evo_cli.mutagenesis import check_inputs, check_outputs, run_mutagenize
     from evo_cli.variants import DEFAULT_WINDOW
 
-    if resume and output == "-":
+    if resume and output in STDOUT:
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     # every check that needs no model first: bad input fails in seconds
     fmt = check_outputs(output, fmt, plot=plot, bedgraph=bedgraph, resume=resume, inputs=(fasta, bed))
