@@ -43,7 +43,7 @@ from evo_cli.io.vcf import Region, write_bgzipped_vcf
 from evo_cli.runs import output_metadata, run_settings
 from evo_cli.runtime import non_finite_error
 from evo_cli.scoring import score_windows, variant_windows
-from evo_cli.variants import REDUCE_TEXT, check_run_options, info_fields
+from evo_cli.variants import REDUCE_TEXT, SHORT_WINDOW, check_run_options, info_fields
 
 BASES = "ACGT"
 COLUMNS = [("chrom", "str"), ("pos", "int"), ("ref", "str"), ("alt", "str"), ("ref_ll", "float"),
@@ -198,7 +198,7 @@ def _site_windows(reference: Reference, contig: str, start: int, ref: str, windo
     if len(ref_window) < 2:
         # a window scores bases 2..n: one base (a 1-base record, or --window 2 at a contig start)
         # has no score, not a mean of NaN or a sum of 0
-        return "window_under_2_bases"
+        return SHORT_WINDOW
     if not set(ref_window).union(*alt_windows) <= DNA_CODES:
         return "non_dna_reference"
     windows = [(ref_window, alt_windows)]

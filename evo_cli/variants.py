@@ -63,11 +63,15 @@ TELOMERE = "telomere"  # POS 0
 PAST_END = "past_contig_end"  # REF runs past the end of the FASTA contig
 REF_MISMATCH = "ref_mismatch"
 NON_DNA = "non_dna_reference"
+# a window scores its bases 2..n: one base (--window 2 at a contig's first base) has no score
+SHORT_WINDOW = "window_under_2_bases"
 # every reason an ALT is not scored, in the order the README lists them
-SKIP_STATUSES = (NO_ALT, STAR, SYMBOLIC, BREAKEND, INVALID, TELOMERE, CONTIG_MISSING, NON_DNA, PAST_END, REF_MISMATCH)
+SKIP_STATUSES = (NO_ALT, STAR, SYMBOLIC, BREAKEND, INVALID, TELOMERE, CONTIG_MISSING, NON_DNA, SHORT_WINDOW, PAST_END,
+                 REF_MISMATCH)
 # what the progress file's results are: bumped when a stored status changes meaning (2: past_contig_end,
-# earlier stored as ref_mismatch), so that a resumed run never mixes the two
-RESULTS = "score-variants/2"
+# earlier stored as ref_mismatch; 3: window_under_2_bases, earlier an error or, summed, a delta of 0),
+# so that a resumed run never mixes the two
+RESULTS = "score-variants/3"
 # the Evo 2 BRCA1 notebook's window
 DEFAULT_WINDOW = 8192
 OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")
@@ -169,6 +173,8 @@ def _site(rec: VcfRecord, reference: Reference, window: int, strand: str, skip_r
     ok = [i for i, s in enumerate(statuses) if s == OK]
     ref_window, alt_windows = variant_windows(lambda a, b: reference.fetch(contig, a, b), reference.length(contig),
                                               rec.start, rec.ref, [rec.alts[i] for i in ok], window)
+    if len(ref_window) < 2:
+        return _Site(rec, [SHORT_WINDOW if s == OK else s for s in statuses], [])
     if not set(ref_window).union(*alt_windows) <= DNA_CODES:
         return _Site(rec, [NON_DNA if s == OK else s for s in statuses], [])
     alts: list[str | None] = [None] * len(statuses)

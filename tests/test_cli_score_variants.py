@@ -439,6 +439,23 @@ STATUSES = {"ok_star": ("ok", "star_allele"), "mismatch": ("ref_mismatch", "ref_
             "nocontig": ("contig_not_in_fasta",)}
 
 
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_a_window_of_one_base_is_not_scored(tmp_path, reduce):
+    """--window 2 at a contig's first base holds that base alone, and a window scores its bases 2..n: the
+    status window_under_2_bases, where the mean was NaN (an error blaming the checkpoint) and the sum 0."""
+    contig, seq = read_fasta(FA)[0].id, read_fasta(FA)[0].sequence
+    vcf = tmp_path / "w.vcf"
+    vcf.write_text(f"##fileformat=VCFv4.2\n##contig=<ID={contig}>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{contig}\t1\tfirst\t{seq[0]}\t{'C' if seq[0] != 'C' else 'G'}\t.\t.\t.\n"
+                   f"{contig}\t2\tsecond\t{seq[1]}\t{'C' if seq[1] != 'C' else 'G'}\t.\t.\t.\n")
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 2, "--reduce", reduce,
+                       "-o", tmp_path / "w.tsv")
+    assert code == 0, err
+    df = pd.read_csv(tmp_path / "w.tsv", sep="\t")
+    assert df.status.tolist() == ["window_under_2_bases", "ok"] and df.delta.isna().tolist() == [True, False]
+    assert "skipped 1: window_under_2_bases 1" in err
+
+
 def test_past_contig_end_is_its_own_status(tmp_path):
     """A REF that starts or ends past its contig's end is past_contig_end, not ref_mismatch: an error naming the
     contig's length, or with --skip-ref-mismatch a status counted in the summary (the contig's last base scores)."""
@@ -524,7 +541,7 @@ def test_resume_keeps_the_statuses_and_refuses_older_results(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_score_variants(model, vcf, FA, out, progress=_interrupt_after(2), **kw)
     head, *chunks = partial.read_text().splitlines()
-    assert json.loads(head)["settings"]["results"] == RESULTS == "score-variants/2" and len(chunks) == 2
+    assert json.loads(head)["settings"]["results"] == RESULTS == "score-variants/3" and len(chunks) == 2
     evo_cli.score_variants(model, vcf, FA, out, resume=True, **kw)
     assert out.read_bytes() == expected and not partial.exists()
     # an older progress file: its past-the-end records were stored as ref_mismatch
@@ -535,7 +552,7 @@ def test_resume_keeps_the_statuses_and_refuses_older_results(tmp_path):
     old = json.loads(head)
     del old["settings"]["results"]
     partial.write_text("\n".join([json.dumps(old, sort_keys=True), *chunks]) + "\n")
-    with pytest.raises(evo_cli.InputError, match=r"settings differ \(results: None then, 'score-variants/2' now\)"):
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(results: None then, 'score-variants/3' now\)"):
         evo_cli.score_variants(model, vcf, FA, out, resume=True, **kw)
     assert partial.exists() and not out.exists()
 
@@ -549,4 +566,4 @@ def test_every_status_is_documented():
     assert [s for s in SKIP_STATUSES if f"`{s}`" not in listed] == []
     assert "`ok`" in listed and "`EVO_STATUS`" in readme
     assert all(s in STATUS_FIELD.description for s in SKIP_STATUSES)
-    assert len(set(SKIP_STATUSES)) == 10 and "past_contig_end" in SKIP_STATUSES
+    assert len(set(SKIP_STATUSES)) == 11 and {"past_contig_end", "window_under_2_bases"} <= set(SKIP_STATUSES)
