@@ -311,3 +311,19 @@ def test_an_empty_model_name_is_an_error_not_the_current_folder(tmp_path, monkey
             evo_cli.load_model(name, device="cpu")
         with pytest.raises(CheckpointError, match="the model name or path is empty"):
             describe_checkpoint(name)
+
+
+def test_a_directory_with_two_checkpoints_is_refused_and_each_file_loads_as_itself(tmp_path, ids):
+    """A vortex ``weights.pt`` + yml beside a native conversion: before, the directory loaded whichever
+    the search found first, and ``weights.pt`` passed by name was read through the native config.json
+    (identity key map: the vortex rows taken as ours, silently wrong logits)."""
+    native = evo_cli.convert_checkpoint(TINY_A, tmp_path / "native")
+    both = _copy(native, tmp_path / "both")
+    for name in ("weights.pt", "config.yml"):
+        shutil.copy(TINY_A / name, both / name)
+    message = _error(both, r"holds two checkpoints, safetensors \(model-00001-of-00001.safetensors\) and a PyTorch "
+                           r"file \(weights.pt\); pass the weights file")
+    assert str(both) in message
+    want = _logits(evo_cli.load_model(TINY_A, device="cpu"), ids)
+    for path in (both / "weights.pt", both / "model.safetensors.index.json"):
+        torch.testing.assert_close(_logits(evo_cli.load_model(path, device="cpu"), ids), want, rtol=0, atol=1e-5)

@@ -206,10 +206,20 @@ def _yaml_family(d: dict) -> str | None:
 
 
 def _find_weights(directory: Path) -> tuple[str, list[Path]]:
-    """(kind, files) of the weights in ``directory``: kind is ``safetensors`` or ``torch``."""
+    """(kind, files) of the weights in ``directory``: kind is ``safetensors`` or ``torch``.
+
+    Hugging Face safetensors shards win over ``pytorch_model*.bin`` (the same weights, as Hugging Face
+    loads them), but safetensors beside a vortex ``*.pt`` are two checkpoints: which one was meant is
+    the user's to say (the config of one would be read with the weights of the other)."""
+    st = sorted(directory.glob("model*.safetensors"))
+    if (directory / "model.safetensors.index.json").is_file() or st:
+        pt = sorted([*directory.glob("*.pt"), *directory.glob("*.pt.part0")])
+        if pt:
+            shown = (st[0] if st else directory / "model.safetensors.index.json").name
+            raise CheckpointError(f"{directory}: holds two checkpoints, safetensors ({shown}) and a PyTorch file "
+                                  f"({pt[0].name}); pass the weights file (or index) of the one to load")
     if (directory / "model.safetensors.index.json").is_file():
         return "safetensors", safetensors_index_files(directory / "model.safetensors.index.json")
-    st = sorted(directory.glob("model*.safetensors"))
     if st:
         return "safetensors", st
     if (directory / "pytorch_model.bin.index.json").is_file():
@@ -285,7 +295,8 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
         resolver = community.community_resolver(layout, parsed, source, _vortex_resolver(parsed, source))
         return Checkpoint(path=path, format=layout, config=parsed, source=source, resolve=resolver,
                           ignorable=community.community_ignorable(layout, _is_extra))
-    if json_d is not None and str(json_d.get("format", "")).startswith("evo-cli/"):
+    # a native config describes safetensors only: a .pt passed beside it is read with its own yml
+    if json_d is not None and str(json_d.get("format", "")).startswith("evo-cli/") and kind == "safetensors":
         fmt = "native"
         parsed = parsed or ModelConfig.from_native(json_d, str(cfg_json))
     else:
