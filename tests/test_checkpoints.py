@@ -327,3 +327,14 @@ def test_a_directory_with_two_checkpoints_is_refused_and_each_file_loads_as_itse
     want = _logits(evo_cli.load_model(TINY_A, device="cpu"), ids)
     for path in (both / "weights.pt", both / "model.safetensors.index.json"):
         torch.testing.assert_close(_logits(evo_cli.load_model(path, device="cpu"), ids), want, rtol=0, atol=1e-5)
+
+
+def test_a_missing_native_weight_is_named_as_stored(tmp_path):
+    """A native checkpoint stores ``blocks.0.mlp.l1.weight`` as ``blocks.0.mlp.l1.weight.T``: before, the
+    error named the key the file never holds."""
+    native = evo_cli.convert_checkpoint(TINY_A, tmp_path / "n")
+    shard = next(native.glob("model-*.safetensors"))
+    sd = load_file(str(shard))
+    del sd["blocks.0.mlp.l1.weight.T"]
+    save_file(sd, str(shard))
+    _error(native, r"missing tensor 'blocks\.0\.mlp\.l1\.weight\.T' \(needed for blocks\.0\.mlp\.l1\.weight\)$")

@@ -164,8 +164,12 @@ def _vortex_resolver(config: ModelConfig, source: TensorSource):
 
 def _native_resolver(config: ModelConfig, source: TensorSource):
     keys = set(source.keys())
+    # format /2 stores every nn.Linear weight transposed: a missing one is named as it would be stored
+    transposed = any(is_linear_weight(k[:-2]) for k in keys if k.endswith(".T"))
 
     def resolve(name: str):
+        if is_linear_weight(name) and transposed and name not in keys and transposed_key(name) not in keys:
+            return transposed_key(name), _identity  # missing: the loader names it
         if is_linear_weight(name) and transposed_key(name) in keys:
             if name in keys:
                 raise CheckpointError(f"{source.where(name)}: holds both {name!r} and {transposed_key(name)!r} "
