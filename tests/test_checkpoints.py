@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -338,3 +339,24 @@ def test_a_missing_native_weight_is_named_as_stored(tmp_path):
     del sd["blocks.0.mlp.l1.weight.T"]
     save_file(sd, str(shard))
     _error(native, r"missing tensor 'blocks\.0\.mlp\.l1\.weight\.T' \(needed for blocks\.0\.mlp\.l1\.weight\)$")
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_refused_te_state_names_its_file_and_key(tmp_path):
+    """Before, the line named the key only (``blocks.0.projections._extra_state: ...``), not the file."""
+    d = _copy(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    value = io.BytesIO()
+    torch.save({"scale_fwd": torch.ones(3), "payload": _Payload(tmp_path / "pwned")}, value)
+    sd["blocks.0.projections._extra_state"] = value
+    torch.save(sd, d / "weights.pt")
+    _error(d, rf"^{re.escape(str(d / 'weights.pt'))}: blocks\.0\.projections\._extra_state: Transformer Engine "
+              r"state refers to (io|builtins)\.open, which is not Transformer Engine state; refusing to unpickle code$")
+    assert not (tmp_path / "pwned").exists()

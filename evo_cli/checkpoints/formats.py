@@ -104,15 +104,27 @@ _FP8_SCALE = re.compile(r"^(blocks\.\d+\.projections)\.fp8_scale_(input|weight)$
 _TE_STATE = re.compile(r"^blocks\.(\d+)\.projections\._extra_state$")
 
 
+def _decode_te(source: TensorSource, key: str) -> dict | None:
+    """``te_state.decode_extra_state`` of ``key``, its errors naming the file as well as the key."""
+    value = source.get(key)
+    try:
+        return te_state.decode_extra_state(value, key)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source.where(key)}: {err}") from None
+
+
 def _te_scales(source: TensorSource):
     """``_extra_state`` key -> (input scale, weight scale), decoded once per key."""
 
     @functools.cache
     def scales(key: str):
-        state = te_state.decode_extra_state(source.get(key), key)
+        state = _decode_te(source, key)
         if state is None:
             raise CheckpointError(f"{source.where(key)}: {key} holds no FP8 state (the module never ran in FP8)")
-        return te_state.forward_scales(state, key)
+        try:
+            return te_state.forward_scales(state, key)
+        except CheckpointError as err:
+            raise CheckpointError(f"{source.where(key)}: {err}") from None
 
     return scales
 
@@ -126,7 +138,7 @@ def _te_probe(source: TensorSource):
         if not keys:
             return None
         key = keys[0][1]
-        state = te_state.decode_extra_state(source.get(key), key)
+        state = _decode_te(source, key)
         if state is None or "scale_fwd" not in state:
             return None
         return f"Transformer Engine FP8 scales ({te_state.recipe_summary(state)})"
