@@ -25,7 +25,8 @@ def keeps_float32(name: str) -> bool:
 
 
 class StripedHyena(nn.Module):
-    """``forward(input_ids [B, L] int64) -> logits [B, L, vocab] float32``.
+    """``forward(input_ids [B, L] int64) -> logits [B, L, vocab] float32`` (any integer dtype of ids is
+    taken; ``check_input_ids`` says what else is refused).
 
     With an ``InferenceState`` the call continues the sequence the state has seen (positions start
     at ``state.seqlen``) and updates the state in place: the prompt can be fed in one piece or in
@@ -227,7 +228,7 @@ class StripedHyena(nn.Module):
                              f"{str(input_ids.dtype).removeprefix('torch.')} values")
         vocab = self.config.vocab_size
         if input_ids.numel() and not input_ids.is_meta:  # empty: [B, 0] gives [B, 0, vocab] logits
-            lo, hi = int(input_ids.min()), int(input_ids.max())  # one host sync per call, cheaper than a bad index
+            lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync, cheaper than a bad index
             if lo < 0 or hi >= vocab:
                 bad = lo if lo < 0 else hi
                 at = [int(i) for i in (input_ids == bad).nonzero()[0]]
