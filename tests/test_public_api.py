@@ -197,3 +197,31 @@ def test_load_model_refuses_dtypes_it_cannot_run(dtype):
     with pytest.raises(evo_cli.InputError, match=f"unsupported dtype torch.{dtype} \\(use auto, float32 or bfloat16\\)"):
         resolve_dtype(getattr(torch, dtype), torch.device("cpu"))
     assert resolve_dtype(torch.bfloat16, torch.device("cpu")) is torch.bfloat16
+
+
+def test_the_readme_python_api_example_runs_as_written():
+    """The README's "Python API" block, in a fresh interpreter on a conformance checkpoint, and does
+    what its comments say."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert block.count('"path/to/checkpoint"') == 1
+    assert "n_tokens=100" in block
+    code = block.replace('"path/to/checkpoint"', repr(str(root / "tests/data/conformance/evo2/tiny_a")))
+    code = code.replace("n_tokens=100", "n_tokens=8")  # the rest as written; 100 tokens only cost time
+    code += """
+assert logits.shape == (1, 8, 512) and logits.dtype == torch.float32
+assert model.config.pattern and len(gens) == 4 and [(g.prompt_id, g.sample) for g in gens][:2] == [("prompt1", 0), ("prompt1", 1)]
+assert all(len(g.token_ids) == 8 for g in gens)
+state = model.new_state(batch_size=1, max_seqlen=64)
+pieces = torch.cat([model(ids[:, :5], state), model(ids[:, 5:], state)], 1)
+assert (pieces - logits).abs().max().item() < 1e-4, (pieces - logits).abs().max().item()
+print("ok")
+"""
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
