@@ -95,6 +95,7 @@ def tiny():
     (lambda t: t[0], r"2-D \[batch, length\], not of shape \[8\] \(add a batch dimension"),
     (lambda t: t[None], r"2-D \[batch, length\], not of shape \[1, 1, 8\]"),
     (lambda t: t.tolist(), "must be a torch.Tensor .*not a list"),
+    (lambda t: t.to("meta"), r"input_ids are on meta, the model \(its embedding\) on cpu: move them"),
 ])
 def test_bad_input_ids_are_one_input_error(tiny, make, match):
     """Before: a RuntimeError / IndexError from nn.Embedding (on a GPU a device-side assert), or an

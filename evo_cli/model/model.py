@@ -226,6 +226,9 @@ class StripedHyena(nn.Module):
         if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
             raise InputError(f"input_ids must hold integer token ids (torch.long), not "
                              f"{str(input_ids.dtype).removeprefix('torch.')} values")
+        if input_ids.device != self.device:
+            raise InputError(f"input_ids are on {input_ids.device}, the model (its embedding) on {self.device}: "
+                             "move them with ids.to(model.device)")
         vocab = self.config.vocab_size
         if input_ids.numel() and not input_ids.is_meta:  # empty: [B, 0] gives [B, 0, vocab] logits
             lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync, cheaper than a bad index
