@@ -226,3 +226,18 @@ print("ok")
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"model": None}, r"the model must be a published name or a path \(str or os.PathLike\), not None"),
+    ({"model": 7}, r"the model must be a published name or a path .*not 7"),
+    ({"config": "x"}, "config must be a ModelConfig .*not a str"),
+    ({"state_tokens": -1}, "state_tokens must be a whole number of at least 0, not -1"),
+])
+def test_load_model_argument_errors(kwargs, match):
+    """Before: a TypeError from pathlib, an AttributeError from the key map, or a silent negative."""
+    from tests.conftest import CONFORMANCE
+
+    args = {"model": CONFORMANCE / "evo2" / "tiny_a", "device": "cpu", **kwargs}
+    with pytest.raises(evo_cli.InputError, match=match):
+        evo_cli.load_model(**args)
