@@ -143,6 +143,12 @@ def test_a_state_that_does_not_fit_is_one_input_error(tiny):
         assert evo2(ids, evo2.new_state(1, 16)).shape == (1, 8, 512)
     finally:
         evo2.to(torch.float32)
+    from evo_cli.model.cache import InferenceState
+
+    moved = evo2.new_state(1, 16)
+    moved = InferenceState([type(s)(**{k: t.to("meta") for k, t in vars(s).items()}) for s in moved.layers], 16)
+    with pytest.raises(evo_cli.InputError, match=r"state of block 0 is on meta, the block on cpu \(a state made before"):
+        evo2(ids, moved)
     full = evo2(ids)
     state = evo2.new_state(1, 8)
     torch.testing.assert_close(torch.cat([evo2(ids[:, :5], state), evo2(ids[:, 5:], state)], 1), full,

@@ -263,6 +263,11 @@ class StripedHyena(nn.Module):
                 raise InputError(f"the state does not fit this model: block {i} state is {_describe(got)}, this "
                                  f"model's is {_describe(layouts[i])} (a state made by another model, or before "
                                  "the model's .to(dtype)); make one with model.new_state(...)")
+            layer = state.layers[i]
+            where = (layer.k if isinstance(layer, AttentionState) else layer.fir).device
+            if where != self.block_device(i):
+                raise InputError(f"the state of block {i} is on {where}, the block on {self.block_device(i)} (a state "
+                                 "made before the model's .to(device)); make one with model.new_state(...)")
 
     def _block_state_meta(self, i: int):
         """Block ``i``'s state for one sequence on the meta device: its layout, nothing allocated."""
