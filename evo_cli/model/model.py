@@ -310,10 +310,10 @@ class StripedHyena(nn.Module):
     def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True, last_block: int | None = None):
         """Run over ``input_ids`` [B, L] in chunks of ``chunk_size`` tokens with a carried state.
 
-        Yields ``(start, logits)`` per chunk (logits [B, n, vocab] or None), exactly the slices the
-        full forward would give, with activation memory bounded by the chunk (plus the KV cache of
-        the attention layers, which grows with L). Forward hooks fire once per chunk. ``last_block``
-        as in ``forward``. Bad arguments raise ``InputError`` when the first chunk is asked for.
+        Yields ``(start, logits)`` per chunk (logits [B, n, vocab] or None), the slices the full
+        forward would give within float32 rounding, with activation memory bounded by the chunk (plus
+        the KV cache of the attention layers, which grows with L). Forward hooks fire once per chunk.
+        ``last_block`` as in ``forward``. Bad arguments raise ``InputError`` when the first chunk is asked for.
         """
         input_ids = self.check_input_ids(input_ids)
         chunk_size = _chunk_size(chunk_size)
