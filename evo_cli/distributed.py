@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from evo_cli.errors import InputError
+from evo_cli.errors import EvoError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Job:
     world_size: int
     store: object
     runs: int = 0  # runs started so far in this process: each gets its own store keys
+    active: bool = False  # a run (``Share``) has started here and not every rank has finished it
 
     def key(self, name: str) -> str:
         """A store key of the current run; a group restarted by torchrun (``--max-restarts``) starts afresh."""
@@ -123,13 +124,33 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
     return device
 
 
+class RankFailed(EvoError):
+    """Another rank of the job stopped before finishing its part of the run."""
+
+
 def _close() -> None:
     global _job
     import torch.distributed as dist
 
+    if _job is not None:
+        _mark_failed(_job)
     if dist.is_initialized():
         dist.destroy_process_group()
     _job = None
+
+
+def _mark_failed(job: Job) -> None:
+    """At exit: tell the other ranks when this one leaves a run unfinished (an error, an interrupt),
+    so that they stop with one line instead of waiting for it. Ranks on other nodes, which torchrun
+    on this node does not stop, would otherwise wait forever. The run concerned is the current one,
+    or the next when none is under way: ranks still loading or reading the input wait for it."""
+    run = job.runs - 1 if job.active else job.runs
+    key = f"evo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{run}/failed"
+    try:
+        if not job.store.check([key]):
+            job.store.set(key, str(job.rank))
+    except Exception:  # the store went with its host: the other ranks see that for themselves
+        pass
 
 
 def is_leader() -> bool:
@@ -182,6 +203,7 @@ class Share:
                              "ranks keep their chunks beside it")
         self._key = self.job.key("")
         self.job.runs += 1
+        self.job.active = True
         # every rank has read the progress files before any rank writes to its own
         self._wait_for("ready")
         self._start, self._cpu_start = time.monotonic(), time.process_time()  # times count from here
@@ -195,6 +217,7 @@ class Share:
                 self._progress(size)
             return False
         if self.job is not None:
+            self._check_failed()
             # the counter runs over every chunk number; those of chunks stored before this run (all
             # below i when they come up here) are passed over
             while self._mine is None or self._mine < i:
@@ -248,6 +271,7 @@ class Share:
         self._report()
         self.job.store.set(f"{self._key}stats/{self.job.rank}", json.dumps(self._stats()))
         self._wait_for("finished", report=self.job.rank == 0)
+        self.job.active = False
         if self.job.rank != 0:
             return False
         self._report()
@@ -267,7 +291,16 @@ class Share:
         key, world = self._key + name, self.job.world_size
         arrived = self.job.store.add(key, 1)
         while arrived < world:
+            self._check_failed()
             time.sleep(0.05 if name == "ready" else _REPORT_EVERY)
             if report:
                 self._report()
             arrived = self.job.store.add(key, 0)
+
+    def _check_failed(self) -> None:
+        """Raise ``RankFailed`` when another rank has left this run unfinished (``_mark_failed``)."""
+        key = self._key + "failed"
+        if self.job.store.check([key]):
+            rank = self.job.store.get(key).decode()
+            raise RankFailed(f"rank {rank} stopped before finishing its part of the run (see its message); the "
+                             f"chunks done are kept: rerun with --resume once that is fixed")

@@ -4,7 +4,10 @@
 A step with ``"stop_after": n`` stops the job once each of two ranks has stored n chunks: rank 0
 then hangs, and rank 1 kills itself, so that torchrun stops rank 0. Run with ``--max-restarts 1``,
 torchrun then restarts both ranks: they go on from that step (its argv should have ``--resume``),
-after rank 0 has copied the progress files to the step's ``"copy_to"`` folder."""
+after rank 0 has copied the progress files to the step's ``"copy_to"`` folder.
+
+A step with ``"fail": "open"`` or ``"fail": "take"`` makes rank 1 alone meet a bad input: as it
+opens the run's progress (before the run starts), or as it asks for its first chunk."""
 
 import json
 import os
@@ -13,7 +16,9 @@ import signal
 import sys
 import time
 
+from evo_cli import distributed
 from evo_cli.cli.main import main
+from evo_cli.errors import InputError
 from evo_cli.io.partial import Checkpoint, progress_files, sidecar_path
 
 
@@ -36,6 +41,19 @@ def stop_after(n: int) -> None:
     Checkpoint.append = append_then_stop
 
 
+def fail_on_rank_1(where: str) -> None:
+    if os.environ["RANK"] != "1":
+        return
+
+    def fail(*args, **kwargs):
+        raise InputError("a bad input only rank 1 sees")
+
+    if where == "open":
+        Checkpoint.__init__ = fail
+    else:
+        distributed.Share.take = fail
+
+
 steps = json.load(open(sys.argv[1]))
 if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")):
     steps = steps[next(i for i, s in enumerate(steps) if "stop_after" in s):]
@@ -47,4 +65,6 @@ if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")):
 for step in steps:
     if "stop_after" in step:
         stop_after(step["stop_after"])
+    if "fail" in step:
+        fail_on_rank_1(step["fail"])
     main(step["argv"])

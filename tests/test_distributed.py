@@ -205,3 +205,48 @@ def test_progress_files_of_several_ranks_resume_in_chunk_order(tmp_path):
     shutil.copy(tmp_path / "o.tsv.evo-partial", tmp_path / "o.tsv.evo-partial.3")
     with pytest.raises(InputError, match=r"evo-partial\.3:2: chunk 0 stored twice"):
         Checkpoint(out, {"a": 1}, True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_rank_on_another_node_stops_the_others(tmp_path):
+    """Two nodes (two torchrun agents, one rank each; torchrun stops the ranks of its own node only):
+    rank 1 meets a bad input before the run starts (``open``) or as it asks for its first chunk
+    (``take``), and exits. Rank 0 stops by itself, at once, with one line, and writes no output.
+    The two cases run side by side."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    argv = ["score", "-m", str(TINY), "--fasta", "seqs.fa", "--batch-size", "1", "-o", "s.tsv"]
+    nodes = {}
+    for where in ("open", "take"):
+        folder = tmp_path / where
+        folder.mkdir()
+        _seqs(folder / "seqs.fa", [8] * 40, 0)  # 3 chunks
+        (folder / "plan.json").write_text(json.dumps([{"argv": argv, "fail": where}]))
+        # static rendezvous: node 0 runs rank 0 and holds the store, which outlives node 1
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+               "--master-addr=localhost", f"--master-port={_free_port()}", "--monitor-interval=0.1"]
+        nodes[where] = [subprocess.Popen(cmd + [f"--node-rank={n}", str(WORKER), "plan.json"], cwd=folder, env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in range(2)]
+    for where, pair in nodes.items():
+        logs = []
+        for node in pair:
+            try:
+                logs.append(node.communicate(timeout=60)[0])
+            except subprocess.TimeoutExpired:
+                for n in [n for p in nodes.values() for n in p]:
+                    n.kill()
+                pytest.fail(f"a rank still waits for rank 1, which failed ({where})")
+        assert [n.returncode for n in pair] == [1, 1], logs
+        lines = [line for log in logs for line in log.splitlines() if line.startswith("evo")]
+        assert sorted(lines) == [
+            "evo (rank 1): error: a bad input only rank 1 sees",
+            "evo: error: rank 1 stopped before finishing its part of the run (see its message); the chunks done are "
+            "kept: rerun with --resume once that is fixed"], logs
+        assert not any("evo_cli" in log for log in logs)  # no traceback of evo's
+        assert not (tmp_path / where / "s.tsv").exists()
