@@ -144,13 +144,21 @@ def _mark_failed(job: Job) -> None:
     so that they stop with one line instead of waiting for it. Ranks on other nodes, which torchrun
     on this node does not stop, would otherwise wait forever. The run concerned is the current one,
     or the next when none is under way: ranks still loading or reading the input wait for it."""
-    run = job.runs - 1 if job.active else job.runs
-    key = f"evo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{run}/failed"
+    key = f"evo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{job.runs - 1 if job.active else job.runs}/failed"
     try:
         if not job.store.check([key]):
             job.store.set(key, str(job.rank))
     except Exception:  # the store went with its host: the other ranks see that for themselves
         pass
+
+
+def _check_failed(job: Job, run_key: str) -> None:
+    """Raise ``RankFailed`` when another rank has left the run of ``run_key`` unfinished (``_mark_failed``)."""
+    key = run_key + "failed"
+    if job.store.check([key]):
+        rank = job.store.get(key).decode()
+        raise RankFailed(f"rank {rank} stopped before finishing its part of the run (see its message); the chunks "
+                         f"done are kept: rerun with --resume once that is fixed")
 
 
 def is_leader() -> bool:
@@ -173,6 +181,9 @@ def shared_value(key: str, value: str | None) -> str:
     if job.rank == 0:
         job.store.set(full, value)
         return value
+    while not job.store.check([full]):  # polled: rank 0 may stop first (``_mark_failed``)
+        _check_failed(job, job.key(""))
+        time.sleep(0.05)
     return job.store.get(full).decode()
 
 
@@ -217,7 +228,7 @@ class Share:
                 self._progress(size)
             return False
         if self.job is not None:
-            self._check_failed()
+            _check_failed(self.job, self._key)
             # the counter runs over every chunk number; those of chunks stored before this run (all
             # below i when they come up here) are passed over
             while self._mine is None or self._mine < i:
@@ -291,16 +302,8 @@ class Share:
         key, world = self._key + name, self.job.world_size
         arrived = self.job.store.add(key, 1)
         while arrived < world:
-            self._check_failed()
+            _check_failed(self.job, self._key)
             time.sleep(0.05 if name == "ready" else _REPORT_EVERY)
             if report:
                 self._report()
             arrived = self.job.store.add(key, 0)
-
-    def _check_failed(self) -> None:
-        """Raise ``RankFailed`` when another rank has left this run unfinished (``_mark_failed``)."""
-        key = self._key + "failed"
-        if self.job.store.check([key]):
-            rank = self.job.store.get(key).decode()
-            raise RankFailed(f"rank {rank} stopped before finishing its part of the run (see its message); the "
-                             f"chunks done are kept: rerun with --resume once that is fixed")

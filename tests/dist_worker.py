@@ -7,7 +7,8 @@ torchrun then restarts both ranks: they go on from that step (its argv should ha
 after rank 0 has copied the progress files to the step's ``"copy_to"`` folder.
 
 A step with ``"fail": "open"`` or ``"fail": "take"`` makes rank 1 alone meet a bad input: as it
-opens the run's progress (before the run starts), or as it asks for its first chunk."""
+opens the run's progress (before the run starts), or as it asks for its first chunk; with
+``"fail": "seed"``, rank 0 as it draws the seed of a ``generate`` without ``--seed``."""
 
 import json
 import os
@@ -15,8 +16,9 @@ import shutil
 import signal
 import sys
 import time
+from types import SimpleNamespace
 
-from evo_cli import distributed
+from evo_cli import distributed, generation
 from evo_cli.cli.main import main
 from evo_cli.errors import InputError
 from evo_cli.io.partial import Checkpoint, progress_files, sidecar_path
@@ -41,14 +43,17 @@ def stop_after(n: int) -> None:
     Checkpoint.append = append_then_stop
 
 
-def fail_on_rank_1(where: str) -> None:
-    if os.environ["RANK"] != "1":
+def fail_on_one_rank(where: str) -> None:
+    rank = "0" if where == "seed" else "1"
+    if os.environ["RANK"] != rank:
         return
 
     def fail(*args, **kwargs):
-        raise InputError("a bad input only rank 1 sees")
+        raise InputError(f"a bad input only rank {rank} sees")
 
-    if where == "open":
+    if where == "seed":
+        generation.secrets = SimpleNamespace(randbits=fail)
+    elif where == "open":
         Checkpoint.__init__ = fail
     else:
         distributed.Share.take = fail
@@ -66,5 +71,5 @@ for step in steps:
     if "stop_after" in step:
         stop_after(step["stop_after"])
     if "fail" in step:
-        fail_on_rank_1(step["fail"])
+        fail_on_one_rank(step["fail"])
     main(step["argv"])

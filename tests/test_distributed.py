@@ -218,16 +218,17 @@ def _free_port() -> int:
 def test_a_failed_rank_on_another_node_stops_the_others(tmp_path):
     """Two nodes (two torchrun agents, one rank each; torchrun stops the ranks of its own node only):
     rank 1 meets a bad input before the run starts (``open``) or as it asks for its first chunk
-    (``take``), and exits. Rank 0 stops by itself, at once, with one line, and writes no output.
-    The two cases run side by side."""
+    (``take``), or rank 0 as it draws the seed the other waits for (``seed``), and exits. The other
+    rank stops by itself, at once, with one line, and no output is written. The cases run side by side."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    argv = ["score", "-m", str(TINY), "--fasta", "seqs.fa", "--batch-size", "1", "-o", "s.tsv"]
+    argv = {"open": ["score", "-m", str(TINY), "--fasta", "seqs.fa", "--batch-size", "1", "-o", "s.tsv"],
+            "seed": ["generate", "-m", str(TINY), "--prompts", "seqs.fa", "-n", "2", "-o", "s.fa"]}
     nodes = {}
-    for where in ("open", "take"):
+    for where in ("open", "take", "seed"):
         folder = tmp_path / where
         folder.mkdir()
         _seqs(folder / "seqs.fa", [8] * 40, 0)  # 3 chunks
-        (folder / "plan.json").write_text(json.dumps([{"argv": argv, "fail": where}]))
+        (folder / "plan.json").write_text(json.dumps([{"argv": argv.get(where, argv["open"]), "fail": where}]))
         # static rendezvous: node 0 runs rank 0 and holds the store, which outlives node 1
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
                "--master-addr=localhost", f"--master-port={_free_port()}", "--monitor-interval=0.1"]
@@ -241,12 +242,15 @@ def test_a_failed_rank_on_another_node_stops_the_others(tmp_path):
             except subprocess.TimeoutExpired:
                 for n in [n for p in nodes.values() for n in p]:
                     n.kill()
-                pytest.fail(f"a rank still waits for rank 1, which failed ({where})")
+                pytest.fail(f"a rank still waits for the rank that failed ({where})")
         assert [n.returncode for n in pair] == [1, 1], logs
         lines = [line for log in logs for line in log.splitlines() if line.startswith("evo")]
-        assert sorted(lines) == [
-            "evo (rank 1): error: a bad input only rank 1 sees",
-            "evo: error: rank 1 stopped before finishing its part of the run (see its message); the chunks done are "
-            "kept: rerun with --resume once that is fixed"], logs
+        failed, other = ("0", "evo (rank 1)") if where == "seed" else ("1", "evo")
+        assert sorted(lines) == sorted([
+            f"{'evo' if failed == '0' else 'evo (rank 1)'}: error: a bad input only rank {failed} sees",
+            f"{other}: error: rank {failed} stopped before finishing its part of the run (see its message); the "
+            "chunks done are kept: rerun with --resume once that is fixed"]), logs
         assert not any("evo_cli" in log for log in logs)  # no traceback of evo's
-        assert not (tmp_path / where / "s.tsv").exists()
+        out = tmp_path / where / ("s.fa" if where == "seed" else "s.tsv")
+        assert not out.exists()
+        assert progress_files(out) == [] or where == "take"
