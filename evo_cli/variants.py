@@ -100,11 +100,15 @@ STATUS_FIELD = InfoField("EVO_STATUS", "A", "String",
 
 def output_format(path: str | Path | None, format: str | None = None) -> str:
     """``vcf``, ``vcf.gz``, ``tsv`` or ``parquet`` from ``format`` or the output's extension."""
+    fmt = format_from_extension(path, _OUTPUT_EXTENSIONS) if path is not None else None
     if format:
         if format not in OUTPUT_FORMATS:
             raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
+        # plain text named .vcf.gz (or bgzip named .tsv) breaks whatever opens it by its name
+        if fmt is not None and fmt != format:
+            raise InputError(f"--format {format} contradicts -o {path} (a {fmt} name): drop --format or rename "
+                             f"the output")
         return format
-    fmt = format_from_extension(path, _OUTPUT_EXTENSIONS)
     if fmt is None:
         raise InputError(f"{path}: cannot tell the output format from the extension "
                          f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")

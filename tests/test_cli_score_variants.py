@@ -567,3 +567,40 @@ def test_every_status_is_documented():
     assert "`ok`" in listed and "`EVO_STATUS`" in readme
     assert all(s in STATUS_FIELD.description for s in SKIP_STATUSES)
     assert len(set(SKIP_STATUSES)) == 11 and {"past_contig_end", "window_under_2_bases"} <= set(SKIP_STATUSES)
+
+
+def test_pipes_empty_vcf_and_a_format_contradicting_the_name_end_in_one_line(tmp_path):
+    """A VCF or FASTA given as a pipe (``<(zcat x)``) failed with a message blaming the file's header (the VCF
+    is read more than once, the FASTA at random); an empty VCF pointed at an htslib message that never came;
+    ``--format`` against the output's name wrote plain text into ``x.vcf.gz``. All before the model loads."""
+    empty = tmp_path / "empty.vcf"
+    empty.write_text("")
+
+    def pipe_of(path: Path) -> str:
+        r, w = os.pipe()
+        os.write(w, path.read_bytes()[:4096])  # fits the pipe's buffer
+        os.close(w)
+        return f"/dev/fd/{r}"
+
+    cases = [
+        (["--vcf", pipe_of(SNVS), "--fasta", FA, "-o", tmp_path / "o.tsv"],
+         "is a device or a pipe, not a file; the VCF is read more than once, so save it to a file first"),
+        (["--vcf", SNVS, "--fasta", pipe_of(FA), "-o", tmp_path / "o.tsv"],
+         "is a device or a pipe, not a file; the reference is read at random, so give a FASTA file (plain or bgzip)"),
+        (["--vcf", empty, "--fasta", FA, "-o", tmp_path / "o.tsv"],
+         "empty.vcf: is empty, not a VCF (a VCF has at least a #CHROM header line)"),
+        (["--vcf", SNVS, "--fasta", FA, "-o", tmp_path / "o.vcf.gz", "--format", "vcf"],
+         "--format vcf contradicts -o"),
+        (["--vcf", SNVS, "--fasta", FA, "-o", tmp_path / "o.tsv", "--format", "vcf.gz"],
+         "--format vcf.gz contradicts -o"),
+    ]
+    for args, message in cases:
+        code, _, err = evo("score-variants", "-m", tmp_path / "no_model", "--window", 64, *args)
+        assert code == 1 and message in err and "Traceback" not in err, err
+        assert len(err.splitlines()) == 1, err
+    assert not list(tmp_path.glob("o.*"))
+    # a name without a known ending takes the --format given, as before
+    code, _, err = evo("score-variants", "-m", TINY, "--window", 64, "--vcf", SNVS, "--fasta", FA, "--region",
+                       "GRCh37_chr17_41100001_41300000:97722", "-o", tmp_path / "o.txt", "--format", "tsv", "-q")
+    assert code == 0, err
+    assert (tmp_path / "o.txt").read_text().startswith("chrom\tpos\tid\tref\talt")

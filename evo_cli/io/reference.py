@@ -77,6 +77,9 @@ class Reference:
             raise InputError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, expected a FASTA file")
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: is a device or a pipe, not a file; the reference is read at random, "
+                             f"so give a FASTA file (plain or bgzip)")
         kind = compression(self.path)
         if kind == "gzip":
             raise InputError(f"{self.path}: gzip-compressed FASTA without an index cannot be read at random; "

@@ -180,6 +180,13 @@ class VcfReader:
             raise InputError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, expected a VCF file")
+        if not self.path.is_file():
+            # a pipe (`--vcf <(zcat x.vcf.gz)`) could be read once at most: the records are read more
+            # than once (checked, then scored, then copied into the output)
+            raise InputError(f"{self.path}: is a device or a pipe, not a file; the VCF is read more than once, "
+                             f"so save it to a file first")
+        if self.path.stat().st_size == 0:
+            raise InputError(f"{self.path}: is empty, not a VCF (a VCF has at least a #CHROM header line)")
         self.regions = merge_regions(regions) if regions else None
         if compression(self.path) == "gzip":
             # htslib needs to seek, which a plain-gzip stream cannot: Python streams its text instead
