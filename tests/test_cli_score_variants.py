@@ -158,8 +158,9 @@ EDGE_CASES = {
     "bcftools/norm.iupac.vcf": ("bcftools/norm.iupac.fa", [], "1:8: REF BA does not match the FASTA (norm.iupac.fa has NA)",
                                 0, {"ref_mismatch": 1}),
     "bcftools/norm.symbolic.vcf": ("bcftools/norm.symbolic.fa", [], None, 2, {"symbolic": 2}),
-    "bcftools/norm.vcf": ("bcftools/norm.fa", [], "1:60: REF A does not match the FASTA (norm.fa has C)", 35,
-                          {"ref_mismatch": 1, "no_alt": 1, "star_allele": 1, "invalid_allele": 1}),
+    "bcftools/norm.vcf": ("bcftools/norm.fa", [], "1:60: REF A does not match the FASTA (norm.fa has C)", 31,
+                          {"ref_mismatch": 1, "no_alt": 1, "star_allele": 1, "invalid_allele": 1,
+                           "alt_window_equals_ref": 4}),  # 3:10, (AC)n insertions running past the window
     "cyvcf2/multi-contig.vcf.gz": (None, [], None, 11, {"no_alt": 2}),
     "cyvcf2/no-seq-names.vcf": (None, [], None, 1, {}),
     "cyvcf2/o.vcf.gz": (None, [], "chr1:3769970: REF A runs past the end of contig chr1 (50 bp) in ref.fa", 31,
@@ -541,7 +542,7 @@ def test_resume_keeps_the_statuses_and_refuses_older_results(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_score_variants(model, vcf, FA, out, progress=_interrupt_after(2), **kw)
     head, *chunks = partial.read_text().splitlines()
-    assert json.loads(head)["settings"]["results"] == RESULTS == "score-variants/3" and len(chunks) == 2
+    assert json.loads(head)["settings"]["results"] == RESULTS == "score-variants/4" and len(chunks) == 2
     evo_cli.score_variants(model, vcf, FA, out, resume=True, **kw)
     assert out.read_bytes() == expected and not partial.exists()
     # an older progress file: its past-the-end records were stored as ref_mismatch
@@ -552,7 +553,7 @@ def test_resume_keeps_the_statuses_and_refuses_older_results(tmp_path):
     old = json.loads(head)
     del old["settings"]["results"]
     partial.write_text("\n".join([json.dumps(old, sort_keys=True), *chunks]) + "\n")
-    with pytest.raises(evo_cli.InputError, match=r"settings differ \(results: None then, 'score-variants/3' now\)"):
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(results: None then, 'score-variants/4' now\)"):
         evo_cli.score_variants(model, vcf, FA, out, resume=True, **kw)
     assert partial.exists() and not out.exists()
 
@@ -566,7 +567,7 @@ def test_every_status_is_documented():
     assert [s for s in SKIP_STATUSES if f"`{s}`" not in listed] == []
     assert "`ok`" in listed and "`EVO_STATUS`" in readme
     assert all(s in STATUS_FIELD.description for s in SKIP_STATUSES)
-    assert len(set(SKIP_STATUSES)) == 11 and {"past_contig_end", "window_under_2_bases"} <= set(SKIP_STATUSES)
+    assert len(set(SKIP_STATUSES)) == 12 and {"past_contig_end", "window_under_2_bases", "alt_window_equals_ref"} <= set(SKIP_STATUSES)
 
 
 def test_pipes_empty_vcf_and_a_format_contradicting_the_name_end_in_one_line(tmp_path):
@@ -604,3 +605,41 @@ def test_pipes_empty_vcf_and_a_format_contradicting_the_name_end_in_one_line(tmp
                        "GRCh37_chr17_41100001_41300000:97722", "-o", tmp_path / "o.txt", "--format", "tsv", "-q")
     assert code == 0, err
     assert (tmp_path / "o.txt").read_text().startswith("chrom\tpos\tid\tref\talt")
+
+
+def test_an_alt_window_equal_to_the_ref_window_is_not_scored(tmp_path):
+    """An insertion after a contig's last base was cut off with the window (no room right of REF), so the
+    ALT window was the REF window and the row said ok with a delta of exactly 0; likewise a repeat unit added
+    to a repeat running past the window, and an ALT spelling REF. They are alt_window_equals_ref now; the
+    last base's SNV and deletion, and the same insertion with room, are still scored."""
+    seq = "ACGTTGCAAGGCTTACGATCGGATCCATG" + "CACACACACAC" + "GTTAGCATTG"  # 50 bp, (CA)n at 30-40
+    fa = tmp_path / "c.fa"
+    fa.write_text(f">c\n{seq}\n")
+    rows = [(50, "G", "GTTT", "ins_end"), (50, "G", "A", "snv_end"), (49, "TG", "T", "del_end"),
+            (20, "C", "CTTT", "ins_mid"), (30, "C", "CAC", "repeat"), (10, "G", "g", "same"),
+            (10, "G", "T,g", "multi")]
+    assert all(seq[p - 1 : p - 1 + len(r)] == r for p, r, _, _ in rows)
+    vcf = tmp_path / "e.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##contig=<ID=c,length=50>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   + "".join(f"c\t{p}\t{i}\t{r}\t{a}\t.\t.\t.\n" for p, r, a, i in rows))
+    for strand in ("forward", "both"):
+        code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fa, "-m", TINY, "--window", 16, "--strand", strand,
+                           "-o", tmp_path / f"{strand}.tsv")
+        assert code == 0, err
+        df = pd.read_csv(tmp_path / f"{strand}.tsv", sep="\t")
+        same = "alt_window_equals_ref"
+        assert df.status.tolist() == [same, "ok", "ok", "ok", same, same, "ok", same], df
+        assert df.delta.isna().tolist() == [s == same for s in df.status]
+        assert (df.delta[df.status == "ok"] != 0).all()
+        assert _summary(err) == (4, {same: 4})
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fa, "-m", TINY, "--window", 16, "-o", tmp_path / "out.vcf")
+    assert code == 0, err
+    with pysam.VariantFile(str(tmp_path / "out.vcf")) as vf:
+        recs = {r.id: r for r in vf}
+        assert same in vf.header.info["EVO_STATUS"].description
+    assert recs["ins_end"].info["EVO_STATUS"] == (same,) and "EVO_DELTA" not in recs["ins_end"].info
+    assert recs["multi"].info["EVO_STATUS"] == ("ok", same) and recs["multi"].info["EVO_DELTA"][1] is None
+    # with a longer window the repeat's change comes into view and is scored
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fa, "-m", TINY, "--window", 64, "--region", "c:30-30",
+                       "-o", tmp_path / "w64.tsv")
+    assert code == 0 and pd.read_csv(tmp_path / "w64.tsv", sep="\t").status.tolist() == ["ok"], err
