@@ -86,7 +86,7 @@ class Reference:
                              f"recompress it with `bgzip` (or decompress it)")
         self._tmp: tempfile.TemporaryDirectory | None = None
         fai, gzi = Path(f"{self.path}.fai"), Path(f"{self.path}.gzi") if kind == "bgzip" else None
-        if not fai.is_file() or (gzi is not None and not gzi.is_file()):
+        if not fai.is_file() or (gzi is not None and not gzi.is_file()) or self._stale(fai, gzi):
             fai, gzi = self._build_index(gzi is not None)
         try:
             self._fa = pysam.FastaFile(str(self.path), filepath_index=str(fai),
@@ -96,6 +96,17 @@ class Reference:
             raise InputError(f"{self.path}: cannot open as an indexed FASTA ({err})") from None
         self.contigs = dict(zip(list(self._fa.references), list(self._fa.lengths)))
         self._resolved: dict[str, str | None] = {}
+
+    def _stale(self, *indexes: Path | None) -> bool:
+        """Whether an index beside the FASTA is older than it: htslib reads the bases at the old offsets,
+        so a FASTA replaced after indexing gave other bases than its own (REF "mismatches" blaming the
+        build or, with --skip-ref-mismatch, windows of wrong bases), without a word."""
+        fasta_mtime = self.path.stat().st_mtime_ns
+        old = [i for i in indexes if i is not None and i.stat().st_mtime_ns < fasta_mtime]
+        if old:
+            log.warning("warning: %s is older than %s, so not used (the FASTA changed after indexing); "
+                        "indexing it again elsewhere: refresh it with `samtools faidx`", old[0].name, self.path.name)
+        return bool(old)
 
     def _build_index(self, bgzip: bool) -> tuple[Path, Path | None]:
         """(fai, gzi or None) built in the cache (or a temporary folder), reused while the FASTA is unchanged."""
