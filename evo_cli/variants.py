@@ -391,8 +391,13 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
     memory: list[list] = []
     summary = Summary()
     share = Share(store, progress)
+    contigs: dict[str, int | None] = {}  # the records' contigs, with their FASTA lengths, for the VCF header
     with Reference(fasta) as reference:
         for i, chunk in enumerate(_chunks(reader, batch_size)):
+            for rec in chunk:
+                if rec.chrom not in contigs:
+                    found = reference.resolve(rec.chrom)
+                    contigs[rec.chrom] = reference.length(found) if found else None
             n = sum(len(rec.alts) or 1 for rec in chunk)
             if store is not None and i in store:
                 summary.resumed += n
@@ -412,7 +417,8 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
     elif fmt in ("vcf", "vcf.gz"):
         header = [(f"evo_{k}", v) for k, v in info.items() if v is not None]
         summary.indexed = write_annotated_vcf(output, reader, [*info_fields(reduce), STATUS_FIELD], header,
-                                              _annotations(results, summary, rows, reader), fmt == "vcf.gz")
+                                              _annotations(results, summary, rows, reader), fmt == "vcf.gz",
+                                              contigs)
     else:
         with table_writer(output, COLUMNS, fmt, metadata=info) as write:
             for row in _rows(reader, results, summary):

@@ -643,3 +643,36 @@ def test_an_alt_window_equal_to_the_ref_window_is_not_scored(tmp_path):
     code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fa, "-m", TINY, "--window", 64, "--region", "c:30-30",
                        "-o", tmp_path / "w64.tsv")
     assert code == 0 and pd.read_csv(tmp_path / "w64.tsv", sep="\t").status.tolist() == ["ok"], err
+
+
+def test_output_vcf_declares_the_contigs_of_its_records(tmp_path):
+    """A VCF without ##contig lines (cyvcf2/no-seq-names.vcf, htslib's test-vcf-hdr-in.vcf) gave an output
+    that htslib warned about on every read and could not write as BCF (`bcftools view -Ob` failed); the
+    output now declares each undeclared contig of its records, with its FASTA length where there is one."""
+    seq = read_fasta(FA)[0].sequence
+    contig = read_fasta(FA)[0].id
+    vcf = tmp_path / "nc.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##INFO=<ID=X,Number=1,Type=String,Description=\"x\">\n"
+                   "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{contig}\t97722\ta\t{seq[97721]}\tA\t.\t.\tX=1\nnowhere\t5\tb\tA\tC\t.\t.\t.\n"
+                   f"{contig}\t97723\tc\t{seq[97722]}\tC\t.\t.\t.\n")
+    for out in (tmp_path / "o.vcf", tmp_path / "o.vcf.gz"):
+        code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 32, "-o", out, "-q")
+        assert code == 0, err
+        with gzip.open(out, "rt") if out.suffix == ".gz" else open(out) as fh:
+            header = [line.rstrip("\n") for line in fh if line.startswith("##")]
+        assert header[:3] == ["##fileformat=VCFv4.2", f"##contig=<ID={contig},length=200000>", "##contig=<ID=nowhere>"]
+        bcf = tmp_path / "o.bcf"
+        with pysam.VariantFile(str(out)) as vf, pysam.VariantFile(str(bcf), "wb", header=vf.header) as w:
+            assert dict(vf.header.contigs.items())[contig].length == 200000
+            for rec in vf:
+                w.write(rec)
+        with pysam.VariantFile(str(bcf)) as vf:
+            assert [(r.chrom, r.info["EVO_STATUS"]) for r in vf] == [(contig, ("ok",)), ("nowhere", ("contig_not_in_fasta",)),
+                                                                     (contig, ("ok",))]
+    # declared contigs are kept as they are, never repeated
+    code, _, err = evo("score-variants", "--vcf", SNVS, "--fasta", FA, "-m", TINY, "--window", 32, "-o",
+                       tmp_path / "s.vcf", "-q", "--region", f"{contig}:97722-97722")
+    assert code == 0, err
+    assert [h for h in (tmp_path / "s.vcf").read_text().splitlines() if h.startswith("##contig")] == [
+        h for h in SNVS.read_text().splitlines() if h.startswith("##contig")]

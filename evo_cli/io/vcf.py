@@ -335,6 +335,7 @@ def write_annotated_vcf(
     header_lines: list[tuple[str, str]],
     annotations: Iterable[tuple[str, int, dict]],
     compressed: bool,
+    contigs: dict[str, int | None] | None = None,
 ) -> bool:
     """Copy ``reader``'s records to ``path`` with INFO ``fields`` set from ``annotations``.
 
@@ -345,7 +346,9 @@ def write_annotated_vcf(
     significant digits (readers keep VCF Floats as float32). header_lines: ``(key, value)`` pairs
     written as ``##key=value`` before ``#CHROM``; earlier ``##evo_*`` lines and declarations of
     ``fields`` are replaced. compressed: bgzip and tabix-index. The file (and index) appear only
-    when complete; ``-`` writes plain VCF to stdout. Returns whether a tabix index was written
+    when complete; ``-`` writes plain VCF to stdout. contigs: the records' contigs with their lengths
+    (None: unknown); those the header does not declare get a ``##contig`` line (without one, htslib
+    warns on every read and cannot write the records as BCF). Returns whether a tabix index was written
     (False when not compressed, or when the records are not sorted by position).
     """
     from .atomic import atomic_open
@@ -356,6 +359,13 @@ def write_annotated_vcf(
         raise InputError(f"{reader.path}: no #CHROM header line")
     kept = [h for h in header[:-1] if not h.startswith("##evo_")
             and not any(h.startswith(f"##INFO=<ID={key},") for key in ours)]
+    declared = {m.group(1) for h in kept if (m := re.match(r"##contig=<ID=([^,>]+)", h))}
+    missing = [f"##contig=<ID={c}" + (f",length={n}>" if n else ">") for c, n in (contigs or {}).items()
+               if c not in declared]
+    if missing:  # after the last ##contig line, else after ##fileformat
+        at = max((i + 1 for i, h in enumerate(kept) if h.startswith("##contig=")),
+                 default=int(bool(kept) and kept[0].startswith("##fileformat")))
+        kept[at:at] = missing
     last_info = max((i + 1 for i, h in enumerate(kept) if h.startswith("##INFO=")), default=len(kept))
     out_header = (kept[:last_info] + [f.header_line() for f in fields] + kept[last_info:]
                   + [f"##{key}={' '.join(str(value).split())}" for key, value in header_lines] + [header[-1]])
