@@ -275,9 +275,12 @@ class VcfReader:
             with self.open() as vf:
                 spans = self._spans(vf)
             index = next((f"{self.path}{ext}" for ext in (".tbi", ".csi") if Path(f"{self.path}{ext}").exists()), None)
-            with pysam.TabixFile(str(self.path), index=index, encoding="utf-8") as tf:
+            # latin-1 maps every byte to one character: the lines become the same text as the unindexed
+            # path's (UTF-8, other bytes kept as surrogates), where utf-8 failed on one byte outside it
+            with pysam.TabixFile(str(self.path), index=index, encoding="latin-1") as tf:
                 for contig, s, e in spans:
-                    for line in tf.fetch(contig, s, None if e >= _END else e):
+                    for raw in tf.fetch(contig, s, None if e >= _END else e):
+                        line = raw.encode("latin-1").decode("utf-8", "surrogateescape")
                         if s <= int(line.split("\t", 2)[1]) - 1 < e:
                             yield f"{self.path}: {contig}", line
             return
