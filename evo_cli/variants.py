@@ -298,6 +298,9 @@ def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region]
         for rec in reader:
             total += len(_statuses(rec, reference, skip_ref_mismatch)[1])
             starts.setdefault(rec.chrom, []).append(rec.start)
+        if reader.is_bcf:  # a BCF record that cannot be written out as text fails now, not after the scoring
+            for _ in reader.text()[1]:
+                pass
         if starts and all(reference.resolve(c) is None for c in starts):
             raise InputError(f"no contig of {reader.path.name} is in {reference.path.name}: the VCF has "
                              f"{_first(starts)}, the FASTA has {_first(reference.contigs)}; check the "

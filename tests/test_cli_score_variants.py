@@ -676,3 +676,27 @@ def test_output_vcf_declares_the_contigs_of_its_records(tmp_path):
     assert code == 0, err
     assert [h for h in (tmp_path / "s.vcf").read_text().splitlines() if h.startswith("##contig")] == [
         h for h in SNVS.read_text().splitlines() if h.startswith("##contig")]
+
+
+def test_a_bcf_record_that_is_not_utf8_fails_in_one_line_before_the_model_loads(tmp_path):
+    """pysam formats BCF records as UTF-8 only: a Latin-1 INFO value ended, after the whole scoring, in a bare
+    UnicodeDecodeError with a progress file left that could never finish."""
+    seq = read_fasta(FA)[0].sequence
+    contig = read_fasta(FA)[0].id
+    vcf = tmp_path / "lat.vcf"
+    vcf.write_bytes(f"##fileformat=VCFv4.2\n##contig=<ID={contig},length=200000>\n"
+                    "##INFO=<ID=CITY,Number=1,Type=String,Description=\"c\">\n"
+                    "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n".encode()
+                    + f"{contig}\t97722\t.\t{seq[97721]}\tA\t.\t.\tCITY=M".encode() + b"\xfcnchen\n")
+    bcf = tmp_path / "lat.bcf"
+    with pysam.VariantFile(str(vcf)) as src, pysam.VariantFile(str(bcf), "wb", header=src.header) as dst:
+        for rec in src:
+            dst.write(rec)
+    out = tmp_path / "o.vcf"
+    code, _, err = evo("score-variants", "--vcf", bcf, "--fasta", FA, "-m", tmp_path / "no_model", "-o", out)
+    assert code == 1 and err == (f"evo: error: {bcf}: record {contig}:97722 holds text that is not UTF-8, which pysam "
+                                 "cannot write out from a BCF; convert it to VCF (bcftools view -Oz) and score that\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lat.bcf", "lat.vcf"]
+    # the VCF itself is copied byte for byte
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 32, "-o", out, "-q")
+    assert code == 0 and b"CITY=M\xfcnchen;EVO_DELTA=" in out.read_bytes(), err

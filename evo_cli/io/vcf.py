@@ -265,7 +265,14 @@ class VcfReader:
 
     def _formatted_records(self) -> Iterator[str]:
         with self.open() as vf:
-            yield from (str(rec).rstrip("\n") for rec in self._pysam_records(vf))
+            for rec in self._pysam_records(vf):
+                try:
+                    yield str(rec).rstrip("\n")
+                except UnicodeDecodeError:
+                    # pysam formats a BCF record as UTF-8 only (a VCF's text is copied byte for byte)
+                    raise InputError(f"{self.path}: record {rec.chrom}:{rec.pos} holds text that is not UTF-8, which "
+                                     f"pysam cannot write out from a BCF; convert it to VCF (bcftools view -Oz) and "
+                                     f"score that") from None
 
     def _text_records(self) -> Iterator[tuple[str, str]]:
         """(``file:line`` or ``file: contig``, line) of the selected data lines, in file order."""
