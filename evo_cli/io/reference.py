@@ -35,6 +35,17 @@ def quiet_htslib():
         pysam.set_verbosity(old)
 
 
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only: a run opens its inputs several times (checked
+    before the model loads, then read)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
 def contig_aliases(name: str) -> list[str]:
     """Other spellings of a contig name: ``chr17`` <-> ``17``, ``chrM`` <-> ``MT`` <-> ``M``."""
     bare = name[3:] if name.lower().startswith("chr") else name
@@ -104,8 +115,8 @@ class Reference:
         fasta_mtime = self.path.stat().st_mtime_ns
         old = [i for i in indexes if i is not None and i.stat().st_mtime_ns < fasta_mtime]
         if old:
-            log.warning("warning: %s is older than %s, so not used (the FASTA changed after indexing); "
-                        "indexing it again elsewhere: refresh it with `samtools faidx`", old[0].name, self.path.name)
+            warn_once(f"warning: {old[0]} is older than {self.path}, so not used (the FASTA changed after "
+                      f"indexing); indexing it again elsewhere: refresh it with `samtools faidx`")
         return bool(old)
 
     def _build_index(self, bgzip: bool) -> tuple[Path, Path | None]:
