@@ -78,8 +78,11 @@ def local_rank() -> int | None:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` -> float32 on CPU, bfloat16 on GPUs."""
+    """``auto`` -> float32 on CPU, bfloat16 on GPUs. A name or torch dtype of ``DTYPES``, else an
+    ``InputError`` (a float64 or integer model would fail, or silently run, far from the cause)."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise InputError(f"unsupported dtype {dtype} (use auto, float32 or bfloat16)")
         return dtype
     if dtype is None or dtype == "auto":
         return torch.float32 if device.type == "cpu" else torch.bfloat16

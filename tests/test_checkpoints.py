@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -311,3 +312,51 @@ def test_an_empty_model_name_is_an_error_not_the_current_folder(tmp_path, monkey
             evo_cli.load_model(name, device="cpu")
         with pytest.raises(CheckpointError, match="the model name or path is empty"):
             describe_checkpoint(name)
+
+
+def test_a_directory_with_two_checkpoints_is_refused_and_each_file_loads_as_itself(tmp_path, ids):
+    """A vortex ``weights.pt`` + yml beside a native conversion: before, the directory loaded whichever
+    the search found first, and ``weights.pt`` passed by name was read through the native config.json
+    (identity key map: the vortex rows taken as ours, silently wrong logits)."""
+    native = evo_cli.convert_checkpoint(TINY_A, tmp_path / "native")
+    both = _copy(native, tmp_path / "both")
+    for name in ("weights.pt", "config.yml"):
+        shutil.copy(TINY_A / name, both / name)
+    message = _error(both, r"holds two checkpoints, safetensors \(model-00001-of-00001.safetensors\) and a PyTorch "
+                           r"file \(weights.pt\); pass the weights file")
+    assert str(both) in message
+    want = _logits(evo_cli.load_model(TINY_A, device="cpu"), ids)
+    for path in (both / "weights.pt", both / "model.safetensors.index.json"):
+        torch.testing.assert_close(_logits(evo_cli.load_model(path, device="cpu"), ids), want, rtol=0, atol=1e-5)
+
+
+def test_a_missing_native_weight_is_named_as_stored(tmp_path):
+    """A native checkpoint stores ``blocks.0.mlp.l1.weight`` as ``blocks.0.mlp.l1.weight.T``: before, the
+    error named the key the file never holds."""
+    native = evo_cli.convert_checkpoint(TINY_A, tmp_path / "n")
+    shard = next(native.glob("model-*.safetensors"))
+    sd = load_file(str(shard))
+    del sd["blocks.0.mlp.l1.weight.T"]
+    save_file(sd, str(shard))
+    _error(native, r"missing tensor 'blocks\.0\.mlp\.l1\.weight\.T' \(needed for blocks\.0\.mlp\.l1\.weight\)$")
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_refused_te_state_names_its_file_and_key(tmp_path):
+    """Before, the line named the key only (``blocks.0.projections._extra_state: ...``), not the file."""
+    d = _copy(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    value = io.BytesIO()
+    torch.save({"scale_fwd": torch.ones(3), "payload": _Payload(tmp_path / "pwned")}, value)
+    sd["blocks.0.projections._extra_state"] = value
+    torch.save(sd, d / "weights.pt")
+    _error(d, rf"^{re.escape(str(d / 'weights.pt'))}: blocks\.0\.projections\._extra_state: Transformer Engine "
+              r"state refers to (io|builtins)\.open, which is not Transformer Engine state; refusing to unpickle code$")
+    assert not (tmp_path / "pwned").exists()

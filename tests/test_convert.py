@@ -196,3 +196,13 @@ def test_only_linear_weights_are_read_transposed_and_never_twice(tmp_path, caplo
     with pytest.raises(evo_cli.errors.CheckpointError,
                        match=r"holds both 'blocks.0.mlp.l1.weight' and 'blocks.0.mlp.l1.weight.T'"):
         evo_cli.load_model(out, device="cpu")
+
+
+@pytest.mark.parametrize("size", [0, -5, 2.5])
+def test_convert_checkpoint_refuses_a_shard_size_under_one_byte(tmp_path, size):
+    """The CLI refused --shard-size 0, the Python API wrote one shard per tensor (77 files for tiny_a)."""
+    from evo_cli.errors import InputError
+
+    with pytest.raises(InputError, match=f"max_shard_bytes must be a whole number of at least 1, not {size}"):
+        evo_cli.convert_checkpoint(CONFORMANCE / "evo2" / "tiny_a", tmp_path / "out", max_shard_bytes=size)
+    assert not (tmp_path / "out").exists()

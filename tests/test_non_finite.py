@@ -95,3 +95,33 @@ def test_generate_hint_depends_on_dtype(nan_model):
     assert str(e.value) == f"the model computed NaN or infinite values for prompt 'p' while sampling ({FLOAT32_HINT})"
     with pytest.raises(EvoError, match=r"\(numerical overflow in bfloat16: try --dtype float32\)$"):
         generate(nan_model.to(torch.bfloat16), {"p": "CCGTAG"}, 4, seed=1)
+
+
+@pytest.mark.parametrize("index", [(2, 5), (0, 17)])
+def test_non_finite_weight_is_named_at_its_index_in_the_file(tmp_path, index):
+    """A native checkpoint stores nn.Linear weights transposed (``<name>.T``): the index given is the one
+    in the file. Before, it was the index in the model's layout (here [5, 2] for [2, 5])."""
+    from safetensors.torch import load_file, save_file
+
+    native = evo_cli.convert_checkpoint(TINY_A, tmp_path / "n")
+    shard = next(native.glob("model-*.safetensors"))
+    sd = load_file(str(shard))
+    key = "blocks.0.mlp.l1.weight.T"
+    sd[key][index] = float("nan")
+    save_file(sd, str(shard))
+    with pytest.raises(CheckpointError) as e:
+        evo_cli.load_model(native, device="cpu")
+    assert str(e.value) == (f"{shard}: tensor {key!r} holds a non-finite value (nan at index {list(index)}, as "
+                            f"{str(sd[key].dtype).removeprefix('torch.')}); the checkpoint is damaged")
+
+
+def test_a_weight_the_cast_makes_infinite_is_not_called_damaged(tmp_path):
+    """float16 (accepted by load_model) overflows past 65504: the file is fine, the dtype is not."""
+    d = shutil.copytree(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    sd["blocks.3.pre_norm.scale"][1] = 2.0**20
+    torch.save(sd, d / "weights.pt")
+    assert evo_cli.load_model(d, device="cpu", dtype=torch.float32).blocks[3].pre_norm.scale[1] == 2.0**20
+    with pytest.raises(CheckpointError, match=r"^\S+weights.pt: tensor 'blocks.3.pre_norm.scale' holds a value too "
+                                              r"large for float16 \(it becomes inf\); load the model in float32 or bfloat16$"):
+        evo_cli.load_model(d, device="cpu", dtype=torch.float16)

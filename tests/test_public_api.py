@@ -71,3 +71,179 @@ def test_a_kernel_backend_from_the_environment_says_so(monkeypatch):
     with pytest.raises(InputError, match=r"unknown kernel backend 'bogus' \(use"):
         runtime.resolve_kernels("bogus")
     assert runtime.resolve_kernels("torch") == "torch"
+
+
+# --- API misuse: one InputError saying what is wrong, before a kernel sees the arguments ---
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+
+    from evo_cli.model.init import motif_config, random_model
+
+    torch.manual_seed(0)
+    evo2 = random_model(motif_config("evo2", hidden_size=16, num_layers=4, head_dim=8, state_size=4, name="api2"), seed=0)
+    evo1 = random_model(motif_config("evo1", hidden_size=16, num_layers=4, head_dim=8, state_size=4, name="api1"), seed=0)
+    return evo2.set_kernels("torch"), evo1.set_kernels("torch")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda t: t.float(), "integer token ids .*not float32"),
+    (lambda t: t.bool(), "integer token ids .*not bool"),
+    (lambda t: t - 100, r"token id -35 at \[0, 0\], outside the vocabulary 0..511"),
+    (lambda t: t + 600, r"token id 684 at \[0, 3\], outside the vocabulary 0..511"),
+    (lambda t: t[0], r"2-D \[batch, length\], not of shape \[8\] \(add a batch dimension"),
+    (lambda t: t[None], r"2-D \[batch, length\], not of shape \[1, 1, 8\]"),
+    (lambda t: t.tolist(), "must be a torch.Tensor .*not a list"),
+    (lambda t: t.to("meta"), r"input_ids are on meta, the model \(its embedding\) on cpu: move them"),
+])
+def test_bad_input_ids_are_one_input_error(tiny, make, match):
+    """Before: a RuntimeError / IndexError from nn.Embedding (on a GPU a device-side assert), or an
+    IndexError on ``input_ids.shape[1]``; the same from forward_chunked, forward_layerwise, forward_long."""
+    import torch
+
+    model, _ = tiny
+    bad = make(torch.tensor([list(b"ACGTACGT")]))
+    calls = [lambda: model(bad), lambda: next(model.forward_chunked(bad, 3)),
+             lambda: next(model.forward_layerwise(bad, 3)), lambda: next(model.forward_long(bad, 3))]
+    for call in calls:
+        with pytest.raises(evo_cli.InputError, match=match):
+            call()
+
+
+def test_integer_ids_of_any_width_give_the_int64_logits(tiny):
+    import torch
+
+    model, _ = tiny
+    ids = torch.tensor([list(b"ACGTACGT")])
+    want = model(ids)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(model(ids.to(dtype)), want)
+    assert model(ids[:, :0]).shape == (1, 0, 512)  # an empty sequence has empty logits (scoring relies on it)
+
+
+def test_a_state_that_does_not_fit_is_one_input_error(tiny):
+    """Before: a broadcast RuntimeError deep in a kernel (another batch size, an Evo 1 state in an Evo 2
+    model with as many blocks), or a float32 KV cache silently fed to a bfloat16 model."""
+    import torch
+
+    evo2, evo1 = tiny
+    ids = torch.tensor([list(b"ACGTACGT")])
+    with pytest.raises(evo_cli.InputError, match=r"state holds 2 sequence\(s\); input_ids has 1 row\(s\)"):
+        evo2(ids, evo2.new_state(batch_size=2, max_seqlen=16))
+    with pytest.raises(evo_cli.InputError, match=r"state does not fit this model: block 0 state is hyena .*complex64"):
+        evo2(ids, evo1.new_state(batch_size=1, max_seqlen=16))
+    with pytest.raises(evo_cli.InputError, match="state must be an InferenceState"):
+        evo2(ids, {"seqlen": 0})
+    state = evo2.new_state(1, 16)
+    try:
+        evo2.to(torch.bfloat16)
+        with pytest.raises(evo_cli.InputError, match=r"attention .*float32.*this model's is attention .*bfloat16"):
+            evo2(ids, state)
+        assert evo2(ids, evo2.new_state(1, 16)).shape == (1, 8, 512)
+    finally:
+        evo2.to(torch.float32)
+    from evo_cli.model.cache import InferenceState
+
+    moved = evo2.new_state(1, 16)
+    moved = InferenceState([type(s)(**{k: t.to("meta") for k, t in vars(s).items()}) for s in moved.layers], 16)
+    with pytest.raises(evo_cli.InputError, match=r"state of block 0 is on meta, the block on cpu \(a state made before"):
+        evo2(ids, moved)
+    full = evo2(ids)
+    state = evo2.new_state(1, 8)
+    torch.testing.assert_close(torch.cat([evo2(ids[:, :5], state), evo2(ids[:, 5:], state)], 1), full,
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="state holds 8 positions; 8 used, 1 more asked"):
+        evo2(ids[:, :1], state)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((-1, 8), "batch_size must be a whole number of at least 0, not -1"),
+    ((1.5, 8), "batch_size must be a whole number of at least 0, not 1.5"),
+    ((1, -2), "max_seqlen must be a whole number of at least 0, not -2"),
+    ((True, 8), "batch_size must be a whole number of at least 0, not True"),
+])
+def test_new_state_checks_its_sizes(tiny, args, match):
+    """Before: torch.zeros' TypeError / 'Dimension size must be non-negative' from inside a block."""
+    with pytest.raises(evo_cli.InputError, match=match):
+        tiny[0].new_state(*args)
+
+
+def test_chunk_size_must_be_a_whole_number(tiny):
+    import torch
+
+    ids = torch.tensor([list(b"ACGTACGT")])
+    with pytest.raises(evo_cli.InputError, match="chunk_size must be a whole number of at least 1, not 2.5"):
+        next(tiny[0].forward_chunked(ids, 2.5))
+    with pytest.raises(ValueError, match="chunk_size must be at least 1"):
+        next(tiny[0].forward_layerwise(ids, 0))
+
+
+def test_kernels_the_device_cannot_run_are_one_input_error(tiny, monkeypatch):
+    """A model switched to (or moved under) kernels its device cannot run: before, a RuntimeError from
+    inside the first kernel call."""
+    import torch
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model, _ = tiny
+    try:
+        model.set_kernels("triton")
+        with pytest.raises(evo_cli.InputError, match="needs TRITON_INTERPRET=1 .*the model is on cpu"):
+            model(torch.tensor([list(b"ACGT")]))
+    finally:
+        model.set_kernels("torch")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int64", "complex64"])
+def test_load_model_refuses_dtypes_it_cannot_run(dtype):
+    """Before: any torch dtype was taken (a float64 model ran silently; an integer one failed inside)."""
+    import torch
+
+    from evo_cli.runtime import resolve_dtype
+
+    with pytest.raises(evo_cli.InputError, match=f"unsupported dtype torch.{dtype} \\(use auto, float32 or bfloat16\\)"):
+        resolve_dtype(getattr(torch, dtype), torch.device("cpu"))
+    assert resolve_dtype(torch.bfloat16, torch.device("cpu")) is torch.bfloat16
+
+
+def test_the_readme_python_api_example_runs_as_written():
+    """The README's "Python API" block, in a fresh interpreter on a conformance checkpoint, and does
+    what its comments say."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert block.count('"path/to/checkpoint"') == 1
+    assert "n_tokens=100" in block
+    code = block.replace('"path/to/checkpoint"', repr(str(root / "tests/data/conformance/evo2/tiny_a")))
+    code = code.replace("n_tokens=100", "n_tokens=8")  # the rest as written; 100 tokens only cost time
+    code += """
+assert logits.shape == (1, 8, 512) and logits.dtype == torch.float32
+assert model.config.pattern and len(gens) == 4 and [(g.prompt_id, g.sample) for g in gens][:2] == [("prompt1", 0), ("prompt1", 1)]
+assert all(len(g.token_ids) == 8 for g in gens)
+state = model.new_state(batch_size=1, max_seqlen=64)
+pieces = torch.cat([model(ids[:, :5], state), model(ids[:, 5:], state)], 1)
+assert (pieces - logits).abs().max().item() < 1e-4, (pieces - logits).abs().max().item()
+print("ok")
+"""
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"model": None}, r"the model must be a published name or a path \(str or os.PathLike\), not None"),
+    ({"model": 7}, r"the model must be a published name or a path .*not 7"),
+    ({"config": "x"}, "config must be a ModelConfig .*not a str"),
+    ({"state_tokens": -1}, "state_tokens must be a whole number of at least 0, not -1"),
+])
+def test_load_model_argument_errors(kwargs, match):
+    """Before: a TypeError from pathlib, an AttributeError from the key map, or a silent negative."""
+    from tests.conftest import CONFORMANCE
+
+    args = {"model": CONFORMANCE / "evo2" / "tiny_a", "device": "cpu", **kwargs}
+    with pytest.raises(evo_cli.InputError, match=match):
+        evo_cli.load_model(**args)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from evo_cli import hub, registry
-from evo_cli.errors import CheckpointError, EvoError
+from evo_cli.errors import CheckpointError, EvoError, InputError
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
 from evo_cli.model.placement import DEFAULT_STATE_TOKENS, auto_devices
@@ -46,6 +47,10 @@ def load_model(
     (Hopper's FP8 GEMM bit for bit through mmaemu, any device), ``native`` (``torch._scaled_mm``),
     ``off`` (plain matmul); default from ``EVO_FP8``, else ``auto``. ``model.fp8`` says which runs.
     """
+    if config is not None and not isinstance(config, ModelConfig):
+        raise InputError(f"config must be a ModelConfig (or None: the checkpoint's own), not a {type(config).__name__}")
+    if isinstance(state_tokens, bool) or not isinstance(state_tokens, int) or state_tokens < 0:
+        raise InputError(f"state_tokens must be a whole number of at least 0, not {state_tokens!r}")
     path, published = resolve_checkpoint(model)
     devices = resolve_devices(device, devices_per_rank)
     kernels = resolve_kernels(kernels, devices)
@@ -83,6 +88,9 @@ def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, 
     Face cache, downloaded unless cached or ``download`` is False or HF_HUB_OFFLINE is set, and its
     packaged config). An existing path wins over a name. An empty name is an error (``Path("")`` is the
     current folder: an unset ``$MODEL`` would load whatever is there)."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise InputError(f"the model must be a published name or a path (str or os.PathLike), not {model!r} "
+                         "(see `evo models`)")
     if not str(model).strip():
         raise CheckpointError("no model given: the model name or path is empty (see `evo models`)")
     path = Path(model)

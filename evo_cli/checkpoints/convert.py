@@ -20,7 +20,7 @@ from evo_cli.runtime import resolve_dtype
 from . import resolve_checkpoint
 from .formats import open_checkpoint
 from .loader import build_model
-from .native import DEFAULT_SHARD_BYTES, save_native
+from .native import DEFAULT_SHARD_BYTES, check_shard_bytes, save_native
 
 
 def convert_checkpoint(
@@ -34,6 +34,7 @@ def convert_checkpoint(
     dtype: ``keep`` (every tensor as stored), ``float32`` or ``bfloat16`` (Hyena filters, poles,
     residues and rotary frequencies stay float32). The directory appears only when complete.
     """
+    check_shard_bytes(max_shard_bytes)  # like the output, before a download or a long load
     check_output_dir(out_dir)  # before a download or a long load
     path, published = resolve_checkpoint(source)
     ckpt = open_checkpoint(path, published)

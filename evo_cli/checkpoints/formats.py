@@ -104,15 +104,27 @@ _FP8_SCALE = re.compile(r"^(blocks\.\d+\.projections)\.fp8_scale_(input|weight)$
 _TE_STATE = re.compile(r"^blocks\.(\d+)\.projections\._extra_state$")
 
 
+def _decode_te(source: TensorSource, key: str) -> dict | None:
+    """``te_state.decode_extra_state`` of ``key``, its errors naming the file as well as the key."""
+    value = source.get(key)
+    try:
+        return te_state.decode_extra_state(value, key)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source.where(key)}: {err}") from None
+
+
 def _te_scales(source: TensorSource):
     """``_extra_state`` key -> (input scale, weight scale), decoded once per key."""
 
     @functools.cache
     def scales(key: str):
-        state = te_state.decode_extra_state(source.get(key), key)
+        state = _decode_te(source, key)
         if state is None:
             raise CheckpointError(f"{source.where(key)}: {key} holds no FP8 state (the module never ran in FP8)")
-        return te_state.forward_scales(state, key)
+        try:
+            return te_state.forward_scales(state, key)
+        except CheckpointError as err:
+            raise CheckpointError(f"{source.where(key)}: {err}") from None
 
     return scales
 
@@ -126,7 +138,7 @@ def _te_probe(source: TensorSource):
         if not keys:
             return None
         key = keys[0][1]
-        state = te_state.decode_extra_state(source.get(key), key)
+        state = _decode_te(source, key)
         if state is None or "scale_fwd" not in state:
             return None
         return f"Transformer Engine FP8 scales ({te_state.recipe_summary(state)})"
@@ -164,8 +176,12 @@ def _vortex_resolver(config: ModelConfig, source: TensorSource):
 
 def _native_resolver(config: ModelConfig, source: TensorSource):
     keys = set(source.keys())
+    # format /2 stores every nn.Linear weight transposed: a missing one is named as it would be stored
+    transposed = any(is_linear_weight(k[:-2]) for k in keys if k.endswith(".T"))
 
     def resolve(name: str):
+        if is_linear_weight(name) and transposed and name not in keys and transposed_key(name) not in keys:
+            return transposed_key(name), _identity  # missing: the loader names it
         if is_linear_weight(name) and transposed_key(name) in keys:
             if name in keys:
                 raise CheckpointError(f"{source.where(name)}: holds both {name!r} and {transposed_key(name)!r} "
@@ -206,10 +222,20 @@ def _yaml_family(d: dict) -> str | None:
 
 
 def _find_weights(directory: Path) -> tuple[str, list[Path]]:
-    """(kind, files) of the weights in ``directory``: kind is ``safetensors`` or ``torch``."""
+    """(kind, files) of the weights in ``directory``: kind is ``safetensors`` or ``torch``.
+
+    Hugging Face safetensors shards win over ``pytorch_model*.bin`` (the same weights, as Hugging Face
+    loads them), but safetensors beside a vortex ``*.pt`` are two checkpoints: which one was meant is
+    the user's to say (the config of one would be read with the weights of the other)."""
+    st = sorted(directory.glob("model*.safetensors"))
+    if (directory / "model.safetensors.index.json").is_file() or st:
+        pt = sorted([*directory.glob("*.pt"), *directory.glob("*.pt.part0")])
+        if pt:
+            shown = (st[0] if st else directory / "model.safetensors.index.json").name
+            raise CheckpointError(f"{directory}: holds two checkpoints, safetensors ({shown}) and a PyTorch file "
+                                  f"({pt[0].name}); pass the weights file (or index) of the one to load")
     if (directory / "model.safetensors.index.json").is_file():
         return "safetensors", safetensors_index_files(directory / "model.safetensors.index.json")
-    st = sorted(directory.glob("model*.safetensors"))
     if st:
         return "safetensors", st
     if (directory / "pytorch_model.bin.index.json").is_file():
@@ -285,7 +311,8 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
         resolver = community.community_resolver(layout, parsed, source, _vortex_resolver(parsed, source))
         return Checkpoint(path=path, format=layout, config=parsed, source=source, resolve=resolver,
                           ignorable=community.community_ignorable(layout, _is_extra))
-    if json_d is not None and str(json_d.get("format", "")).startswith("evo-cli/"):
+    # a native config describes safetensors only: a .pt passed beside it is read with its own yml
+    if json_d is not None and str(json_d.get("format", "")).startswith("evo-cli/") and kind == "safetensors":
         fmt = "native"
         parsed = parsed or ModelConfig.from_native(json_d, str(cfg_json))
     else:

@@ -22,16 +22,20 @@ log = logging.getLogger(__name__)
 _BLOCK = re.compile(r"(?:^|\.)(?:blocks|layers)\.(\d+)\.")
 
 
-def _check_finite(t: torch.Tensor, key: str, where) -> None:
+def _check_finite(t: torch.Tensor, key: str, where, stored) -> None:
     """A NaN or infinite weight would turn every score into NaN far from its cause: one pass over each
-    tensor at load names it instead (a meta tensor has no values to check)."""
-    if t.is_meta:
+    loaded tensor ``t`` names it instead (a meta tensor has no values to check). The index and value
+    are those of ``stored``, the tensor as the file holds it (``t`` may be transposed, its rows
+    reordered, or cast); a finite stored value that the cast made infinite is said to be so."""
+    if t.is_meta or bool(torch.isfinite(t).all()):
         return
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        at = [int(i) for i in (~finite).nonzero()[0]]
-        raise CheckpointError(f"{where}: tensor {key!r} holds a non-finite value ({t[tuple(at)].item()} at index "
-                              f"{at}, as {str(t.dtype).removeprefix('torch.')}); the checkpoint is damaged")
+    if isinstance(stored, torch.Tensor) and stored.is_floating_point() and not bool(torch.isfinite(stored).all()):
+        at = [int(i) for i in (~torch.isfinite(stored)).nonzero()[0]]
+        raise CheckpointError(f"{where}: tensor {key!r} holds a non-finite value ({stored[tuple(at)].item()} at index "
+                              f"{at}, as {str(stored.dtype).removeprefix('torch.')}); the checkpoint is damaged")
+    dtype = str(t.dtype).removeprefix("torch.")
+    raise CheckpointError(f"{where}: tensor {key!r} holds a value too large for {dtype} (it becomes "
+                          f"{t[~torch.isfinite(t)][0].item()}); load the model in float32 or bfloat16")
 
 
 def _placed(t: torch.Tensor, device: torch.device, dtype: torch.dtype, column_major: bool) -> torch.Tensor:
@@ -82,7 +86,7 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
         tensors[name] = _placed(t, device, target,
                                 device.type == "cpu" and is_linear_weight(name) and model.column_major(t.shape))
         if key is not None:
-            _check_finite(tensors[name], key, ckpt.source.where(key))
+            _check_finite(tensors[name], key, ckpt.source.where(key), stored)
         used.add(key)
     extra = [k for k in ckpt.source.keys() if k not in used and not ckpt.ignorable(k)]
     # an unused tensor may be a harmless extra, but one of a block past the config's last layer means the

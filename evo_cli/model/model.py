@@ -9,9 +9,10 @@ import torch
 import torch.nn as nn
 
 from evo_cli import kernels as K
+from evo_cli.errors import InputError
 from evo_cli.kernels import BACKENDS
 
-from .cache import InferenceState
+from .cache import AttentionState, InferenceState
 from .config import ModelConfig
 from .layers import AttentionBlock, HyenaBlock, RMSNorm
 
@@ -24,7 +25,8 @@ def keeps_float32(name: str) -> bool:
 
 
 class StripedHyena(nn.Module):
-    """``forward(input_ids [B, L] int64) -> logits [B, L, vocab] float32``.
+    """``forward(input_ids [B, L] int64) -> logits [B, L, vocab] float32`` (any integer dtype of ids is
+    taken; ``check_input_ids`` says what else is refused).
 
     With an ``InferenceState`` the call continues the sequence the state has seen (positions start
     at ``state.seqlen``) and updates the state in place: the prompt can be fed in one piece or in
@@ -48,6 +50,8 @@ class StripedHyena(nn.Module):
         self.forward_chunk = 8192
         # blocks split over several devices (placement.py; set by the loader), None on one device
         self.placement = None
+        # model dtype -> each block's state layout (``_check_state``), computed once per dtype
+        self._state_layouts = {}
         self._cpu_gemv_layout()  # a model built on a CPU (not the meta device): see there
 
     @property
@@ -136,6 +140,8 @@ class StripedHyena(nn.Module):
     def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:
         """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);
         with ``last_block``, only for blocks ``0..last_block`` (see ``forward``)."""
+        batch_size = _whole(batch_size, "batch_size", 0)
+        max_seqlen = _whole(max_seqlen, "max_seqlen", 0)
         n = self.blocks_to_run(last_block)
         self._cpu_gemv_layout()
         return InferenceState([self._block_state(i, batch_size, max_seqlen) for i in range(n)], max_seqlen)
@@ -189,20 +195,84 @@ class StripedHyena(nn.Module):
         Without a state, an input longer than ``self.forward_chunk`` tokens runs in chunks of that
         size with a carried state (``_forward_in_chunks``), unless a forward hook is registered.
         """
+        input_ids = self.check_input_ids(input_ids)
         if state is None and input_ids.shape[1] > self.forward_chunk and not self._hooked():
             return self._forward_in_chunks(input_ids, return_logits, last_block)
+        n = self.blocks_to_run(last_block)
+        if state is not None:
+            self._check_state(state, input_ids.shape[0], n)
         pos = 0 if state is None else state.seqlen
         if state is not None and pos + input_ids.shape[1] > state.max_seqlen:
             raise ValueError(f"state holds {state.max_seqlen} positions; {pos} used, {input_ids.shape[1]} more asked")
-        n = self.blocks_to_run(last_block)
-        if state is not None and len(state.layers) < n:
-            raise ValueError(f"the state holds blocks 0..{len(state.layers) - 1}; this forward runs blocks 0..{n - 1}")
         x = self.embedding_layer(input_ids)
         for i, block in enumerate(self.blocks[:n]):
             x = self._run_block(i, block, x, None if state is None else state.layers[i], pos)
         if state is not None:
             state.seqlen = pos + input_ids.shape[1]
         return self._head(x, return_logits, last_block is None)
+
+    def check_input_ids(self, input_ids) -> torch.Tensor:
+        """``input_ids`` as the forward takes it: an integer tensor [B, L] of token ids in
+        ``0..vocab_size - 1``, returned as int64 (any integer dtype is accepted). Anything else is one
+        ``InputError`` saying what is wrong, before a kernel sees it (``nn.Embedding`` would fail deep
+        inside, or on a GPU with a device-side assert). Also checks that the kernel backend can run on
+        the model's device (it may have been moved with ``.to()`` after ``set_kernels``)."""
+        if not isinstance(input_ids, torch.Tensor):
+            raise InputError(f"input_ids must be a torch.Tensor [batch, length] of token ids, not a "
+                             f"{type(input_ids).__name__} (e.g. torch.tensor([list(b'ACGT')]))")
+        if input_ids.dim() != 2:
+            hint = " (add a batch dimension: ids[None])" if input_ids.dim() == 1 else ""
+            raise InputError(f"input_ids must be 2-D [batch, length], not of shape {list(input_ids.shape)}{hint}")
+        if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+            raise InputError(f"input_ids must hold integer token ids (torch.long), not "
+                             f"{str(input_ids.dtype).removeprefix('torch.')} values")
+        if input_ids.device != self.device:
+            raise InputError(f"input_ids are on {input_ids.device}, the model (its embedding) on {self.device}: "
+                             "move them with ids.to(model.device)")
+        vocab = self.config.vocab_size
+        if input_ids.numel() and not input_ids.is_meta:  # empty: [B, 0] gives [B, 0, vocab] logits
+            lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync, cheaper than a bad index
+            if lo < 0 or hi >= vocab:
+                bad = lo if lo < 0 else hi
+                at = [int(i) for i in (input_ids == bad).nonzero()[0]]
+                raise InputError(f"input_ids holds token id {bad} at {at}, outside the vocabulary 0..{vocab - 1} "
+                                 "(tokens are UTF-8 bytes)")
+        try:
+            K.resolve_backend(self.kernels, self.device)
+        except RuntimeError as err:
+            raise InputError(f"{err} (the model is on {self.device}; choose another with model.set_kernels)") from None
+        return input_ids.long()
+
+    def _check_state(self, state, batch: int, n: int) -> None:
+        """One ``InputError`` where ``state`` cannot continue this forward: not an ``InferenceState``, another
+        batch size, or made by a model of another shape or dtype (``new_state`` of this model gives one that
+        fits; a state made before ``.to(dtype)`` does not)."""
+        if not isinstance(state, InferenceState):
+            raise InputError(f"state must be an InferenceState from model.new_state(...), not a {type(state).__name__}")
+        if len(state.layers) < n:
+            raise ValueError(f"the state holds blocks 0..{len(state.layers) - 1}; this forward runs blocks 0..{n - 1}")
+        layouts = self._state_layouts.get(self.dtype)
+        if layouts is None:
+            layouts = self._state_layouts[self.dtype] = [_layout(self._block_state_meta(i)) for i in range(len(self.blocks))]
+        for i in range(n):
+            got = _layout(state.layers[i])
+            if got[1] != batch:
+                raise InputError(f"the state holds {got[1]} sequence(s); input_ids has {batch} row(s) "
+                                 f"(make one with model.new_state(batch_size={batch}, ...))")
+            if got[0] != layouts[i][0] or got[2:] != layouts[i][2:]:
+                raise InputError(f"the state does not fit this model: block {i} state is {_describe(got)}, this "
+                                 f"model's is {_describe(layouts[i])} (a state made by another model, or before "
+                                 "the model's .to(dtype)); make one with model.new_state(...)")
+            layer = state.layers[i]
+            where = (layer.k if isinstance(layer, AttentionState) else layer.fir).device
+            if where != self.block_device(i):
+                raise InputError(f"the state of block {i} is on {where}, the block on {self.block_device(i)} (a state "
+                                 "made before the model's .to(device)); make one with model.new_state(...)")
+
+    def _block_state_meta(self, i: int):
+        """Block ``i``'s state for one sequence on the meta device: its layout, nothing allocated."""
+        block, meta = self.blocks[i], torch.device("meta")
+        return block.new_state(1, meta, 1, self.dtype) if block.kind == "attn" else block.new_state(1, meta)
 
     def blocks_to_run(self, last_block: int | None) -> int:
         """How many blocks a call with ``last_block`` runs: all for None, else blocks ``0..last_block``
@@ -240,16 +310,15 @@ class StripedHyena(nn.Module):
     def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True, last_block: int | None = None):
         """Run over ``input_ids`` [B, L] in chunks of ``chunk_size`` tokens with a carried state.
 
-        Yields ``(start, logits)`` per chunk (logits [B, n, vocab] or None), exactly the slices the
-        full forward would give, with activation memory bounded by the chunk (plus the KV cache of
-        the attention layers, which grows with L). Forward hooks fire once per chunk. ``last_block``
-        as in ``forward``.
+        Yields ``(start, logits)`` per chunk (logits [B, n, vocab] or None), the slices the full
+        forward would give within float32 rounding, with activation memory bounded by the chunk (plus
+        the KV cache of the attention layers, which grows with L). Forward hooks fire once per chunk.
+        ``last_block`` as in ``forward``. Bad arguments raise ``InputError`` when the first chunk is asked for.
         """
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be at least 1")
-        L = input_ids.shape[1]
-        state = self.new_state(input_ids.shape[0], L, last_block)
-        for start in range(0, L, chunk_size):
+        input_ids = self.check_input_ids(input_ids)
+        chunk_size = _chunk_size(chunk_size)
+        state = self.new_state(input_ids.shape[0], input_ids.shape[1], last_block)
+        for start in range(0, input_ids.shape[1], chunk_size):
             yield start, self(input_ids[:, start : start + chunk_size], state, return_logits=return_logits,
                               last_block=last_block)
 
@@ -263,13 +332,13 @@ class StripedHyena(nn.Module):
         exactly that chunk at each yield; hooks on earlier blocks fire for every chunk before the first
         yield. See ``long_forward_bytes`` for the memory of both modes.
         """
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be at least 1")
-        B, L = input_ids.shape
+        input_ids = self.check_input_ids(input_ids)
+        chunk_size = _chunk_size(chunk_size)
         n = self.blocks_to_run(last_block)
         if n == 0:  # no block to run (only the embedding is wanted)
             yield from self.forward_chunked(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
             return
+        B, L = input_ids.shape
         x = self.embedding_layer(input_ids)
         for i, block in enumerate(self.blocks[:n]):
             x = x.to(self.block_device(i))  # split over devices: the hidden states follow the blocks
@@ -321,7 +390,39 @@ class StripedHyena(nn.Module):
         """``forward_chunked``, or ``forward_layerwise`` when the chunked path's memory
         (``long_forward_bytes``) would exceed ``free_bytes`` and layer by layer needs less: same
         yields, same numbers. ``free_bytes=None``: always chunked."""
+        input_ids = self.check_input_ids(input_ids)
         need = self.long_forward_bytes(input_ids.shape[0], input_ids.shape[1], chunk_size, last_block)
         layerwise = free_bytes is not None and need["chunked"] > free_bytes and need["layerwise"] < need["chunked"]
         run = self.forward_layerwise if layerwise else self.forward_chunked
         return run(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
+
+
+def _whole(value, name: str, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``, else one ``InputError`` naming the argument."""
+    try:
+        n = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < minimum:
+        raise InputError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
+    return n
+
+
+def _chunk_size(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+        raise ValueError("chunk_size must be at least 1")  # the message callers have matched since it was written
+    return _whole(value, "chunk_size", 1)
+
+
+def _layout(layer_state) -> tuple:
+    """(kind, batch, per-tensor (shape without batch, dtype)) of one block's state; an attention
+    block's capacity (the KV cache's length) is left out, as it varies with ``max_seqlen``."""
+    attn = isinstance(layer_state, AttentionState)
+    tensors = [layer_state.k, layer_state.v] if attn else [layer_state.fir, layer_state.inner]
+    rest = tuple((tuple(t.shape[1:2]) + tuple(t.shape[3:]) if attn else tuple(t.shape[1:]), t.dtype) for t in tensors)
+    return ("attention" if attn else "hyena", tensors[0].shape[0], *rest)
+
+
+def _describe(layout: tuple) -> str:
+    parts = ", ".join(f"{list(shape)} {str(dtype).removeprefix('torch.')}" for shape, dtype in layout[2:])
+    return f"{layout[0]} ({parts})"
