@@ -86,6 +86,10 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
     if format:
         if format not in OUTPUT_FORMATS:
             raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
+        named = None if path in STDOUT else format_from_extension(path, _OUTPUT_EXTENSIONS)
+        if named is not None and named != format:  # a table named .vcf.gz breaks whatever opens it by its name
+            raise InputError(f"--format {format} contradicts -o {path} (a {named} name): drop --format or rename "
+                             f"the output")
         fmt = format
     elif path in STDOUT:
         fmt = "tsv"

@@ -12,7 +12,9 @@ symbolic (``symbolic``) and breakend (``breakend``) alleles, alleles with charac
 nucleotide codes (``invalid_allele``), records at POS 0, a telomere, which has no base
 (``telomere``), records whose CHROM is not in the FASTA even after ``chr``-aliasing
 (``contig_not_in_fasta``), windows with characters other than nucleotide codes
-(``non_dna_reference``) and, with ``skip_ref_mismatch``, records whose REF runs past the end of
+(``non_dna_reference``), one-base windows (``window_under_2_bases``), ALT windows equal to the REF
+window base for base, whose delta is 0 whatever the model (``alt_window_equals_ref``: ALT spells REF,
+or the change lies past the window's end) and, with ``skip_ref_mismatch``, records whose REF runs past the end of
 their contig in the FASTA (``past_contig_end``) or differs from the FASTA (``ref_mismatch``;
 without it either is an error naming the record). A VCF output carries the statuses too, as the
 ``Number=A`` INFO key ``EVO_STATUS`` on every record (``ok`` for a scored ALT, as in the table's
@@ -65,13 +67,17 @@ REF_MISMATCH = "ref_mismatch"
 NON_DNA = "non_dna_reference"
 # a window scores its bases 2..n: one base (--window 2 at a contig's first base) has no score
 SHORT_WINDOW = "window_under_2_bases"
+# the ALT window is the REF window base for base (ALT spells REF, or the change lies past the window's end:
+# an insertion after a contig's last base, a repeat unit added to a repeat running past the window), so its
+# delta would be 0 whatever the model: not an effect estimate
+SAME_WINDOW = "alt_window_equals_ref"
 # every reason an ALT is not scored, in the order the README lists them
-SKIP_STATUSES = (NO_ALT, STAR, SYMBOLIC, BREAKEND, INVALID, TELOMERE, CONTIG_MISSING, NON_DNA, SHORT_WINDOW, PAST_END,
-                 REF_MISMATCH)
+SKIP_STATUSES = (NO_ALT, STAR, SYMBOLIC, BREAKEND, INVALID, TELOMERE, CONTIG_MISSING, NON_DNA, SHORT_WINDOW, SAME_WINDOW,
+                 PAST_END, REF_MISMATCH)
 # what the progress file's results are: bumped when a stored status changes meaning (2: past_contig_end,
-# earlier stored as ref_mismatch; 3: window_under_2_bases, earlier an error or, summed, a delta of 0),
-# so that a resumed run never mixes the two
-RESULTS = "score-variants/3"
+# earlier stored as ref_mismatch; 3: window_under_2_bases, earlier an error or, summed, a delta of 0;
+# 4: alt_window_equals_ref, earlier ok with a delta of 0), so that a resumed run never mixes the two
+RESULTS = "score-variants/4"
 # the Evo 2 BRCA1 notebook's window
 DEFAULT_WINDOW = 8192
 OUTPUT_FORMATS = ("vcf", "vcf.gz", "tsv", "parquet")
@@ -100,11 +106,15 @@ STATUS_FIELD = InfoField("EVO_STATUS", "A", "String",
 
 def output_format(path: str | Path | None, format: str | None = None) -> str:
     """``vcf``, ``vcf.gz``, ``tsv`` or ``parquet`` from ``format`` or the output's extension."""
+    fmt = format_from_extension(path, _OUTPUT_EXTENSIONS) if path is not None else None
     if format:
         if format not in OUTPUT_FORMATS:
             raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
+        # plain text named .vcf.gz (or bgzip named .tsv) breaks whatever opens it by its name
+        if fmt is not None and fmt != format:
+            raise InputError(f"--format {format} contradicts -o {path} (a {fmt} name): drop --format or rename "
+                             f"the output")
         return format
-    fmt = format_from_extension(path, _OUTPUT_EXTENSIONS)
     if fmt is None:
         raise InputError(f"{path}: cannot tell the output format from the extension "
                          f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
@@ -178,8 +188,14 @@ def _site(rec: VcfRecord, reference: Reference, window: int, strand: str, skip_r
     if not set(ref_window).union(*alt_windows) <= DNA_CODES:
         return _Site(rec, [NON_DNA if s == OK else s for s in statuses], [])
     alts: list[str | None] = [None] * len(statuses)
+    statuses = list(statuses)
     for i, w in zip(ok, alt_windows):
-        alts[i] = w
+        if w == ref_window:
+            statuses[i] = SAME_WINDOW
+        else:
+            alts[i] = w
+    if OK not in statuses:
+        return _Site(rec, statuses, [])
     windows = [(ref_window, alts)]
     if strand == "both":
         windows.append((reverse_complement(ref_window), [w and reverse_complement(w) for w in alts]))
@@ -282,6 +298,9 @@ def check_variants(vcf: str | Path, fasta: str | Path, regions: Iterable[Region]
         for rec in reader:
             total += len(_statuses(rec, reference, skip_ref_mismatch)[1])
             starts.setdefault(rec.chrom, []).append(rec.start)
+        if reader.is_bcf:  # a BCF record that cannot be written out as text fails now, not after the scoring
+            for _ in reader.text()[1]:
+                pass
         if starts and all(reference.resolve(c) is None for c in starts):
             raise InputError(f"no contig of {reader.path.name} is in {reference.path.name}: the VCF has "
                              f"{_first(starts)}, the FASTA has {_first(reference.contigs)}; check the "
@@ -375,8 +394,13 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
     memory: list[list] = []
     summary = Summary()
     share = Share(store, progress)
+    contigs: dict[str, int | None] = {}  # the records' contigs, with their FASTA lengths, for the VCF header
     with Reference(fasta) as reference:
         for i, chunk in enumerate(_chunks(reader, batch_size)):
+            for rec in chunk:
+                if rec.chrom not in contigs:
+                    found = reference.resolve(rec.chrom)
+                    contigs[rec.chrom] = reference.length(found) if found else None
             n = sum(len(rec.alts) or 1 for rec in chunk)
             if store is not None and i in store:
                 summary.resumed += n
@@ -396,7 +420,8 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
     elif fmt in ("vcf", "vcf.gz"):
         header = [(f"evo_{k}", v) for k, v in info.items() if v is not None]
         summary.indexed = write_annotated_vcf(output, reader, [*info_fields(reduce), STATUS_FIELD], header,
-                                              _annotations(results, summary, rows, reader), fmt == "vcf.gz")
+                                              _annotations(results, summary, rows, reader), fmt == "vcf.gz",
+                                              contigs)
     else:
         with table_writer(output, COLUMNS, fmt, metadata=info) as write:
             for row in _rows(reader, results, summary):

@@ -158,8 +158,9 @@ EDGE_CASES = {
     "bcftools/norm.iupac.vcf": ("bcftools/norm.iupac.fa", [], "1:8: REF BA does not match the FASTA (norm.iupac.fa has NA)",
                                 0, {"ref_mismatch": 1}),
     "bcftools/norm.symbolic.vcf": ("bcftools/norm.symbolic.fa", [], None, 2, {"symbolic": 2}),
-    "bcftools/norm.vcf": ("bcftools/norm.fa", [], "1:60: REF A does not match the FASTA (norm.fa has C)", 35,
-                          {"ref_mismatch": 1, "no_alt": 1, "star_allele": 1, "invalid_allele": 1}),
+    "bcftools/norm.vcf": ("bcftools/norm.fa", [], "1:60: REF A does not match the FASTA (norm.fa has C)", 31,
+                          {"ref_mismatch": 1, "no_alt": 1, "star_allele": 1, "invalid_allele": 1,
+                           "alt_window_equals_ref": 4}),  # 3:10, (AC)n insertions running past the window
     "cyvcf2/multi-contig.vcf.gz": (None, [], None, 11, {"no_alt": 2}),
     "cyvcf2/no-seq-names.vcf": (None, [], None, 1, {}),
     "cyvcf2/o.vcf.gz": (None, [], "chr1:3769970: REF A runs past the end of contig chr1 (50 bp) in ref.fa", 31,
@@ -541,7 +542,7 @@ def test_resume_keeps_the_statuses_and_refuses_older_results(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_score_variants(model, vcf, FA, out, progress=_interrupt_after(2), **kw)
     head, *chunks = partial.read_text().splitlines()
-    assert json.loads(head)["settings"]["results"] == RESULTS == "score-variants/3" and len(chunks) == 2
+    assert json.loads(head)["settings"]["results"] == RESULTS == "score-variants/4" and len(chunks) == 2
     evo_cli.score_variants(model, vcf, FA, out, resume=True, **kw)
     assert out.read_bytes() == expected and not partial.exists()
     # an older progress file: its past-the-end records were stored as ref_mismatch
@@ -552,7 +553,7 @@ def test_resume_keeps_the_statuses_and_refuses_older_results(tmp_path):
     old = json.loads(head)
     del old["settings"]["results"]
     partial.write_text("\n".join([json.dumps(old, sort_keys=True), *chunks]) + "\n")
-    with pytest.raises(evo_cli.InputError, match=r"settings differ \(results: None then, 'score-variants/3' now\)"):
+    with pytest.raises(evo_cli.InputError, match=r"settings differ \(results: None then, 'score-variants/4' now\)"):
         evo_cli.score_variants(model, vcf, FA, out, resume=True, **kw)
     assert partial.exists() and not out.exists()
 
@@ -566,4 +567,136 @@ def test_every_status_is_documented():
     assert [s for s in SKIP_STATUSES if f"`{s}`" not in listed] == []
     assert "`ok`" in listed and "`EVO_STATUS`" in readme
     assert all(s in STATUS_FIELD.description for s in SKIP_STATUSES)
-    assert len(set(SKIP_STATUSES)) == 11 and {"past_contig_end", "window_under_2_bases"} <= set(SKIP_STATUSES)
+    assert len(set(SKIP_STATUSES)) == 12 and {"past_contig_end", "window_under_2_bases", "alt_window_equals_ref"} <= set(SKIP_STATUSES)
+
+
+def test_pipes_empty_vcf_and_a_format_contradicting_the_name_end_in_one_line(tmp_path):
+    """A VCF or FASTA given as a pipe (``<(zcat x)``) failed with a message blaming the file's header (the VCF
+    is read more than once, the FASTA at random); an empty VCF pointed at an htslib message that never came;
+    ``--format`` against the output's name wrote plain text into ``x.vcf.gz``. All before the model loads."""
+    empty = tmp_path / "empty.vcf"
+    empty.write_text("")
+
+    def pipe_of(path: Path) -> str:
+        r, w = os.pipe()
+        os.write(w, path.read_bytes()[:4096])  # fits the pipe's buffer
+        os.close(w)
+        return f"/dev/fd/{r}"
+
+    cases = [
+        (["--vcf", pipe_of(SNVS), "--fasta", FA, "-o", tmp_path / "o.tsv"],
+         "is a device or a pipe, not a file; the VCF is read more than once, so save it to a file first"),
+        (["--vcf", SNVS, "--fasta", pipe_of(FA), "-o", tmp_path / "o.tsv"],
+         "is a device or a pipe, not a file; the reference is read at random, so give a FASTA file (plain or bgzip)"),
+        (["--vcf", empty, "--fasta", FA, "-o", tmp_path / "o.tsv"],
+         "empty.vcf: is empty, not a VCF (a VCF has at least a #CHROM header line)"),
+        (["--vcf", SNVS, "--fasta", FA, "-o", tmp_path / "o.vcf.gz", "--format", "vcf"],
+         "--format vcf contradicts -o"),
+        (["--vcf", SNVS, "--fasta", FA, "-o", tmp_path / "o.tsv", "--format", "vcf.gz"],
+         "--format vcf.gz contradicts -o"),
+    ]
+    for args, message in cases:
+        code, _, err = evo("score-variants", "-m", tmp_path / "no_model", "--window", 64, *args)
+        assert code == 1 and message in err and "Traceback" not in err, err
+        assert len(err.splitlines()) == 1, err
+    assert not list(tmp_path.glob("o.*"))
+    # a name without a known ending takes the --format given, as before
+    code, _, err = evo("score-variants", "-m", TINY, "--window", 64, "--vcf", SNVS, "--fasta", FA, "--region",
+                       "GRCh37_chr17_41100001_41300000:97722", "-o", tmp_path / "o.txt", "--format", "tsv", "-q")
+    assert code == 0, err
+    assert (tmp_path / "o.txt").read_text().startswith("chrom\tpos\tid\tref\talt")
+
+
+def test_an_alt_window_equal_to_the_ref_window_is_not_scored(tmp_path):
+    """An insertion after a contig's last base was cut off with the window (no room right of REF), so the
+    ALT window was the REF window and the row said ok with a delta of exactly 0; likewise a repeat unit added
+    to a repeat running past the window, and an ALT spelling REF. They are alt_window_equals_ref now; the
+    last base's SNV and deletion, and the same insertion with room, are still scored."""
+    seq = "ACGTTGCAAGGCTTACGATCGGATCCATG" + "CACACACACAC" + "GTTAGCATTG"  # 50 bp, (CA)n at 30-40
+    fa = tmp_path / "c.fa"
+    fa.write_text(f">c\n{seq}\n")
+    rows = [(50, "G", "GTTT", "ins_end"), (50, "G", "A", "snv_end"), (49, "TG", "T", "del_end"),
+            (20, "C", "CTTT", "ins_mid"), (30, "C", "CAC", "repeat"), (10, "G", "g", "same"),
+            (10, "G", "T,g", "multi")]
+    assert all(seq[p - 1 : p - 1 + len(r)] == r for p, r, _, _ in rows)
+    vcf = tmp_path / "e.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##contig=<ID=c,length=50>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   + "".join(f"c\t{p}\t{i}\t{r}\t{a}\t.\t.\t.\n" for p, r, a, i in rows))
+    for strand in ("forward", "both"):
+        code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fa, "-m", TINY, "--window", 16, "--strand", strand,
+                           "-o", tmp_path / f"{strand}.tsv")
+        assert code == 0, err
+        df = pd.read_csv(tmp_path / f"{strand}.tsv", sep="\t")
+        same = "alt_window_equals_ref"
+        assert df.status.tolist() == [same, "ok", "ok", "ok", same, same, "ok", same], df
+        assert df.delta.isna().tolist() == [s == same for s in df.status]
+        assert (df.delta[df.status == "ok"] != 0).all()
+        assert _summary(err) == (4, {same: 4})
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fa, "-m", TINY, "--window", 16, "-o", tmp_path / "out.vcf")
+    assert code == 0, err
+    with pysam.VariantFile(str(tmp_path / "out.vcf")) as vf:
+        recs = {r.id: r for r in vf}
+        assert same in vf.header.info["EVO_STATUS"].description
+    assert recs["ins_end"].info["EVO_STATUS"] == (same,) and "EVO_DELTA" not in recs["ins_end"].info
+    assert recs["multi"].info["EVO_STATUS"] == ("ok", same) and recs["multi"].info["EVO_DELTA"][1] is None
+    # with a longer window the repeat's change comes into view and is scored
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", fa, "-m", TINY, "--window", 64, "--region", "c:30-30",
+                       "-o", tmp_path / "w64.tsv")
+    assert code == 0 and pd.read_csv(tmp_path / "w64.tsv", sep="\t").status.tolist() == ["ok"], err
+
+
+def test_output_vcf_declares_the_contigs_of_its_records(tmp_path):
+    """A VCF without ##contig lines (cyvcf2/no-seq-names.vcf, htslib's test-vcf-hdr-in.vcf) gave an output
+    that htslib warned about on every read and could not write as BCF (`bcftools view -Ob` failed); the
+    output now declares each undeclared contig of its records, with its FASTA length where there is one."""
+    seq = read_fasta(FA)[0].sequence
+    contig = read_fasta(FA)[0].id
+    vcf = tmp_path / "nc.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##INFO=<ID=X,Number=1,Type=String,Description=\"x\">\n"
+                   "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{contig}\t97722\ta\t{seq[97721]}\tA\t.\t.\tX=1\nnowhere\t5\tb\tA\tC\t.\t.\t.\n"
+                   f"{contig}\t97723\tc\t{seq[97722]}\tC\t.\t.\t.\n")
+    for out in (tmp_path / "o.vcf", tmp_path / "o.vcf.gz"):
+        code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 32, "-o", out, "-q")
+        assert code == 0, err
+        with gzip.open(out, "rt") if out.suffix == ".gz" else open(out) as fh:
+            header = [line.rstrip("\n") for line in fh if line.startswith("##")]
+        assert header[:3] == ["##fileformat=VCFv4.2", f"##contig=<ID={contig},length=200000>", "##contig=<ID=nowhere>"]
+        bcf = tmp_path / "o.bcf"
+        with pysam.VariantFile(str(out)) as vf, pysam.VariantFile(str(bcf), "wb", header=vf.header) as w:
+            assert dict(vf.header.contigs.items())[contig].length == 200000
+            for rec in vf:
+                w.write(rec)
+        with pysam.VariantFile(str(bcf)) as vf:
+            assert [(r.chrom, r.info["EVO_STATUS"]) for r in vf] == [(contig, ("ok",)), ("nowhere", ("contig_not_in_fasta",)),
+                                                                     (contig, ("ok",))]
+    # declared contigs are kept as they are, never repeated
+    code, _, err = evo("score-variants", "--vcf", SNVS, "--fasta", FA, "-m", TINY, "--window", 32, "-o",
+                       tmp_path / "s.vcf", "-q", "--region", f"{contig}:97722-97722")
+    assert code == 0, err
+    assert [h for h in (tmp_path / "s.vcf").read_text().splitlines() if h.startswith("##contig")] == [
+        h for h in SNVS.read_text().splitlines() if h.startswith("##contig")]
+
+
+def test_a_bcf_record_that_is_not_utf8_fails_in_one_line_before_the_model_loads(tmp_path):
+    """pysam formats BCF records as UTF-8 only: a Latin-1 INFO value ended, after the whole scoring, in a bare
+    UnicodeDecodeError with a progress file left that could never finish."""
+    seq = read_fasta(FA)[0].sequence
+    contig = read_fasta(FA)[0].id
+    vcf = tmp_path / "lat.vcf"
+    vcf.write_bytes(f"##fileformat=VCFv4.2\n##contig=<ID={contig},length=200000>\n"
+                    "##INFO=<ID=CITY,Number=1,Type=String,Description=\"c\">\n"
+                    "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n".encode()
+                    + f"{contig}\t97722\t.\t{seq[97721]}\tA\t.\t.\tCITY=M".encode() + b"\xfcnchen\n")
+    bcf = tmp_path / "lat.bcf"
+    with pysam.VariantFile(str(vcf)) as src, pysam.VariantFile(str(bcf), "wb", header=src.header) as dst:
+        for rec in src:
+            dst.write(rec)
+    out = tmp_path / "o.vcf"
+    code, _, err = evo("score-variants", "--vcf", bcf, "--fasta", FA, "-m", tmp_path / "no_model", "-o", out)
+    assert code == 1 and err == (f"evo: error: {bcf}: record {contig}:97722 holds text that is not UTF-8, which pysam "
+                                 "cannot write out from a BCF; convert it to VCF (bcftools view -Oz) and score that\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lat.bcf", "lat.vcf"]
+    # the VCF itself is copied byte for byte
+    code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 32, "-o", out, "-q")
+    assert code == 0 and b"CITY=M\xfcnchen;EVO_DELTA=" in out.read_bytes(), err

@@ -180,6 +180,10 @@ def test_bad_inputs_end_in_one_line(tmp_path, monkeypatch):
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", TINY, "-o", tmp_path / "o.vcf")
     assert code == 1 and "cannot tell the output format" in err
+    # a --format that contradicts the name: text under a bgzip name was written
+    code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", "x", "-o", tmp_path / "o.vcf.gz",
+                       "--format", "tsv")
+    assert code == 1 and "--format tsv contradicts" in err and not (tmp_path / "o.vcf.gz").exists()
     for output in ("-", ""):  # "" is stdout too: it was refused only after the model had loaded
         code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", "x", "-o", output, "--resume")
         assert code == 2 and "--resume needs an output file" in err, err

@@ -338,3 +338,86 @@ def test_malformed_record_names_line_and_field(tmp_path, pos, field, message):
         list(VcfReader(vcf))
     with pytest.raises(InputError, match=rf"bad.vcf:5: {message}"):  # also when filtering regions
         list(VcfReader(vcf, [Region("17")]))
+
+
+def test_an_index_older_than_its_fasta_is_not_used(tmp_path, monkeypatch):
+    """A FASTA replaced after indexing, its old .fai left beside it: htslib read the bases at the old
+    offsets (another contig's bases, or a REF "mismatch" blaming the build); the stale index is now left
+    alone with a warning and the FASTA indexed again in the cache."""
+    import evo_cli.io.reference as reference
+
+    warnings = []
+    monkeypatch.setattr(reference.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fa = tmp_path / "ref.fa"
+    fa.write_text(">a\nAAAAAAAA\n>b\nCCCCCCCC\n")
+    pysam.faidx(str(fa))
+    fai = tmp_path / "ref.fa.fai"
+    old = fai.read_text()
+    fa.write_text(">b\nCCCCCCCC\n>a\nGGGGGGGGTT\n")  # another build: the contigs moved and changed
+    os.utime(fai, ns=(10**18, 10**18))
+    os.utime(fa, ns=(10**18 + 1, 10**18 + 1))
+    with Reference(fa) as ref:
+        assert ref.fetch("a", 0, 10) == "GGGGGGGGTT" and ref.fetch("b", 0, 8) == "CCCCCCCC" and ref.length("a") == 10
+    assert len(warnings) == 1 and f"{fai} is older than {fa}, so not used" in warnings[0]
+    assert fai.read_text() == old and len(list(index_cache_dir().iterdir())) == 1  # never rewritten beside it
+    # an index as new as its FASTA is used as it is
+    os.utime(fai, ns=(10**18 + 1, 10**18 + 1))
+    with Reference(fa) as ref:
+        assert ref.length("a") == 8 and len(warnings) == 1
+
+
+def test_indexed_region_reads_keep_bytes_outside_utf8(tmp_path):
+    """A Latin-1 byte in INFO (M\\xfcnchen) is copied through unchanged by every reading path; an indexed
+    VCF read by region failed with a bare UnicodeDecodeError."""
+    text = (b"##fileformat=VCFv4.2\n##contig=<ID=17>\n##INFO=<ID=CITY,Number=1,Type=String,Description=\"c\">\n"
+            b"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+            b"17\t10\t.\tA\tC\t.\t.\tCITY=M\xfcnchen\n17\t20\t.\tG\tT\t.\t.\tCITY=Z\xc3\xbcrich\n")
+    plain = tmp_path / "lat.vcf"
+    plain.write_bytes(text)
+    gz = tmp_path / "lat.vcf.gz"
+    pysam.tabix_compress(str(plain), str(gz))
+    pysam.tabix_index(str(gz), preset="vcf")
+    lines = {}
+    for path in (plain, gz):
+        for regions in (None, [Region("17", 0, 15)], [Region("chr17")]):
+            reader = VcfReader(path, regions)
+            assert [r.pos for r in reader] == ([10] if regions and regions[0].end == 15 else [10, 20])
+            lines[path.name, str(regions)] = list(reader.text()[1])
+    expected = [line.decode("utf-8", "surrogateescape") for line in text.splitlines()[-2:]]
+    assert all(got == expected[: len(got)] for got in lines.values()) and len(set(map(tuple, lines.values()))) == 2
+    out = tmp_path / "o.vcf"
+    reader = VcfReader(gz, [Region("17")])
+    write_annotated_vcf(out, reader, FIELDS, [], [(r.chrom, r.pos, {"EVO_REF_LL": 1.5}) for r in reader],
+                        compressed=False)
+    assert out.read_bytes().splitlines()[-2:] == [line + b";EVO_REF_LL=1.5" for line in text.splitlines()[-2:]]
+
+
+def test_a_vcf_index_older_than_its_vcf_is_not_used(tmp_path, monkeypatch):
+    """A bgzip VCF rewritten after indexing, its old .tbi beside it: htslib warned, then a region read
+    fetched at the old offsets and missed records (here every record of contig 2); the stale index is now
+    left alone, with one warning however often the file is opened, and the file is streamed."""
+    import evo_cli.io.reference as reference
+
+    warnings = []
+    monkeypatch.setattr(reference.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    head = "##fileformat=VCFv4.2\n##contig=<ID=1>\n##contig=<ID=2>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+    plain = tmp_path / "v.vcf"
+    gz = tmp_path / "v.vcf.gz"
+    plain.write_text(head + "1\t5\ta\tA\tC\t.\t.\t.\n")
+    pysam.tabix_compress(str(plain), str(gz))
+    pysam.tabix_index(str(gz), preset="vcf")
+    plain.write_text(head + "".join(f"1\t{p}\tb{p}\tA\tC\t.\t.\t.\n" for p in range(1, 400))
+                     + "2\t7\tc\tG\tT\t.\t.\t.\n")
+    pysam.tabix_compress(str(plain), str(gz), force=True)
+    tbi = tmp_path / "v.vcf.gz.tbi"
+    os.utime(tbi, ns=(10**18, 10**18))
+    os.utime(gz, ns=(10**18 + 1, 10**18 + 1))
+    for _ in range(2):
+        reader = VcfReader(gz, [Region("2")])
+        assert not reader.indexed and [(r.chrom, r.pos, r.id) for r in reader] == [("2", 7, "c")]
+        assert [line.split("\t")[2] for line in reader.text()[1]] == ["c"]
+    assert warnings == [f"warning: {tbi} is older than {gz}, so not used (the VCF changed after indexing); reading "
+                        "the whole file instead: refresh it with `tabix -f` or `bcftools index -f`"]
+    os.utime(tbi, ns=(10**18 + 1, 10**18 + 1))  # as new as the file: used
+    assert VcfReader(gz, [Region("2")]).indexed

@@ -35,6 +35,17 @@ def quiet_htslib():
         pysam.set_verbosity(old)
 
 
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only: a run opens its inputs several times (checked
+    before the model loads, then read)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
 def contig_aliases(name: str) -> list[str]:
     """Other spellings of a contig name: ``chr17`` <-> ``17``, ``chrM`` <-> ``MT`` <-> ``M``."""
     bare = name[3:] if name.lower().startswith("chr") else name
@@ -77,13 +88,16 @@ class Reference:
             raise InputError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, expected a FASTA file")
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: is a device or a pipe, not a file; the reference is read at random, "
+                             f"so give a FASTA file (plain or bgzip)")
         kind = compression(self.path)
         if kind == "gzip":
             raise InputError(f"{self.path}: gzip-compressed FASTA without an index cannot be read at random; "
                              f"recompress it with `bgzip` (or decompress it)")
         self._tmp: tempfile.TemporaryDirectory | None = None
         fai, gzi = Path(f"{self.path}.fai"), Path(f"{self.path}.gzi") if kind == "bgzip" else None
-        if not fai.is_file() or (gzi is not None and not gzi.is_file()):
+        if not fai.is_file() or (gzi is not None and not gzi.is_file()) or self._stale(fai, gzi):
             fai, gzi = self._build_index(gzi is not None)
         try:
             self._fa = pysam.FastaFile(str(self.path), filepath_index=str(fai),
@@ -93,6 +107,17 @@ class Reference:
             raise InputError(f"{self.path}: cannot open as an indexed FASTA ({err})") from None
         self.contigs = dict(zip(list(self._fa.references), list(self._fa.lengths)))
         self._resolved: dict[str, str | None] = {}
+
+    def _stale(self, *indexes: Path | None) -> bool:
+        """Whether an index beside the FASTA is older than it: htslib reads the bases at the old offsets,
+        so a FASTA replaced after indexing gave other bases than its own (REF "mismatches" blaming the
+        build or, with --skip-ref-mismatch, windows of wrong bases), without a word."""
+        fasta_mtime = self.path.stat().st_mtime_ns
+        old = [i for i in indexes if i is not None and i.stat().st_mtime_ns < fasta_mtime]
+        if old:
+            warn_once(f"warning: {old[0]} is older than {self.path}, so not used (the FASTA changed after "
+                      f"indexing); indexing it again elsewhere: refresh it with `samtools faidx`")
+        return bool(old)
 
     def _build_index(self, bgzip: bool) -> tuple[Path, Path | None]:
         """(fai, gzi or None) built in the cache (or a temporary folder), reused while the FASTA is unchanged."""

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from evo_cli.errors import InputError
 
 from .fasta import DNA_CODES, open_text
-from .reference import compression, contig_aliases, quiet_htslib
+from .reference import compression, contig_aliases, quiet_htslib, warn_once
 
 NO_ALT = "no_alt"  # ALT is '.': a reference-only record
 STAR = "star_allele"  # '*': the allele is deleted by an overlapping deletion
@@ -180,6 +180,13 @@ class VcfReader:
             raise InputError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, expected a VCF file")
+        if not self.path.is_file():
+            # a pipe (`--vcf <(zcat x.vcf.gz)`) could be read once at most: the records are read more
+            # than once (checked, then scored, then copied into the output)
+            raise InputError(f"{self.path}: is a device or a pipe, not a file; the VCF is read more than once, "
+                             f"so save it to a file first")
+        if self.path.stat().st_size == 0:
+            raise InputError(f"{self.path}: is empty, not a VCF (a VCF has at least a #CHROM header line)")
         self.regions = merge_regions(regions) if regions else None
         if compression(self.path) == "gzip":
             # htslib needs to seek, which a plain-gzip stream cannot: Python streams its text instead
@@ -187,8 +194,20 @@ class VcfReader:
             self.text()  # fails now on a file without a #CHROM header line
             return
         with self.open() as vf:
-            self.indexed = vf.index is not None
+            self.indexed = vf.index is not None and not self._stale_index()
             self.is_bcf = str(vf.format) == "BCF"
+
+    def _stale_index(self) -> bool:
+        """Whether the index beside the file is older than it: htslib only warns, then fetches at the old
+        offsets, so a region read missed or mixed up records of a rewritten VCF; such a file is streamed."""
+        mtime = self.path.stat().st_mtime_ns
+        for index in (Path(f"{self.path}{ext}") for ext in (".tbi", ".csi")):
+            if index.is_file() and index.stat().st_mtime_ns < mtime:
+                warn_once(f"warning: {index} is older than {self.path}, so not used (the VCF changed after "
+                          f"indexing); reading the whole file instead: refresh it with `tabix -f` or "
+                          f"`bcftools index -f`")
+                return True
+        return False
 
     def open(self):
         """A fresh ``pysam.VariantFile`` on the file."""
@@ -258,7 +277,14 @@ class VcfReader:
 
     def _formatted_records(self) -> Iterator[str]:
         with self.open() as vf:
-            yield from (str(rec).rstrip("\n") for rec in self._pysam_records(vf))
+            for rec in self._pysam_records(vf):
+                try:
+                    yield str(rec).rstrip("\n")
+                except UnicodeDecodeError:
+                    # pysam formats a BCF record as UTF-8 only (a VCF's text is copied byte for byte)
+                    raise InputError(f"{self.path}: record {rec.chrom}:{rec.pos} holds text that is not UTF-8, which "
+                                     f"pysam cannot write out from a BCF; convert it to VCF (bcftools view -Oz) and "
+                                     f"score that") from None
 
     def _text_records(self) -> Iterator[tuple[str, str]]:
         """(``file:line`` or ``file: contig``, line) of the selected data lines, in file order."""
@@ -268,9 +294,12 @@ class VcfReader:
             with self.open() as vf:
                 spans = self._spans(vf)
             index = next((f"{self.path}{ext}" for ext in (".tbi", ".csi") if Path(f"{self.path}{ext}").exists()), None)
-            with pysam.TabixFile(str(self.path), index=index, encoding="utf-8") as tf:
+            # latin-1 maps every byte to one character: the lines become the same text as the unindexed
+            # path's (UTF-8, other bytes kept as surrogates), where utf-8 failed on one byte outside it
+            with pysam.TabixFile(str(self.path), index=index, encoding="latin-1") as tf:
                 for contig, s, e in spans:
-                    for line in tf.fetch(contig, s, None if e >= _END else e):
+                    for raw in tf.fetch(contig, s, None if e >= _END else e):
+                        line = raw.encode("latin-1").decode("utf-8", "surrogateescape")
                         if s <= int(line.split("\t", 2)[1]) - 1 < e:
                             yield f"{self.path}: {contig}", line
             return
@@ -328,6 +357,7 @@ def write_annotated_vcf(
     header_lines: list[tuple[str, str]],
     annotations: Iterable[tuple[str, int, dict]],
     compressed: bool,
+    contigs: dict[str, int | None] | None = None,
 ) -> bool:
     """Copy ``reader``'s records to ``path`` with INFO ``fields`` set from ``annotations``.
 
@@ -338,7 +368,9 @@ def write_annotated_vcf(
     significant digits (readers keep VCF Floats as float32). header_lines: ``(key, value)`` pairs
     written as ``##key=value`` before ``#CHROM``; earlier ``##evo_*`` lines and declarations of
     ``fields`` are replaced. compressed: bgzip and tabix-index. The file (and index) appear only
-    when complete; ``-`` writes plain VCF to stdout. Returns whether a tabix index was written
+    when complete; ``-`` writes plain VCF to stdout. contigs: the records' contigs with their lengths
+    (None: unknown); those the header does not declare get a ``##contig`` line (without one, htslib
+    warns on every read and cannot write the records as BCF). Returns whether a tabix index was written
     (False when not compressed, or when the records are not sorted by position).
     """
     from .atomic import atomic_open
@@ -349,6 +381,13 @@ def write_annotated_vcf(
         raise InputError(f"{reader.path}: no #CHROM header line")
     kept = [h for h in header[:-1] if not h.startswith("##evo_")
             and not any(h.startswith(f"##INFO=<ID={key},") for key in ours)]
+    declared = {m.group(1) for h in kept if (m := re.match(r"##contig=<ID=([^,>]+)", h))}
+    missing = [f"##contig=<ID={c}" + (f",length={n}>" if n else ">") for c, n in (contigs or {}).items()
+               if c not in declared]
+    if missing:  # after the last ##contig line, else after ##fileformat
+        at = max((i + 1 for i, h in enumerate(kept) if h.startswith("##contig=")),
+                 default=int(bool(kept) and kept[0].startswith("##fileformat")))
+        kept[at:at] = missing
     last_info = max((i + 1 for i, h in enumerate(kept) if h.startswith("##INFO=")), default=len(kept))
     out_header = (kept[:last_info] + [f.header_line() for f in fields] + kept[last_info:]
                   + [f"##{key}={' '.join(str(value).split())}" for key, value in header_lines] + [header[-1]])
