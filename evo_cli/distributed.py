@@ -12,6 +12,11 @@ chunk's results to its own progress file beside the output. When every chunk is 
 the output from all of them in input order, the bytes a single process writes, and removes the
 progress files. A resumed run, with any number of ranks, skips every chunk any rank finished.
 
+A rank that leaves a run unfinished (an error, an interrupt) says so in the store as it exits, and
+the ranks waiting for it stop with one line (``RankFailed``): torchrun stops only the ranks of its
+own node, so those of other nodes would otherwise wait forever. A killed rank says nothing: there
+``srun --kill-on-bad-exit`` (or the scheduler's like) stops the other nodes.
+
 A command takes part through ``Share``::
 
     share = Share(store, progress)          # every rank, once its Checkpoint is open
@@ -50,9 +55,10 @@ class Job:
     runs: int = 0  # runs started so far in this process: each gets its own store keys
     active: bool = False  # a run (``Share``) has started here and not every rank has finished it
 
-    def key(self, name: str) -> str:
-        """A store key of the current run; a group restarted by torchrun (``--max-restarts``) starts afresh."""
-        return f"evo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{self.runs}/{name}"
+    def key(self, name: str, run: int | None = None) -> str:
+        """A store key of run ``run`` (default: the next run to start); a group restarted by torchrun
+        (``--max-restarts``) starts afresh."""
+        return f"evo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{self.runs if run is None else run}/{name}"
 
 
 _job: Job | None = None
@@ -144,7 +150,7 @@ def _mark_failed(job: Job) -> None:
     so that they stop with one line instead of waiting for it. Ranks on other nodes, which torchrun
     on this node does not stop, would otherwise wait forever. The run concerned is the current one,
     or the next when none is under way: ranks still loading or reading the input wait for it."""
-    key = f"evo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{job.runs - 1 if job.active else job.runs}/failed"
+    key = job.key("failed", job.runs - 1 if job.active else job.runs)
     try:
         if not job.store.check([key]):
             job.store.set(key, str(job.rank))
