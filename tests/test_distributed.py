@@ -174,6 +174,20 @@ def test_a_killed_rank_resumes_with_one_and_with_two_ranks(runs):
     assert progress_files(folder / "k1" / "killed.tsv") == progress_files(folder / "2" / "killed.tsv") == []
 
 
+@pytest.mark.parametrize("name", ["o.tsv.evo-partial", "o.tsv.evo-partial.1"])
+def test_a_folder_where_a_progress_file_goes_is_one_line_before_the_run(tmp_path, name):
+    """A folder at a progress file's path (rank 0's or another rank's) ended the run, after the model had
+    loaded, with "IsADirectoryError ... (run with -v for the traceback)"; check_fresh, which every command
+    calls before it loads the model, now refuses it, resuming or not."""
+    from evo_cli.errors import InputError
+    from evo_cli.io.partial import check_fresh
+
+    (tmp_path / name).mkdir()
+    for resume in (False, True):
+        with pytest.raises(InputError, match=rf"{name.replace('.', '[.]')} exists and is not a file"):
+            check_fresh(tmp_path / "o.tsv", resume)
+
+
 def test_progress_files_of_several_ranks_resume_in_chunk_order(tmp_path):
     """Without torchrun: chunks stored out of order by two ranks are read back in order by any rank."""
     from evo_cli.errors import InputError

@@ -37,6 +37,11 @@ def sidecar_path(output: str | Path, rank: int = 0) -> Path:
 
 def progress_files(output: str | Path) -> list[Path]:
     """Every progress file of ``output``: the sidecar and those of other ranks, rank 0 first."""
+    return [p for p in _progress_paths(output) if p.is_file()]
+
+
+def _progress_paths(output: str | Path) -> list[Path]:
+    """Every existing path with a progress file's name (the sidecar, those of other ranks), rank 0 first."""
     main = sidecar_path(output)
     ranked = re.compile(re.escape(main.name) + r"\.(\d+)")
     try:
@@ -44,7 +49,7 @@ def progress_files(output: str | Path) -> list[Path]:
     except OSError:
         return []
     found = sorted((int(m.group(1)), main.parent / n) for n in names if (m := ranked.fullmatch(n)))
-    return [p for p in [main] + [p for _, p in found] if p.is_file()]
+    return [p for p in [main] + [p for _, p in found] if p.exists()]
 
 
 def check_fresh(output: str | Path, resume: bool) -> None:
@@ -55,6 +60,10 @@ def check_fresh(output: str | Path, resume: bool) -> None:
             raise InputError(f"{output}: is a device or a pipe, and a run writing there keeps no progress to "
                              f"resume; rerun without --resume")
         return
+    for path in _progress_paths(output):
+        if not path.is_file():  # a folder, say: the run would fail there after loading the model
+            raise InputError(f"{path} exists and is not a file: a run of {output} keeps its progress there; "
+                             f"remove or rename it")
     files = progress_files(output)
     if files and not resume:
         raise InputError(f"{files[0]} exists: an earlier run of this output was interrupted; add --resume to "
