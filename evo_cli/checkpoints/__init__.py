@@ -151,7 +151,7 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
         "vocab": c.vocab_size,
         "stored dtype": stored,
         "runtime dtype": f"{str(resolve_dtype(dtype, dev)).removeprefix('torch.')} on {dev} (Hyena filters float32)",
-        "parameters": f"{n_params:,}",
+        "parameters": n_params,
         # without the weights, what the registry knows of the published model
         "fp8 state": ((ckpt.fp8_state() or "none") if ckpt is not None else
                       "- (trained with FP8 projections; the scales come with the weights)" if spec.fp8 else "none"),

@@ -42,5 +42,5 @@ def info(model, device, dtype, as_json):
         return
     width = max(len(k) for k in d)
     for k, v in d.items():
-        click.echo(f"{k:<{width}}  {v}")
+        click.echo(f"{k:<{width}}  {v:,}" if k == "parameters" else f"{k:<{width}}  {v}")  # JSON: a number
 
