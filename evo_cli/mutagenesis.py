@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable
+from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special
 from evo_cli.io.fasta import DNA_CODES, reverse_complement
 from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference
@@ -95,6 +95,8 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
         fmt = "tsv"
     else:
         fmt = format_from_extension(path, _OUTPUT_EXTENSIONS)
+        if fmt is None and is_special(path):  # /dev/stdout, a FIFO: stdout's format
+            fmt = "tsv"
         if fmt is None:
             raise InputError(f"{path}: cannot tell the output format from the extension "
                              f"(use .tsv, .parquet or .vcf.gz, or --format)")

@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable
+from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference, contig_aliases
@@ -115,6 +115,8 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
             raise InputError(f"--format {format} contradicts -o {path} (a {fmt} name): drop --format or rename "
                              f"the output")
         return format
+    if fmt is None and is_special(path):  # /dev/stdout, a FIFO: stdout's format (VCF)
+        return "vcf"
     if fmt is None:
         raise InputError(f"{path}: cannot tell the output format from the extension "
                          f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")

@@ -32,3 +32,28 @@ def test_unwritable_output_fails_before_the_model_loads(tmp_path, argv, bad):
     assert code == 1
     assert err.strip() == f"evo: error: {bad.format(**names)}: cannot create it, {tmp_path / 'file'} is not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_device_or_pipe_without_an_extension_gets_the_stdout_format(tmp_path):
+    """``-o /dev/stdout`` or a FIFO needed --format, though stdout has a format for every command: it now
+    gets that format (TSV, VCF, FASTA); a name with an extension still decides, and a regular file
+    without one is still an error."""
+    import os
+
+    from evo_cli import mutagenesis, variants
+    from evo_cli.errors import InputError
+    from evo_cli.io import generated, tables
+
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    named = tmp_path / "out.parquet"
+    os.mkfifo(named)
+    assert tables.table_format(fifo) == "tsv" and tables.table_format(named) == "parquet"
+    assert variants.output_format(fifo) == "vcf" and variants.output_format(named) == "parquet"
+    assert mutagenesis.output_format(fifo) == "tsv" and mutagenesis.output_format(named) == "parquet"
+    assert generated.output_format(fifo, "auto") == "fasta"
+    plain = tmp_path / "plain"
+    for check in (lambda: tables.table_format(plain), lambda: variants.output_format(plain),
+                  lambda: mutagenesis.output_format(plain), lambda: generated.output_format(plain, "auto")):
+        with pytest.raises(InputError, match="cannot tell the"):
+            check()

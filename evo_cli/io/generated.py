@@ -19,7 +19,7 @@ from pathlib import Path
 
 from evo_cli.errors import InputError
 
-from .atomic import STDOUT, atomic_open, check_output_path
+from .atomic import STDOUT, atomic_open, check_output_path, is_special
 from .fasta import format_fasta
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def output_format(path: str | Path | None, fmt: str = "auto") -> str:
     suffix = Path(path).suffix.lower()
     if suffix == ".jsonl":
         return "jsonl"
-    if suffix in FASTA_EXTENSIONS:
+    if suffix in FASTA_EXTENSIONS or is_special(path):  # /dev/stdout, a FIFO: stdout's format
         return "fasta"
     raise InputError(f"{path}: cannot tell the output format from the extension (use .jsonl or "
                      f"{', '.join(FASTA_EXTENSIONS)}, or --format fasta|jsonl)")

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from evo_cli.errors import InputError
 
-from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, check_seekable
+from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, check_seekable, is_special
 
 TABLE_FORMATS = ("tsv", "parquet")
 # file name endings of tables (lower case) -> format
@@ -33,6 +33,8 @@ def table_format(path: str | Path | None, format: str | None = None) -> str:
     fmt = format_from_extension(path, TABLE_EXTENSIONS)
     if fmt:
         return fmt
+    if is_special(path):  # /dev/stdout, a FIFO: stdout's format, as the shell's > would get
+        return "tsv"
     raise InputError(f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
 
 
