@@ -147,7 +147,8 @@ def resolve_targets(reference: Reference, regions: Iterable[Region] = (), record
         spans.append((contig, r.start, end))
     for name in records:
         if name not in reference.contigs:
-            raise InputError(f"record {name!r} is not in {reference.path.name}{_known(reference)}")
+            # the FASTA index leaves out empty records, so one may be in the file with no bases
+            raise InputError(f"record {name!r} is not in {reference.path.name} or has no bases{_known(reference)}")
         spans.append((name, 0, reference.length(name)))
     if not spans:
         raise InputError("no positions to mutate: give a region, a BED file or a record")

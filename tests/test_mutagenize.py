@@ -168,7 +168,7 @@ def test_bad_inputs_end_in_one_line(tmp_path, monkeypatch):
     cases = [
         (["--fasta", FA, "--region", f"{CHROM}:199990-200010"], "outside contig"),
         (["--fasta", FA, "--region", "chrX:1-10"], "is not in"),
-        (["--fasta", fasta, "--record", "nope"], "record 'nope' is not in n.fa (it has seqN)"),
+        (["--fasta", fasta, "--record", "nope"], "record 'nope' is not in n.fa or has no bases (it has seqN)"),
         (["--fasta", fasta, "--region", "seqN:6-10"], "no A, C, G or T to mutate"),
         (["--fasta", fasta], "give a region, a BED file or a record"),
         (["--fasta", fasta, "--record", "seqN", "--plot", tmp_path / "x.jpg"], "a plot is .png, .svg, .pdf or .html"),
