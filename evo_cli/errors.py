@@ -1,5 +1,7 @@
 """Errors that end a command with one clear line (the CLI prints ``str(err)`` and exits non-zero)."""
 
+import operator
+
 
 class EvoError(Exception):
     """Base class: a problem with the user's input, files or options, not a bug."""
@@ -15,6 +17,18 @@ class CheckpointError(EvoError):
 
 class InputError(EvoError):
     """Bad sequence, FASTA, VCF or option values."""
+
+
+def whole_number(value, name: str, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum`` (numpy integers count, a bool or a float does not),
+    else one ``InputError`` naming the argument."""
+    try:
+        n = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < minimum:
+        raise InputError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
+    return n
 
 
 class OutputError(EvoError):

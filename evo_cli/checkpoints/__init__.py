@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from evo_cli import hub, registry
-from evo_cli.errors import CheckpointError, EvoError, InputError
+from evo_cli.errors import CheckpointError, EvoError, InputError, whole_number
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
 from evo_cli.model.placement import DEFAULT_STATE_TOKENS, auto_devices
@@ -49,8 +49,7 @@ def load_model(
     """
     if config is not None and not isinstance(config, ModelConfig):
         raise InputError(f"config must be a ModelConfig (or None: the checkpoint's own), not a {type(config).__name__}")
-    if isinstance(state_tokens, bool) or not isinstance(state_tokens, int) or state_tokens < 0:
-        raise InputError(f"state_tokens must be a whole number of at least 0, not {state_tokens!r}")
+    whole_number(state_tokens, "state_tokens", 0)
     path, published = resolve_checkpoint(model)
     devices = resolve_devices(device, devices_per_rank)
     kernels = resolve_kernels(kernels, devices)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from evo_cli.errors import CheckpointError, InputError, OutputError
+from evo_cli.errors import CheckpointError, OutputError, whole_number
 from evo_cli.io.atomic import _umask, remove_stale_temporaries, temporary_prefix, write_failure
 
 DEFAULT_SHARD_BYTES = 4 << 30
@@ -39,8 +39,7 @@ def transposed_key(name: str) -> str:
 
 def check_shard_bytes(max_shard_bytes) -> None:
     """An ``InputError`` unless ``max_shard_bytes`` is a whole number of at least 1 (0 wrote one file per tensor)."""
-    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
-        raise InputError(f"max_shard_bytes must be a whole number of at least 1, not {max_shard_bytes!r}")
+    whole_number(max_shard_bytes, "max_shard_bytes", 1)
 
 
 def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, metadata: dict | None = None) -> Path:

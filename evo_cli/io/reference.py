@@ -38,6 +38,19 @@ def quiet_htslib():
 _warned: set[str] = set()
 
 
+def stale_index(path: Path, indexes, kind: str, instead: str) -> bool:
+    """Whether one of ``indexes`` (paths or None; those that exist) is older than ``path``, which then
+    changed after indexing: htslib would read at the old offsets without a word. Warns once, saying
+    what is done ``instead``."""
+    mtime = path.stat().st_mtime_ns
+    for index in indexes:
+        if index is not None and index.is_file() and index.stat().st_mtime_ns < mtime:
+            warn_once(f"warning: {index} is older than {path}, so not used (the {kind} changed after indexing); "
+                      f"{instead}")
+            return True
+    return False
+
+
 def warn_once(message: str) -> None:
     """Log ``message`` as a warning the first time only: a run opens its inputs several times (checked
     before the model loads, then read)."""
@@ -97,7 +110,11 @@ class Reference:
                              f"recompress it with `bgzip` (or decompress it)")
         self._tmp: tempfile.TemporaryDirectory | None = None
         fai, gzi = Path(f"{self.path}.fai"), Path(f"{self.path}.gzi") if kind == "bgzip" else None
-        if not fai.is_file() or (gzi is not None and not gzi.is_file()) or self._stale(fai, gzi):
+        # a FASTA replaced after indexing gave other bases than its own (REF "mismatches" blaming the
+        # build or, with --skip-ref-mismatch, windows of wrong bases)
+        if (not fai.is_file() or (gzi is not None and not gzi.is_file())
+                or stale_index(self.path, (fai, gzi), "FASTA",
+                               "indexing it again elsewhere: refresh it with `samtools faidx`")):
             fai, gzi = self._build_index(gzi is not None)
         try:
             self._fa = pysam.FastaFile(str(self.path), filepath_index=str(fai),
@@ -107,17 +124,6 @@ class Reference:
             raise InputError(f"{self.path}: cannot open as an indexed FASTA ({err})") from None
         self.contigs = dict(zip(list(self._fa.references), list(self._fa.lengths)))
         self._resolved: dict[str, str | None] = {}
-
-    def _stale(self, *indexes: Path | None) -> bool:
-        """Whether an index beside the FASTA is older than it: htslib reads the bases at the old offsets,
-        so a FASTA replaced after indexing gave other bases than its own (REF "mismatches" blaming the
-        build or, with --skip-ref-mismatch, windows of wrong bases), without a word."""
-        fasta_mtime = self.path.stat().st_mtime_ns
-        old = [i for i in indexes if i is not None and i.stat().st_mtime_ns < fasta_mtime]
-        if old:
-            warn_once(f"warning: {old[0]} is older than {self.path}, so not used (the FASTA changed after "
-                      f"indexing); indexing it again elsewhere: refresh it with `samtools faidx`")
-        return bool(old)
 
     def _build_index(self, bgzip: bool) -> tuple[Path, Path | None]:
         """(fai, gzi or None) built in the cache (or a temporary folder), reused while the FASTA is unchanged."""

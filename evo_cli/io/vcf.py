@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from evo_cli.errors import InputError
 
 from .fasta import DNA_CODES, open_text
-from .reference import compression, contig_aliases, quiet_htslib, warn_once
+from .reference import compression, contig_aliases, quiet_htslib, stale_index
 
 NO_ALT = "no_alt"  # ALT is '.': a reference-only record
 STAR = "star_allele"  # '*': the allele is deleted by an overlapping deletion
@@ -194,20 +194,12 @@ class VcfReader:
             self.text()  # fails now on a file without a #CHROM header line
             return
         with self.open() as vf:
-            self.indexed = vf.index is not None and not self._stale_index()
+            # htslib only warns about an index older than the file, then fetches at the old offsets: a
+            # region read missed or mixed up records of a rewritten VCF; such a file is streamed
+            self.indexed = vf.index is not None and not stale_index(
+                self.path, [Path(f"{self.path}{ext}") for ext in (".tbi", ".csi")], "VCF",
+                "reading the whole file instead: refresh it with `tabix -f` or `bcftools index -f`")
             self.is_bcf = str(vf.format) == "BCF"
-
-    def _stale_index(self) -> bool:
-        """Whether the index beside the file is older than it: htslib only warns, then fetches at the old
-        offsets, so a region read missed or mixed up records of a rewritten VCF; such a file is streamed."""
-        mtime = self.path.stat().st_mtime_ns
-        for index in (Path(f"{self.path}{ext}") for ext in (".tbi", ".csi")):
-            if index.is_file() and index.stat().st_mtime_ns < mtime:
-                warn_once(f"warning: {index} is older than {self.path}, so not used (the VCF changed after "
-                          f"indexing); reading the whole file instead: refresh it with `tabix -f` or "
-                          f"`bcftools index -f`")
-                return True
-        return False
 
     def open(self):
         """A fresh ``pysam.VariantFile`` on the file."""

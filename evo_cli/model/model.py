@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from evo_cli import kernels as K
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, whole_number
 from evo_cli.kernels import BACKENDS
 
 from .cache import AttentionState, InferenceState
@@ -140,8 +140,8 @@ class StripedHyena(nn.Module):
     def new_state(self, batch_size: int, max_seqlen: int, last_block: int | None = None) -> InferenceState:
         """Zeroed state for ``batch_size`` sequences of up to ``max_seqlen`` tokens (sizes the KV cache);
         with ``last_block``, only for blocks ``0..last_block`` (see ``forward``)."""
-        batch_size = _whole(batch_size, "batch_size", 0)
-        max_seqlen = _whole(max_seqlen, "max_seqlen", 0)
+        batch_size = whole_number(batch_size, "batch_size", 0)
+        max_seqlen = whole_number(max_seqlen, "max_seqlen", 0)
         n = self.blocks_to_run(last_block)
         self._cpu_gemv_layout()
         return InferenceState([self._block_state(i, batch_size, max_seqlen) for i in range(n)], max_seqlen)
@@ -397,21 +397,10 @@ class StripedHyena(nn.Module):
         return run(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
 
 
-def _whole(value, name: str, minimum: int) -> int:
-    """``value`` as an int of at least ``minimum``, else one ``InputError`` naming the argument."""
-    try:
-        n = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        n = None
-    if n is None or n < minimum:
-        raise InputError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
-    return n
-
-
 def _chunk_size(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value < 1:
         raise ValueError("chunk_size must be at least 1")  # the message callers have matched since it was written
-    return _whole(value, "chunk_size", 1)
+    return whole_number(value, "chunk_size", 1)
 
 
 def _layout(layer_state) -> tuple:
