@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,43 @@ def test_ranks_after_the_first_name_themselves(monkeypatch):
         monkeypatch.setenv("WORLD_SIZE", "2")
         code, _, err = evo("info", "-m", "x")
         assert code == 1 and err == f"{name}: error: bad input\n"
+
+
+# a run of `evo score` that receives SIGTERM while its output is half written (its temporary beside it)
+_TERM_WHILE_WRITING = """
+import os, signal, sys
+from pathlib import Path
+import evo_cli.io.atomic as atomic
+from evo_cli.cli.main import main
+out = Path(sys.argv[1])
+umask = atomic._umask
+def term_once_the_output_is_written(*args):
+    if any(out.parent.glob(f".{out.name}.evo-tmp-*")):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return umask()
+atomic._umask = term_once_the_output_is_written
+main(sys.argv[2:])
+"""
+
+
+def test_sigterm_stops_like_ctrl_c_and_resumes(tmp_path):
+    """SIGTERM (kill, a scheduler's time limit) mid-write: one line, exit 143, the progress file named and
+    kept, no temporary left beside the output; --resume then writes the uninterrupted run's bytes."""
+    from .conftest import CONFORMANCE
+
+    fasta, out = tmp_path / "in.fa", tmp_path / "scores.tsv"
+    fasta.write_text(">a\nACGTACGTAGCTAGCTAGCATCGATCGA\n>b\nGGGCTAGCTAGCATCAGCATCAGCAT\n")
+    args = ["score", "--fasta", str(fasta), "-m", str(CONFORMANCE / "evo2" / "tiny_a"), "--batch-size", "1",
+            "-o", str(out)]
+    code, _, err = evo(*args)
+    assert code == 0, err
+    expected = out.read_bytes()
+    out.unlink()
+    proc = subprocess.run([sys.executable, "-c", _TERM_WHILE_WRITING, str(out), "-q", *args], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "evo: terminated"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "scores.tsv.evo-partial"]
+    code, _, err = evo(*args, "--resume")
+    assert code == 0, err
+    assert out.read_bytes() == expected and sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "scores.tsv"]

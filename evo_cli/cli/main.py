@@ -10,7 +10,9 @@ import io
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 
 import click
 
@@ -23,6 +25,16 @@ from .commands import COMMANDS
 class _StdoutClosed(Exception):
     """The reader of our output went away (``evo models | head``): EPIPE, turned into this so that
     click's own EPIPE handling (exit 1) does not swallow it."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``), raised where the run is so that it
+    stops as Ctrl-C does: temporaries removed, the progress file named for --resume, one line, exit 143.
+    A KeyboardInterrupt, so that every handler of Ctrl-C (click's, ``hint_on_interrupt``) takes it too."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
 
 
 class _Group(click.Group):
@@ -70,12 +82,23 @@ for _command in COMMANDS:
 
 def main(argv=None) -> None:
     _verbosity["verbose"] = 0
+    # SIGTERM left at its default would end the process on the spot, without a word and leaving its
+    # temporaries; one set to be ignored (nohup-like launchers) stays ignored
+    catch = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if catch:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         _run(argv)
         sys.stdout.flush()  # a closed pipe shows here for output still in the buffer
     except (_StdoutClosed, BrokenPipeError):
         _quiet_stdout()
         sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
+    except _Terminated:  # after the command, flushing stdout
+        click.echo(f"{_name()}: terminated", err=True)
+        sys.exit(143)
+    finally:
+        if catch:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run(argv) -> None:
@@ -85,6 +108,9 @@ def _run(argv) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Abort as e:
         # click turns Ctrl-C (and EOF at a prompt) into Abort
+        if isinstance(e.__cause__, _Terminated):
+            click.echo(f"{_name()}: terminated", err=True)
+            sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
         interrupted = isinstance(e.__cause__, (KeyboardInterrupt, EOFError))
         click.echo(f"{_name()}: interrupted" if interrupted else f"{_name()}: aborted", err=True)
         sys.exit(130)
@@ -102,9 +128,10 @@ def _run(argv) -> None:
     except EvoError as e:
         click.echo(f"{_name()}: error: {e}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:  # outside a command (click turns those into Abort)
-        click.echo(f"{_name()}: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # outside a command (click turns those into Abort)
+        terminated = isinstance(e, _Terminated)
+        click.echo(f"{_name()}: terminated" if terminated else f"{_name()}: interrupted", err=True)
+        sys.exit(143 if terminated else 130)
     except _StdoutClosed:
         raise
     except Exception as e:  # a bug or an environment failure: one line unless -v
