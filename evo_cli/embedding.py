@@ -40,7 +40,8 @@ from evo_cli.distributed import Share, checkpoint_rank, current
 from evo_cli.errors import InputError
 from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, check_embedding_output, merge_parts,
                                    open_embedding_writer, parts_dir)
-from evo_cli.io.partial import Checkpoint
+from evo_cli.io.atomic import written_by_another_run
+from evo_cli.io.partial import Checkpoint, progress_files
 from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.limits import check_batch_size
 from evo_cli.model.tokenizer import PAD_ID
@@ -401,6 +402,10 @@ def run_embed(
     store = Checkpoint(output, full, resume, checkpoint_rank())
     folder = parts_dir(output)
     if store.done == 0:
+        if written_by_another_run(folder):  # it has not recorded a part yet: its progress file cannot say so
+            store.close()
+            raise InputError(f"{folder}: another evo run is writing this output now; wait for it to end (or stop "
+                             f"it) before running or resuming this one")
         shutil.rmtree(folder, ignore_errors=True)  # parts of a run stopped before its first record
     dim, per_position = model.config.hidden_size, pool == "none"
     summary = EmbedSummary()
@@ -438,7 +443,9 @@ def run_embed(
                 with open_embedding_writer(output, dim, per_position, metadata):
                     pass
     except BaseException:
-        if store.done == 0 and current() is None:  # nothing to resume: leave nothing behind
+        # nothing to resume: leave nothing behind, unless another run of the output that started at
+        # the same moment keeps its progress there (then the parts are its)
+        if store.done == 0 and current() is None and not progress_files(output):
             shutil.rmtree(folder, ignore_errors=True)
         raise
     shutil.rmtree(folder, ignore_errors=True)

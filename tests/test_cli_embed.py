@@ -233,3 +233,26 @@ def test_a_malformed_layer_fails_before_the_model_loads(tmp_path, capsys, monkey
                             "--layer", layer)
     assert code == 2 and f"unknown layer {layer!r}" in err and "blocks.N.mlp.l3" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == [fa]
+
+
+def test_a_run_does_not_wipe_the_parts_another_run_is_writing(tmp_path, capsys):
+    """Two runs of one output started together: before the first has recorded a part (so no progress
+    file tells), its part being written (a live process's temporary) makes the second stop with one line
+    instead of deleting the folder under it."""
+    import os
+
+    from evo_cli.io.embeddings import parts_dir
+
+    fa = write_fasta(tmp_path / "in.fa", [("a", "ACGT")])
+    out = tmp_path / "out.parquet"
+    writing = parts_dir(out) / f".part-000000.parquet.evo-tmp-{os.getppid()}-abcd.parquet"  # a running process's
+    writing.parent.mkdir()
+    writing.write_bytes(b"PAR1")
+    code, err = run_failing(capsys, "--fasta", fa, "-o", out, "--model", TINY, "--resume")
+    assert code == 1 and err.splitlines()[-1] == f"evo: error: {parts_dir(out)}: another evo run is writing this " \
+                                                 "output now; wait for it to end (or stop it) before running or " \
+                                                 "resuming this one"
+    assert writing.exists()
+    writing.rename(parts_dir(out) / ".part-000000.parquet.evo-tmp-999999999-abcd.parquet")  # its process is gone
+    assert run("--fasta", fa, "-o", out, "--model", TINY).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "out.parquet"]

@@ -512,3 +512,25 @@ def test_what_is_written_in_place(tmp_path):
     os.mkfifo(fifo)
     assert [atomic.is_special(p) for p in ("/proc/self/fd/1", "/dev/null", fifo)] == [True, True, True]
     assert [atomic.is_special(p) for p in (regular, link, "/dev/shm/evo-test-never-made.tsv", "-")] == [False] * 4
+
+
+def test_two_runs_of_one_output_at_the_same_time_are_refused(tmp_path):
+    """A second run of an output that another run is writing (two terminals, a requeued job whose first
+    copy still runs) stops with one line, whether the progress file exists when it starts or the two
+    create it at the same moment; the first run's progress stays whole."""
+    from evo_cli.io.partial import Checkpoint, sidecar_path
+
+    out = tmp_path / "o.tsv"
+    first, racing = Checkpoint(out, {"a": 1}, False), Checkpoint(out, {"a": 1}, True)  # neither sees a file
+    first.append(0, [1.5])
+    with pytest.raises(evo_cli.InputError, match="another evo run of this output started at the same time"):
+        racing.append(0, [2.5])
+    with pytest.raises(evo_cli.InputError, match="another evo run is writing this output now"):
+        Checkpoint(out, {"a": 1}, True)
+    first.append(1, [3.5])
+    assert list(first.chunks()) == [[1.5], [3.5]] and sidecar_path(out).read_text().count("\n") == 3
+    first.close()  # the first run ends (killed, say): its progress is resumed
+    with Checkpoint(out, {"a": 1}, True) as again:
+        assert list(again.chunks()) == [[1.5], [3.5]]
+        again.append(2, [4.5])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # completed: progress removed, no temporary left

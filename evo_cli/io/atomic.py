@@ -106,6 +106,16 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+def written_by_another_run(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a temporary of another process that is still running (a run writing there)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    pids = {n.split(_TMP_TAG, 1)[1].split("-", 1)[0] for n in names if _TMP_TAG in n}
+    return any(pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)) for pid in pids)
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

@@ -11,6 +11,10 @@ A kill can at worst leave a truncated last line, which resuming drops. Floats go
 ``repr``, which reads back to the same float64 bits, so a resumed run writes byte-identical output.
 An output on stdout, a device or a pipe (``-o /dev/null``, ``>(gzip > x)``) cannot be resumed: its
 run keeps no progress file and writes as it goes (``open_progress``).
+A writer holds an exclusive lock (``flock``) on its progress file, which it creates only where no
+other exists: a second run of the same output at the same time (two terminals, a requeued job
+whose first copy still runs) stops with one line instead of appending to, or replacing, the file
+the first one writes.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from evo_cli.errors import InputError, OutputError
 
-from .atomic import STDOUT, atomic_open, is_special
+from .atomic import STDOUT, _umask, is_special, remove_stale_temporaries, temporary_prefix
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs of one output are not detected
+    fcntl = None
 
 SUFFIX = ".evo-partial"
 _FORMAT = "evo-partial/1"
@@ -108,11 +118,18 @@ class Checkpoint:
         self._where: dict[int, tuple[Path, int]] = {}  # chunk -> (file, offset of its line)
         self._fh = None
         check_fresh(output, resume)
-        self.reload()
         if self.path.exists():
             self._fh = open(self.path, "ab")
+            self._lock()  # before reload, which may cut the last line of the file
         # else the file is created with the first completed chunk: a run that fails before any work
         # (a bad input, say) leaves nothing behind
+        try:
+            self.reload()
+        except BaseException:
+            self.close()
+            raise
+        if self._fh is not None:
+            self._fh.seek(0, os.SEEK_END)  # reload may have cut a line the kill left unfinished
 
     @property
     def done(self) -> int:
@@ -162,9 +179,7 @@ class Checkpoint:
         if chunk in self._where:
             raise ValueError(f"chunk {chunk} is stored already")
         if self._fh is None:
-            with atomic_open(self.path) as fh:
-                fh.write(json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n")
-            self._fh = open(self.path, "ab")
+            self._create()
         offset = self._fh.tell()
         try:
             self._fh.write(json.dumps({"chunk": chunk, "records": records}).encode() + b"\n")
@@ -175,6 +190,50 @@ class Checkpoint:
             raise OutputError(f"cannot write {self.path}: {err.strerror or err}; the {self.done:,} chunk(s) of "
                               f"progress completed before are intact: fix this and rerun with --resume") from None
         self._where[chunk] = (self.path, offset)
+
+    def _lock(self) -> None:
+        """Take the exclusive lock of the open progress file, or stop: another run is writing it."""
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise InputError(f"{self.path}: another evo run is writing this output now; wait for it to end "
+                             f"(or stop it) before running or resuming this one") from None
+        except OSError:  # a file system without locks: run unguarded, as before
+            pass
+
+    def _create(self) -> None:
+        """Create the progress file with its settings line, complete and locked before it appears under
+        its name, and only where no other run created one meanwhile (a hard link fails if the name exists)."""
+        remove_stale_temporaries(self.path)
+        header = (json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n").encode()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(self.path), dir=self.path.parent)
+        except OSError as err:
+            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from None
+        self._fh = os.fdopen(fd, "wb")
+        try:
+            self._lock()
+            self._fh.write(header)
+            self._fh.flush()
+            os.fsync(fd)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                self.close()
+                raise InputError(f"{self.path}: another evo run of this output started at the same time and "
+                                 f"keeps its progress there; let it finish, or stop it and rerun with --resume") from None
+            except OSError:  # no hard links here (some network or FAT file systems): rename instead
+                os.replace(tmp, self.path)
+        except OSError as err:
+            self.close()
+            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def get(self, chunk: int) -> list:
         """The stored records of ``chunk``."""
