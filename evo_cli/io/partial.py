@@ -118,6 +118,7 @@ class Checkpoint:
         self._where: dict[int, tuple[Path, int]] = {}  # chunk -> (file, offset of its line)
         self._fh = None
         check_fresh(output, resume)
+        remove_stale_temporaries(self.path)
         if self.path.exists():
             self._fh = open(self.path, "ab")
             self._lock()  # before reload, which may cut the last line of the file
@@ -207,7 +208,6 @@ class Checkpoint:
     def _create(self) -> None:
         """Create the progress file with its settings line, complete and locked before it appears under
         its name, and only where no other run created one meanwhile (a hard link fails if the name exists)."""
-        remove_stale_temporaries(self.path)
         header = (json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n").encode()
         try:
             fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(self.path), dir=self.path.parent)
