@@ -67,6 +67,30 @@ def snapshot_dir(spec: ModelSpec, cache: Path | None = None) -> Path | None:
     return snap if snap.is_dir() else None
 
 
+def published_in_cache(path: Path) -> tuple[Path, ModelSpec] | None:
+    """``path`` inside the hub cache folder of a published model's repo (``models--{org}--{name}``): the
+    path to open and the model's spec, else None. A snapshot folder or a file in it is opened as given;
+    the repo folder itself means the snapshot of the registry's revision. Such files load with the
+    packaged config, as the model's name does: the hub's own configs are not used (the Evo 2 repos have
+    none that describes the model; the Evo 1 8k ``config.json`` carries keys copied from the 131k one)."""
+    repos = {f"models--{s.repo.replace('/', '--')}": s for s in MODELS.values()}
+    for candidate in dict.fromkeys((Path(os.path.abspath(path)), Path(os.path.realpath(path)))):
+        parts = candidate.parts
+        at = next((i for i in range(len(parts) - 1, -1, -1) if parts[i] in repos), None)
+        if at is None:
+            continue
+        spec, rest = repos[parts[at]], parts[at + 1:]
+        if not rest:
+            snap = snapshot_dir(spec, Path(*parts[:at]))
+            if snap is None:
+                raise CheckpointError(f"{path}: no snapshot of {spec.repo}@{spec.revision} in this hub cache folder; "
+                                      f"`evo download {spec.name}` fetches it, or pass a folder under snapshots/")
+            return snap, spec
+        if rest[0] == "snapshots" and len(rest) > 1:
+            return Path(path), spec
+    return None
+
+
 @dataclass(frozen=True)
 class CacheStatus:
     """``state``: ``cached`` (every file present), ``partial`` (some files or an interrupted download) or

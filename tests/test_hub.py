@@ -99,6 +99,35 @@ def test_evo1_model_by_name_uses_revision_and_packaged_config(env, tmp_path):
     assert torch.equal(_logits(model, ids), _logits(ref, ids))
 
 
+def test_hub_cache_paths_of_a_published_model_load_with_its_packaged_config(env, tmp_path):
+    """What `evo download` prints (the snapshot folder), a file in it, or the repo folder, passed as a path,
+    loads like the name: the Evo 2 repos' config.json does not describe the model, and the Evo 1 8k one
+    carries the 131k rotary interpolation; neither is used."""
+    spec = registry.MODELS["evo2_7b"]
+    hub_config = b'{"name": "Evo 2 7B", "architecture": ["StripedHyena2"], "_name_or_path": "evo2_7b.pt"}'
+    snap = add_snapshot(env, spec.repo, spec.revision, {"evo2_7b.pt": (TINY_A / "weights.pt").read_bytes(),
+                                                        "config.json": hub_config})
+    ids = tiny_ids()
+    ref = _logits(evo_cli.load_model(TINY_A, device="cpu"), ids)
+    for path in (snap, snap / "evo2_7b.pt", env / "models--arcinstitute--evo2_7b"):
+        model = evo_cli.load_model(path, device="cpu")
+        assert model.config == registry.model_config("evo2_7b")
+        assert torch.equal(_logits(model, ids), ref)
+    spec = registry.MODELS["evo-1-8k-base"]
+    files = evo1_published_files(tmp_path)
+    cfg = json.loads(files["config.json"])
+    files["config.json"] = json.dumps(dict(cfg, use_interpolated_rotary_pos_emb=True, rotary_emb_scaling_factor=16)).encode()
+    snap = add_snapshot(env, spec.repo, spec.revision, files)
+    model = evo_cli.load_model(snap, device="cpu")
+    assert model.config == registry.model_config("evo-1-8k-base") and model.config.rotary_scaling == 1
+    assert torch.equal(_logits(model, ids), _logits(evo_cli.load_model(C1, device="cpu"), ids))
+    # a repo folder with no snapshot of the registry's revision: one line saying how to get it
+    (env / "models--arcinstitute--evo2_20b" / "blobs").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"models--arcinstitute--evo2_20b: no snapshot of arcinstitute/evo2_20b@main"
+                                              r".*`evo download evo2_20b`"):
+        evo_cli.load_model(env / "models--arcinstitute--evo2_20b", device="cpu")
+
+
 def test_hf_home_alone_sets_the_cache(env, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE")
     assert hub.hub_cache_dir() == env

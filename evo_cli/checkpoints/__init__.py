@@ -85,8 +85,9 @@ def fp8_mode(ckpt: Checkpoint, fp8: str | None, device: torch.device) -> str:
 def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, ModelConfig | None]:
     """An existing path as given; a published model name (``evo models``) -> (its weights in the Hugging
     Face cache, downloaded unless cached or ``download`` is False or HF_HUB_OFFLINE is set, and its
-    packaged config). An existing path wins over a name. An empty name is an error (``Path("")`` is the
-    current folder: an unset ``$MODEL`` would load whatever is there)."""
+    packaged config). An existing path wins over a name; one in the hub cache folder of a published model
+    gets that model's packaged config (``hub.published_in_cache``). An empty name is an error (``Path("")``
+    is the current folder: an unset ``$MODEL`` would load whatever is there)."""
     if not isinstance(model, (str, os.PathLike)):
         raise InputError(f"the model must be a published name or a path (str or os.PathLike), not {model!r} "
                          "(see `evo models`)")
@@ -94,7 +95,9 @@ def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, 
         raise CheckpointError("no model given: the model name or path is empty (see `evo models`)")
     path = Path(model)
     if path.exists():
-        return path, None
+        # a published model's files in the hub cache, passed by path, run with its packaged config too
+        cached = hub.published_in_cache(path)
+        return (path, None) if cached is None else (cached[0], registry.model_config(cached[1].name))
     if str(model) in registry.BUNDLED:
         return Path(str(registry.BUNDLED[str(model)].path)), None
     spec = registry.get_spec(str(model))
