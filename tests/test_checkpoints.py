@@ -107,6 +107,19 @@ def test_pickled_code_is_refused(tmp_path):
     assert "PyTorch 2.6" not in msg
 
 
+def test_a_torchscript_file_is_refused_in_one_line_without_warnings(tmp_path):
+    """torch.load hands TorchScript to torch.jit.load (code); weights-only refused it, but after two warnings
+    and a paragraph calling the file corrupt and suggesting weights_only=False."""
+    d = _copy(TINY_A, tmp_path / "c")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own, while making the file
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(d / "weights.pt"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        msg = _error(d, r"weights.pt: is a TorchScript program \(torch.jit.save\), not a state dict of tensors; refusing")
+    assert not caught and "weights_only" not in msg
+
+
 @pytest.mark.parametrize("weight_map, match", [
     ({"a": "../../etc/passwd"}, r"shard '../../etc/passwd' is outside the checkpoint directory; refused"),
     ({"a": "/etc/passwd"}, r"shard '/etc/passwd' is outside the checkpoint directory"),

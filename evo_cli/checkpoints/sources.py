@@ -189,7 +189,25 @@ def _refused(label: Path, obj, err: Exception) -> str:
     return f"{label}: {where} a pickled {kind}, not a tensor; refusing to unpickle it (only tensors are loaded)"
 
 
+def is_torchscript(f) -> bool:
+    """Whether ``f`` (a path, or a seekable binary file: left at its start) is a TorchScript archive
+    (``torch.jit.save``), which ``torch.load`` would hand to ``torch.jit.load`` to run its code."""
+    try:
+        if not zipfile.is_zipfile(f):
+            return False
+        with zipfile.ZipFile(f) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    finally:
+        if hasattr(f, "seek"):
+            f.seek(0)
+
+
 def _torch_load(obj, label: Path, mmap: bool) -> dict:
+    if is_torchscript(obj):
+        raise CheckpointError(f"{label}: is a TorchScript program (torch.jit.save), not a state dict of tensors; "
+                              "refusing to load it: save the model's state_dict() with torch.save or as safetensors")
     try:
         with torch.serialization.safe_globals([io.BytesIO]), warnings.catch_warnings():
             # torch warns about the pickle protocol of legacy files; the load below says what matters

@@ -36,11 +36,12 @@ from __future__ import annotations
 import functools
 import io
 import pickle
-import zipfile
 
 import torch
 
 from evo_cli.errors import CheckpointError
+
+from .sources import is_torchscript
 
 
 class Placeholder:
@@ -127,11 +128,8 @@ class _PickleModule:
 
 def _refuse_torchscript(buf: io.BytesIO) -> None:
     """torch.load hands a TorchScript archive to torch.jit.load, which runs its code: never ours to load."""
-    if zipfile.is_zipfile(buf):
-        with zipfile.ZipFile(buf) as z:
-            if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
-                raise UnsafePickle("is a TorchScript program")
-    buf.seek(0)
+    if is_torchscript(buf):
+        raise UnsafePickle("is a TorchScript program")
 
 
 def decode_extra_state(value, key: str) -> dict | None:
