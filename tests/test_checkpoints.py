@@ -194,6 +194,15 @@ def test_no_config(tmp_path):
     _error(tmp_path, "no model config found")
 
 
+def test_a_device_or_pipe_is_not_read_as_its_folder(tmp_path):
+    """-m /dev/null said "/dev: no weights found", and a FIFO beside checkpoints loaded the folder's."""
+    shutil.copy(TINY_A / "config.yml", tmp_path)
+    shutil.copy(TINY_A / "weights.pt", tmp_path)
+    os.mkfifo(tmp_path / "pipe.pt")
+    for path in (tmp_path / "pipe.pt", Path("/dev/null")):
+        _error(path, rf"^{re.escape(str(path))}: not a regular file or a directory \(a device, pipe or socket\)")
+
+
 def test_missing_path():
     _error("/no/such/checkpoint", "no such checkpoint")
 

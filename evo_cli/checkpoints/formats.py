@@ -271,6 +271,10 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
+    if not path.is_file() and not path.is_dir():
+        # else read as the folder around it: /dev/null was "/dev: no weights found"
+        raise CheckpointError(f"{path}: not a regular file or a directory (a device, pipe or socket); "
+                              "pass the checkpoint's weights file or folder")
     directory = path if path.is_dir() else path.parent
     if path.is_dir() and not any(path.iterdir()):
         raise CheckpointError(f"{path}: empty directory, no checkpoint in it")
