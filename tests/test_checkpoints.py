@@ -303,6 +303,15 @@ def test_a_state_dict_of_other_things_than_named_dense_tensors(tmp_path, change,
     _error(d, match)
 
 
+def test_a_meta_tensor_is_named(tmp_path):
+    """A state dict saved from a meta-device model: "NotImplementedError: Cannot copy out of meta tensor"."""
+    d = _copy(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    sd["blocks.0.mlp.l1.weight"] = torch.empty(sd["blocks.0.mlp.l1.weight"].shape, device="meta")
+    torch.save(sd, d / "weights.pt")
+    _error(d, r"weights.pt: 'blocks.0.mlp.l1.weight' holds a meta tensor \(a shape with no values")
+
+
 def test_a_damaged_zip_checkpoint_is_one_line(tmp_path):
     """Bytes flipped inside a zip .pt: the pickle scan found nothing and hit an unset variable."""
     d = _copy(TINY_A, tmp_path / "c")

@@ -45,6 +45,9 @@ class TensorSource:
         if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
             what = f"a {t.layout} tensor" if isinstance(t, torch.Tensor) else f"a {type(t).__name__}"
             raise CheckpointError(f"{self.where(key)}: {key!r} holds {what}, not a dense tensor")
+        if t.is_meta:  # torch.save of a model built on the meta device: shapes, no values
+            raise CheckpointError(f"{self.where(key)}: {key!r} holds a meta tensor (a shape with no values: saved "
+                                  "from a model whose weights were never loaded)")
         return t
 
     def get(self, key: str) -> torch.Tensor:
