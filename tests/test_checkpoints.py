@@ -77,6 +77,19 @@ def test_missing_part_is_named(tmp_path):
     assert "w.pt.part1" in _error(d, "missing part")
 
 
+def test_a_lost_last_part_is_suggested(tmp_path):
+    """Without its last part a split file read as damaged, with torch's four sentences of advice; nothing
+    said that it was read from parts."""
+    d = _copy(TINY_A, tmp_path / "c")
+    data = (d / "weights.pt").read_bytes()
+    (d / "weights.pt").unlink()
+    (d / "w.pt.part0").write_bytes(data[: len(data) // 2])
+    msg = _error(d, r"w.pt: not a readable PyTorch checkpoint, truncated or corrupt \(PytorchStreamReader failed "
+                    r"reading zip archive: failed finding central directory\); read as 1 part\(s\), w.pt.part0 to "
+                    r"w.pt.part0: is a later part missing or incomplete\?$")
+    assert "miniz" not in msg
+
+
 def test_te_extra_state_and_unembed_are_ignored():
     """tiny_b_long carries unembed.weight and BytesIO _extra_state entries, like published files."""
     sd = torch.load(TINY_B / "weights.pt", weights_only=False)

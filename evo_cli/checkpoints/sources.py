@@ -60,7 +60,10 @@ class TensorSource:
 
 
 def _short(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """The first line of ``err``'s message, and of a long one its first sentence (torch's zip reader adds
+    four sentences of advice)."""
+    line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return line.split(". ")[0] if len(line) > 160 else line
 
 
 def open_safetensors(files: list[Path]) -> TensorSource:
@@ -241,7 +244,10 @@ def open_torch(files: list[Path]) -> TensorSource:
             raise CheckpointError(f"{obj}: weight file listed by the checkpoint is missing")
         try:
             sd = _torch_load(str(obj) if isinstance(obj, Path) else obj, label, mmap)
-        except CheckpointError:
+        except CheckpointError as err:
+            if not isinstance(obj, Path):  # nothing in the parts says how many there are: a lost last one reads as damage
+                raise CheckpointError(f"{err}; read as {len(files)} part(s), {files[0].name} to {files[-1].name}: "
+                                      "is a later part missing or incomplete?") from None
             if not mmap:
                 raise
             # legacy (pre-zip) pickles cannot be memory-mapped
