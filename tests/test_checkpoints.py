@@ -154,6 +154,21 @@ def test_missing_key(tmp_path):
     assert "weights.pt" in msg
 
 
+def test_one_shard_or_a_wrapped_state_dict_says_why_tensors_are_missing(tmp_path):
+    """"missing tensor" alone, for one shard of several given as the checkpoint, or a training wrapper's
+    state dict (keys under ``model.``, or the dict nested under ``module``), left the user guessing."""
+    _error(C1 / "model-00001-of-00002.safetensors",
+           r"model-00001-of-00002.safetensors: is shard 1 of 2 of a sharded checkpoint; pass its folder \(or its .index.json\)$")
+    d = _copy(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    torch.save({"model." + k: v for k, v in sd.items()}, d / "weights.pt")
+    _error(d, r"missing tensor 'embedding_layer.weight' \(needed for embedding_layer.weight\); the file has "
+              r"'model.embedding_layer.weight': strip the prefix 'model.' from its keys$")
+    torch.save({"module": sd, "epoch": 3}, d / "weights.pt")
+    _error(d, r"missing tensor 'embedding_layer.weight' \(needed for embedding_layer.weight\); the file nests a dict "
+              r"under 'module': save that dict of tensors itself$")
+
+
 def test_wrong_shape(tmp_path):
     d = _copy(C1, tmp_path / "c")
     shard = d / "model-00001-of-00002.safetensors"

@@ -282,6 +282,10 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
     # weights: the file given, or whatever the directory holds
     if path.is_file():
         name = path.name
+        shard = re.search(r"-(\d+)-of-(\d+)\.(safetensors|bin)$", name)
+        if shard and int(shard.group(2)) > 1:  # else "missing tensor" for the first one in another shard
+            raise CheckpointError(f"{path}: is shard {int(shard.group(1))} of {int(shard.group(2))} of a sharded "
+                                  "checkpoint; pass its folder (or its .index.json)")
         if name.endswith(".safetensors"):
             kind, files = "safetensors", [path]
         elif name.endswith(".index.json"):

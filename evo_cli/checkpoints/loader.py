@@ -38,6 +38,19 @@ def _check_finite(t: torch.Tensor, key: str, where, stored) -> None:
                           f"{t[~torch.isfinite(t)][0].item()}); load the model in float32 or bfloat16")
 
 
+def _near(key: str, ckpt: Checkpoint) -> str:
+    """Why a needed ``key`` may be missing, when the file says: it is there under a prefix (a training
+    wrapper's ``model.`` / ``module.``), or the state dict is nested in another entry."""
+    keys = ckpt.source.keys()
+    prefixed = next((k for k in keys if k.endswith("." + key)), None)
+    if prefixed is not None:
+        return f"; the file has {prefixed!r}: strip the prefix {prefixed[: -len(key)]!r} from its keys"
+    nested = [k for k in keys if isinstance(ckpt.source.get(k), dict)]
+    if nested:
+        return f"; the file nests a dict under {nested[0]!r}: save that dict of tensors itself"
+    return ""
+
+
 def _placed(t: torch.Tensor, device: torch.device, dtype: torch.dtype, column_major: bool) -> torch.Tensor:
     """``t`` on ``device`` in ``dtype``, row-major, except a CPU ``nn.Linear`` weight that the model keeps
     column-major (``column_major``; see ``StripedHyena._cpu_gemv_layout``): that layout comes in the
@@ -67,7 +80,7 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
     for name, meta in expected.items():
         key, transform = ckpt.resolve(name)
         if key is not None and key not in ckpt.source:
-            raise CheckpointError(f"{ckpt.source.description}: missing tensor {key!r} (needed for {name})")
+            raise CheckpointError(f"{ckpt.source.description}: missing tensor {key!r} (needed for {name}){_near(key, ckpt)}")
         # Transformer Engine's ``_extra_state`` (FP8 scales) is a serialised object, read by its transform
         stored = None if key is None else ckpt.source.get(key) if key.endswith("_extra_state") else ckpt.source.tensor(key)
         t = transform(stored)
