@@ -208,6 +208,18 @@ def test_truncated_file(tmp_path, fmt):
     assert f.name in _error(d, "truncated or corrupt")
 
 
+def test_a_file_under_the_other_format_s_extension_says_so(tmp_path):
+    """A torch.save file named .safetensors read as "header too large", and a safetensors file named .pt as
+    a pickle torch "cannot read (Unsupported operand 56)", with advice to re-save it."""
+    d = _copy(TINY_A, tmp_path / "pt")
+    (d / "weights.pt").rename(d / "model.safetensors")
+    _error(d, r"model.safetensors: is a PyTorch file \(torch.save\), not safetensors; rename it to .pt$")
+    d = _copy(TINY_A, tmp_path / "st")
+    (d / "weights.pt").unlink()
+    shutil.copy(C1 / "model-00001-of-00002.safetensors", d / "weights.pt")
+    _error(d, r"weights.pt: is a safetensors file, not a PyTorch pickle; rename it to .safetensors$")
+
+
 def test_empty_directory(tmp_path):
     _error(tmp_path, "empty directory")
 

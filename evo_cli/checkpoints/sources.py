@@ -66,6 +66,22 @@ def _short(err: Exception) -> str:
     return line.split(". ")[0] if len(line) > 160 else line
 
 
+def _content(path) -> str | None:
+    """What the first bytes of the file ``path`` say it is: ``safetensors`` (an 8-byte little-endian header
+    size, then a JSON object), ``torch`` (a zip archive, or a pickle: torch.save's formats), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = fh.seek(0, 2)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    return None
+
+
 def open_safetensors(files: list[Path]) -> TensorSource:
     """One or several safetensors files (shards); keys must be unique across them."""
     from safetensors import safe_open
@@ -77,6 +93,8 @@ def open_safetensors(files: list[Path]) -> TensorSource:
         try:
             h = safe_open(str(f), framework="pt", device="cpu")
         except Exception as err:
+            if _content(f) == "torch":
+                raise CheckpointError(f"{f}: is a PyTorch file (torch.save), not safetensors; rename it to .pt") from None
             raise CheckpointError(f"{f}: not a readable safetensors file, truncated or corrupt ({_short(err)})") from None
         handles[f] = h
         for k in h.keys():
@@ -211,6 +229,8 @@ def is_torchscript(f) -> bool:
 
 
 def _torch_load(obj, label: Path, mmap: bool) -> dict:
+    if isinstance(obj, str) and _content(obj) == "safetensors":  # else "a pickle ... cannot read (Unsupported operand)"
+        raise CheckpointError(f"{label}: is a safetensors file, not a PyTorch pickle; rename it to .safetensors")
     if is_torchscript(obj):
         raise CheckpointError(f"{label}: is a TorchScript program (torch.jit.save), not a state dict of tensors; "
                               "refusing to load it: save the model's state_dict() with torch.save or as safetensors")
