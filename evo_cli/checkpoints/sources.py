@@ -75,10 +75,10 @@ def _content(path) -> str | None:
             size = fh.seek(0, 2)
     except OSError:
         return None
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if len(head) == 9 and head[8:] == b"{":  # (a header size whose low byte is 0x80 starts like a pickle)
+        return "safetensors" if 2 <= int.from_bytes(head[:8], "little") <= size - 8 else None
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         return "torch"
-    if len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8:
-        return "safetensors"
     return None
 
 
