@@ -60,9 +60,14 @@ def snapshot_dir(spec: ModelSpec, cache: Path | None = None) -> Path | None:
     commit = spec.revision
     if not _COMMIT.fullmatch(commit):
         ref = repo / "refs" / spec.revision
-        if not ref.is_file():
+        try:
+            commit = ref.read_bytes().decode("ascii", "replace").strip() if ref.is_file() else ""
+        except OSError:
+            commit = ""
+        # huggingface_hub writes a commit hash; anything else (empty, damaged) is no snapshot, not the folder
+        # "snapshots/" itself or a path out of the cache
+        if not _COMMIT.fullmatch(commit):
             return None
-        commit = ref.read_text().strip()
     snap = repo / "snapshots" / commit
     return snap if snap.is_dir() else None
 

@@ -128,6 +128,18 @@ def test_hub_cache_paths_of_a_published_model_load_with_its_packaged_config(env,
         evo_cli.load_model(env / "models--arcinstitute--evo2_20b", device="cpu")
 
 
+@pytest.mark.parametrize("ref", [b"", b"../../../..", b"\xff\xfe"])
+def test_a_damaged_ref_is_no_snapshot(env, ref):
+    """refs/main must hold a commit: empty it named the snapshots/ folder itself, a path left the cache,
+    and bytes that are not text ended in UnicodeDecodeError."""
+    spec = registry.MODELS["evo2_7b"]
+    add_snapshot(env, spec.repo, spec.revision, {"evo2_7b.pt": (TINY_A / "weights.pt").read_bytes()})
+    (env / "models--arcinstitute--evo2_7b" / "refs" / "main").write_bytes(ref)
+    assert hub.snapshot_dir(spec) is None and hub.cache_status(spec).state == "missing"
+    with pytest.raises(CheckpointError, match="evo2_7b is not in the Hugging Face cache"):
+        evo_cli.load_model("evo2_7b", device="cpu")
+
+
 def test_hf_home_alone_sets_the_cache(env, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE")
     assert hub.hub_cache_dir() == env
