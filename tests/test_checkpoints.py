@@ -291,6 +291,16 @@ def test_bfloat16_keeps_filters_float32():
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
 
 
+def test_torch_forced_weights_only_says_so_for_te_state(monkeypatch):
+    """TORCH_FORCE_WEIGHTS_ONLY_LOAD makes torch refuse our restricted unpickler for the published files'
+    BytesIO Transformer Engine state: that read as "unreadable ... state (Can not safely load weights...)"."""
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match=r"weights.pt: blocks.0.projections._extra_state: Transformer Engine state "
+                                              r"is read by evo's own restricted unpickler .* which "
+                                              r"TORCH_FORCE_WEIGHTS_ONLY_LOAD forbids; unset it to load this checkpoint$"):
+        evo_cli.load_model(TINY_B, device="cpu")
+
+
 def test_bytesio_only_extra_allowed():
     """The safe-globals allow-list admits io.BytesIO and nothing else."""
     buf = io.BytesIO()
