@@ -224,6 +224,17 @@ def test_empty_directory(tmp_path):
     _error(tmp_path, "empty directory")
 
 
+@pytest.mark.parametrize("name", ["model.pth", "last.ckpt"])
+def test_a_folder_with_a_pth_or_ckpt_file_loads_it(tmp_path, name, ids):
+    """Named directly these loaded; their folder said "no weights found"."""
+    shutil.copy(TINY_A / "config.yml", tmp_path)
+    shutil.copy(TINY_A / "weights.pt", tmp_path / name)
+    ref = evo_cli.load_model(TINY_A, device="cpu")
+    assert torch.equal(_logits(evo_cli.load_model(tmp_path, device="cpu"), ids), _logits(ref, ids))
+    shutil.copy(TINY_A / "weights.pt", tmp_path)
+    _error(tmp_path, rf"several PyTorch files \(({name}, weights.pt|weights.pt, {name})\); pass one of them$")
+
+
 def test_no_weights(tmp_path):
     shutil.copy(TINY_A / "config.yml", tmp_path)
     _error(tmp_path, "no weights found")

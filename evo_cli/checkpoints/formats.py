@@ -221,6 +221,11 @@ def _yaml_family(d: dict) -> str | None:
     return None
 
 
+def _torch_files(directory: Path) -> list[Path]:
+    """The ``.pt`` / ``.pth`` / ``.ckpt`` files of ``directory`` (what a file path of those names loads)."""
+    return sorted(p for ext in ("pt", "pth", "ckpt") for p in directory.glob(f"*.{ext}"))
+
+
 def _find_weights(directory: Path) -> tuple[str, list[Path]]:
     """(kind, files) of the weights in ``directory``: kind is ``safetensors`` or ``torch``.
 
@@ -229,7 +234,7 @@ def _find_weights(directory: Path) -> tuple[str, list[Path]]:
     the user's to say (the config of one would be read with the weights of the other)."""
     st = sorted(directory.glob("model*.safetensors"))
     if (directory / "model.safetensors.index.json").is_file() or st:
-        pt = sorted([*directory.glob("*.pt"), *directory.glob("*.pt.part0")])
+        pt = sorted([*_torch_files(directory), *directory.glob("*.pt.part0")])
         if pt:
             shown = (st[0] if st else directory / "model.safetensors.index.json").name
             raise CheckpointError(f"{directory}: holds two checkpoints, safetensors ({shown}) and a PyTorch file "
@@ -243,9 +248,9 @@ def _find_weights(directory: Path) -> tuple[str, list[Path]]:
     bins = sorted(directory.glob("pytorch_model*.bin"))
     if bins:
         return "torch", bins
-    pts = sorted(directory.glob("*.pt"))
+    pts = _torch_files(directory)
     if len(pts) > 1:
-        raise CheckpointError(f"{directory}: several .pt files ({', '.join(p.name for p in pts)}); pass one of them")
+        raise CheckpointError(f"{directory}: several PyTorch files ({', '.join(p.name for p in pts)}); pass one of them")
     if pts:
         return "torch", pts
     parts = sorted(directory.glob("*.pt.part0"))
@@ -256,7 +261,8 @@ def _find_weights(directory: Path) -> tuple[str, list[Path]]:
     st = sorted(directory.glob("*.safetensors"))
     if len(st) == 1:
         return "safetensors", st
-    raise CheckpointError(f"{directory}: no weights found (expected *.safetensors, pytorch_model*.bin, *.pt or *.pt.part0)")
+    raise CheckpointError(f"{directory}: no weights found (expected *.safetensors, pytorch_model*.bin, *.pt, *.pth, "
+                          "*.ckpt or *.pt.part0)")
 
 
 def _open_weights(kind: str, files: list[Path]) -> TensorSource:
