@@ -235,8 +235,6 @@ def download_model(name: str, quiet: bool = False) -> Path:
     if quiet:
         disable_progress_bars()
     endpoint, seconds = hub_endpoint(), hub_timeout()
-    log.warning("downloading %s (~%.1f GB) from %s/%s@%s into %s", spec.name, spec.download_bytes / 1e9,
-                endpoint, spec.repo, spec.revision, cache)
     try:
         with _bounded_session(seconds):
             commit = spec.revision
@@ -244,6 +242,9 @@ def download_model(name: str, quiet: bool = False) -> Path:
                 # resolved here with a timeout: snapshot_download's own lookup of a branch has none
                 api = huggingface_hub.HfApi(endpoint=endpoint)
                 commit = api.repo_info(spec.repo, revision=spec.revision, timeout=seconds).sha
+            # said once the Hub has answered: an unreachable one gives the error line alone (it names the endpoint)
+            log.warning("downloading %s (~%.1f GB) from %s/%s@%s into %s", spec.name, spec.download_bytes / 1e9,
+                        endpoint, spec.repo, spec.revision, cache)
             folder = huggingface_hub.snapshot_download(
                 repo_id=spec.repo, revision=commit, cache_dir=str(cache), allow_patterns=list(spec.files),
                 endpoint=endpoint, etag_timeout=seconds,

@@ -203,6 +203,13 @@ def fake_download(env, monkeypatch):
     return calls
 
 
+def test_a_download_says_where_from_once_the_hub_answers(fake_download, env, caplog):
+    with caplog.at_level(logging.WARNING):
+        hub.download_model("evo2_7b")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("downloading")]
+    assert said == [f"downloading evo2_7b (~13.2 GB) from {hub.hub_endpoint()}/arcinstitute/evo2_7b@main into {env}"]
+
+
 def test_a_merged_file_is_not_downloaded_again(fake_download, env):
     """With the parts merged by the evo2 package (and deleted), `evo download` fetched all 82 GB again and
     `evo models` said missing, though the loader uses the merged file."""
@@ -347,7 +354,8 @@ def test_interrupted_download_counts_as_partial(fake_download, env, monkeypatch)
 
 
 def test_stalled_hub_fails_in_seconds(env, monkeypatch, capsys):
-    """An endpoint that accepts connections and never answers: one line naming it and HF_HUB_OFFLINE."""
+    """An endpoint that accepts connections and never answers: one line naming it and HF_HUB_OFFLINE (and
+    no "downloading" line before it: the Hub never answered)."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
     # huggingface_hub read HF_HUB_OFFLINE when it was imported (this machine may set it)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
@@ -365,7 +373,7 @@ def test_stalled_hub_fails_in_seconds(env, monkeypatch, capsys):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert e.value.code == 1 and elapsed < 8, (elapsed, err)
-    assert lines[0].startswith("evo: downloading evo2_1b_base (~") and f"from {endpoint}/arcinstitute/" in lines[0]
-    assert len(lines) == 2 and lines[1].startswith("evo: error: cannot download arcinstitute/evo2_1b_base@main")
-    assert f"{endpoint} cannot be reached or did not answer within 1 s" in lines[1] and "HF_HUB_OFFLINE=1" in lines[1]
+    assert len(lines) == 1 and lines[0].startswith("evo: error: cannot download arcinstitute/evo2_1b_base@main "
+                                                   f"from {endpoint} (")
+    assert f"{endpoint} cannot be reached or did not answer within 1 s" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
     assert hub.cache_status(registry.MODELS["evo2_1b_base"]).state == "missing"
