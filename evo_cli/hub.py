@@ -160,6 +160,8 @@ def model_weights_path(spec: ModelSpec, download: bool = True) -> Path:
 def resolve_spec(name: str) -> ModelSpec:
     spec = MODELS.get(name)
     if spec is None:
+        if not name.strip():  # else ": no such ... (did you mean 'evo2_7b'?)"
+            raise CheckpointError("no model name given: the name is empty (see `evo models`)")
         if name in BUNDLED:
             raise CheckpointError(f"{name} is bundled with evo and needs no download: use --model {name}")
         raise CheckpointError(unknown_model_message(name))

@@ -171,6 +171,12 @@ def test_unknown_name_suggests_the_closest(env):
         evo_cli.load_model("/no/such/dir", device="cpu")
 
 
+def test_downloading_an_empty_name_says_so(env, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["download", "evo2_7b", " "])
+    assert e.value.code == 1 and capsys.readouterr().err == "evo: error: no model name given: the name is empty (see `evo models`)\n"
+
+
 def test_downloading_a_bundled_model_says_it_needs_none(env):
     with pytest.raises(CheckpointError, match="evo-demo is bundled with evo and needs no download: use --model evo-demo"):
         hub.download_model("evo-demo")
