@@ -220,6 +220,19 @@ def test_a_file_under_the_other_format_s_extension_says_so(tmp_path):
     _error(d, r"weights.pt: is a safetensors file, not a PyTorch pickle; rename it to .safetensors$")
 
 
+def test_an_unreadable_weights_file_is_not_called_corrupt(monkeypatch):
+    """A file we may not read (simulated: the tests run as root) read as "truncated or corrupt"."""
+    import safetensors
+
+    def denied(path, *args, **kwargs):
+        raise OSError("Permission denied (os error 13)") if "safetensors" in str(path) else PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(safetensors, "safe_open", denied)
+    monkeypatch.setattr(torch, "load", denied)
+    _error(C1, r"model-00001-of-00002.safetensors: cannot read it \(permission denied\)$")
+    _error(TINY_A, r"weights.pt: cannot read it \(permission denied\)$")
+
+
 def test_empty_directory(tmp_path):
     _error(tmp_path, "empty directory")
 

@@ -66,6 +66,11 @@ def _short(err: Exception) -> str:
     return line.split(". ")[0] if len(line) > 160 else line
 
 
+def _denied(err: Exception) -> bool:
+    """A read refused by the file's permissions (not damage): safetensors reports it as a plain OSError."""
+    return isinstance(err, PermissionError) or "(os error 13)" in str(err)
+
+
 def _content(path) -> str | None:
     """What the first bytes of the file ``path`` say it is: ``safetensors`` (an 8-byte little-endian header
     size, then a JSON object), ``torch`` (a zip archive, or a pickle: torch.save's formats), else None."""
@@ -93,6 +98,8 @@ def open_safetensors(files: list[Path]) -> TensorSource:
         try:
             h = safe_open(str(f), framework="pt", device="cpu")
         except Exception as err:
+            if _denied(err):
+                raise CheckpointError(f"{f}: cannot read it (permission denied)") from None
             if _content(f) == "torch":
                 raise CheckpointError(f"{f}: is a PyTorch file (torch.save), not safetensors; rename it to .pt") from None
             raise CheckpointError(f"{f}: not a readable safetensors file, truncated or corrupt ({_short(err)})") from None
@@ -242,6 +249,8 @@ def _torch_load(obj, label: Path, mmap: bool) -> dict:
     except pickle.UnpicklingError as err:
         raise CheckpointError(_refused(label, obj, err)) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        if _denied(err):
+            raise CheckpointError(f"{label}: cannot read it (permission denied)") from None
         raise CheckpointError(f"{label}: not a readable PyTorch checkpoint, truncated or corrupt ({_short(err)})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
