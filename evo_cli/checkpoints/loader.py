@@ -45,10 +45,18 @@ def _near(key: str, ckpt: Checkpoint) -> str:
     prefixed = next((k for k in keys if k.endswith("." + key)), None)
     if prefixed is not None:
         return f"; the file has {prefixed!r}: strip the prefix {prefixed[: -len(key)]!r} from its keys"
-    nested = [k for k in keys if isinstance(ckpt.source.get(k), dict)]
+    # a wrapper's entries have plain names ("model", "module"); reading only those keeps this cheap
+    nested = [k for k in keys if "." not in k and isinstance(_value(ckpt, k), dict)]
     if nested:
         return f"; the file nests a dict under {nested[0]!r}: save that dict of tensors itself"
     return ""
+
+
+def _value(ckpt: Checkpoint, key: str):
+    try:
+        return ckpt.source.get(key)
+    except CheckpointError:  # a damaged entry: not what this hint is about
+        return None
 
 
 def _placed(t: torch.Tensor, device: torch.device, dtype: torch.dtype, column_major: bool) -> torch.Tensor:
