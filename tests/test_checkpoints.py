@@ -179,6 +179,17 @@ def test_wrong_shape(tmp_path):
     assert shard.name in msg
 
 
+@pytest.mark.parametrize("heads", [1, 2, 8])
+def test_evo1_with_the_wrong_number_of_heads_is_refused(tmp_path, heads):
+    """Evo 1 weights have the same shapes for any head count, and the stored rotary frequencies were not
+    read: a wrong num_attention_heads loaded and gave wrong logits. Their length is the head size."""
+    d = _copy(C1, tmp_path / "c")
+    cfg = yaml.safe_load((d / "evo1_inference.yml").read_text())
+    (d / "evo1_inference.yml").write_text(yaml.safe_dump(dict(cfg, num_attention_heads=heads)))
+    _error(d, rf"tensor 'backbone.blocks.2.inner_mha_cls.rotary_emb.inv_freq' has shape \[8\], the config needs "
+              rf"\[{64 // heads // 2}\]: its head size \(hidden_size / num_attention_heads\) is not the weights'$")
+
+
 def test_unknown_config_field(tmp_path):
     d = _copy(TINY_A, tmp_path / "c")
     cfg = yaml.safe_load((d / "config.yml").read_text())

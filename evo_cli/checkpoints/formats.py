@@ -92,7 +92,10 @@ def _evo1_resolver(config: ModelConfig, source: TensorSource):
     def resolve(name: str):
         if name.endswith("rotary_emb.inv_freq"):
             key = prefix + name
-            return (key if key in source else None), lambda _: inv_freq.clone()
+            # the stored values are not used, but their length is the head size the weights were trained with:
+            # a wrong num_attention_heads (same weight shapes otherwise) fails the loader's shape check
+            return (key if key in source else None), \
+                lambda t: t if t is not None and t.shape != inv_freq.shape else inv_freq.clone()
         if re.search(r"\.(projections\.(weight|bias)|filter\.short_filter_(weight|bias))$", name):
             return prefix + name, _rows(perm)
         return prefix + name, _identity

@@ -99,6 +99,7 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
             raise CheckpointError(
                 f"{file}: tensor {key!r} has shape {list(shown.shape)}{read_as}, "
                 f"the config needs {list(meta.shape)}"
+                + (": its head size (hidden_size / num_attention_heads) is not the weights'" if name.endswith("inv_freq") else "")
             )
         if not t.is_floating_point():
             raise CheckpointError(f"{ckpt.source.where(key)}: tensor {key!r} has dtype {t.dtype}, expected floating point")
