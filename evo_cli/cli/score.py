@@ -13,7 +13,7 @@ from evo_cli.limits import MAX_BATCH_SIZE
 from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar, region_option
 
 
-@click.command("score-variants")
+@click.command("score-variants", short_help="Zero-shot variant effects of a VCF: ALT vs REF.")
 @click.option("--vcf", required=True, metavar="PATH", help="Variants: VCF, bgzipped VCF or BCF.")
 @click.option("--fasta", required=True, metavar="PATH",
               help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
@@ -95,7 +95,7 @@ def _same_output(a: str, b: str) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-@click.command("score")
+@click.command("score", short_help="Log-likelihood of each sequence of a FASTA file.")
 @click.option("--fasta", required=True, metavar="PATH", help="Sequences to score (FASTA, plain or gzip).")
 @click.option("-o", "--output", default="-", show_default=True, metavar="PATH",
               help="Table: .tsv or .parquet; - for TSV on stdout.")
