@@ -86,7 +86,8 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
 @click.argument("scores", metavar="SCORES")
 @click.option("-o", "--output", required=True, metavar="FILE", help="Figure: .png, .svg, .pdf or .html.")
 @click.option("--by", metavar="COLUMN", default=None,
-              help="Variant tables: one histogram per value of this column or INFO field (e.g. status, a label).")
+              help="Variant tables: one histogram per value of this column or INFO field, e.g. a clinical label "
+                   "carried over from the input VCF (at most 10 values).")
 @click.option("--title", default=None, help="Figure title [default: the file name].")
 @verbosity_options
 def plot(scores, output, by, title):
