@@ -97,7 +97,7 @@ def verbosity_options(f):
             _reconfigure(ctx)
 
     f = click.option("-v", "--verbose", count=True, expose_value=False, callback=set_verbose,
-                     help="More logging; tracebacks on errors.")(f)
+                     help="More logging (-vv for debug); tracebacks on errors.")(f)
     return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
                         help="Only errors on stderr; no progress bars.")(f)
 
