@@ -2,8 +2,8 @@
 
 A progress file is resumed only by a run with the same settings: the same inputs (path, size and
 modification time), the same model weights, device type (not its number: the ranks of a distributed
-run, ``distributed.py``, each have their own GPU), kernel backend and evo version, and the same
-options that change the output."""
+run, ``distributed.py``, each have their own GPU), dtype, FP8 mode, kernel backend and evo version,
+and the same options that change the output."""
 
 from __future__ import annotations
 
@@ -42,11 +42,12 @@ def kernel_backend(model) -> str:
 
 def run_settings(model, inputs: dict[str, str | Path], **options) -> dict:
     """The settings a progress file records: ``inputs`` ({key: path}) identified by ``file_identity``,
-    the model, device, kernels and version, and ``options``."""
+    the model, device, dtype, FP8 mode, kernels and version, and ``options``."""
     settings = {}
     for key, path in inputs.items():
         settings.update(file_identity(key, path))
     return {**settings, "model": model_fingerprint(model), "device": model.device.type,
+            "dtype": str(model.dtype).removeprefix("torch."), "fp8": getattr(model, "fp8", "off"),
             "kernels": kernel_backend(model), "version": __version__, **options}
 
 

@@ -168,18 +168,22 @@ def _from_env(fp8: str | None) -> str:
     return " (from EVO_FP8)" if not fp8 and os.environ.get("EVO_FP8") else ""
 
 
-def resolve_fp8(fp8: str | None, device: torch.device, needs_fp8: bool) -> str:
+def resolve_fp8(fp8: str | None, devices: torch.device | Sequence[torch.device], needs_fp8: bool) -> str:
     """How the FP8 projections run (``fp8_choice``), resolved to ``off``, ``emulate`` or ``native``.
     ``auto``: ``off`` for a model that does not need FP8; ``native`` on GPUs of compute capability 8.9 /
-    9.x (the hardware Evo 2 was trained on), ``emulate`` elsewhere."""
+    9.x (the hardware Evo 2 was trained on), ``emulate`` elsewhere. ``devices``: the model's device, or
+    every device of a split model; ``native`` needs each of them to be such a GPU (elsewhere
+    ``torch._scaled_mm`` would run other arithmetic, or none)."""
+    devices = [devices] if isinstance(devices, torch.device) else list(devices)
     choice = fp8_choice(fp8)
+    unsupported = next((d for d in devices if not fp8_native_supported(d)), None)
     if choice == "auto":
         if not needs_fp8:
             return "off"
-        choice = "native" if fp8_native_supported(device) else "emulate"
-    if choice == "native" and not fp8_native_supported(device):
+        choice = "emulate" if unsupported is not None else "native"
+    if choice == "native" and unsupported is not None:
         raise InputError(f"--fp8 native{_from_env(fp8)} needs a GPU of compute capability 8.9 or 9.x (Ada, Hopper), "
-                         f"not {_device_name(device)}; use --fp8 emulate")
+                         f"not {_device_name(unsupported)}; use --fp8 emulate")
     if choice == "emulate" and not mmaemu_available():
         raise InputError(f"FP8 emulation needs the mmaemu package: {FP8_INSTALL_HINT} (or --fp8 off, at lower accuracy)")
     return choice

@@ -55,9 +55,9 @@ def load_model(
     kernels = resolve_kernels(kernels, devices)
     ckpt = open_checkpoint(path, config or published)
     dt = resolve_dtype(dtype, devices[0])
-    mode = fp8_mode(ckpt, fp8, devices[0])
     if device in (None, "auto") and devices_per_rank is None and devices[0].type == "cuda" and local_rank() is None:
         devices = auto_devices(ckpt.config, dt, state_tokens) or devices
+    mode = fp8_mode(ckpt, fp8, devices)
     loaded = build_model(ckpt, devices, dt, kernels, state_tokens)
     loaded.set_fp8(mode)
     if mode == "off":
@@ -65,16 +65,16 @@ def load_model(
     return loaded
 
 
-def fp8_mode(ckpt: Checkpoint, fp8: str | None, device: torch.device) -> str:
-    """The FP8 mode a checkpoint runs with (see ``load_model``). A published FP8 model whose checkpoint
-    lacks the FP8 state runs ``off`` under ``auto`` (with the warning); an explicit FP8 mode for it is an
-    error naming the state it lacks."""
+def fp8_mode(ckpt: Checkpoint, fp8: str | None, devices: torch.device | list[torch.device]) -> str:
+    """The FP8 mode a checkpoint runs with on ``devices`` (see ``load_model``). A published FP8 model
+    whose checkpoint lacks the FP8 state runs ``off`` under ``auto`` (with the warning); an explicit FP8
+    mode for it is an error naming the state it lacks."""
     spec = registry.match_config(ckpt.config)
     has_state = ckpt.fp8_state() is not None
     explicit = fp8_choice(fp8) != "auto"
     first = next((i for i, kind in enumerate(ckpt.config.block_types) if kind != "attn"), 0)
     key = f"blocks.{first}.projections.{'fp8_scale_input' if ckpt.format == 'native' else '_extra_state'}"
-    mode = resolve_fp8(fp8, device, needs_fp8=has_state or (explicit and bool(spec and spec.fp8)))
+    mode = resolve_fp8(fp8, devices, needs_fp8=has_state or (explicit and bool(spec and spec.fp8)))
     if mode != "off" and not has_state:
         what = f"{spec.name} was trained with FP8 projections, but " if spec and spec.fp8 else ""
         raise CheckpointError(f"{ckpt.source.description}: {what}no FP8 state in the checkpoint ({key} missing or "
