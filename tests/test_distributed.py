@@ -268,3 +268,39 @@ def test_a_failed_rank_on_another_node_stops_the_others(tmp_path):
         out = tmp_path / where / ("s.fa" if where == "seed" else "s.tsv")
         assert not out.exists()
         assert progress_files(out) == [] or where == "take"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "1", "WORLD_SIZE": "1", "MASTER_PORT": "1"}, r"RANK=1 is not a rank of WORLD_SIZE=1 \(0\.\.0\)"),
+    ({"RANK": "0", "WORLD_SIZE": "abc", "MASTER_PORT": "1"}, r"WORLD_SIZE='abc': not a whole number"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "x", "MASTER_PORT": "1"}, r"LOCAL_WORLD_SIZE='x'"),
+    ({"RANK": "0", "WORLD_SIZE": "1"}, "MASTER_ADDR is set but MASTER_PORT is not"),
+])
+def test_a_launcher_environment_set_wrong_is_one_line_before_the_rendezvous(monkeypatch, tmp_path, env, message):
+    """Set by hand (not by torchrun): a rank outside the world waited forever in the rendezvous, a missing
+    MASTER_PORT or a WORLD_SIZE that is not a number ended with "ValueError: ..."."""
+    import torch.distributed as dist
+
+    from evo_cli import distributed
+
+    for name in ("MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    def no_rendezvous(*_a, **_k):
+        raise AssertionError("reached the rendezvous")
+
+    monkeypatch.setattr(dist, "rendezvous", no_rendezvous)
+    with pytest.raises(distributed.InputError, match=message):
+        distributed.setup("cpu")
+    assert distributed.current() is None
+    fa = tmp_path / "in.fa"
+    fa.write_text(">a\nACGTACGT\n")
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(err):
+        main(["score", "-m", str(TINY), "--fasta", str(fa), "-o", str(tmp_path / "o.tsv")])
+    err = err.getvalue()
+    assert exit_.value.code == 1 and err.count("\n") == 1 and "evo: error: " in err and "Traceback" not in err
+    assert re.search(message, err)

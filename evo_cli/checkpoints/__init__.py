@@ -55,10 +55,12 @@ def load_model(
     kernels = resolve_kernels(kernels, devices)
     ckpt = open_checkpoint(path, config or published)
     dt = resolve_dtype(dtype, devices[0])
-    if device in (None, "auto") and devices_per_rank is None and devices[0].type == "cuda" and local_rank() is None:
-        devices = auto_devices(ckpt.config, dt, state_tokens) or devices
     mode = fp8_mode(ckpt, fp8, devices)
-    loaded = build_model(ckpt, devices, dt, kernels, state_tokens)
+    if device in (None, "auto") and devices_per_rank is None and devices[0].type == "cuda" and local_rank() is None:
+        split = auto_devices(ckpt.config, dt, state_tokens, fp8=mode != "off")
+        # every GPU of the split must run the mode (native on sm_89 / sm_90), not only the first
+        devices, mode = (split, fp8_mode(ckpt, fp8, split)) if split else (devices, mode)
+    loaded = build_model(ckpt, devices, dt, kernels, state_tokens, fp8=mode != "off")
     loaded.set_fp8(mode)
     if mode == "off":
         registry.warn_without_fp8(loaded.config, has_state=ckpt.fp8_state() is not None)
