@@ -270,6 +270,9 @@ def test_split_gives_the_same_logits_states_and_tokens(models):
                 for field in vars(a):
                     t = getattr(b, field)
                     assert t.device == m.block_device(i) and torch.equal(getattr(a, field), t)
+            # layer by layer (long sequences): each block over the whole sequence, its state on its device
+            layerwise = torch.cat([out for _, out in m.forward_layerwise(ids, 16)], 1)
+            assert torch.equal(layerwise, torch.cat([out for _, out in whole.forward_layerwise(ids, 16)], 1))
     prompts = ["ACGTTGCA", "GATTACAGATTACA"]
     greedy = [g.token_ids for g in evo_cli.generate(whole, prompts, 12, top_k=1, seed=1, prefill_chunk=5)]
     for m in (two, three):
