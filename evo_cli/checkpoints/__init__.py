@@ -43,7 +43,8 @@ def load_model(
     Hyena filters, poles and residues stay float32 either way.
     kernels: ``auto`` / ``triton`` / ``numba`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
     fp8: the Hyena input projections of checkpoints trained with FP8 (Evo 2 1B, 20B, 40B): ``auto``
-    (``native`` on sm_89 / sm_90 GPUs, ``emulate`` elsewhere, ``off`` for other models), ``emulate``
+    (for a checkpoint with FP8 scales ``native`` on sm_89 / sm_90 GPUs, ``emulate`` elsewhere; ``off``
+    for one without), ``emulate``
     (Hopper's FP8 GEMM bit for bit through mmaemu, any device), ``native`` (``torch._scaled_mm``),
     ``off`` (plain matmul); default from ``EVO_FP8``, else ``auto``. ``model.fp8`` says which runs.
     """
