@@ -58,3 +58,10 @@ def output_metadata(model, model_name: str, command: str | None, **settings) -> 
     return {"version": __version__, "command": command, "model": str(model_name), "model_name": model.config.name,
             "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
             "kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None), **settings}
+
+
+def progress_metadata(metadata: dict | None) -> dict:
+    """``metadata`` (``output_metadata``) as a run's progress settings keep it: without ``device``, whose
+    GPU number differs between the ranks of a distributed run (rank r runs on cuda:r) and between a run
+    and its resumption on another GPU; ``run_settings`` keeps the device type."""
+    return {k: v for k, v in (metadata or {}).items() if k != "device"}

@@ -304,3 +304,39 @@ def test_a_launcher_environment_set_wrong_is_one_line_before_the_rendezvous(monk
     err = err.getvalue()
     assert exit_.value.code == 1 and err.count("\n") == 1 and "evo: error: " in err and "Traceback" not in err
     assert re.search(message, err)
+
+
+def test_progress_files_of_ranks_on_different_gpus_agree(tmp_path):
+    """score and embed keep the output's metadata among a run's settings, and its ``device`` names the GPU:
+    rank r of a GPU job runs on cuda:r, so rank 0, merging, refused every other rank's progress file
+    ("settings differ (metadata.device: 'cuda:1' then, 'cuda:0' now)"), as did a run resumed on another GPU.
+    Stand-in on CPU: the chunks of a run recording cuda:1, resumed by one recording cuda:0."""
+    import evo_cli
+    from evo_cli.embedding import run_embed
+    from evo_cli.io.fasta import read_fasta
+    from evo_cli.scoring import run_score
+
+    _seqs(tmp_path / "in.fa", [9] * 40, 0)  # 3 chunks of 16 sequences
+    records = read_fasta(tmp_path / "in.fa")
+    model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
+    meta = {"command": "evo ...", "device": "cuda:0", "kernels": "triton"}
+
+    def stop_after(calls):
+        seen = []
+
+        def progress(_n):
+            seen.append(_n)
+            if len(seen) == calls:
+                raise KeyboardInterrupt
+
+        return progress
+
+    runs = {"score.tsv": lambda out, **kw: run_score(model, records, out, batch_size=1, settings={"x": 1}, **kw),
+            "embed.parquet": lambda out, **kw: run_embed(model, records, out, ["blocks.1"], batch_size=1,
+                                                         settings={"x": 1}, **kw)}
+    for name, run in runs.items():
+        run(tmp_path / f"want-{name}", metadata=meta)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / name, metadata={**meta, "device": "cuda:1"}, progress=stop_after(20))
+        run(tmp_path / name, metadata=meta, resume=True)
+        assert (tmp_path / name).read_bytes() == (tmp_path / f"want-{name}").read_bytes()
