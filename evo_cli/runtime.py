@@ -159,11 +159,11 @@ def fp8_choice(fp8: str | None) -> str:
     """The FP8 mode asked for: the argument, else ``EVO_FP8``, else ``auto``."""
     choice = fp8 or os.environ.get("EVO_FP8") or "auto"
     if choice not in FP8_MODES:
-        raise InputError(f"unknown FP8 mode {choice!r}{_from_env(fp8)} (use {', '.join(FP8_MODES)})")
+        raise InputError(f"unknown FP8 mode {choice!r}{fp8_source(fp8)} (use {', '.join(FP8_MODES)})")
     return choice
 
 
-def _from_env(fp8: str | None) -> str:
+def fp8_source(fp8: str | None) -> str:
     """`` (from EVO_FP8)`` where the FP8 mode came from the environment, not from an argument."""
     return " (from EVO_FP8)" if not fp8 and os.environ.get("EVO_FP8") else ""
 
@@ -182,8 +182,8 @@ def resolve_fp8(fp8: str | None, devices: torch.device | Sequence[torch.device],
             return "off"
         choice = "emulate" if unsupported is not None else "native"
     if choice == "native" and unsupported is not None:
-        raise InputError(f"--fp8 native{_from_env(fp8)} needs a GPU of compute capability 8.9 or 9.x (Ada, Hopper), "
-                         f"not {_device_name(unsupported)}; use --fp8 emulate")
+        raise InputError(f"--fp8 native{fp8_source(fp8)} needs a GPU of compute capability 8.9 or 9.x "
+                         f"(Ada, Hopper), not {_device_name(unsupported)}; use --fp8 emulate")
     if choice == "emulate" and not mmaemu_available():
         raise InputError(f"FP8 emulation needs the mmaemu package: {FP8_INSTALL_HINT} (or --fp8 off, at lower accuracy)")
     return choice

@@ -200,6 +200,10 @@ def test_mode_choice_and_its_errors(ckpts, monkeypatch, tmp_path):
     monkeypatch.undo()
     with pytest.raises(CheckpointError, match=r"blocks\.0\.projections\._extra_state missing or empty"):
         evo_cli.load_model(TINY_A, device="cpu", fp8="emulate")
+    # set in the environment, not on the command line: the line says so
+    monkeypatch.setenv("EVO_FP8", "emulate")
+    with pytest.raises(CheckpointError, match=r"for --fp8 emulate \(from EVO_FP8\); use --fp8 off"):
+        evo_cli.load_model(TINY_A, device="cpu")
 
 
 def test_missing_or_empty_state_of_one_block_names_its_key(tmp_path):

@@ -12,8 +12,8 @@ from evo_cli.errors import CheckpointError, EvoError, InputError, whole_number
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
 from evo_cli.model.placement import DEFAULT_STATE_TOKENS, auto_devices
-from evo_cli.runtime import (fp8_choice, local_rank, resolve_device, resolve_devices, resolve_dtype, resolve_fp8,
-                             resolve_kernels)
+from evo_cli.runtime import (fp8_choice, fp8_source, local_rank, resolve_device, resolve_devices, resolve_dtype,
+                             resolve_fp8, resolve_kernels)
 
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model
@@ -81,7 +81,7 @@ def fp8_mode(ckpt: Checkpoint, fp8: str | None, devices: torch.device | list[tor
     if mode != "off" and not has_state:
         what = f"{spec.name} was trained with FP8 projections, but " if spec and spec.fp8 else ""
         raise CheckpointError(f"{ckpt.source.description}: {what}no FP8 state in the checkpoint ({key} missing or "
-                              f"empty) for --fp8 {mode}; use --fp8 off to run with plain matmuls")
+                              f"empty) for --fp8 {mode}{fp8_source(fp8)}; use --fp8 off to run with plain matmuls")
     return mode
 
 
