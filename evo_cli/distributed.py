@@ -106,7 +106,7 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
     if _job is not None:
         return device
     local_world = _check_environment()
-    from evo_cli.runtime import local_rank, resolve_device
+    from evo_cli.runtime import local_rank, resolve_device, usable_cpus
 
     if devices_per_rank is not None and torch.cuda.is_available():
         first = resolve_device(f"cuda:{(local_rank() or 0) * devices_per_rank}")
@@ -116,8 +116,7 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
         torch.cuda.set_device(first)  # the rank's first GPU: NCCL's, and the default one
         backend = "nccl"
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // local_world))
+        torch.set_num_threads(max(1, usable_cpus() // local_world))
         backend = "gloo"
     store, rank, world = next(dist.rendezvous("env://"))
     # the process group gets its own key space, one per start of the group: torchrun's store keeps
