@@ -105,7 +105,7 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
         device = rank_device(device)
     if _job is not None:
         return device
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_world = _check_environment()
     from evo_cli.runtime import local_rank, resolve_device, usable_cpus
 
     if devices_per_rank is not None and torch.cuda.is_available():
@@ -127,6 +127,23 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
     _job = Job(rank, world, store)
     log.info("rank %d of %d on %s (%s)", rank, world, first, backend)
     return device
+
+
+def _check_environment() -> int:
+    """The launcher's variables, checked before the rendezvous (which would wait forever for a rank
+    outside the world, or stop with a ValueError); returns LOCAL_WORLD_SIZE (1 when unset)."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+    values = {n: os.environ.get(n, "1" if n == "LOCAL_WORLD_SIZE" else "") for n in names}
+    bad = [f"{n}={v!r}" for n, v in values.items() if not v.isdigit()]
+    if bad:
+        raise InputError(f"{', '.join(bad)}: not a whole number (start the ranks with torchrun, which sets it)")
+    rank, world = int(values["RANK"]), int(values["WORLD_SIZE"])
+    if not rank < world:
+        raise InputError(f"RANK={rank} is not a rank of WORLD_SIZE={world} (0..{world - 1}): "
+                         "start the ranks with torchrun")
+    if not os.environ.get("MASTER_PORT"):
+        raise InputError("MASTER_ADDR is set but MASTER_PORT is not: start the ranks with torchrun, or set both")
+    return int(values["LOCAL_WORLD_SIZE"])
 
 
 class RankFailed(EvoError):

@@ -230,27 +230,31 @@ def fp8_choice(fp8: str | None) -> str:
     """The FP8 mode asked for: the argument, else ``EVO_FP8``, else ``auto``."""
     choice = fp8 or os.environ.get("EVO_FP8") or "auto"
     if choice not in FP8_MODES:
-        raise InputError(f"unknown FP8 mode {choice!r}{_from_env(fp8)} (use {', '.join(FP8_MODES)})")
+        raise InputError(f"unknown FP8 mode {choice!r}{fp8_source(fp8)} (use {', '.join(FP8_MODES)})")
     return choice
 
 
-def _from_env(fp8: str | None) -> str:
+def fp8_source(fp8: str | None) -> str:
     """`` (from EVO_FP8)`` where the FP8 mode came from the environment, not from an argument."""
     return " (from EVO_FP8)" if not fp8 and os.environ.get("EVO_FP8") else ""
 
 
-def resolve_fp8(fp8: str | None, device: torch.device, needs_fp8: bool) -> str:
+def resolve_fp8(fp8: str | None, devices: torch.device | Sequence[torch.device], needs_fp8: bool) -> str:
     """How the FP8 projections run (``fp8_choice``), resolved to ``off``, ``emulate`` or ``native``.
     ``auto``: ``off`` for a model that does not need FP8; ``native`` on GPUs of compute capability 8.9 /
-    9.x (the hardware Evo 2 was trained on), ``emulate`` elsewhere."""
+    9.x (the hardware Evo 2 was trained on), ``emulate`` elsewhere. ``devices``: the model's device, or
+    every device of a split model; ``native`` needs each of them to be such a GPU (elsewhere
+    ``torch._scaled_mm`` would run other arithmetic, or none)."""
+    devices = [devices] if isinstance(devices, torch.device) else list(devices)
     choice = fp8_choice(fp8)
+    unsupported = next((d for d in devices if not fp8_native_supported(d)), None)
     if choice == "auto":
         if not needs_fp8:
             return "off"
-        choice = "native" if fp8_native_supported(device) else "emulate"
-    if choice == "native" and not fp8_native_supported(device):
-        raise InputError(f"--fp8 native{_from_env(fp8)} needs a GPU of compute capability 8.9 or 9.x (Ada, Hopper), "
-                         f"not {_device_name(device)}; use --fp8 emulate")
+        choice = "emulate" if unsupported is not None else "native"
+    if choice == "native" and unsupported is not None:
+        raise InputError(f"--fp8 native{fp8_source(fp8)} needs a GPU of compute capability 8.9 or 9.x "
+                         f"(Ada, Hopper), not {_device_name(unsupported)}; use --fp8 emulate")
     if choice == "emulate" and not mmaemu_available():
         raise InputError(f"FP8 emulation needs the mmaemu package: {FP8_INSTALL_HINT} (or --fp8 off, at lower accuracy)")
     return choice

@@ -71,17 +71,18 @@ def _placed(t: torch.Tensor, device: torch.device, dtype: torch.dtype, column_ma
 
 
 def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device], dtype: torch.dtype | None,
-                kernels: str = "auto", state_tokens: int = DEFAULT_STATE_TOKENS) -> StripedHyena:
+                kernels: str = "auto", state_tokens: int = DEFAULT_STATE_TOKENS, fp8: bool = False) -> StripedHyena:
     """``dtype`` None keeps every tensor's stored dtype (for conversion; such a model may mix dtypes).
 
     ``device``: one device, or a list to split the blocks over (``placement.py``; balanced for a KV
-    cache of ``state_tokens`` positions); each tensor goes straight to its own device."""
+    cache of ``state_tokens`` positions, and for the E4M3 weights of FP8 projections when ``fp8``);
+    each tensor goes straight to its own device."""
     with torch.device("meta"):
         model = StripedHyena(ckpt.config, kernels=kernels)
         if ckpt.fp8_state() is not None:
             model.add_fp8_state()  # the scale buffers, filled from the checkpoint below
     devices = [device] if isinstance(device, torch.device) else list(device)
-    placement = plan(model, devices, dtype or torch.float32, state_tokens) if len(devices) > 1 else None
+    placement = plan(model, devices, dtype or torch.float32, state_tokens, fp8) if len(devices) > 1 else None
     where = placement.device_of if placement is not None else lambda _name: devices[0]
     expected = model.state_dict()
     used, tensors = set(), {}
