@@ -105,8 +105,8 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
         device = rank_device(device)
     if _job is not None:
         return device
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    from evo_cli.runtime import local_rank, resolve_device
+    local_world = _check_environment()
+    from evo_cli.runtime import local_rank, resolve_device, usable_cpus
 
     if devices_per_rank is not None and torch.cuda.is_available():
         first = resolve_device(f"cuda:{(local_rank() or 0) * devices_per_rank}")
@@ -116,8 +116,7 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
         torch.cuda.set_device(first)  # the rank's first GPU: NCCL's, and the default one
         backend = "nccl"
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // local_world))
+        torch.set_num_threads(max(1, usable_cpus() // local_world))
         backend = "gloo"
     store, rank, world = next(dist.rendezvous("env://"))
     # the process group gets its own key space, one per start of the group: torchrun's store keeps
@@ -128,6 +127,23 @@ def setup(device: str = "auto", devices_per_rank: int | None = None) -> str:
     _job = Job(rank, world, store)
     log.info("rank %d of %d on %s (%s)", rank, world, first, backend)
     return device
+
+
+def _check_environment() -> int:
+    """The launcher's variables, checked before the rendezvous (which would wait forever for a rank
+    outside the world, or stop with a ValueError); returns LOCAL_WORLD_SIZE (1 when unset)."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+    values = {n: os.environ.get(n, "1" if n == "LOCAL_WORLD_SIZE" else "") for n in names}
+    bad = [f"{n}={v!r}" for n, v in values.items() if not v.isdigit()]
+    if bad:
+        raise InputError(f"{', '.join(bad)}: not a whole number (start the ranks with torchrun, which sets it)")
+    rank, world = int(values["RANK"]), int(values["WORLD_SIZE"])
+    if not rank < world:
+        raise InputError(f"RANK={rank} is not a rank of WORLD_SIZE={world} (0..{world - 1}): "
+                         "start the ranks with torchrun")
+    if not os.environ.get("MASTER_PORT"):
+        raise InputError("MASTER_ADDR is set but MASTER_PORT is not: start the ranks with torchrun, or set both")
+    return int(values["LOCAL_WORLD_SIZE"])
 
 
 class RankFailed(EvoError):

@@ -46,6 +46,7 @@ from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.limits import check_batch_size
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
+from evo_cli.runs import progress_metadata
 from evo_cli.runtime import free_memory_bytes, non_finite_error
 from evo_cli.scoring import warn_beyond_context, warn_not_acgt
 
@@ -398,7 +399,7 @@ def run_embed(
     warn_beyond_context(records, model.config.max_seqlen)
     warn_not_acgt(records)
     full = {**(settings or {}), "layers": layers, "pool": pool, "strand": strand, "batch_size": batch_size,
-            "chunk_size": chunk_size, "metadata": metadata or {}}
+            "chunk_size": chunk_size, "metadata": progress_metadata(metadata)}
     store = Checkpoint(output, full, resume, checkpoint_rank())
     folder = parts_dir(output)
     if store.done == 0:

@@ -60,11 +60,40 @@ def snapshot_dir(spec: ModelSpec, cache: Path | None = None) -> Path | None:
     commit = spec.revision
     if not _COMMIT.fullmatch(commit):
         ref = repo / "refs" / spec.revision
-        if not ref.is_file():
+        try:
+            commit = ref.read_bytes().decode("ascii", "replace").strip() if ref.is_file() else ""
+        except OSError:
+            commit = ""
+        # huggingface_hub writes a commit hash; anything else (empty, damaged) is no snapshot, not the folder
+        # "snapshots/" itself or a path out of the cache
+        if not _COMMIT.fullmatch(commit):
             return None
-        commit = ref.read_text().strip()
     snap = repo / "snapshots" / commit
     return snap if snap.is_dir() else None
+
+
+def published_in_cache(path: Path) -> tuple[Path, ModelSpec] | None:
+    """``path`` inside the hub cache folder of a published model's repo (``models--{org}--{name}``): the
+    path to open and the model's spec, else None. A snapshot folder or a file in it is opened as given;
+    the repo folder itself means the snapshot of the registry's revision. Such files load with the
+    packaged config, as the model's name does: the hub's own configs are not used (the Evo 2 repos have
+    none that describes the model; the Evo 1 8k ``config.json`` carries keys copied from the 131k one)."""
+    repos = {f"models--{s.repo.replace('/', '--')}": s for s in MODELS.values()}
+    for candidate in dict.fromkeys((Path(os.path.abspath(path)), Path(os.path.realpath(path)))):
+        parts = candidate.parts
+        at = next((i for i in range(len(parts) - 1, -1, -1) if parts[i] in repos), None)
+        if at is None:
+            continue
+        spec, rest = repos[parts[at]], parts[at + 1:]
+        if not rest:
+            snap = snapshot_dir(spec, Path(*parts[:at]))
+            if snap is None:
+                raise CheckpointError(f"{path}: no snapshot of {spec.repo}@{spec.revision} in this hub cache folder; "
+                                      f"`evo download {spec.name}` fetches it, or pass a folder under snapshots/")
+            return snap, spec
+        if rest[0] == "snapshots" and len(rest) > 1:
+            return Path(path), spec
+    return None
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,8 @@ def model_weights_path(spec: ModelSpec, download: bool = True) -> Path:
 def resolve_spec(name: str) -> ModelSpec:
     spec = MODELS.get(name)
     if spec is None:
+        if not name.strip():  # else ": no such ... (did you mean 'evo2_7b'?)"
+            raise CheckpointError("no model name given: the name is empty (see `evo models`)")
         if name in BUNDLED:
             raise CheckpointError(f"{name} is bundled with evo and needs no download: use --model {name}")
         raise CheckpointError(unknown_model_message(name))
@@ -206,8 +237,6 @@ def download_model(name: str, quiet: bool = False) -> Path:
     if quiet:
         disable_progress_bars()
     endpoint, seconds = hub_endpoint(), hub_timeout()
-    log.warning("downloading %s (~%.1f GB) from %s/%s@%s into %s", spec.name, spec.download_bytes / 1e9,
-                endpoint, spec.repo, spec.revision, cache)
     try:
         with _bounded_session(seconds):
             commit = spec.revision
@@ -215,6 +244,9 @@ def download_model(name: str, quiet: bool = False) -> Path:
                 # resolved here with a timeout: snapshot_download's own lookup of a branch has none
                 api = huggingface_hub.HfApi(endpoint=endpoint)
                 commit = api.repo_info(spec.repo, revision=spec.revision, timeout=seconds).sha
+            # said once the Hub has answered: an unreachable one gives the error line alone (it names the endpoint)
+            log.warning("downloading %s (~%.1f GB) from %s/%s@%s into %s", spec.name, spec.download_bytes / 1e9,
+                        endpoint, spec.repo, spec.revision, cache)
             folder = huggingface_hub.snapshot_download(
                 repo_id=spec.repo, revision=commit, cache_dir=str(cache), allow_patterns=list(spec.files),
                 endpoint=endpoint, etag_timeout=seconds,

@@ -2,8 +2,8 @@
 
 A progress file is resumed only by a run with the same settings: the same inputs (path, size and
 modification time), the same model weights, device type (not its number: the ranks of a distributed
-run, ``distributed.py``, each have their own GPU), kernel backend and evo version, and the same
-options that change the output."""
+run, ``distributed.py``, each have their own GPU), dtype, FP8 mode, kernel backend and evo version,
+and the same options that change the output."""
 
 from __future__ import annotations
 
@@ -42,11 +42,12 @@ def kernel_backend(model) -> str:
 
 def run_settings(model, inputs: dict[str, str | Path], **options) -> dict:
     """The settings a progress file records: ``inputs`` ({key: path}) identified by ``file_identity``,
-    the model, device, kernels and version, and ``options``."""
+    the model, device, dtype, FP8 mode, kernels and version, and ``options``."""
     settings = {}
     for key, path in inputs.items():
         settings.update(file_identity(key, path))
     return {**settings, "model": model_fingerprint(model), "device": model.device.type,
+            "dtype": str(model.dtype).removeprefix("torch."), "fp8": getattr(model, "fp8", "off"),
             "kernels": kernel_backend(model), "version": __version__, **options}
 
 
@@ -57,3 +58,10 @@ def output_metadata(model, model_name: str, command: str | None, **settings) -> 
     return {"version": __version__, "command": command, "model": str(model_name), "model_name": model.config.name,
             "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
             "kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None), **settings}
+
+
+def progress_metadata(metadata: dict | None) -> dict:
+    """``metadata`` (``output_metadata``) as a run's progress settings keep it: without ``device``, whose
+    GPU number differs between the ranks of a distributed run (rank r runs on cuda:r) and between a run
+    and its resumption on another GPU; ``run_settings`` keeps the device type."""
+    return {k: v for k, v in (metadata or {}).items() if k != "device"}

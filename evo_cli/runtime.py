@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 from typing import Sequence
@@ -106,6 +107,76 @@ def resolve_kernels(kernels: str | None, devices: Sequence[torch.device] = ()) -
     return choice
 
 
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
+    """The CPUs this process may keep busy: its affinity mask, capped by a cgroup CPU quota rounded up
+    (a container's ``--cpus``, a Kubernetes CPU limit, a systemd CPUQuota). torch's default thread
+    count sees only the cores, so under a quota of 2 CPUs on a 64-core host it would start 64 threads
+    that spin-wait at every op for time slices they do not get."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """CPUs' worth of time per period this process's cgroup allows (the tightest of its own cgroup
+    and its ancestors', cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), or None without a quota."""
+    quotas = []
+    for path in _cgroup_dirs(cgroup_root, proc_cgroup):
+        text = _read(os.path.join(path, "cpu.max"))
+        if text is not None:  # v2: "<quota> <period>" or "max <period>"
+            quota, _, period = text.partition(" ")
+            if quota != "max":
+                quotas.append(_ratio(quota, period))
+            continue
+        quota, period = _read(os.path.join(path, "cpu.cfs_quota_us")), _read(os.path.join(path, "cpu.cfs_period_us"))
+        if quota is not None and period is not None and not quota.startswith("-"):  # v1: -1 is no quota
+            quotas.append(_ratio(quota, period))
+    quotas = [q for q in quotas if q is not None]
+    return min(quotas) if quotas else None
+
+
+def _cgroup_dirs(root: str, proc_cgroup: str) -> list[str]:
+    """This process's cgroup folders with their ancestors, under ``root`` (v2 and the v1 cpu
+    controller), the cgroup namespace's root included: a container sees its own cgroup as the root."""
+    rels = []
+    for line in (_read(proc_cgroup) or "").splitlines():
+        _, controllers, rel = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if controllers == "":
+            rels.append(("", rel))
+        elif "cpu" in controllers.split(","):
+            rels.append((controllers, rel))
+    dirs = []
+    for controllers, rel in rels or [("", "/")]:
+        bases = [root] if controllers == "" else [os.path.join(root, controllers), os.path.join(root, "cpu")]
+        parts = [p for p in rel.split("/") if p]
+        for base in bases:
+            dirs += [os.path.join(base, *parts[:n]) for n in range(len(parts), -1, -1)]
+    return list(dict.fromkeys(dirs))
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def fit_threads_to_cpus() -> int:
+    """Lower torch's thread count to ``usable_cpus()`` unless ``OMP_NUM_THREADS`` sets it; returns the count."""
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > usable_cpus():
+        torch.set_num_threads(usable_cpus())
+    return torch.get_num_threads()
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -159,27 +230,31 @@ def fp8_choice(fp8: str | None) -> str:
     """The FP8 mode asked for: the argument, else ``EVO_FP8``, else ``auto``."""
     choice = fp8 or os.environ.get("EVO_FP8") or "auto"
     if choice not in FP8_MODES:
-        raise InputError(f"unknown FP8 mode {choice!r}{_from_env(fp8)} (use {', '.join(FP8_MODES)})")
+        raise InputError(f"unknown FP8 mode {choice!r}{fp8_source(fp8)} (use {', '.join(FP8_MODES)})")
     return choice
 
 
-def _from_env(fp8: str | None) -> str:
+def fp8_source(fp8: str | None) -> str:
     """`` (from EVO_FP8)`` where the FP8 mode came from the environment, not from an argument."""
     return " (from EVO_FP8)" if not fp8 and os.environ.get("EVO_FP8") else ""
 
 
-def resolve_fp8(fp8: str | None, device: torch.device, needs_fp8: bool) -> str:
+def resolve_fp8(fp8: str | None, devices: torch.device | Sequence[torch.device], needs_fp8: bool) -> str:
     """How the FP8 projections run (``fp8_choice``), resolved to ``off``, ``emulate`` or ``native``.
     ``auto``: ``off`` for a model that does not need FP8; ``native`` on GPUs of compute capability 8.9 /
-    9.x (the hardware Evo 2 was trained on), ``emulate`` elsewhere."""
+    9.x (the hardware Evo 2 was trained on), ``emulate`` elsewhere. ``devices``: the model's device, or
+    every device of a split model; ``native`` needs each of them to be such a GPU (elsewhere
+    ``torch._scaled_mm`` would run other arithmetic, or none)."""
+    devices = [devices] if isinstance(devices, torch.device) else list(devices)
     choice = fp8_choice(fp8)
+    unsupported = next((d for d in devices if not fp8_native_supported(d)), None)
     if choice == "auto":
         if not needs_fp8:
             return "off"
-        choice = "native" if fp8_native_supported(device) else "emulate"
-    if choice == "native" and not fp8_native_supported(device):
-        raise InputError(f"--fp8 native{_from_env(fp8)} needs a GPU of compute capability 8.9 or 9.x (Ada, Hopper), "
-                         f"not {_device_name(device)}; use --fp8 emulate")
+        choice = "emulate" if unsupported is not None else "native"
+    if choice == "native" and unsupported is not None:
+        raise InputError(f"--fp8 native{fp8_source(fp8)} needs a GPU of compute capability 8.9 or 9.x "
+                         f"(Ada, Hopper), not {_device_name(unsupported)}; use --fp8 emulate")
     if choice == "emulate" and not mmaemu_available():
         raise InputError(f"FP8 emulation needs the mmaemu package: {FP8_INSTALL_HINT} (or --fp8 off, at lower accuracy)")
     return choice

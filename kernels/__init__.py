@@ -101,7 +101,7 @@ def resolve_backend(backend: str, device) -> str:
         return "numba" if kind == "cpu" and numba_available() else "torch"
     if backend == "numba":
         if not numba_available():
-            raise RuntimeError("--kernels numba needs the numba package: pip install 'evo-cli[cpu]'")
+            raise RuntimeError("--kernels numba needs the numba package: pip install \"evo-cli[cpu]\"")
         # the CPU kernels take CPU tensors only; a GPU runs the reference ops
         return "numba" if kind == "cpu" else "torch"
     if backend == "triton":

@@ -77,6 +77,19 @@ def test_missing_part_is_named(tmp_path):
     assert "w.pt.part1" in _error(d, "missing part")
 
 
+def test_a_lost_last_part_is_suggested(tmp_path):
+    """Without its last part a split file read as damaged, with torch's four sentences of advice; nothing
+    said that it was read from parts."""
+    d = _copy(TINY_A, tmp_path / "c")
+    data = (d / "weights.pt").read_bytes()
+    (d / "weights.pt").unlink()
+    (d / "w.pt.part0").write_bytes(data[: len(data) // 2])
+    msg = _error(d, r"w.pt: not a readable PyTorch checkpoint, truncated or corrupt \(PytorchStreamReader failed "
+                    r"reading zip archive: failed finding central directory\); read as 1 part\(s\), w.pt.part0 to "
+                    r"w.pt.part0: is a later part missing or incomplete\?$")
+    assert "miniz" not in msg
+
+
 def test_te_extra_state_and_unembed_are_ignored():
     """tiny_b_long carries unembed.weight and BytesIO _extra_state entries, like published files."""
     sd = torch.load(TINY_B / "weights.pt", weights_only=False)
@@ -107,6 +120,19 @@ def test_pickled_code_is_refused(tmp_path):
     assert "PyTorch 2.6" not in msg
 
 
+def test_a_torchscript_file_is_refused_in_one_line_without_warnings(tmp_path):
+    """torch.load hands TorchScript to torch.jit.load (code); weights-only refused it, but after two warnings
+    and a paragraph calling the file corrupt and suggesting weights_only=False."""
+    d = _copy(TINY_A, tmp_path / "c")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own, while making the file
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(d / "weights.pt"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        msg = _error(d, r"weights.pt: is a TorchScript program \(torch.jit.save\), not a state dict of tensors; refusing")
+    assert not caught and "weights_only" not in msg
+
+
 @pytest.mark.parametrize("weight_map, match", [
     ({"a": "../../etc/passwd"}, r"shard '../../etc/passwd' is outside the checkpoint directory; refused"),
     ({"a": "/etc/passwd"}, r"shard '/etc/passwd' is outside the checkpoint directory"),
@@ -128,6 +154,21 @@ def test_missing_key(tmp_path):
     assert "weights.pt" in msg
 
 
+def test_one_shard_or_a_wrapped_state_dict_says_why_tensors_are_missing(tmp_path):
+    """"missing tensor" alone, for one shard of several given as the checkpoint, or a training wrapper's
+    state dict (keys under ``model.``, or the dict nested under ``module``), left the user guessing."""
+    _error(C1 / "model-00001-of-00002.safetensors",
+           r"model-00001-of-00002.safetensors: is shard 1 of 2 of a sharded checkpoint; pass its folder \(or its .index.json\)$")
+    d = _copy(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    torch.save({"model." + k: v for k, v in sd.items()}, d / "weights.pt")
+    _error(d, r"missing tensor 'embedding_layer.weight' \(needed for embedding_layer.weight\); the file has "
+              r"'model.embedding_layer.weight': strip the prefix 'model.' from its keys$")
+    torch.save({"module": sd, "epoch": 3}, d / "weights.pt")
+    _error(d, r"missing tensor 'embedding_layer.weight' \(needed for embedding_layer.weight\); the file nests a dict "
+              r"under 'module': save that dict of tensors itself$")
+
+
 def test_wrong_shape(tmp_path):
     d = _copy(C1, tmp_path / "c")
     shard = d / "model-00001-of-00002.safetensors"
@@ -136,6 +177,17 @@ def test_wrong_shape(tmp_path):
     save_file(tensors, str(shard))
     msg = _error(d, r"'backbone.blocks.0.mlp.l1.weight' has shape \[10, 64\]")
     assert shard.name in msg
+
+
+@pytest.mark.parametrize("heads", [1, 2, 8])
+def test_evo1_with_the_wrong_number_of_heads_is_refused(tmp_path, heads):
+    """Evo 1 weights have the same shapes for any head count, and the stored rotary frequencies were not
+    read: a wrong num_attention_heads loaded and gave wrong logits. Their length is the head size."""
+    d = _copy(C1, tmp_path / "c")
+    cfg = yaml.safe_load((d / "evo1_inference.yml").read_text())
+    (d / "evo1_inference.yml").write_text(yaml.safe_dump(dict(cfg, num_attention_heads=heads)))
+    _error(d, rf"tensor 'backbone.blocks.2.inner_mha_cls.rotary_emb.inv_freq' has shape \[8\], the config needs "
+              rf"\[{64 // heads // 2}\]: its head size \(hidden_size / num_attention_heads\) is not the weights'$")
 
 
 def test_unknown_config_field(tmp_path):
@@ -167,8 +219,44 @@ def test_truncated_file(tmp_path, fmt):
     assert f.name in _error(d, "truncated or corrupt")
 
 
+def test_a_file_under_the_other_format_s_extension_says_so(tmp_path):
+    """A torch.save file named .safetensors read as "header too large", and a safetensors file named .pt as
+    a pickle torch "cannot read (Unsupported operand 56)", with advice to re-save it."""
+    d = _copy(TINY_A, tmp_path / "pt")
+    (d / "weights.pt").rename(d / "model.safetensors")
+    _error(d, r"model.safetensors: is a PyTorch file \(torch.save\), not safetensors; rename it to .pt$")
+    d = _copy(TINY_A, tmp_path / "st")
+    (d / "weights.pt").unlink()
+    shutil.copy(C1 / "model-00001-of-00002.safetensors", d / "weights.pt")
+    _error(d, r"weights.pt: is a safetensors file, not a PyTorch pickle; rename it to .safetensors$")
+
+
+def test_an_unreadable_weights_file_is_not_called_corrupt(monkeypatch):
+    """A file we may not read (simulated: the tests run as root) read as "truncated or corrupt"."""
+    import safetensors
+
+    def denied(path, *args, **kwargs):
+        raise OSError("Permission denied (os error 13)") if "safetensors" in str(path) else PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(safetensors, "safe_open", denied)
+    monkeypatch.setattr(torch, "load", denied)
+    _error(C1, r"model-00001-of-00002.safetensors: cannot read it \(permission denied\)$")
+    _error(TINY_A, r"weights.pt: cannot read it \(permission denied\)$")
+
+
 def test_empty_directory(tmp_path):
     _error(tmp_path, "empty directory")
+
+
+@pytest.mark.parametrize("name", ["model.pth", "last.ckpt"])
+def test_a_folder_with_a_pth_or_ckpt_file_loads_it(tmp_path, name, ids):
+    """Named directly these loaded; their folder said "no weights found"."""
+    shutil.copy(TINY_A / "config.yml", tmp_path)
+    shutil.copy(TINY_A / "weights.pt", tmp_path / name)
+    ref = evo_cli.load_model(TINY_A, device="cpu")
+    assert torch.equal(_logits(evo_cli.load_model(tmp_path, device="cpu"), ids), _logits(ref, ids))
+    shutil.copy(TINY_A / "weights.pt", tmp_path)
+    _error(tmp_path, rf"several PyTorch files \(({name}, weights.pt|weights.pt, {name})\); pass one of them$")
 
 
 def test_no_weights(tmp_path):
@@ -179,6 +267,15 @@ def test_no_weights(tmp_path):
 def test_no_config(tmp_path):
     shutil.copy(TINY_A / "weights.pt", tmp_path)
     _error(tmp_path, "no model config found")
+
+
+def test_a_device_or_pipe_is_not_read_as_its_folder(tmp_path):
+    """-m /dev/null said "/dev: no weights found", and a FIFO beside checkpoints loaded the folder's."""
+    shutil.copy(TINY_A / "config.yml", tmp_path)
+    shutil.copy(TINY_A / "weights.pt", tmp_path)
+    os.mkfifo(tmp_path / "pipe.pt")
+    for path in (tmp_path / "pipe.pt", Path("/dev/null")):
+        _error(path, rf"^{re.escape(str(path))}: not a regular file or a directory \(a device, pipe or socket\)")
 
 
 def test_missing_path():
@@ -227,6 +324,16 @@ def test_bfloat16_keeps_filters_float32():
     assert params["blocks.1.filter.h"].dtype == torch.float32
     logits = _logits(model, torch.tensor([[65, 67, 71, 84] * 8]))
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_torch_forced_weights_only_says_so_for_te_state(monkeypatch):
+    """TORCH_FORCE_WEIGHTS_ONLY_LOAD makes torch refuse our restricted unpickler for the published files'
+    BytesIO Transformer Engine state: that read as "unreadable ... state (Can not safely load weights...)"."""
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match=r"weights.pt: blocks.0.projections._extra_state: Transformer Engine state "
+                                              r"is read by evo's own restricted unpickler .* which "
+                                              r"TORCH_FORCE_WEIGHTS_ONLY_LOAD forbids; unset it to load this checkpoint$"):
+        evo_cli.load_model(TINY_B, device="cpu")
 
 
 def test_bytesio_only_extra_allowed():
@@ -279,6 +386,15 @@ def test_a_state_dict_of_other_things_than_named_dense_tensors(tmp_path, change,
     d = _copy(TINY_A, tmp_path / "c")
     torch.save(change(torch.load(d / "weights.pt", weights_only=True)), d / "weights.pt")
     _error(d, match)
+
+
+def test_a_meta_tensor_is_named(tmp_path):
+    """A state dict saved from a meta-device model: "NotImplementedError: Cannot copy out of meta tensor"."""
+    d = _copy(TINY_A, tmp_path / "c")
+    sd = torch.load(d / "weights.pt", weights_only=True)
+    sd["blocks.0.mlp.l1.weight"] = torch.empty(sd["blocks.0.mlp.l1.weight"].shape, device="meta")
+    torch.save(sd, d / "weights.pt")
+    _error(d, r"weights.pt: 'blocks.0.mlp.l1.weight' holds a meta tensor \(a shape with no values")
 
 
 def test_a_damaged_zip_checkpoint_is_one_line(tmp_path):

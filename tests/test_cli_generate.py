@@ -128,15 +128,22 @@ def test_bad_output_fails_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     cases = [(tmp_path, f"{tmp_path}: is a directory, expected an output file name"),
              (tmp_path / "file" / "g.fa", f"{tmp_path / 'file' / 'g.fa'}: cannot create it, {tmp_path / 'file'} is not a directory"),
-             (tmp_path / "g.txt", f"{tmp_path / 'g.txt'}: cannot tell the output format from the extension")]
+             (tmp_path / "g.txt", f"{tmp_path / 'g.txt'}: cannot tell the output format from the extension"),
+             # FASTA written under a .jsonl name (or the reverse) was accepted
+             ((tmp_path / "g.jsonl", "--format", "fasta"),
+              f"--format fasta contradicts -o {tmp_path / 'g.jsonl'} (a jsonl name): drop --format or rename the output"),
+             ((tmp_path / "g.fa", "--format", "jsonl"),
+              f"--format jsonl contradicts -o {tmp_path / 'g.fa'} (a fasta name)")]
     for output, message in cases:
-        proc_code, err = _main_err(["generate", "--model", TINY, "-p", "ACGT", "-o", str(output)])
+        output = output if isinstance(output, tuple) else (output,)
+        proc_code, err = _main_err(["generate", "--model", TINY, "-p", "ACGT", "-o", *map(str, output)])
         assert proc_code == 1 and err.startswith(f"evo: error: {message}") and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
     # an explicit format takes any file name
     from evo_cli.io.generated import output_format
 
     assert output_format(tmp_path / "g.txt", "jsonl") == "jsonl" and output_format(tmp_path / "new" / "g.FA") == "fasta"
+    assert output_format(tmp_path / "g.jsonl", "jsonl") == "jsonl" and output_format("-", "jsonl") == "jsonl"
 
 
 def _main_err(args):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import evo_cli.checkpoints
+from evo_cli.cli.commands import COMMANDS
 from evo_cli.cli.main import main
 
 from .test_cli_score_variants import evo
@@ -119,6 +120,24 @@ def test_ranks_after_the_first_name_themselves(monkeypatch):
         monkeypatch.setenv("WORLD_SIZE", "2")
         code, _, err = evo("info", "-m", "x")
         assert code == 1 and err == f"{name}: error: bad input\n"
+
+
+def test_evo_help_lists_every_command_with_an_untruncated_summary(monkeypatch):
+    """`evo --help` at 80 columns gives each command a whole sentence, not click's cut "..." text."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = evo("--help")
+    lines = out.split("Commands:\n")[1].splitlines()
+    names = [line.split()[0] for line in lines if line.strip()]
+    assert code == 0 and sorted(names) == sorted(c.name for c in COMMANDS)
+    assert all(len(line) <= 80 and not line.endswith("...") for line in lines)
+
+
+def test_numba_backend_without_numba_is_one_line_naming_the_extra(monkeypatch):
+    from evo_cli import kernels
+
+    monkeypatch.setattr(kernels, "numba_available", lambda: False)
+    code, _, err = evo("score", "-m", "evo-demo", "--fasta", str(DATA_FASTA), "--kernels", "numba", "-o", "-")
+    assert code == 1 and err == 'evo: error: --kernels numba needs the numba package: pip install "evo-cli[cpu]"\n'
 
 
 # a run of `evo score` that receives SIGTERM while its output is half written (its temporary beside it)

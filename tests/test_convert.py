@@ -146,6 +146,23 @@ def test_output_is_atomic(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_a_symlink_output_is_written_through(tmp_path, capsys):
+    """-o a link to an empty folder, or a dangling link, gets the checkpoint at its target (the link then
+    leads to it); both ended in "cannot write LINK: Not a directory". A link to a full folder is refused."""
+    ids = load_file(str(TINY_A / "vectors.safetensors"))["input_ids"][:, :16]
+    ref = _logits(evo_cli.load_model(TINY_A, device="cpu"), ids)
+    (tmp_path / "empty").mkdir()
+    for link, target in (("to_empty", "empty"), ("dangling", "later")):
+        (tmp_path / link).symlink_to(target)
+        res = CliRunner().invoke(cli, ["convert", str(TINY_A), "-o", str(tmp_path / link)])
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / link).is_symlink() and (tmp_path / target / "config.json").is_file()
+        assert torch.equal(_logits(evo_cli.load_model(tmp_path / link, device="cpu"), ids), ref)
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(TINY_A), "-o", str(tmp_path / "to_empty")])
+    assert e.value.code == 1 and f"{tmp_path / 'empty'}: exists and is not an empty directory" in capsys.readouterr().err
+
+
 def test_community_layout_converts(tmp_path):
     """A checkpoint in a community layout converts like any other (the layouts are tested in test_hf_layouts)."""
     from .test_hf_layouts import write_community

@@ -200,6 +200,10 @@ def test_mode_choice_and_its_errors(ckpts, monkeypatch, tmp_path):
     monkeypatch.undo()
     with pytest.raises(CheckpointError, match=r"blocks\.0\.projections\._extra_state missing or empty"):
         evo_cli.load_model(TINY_A, device="cpu", fp8="emulate")
+    # set in the environment, not on the command line: the line says so
+    monkeypatch.setenv("EVO_FP8", "emulate")
+    with pytest.raises(CheckpointError, match=r"for --fp8 emulate \(from EVO_FP8\); use --fp8 off"):
+        evo_cli.load_model(TINY_A, device="cpu")
 
 
 def test_missing_or_empty_state_of_one_block_names_its_key(tmp_path):
@@ -331,3 +335,36 @@ def test_a_model_split_over_devices_gives_the_unsplit_fp8_logits(ckpts):
     assert split.fp8 == "emulate"
     with torch.no_grad():
         assert torch.equal(split(ids), one(ids))
+
+
+def test_a_resume_under_another_fp8_mode_or_dtype_is_refused(ckpts, tmp_path):
+    """score-variants and mutagenize record no command among their settings: the FP8 mode and the dtype
+    must be settings of their own, or a run resumed under ``--fp8 emulate`` (or bfloat16) would mix its
+    scores with the chunks an ``--fp8 off`` float32 run left."""
+    from evo_cli.variants import run_score_variants
+
+    from .test_cli_score_variants import FA, SNVS, _interrupt_after
+
+    out = tmp_path / "scores.tsv"
+    off = evo_cli.load_model(ckpts["bytesio"], device="cpu", dtype="float32", fp8="off")
+    with pytest.raises(KeyboardInterrupt):
+        run_score_variants(off, SNVS, FA, out, window=32, batch_size=3, progress=_interrupt_after(2))
+    emulate = evo_cli.load_model(ckpts["bytesio"], device="cpu", dtype="float32", fp8="emulate")
+    with pytest.raises(InputError, match=r"settings differ \(fp8: 'off' then, 'emulate' now\)"):
+        evo_cli.score_variants(emulate, SNVS, FA, out, window=32, batch_size=3, resume=True)
+    bf16 = evo_cli.load_model(ckpts["bytesio"], device="cpu", dtype="bfloat16", fp8="off")
+    with pytest.raises(InputError, match=r"settings differ \(dtype: 'float32' then, 'bfloat16' now\)"):
+        evo_cli.score_variants(bf16, SNVS, FA, out, window=32, batch_size=3, resume=True)
+    assert not out.exists()
+
+
+def test_native_needs_every_device_of_a_split_model(monkeypatch):
+    """A model split over an sm_90 GPU and another device: ``native`` would run other arithmetic (or none)
+    on the second, so ``auto`` emulates and ``native`` names the device that cannot."""
+    first, second = torch.device("cpu", 0), torch.device("cpu", 1)  # stand-ins: only the first "has" FP8
+    monkeypatch.setattr(runtime, "fp8_native_supported", lambda d: d == first)
+    assert runtime.resolve_fp8("auto", first, needs_fp8=True) == "native"
+    assert runtime.resolve_fp8("auto", [first, second], needs_fp8=True) == "emulate"
+    with pytest.raises(InputError, match=r"--fp8 native needs a GPU .* not cpu:1; use --fp8 emulate"):
+        runtime.resolve_fp8("native", [first, second], needs_fp8=True)
+    assert runtime.resolve_fp8("off", [first, second], needs_fp8=True) == "off"

@@ -99,6 +99,47 @@ def test_evo1_model_by_name_uses_revision_and_packaged_config(env, tmp_path):
     assert torch.equal(_logits(model, ids), _logits(ref, ids))
 
 
+def test_hub_cache_paths_of_a_published_model_load_with_its_packaged_config(env, tmp_path):
+    """What `evo download` prints (the snapshot folder), a file in it, or the repo folder, passed as a path,
+    loads like the name: the Evo 2 repos' config.json does not describe the model, and the Evo 1 8k one
+    carries the 131k rotary interpolation; neither is used."""
+    spec = registry.MODELS["evo2_7b"]
+    hub_config = b'{"name": "Evo 2 7B", "architecture": ["StripedHyena2"], "_name_or_path": "evo2_7b.pt"}'
+    snap = add_snapshot(env, spec.repo, spec.revision, {"evo2_7b.pt": (TINY_A / "weights.pt").read_bytes(),
+                                                        "config.json": hub_config})
+    ids = tiny_ids()
+    ref = _logits(evo_cli.load_model(TINY_A, device="cpu"), ids)
+    for path in (snap, snap / "evo2_7b.pt", env / "models--arcinstitute--evo2_7b"):
+        model = evo_cli.load_model(path, device="cpu")
+        assert model.config == registry.model_config("evo2_7b")
+        assert torch.equal(_logits(model, ids), ref)
+    spec = registry.MODELS["evo-1-8k-base"]
+    files = evo1_published_files(tmp_path)
+    cfg = json.loads(files["config.json"])
+    files["config.json"] = json.dumps(dict(cfg, use_interpolated_rotary_pos_emb=True, rotary_emb_scaling_factor=16)).encode()
+    snap = add_snapshot(env, spec.repo, spec.revision, files)
+    model = evo_cli.load_model(snap, device="cpu")
+    assert model.config == registry.model_config("evo-1-8k-base") and model.config.rotary_scaling == 1
+    assert torch.equal(_logits(model, ids), _logits(evo_cli.load_model(C1, device="cpu"), ids))
+    # a repo folder with no snapshot of the registry's revision: one line saying how to get it
+    (env / "models--arcinstitute--evo2_20b" / "blobs").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"models--arcinstitute--evo2_20b: no snapshot of arcinstitute/evo2_20b@main"
+                                              r".*`evo download evo2_20b`"):
+        evo_cli.load_model(env / "models--arcinstitute--evo2_20b", device="cpu")
+
+
+@pytest.mark.parametrize("ref", [b"", b"../../../..", b"\xff\xfe"])
+def test_a_damaged_ref_is_no_snapshot(env, ref):
+    """refs/main must hold a commit: empty it named the snapshots/ folder itself, a path left the cache,
+    and bytes that are not text ended in UnicodeDecodeError."""
+    spec = registry.MODELS["evo2_7b"]
+    add_snapshot(env, spec.repo, spec.revision, {"evo2_7b.pt": (TINY_A / "weights.pt").read_bytes()})
+    (env / "models--arcinstitute--evo2_7b" / "refs" / "main").write_bytes(ref)
+    assert hub.snapshot_dir(spec) is None and hub.cache_status(spec).state == "missing"
+    with pytest.raises(CheckpointError, match="evo2_7b is not in the Hugging Face cache"):
+        evo_cli.load_model("evo2_7b", device="cpu")
+
+
 def test_hf_home_alone_sets_the_cache(env, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE")
     assert hub.hub_cache_dir() == env
@@ -128,6 +169,12 @@ def test_unknown_name_suggests_the_closest(env):
         evo_cli.load_model("evo2-7b", device="cpu")
     with pytest.raises(CheckpointError, match=r"no such checkpoint file or directory, nor a published model name; "):
         evo_cli.load_model("/no/such/dir", device="cpu")
+
+
+def test_downloading_an_empty_name_says_so(env, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["download", "evo2_7b", " "])
+    assert e.value.code == 1 and capsys.readouterr().err == "evo: error: no model name given: the name is empty (see `evo models`)\n"
 
 
 def test_downloading_a_bundled_model_says_it_needs_none(env):
@@ -160,6 +207,13 @@ def fake_download(env, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda self, repo, revision, timeout: SimpleNamespace(
         sha=COMMIT if timeout == hub.hub_timeout() else None))
     return calls
+
+
+def test_a_download_says_where_from_once_the_hub_answers(fake_download, env, caplog):
+    with caplog.at_level(logging.WARNING):
+        hub.download_model("evo2_7b")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("downloading")]
+    assert said == [f"downloading evo2_7b (~13.2 GB) from {hub.hub_endpoint()}/arcinstitute/evo2_7b@main into {env}"]
 
 
 def test_a_merged_file_is_not_downloaded_again(fake_download, env):
@@ -306,7 +360,8 @@ def test_interrupted_download_counts_as_partial(fake_download, env, monkeypatch)
 
 
 def test_stalled_hub_fails_in_seconds(env, monkeypatch, capsys):
-    """An endpoint that accepts connections and never answers: one line naming it and HF_HUB_OFFLINE."""
+    """An endpoint that accepts connections and never answers: one line naming it and HF_HUB_OFFLINE (and
+    no "downloading" line before it: the Hub never answered)."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
     # huggingface_hub read HF_HUB_OFFLINE when it was imported (this machine may set it)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
@@ -324,7 +379,7 @@ def test_stalled_hub_fails_in_seconds(env, monkeypatch, capsys):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert e.value.code == 1 and elapsed < 8, (elapsed, err)
-    assert lines[0].startswith("evo: downloading evo2_1b_base (~") and f"from {endpoint}/arcinstitute/" in lines[0]
-    assert len(lines) == 2 and lines[1].startswith("evo: error: cannot download arcinstitute/evo2_1b_base@main")
-    assert f"{endpoint} cannot be reached or did not answer within 1 s" in lines[1] and "HF_HUB_OFFLINE=1" in lines[1]
+    assert len(lines) == 1 and lines[0].startswith("evo: error: cannot download arcinstitute/evo2_1b_base@main "
+                                                   f"from {endpoint} (")
+    assert f"{endpoint} cannot be reached or did not answer within 1 s" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
     assert hub.cache_status(registry.MODELS["evo2_1b_base"]).state == "missing"

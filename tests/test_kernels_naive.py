@@ -146,7 +146,7 @@ def test_backend_names(monkeypatch):
         K.resolve_backend("cuda", cpu)
     monkeypatch.setattr(K, "numba_available", lambda: False)
     assert K.resolve_backend("auto", cpu) == "torch"
-    with pytest.raises(RuntimeError, match=r"pip install 'evo-cli\[cpu\]'"):
+    with pytest.raises(RuntimeError, match=r'pip install "evo-cli\[cpu\]"$'):
         K.resolve_backend("numba", cpu)
 
 

@@ -270,6 +270,9 @@ def test_split_gives_the_same_logits_states_and_tokens(models):
                 for field in vars(a):
                     t = getattr(b, field)
                     assert t.device == m.block_device(i) and torch.equal(getattr(a, field), t)
+            # layer by layer (long sequences): each block over the whole sequence, its state on its device
+            layerwise = torch.cat([out for _, out in m.forward_layerwise(ids, 16)], 1)
+            assert torch.equal(layerwise, torch.cat([out for _, out in whole.forward_layerwise(ids, 16)], 1))
     prompts = ["ACGTTGCA", "GATTACAGATTACA"]
     greedy = [g.token_ids for g in evo_cli.generate(whole, prompts, 12, top_k=1, seed=1, prefill_chunk=5)]
     for m in (two, three):
@@ -347,3 +350,38 @@ def test_cli_bad_devices_are_one_line(tmp_path, args, message):
     fasta.write_text(">a\nACGT\n")
     code, _, err = evo("score", "--fasta", fasta, "-m", CASES[1], "-o", tmp_path / "out.tsv", *args)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_fp8_projections_count_their_e4m3_weights(fake_gpus, tmp_path, monkeypatch):
+    """An FP8 model keeps an E4M3 copy of every Hyena projection weight (one byte an element) beside the
+    weight: 201 MB a block for evo2_40b, 4.2 GB on each GPU of a 2-way split. The split and ``auto``
+    counted without it."""
+    config = motif_config("evo2", hidden_size=32, num_layers=14, head_dim=8, state_size=4)
+    with torch.device("meta"):
+        model = StripedHyena(config)
+    plain, first = block_memory(model, torch.bfloat16, 64)
+    sizes, first8 = block_memory(model, torch.bfloat16, 64, fp8=True)
+    assert first8 == first and [s - p for s, p in zip(sizes, plain)] == [
+        0 if kind == "attn" else 3 * 32 * 32 for kind in config.block_types]
+    # a GPU that holds the model within 90 % of its memory, but not with the E4M3 weights too
+    need = (sum(plain) + first) / 0.9
+    assert sum(sizes) + first > 0.9 * (need + 1000)
+    fake_gpus(int(need) + 1000, int(need) + 1000)
+    assert auto_devices(config, torch.bfloat16, 64) is None
+    assert auto_devices(config, torch.bfloat16, 64, fp8=True) == [torch.device("cuda:0"), torch.device("cuda:1")]
+    # load_model tells the split whether the projections run in FP8
+    import evo_cli.checkpoints.loader as loader
+
+    from .fp8util import write_fp8_checkpoint
+
+    seen = []
+
+    def spy(model, devices, dtype, state_tokens, fp8=False):
+        seen.append(fp8)
+        return plan(model, devices, dtype, state_tokens, fp8)
+
+    monkeypatch.setattr(loader, "plan", spy)
+    ckpt = write_fp8_checkpoint(tmp_path / "fp8")
+    for mode in ("emulate", "off"):
+        evo_cli.load_model(ckpt, device="cpu,cpu", dtype="float32", fp8=mode)
+    assert seen == [True, False]

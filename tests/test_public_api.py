@@ -17,10 +17,15 @@ def test_every_package_is_in_the_wheel():
     a package missing from the list, a wheel leaves it out. Every folder of Python files is one."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     root = Path(__file__).resolve().parent.parent
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, package_data = set(setuptools["packages"]), setuptools["package-data"]
     found = {".".join(p.parent.relative_to(root).parts) for p in root.glob("evo_cli/**/*.py")}
     found |= {".".join(("evo_cli",) + p.parent.relative_to(root).parts) for p in root.glob("kernels/**/*.py")}
-    assert found == listed
+    # the folders of data only (configs, the demo model) are listed for their package data
+    assert listed - found == set(package_data) - found and found <= listed
+    for package, patterns in package_data.items():
+        for pattern in patterns:
+            assert any(root.joinpath(*package.split(".")).glob(pattern)), (package, pattern)
 
 
 def test_public_names():

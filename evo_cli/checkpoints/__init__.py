@@ -12,8 +12,8 @@ from evo_cli.errors import CheckpointError, EvoError, InputError, whole_number
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
 from evo_cli.model.placement import DEFAULT_STATE_TOKENS, auto_devices
-from evo_cli.runtime import (fp8_choice, local_rank, resolve_device, resolve_devices, resolve_dtype, resolve_fp8,
-                             resolve_kernels)
+from evo_cli.runtime import (fp8_choice, fp8_source, local_rank, resolve_device, resolve_devices, resolve_dtype,
+                             resolve_fp8, resolve_kernels)
 
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model
@@ -43,7 +43,8 @@ def load_model(
     Hyena filters, poles and residues stay float32 either way.
     kernels: ``auto`` / ``triton`` / ``numba`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
     fp8: the Hyena input projections of checkpoints trained with FP8 (Evo 2 1B, 20B, 40B): ``auto``
-    (``native`` on sm_89 / sm_90 GPUs, ``emulate`` elsewhere, ``off`` for other models), ``emulate``
+    (for a checkpoint with FP8 scales ``native`` on sm_89 / sm_90 GPUs, ``emulate`` elsewhere; ``off``
+    for one without), ``emulate``
     (Hopper's FP8 GEMM bit for bit through mmaemu, any device), ``native`` (``torch._scaled_mm``),
     ``off`` (plain matmul); default from ``EVO_FP8``, else ``auto``. ``model.fp8`` says which runs.
     """
@@ -55,38 +56,41 @@ def load_model(
     kernels = resolve_kernels(kernels, devices)
     ckpt = open_checkpoint(path, config or published)
     dt = resolve_dtype(dtype, devices[0])
-    mode = fp8_mode(ckpt, fp8, devices[0])
+    mode = fp8_mode(ckpt, fp8, devices)
     if device in (None, "auto") and devices_per_rank is None and devices[0].type == "cuda" and local_rank() is None:
-        devices = auto_devices(ckpt.config, dt, state_tokens) or devices
-    loaded = build_model(ckpt, devices, dt, kernels, state_tokens)
+        split = auto_devices(ckpt.config, dt, state_tokens, fp8=mode != "off")
+        # every GPU of the split must run the mode (native on sm_89 / sm_90), not only the first
+        devices, mode = (split, fp8_mode(ckpt, fp8, split)) if split else (devices, mode)
+    loaded = build_model(ckpt, devices, dt, kernels, state_tokens, fp8=mode != "off")
     loaded.set_fp8(mode)
     if mode == "off":
         registry.warn_without_fp8(loaded.config, has_state=ckpt.fp8_state() is not None)
     return loaded
 
 
-def fp8_mode(ckpt: Checkpoint, fp8: str | None, device: torch.device) -> str:
-    """The FP8 mode a checkpoint runs with (see ``load_model``). A published FP8 model whose checkpoint
-    lacks the FP8 state runs ``off`` under ``auto`` (with the warning); an explicit FP8 mode for it is an
-    error naming the state it lacks."""
+def fp8_mode(ckpt: Checkpoint, fp8: str | None, devices: torch.device | list[torch.device]) -> str:
+    """The FP8 mode a checkpoint runs with on ``devices`` (see ``load_model``). A published FP8 model
+    whose checkpoint lacks the FP8 state runs ``off`` under ``auto`` (with the warning); an explicit FP8
+    mode for it is an error naming the state it lacks."""
     spec = registry.match_config(ckpt.config)
     has_state = ckpt.fp8_state() is not None
     explicit = fp8_choice(fp8) != "auto"
     first = next((i for i, kind in enumerate(ckpt.config.block_types) if kind != "attn"), 0)
     key = f"blocks.{first}.projections.{'fp8_scale_input' if ckpt.format == 'native' else '_extra_state'}"
-    mode = resolve_fp8(fp8, device, needs_fp8=has_state or (explicit and bool(spec and spec.fp8)))
+    mode = resolve_fp8(fp8, devices, needs_fp8=has_state or (explicit and bool(spec and spec.fp8)))
     if mode != "off" and not has_state:
         what = f"{spec.name} was trained with FP8 projections, but " if spec and spec.fp8 else ""
         raise CheckpointError(f"{ckpt.source.description}: {what}no FP8 state in the checkpoint ({key} missing or "
-                              f"empty) for --fp8 {mode}; use --fp8 off to run with plain matmuls")
+                              f"empty) for --fp8 {mode}{fp8_source(fp8)}; use --fp8 off to run with plain matmuls")
     return mode
 
 
 def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, ModelConfig | None]:
     """An existing path as given; a published model name (``evo models``) -> (its weights in the Hugging
     Face cache, downloaded unless cached or ``download`` is False or HF_HUB_OFFLINE is set, and its
-    packaged config). An existing path wins over a name. An empty name is an error (``Path("")`` is the
-    current folder: an unset ``$MODEL`` would load whatever is there)."""
+    packaged config). An existing path wins over a name; one in the hub cache folder of a published model
+    gets that model's packaged config (``hub.published_in_cache``). An empty name is an error (``Path("")``
+    is the current folder: an unset ``$MODEL`` would load whatever is there)."""
     if not isinstance(model, (str, os.PathLike)):
         raise InputError(f"the model must be a published name or a path (str or os.PathLike), not {model!r} "
                          "(see `evo models`)")
@@ -94,7 +98,9 @@ def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, 
         raise CheckpointError("no model given: the model name or path is empty (see `evo models`)")
     path = Path(model)
     if path.exists():
-        return path, None
+        # a published model's files in the hub cache, passed by path, run with its packaged config too
+        cached = hub.published_in_cache(path)
+        return (path, None) if cached is None else (cached[0], registry.model_config(cached[1].name))
     if str(model) in registry.BUNDLED:
         return Path(str(registry.BUNDLED[str(model)].path)), None
     spec = registry.get_spec(str(model))

@@ -92,7 +92,10 @@ def _evo1_resolver(config: ModelConfig, source: TensorSource):
     def resolve(name: str):
         if name.endswith("rotary_emb.inv_freq"):
             key = prefix + name
-            return (key if key in source else None), lambda _: inv_freq.clone()
+            # the stored values are not used, but their length is the head size the weights were trained with:
+            # a wrong num_attention_heads (same weight shapes otherwise) fails the loader's shape check
+            return (key if key in source else None), \
+                lambda t: t if t is not None and t.shape != inv_freq.shape else inv_freq.clone()
         if re.search(r"\.(projections\.(weight|bias)|filter\.short_filter_(weight|bias))$", name):
             return prefix + name, _rows(perm)
         return prefix + name, _identity
@@ -221,6 +224,11 @@ def _yaml_family(d: dict) -> str | None:
     return None
 
 
+def _torch_files(directory: Path) -> list[Path]:
+    """The ``.pt`` / ``.pth`` / ``.ckpt`` files of ``directory`` (what a file path of those names loads)."""
+    return sorted(p for ext in ("pt", "pth", "ckpt") for p in directory.glob(f"*.{ext}"))
+
+
 def _find_weights(directory: Path) -> tuple[str, list[Path]]:
     """(kind, files) of the weights in ``directory``: kind is ``safetensors`` or ``torch``.
 
@@ -229,7 +237,7 @@ def _find_weights(directory: Path) -> tuple[str, list[Path]]:
     the user's to say (the config of one would be read with the weights of the other)."""
     st = sorted(directory.glob("model*.safetensors"))
     if (directory / "model.safetensors.index.json").is_file() or st:
-        pt = sorted([*directory.glob("*.pt"), *directory.glob("*.pt.part0")])
+        pt = sorted([*_torch_files(directory), *directory.glob("*.pt.part0")])
         if pt:
             shown = (st[0] if st else directory / "model.safetensors.index.json").name
             raise CheckpointError(f"{directory}: holds two checkpoints, safetensors ({shown}) and a PyTorch file "
@@ -243,9 +251,9 @@ def _find_weights(directory: Path) -> tuple[str, list[Path]]:
     bins = sorted(directory.glob("pytorch_model*.bin"))
     if bins:
         return "torch", bins
-    pts = sorted(directory.glob("*.pt"))
+    pts = _torch_files(directory)
     if len(pts) > 1:
-        raise CheckpointError(f"{directory}: several .pt files ({', '.join(p.name for p in pts)}); pass one of them")
+        raise CheckpointError(f"{directory}: several PyTorch files ({', '.join(p.name for p in pts)}); pass one of them")
     if pts:
         return "torch", pts
     parts = sorted(directory.glob("*.pt.part0"))
@@ -256,7 +264,8 @@ def _find_weights(directory: Path) -> tuple[str, list[Path]]:
     st = sorted(directory.glob("*.safetensors"))
     if len(st) == 1:
         return "safetensors", st
-    raise CheckpointError(f"{directory}: no weights found (expected *.safetensors, pytorch_model*.bin, *.pt or *.pt.part0)")
+    raise CheckpointError(f"{directory}: no weights found (expected *.safetensors, pytorch_model*.bin, *.pt, *.pth, "
+                          "*.ckpt or *.pt.part0)")
 
 
 def _open_weights(kind: str, files: list[Path]) -> TensorSource:
@@ -271,6 +280,10 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
+    if not path.is_file() and not path.is_dir():
+        # else read as the folder around it: /dev/null was "/dev: no weights found"
+        raise CheckpointError(f"{path}: not a regular file or a directory (a device, pipe or socket); "
+                              "pass the checkpoint's weights file or folder")
     directory = path if path.is_dir() else path.parent
     if path.is_dir() and not any(path.iterdir()):
         raise CheckpointError(f"{path}: empty directory, no checkpoint in it")
@@ -278,6 +291,10 @@ def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> Chec
     # weights: the file given, or whatever the directory holds
     if path.is_file():
         name = path.name
+        shard = re.search(r"-(\d+)-of-(\d+)\.(safetensors|bin)$", name)
+        if shard and int(shard.group(2)) > 1:  # else "missing tensor" for the first one in another shard
+            raise CheckpointError(f"{path}: is shard {int(shard.group(1))} of {int(shard.group(2))} of a sharded "
+                                  "checkpoint; pass its folder (or its .index.json)")
         if name.endswith(".safetensors"):
             kind, files = "safetensors", [path]
         elif name.endswith(".index.json"):

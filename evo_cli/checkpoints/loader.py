@@ -38,6 +38,27 @@ def _check_finite(t: torch.Tensor, key: str, where, stored) -> None:
                           f"{t[~torch.isfinite(t)][0].item()}); load the model in float32 or bfloat16")
 
 
+def _near(key: str, ckpt: Checkpoint) -> str:
+    """Why a needed ``key`` may be missing, when the file says: it is there under a prefix (a training
+    wrapper's ``model.`` / ``module.``), or the state dict is nested in another entry."""
+    keys = ckpt.source.keys()
+    prefixed = next((k for k in keys if k.endswith("." + key)), None)
+    if prefixed is not None:
+        return f"; the file has {prefixed!r}: strip the prefix {prefixed[: -len(key)]!r} from its keys"
+    # a wrapper's entries have plain names ("model", "module"); reading only those keeps this cheap
+    nested = [k for k in keys if "." not in k and isinstance(_value(ckpt, k), dict)]
+    if nested:
+        return f"; the file nests a dict under {nested[0]!r}: save that dict of tensors itself"
+    return ""
+
+
+def _value(ckpt: Checkpoint, key: str):
+    try:
+        return ckpt.source.get(key)
+    except CheckpointError:  # a damaged entry: not what this hint is about
+        return None
+
+
 def _placed(t: torch.Tensor, device: torch.device, dtype: torch.dtype, column_major: bool) -> torch.Tensor:
     """``t`` on ``device`` in ``dtype``, row-major, except a CPU ``nn.Linear`` weight that the model keeps
     column-major (``column_major``; see ``StripedHyena._cpu_gemv_layout``): that layout comes in the
@@ -50,24 +71,25 @@ def _placed(t: torch.Tensor, device: torch.device, dtype: torch.dtype, column_ma
 
 
 def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device], dtype: torch.dtype | None,
-                kernels: str = "auto", state_tokens: int = DEFAULT_STATE_TOKENS) -> StripedHyena:
+                kernels: str = "auto", state_tokens: int = DEFAULT_STATE_TOKENS, fp8: bool = False) -> StripedHyena:
     """``dtype`` None keeps every tensor's stored dtype (for conversion; such a model may mix dtypes).
 
     ``device``: one device, or a list to split the blocks over (``placement.py``; balanced for a KV
-    cache of ``state_tokens`` positions); each tensor goes straight to its own device."""
+    cache of ``state_tokens`` positions, and for the E4M3 weights of FP8 projections when ``fp8``);
+    each tensor goes straight to its own device."""
     with torch.device("meta"):
         model = StripedHyena(ckpt.config, kernels=kernels)
         if ckpt.fp8_state() is not None:
             model.add_fp8_state()  # the scale buffers, filled from the checkpoint below
     devices = [device] if isinstance(device, torch.device) else list(device)
-    placement = plan(model, devices, dtype or torch.float32, state_tokens) if len(devices) > 1 else None
+    placement = plan(model, devices, dtype or torch.float32, state_tokens, fp8) if len(devices) > 1 else None
     where = placement.device_of if placement is not None else lambda _name: devices[0]
     expected = model.state_dict()
     used, tensors = set(), {}
     for name, meta in expected.items():
         key, transform = ckpt.resolve(name)
         if key is not None and key not in ckpt.source:
-            raise CheckpointError(f"{ckpt.source.description}: missing tensor {key!r} (needed for {name})")
+            raise CheckpointError(f"{ckpt.source.description}: missing tensor {key!r} (needed for {name}){_near(key, ckpt)}")
         # Transformer Engine's ``_extra_state`` (FP8 scales) is a serialised object, read by its transform
         stored = None if key is None else ckpt.source.get(key) if key.endswith("_extra_state") else ckpt.source.tensor(key)
         t = transform(stored)
@@ -78,6 +100,7 @@ def build_model(ckpt: Checkpoint, device: torch.device | Sequence[torch.device],
             raise CheckpointError(
                 f"{file}: tensor {key!r} has shape {list(shown.shape)}{read_as}, "
                 f"the config needs {list(meta.shape)}"
+                + (": its head size (hidden_size / num_attention_heads) is not the weights'" if name.endswith("inv_freq") else "")
             )
         if not t.is_floating_point():
             raise CheckpointError(f"{ckpt.source.where(key)}: tensor {key!r} has dtype {t.dtype}, expected floating point")

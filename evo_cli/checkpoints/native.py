@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from evo_cli.errors import CheckpointError, OutputError, whole_number
-from evo_cli.io.atomic import _umask, remove_stale_temporaries, temporary_prefix, write_failure
+from evo_cli.io.atomic import _umask, output_dir, remove_stale_temporaries, temporary_prefix, write_failure
 
 DEFAULT_SHARD_BYTES = 4 << 30
 
@@ -45,9 +45,10 @@ def check_shard_bytes(max_shard_bytes) -> None:
 def save_native(model, directory: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, metadata: dict | None = None) -> Path:
     """Write ``model`` (a StripedHyena) to ``directory`` atomically (built beside it, then renamed).
 
-    The directory must not exist or be empty. Returns its path."""
+    The directory must not exist or be empty; a symbolic link is written through (``output_dir``).
+    Returns its path."""
     check_shard_bytes(max_shard_bytes)
-    out = Path(directory)
+    out = output_dir(directory)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out}: exists and is not an empty directory")
     try:

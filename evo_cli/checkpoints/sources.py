@@ -45,6 +45,9 @@ class TensorSource:
         if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
             what = f"a {t.layout} tensor" if isinstance(t, torch.Tensor) else f"a {type(t).__name__}"
             raise CheckpointError(f"{self.where(key)}: {key!r} holds {what}, not a dense tensor")
+        if t.is_meta:  # torch.save of a model built on the meta device: shapes, no values
+            raise CheckpointError(f"{self.where(key)}: {key!r} holds a meta tensor (a shape with no values: saved "
+                                  "from a model whose weights were never loaded)")
         return t
 
     def get(self, key: str) -> torch.Tensor:
@@ -57,7 +60,31 @@ class TensorSource:
 
 
 def _short(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """The first line of ``err``'s message, and of a long one its first sentence (torch's zip reader adds
+    four sentences of advice)."""
+    line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return line.split(". ")[0] if len(line) > 160 else line
+
+
+def _denied(err: Exception) -> bool:
+    """A read refused by the file's permissions (not damage): safetensors reports it as a plain OSError."""
+    return isinstance(err, PermissionError) or "(os error 13)" in str(err)
+
+
+def _content(path) -> str | None:
+    """What the first bytes of the file ``path`` say it is: ``safetensors`` (an 8-byte little-endian header
+    size, then a JSON object), ``torch`` (a zip archive, or a pickle: torch.save's formats), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = fh.seek(0, 2)
+    except OSError:
+        return None
+    if len(head) == 9 and head[8:] == b"{":  # (a header size whose low byte is 0x80 starts like a pickle)
+        return "safetensors" if 2 <= int.from_bytes(head[:8], "little") <= size - 8 else None
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"
+    return None
 
 
 def open_safetensors(files: list[Path]) -> TensorSource:
@@ -71,6 +98,10 @@ def open_safetensors(files: list[Path]) -> TensorSource:
         try:
             h = safe_open(str(f), framework="pt", device="cpu")
         except Exception as err:
+            if _denied(err):
+                raise CheckpointError(f"{f}: cannot read it (permission denied)") from None
+            if _content(f) == "torch":
+                raise CheckpointError(f"{f}: is a PyTorch file (torch.save), not safetensors; rename it to .pt") from None
             raise CheckpointError(f"{f}: not a readable safetensors file, truncated or corrupt ({_short(err)})") from None
         handles[f] = h
         for k in h.keys():
@@ -189,7 +220,27 @@ def _refused(label: Path, obj, err: Exception) -> str:
     return f"{label}: {where} a pickled {kind}, not a tensor; refusing to unpickle it (only tensors are loaded)"
 
 
+def is_torchscript(f) -> bool:
+    """Whether ``f`` (a path, or a seekable binary file: left at its start) is a TorchScript archive
+    (``torch.jit.save``), which ``torch.load`` would hand to ``torch.jit.load`` to run its code."""
+    try:
+        if not zipfile.is_zipfile(f):
+            return False
+        with zipfile.ZipFile(f) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    finally:
+        if hasattr(f, "seek"):
+            f.seek(0)
+
+
 def _torch_load(obj, label: Path, mmap: bool) -> dict:
+    if isinstance(obj, str) and _content(obj) == "safetensors":  # else "a pickle ... cannot read (Unsupported operand)"
+        raise CheckpointError(f"{label}: is a safetensors file, not a PyTorch pickle; rename it to .safetensors")
+    if is_torchscript(obj):
+        raise CheckpointError(f"{label}: is a TorchScript program (torch.jit.save), not a state dict of tensors; "
+                              "refusing to load it: save the model's state_dict() with torch.save or as safetensors")
     try:
         with torch.serialization.safe_globals([io.BytesIO]), warnings.catch_warnings():
             # torch warns about the pickle protocol of legacy files; the load below says what matters
@@ -198,6 +249,8 @@ def _torch_load(obj, label: Path, mmap: bool) -> dict:
     except pickle.UnpicklingError as err:
         raise CheckpointError(_refused(label, obj, err)) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        if _denied(err):
+            raise CheckpointError(f"{label}: cannot read it (permission denied)") from None
         raise CheckpointError(f"{label}: not a readable PyTorch checkpoint, truncated or corrupt ({_short(err)})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
@@ -220,7 +273,10 @@ def open_torch(files: list[Path]) -> TensorSource:
             raise CheckpointError(f"{obj}: weight file listed by the checkpoint is missing")
         try:
             sd = _torch_load(str(obj) if isinstance(obj, Path) else obj, label, mmap)
-        except CheckpointError:
+        except CheckpointError as err:
+            if not isinstance(obj, Path):  # nothing in the parts says how many there are: a lost last one reads as damage
+                raise CheckpointError(f"{err}; read as {len(files)} part(s), {files[0].name} to {files[-1].name}: "
+                                      "is a later part missing or incomplete?") from None
             if not mmap:
                 raise
             # legacy (pre-zip) pickles cannot be memory-mapped

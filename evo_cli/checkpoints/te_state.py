@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import pickle
-import zipfile
 
 import torch
 
 from evo_cli.errors import CheckpointError
+
+from .sources import is_torchscript
 
 
 class Placeholder:
@@ -127,11 +129,8 @@ class _PickleModule:
 
 def _refuse_torchscript(buf: io.BytesIO) -> None:
     """torch.load hands a TorchScript archive to torch.jit.load, which runs its code: never ours to load."""
-    if zipfile.is_zipfile(buf):
-        with zipfile.ZipFile(buf) as z:
-            if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
-                raise UnsafePickle("is a TorchScript program")
-    buf.seek(0)
+    if is_torchscript(buf):
+        raise UnsafePickle("is a TorchScript program")
 
 
 def decode_extra_state(value, key: str) -> dict | None:
@@ -149,6 +148,11 @@ def decode_extra_state(value, key: str) -> dict | None:
         elif isinstance(value, (io.BytesIO, bytes, bytearray)):
             buf = io.BytesIO(value.getvalue() if isinstance(value, io.BytesIO) else bytes(value))
             _refuse_torchscript(buf)
+            if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+                # torch then refuses any pickle_module, ours included: say so rather than "unreadable"
+                raise CheckpointError(f"{key}: Transformer Engine state is read by evo's own restricted unpickler "
+                                      "(tensors and inert placeholders, never code), which TORCH_FORCE_WEIGHTS_ONLY_LOAD "
+                                      "forbids; unset it to load this checkpoint")
             state = torch.load(buf, map_location="cpu", weights_only=False, pickle_module=_PickleModule)
         else:
             raise CheckpointError(f"{key}: unsupported Transformer Engine state of type {type(value).__name__}")

@@ -24,7 +24,7 @@ def _check_layers(_ctx, _param, names):
     return names
 
 
-@click.command()
+@click.command(short_help="Hidden states of named layers for each sequence, to Parquet.")
 # a missing or unreadable FASTA is a bad file (exit 1, read_fasta's message), as in `evo score`
 @click.option("--fasta", required=True, metavar="PATH", help="Input sequences (plain or gzipped FASTA).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")

@@ -18,7 +18,7 @@ def _finite(_ctx, _param, value):
     return value
 
 
-@click.command()
+@click.command(short_help="Sample DNA after prompts (recurrent decoding).")
 @click.option("-p", "--prompt", "prompt_seqs", multiple=True, metavar="SEQ",
               help="A DNA prompt (repeatable; named prompt1, prompt2, ...).")
 @click.option("--prompts", "prompts_fasta", metavar="FASTA",

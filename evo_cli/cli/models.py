@@ -37,7 +37,7 @@ def _context(n: int) -> str:
     return f"{n >> 20}M" if n >= 1 << 20 else f"{round(n / 1000)}k"
 
 
-@click.command("models")
+@click.command("models", short_help="List the published and bundled models, and the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry and cache state as JSON.")
 @verbosity_options
 def models(as_json):
@@ -78,7 +78,7 @@ _FP8_NOTE = ("fp8: models trained with FP8 projections run them with --fp8 auto:
              'emulated through mmaemu elsewhere (pip install "evo-cli[fp8]"); `evo info -m NAME` shows the mode')
 
 
-@click.command("download")
+@click.command("download", short_help="Download published models into the Hugging Face cache.")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @verbosity_options
 def download(names):
@@ -92,7 +92,7 @@ def download(names):
         click.echo(download_model(name, quiet=is_quiet()))
 
 
-@click.command("convert")
+@click.command("convert", short_help="Convert a checkpoint to the native safetensors layout.")
 @click.argument("source", metavar="SRC")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Directory to create (must not exist, or be empty).")

@@ -12,7 +12,7 @@ from .options import (echo, full_command, hint_on_interrupt, load_model_cli, mod
                       progress_bar, verbosity_options)
 
 
-@click.command("mutagenize")
+@click.command("mutagenize", short_help="Saturation mutagenesis: every SNV of a region, scored.")
 @click.option("--fasta", required=True, metavar="PATH",
               help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
 @click.option("--region", "region_texts", multiple=True, metavar="CHR:START-END", callback=parse_regions,
@@ -82,11 +82,12 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
         echo("skipped positions: " + ", ".join(f"{k} {v:,}" for k, v in sorted(summary.skipped.items())))
 
 
-@click.command("plot")
+@click.command("plot", short_help="Draw a score file: heatmap, histogram or track.")
 @click.argument("scores", metavar="SCORES")
 @click.option("-o", "--output", required=True, metavar="FILE", help="Figure: .png, .svg, .pdf or .html.")
 @click.option("--by", metavar="COLUMN", default=None,
-              help="Variant tables: one histogram per value of this column or INFO field (e.g. status, a label).")
+              help="Variant tables: one histogram per value of this column or INFO field, e.g. a clinical label "
+                   "carried over from the input VCF (at most 10 values).")
 @click.option("--title", default=None, help="Figure title [default: the file name].")
 @verbosity_options
 def plot(scores, output, by, title):

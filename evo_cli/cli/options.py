@@ -97,7 +97,7 @@ def verbosity_options(f):
             _reconfigure(ctx)
 
     f = click.option("-v", "--verbose", count=True, expose_value=False, callback=set_verbose,
-                     help="More logging; tracebacks on errors.")(f)
+                     help="More logging (-vv for debug); tracebacks on errors.")(f)
     return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
                         help="Only errors on stderr; no progress bars.")(f)
 
@@ -163,9 +163,10 @@ def load_model_cli(model, device, dtype, kernels, state_tokens: int | None = Non
     state_tokens: the longest KV cache the run will hold (positions x batch rows), so that a model
     split over several devices is balanced for it."""
     from evo_cli import distributed, load_model
-    from evo_cli.runtime import keep_freed_memory
+    from evo_cli.runtime import fit_threads_to_cpus, keep_freed_memory
 
     keep_freed_memory()
+    fit_threads_to_cpus()
     ctx = click.get_current_context(silent=True)
     per_rank = ctx.find_root().obj.get("devices_per_rank") if ctx and ctx.find_root().obj else None
     fp8 = ctx.meta.get("evo.fp8") if ctx else None

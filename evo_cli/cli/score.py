@@ -13,14 +13,14 @@ from evo_cli.limits import MAX_BATCH_SIZE
 from .options import echo, full_command, hint_on_interrupt, load_model_cli, model_options, progress_bar, region_option
 
 
-@click.command("score-variants")
-@click.option("--vcf", required=True, metavar="PATH", help="Variants: VCF, bgzipped VCF or BCF.")
+@click.command("score-variants", short_help="Zero-shot variant effects of a VCF: ALT vs REF.")
+@click.option("--vcf", required=True, metavar="PATH", help="Variants: VCF (plain, gzip or bgzip) or BCF.")
 @click.option("--fasta", required=True, metavar="PATH",
               help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
 @click.option("-o", "--output", required=True, metavar="PATH",
               help="Output: .vcf, .vcf.gz (bgzip + tabix), .tsv or .parquet; - for stdout (VCF unless --format).")
 @click.option("--format", "fmt", type=click.Choice(["vcf", "vcf.gz", "tsv", "parquet"]), default=None,
-              help="Output format [default: from the extension; on stdout VCF, like the input, or tsv].")
+              help="Output format [default: from the extension; VCF on stdout].")
 @click.option("--window", type=click.IntRange(min=2), default=None,
               help="Window length in bases, centred on the variant and clipped at contig ends "
                    "[default: 8192, or the model's context when shorter].")
@@ -95,7 +95,7 @@ def _same_output(a: str, b: str) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-@click.command("score")
+@click.command("score", short_help="Log-likelihood of each sequence of a FASTA file.")
 @click.option("--fasta", required=True, metavar="PATH", help="Sequences to score (FASTA, plain or gzip).")
 @click.option("-o", "--output", default="-", show_default=True, metavar="PATH",
               help="Table: .tsv or .parquet; - for TSV on stdout.")

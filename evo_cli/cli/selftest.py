@@ -9,11 +9,11 @@ import click
 from .options import echo, load_model_cli, model_options, progress_bar
 
 
-@click.command()
-@model_options
+@click.command(short_help="Check this install's numbers with evo2's own test.")
 @click.option("--expected", metavar="NAME", default=None,
               help="Published model whose recorded numbers to check against [default: the --model name]; "
                    "for a converted checkpoint given as a path.")
+@model_options
 def selftest(model, device, dtype, kernels, expected):
     """Run the evo2 repository's test on a published Evo 2 model: next-token cross-entropy over its four
     prompts, PASS when the mean is within 1e-3 of the value the test records for that model. Tells

@@ -71,12 +71,20 @@ def _refuse_read_only(path: Path) -> None:
                           f"(make it writable or choose another output)")
 
 
+def output_dir(path: str | Path) -> Path:
+    """The directory an output directory ``path`` names: a symbolic link stands for its target (created
+    if missing), as the shell's ``>`` writes through a link to a file; the output is built beside the
+    target and renamed onto it, which a rename onto the link itself cannot do."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def check_output_dir(path: str | Path) -> None:
-    """``check_output_path`` for an output directory: it must not exist or be empty, and its
-    location must be writable. Also removes stale temporary directories of ``path``."""
+    """``check_output_path`` for an output directory (``output_dir(path)``): it must not exist or be empty,
+    and its location must be writable. Also removes stale temporary directories of it."""
     from evo_cli.errors import OutputError
 
-    path = Path(path)
+    path = output_dir(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise OutputError(f"{path}: exists and is not an empty directory")
     _check_location(path)

@@ -34,16 +34,21 @@ def output_format(path: str | Path | None, fmt: str = "auto") -> str:
     """``fasta`` or ``jsonl``: ``fmt`` unless auto, else by the extension (``.jsonl``, or a FASTA
     extension: ``FASTA_EXTENSIONS``; stdout is FASTA). Checks that ``path`` can be written as a file."""
     check_output_path(path)
+    suffix = "" if path in STDOUT else Path(path).suffix.lower()
+    named = "jsonl" if suffix == ".jsonl" else "fasta" if suffix in FASTA_EXTENSIONS else None
     if fmt != "auto":
         if fmt not in FORMATS:
             raise InputError(f"unknown output format {fmt!r} (use {', '.join(FORMATS)})")
+        # FASTA named .jsonl (or the reverse) breaks whatever opens it by its name, as in the other commands
+        if named is not None and named != fmt:
+            raise InputError(f"--format {fmt} contradicts -o {path} (a {named} name): drop --format or rename "
+                             "the output")
         return fmt
     if path in STDOUT:
         return "fasta"
-    suffix = Path(path).suffix.lower()
-    if suffix == ".jsonl":
-        return "jsonl"
-    if suffix in FASTA_EXTENSIONS or is_special(path):  # /dev/stdout, a FIFO: stdout's format
+    if named is not None:
+        return named
+    if is_special(path):  # /dev/stdout, a FIFO: stdout's format
         return "fasta"
     raise InputError(f"{path}: cannot tell the output format from the extension (use .jsonl or "
                      f"{', '.join(FASTA_EXTENSIONS)}, or --format fasta|jsonl)")

@@ -109,9 +109,11 @@ def _loads(block_bytes: Sequence[int], owner: Sequence[int], k: int, first_bytes
     return used
 
 
-def block_memory(model, dtype: torch.dtype, state_tokens: int) -> tuple[list[int], int]:
+def block_memory(model, dtype: torch.dtype, state_tokens: int, fp8: bool = False) -> tuple[list[int], int]:
     """(bytes per block, bytes outside the blocks) of ``model`` (meta or real) in ``dtype``: weights
-    (Hyena filters float32) plus each block's inference state for ``state_tokens`` positions."""
+    (Hyena filters float32) plus each block's inference state for ``state_tokens`` positions. ``fp8``:
+    the Hyena projections run in FP8, and keep an E4M3 copy of their weight (one byte an element)
+    beside it."""
     def weights(prefix, module):
         return sum(p.numel() * (4 if keeps_float32(f"{prefix}.{n}") else dtype.itemsize)
                    for n, p in module.named_parameters())
@@ -122,7 +124,8 @@ def block_memory(model, dtype: torch.dtype, state_tokens: int) -> tuple[list[int
         s = (block.new_state(1, "meta", state_tokens, dtype) if block.kind == "attn"
              else block.new_state(1, "meta"))
         state = sum(t.numel() * t.element_size() for t in vars(s).values())
-        sizes.append(weights(f"blocks.{i}", block) + state)
+        e4m3 = block.projections.weight.numel() if fp8 and block.kind != "attn" else 0
+        sizes.append(weights(f"blocks.{i}", block) + state + e4m3)
     first = weights("embedding_layer", model.embedding_layer) + weights("norm", model.norm)
     return sizes, first
 
@@ -168,9 +171,10 @@ class Placement:
 
 
 def plan(model, devices: Sequence[torch.device], dtype: torch.dtype,
-         state_tokens: int = DEFAULT_STATE_TOKENS) -> Placement:
-    """Split ``model``'s blocks (a meta-device model is enough) over ``devices``, balanced by memory."""
-    sizes, first = block_memory(model, dtype, state_tokens)
+         state_tokens: int = DEFAULT_STATE_TOKENS, fp8: bool = False) -> Placement:
+    """Split ``model``'s blocks (a meta-device model is enough) over ``devices``, balanced by memory
+    (``block_memory``)."""
+    sizes, first = block_memory(model, dtype, state_tokens, fp8)
     caps = _capacities(devices)
     owner = balance(sizes, caps, first)
     used = _loads(sizes, owner, len(devices), first)
@@ -181,15 +185,16 @@ def plan(model, devices: Sequence[torch.device], dtype: torch.dtype,
     return Placement(tuple(devices), tuple(owner))
 
 
-def auto_devices(config, dtype: torch.dtype, state_tokens: int = DEFAULT_STATE_TOKENS) -> list[torch.device] | None:
+def auto_devices(config, dtype: torch.dtype, state_tokens: int = DEFAULT_STATE_TOKENS,
+                 fp8: bool = False) -> list[torch.device] | None:
     """``--device auto`` with several GPUs: the first GPUs, as many as the weights plus states need
-    (at most ``HEADROOM`` of each one's free memory); None when one GPU is enough."""
+    (at most ``HEADROOM`` of each one's free memory; ``block_memory``); None when one GPU is enough."""
     count = torch.cuda.device_count()
     if count < 2:
         return None
     with torch.device("meta"):
         model = StripedHyena(config)
-    sizes, first = block_memory(model, dtype, state_tokens)
+    sizes, first = block_memory(model, dtype, state_tokens, fp8)
     gpus = [torch.device(f"cuda:{i}") for i in range(count)]
     k = devices_needed(sizes, [torch.cuda.mem_get_info(d)[0] for d in gpus], first)
     return None if k == 1 else gpus[:k]
