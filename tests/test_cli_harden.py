@@ -534,3 +534,6 @@ def test_two_runs_of_one_output_at_the_same_time_are_refused(tmp_path):
         assert list(again.chunks()) == [[1.5], [3.5]]
         again.append(2, [4.5])
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # completed: progress removed, no temporary left
+    out = tmp_path / "new" / "folder" / "o.tsv"  # missing folders are created, the progress file's first
+    code, _, err = _sv(out, "--region", FEW)
+    assert code == 0 and sorted(p.name for p in out.parent.iterdir()) == ["o.tsv"], err

@@ -210,6 +210,7 @@ class Checkpoint:
         its name, and only where no other run created one meanwhile (a hard link fails if the name exists)."""
         header = (json.dumps({"format": _FORMAT, "settings": self.settings}, sort_keys=True) + "\n").encode()
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # an output's missing folders are created
             fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(self.path), dir=self.path.parent)
         except OSError as err:
             raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from None
