@@ -57,3 +57,22 @@ def test_a_device_or_pipe_without_an_extension_gets_the_stdout_format(tmp_path):
                   lambda: mutagenesis.output_format(plain), lambda: generated.output_format(plain, "auto")):
         with pytest.raises(InputError, match="cannot tell the"):
             check()
+
+
+def test_a_gzipped_track_names_the_output_and_is_the_same_bytes_every_run(tmp_path):
+    """The gzip header of a .bedGraph.gz carried its temporary's name (`gunzip -N` restored that) and the
+    time of writing, so a rerun or a resumed run wrote other bytes."""
+    import gzip
+
+    from evo_cli.io.tracks import track_writer
+
+    out = tmp_path / "t.bedGraph.gz"
+    written = []
+    for _ in range(2):
+        with track_writer(out, {"c": 3}, name="x") as write:
+            write([("c", 0, -1.5), ("c", 1, float("nan")), ("c", 2, -0.25)])
+        written.append(out.read_bytes())
+    data = written[0]
+    assert written[1] == data and data[4:8] == b"\0\0\0\0"  # MTIME 0: no time of writing
+    assert data[3] & 0x08 and data[10:data.index(b"\0", 10)] == b"t.bedGraph"  # FNAME: the output's name
+    assert gzip.decompress(data).decode() == 'track type=bedGraph name="x"\nc\t0\t1\t-1.5\nc\t2\t3\t-0.25\n'

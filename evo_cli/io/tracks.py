@@ -72,8 +72,13 @@ def track_writer(path: str | Path, chrom_sizes: dict[str, int], name: str, descr
     with contextlib.ExitStack() as stack:
         if str(path).lower().endswith(".gz"):
             import gzip
+            import io
 
-            fh = stack.enter_context(gzip.open(stack.enter_context(atomic_path(path)), "wt", encoding="utf-8"))
+            # the gzip header names the output, not its temporary, and has no time: a rerun or a resumed
+            # run writes the same bytes
+            raw = stack.enter_context(open(stack.enter_context(atomic_path(path)), "wb"))
+            fh = stack.enter_context(io.TextIOWrapper(gzip.GzipFile(Path(path).name, "wb", fileobj=raw, mtime=0),
+                                                      encoding="utf-8"))
         else:
             fh = stack.enter_context(atomic_open(path))
         fh.write(header + "\n")
