@@ -61,3 +61,21 @@ def test_fit_threads_to_cpus(monkeypatch):
 
 def test_usable_cpus_here_is_positive():
     assert 1 <= runtime.usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_the_cli_bounds_openmp_spinning_before_torch_loads():
+    """``evo`` sets GOMP_SPINCOUNT for a process that has not loaded torch, and leaves a user's
+    choice alone (a child process: this one has torch loaded already)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, os; from evo_cli.cli.main import main\n"
+            "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "2000 False"
+    for chosen in ({"GOMP_SPINCOUNT": "77"}, {"OMP_WAIT_POLICY": "ACTIVE"}):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **chosen}, capture_output=True, text=True,
+                             check=True).stdout
+        assert out.splitlines()[-1] == f"{chosen.get('GOMP_SPINCOUNT')} False"

@@ -80,8 +80,24 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
+# Spins of libgomp (torch's OpenMP on Linux) at the end of every parallel op before its threads sleep;
+# its default, 300,000, lets a thread that waits for a busy core burn time slices the other threads
+# need: with one other process running on a 2-core machine the quick start took 22-30 s of wall time
+# instead of 3.7-4.3. 2,000 keeps the idle machine's times and ended those runs in 5.8-6 s
+# (benchmarks/README.md, ninth round).
+_GOMP_SPINCOUNT = "2000"
+
+
+def _calm_openmp() -> None:
+    """Bound OpenMP's spin-waiting, unless the user chose a wait policy; read when torch loads its
+    OpenMP library, so before the first ``import torch`` (commands import it when they run)."""
+    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ.setdefault("GOMP_SPINCOUNT", _GOMP_SPINCOUNT)
+
+
 def main(argv=None) -> None:
     _verbosity["verbose"] = 0
+    _calm_openmp()
     # SIGTERM left at its default would end the process on the spot, without a word and leaving its
     # temporaries; one set to be ignored (nohup-like launchers) stays ignored
     catch = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
