@@ -46,7 +46,7 @@ from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.limits import check_batch_size
 from evo_cli.model.tokenizer import PAD_ID
 from evo_cli.registry import known_model
-from evo_cli.runs import progress_metadata
+from evo_cli.runs import progress_metadata, record_chunks
 from evo_cli.runtime import free_memory_bytes, non_finite_error
 from evo_cli.scoring import warn_beyond_context, warn_not_acgt
 
@@ -399,7 +399,8 @@ def run_embed(
     warn_beyond_context(records, model.config.max_seqlen)
     warn_not_acgt(records)
     full = {**(settings or {}), "layers": layers, "pool": pool, "strand": strand, "batch_size": batch_size,
-            "chunk_size": chunk_size, "metadata": progress_metadata(metadata)}
+            "chunk_size": chunk_size, "metadata": progress_metadata(metadata),
+            "long_records_alone": True}  # parts as record_chunks makes them
     store = Checkpoint(output, full, resume, checkpoint_rank())
     folder = parts_dir(output)
     if store.done == 0:
@@ -410,8 +411,9 @@ def run_embed(
         shutil.rmtree(folder, ignore_errors=True)  # parts of a run stopped before its first record
     dim, per_position = model.config.hidden_size, pool == "none"
     summary = EmbedSummary()
-    chunk_len = batch_size * _SORT_WINDOW_BATCHES
-    chunks = [records[i : i + chunk_len] for i in range(0, len(records), chunk_len)]
+    # a record run in chunks with a carried state is a part of its own
+    chunks = [records[a:b] for a, b in record_chunks([len(r.sequence.encode("utf-8")) for r in records],
+                                                     batch_size * _SORT_WINDOW_BATCHES, chunk_size)]
     strands = 2 if strand == "both" else 1
     try:
         with store:

@@ -65,3 +65,24 @@ def progress_metadata(metadata: dict | None) -> dict:
     GPU number differs between the ranks of a distributed run (rank r runs on cuda:r) and between a run
     and its resumption on another GPU; ``run_settings`` keeps the device type."""
     return {k: v for k, v in (metadata or {}).items() if k != "device"}
+
+
+def record_chunks(lengths: list[int], per_chunk: int, alone_over: int | None) -> list[tuple[int, int]]:
+    """The ``[start, end)`` record slices a run saves its progress in: consecutive runs of at most
+    ``per_chunk`` records, except that a record of more than ``alone_over`` tokens (one that runs
+    alone, in chunks with a carried state; None: none does) is a chunk of its own, so that a killed run
+    keeps every long record it finished. ``lengths``: tokens per record. The same input gives the same
+    chunks, which resumed and distributed runs rely on."""
+    chunks, start = [], 0
+    for i, n in enumerate(lengths):
+        if alone_over is not None and n > alone_over:
+            if start < i:
+                chunks.append((start, i))
+            chunks.append((i, i + 1))
+            start = i + 1
+        elif i + 1 - start == per_chunk:
+            chunks.append((start, i + 1))
+            start = i + 1
+    if start < len(lengths):
+        chunks.append((start, len(lengths)))
+    return chunks

@@ -35,7 +35,7 @@ from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.io.tracks import check_track_output, track_writer
 from evo_cli.limits import check_batch_size
 from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
-from evo_cli.runs import progress_metadata
+from evo_cli.runs import progress_metadata, record_chunks
 from evo_cli.runtime import free_memory_bytes, non_finite_error
 
 log = logging.getLogger(__name__)
@@ -370,11 +370,13 @@ def run_score(model, records: Sequence, output: str | Path, *, format: str | Non
     if bedgraph is not None:
         check_track_output(bedgraph)
     full = {**(settings or {}), "bos": bos, "batch_size": batch_size, "chunk_size": chunk_size, "format": fmt,
-            "per_position": per_position is not None, "logprobs": keep, "metadata": progress_metadata(metadata)}
+            "per_position": per_position is not None, "logprobs": keep, "metadata": progress_metadata(metadata),
+            "long_records_alone": True}  # chunks of progress as record_chunks makes them
     store = open_progress(output, full, resume, checkpoint_rank())
     summary = ScoreSummary()
-    chunk_len = batch_size * _SORT_WINDOW_BATCHES
-    chunks = [records[i : i + chunk_len] for i in range(0, len(records), chunk_len)]
+    # a record run in chunks with a carried state is a chunk of progress of its own
+    chunks = [records[a:b] for a, b in record_chunks([len(r.sequence) + bos for r in records],
+                                                     batch_size * _SORT_WINDOW_BATCHES, chunk_size)]
 
     def positions(chunk) -> int:
         return sum(len(r.sequence) + bos for r in chunk)
