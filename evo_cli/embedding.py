@@ -265,10 +265,9 @@ class _Runner:
         """(start, {layer: [1, n, D]}) per chunk of a [1, L] sequence."""
         free = free_memory_bytes(self.model.device) if self.layerwise_ok else None
         for start, _ in self.model.forward_long(ids.to(self.model.device), self.chunk_size, free_bytes=free,
-                                                return_logits=False, last_block=self.last_block):
-            out = self.capture.take()
-            yield start, out
-            self.progress(next(iter(out.values())).shape[1])
+                                                return_logits=False, last_block=self.last_block,
+                                                progress=self.progress):
+            yield start, self.capture.take()
 
     def short(self, indices: list[int], seqs: list[str]) -> Iterator[Embedding]:
         """One right-padded batch (forward rows, then reverse-complement rows with ``both``)."""

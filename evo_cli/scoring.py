@@ -113,8 +113,8 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
     long = [i for i, r in enumerate(rows) if chunk_size and len(r) > chunk_size]
     for i in long:
         ids = torch.tensor([rows[i]], dtype=torch.long, device=model.device)
-        lp, _ = _chunk_logprobs(_reporting(model.forward_long(ids, chunk_size, free_bytes=free_memory_bytes(model.device)),
-                                           progress), ids)
+        lp, _ = _chunk_logprobs(model.forward_long(ids, chunk_size, free_bytes=free_memory_bytes(model.device),
+                                                   progress=progress), ids)
         out[i] = lp[0, 1:].cpu()
     short = sorted((i for i in range(len(rows)) if out[i] is None), key=lambda i: len(rows[i]))
     for start in range(0, len(short), batch_size):
@@ -126,13 +126,6 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
         for j, i in enumerate(chunk):
             out[i] = lp[j, 1 : len(rows[i])].clone()
     return out
-
-
-def _reporting(chunks: Iterable[tuple[int, torch.Tensor]], progress: Callable[[int], None]):
-    """``chunks`` (``(start, logits [B, n, V])``), calling ``progress(n)`` after each."""
-    for start, logits in chunks:
-        yield start, logits
-        progress(logits.shape[1])
 
 
 # sequences are scored in windows of this many batches, sorted by length inside a window (less padding)

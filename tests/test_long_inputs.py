@@ -20,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model():
-    """7 layers of the Evo 2 motif (block 3 is attention)."""
-    return random_model(motif_config("evo2", hidden_size=16, num_layers=7, head_dim=8, state_size=4, name="t7"), seed=4)
+    """14 layers of the Evo 2 motif (blocks 3 and 10 are attention: layer by layer saves memory)."""
+    return random_model(motif_config("evo2", hidden_size=16, num_layers=14, head_dim=8, state_size=4, name="t14"), seed=4)
 
 
 def _records(tmp_path, lengths):
@@ -75,3 +75,40 @@ def test_embed_killed_inside_a_long_record_keeps_the_long_records_before_it(mode
         embedding.run_embed(model, records, out, progress=_stop_after(8 + 70 + 9 + 65 + 20), **kw)
     summary = embedding.run_embed(model, records, out, resume=True, **kw)
     assert (summary.resumed, summary.sequences) == (4, 5) and out.read_bytes() == expected
+
+
+def _spy_last_block(model, events):
+    return model.blocks[-1].register_forward_pre_hook(lambda *_: events.append("last block"))
+
+
+@pytest.mark.parametrize("free", [None, 0], ids=["chunked", "layerwise"])
+def test_score_shows_progress_before_the_last_block_of_a_long_record(model, monkeypatch, free):
+    """Layer by layer, the first logits come once every earlier block has run over the whole record:
+    progress counts each block's chunks as they finish, the calls summing to the positions."""
+    monkeypatch.setattr(scoring, "free_memory_bytes", lambda device: free)
+    ids = [torch.randint(65, 69, (100,), generator=torch.Generator().manual_seed(0)).tolist()]
+    events = []
+    handle = _spy_last_block(model, events)
+    try:
+        scoring.token_logprobs(model, ids, chunk_size=32, progress=events.append)
+    finally:
+        handle.remove()
+    counts = [e for e in events if e != "last block"]
+    assert sum(counts) == 100 and all(n > 0 for n in counts)
+    # chunked: one call per chunk; layer by layer: one per (block, chunk) with work to count (not the 4-position
+    # chunks, 4 // 14 = 0, of 10 blocks), 13 of the 14 blocks' share before the last block
+    before = sum(counts[: events.index("last block")])
+    assert (len(counts), before) == ((4, 0) if free is None else (46, 92))
+
+
+def test_embed_layerwise_shows_progress_before_the_last_block(model, monkeypatch):
+    monkeypatch.setattr(embedding, "free_memory_bytes", lambda device: 0)
+    events = []
+    handle = _spy_last_block(model, events)
+    try:
+        list(embedding.iter_embeddings(model, ["ACGT" * 25], layers=["blocks.13"], pool="mean", chunk_size=32,
+                                       progress=events.append))
+    finally:
+        handle.remove()
+    counts = [e for e in events if e != "last block"]
+    assert sum(counts) == 100 and sum(counts[: events.index("last block")]) == 92

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -307,38 +308,47 @@ class StripedHyena(nn.Module):
                 logits[:, start : start + out.shape[1]] = out
         return logits
 
-    def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True, last_block: int | None = None):
+    def forward_chunked(self, input_ids, chunk_size: int, *, return_logits: bool = True, last_block: int | None = None,
+                        progress: Callable[[int], None] | None = None):
         """Run over ``input_ids`` [B, L] in chunks of ``chunk_size`` tokens with a carried state.
 
         Yields ``(start, logits)`` per chunk (logits [B, n, vocab] or None), the slices the full
         forward would give within float32 rounding, with activation memory bounded by the chunk (plus
         the KV cache of the attention layers, which grows with L). Forward hooks fire once per chunk.
-        ``last_block`` as in ``forward``. Bad arguments raise ``InputError`` when the first chunk is asked for.
+        ``last_block`` as in ``forward``. ``progress(n)``: called with the positions of each chunk run
+        (they sum to L). Bad arguments raise ``InputError`` when the first chunk is asked for.
         """
         input_ids = self.check_input_ids(input_ids)
         chunk_size = _chunk_size(chunk_size)
         state = self.new_state(input_ids.shape[0], input_ids.shape[1], last_block)
         for start in range(0, input_ids.shape[1], chunk_size):
-            yield start, self(input_ids[:, start : start + chunk_size], state, return_logits=return_logits,
-                              last_block=last_block)
+            out = self(input_ids[:, start : start + chunk_size], state, return_logits=return_logits,
+                       last_block=last_block)
+            if progress is not None:
+                progress(min(chunk_size, input_ids.shape[1] - start))
+            yield start, out
 
     def forward_layerwise(self, input_ids, chunk_size: int, *, return_logits: bool = True,
-                          last_block: int | None = None):
+                          last_block: int | None = None, progress: Callable[[int], None] | None = None):
         """``forward_chunked``'s results, computed one block at a time: each block runs over the whole
         sequence in chunks of ``chunk_size`` (its state carried) before the next block starts, so only
         one attention block's KV cache is alive. The residual stream of the whole sequence, [B, L, D]
         in the model dtype, is kept (and overwritten in place) instead. Yields ``(start, logits)`` per
         chunk while the last block runs, so forward hooks on the last block (and on ``norm``) have seen
         exactly that chunk at each yield; hooks on earlier blocks fire for every chunk before the first
-        yield. See ``long_forward_bytes`` for the memory of both modes.
+        yield. See ``long_forward_bytes`` for the memory of both modes. ``progress(n)``: called after
+        every chunk of every block with the positions' share of the work done (n blocks over L positions:
+        the calls sum to L), so that a long run shows its progress before its last block.
         """
         input_ids = self.check_input_ids(input_ids)
         chunk_size = _chunk_size(chunk_size)
         n = self.blocks_to_run(last_block)
         if n == 0:  # no block to run (only the embedding is wanted)
-            yield from self.forward_chunked(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
+            yield from self.forward_chunked(input_ids, chunk_size, return_logits=return_logits, last_block=last_block,
+                                            progress=progress)
             return
         B, L = input_ids.shape
+        reported = 0
         x = self.embedding_layer(input_ids)
         for i, block in enumerate(self.blocks[:n]):
             x = x.to(self.block_device(i))  # split over devices: the hidden states follow the blocks
@@ -346,6 +356,11 @@ class StripedHyena(nn.Module):
             for start in range(0, L, chunk_size):
                 end = min(L, start + chunk_size)
                 x[:, start:end] = self._run_block(i, block, x[:, start:end], state, start)
+                if progress is not None:  # the integer share of L done: (blocks done + this one's part) / n
+                    done = (i * L + end) // n
+                    if done > reported:
+                        progress(done - reported)
+                    reported = done
                 if i == n - 1:
                     yield start, self._head(x[:, start:end], return_logits and last_block is None,
                                             last_block is None)
@@ -386,15 +401,16 @@ class StripedHyena(nn.Module):
                 "layerwise": batch * length * c.hidden_size * item + min(n_attn, 1) * kv + act}
 
     def forward_long(self, input_ids, chunk_size: int, *, free_bytes: int | None = None, return_logits: bool = True,
-                     last_block: int | None = None):
+                     last_block: int | None = None, progress: Callable[[int], None] | None = None):
         """``forward_chunked``, or ``forward_layerwise`` when the chunked path's memory
         (``long_forward_bytes``) would exceed ``free_bytes`` and layer by layer needs less: same
-        yields, same numbers. ``free_bytes=None``: always chunked."""
+        yields, same numbers. ``free_bytes=None``: always chunked. ``progress(n)`` as in both: calls
+        that sum to L as the work goes."""
         input_ids = self.check_input_ids(input_ids)
         need = self.long_forward_bytes(input_ids.shape[0], input_ids.shape[1], chunk_size, last_block)
         layerwise = free_bytes is not None and need["chunked"] > free_bytes and need["layerwise"] < need["chunked"]
         run = self.forward_layerwise if layerwise else self.forward_chunked
-        return run(input_ids, chunk_size, return_logits=return_logits, last_block=last_block)
+        return run(input_ids, chunk_size, return_logits=return_logits, last_block=last_block, progress=progress)
 
 
 def _chunk_size(value) -> int:
