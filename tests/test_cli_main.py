@@ -46,6 +46,8 @@ def test_verbose_flags_anywhere_show_the_traceback(monkeypatch, flags, traceback
 @pytest.mark.parametrize("error,shown", [
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
                   "tried to allocate 41571947520 bytes. Error code 12"), " (an allocation of 38.7 GiB failed)"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 12582912 bytes. Error code 12"), " (an allocation of 12.0 MiB failed)"),
     (MemoryError(), ""),
 ])
 def test_out_of_memory_is_one_line_saying_what_to_change(monkeypatch, error, shown):

@@ -173,7 +173,14 @@ def _out_of_memory(e: Exception) -> str | None:
     if asked is None:
         return ""
     size = asked.group(1)
-    return f" (an allocation of {int(size) / 2**30:,.1f} GiB failed)" if size.isdigit() else f" (an allocation of {size} failed)"
+    if not size.isdigit():
+        return f" (an allocation of {size} failed)"
+    # a host allocation that failed under a memory limit may be small: "0.0 GiB" would say nothing
+    n = int(size)
+    for unit, b in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= b:
+            return f" (an allocation of {n / b:,.1f} {unit} failed)"
+    return f" (an allocation of {n} bytes failed)"
 
 
 def _quiet_stdout() -> None:
