@@ -14,7 +14,7 @@ import html
 import io
 from pathlib import Path
 
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, OptionError
 from evo_cli.io.atomic import atomic_open, atomic_path, check_output_path
 
 PLOT_FORMATS = ("png", "svg", "pdf", "html")
@@ -36,7 +36,7 @@ KINDS = {"mutagenize": {"chrom", "pos", "ref", "alt", "delta"}, "variants": {"ch
 def plot_format(path: str | Path) -> str:
     ext = Path(str(path)).suffix.lower().lstrip(".")
     if ext not in PLOT_FORMATS:
-        raise InputError(f"{path}: a plot is .png, .svg, .pdf or .html")
+        raise OptionError(f"{path}: a plot is .png, .svg, .pdf or .html")
     return ext
 
 

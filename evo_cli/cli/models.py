@@ -94,7 +94,8 @@ def download(names):
 
 @click.command("convert", short_help="Convert a checkpoint to the native safetensors layout.")
 @click.argument("source", metavar="SRC")
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+# an existing file is refused by check_output_dir (exit 1, as other commands' outputs), not by click.Path
+@click.option("-o", "--output", "output", required=True, metavar="DIR",
               help="Directory to create (must not exist, or be empty).")
 @click.option("--dtype", type=click.Choice(["keep", "float32", "bfloat16"]), default="keep", show_default=True,
               help="Stored dtype; Hyena filters and rotary frequencies stay float32 unless kept as stored.")

@@ -127,15 +127,7 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
     from evo_cli.runs import output_metadata, run_settings
     from evo_cli.scoring import default_prepend_bos, run_score
 
-    if fmt and output != "-":
-        from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension
-
-        # a TSV named .parquet (or the reverse) would fail whatever reads it by its name
-        named = format_from_extension(output, TABLE_EXTENSIONS)
-        if named and named != fmt:
-            raise click.UsageError(f"--format {fmt} contradicts -o {output} (a {named} name): drop --format or "
-                                   "rename the output")
-    fmt = check_table_output(output, fmt)
+    fmt = check_table_output(output, fmt)  # a --format that contradicts -o's name: a usage error
     if per_position:
         check_table_output(per_position)
     if bedgraph:

@@ -212,10 +212,10 @@ def is_special(path: str | Path | None) -> bool:
 
 def check_seekable(path: str | Path | None, what: str) -> None:
     """Refuse stdout, a device or a pipe as the output of a writer that seeks (Parquet, bigWig)."""
-    from evo_cli.errors import InputError
+    from evo_cli.errors import InputError, OptionError
 
-    if path in STDOUT:
-        raise InputError(f"{what} output needs a file name (-o PATH), not stdout")
+    if path in STDOUT:  # the command line's fault; a device or a pipe is found on the file system
+        raise OptionError(f"{what} output needs a file name (-o PATH), not stdout")
     if is_special(path):
         raise InputError(f"{path}: is a device or a pipe; {what} output needs a regular file (its writer seeks)")
 

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, OptionError
 
 from .atomic import atomic_open, atomic_path, check_output_path, check_seekable
 
@@ -22,13 +22,13 @@ BIGWIG_EXTRA = 'bigWig output needs pyBigWig: pip install "evo-cli[bigwig]"'
 
 
 def track_format(path: str | Path) -> str:
-    """``bedgraph`` or ``bigwig`` from the extension; an InputError for anything else."""
+    """``bedgraph`` or ``bigwig`` from the extension; an OptionError for anything else."""
     name = str(path).lower()
     if name.endswith(BIGWIG_EXTENSIONS):
         return "bigwig"
     if name.endswith(BEDGRAPH_EXTENSIONS):
         return "bedgraph"
-    raise InputError(f"{path}: a track is .bedGraph (or .bg, .bedGraph.gz) or .bw/.bigWig")
+    raise OptionError(f"{path}: a track is .bedGraph (or .bg, .bedGraph.gz) or .bw/.bigWig")
 
 
 def check_track_output(path: str | Path) -> str:
