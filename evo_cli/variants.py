@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError, OptionError
-from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special
+from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special, output_name_error
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference, contig_aliases
@@ -118,7 +118,7 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
     if fmt is None and is_special(path):  # /dev/stdout, a FIFO: stdout's format (VCF)
         return "vcf"
     if fmt is None:
-        raise OptionError(f"{path}: cannot tell the output format from the extension "
+        raise output_name_error(path, f"{path}: cannot tell the output format from the extension "
                           f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
     return fmt
 

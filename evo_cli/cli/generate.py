@@ -42,7 +42,8 @@ def _finite(_ctx, _param, value):
               show_default=True, help="Prompt tokens per prefill pass (bounds memory for long prompts).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "fasta", "jsonl"]), default="auto", show_default=True,
               help="Output format; auto: .jsonl is JSON Lines, .fa/.fasta/.fna/.fas (and stdout) FASTA.")
-@click.option("-o", "--output", default="-", metavar="PATH", help="Output file [default: stdout].")
+@click.option("-o", "--output", default="-", metavar="PATH",
+              help="Output: .fa (.fasta, .fna, .fas) or .jsonl; - for FASTA on stdout [default: stdout].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command (same seed).")
 @model_options
 def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, num_samples, seed, batch_size,

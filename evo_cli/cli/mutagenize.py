@@ -84,7 +84,7 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
 
 @click.command("plot", short_help="Draw a score file: heatmap, histogram or track.")
 @click.argument("scores", metavar="SCORES")
-@click.option("-o", "--output", required=True, metavar="FILE", help="Figure: .png, .svg, .pdf or .html.")
+@click.option("-o", "--output", required=True, metavar="PATH", help="Figure: .png, .svg, .pdf or .html.")
 @click.option("--by", metavar="COLUMN", default=None,
               help="Variant tables: one histogram per value of this column or INFO field, e.g. a clinical label "
                    "carried over from the input VCF (at most 10 values).")

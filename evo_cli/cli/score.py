@@ -97,8 +97,8 @@ def _same_output(a: str, b: str) -> bool:
 
 @click.command("score", short_help="Log-likelihood of each sequence of a FASTA file.")
 @click.option("--fasta", required=True, metavar="PATH", help="Sequences to score (FASTA, plain or gzip).")
-@click.option("-o", "--output", default="-", show_default=True, metavar="PATH",
-              help="Table: .tsv or .parquet; - for TSV on stdout.")
+@click.option("-o", "--output", default="-", metavar="PATH",
+              help="Output: .tsv or .parquet; - for TSV on stdout [default: stdout].")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "parquet"]), default=None,
               help="Output format [default: from the extension].")
 @click.option("--bos/--no-bos", default=None,

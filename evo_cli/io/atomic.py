@@ -193,6 +193,17 @@ def atomic_path(path: str | Path, suffix: str | None = None):
         tmp.unlink(missing_ok=True)
 
 
+def output_name_error(path: str | Path, message: str) -> Exception:
+    """The error for an output named with no known format: an existing directory is named as such
+    (``OutputError``, exit 1, as ``check_output_path`` says), anything else is the command line's
+    fault (``OptionError`` with ``message``, exit 2)."""
+    from evo_cli.errors import OptionError, OutputError
+
+    if Path(path).is_dir():
+        return OutputError(f"{path}: is a directory, expected an output file name")
+    return OptionError(message)
+
+
 def is_special(path: str | Path | None) -> bool:
     """Whether ``path`` is written in place, as the shell's ``>`` would, not replaced by a renamed
     temporary: an existing device, FIFO or socket, or a link under /dev or /proc (``/dev/stdout``,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from evo_cli.errors import OptionError
 
-from .atomic import STDOUT, atomic_open, check_output_path, is_special
+from .atomic import STDOUT, atomic_open, check_output_path, is_special, output_name_error
 from .fasta import format_fasta
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def output_format(path: str | Path | None, fmt: str = "auto") -> str:
         return named
     if is_special(path):  # /dev/stdout, a FIFO: stdout's format
         return "fasta"
-    raise OptionError(f"{path}: cannot tell the output format from the extension (use .jsonl or "
+    raise output_name_error(path, f"{path}: cannot tell the output format from the extension (use .jsonl or "
                      f"{', '.join(FASTA_EXTENSIONS)}, or --format fasta|jsonl)")
 
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from evo_cli.errors import OptionError
 
-from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, check_seekable, is_special
+from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, check_seekable, is_special, output_name_error
 
 TABLE_FORMATS = ("tsv", "parquet")
 # file name endings of tables (lower case) -> format
@@ -40,7 +40,7 @@ def table_format(path: str | Path | None, format: str | None = None) -> str:
         return fmt
     if is_special(path):  # /dev/stdout, a FIFO: stdout's format, as the shell's > would get
         return "tsv"
-    raise OptionError(f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
+    raise output_name_error(path, f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
 
 
 def format_from_extension(path: str | Path, extensions: dict[str, str]) -> str | None:
