@@ -137,3 +137,34 @@ def test_generate_takes_chunk_size_as_the_other_commands_and_records_its_first_n
     with generate.make_context("generate", ["-p", "ACGT", "--chunk-size", "64", "-m", "m"]) as ctx:
         assert ctx.params["prefill_chunk"] == 64
         assert "--prefill-chunk 64" in command_line(ctx)  # outputs keep their bytes
+
+
+def test_a_table_named_tsv_gz_is_gzip_in_every_command_that_writes_tables(tmp_path):
+    """.vcf.gz and .bedGraph.gz outputs were compressed by their name, while a .tsv.gz table was refused:
+    now the same rows, gzip-compressed, with a header that names the output and has no time."""
+    import gzip
+
+    from evo_cli.io.fasta import format_fasta
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(format_fasta("s1", "ACGTACGGTA") + format_fasta("s2", "TTGACA"))
+    runs = {
+        "score": (["score", "--fasta", fasta], "--per-position"),
+        "mutagenize": (["mutagenize", "--fasta", fasta, "--record", "s2", "--window", 8], None),
+    }
+    for name, (args, extra) in runs.items():
+        plain, packed = tmp_path / f"{name}.tsv", tmp_path / f"{name}.tsv.gz"
+        for out in (plain, packed):
+            more = [extra, str(out).replace(".tsv", ".pos.tsv")] if extra else []
+            code, _, err = evo(*args, *MODEL, "-q", "-o", out, *more)
+            assert code == 0, err
+        data = packed.read_bytes()
+        assert data[:2] == b"\x1f\x8b" and data[4:8] == b"\0\0\0\0"  # gzip, mtime 0
+        assert data[10:10 + len(plain.name) + 1] == plain.name.encode() + b"\0"  # the output's name, less .gz
+        assert gzip.decompress(data) == plain.read_bytes() and plain.read_bytes().count(b"\n") >= 3
+        if extra:
+            pos = tmp_path / f"{name}.pos.tsv"
+            assert gzip.decompress((tmp_path / f"{name}.pos.tsv.gz").read_bytes()) == pos.read_bytes()
+    # and evo plot reads them
+    code, _, err = evo("plot", tmp_path / "mutagenize.tsv.gz", "-o", tmp_path / "m.svg", "-q")
+    assert code == 0 and (tmp_path / "m.svg").stat().st_size > 0, err

@@ -255,3 +255,20 @@ def atomic_open(path: str | Path | None, mode: str = "w", encoding: str | None =
     with atomic_path(path) as tmp:
         with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh
+
+
+@contextlib.contextmanager
+def atomic_open_text(path: str | Path | None):
+    """``atomic_open`` for text, gzip-compressed when ``path`` ends in ``.gz`` (a table or a track named
+    so). The gzip header names the output, not its temporary, and has no time: a rerun or a resumed
+    run writes the same bytes."""
+    if path in STDOUT or not str(path).lower().endswith(".gz"):
+        with atomic_open(path, "w") as fh:
+            yield fh
+        return
+    import gzip
+    import io
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            io.TextIOWrapper(gzip.GzipFile(Path(path).name, "wb", fileobj=raw, mtime=0), encoding="utf-8") as fh:
+        yield fh

@@ -14,11 +14,14 @@ from typing import Iterator
 
 from evo_cli.errors import OptionError
 
-from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, check_seekable, is_special, output_name_error
+from .atomic import (STDOUT, atomic_open_text, atomic_path, check_output_path, check_seekable, is_special,
+                     output_name_error)
 
 TABLE_FORMATS = ("tsv", "parquet")
 # file name endings of tables (lower case) -> format
-TABLE_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".txt": "tsv", ".tab": "tsv"}
+# (a TSV name ending in .gz is written gzip-compressed, as a .bedGraph.gz track)
+TABLE_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".txt": "tsv", ".tab": "tsv",
+                    ".tsv.gz": "tsv", ".txt.gz": "tsv", ".tab.gz": "tsv"}
 _ROW_GROUP = 1 << 16
 
 
@@ -77,7 +80,7 @@ def table_writer(path: str | Path | None, columns: list[tuple[str, str]], format
     names = [c for c, _ in columns]
     check_table_output(path, format)
     if format == "tsv":
-        with atomic_open(path, "w") as fh:
+        with atomic_open_text(path) as fh:  # .tsv.gz: gzip
             fh.write("\t".join(names) + "\n")
 
             def write_tsv(rows):
