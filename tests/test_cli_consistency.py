@@ -151,6 +151,7 @@ def test_a_table_named_tsv_gz_is_gzip_in_every_command_that_writes_tables(tmp_pa
     runs = {
         "score": (["score", "--fasta", fasta], "--per-position"),
         "mutagenize": (["mutagenize", "--fasta", fasta, "--record", "s2", "--window", 8], None),
+        "score-variants": (["score-variants", "--vcf", INDELS, "--fasta", FA, "--window", 16], None),
     }
     for name, (args, extra) in runs.items():
         plain, packed = tmp_path / f"{name}.tsv", tmp_path / f"{name}.tsv.gz"
