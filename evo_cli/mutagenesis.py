@@ -101,7 +101,7 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
             raise output_name_error(path, f"{path}: cannot tell the output format from the extension "
                               f"(use .tsv, .parquet or .vcf.gz, or --format)")
     if path in STDOUT and fmt != "tsv":
-        raise OptionError(f"{fmt} output needs a file name")
+        raise OptionError(f"{fmt} output needs a file name (-o PATH), not stdout")
     return fmt
 
 

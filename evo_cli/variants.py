@@ -250,7 +250,7 @@ def check_output(output: str | Path | None, format: str | None = None, resume: b
             raise OptionError("resume needs an output file (progress is kept beside it)")
         fmt = format or "vcf"
         if output == "-" and fmt in ("parquet", "vcf.gz"):
-            raise OptionError(f"{fmt} output needs a file name")
+            raise OptionError(f"{fmt} output needs a file name (-o PATH), not stdout")
         return output_format(None, fmt)
     fmt = output_format(output, format)
     if fmt == "parquet":

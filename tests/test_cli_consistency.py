@@ -66,6 +66,8 @@ def test_a_wrong_command_line_exits_2_with_the_help_hint_in_every_command(case, 
     assert code == 2 and out == ""
     assert line.endswith(f"(see `evo {args[0]} --help`)"), line
     assert output is None or not (tmp_path / output).exists()
+    if "parquet on stdout" in case:  # one wording in every command
+        assert line.startswith("evo: error: parquet output needs a file name (-o PATH), not stdout (see "), line
 
 
 @pytest.mark.parametrize("args", [

@@ -146,8 +146,8 @@ def _run(argv) -> None:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
         click.echo(f"{_name()}: error: {' '.join(e.format_message().split())}{hint}", err=True)
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # click's other errors: the same one line as ours, not "Error: ..."
+        click.echo(f"{_name()}: error: {' '.join(e.format_message().split())}", err=True)
         sys.exit(e.exit_code)
     except EvoError as e:
         click.echo(f"{_name()}: error: {e}", err=True)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .options import is_quiet, status, verbosity_options
+from .options import echo, is_quiet, status, verbosity_options
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -111,5 +111,4 @@ def convert(source, output, dtype, shard_size):
     with status(f"converting {source}"):
         out = convert_checkpoint(source, output, dtype=dtype, max_shard_bytes=max_bytes)
     shards = sorted(out.glob("model-*.safetensors"))
-    if not is_quiet():
-        click.echo(f"evo: wrote {len(shards)} shard(s), {_gb(sum(p.stat().st_size for p in shards))}, to {out}", err=True)
+    echo(f"wrote {len(shards)} shard(s), {_gb(sum(p.stat().st_size for p in shards))}, to {out}")
