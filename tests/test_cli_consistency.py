@@ -115,6 +115,9 @@ def test_shared_options_are_spelled_alike_in_every_command():
         if "--output" in opts:
             assert opts["--output"].opts == ["-o", "--output"], name
             assert opts["--output"].metavar == ("DIR" if name == "convert" else "PATH"), name
+        for flag in ("--fasta", "--vcf", "--per-position", "--bedgraph", "--plot"):  # files: PATH
+            if flag in opts:
+                assert opts[flag].metavar == "PATH", (name, flag)
         if "--model" in opts:
             assert opts["--model"].opts == ["-m", "--model"] and opts["--model"].metavar == "NAME|PATH", name
             assert opts["--model"].help == commands["score"]["--model"].help, name

@@ -26,7 +26,7 @@ def _check_layers(_ctx, _param, names):
 
 @click.command(short_help="Hidden states of named layers for each sequence, to Parquet.")
 # a missing or unreadable FASTA is a bad file (exit 1, read_fasta's message), as in `evo score`
-@click.option("--fasta", required=True, metavar="PATH", help="Input sequences (plain or gzipped FASTA).")
+@click.option("--fasta", required=True, metavar="PATH", help="Sequences to embed: FASTA, plain or gzip.")
 # a directory is refused by check_output_path (exit 1, as in the other commands), not by click.Path
 @click.option("-o", "--output", required=True, metavar="PATH", help="Output: .parquet (or .pq).")
 @click.option("--layer", "layers", multiple=True, metavar="NAME", callback=_check_layers,

@@ -96,11 +96,11 @@ def _same_output(a: str, b: str) -> bool:
 
 
 @click.command("score", short_help="Log-likelihood of each sequence of a FASTA file.")
-@click.option("--fasta", required=True, metavar="PATH", help="Sequences to score (FASTA, plain or gzip).")
+@click.option("--fasta", required=True, metavar="PATH", help="Sequences to score: FASTA, plain or gzip.")
 @click.option("-o", "--output", default="-", metavar="PATH",
               help="Output: .tsv or .parquet; - for TSV on stdout [default: stdout].")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "parquet"]), default=None,
-              help="Output format [default: from the extension].")
+              help="Output format [default: from the extension; TSV on stdout].")
 @click.option("--bos/--no-bos", default=None,
               help="Prepend the BOS token 0 and score the first base too [default: Evo 1 yes, Evo 2 no, as the references].")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=8, show_default=True, help="Sequences per forward pass.")
@@ -108,7 +108,7 @@ def _same_output(a: str, b: str) -> bool:
               help="Sequences longer than this run in chunks of this many tokens with a carried state (bounded memory).")
 @click.option("--per-position", metavar="PATH", default=None,
               help="Also write every scored position's log-probability: id, pos (1-based), base, logprob (.tsv or .parquet).")
-@click.option("--bedgraph", metavar="FILE", default=None,
+@click.option("--bedgraph", metavar="PATH", default=None,
               help="Also write every scored position's log-probability as a genome-browser track: .bedGraph, "
                    "or .bw for bigWig (needs evo-cli[bigwig]).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
