@@ -39,6 +39,7 @@ USAGE_ERRORS = {
     "score-variants parquet on stdout": (["score-variants", "--vcf", INDELS, "--fasta", FA, "-o", "-", "--format",
                                           "parquet"], None),
     "score parquet on stdout": (["score", "--fasta", FA, "--format", "parquet"], None),
+    "embed parquet on stdout": (["embed", "--fasta", FA, "-o", "-"], None),
     "mutagenize parquet on stdout": (["mutagenize", "--fasta", FA, *REGION, "-o", "-", "--format", "parquet"], None),
     "mutagenize nothing to mutate": (["mutagenize", "--fasta", FA, "-o", "{t}/o.tsv"], "o.tsv"),
     "generate no prompt": (["generate", "-o", "{t}/g.fa"], "g.fa"),

@@ -64,7 +64,7 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, m
     from evo_cli.runs import output_metadata, run_settings
 
     if output == "-":
-        raise click.UsageError("embeddings are written as Parquet: give a file path with -o")
+        raise click.UsageError("parquet output needs a file name (-o PATH), not stdout")  # as in every command
     check_embedding_output(output)
     check_output_path(output, inputs=(fasta,))
     check_fresh(output, resume)
