@@ -285,7 +285,7 @@ def read_scores(path: str | Path):
         elif name.endswith((".tsv", ".txt", ".tab", ".tsv.gz", ".txt.gz", ".tab.gz")):  # pandas reads gzip by name
             df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
         else:
-            raise InputError(f"{path}: scores are .tsv (or .tsv.gz), .parquet, .vcf or .vcf.gz")
+            raise InputError(f"{path}: scores are .tsv, .parquet, .vcf or .vcf.gz (or .tsv.gz)")
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read as a table ({err})") from None
     for column in ("delta", "logprob", "pos"):
