@@ -89,6 +89,14 @@ def test_shared_prefix_equals_independent_windows(family, tiny_a, tiny_models, m
         assert err < 1e-5, (batch_size, chunk_size, err)
     alone = score_windows(model, groups, share_prefix=False)
     assert max(abs(alone[w] - full[w]) for w in full) < 1e-5
+    # --reduce sum: the prefix's log-probs plus the suffix's, not divided; the windows (lengths 2 to 64)
+    # differ in length, so a sum off by a token or divided by the wrong count shows
+    sums = dict(zip(windows, score_sequences(model, windows, prepend_bos=False, reduce="sum")))
+    assert {len(w) for w in windows} != {64}
+    shared = score_windows(model, groups, batch_size=3, chunk_size=24, reduce="sum")
+    assert shared.keys() == sums.keys()
+    assert max(abs(shared[w] - sums[w]) for w in sums) < 1e-4
+    assert max(abs(shared[w] - full[w] * (len(w) - 1)) for w in sums) < 1e-4
 
 
 def test_sharing_and_dedupe_cut_the_tokens_run(tiny_a):
