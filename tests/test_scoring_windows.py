@@ -144,3 +144,25 @@ def test_an_empty_sequence_scores_nan_alone_or_batched(tiny_a):
         assert math.isnan(means[0]) and math.isfinite(means[1])
         assert math.isnan(score_sequences(tiny_a, [""], **kwargs)[0])
         assert score_sequences(tiny_a, [""], reduce="sum", **kwargs) == [0.0]
+
+
+@pytest.mark.parametrize("kernels", ["torch", "numba"])
+@pytest.mark.parametrize("family", ["evo2", "evo1"])
+def test_sequences_of_one_length_score_and_embed_the_same_bits_at_any_batch_size(family, kernels, tiny_models):
+    """README: sequences of one length give the same bytes at batch sizes 1 and 8 with both backends
+    (nothing is padded, and a row's numbers do not depend on the rows beside it)."""
+    from evo_cli.embedding import embed
+
+    model = tiny_models[family]
+    seqs = [_contig(70, seed) for seed in range(10)]  # a batch of 8, then one of 2
+    before = model.kernels
+    try:
+        model.set_kernels(kernels)
+        for reduce in ("mean", "sum"):
+            assert score_sequences(model, seqs, reduce=reduce, batch_size=1) == \
+                score_sequences(model, seqs, reduce=reduce, batch_size=8)
+        for pool in ("mean", "none"):
+            one, eight = (embed(model, seqs, "blocks.1", pool=pool, batch_size=b)["blocks.1"] for b in (1, 8))
+            assert all(torch.equal(a, b) for a, b in zip(one, eight))
+    finally:
+        model.set_kernels(before)  # the session's shared model
