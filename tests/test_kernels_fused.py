@@ -194,8 +194,9 @@ def test_chunks_continue_the_sequence(op):
 def test_prefill_then_steps_equal_one_pass(inner, P):
     """A prompt of P tokens through the fused window kernels, then three fused decoding steps, equal
     the reference over all P + 3 tokens at once: the states the window kernels leave are the ones the
-    step kernel reads, for every prompt length, including those shorter than the featurizer's and the
-    filters' histories (the references' decoding is wrong under 6 tokens)."""
+    step kernel reads, also for prompts shorter than the featurizer's or the filter's history (the
+    references' decoding is wrong under 6 tokens; every length is checked on whole models in
+    test_decode.py)."""
     B, C, L = 2, 32, P + 3
     z = torch.randn(B, L, 3 * C)
     w, b = torch.randn(3 * C, 3), (torch.randn(3 * C) if inner == "modal_complex" else None)
