@@ -140,7 +140,9 @@ def _cgroup_dirs(root: str, proc_cgroup: str) -> list[str]:
     controller), the cgroup namespace's root included: a container sees its own cgroup as the root."""
     rels = []
     for line in (_read(proc_cgroup) or "").splitlines():
-        _, controllers, rel = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if line.count(":") < 2:
+            continue
+        _, controllers, rel = line.split(":", 2)
         if controllers == "":
             rels.append(("", rel))
         elif "cpu" in controllers.split(","):
