@@ -31,5 +31,12 @@ def whole_number(value, name: str, minimum: int) -> int:
     return n
 
 
+class OptionError(InputError):
+    """Options that cannot go together, or an option value wrong on its face (an output name of no
+    known format, ``--format tsv`` for a ``.vcf.gz`` name): the command line's fault, found without
+    reading any input. An InputError for API callers; the command line exits 2 for it, as for click's
+    own usage errors (1 is for inputs, models and the environment)."""
+
+
 class OutputError(EvoError):
     """An output that cannot be written: unwritable location, full disk, read-only file, an input."""

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
-from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special
+from evo_cli.errors import InputError, OptionError
+from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special, output_name_error
 from evo_cli.io.fasta import DNA_CODES, reverse_complement
 from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference
@@ -85,10 +85,10 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
     """``tsv``, ``parquet`` or ``vcf.gz`` from ``format`` or the extension (stdout: TSV)."""
     if format:
         if format not in OUTPUT_FORMATS:
-            raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
+            raise OptionError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
         named = None if path in STDOUT else format_from_extension(path, _OUTPUT_EXTENSIONS)
         if named is not None and named != format:  # a table named .vcf.gz breaks whatever opens it by its name
-            raise InputError(f"--format {format} contradicts -o {path} (a {named} name): drop --format or rename "
+            raise OptionError(f"--format {format} contradicts -o {path} (a {named} name): drop --format or rename "
                              f"the output")
         fmt = format
     elif path in STDOUT:
@@ -98,10 +98,10 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
         if fmt is None and is_special(path):  # /dev/stdout, a FIFO: stdout's format
             fmt = "tsv"
         if fmt is None:
-            raise InputError(f"{path}: cannot tell the output format from the extension "
-                             f"(use .tsv, .parquet or .vcf.gz, or --format)")
+            raise output_name_error(path, f"{path}: cannot tell the output format from the extension "
+                              f"(use .tsv, .parquet or .vcf.gz, or --format)")
     if path in STDOUT and fmt != "tsv":
-        raise InputError(f"{fmt} output needs a file name")
+        raise OptionError(f"{fmt} output needs a file name (-o PATH), not stdout")
     return fmt
 
 
@@ -111,7 +111,7 @@ def check_outputs(output: str | Path | None, format: str | None = None, *, plot:
     output format (None for no output file), each location (``check_output_path``; none may be one of
     ``inputs``), an interrupted run's progress when not resuming, the plot and track extensions."""
     if resume and output in STDOUT:
-        raise InputError("resume needs an output file (progress is kept beside it)")
+        raise OptionError("resume needs an output file (progress is kept beside it)")
     fmt = output_format(output, format) if output is not None else None
     if fmt == "parquet":
         check_seekable(output, "parquet")
@@ -151,7 +151,7 @@ def resolve_targets(reference: Reference, regions: Iterable[Region] = (), record
             raise InputError(f"record {name!r} is not in {reference.path.name} or has no bases{_known(reference)}")
         spans.append((name, 0, reference.length(name)))
     if not spans:
-        raise InputError("no positions to mutate: give a region, a BED file or a record")
+        raise OptionError("no positions to mutate: give --region, --regions BED or --record")
     order = {c: i for i, c in enumerate(reference.contigs)}
     merged: list[list] = []
     for contig, s, e in sorted(spans, key=lambda t: (order[t[0]], t[1])):

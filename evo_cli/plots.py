@@ -14,7 +14,7 @@ import html
 import io
 from pathlib import Path
 
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, OptionError
 from evo_cli.io.atomic import atomic_open, atomic_path, check_output_path
 
 PLOT_FORMATS = ("png", "svg", "pdf", "html")
@@ -36,7 +36,7 @@ KINDS = {"mutagenize": {"chrom", "pos", "ref", "alt", "delta"}, "variants": {"ch
 def plot_format(path: str | Path) -> str:
     ext = Path(str(path)).suffix.lower().lstrip(".")
     if ext not in PLOT_FORMATS:
-        raise InputError(f"{path}: a plot is .png, .svg, .pdf or .html")
+        raise OptionError(f"{path}: a plot is .png, .svg, .pdf or .html")
     return ext
 
 
@@ -282,10 +282,10 @@ def read_scores(path: str | Path):
     try:
         if name.endswith((".parquet", ".pq")):
             df = pd.read_parquet(path)
-        elif name.endswith((".tsv", ".txt", ".tab")):
+        elif name.endswith((".tsv", ".txt", ".tab", ".tsv.gz", ".txt.gz", ".tab.gz")):  # pandas reads gzip by name
             df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
         else:
-            raise InputError(f"{path}: scores are .tsv, .parquet, .vcf or .vcf.gz")
+            raise InputError(f"{path}: scores are .tsv, .parquet, .vcf or .vcf.gz (or .tsv.gz)")
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read as a table ({err})") from None
     for column in ("delta", "logprob", "pos"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evo_cli.errors import CheckpointError, InputError
+from evo_cli.errors import CheckpointError, InputError, OptionError
 from evo_cli.model.tokenizer import encode
 
 # model -> (mean loss, mean accuracy in %), from evo2's test/test_evo2.py
@@ -68,7 +68,7 @@ def check_selftest(model: str, expected: str | None = None) -> str:
     if not Path(model).exists() and str(model) not in registry.MODELS and str(model) not in registry.BUNDLED:
         raise InputError(registry.unknown_model_message(str(model)))
     if name not in EXPECTED:
-        raise InputError(f"{name}: evo2's test records numbers for {', '.join(EXPECTED)} only"
+        raise OptionError(f"{name}: evo2's test records numbers for {', '.join(EXPECTED)} only"
                          + ("" if expected or str(model) in registry.BUNDLED else
                             " (pass --expected NAME for a checkpoint given as a path)"))
     spec = registry.get_spec(str(model))

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
-from evo_cli.errors import InputError
-from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special
+from evo_cli.errors import InputError, OptionError
+from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special, output_name_error
 from evo_cli.io.fasta import DNA_CODES, STRANDS, reverse_complement
 from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference, contig_aliases
@@ -109,17 +109,17 @@ def output_format(path: str | Path | None, format: str | None = None) -> str:
     fmt = format_from_extension(path, _OUTPUT_EXTENSIONS) if path is not None else None
     if format:
         if format not in OUTPUT_FORMATS:
-            raise InputError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
+            raise OptionError(f"unknown output format {format!r} (use {', '.join(OUTPUT_FORMATS)})")
         # plain text named .vcf.gz (or bgzip named .tsv) breaks whatever opens it by its name
         if fmt is not None and fmt != format:
-            raise InputError(f"--format {format} contradicts -o {path} (a {fmt} name): drop --format or rename "
+            raise OptionError(f"--format {format} contradicts -o {path} (a {fmt} name): drop --format or rename "
                              f"the output")
         return format
     if fmt is None and is_special(path):  # /dev/stdout, a FIFO: stdout's format (VCF)
         return "vcf"
     if fmt is None:
-        raise InputError(f"{path}: cannot tell the output format from the extension "
-                         f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
+        raise output_name_error(path, f"{path}: cannot tell the output format from the extension "
+                          f"(use .vcf, .vcf.gz, .tsv or .parquet, or --format)")
     return fmt
 
 
@@ -247,10 +247,10 @@ def check_output(output: str | Path | None, format: str | None = None, resume: b
     an interrupted run's progress beside ``output`` when not resuming."""
     if output in STDOUT:
         if resume:
-            raise InputError("resume needs an output file (progress is kept beside it)")
+            raise OptionError("resume needs an output file (progress is kept beside it)")
         fmt = format or "vcf"
         if output == "-" and fmt in ("parquet", "vcf.gz"):
-            raise InputError(f"{fmt} output needs a file name")
+            raise OptionError(f"{fmt} output needs a file name (-o PATH), not stdout")
         return output_format(None, fmt)
     fmt = output_format(output, format)
     if fmt == "parquet":

@@ -139,7 +139,7 @@ def test_missing_fasta_bad_layer_and_stdout(tmp_path, capsys):
     code, err = run_failing(capsys, "--fasta", fa, "-o", tmp_path / "out.parquet", "--model", TINY, "--layer", "blocks.7")
     assert code == 1 and "unknown layer 'blocks.7'" in err and "blocks.N.mlp.l3" in err and err.count("\n") == 1
     code, err = run_failing(capsys, "--fasta", fa, "-o", "-", "--model", TINY)
-    assert code == 2 and "Parquet" in err
+    assert code == 2 and "parquet output needs a file name (-o PATH), not stdout" in err
     assert list(tmp_path.iterdir()) == [fa]
 
 

@@ -104,21 +104,31 @@ def test_both_prompt_sources_is_a_usage_error(tmp_path):
     assert res.exit_code == 2 and "one of the two" in res.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-p", "ACGT", "-p", "ACGRT"], "prompt 'prompt2' has 'R' at position 4"),
-    (["-p", "ACGT", "-n", "8190"], "past the model's context of 8,192"),
+@pytest.mark.parametrize("args, message, code", [
+    # a --prompt is an option value: exit 2, as a --region that does not parse
+    (["-p", "ACGT", "-p", "ACGRT"], "prompt 'prompt2' has 'R' at position 4", 2),
+    (["-p", "ACGT", "-n", "8190"], "past the model's context of 8,192", 1),
 ])
-def test_input_errors(args, message, tmp_path):
+def test_input_errors(args, message, code, tmp_path):
     res = _run(["--model", TINY, *args, "-o", str(tmp_path / "x.fa")])
-    assert res.exit_code == 1 and isinstance(res.exception, InputError) and message in str(res.exception)
+    assert res.exit_code == code and message in (res.output if code == 2 else str(res.exception))
+    assert code == 2 or isinstance(res.exception, InputError)
     assert not (tmp_path / "x.fa").exists() and "generating" not in res.output  # fails before any progress bar
 
 
-def test_bad_prompt_is_one_line_no_traceback():
+def test_bad_prompt_is_one_line_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evo_cli.cli.main", "generate", "--model", TINY, "-p", "AC-GT"],
                           capture_output=True, text=True)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "evo: error: prompt 'prompt1' has '-' at position 3: prompts must be DNA (A, C, G, T)"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("evo: error: Invalid value for '--prompt': prompt 'prompt1' has '-' at position 3: "
+                                   "prompts must be DNA (A, C, G, T) (see `evo generate --help`)")
+    # from a FASTA file the same prompt is a bad input (exit 1)
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">p\nAC-GT\n")
+    proc = subprocess.run([sys.executable, "-m", "evo_cli.cli.main", "generate", "--model", TINY, "--prompts", fasta],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip() == ("evo: error: prompt 'p' has '-' at position 3: prompts must "
+                                                            "be DNA (A, C, G, T)")
 
 
 def test_bad_output_fails_before_the_model_loads(tmp_path, monkeypatch):
@@ -129,18 +139,19 @@ def test_bad_output_fails_before_the_model_loads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gen_cli, "load_model_cli", no_load)
     (tmp_path / "file").write_text("")
-    cases = [(tmp_path, f"{tmp_path}: is a directory, expected an output file name"),
-             (tmp_path / "file" / "g.fa", f"{tmp_path / 'file' / 'g.fa'}: cannot create it, {tmp_path / 'file'} is not a directory"),
-             (tmp_path / "g.txt", f"{tmp_path / 'g.txt'}: cannot tell the output format from the extension"),
+    # exit 1 for the file system's objections, 2 for the command line's (names, --format)
+    cases = [(tmp_path, f"{tmp_path}: is a directory, expected an output file name", 1),
+             (tmp_path / "file" / "g.fa", f"{tmp_path / 'file' / 'g.fa'}: cannot create it, {tmp_path / 'file'} is not a directory", 1),
+             (tmp_path / "g.txt", f"{tmp_path / 'g.txt'}: cannot tell the output format from the extension", 2),
              # FASTA written under a .jsonl name (or the reverse) was accepted
              ((tmp_path / "g.jsonl", "--format", "fasta"),
-              f"--format fasta contradicts -o {tmp_path / 'g.jsonl'} (a jsonl name): drop --format or rename the output"),
+              f"--format fasta contradicts -o {tmp_path / 'g.jsonl'} (a jsonl name): drop --format or rename the output", 2),
              ((tmp_path / "g.fa", "--format", "jsonl"),
-              f"--format jsonl contradicts -o {tmp_path / 'g.fa'} (a fasta name)")]
-    for output, message in cases:
+              f"--format jsonl contradicts -o {tmp_path / 'g.fa'} (a fasta name)", 2)]
+    for output, message, code in cases:
         output = output if isinstance(output, tuple) else (output,)
         proc_code, err = _main_err(["generate", "--model", TINY, "-p", "ACGT", "-o", *map(str, output)])
-        assert proc_code == 1 and err.startswith(f"evo: error: {message}") and err.count("\n") == 1, err
+        assert proc_code == code and err.startswith(f"evo: error: {message}") and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
     # an explicit format takes any file name
     from evo_cli.io.generated import output_format

@@ -77,8 +77,8 @@ def test_embed_refuses_another_extension_before_loading_the_model(tmp_path):
     fa = tmp_path / "in.fa"
     fa.write_text(">a\nACGT\n")
     code, _, err = evo("embed", "--fasta", fa, "-o", tmp_path / "e.tsv", "-m", tmp_path / "no_model")
-    assert code == 1 and err == f"evo: error: {tmp_path / 'e.tsv'}: embeddings are written as Parquet; name the " \
-                                "output .parquet (or .pq)\n"
+    assert code == 2 and err == f"evo: error: {tmp_path / 'e.tsv'}: embeddings are written as Parquet; name the " \
+                                "output .parquet (or .pq) (see `evo embed --help`)\n"
 
 
 @pytest.mark.parametrize("command,args", [

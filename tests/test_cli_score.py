@@ -97,7 +97,8 @@ def test_parquet_to_stdout_and_same_outputs_fail_before_writing(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.fa").write_text(format_fasta("s", "ACGTACGT"))
     code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "-o", "-", "--format", "parquet")
-    assert code == 1 and out == "" and err == "evo: error: parquet output needs a file name (-o PATH), not stdout\n"
+    assert code == 2 and out == "" and err == ("evo: error: parquet output needs a file name (-o PATH), not stdout "
+                                               "(see `evo score --help`)\n")
     code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "--per-position", "pos.parquet")
     assert code == 0 and (tmp_path / "pos.parquet").exists() and out.startswith("id\tlength")
     for output, per_position in [("a.tsv", "a.tsv"), ("-", "-"), ("a.tsv", "./sub/../a.tsv")]:

@@ -170,7 +170,7 @@ def test_bad_inputs_end_in_one_line(tmp_path, monkeypatch):
         (["--fasta", FA, "--region", "chrX:1-10"], "is not in"),
         (["--fasta", fasta, "--record", "nope"], "record 'nope' is not in n.fa or has no bases (it has seqN)"),
         (["--fasta", fasta, "--region", "seqN:6-10"], "no A, C, G or T to mutate"),
-        (["--fasta", fasta], "give a region, a BED file or a record"),
+        (["--fasta", fasta], "give --region, --regions BED or --record"),
         (["--fasta", fasta, "--record", "seqN", "--plot", tmp_path / "x.jpg"], "a plot is .png, .svg, .pdf or .html"),
         (["--fasta", fasta, "--record", "seqN", "--bedgraph", tmp_path / "x.wig"], "a track is .bedGraph"),
     ]
@@ -179,11 +179,11 @@ def test_bad_inputs_end_in_one_line(tmp_path, monkeypatch):
         assert code != 0 and message in err, (extra, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", TINY, "-o", tmp_path / "o.vcf")
-    assert code == 1 and "cannot tell the output format" in err
+    assert code == 2 and "cannot tell the output format" in err
     # a --format that contradicts the name: text under a bgzip name was written
     code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", "x", "-o", tmp_path / "o.vcf.gz",
                        "--format", "tsv")
-    assert code == 1 and "--format tsv contradicts" in err and not (tmp_path / "o.vcf.gz").exists()
+    assert code == 2 and "--format tsv contradicts" in err and not (tmp_path / "o.vcf.gz").exists()
     for output in ("-", ""):  # "" is stdout too: it was refused only after the model had loaded
         code, _, err = evo("mutagenize", "--fasta", fasta, "--record", "seqN", "-m", "x", "-o", output, "--resume")
         assert code == 2 and "--resume needs an output file" in err, err

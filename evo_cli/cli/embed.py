@@ -26,8 +26,9 @@ def _check_layers(_ctx, _param, names):
 
 @click.command(short_help="Hidden states of named layers for each sequence, to Parquet.")
 # a missing or unreadable FASTA is a bad file (exit 1, read_fasta's message), as in `evo score`
-@click.option("--fasta", required=True, metavar="PATH", help="Input sequences (plain or gzipped FASTA).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
+@click.option("--fasta", required=True, metavar="PATH", help="Sequences to embed: FASTA, plain or gzip.")
+# a directory is refused by check_output_path (exit 1, as in the other commands), not by click.Path
+@click.option("-o", "--output", required=True, metavar="PATH", help="Output: .parquet (or .pq).")
 @click.option("--layer", "layers", multiple=True, metavar="NAME", callback=_check_layers,
               help="Layer to embed (repeatable): embedding_layer, blocks.N, blocks.N.mlp.l3 or norm; negative N counts "
                    "from the end. Default: the model's recommended layer, else the middle block's MLP output.")
@@ -63,7 +64,7 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, m
     from evo_cli.runs import output_metadata, run_settings
 
     if output == "-":
-        raise click.UsageError("embeddings are written as Parquet: give a file path with -o")
+        raise click.UsageError("parquet output needs a file name (-o PATH), not stdout")  # as in every command
     check_embedding_output(output)
     check_output_path(output, inputs=(fasta,))
     check_fresh(output, resume)

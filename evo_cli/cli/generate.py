@@ -36,11 +36,14 @@ def _finite(_ctx, _param, value):
               help="Seed for reproducible sampling [default: random, written to the output].")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=8, show_default=True,
               help="Sequences decoded together (each sample keeps its own random stream whatever the batch).")
-@click.option("--prefill-chunk", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="Prompt tokens per prefill pass (bounds memory for long prompts).")
+# --chunk-size as in score, embed, score-variants and mutagenize; --prefill-chunk, the first name, is
+# kept (and still recorded in outputs, so that they stay the same bytes)
+@click.option("--prefill-chunk", "--chunk-size", "prefill_chunk", type=click.IntRange(min=1), default=8192,
+              show_default=True, help="Prompt tokens per prefill pass (bounds memory for long prompts).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "fasta", "jsonl"]), default="auto", show_default=True,
               help="Output format; auto: .jsonl is JSON Lines, .fa/.fasta/.fna/.fas (and stdout) FASTA.")
-@click.option("-o", "--output", default="-", metavar="PATH", help="Output file [default: stdout].")
+@click.option("-o", "--output", default="-", metavar="PATH",
+              help="Output: .fa (.fasta, .fna, .fas) or .jsonl; - for FASTA on stdout [default: stdout].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command (same seed).")
 @model_options
 def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, num_samples, seed, batch_size,
@@ -52,6 +55,7 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     evo generate --model evo2_7b --prompts prompts.fa --num-samples 4 --seed 1 -o gen.jsonl
     """
     from evo_cli._version import __version__
+    from evo_cli.errors import InputError
     from evo_cli.generation import check_context, prepare_prompts, resolve_seed, run_generate
     from evo_cli.io.atomic import STDOUT, check_output_path
     from evo_cli.io.fasta import read_fasta
@@ -70,7 +74,13 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     else:
         prompts = list(prompt_seqs)
     # validate before the (possibly slow) model load
-    prompts = prepare_prompts(prompts)
+    try:
+        prompts = prepare_prompts(prompts)
+    except InputError as err:
+        if prompts_fasta:  # a bad file
+            raise
+        # a --prompt that is not DNA: a bad option value (exit 2), as a --region that does not parse
+        raise click.BadParameter(str(err), param_hint="'--prompt'") from None
     fmt = output_format(output, fmt)
     check_output_path(output, inputs=(prompts_fasta,))
     if output not in STDOUT:

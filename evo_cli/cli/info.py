@@ -18,7 +18,7 @@ def _one_device(ctx, param, value):
 
 
 @click.command(short_help="Architecture, context, dtype and size of a model.")
-@click.option("-m", "--model", "model", required=True, metavar="NAME|PATH", help="Model name or checkpoint path.")
+@click.option("-m", "--model", "model", required=True, metavar="NAME|PATH", help="Published model name (see `evo models`) or a checkpoint file / directory.")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", callback=_one_device,
               help="Device the runtime dtype is resolved for (nothing is loaded on it).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,

@@ -1,7 +1,8 @@
 """The ``evo`` command: a click group whose commands parse options and call the Python API.
 
-Errors the user can fix (``EvoError``, usage errors) end with one line on stderr and a non-zero exit;
-an unexpected failure prints one line too, and its traceback with ``-v``.
+Errors the user can fix end with one line on stderr and a non-zero exit: 2 for a wrong command line
+(click's usage errors and ``OptionError``, with a hint to ``--help``), 1 for anything else (``EvoError``:
+inputs, models, outputs); an unexpected failure prints one line too (exit 1), and its traceback with ``-v``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import click
 
 from evo_cli._version import __version__
-from evo_cli.errors import EvoError
+from evo_cli.errors import EvoError, OptionError
 
 from .commands import COMMANDS
 
@@ -43,6 +44,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError as err:
             raise _StdoutClosed() from err
+        except OptionError as err:
+            # found by the library, yet the command line's fault: a usage error as click's own (exit 2,
+            # the same line and hint), whichever command found it
+            name = ctx.invoked_subcommand
+            command = self.get_command(ctx, name) if name else None
+            sub = click.Context(command, info_name=name, parent=ctx) if command else ctx
+            raise click.UsageError(str(err), ctx=sub) from None
 
 
 # the verbosity the command line asked for (-v, -vv, -vq ... before or after the subcommand)
@@ -138,8 +146,8 @@ def _run(argv) -> None:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
         click.echo(f"{_name()}: error: {' '.join(e.format_message().split())}{hint}", err=True)
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # click's other errors: the same one line as ours, not "Error: ..."
+        click.echo(f"{_name()}: error: {' '.join(e.format_message().split())}", err=True)
         sys.exit(e.exit_code)
     except EvoError as e:
         click.echo(f"{_name()}: error: {e}", err=True)

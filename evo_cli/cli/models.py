@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .options import is_quiet, status, verbosity_options
+from .options import echo, is_quiet, status, verbosity_options
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -94,7 +94,8 @@ def download(names):
 
 @click.command("convert", short_help="Convert a checkpoint to the native safetensors layout.")
 @click.argument("source", metavar="SRC")
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+# an existing file is refused by check_output_dir (exit 1, as other commands' outputs), not by click.Path
+@click.option("-o", "--output", "output", required=True, metavar="DIR",
               help="Directory to create (must not exist, or be empty).")
 @click.option("--dtype", type=click.Choice(["keep", "float32", "bfloat16"]), default="keep", show_default=True,
               help="Stored dtype; Hyena filters and rotary frequencies stay float32 unless kept as stored.")
@@ -110,5 +111,4 @@ def convert(source, output, dtype, shard_size):
     with status(f"converting {source}"):
         out = convert_checkpoint(source, output, dtype=dtype, max_shard_bytes=max_bytes)
     shards = sorted(out.glob("model-*.safetensors"))
-    if not is_quiet():
-        click.echo(f"evo: wrote {len(shards)} shard(s), {_gb(sum(p.stat().st_size for p in shards))}, to {out}", err=True)
+    echo(f"wrote {len(shards)} shard(s), {_gb(sum(p.stat().st_size for p in shards))}, to {out}")

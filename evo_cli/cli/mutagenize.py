@@ -25,10 +25,10 @@ from .options import (echo, full_command, hint_on_interrupt, load_model_cli, mod
               help="Output: .tsv or .parquet (chrom, pos, ref, alt, ref_ll, alt_ll, delta), or .vcf.gz "
                    "(bgzip + tabix, score-variants INFO keys); - for TSV on stdout.")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "parquet", "vcf.gz"]), default=None,
-              help="Output format [default: from the extension].")
-@click.option("--plot", metavar="FILE", default=None,
+              help="Output format [default: from the extension; TSV on stdout].")
+@click.option("--plot", metavar="PATH", default=None,
               help="Also draw the heatmap: .png, .svg, .pdf or .html (needs evo-cli[plot]).")
-@click.option("--bedgraph", metavar="FILE", default=None,
+@click.option("--bedgraph", metavar="PATH", default=None,
               help="Also write each position's mean delta as a track: .bedGraph, or .bw for bigWig "
                    "(needs evo-cli[bigwig]).")
 @click.option("--window", type=click.IntRange(min=2), default=None,
@@ -84,7 +84,7 @@ def mutagenize(fasta, region_texts, bed, records, output, fmt, plot, bedgraph, w
 
 @click.command("plot", short_help="Draw a score file: heatmap, histogram or track.")
 @click.argument("scores", metavar="SCORES")
-@click.option("-o", "--output", required=True, metavar="FILE", help="Figure: .png, .svg, .pdf or .html.")
+@click.option("-o", "--output", required=True, metavar="PATH", help="Figure: .png, .svg, .pdf or .html.")
 @click.option("--by", metavar="COLUMN", default=None,
               help="Variant tables: one histogram per value of this column or INFO field, e.g. a clinical label "
                    "carried over from the input VCF (at most 10 values).")

@@ -96,11 +96,11 @@ def _same_output(a: str, b: str) -> bool:
 
 
 @click.command("score", short_help="Log-likelihood of each sequence of a FASTA file.")
-@click.option("--fasta", required=True, metavar="PATH", help="Sequences to score (FASTA, plain or gzip).")
-@click.option("-o", "--output", default="-", show_default=True, metavar="PATH",
-              help="Table: .tsv or .parquet; - for TSV on stdout.")
+@click.option("--fasta", required=True, metavar="PATH", help="Sequences to score: FASTA, plain or gzip.")
+@click.option("-o", "--output", default="-", metavar="PATH",
+              help="Output: .tsv or .parquet; - for TSV on stdout [default: stdout].")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "parquet"]), default=None,
-              help="Output format [default: from the extension].")
+              help="Output format [default: from the extension; TSV on stdout].")
 @click.option("--bos/--no-bos", default=None,
               help="Prepend the BOS token 0 and score the first base too [default: Evo 1 yes, Evo 2 no, as the references].")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=8, show_default=True, help="Sequences per forward pass.")
@@ -108,7 +108,7 @@ def _same_output(a: str, b: str) -> bool:
               help="Sequences longer than this run in chunks of this many tokens with a carried state (bounded memory).")
 @click.option("--per-position", metavar="PATH", default=None,
               help="Also write every scored position's log-probability: id, pos (1-based), base, logprob (.tsv or .parquet).")
-@click.option("--bedgraph", metavar="FILE", default=None,
+@click.option("--bedgraph", metavar="PATH", default=None,
               help="Also write every scored position's log-probability as a genome-browser track: .bedGraph, "
                    "or .bw for bigWig (needs evo-cli[bigwig]).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
@@ -127,15 +127,7 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
     from evo_cli.runs import output_metadata, run_settings
     from evo_cli.scoring import default_prepend_bos, run_score
 
-    if fmt and output != "-":
-        from evo_cli.io.tables import TABLE_EXTENSIONS, format_from_extension
-
-        # a TSV named .parquet (or the reverse) would fail whatever reads it by its name
-        named = format_from_extension(output, TABLE_EXTENSIONS)
-        if named and named != fmt:
-            raise click.UsageError(f"--format {fmt} contradicts -o {output} (a {named} name): drop --format or "
-                                   "rename the output")
-    fmt = check_table_output(output, fmt)
+    fmt = check_table_output(output, fmt)  # a --format that contradicts -o's name: a usage error
     if per_position:
         check_table_output(per_position)
     if bedgraph:

@@ -193,6 +193,17 @@ def atomic_path(path: str | Path, suffix: str | None = None):
         tmp.unlink(missing_ok=True)
 
 
+def output_name_error(path: str | Path, message: str) -> Exception:
+    """The error for an output named with no known format: an existing directory is named as such
+    (``OutputError``, exit 1, as ``check_output_path`` says), anything else is the command line's
+    fault (``OptionError`` with ``message``, exit 2)."""
+    from evo_cli.errors import OptionError, OutputError
+
+    if Path(path).is_dir():
+        return OutputError(f"{path}: is a directory, expected an output file name")
+    return OptionError(message)
+
+
 def is_special(path: str | Path | None) -> bool:
     """Whether ``path`` is written in place, as the shell's ``>`` would, not replaced by a renamed
     temporary: an existing device, FIFO or socket, or a link under /dev or /proc (``/dev/stdout``,
@@ -212,10 +223,10 @@ def is_special(path: str | Path | None) -> bool:
 
 def check_seekable(path: str | Path | None, what: str) -> None:
     """Refuse stdout, a device or a pipe as the output of a writer that seeks (Parquet, bigWig)."""
-    from evo_cli.errors import InputError
+    from evo_cli.errors import InputError, OptionError
 
-    if path in STDOUT:
-        raise InputError(f"{what} output needs a file name (-o PATH), not stdout")
+    if path in STDOUT:  # the command line's fault; a device or a pipe is found on the file system
+        raise OptionError(f"{what} output needs a file name (-o PATH), not stdout")
     if is_special(path):
         raise InputError(f"{path}: is a device or a pipe; {what} output needs a regular file (its writer seeks)")
 
@@ -244,3 +255,20 @@ def atomic_open(path: str | Path | None, mode: str = "w", encoding: str | None =
     with atomic_path(path) as tmp:
         with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh
+
+
+@contextlib.contextmanager
+def atomic_open_text(path: str | Path | None):
+    """``atomic_open`` for text, gzip-compressed when ``path`` ends in ``.gz`` (a table or a track named
+    so). The gzip header names the output, not its temporary, and has no time: a rerun or a resumed
+    run writes the same bytes."""
+    if path in STDOUT or not str(path).lower().endswith(".gz"):
+        with atomic_open(path, "w") as fh:
+            yield fh
+        return
+    import gzip
+    import io
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            io.TextIOWrapper(gzip.GzipFile(Path(path).name, "wb", fileobj=raw, mtime=0), encoding="utf-8") as fh:
+        yield fh

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from evo_cli.errors import InputError
 
-from .atomic import atomic_path, is_special
+from .atomic import atomic_path, is_special, output_name_error
 from .partial import SUFFIX
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def check_embedding_output(path: str | Path) -> None:
     """Embeddings are Parquet: refuse an output named for another format (``e.tsv``), and a device or a
     pipe (the output is made of part files kept beside it, renamed or merged into place)."""
     if not str(path).lower().endswith(EXTENSIONS):
-        raise InputError(f"{path}: embeddings are written as Parquet; name the output .parquet (or .pq)")
+        raise output_name_error(path, f"{path}: embeddings are written as Parquet; name the output .parquet (or .pq)")
     if is_special(path):
         raise InputError(f"{path}: is a device or a pipe; embeddings are written to a regular Parquet file")
 

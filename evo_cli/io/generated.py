@@ -17,9 +17,9 @@ import json
 import logging
 from pathlib import Path
 
-from evo_cli.errors import InputError
+from evo_cli.errors import OptionError
 
-from .atomic import STDOUT, atomic_open, check_output_path, is_special
+from .atomic import STDOUT, atomic_open, check_output_path, is_special, output_name_error
 from .fasta import format_fasta
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,10 @@ def output_format(path: str | Path | None, fmt: str = "auto") -> str:
     named = "jsonl" if suffix == ".jsonl" else "fasta" if suffix in FASTA_EXTENSIONS else None
     if fmt != "auto":
         if fmt not in FORMATS:
-            raise InputError(f"unknown output format {fmt!r} (use {', '.join(FORMATS)})")
+            raise OptionError(f"unknown output format {fmt!r} (use {', '.join(FORMATS)})")
         # FASTA named .jsonl (or the reverse) breaks whatever opens it by its name, as in the other commands
         if named is not None and named != fmt:
-            raise InputError(f"--format {fmt} contradicts -o {path} (a {named} name): drop --format or rename "
+            raise OptionError(f"--format {fmt} contradicts -o {path} (a {named} name): drop --format or rename "
                              "the output")
         return fmt
     if path in STDOUT:
@@ -50,7 +50,7 @@ def output_format(path: str | Path | None, fmt: str = "auto") -> str:
         return named
     if is_special(path):  # /dev/stdout, a FIFO: stdout's format
         return "fasta"
-    raise InputError(f"{path}: cannot tell the output format from the extension (use .jsonl or "
+    raise output_name_error(path, f"{path}: cannot tell the output format from the extension (use .jsonl or "
                      f"{', '.join(FASTA_EXTENSIONS)}, or --format fasta|jsonl)")
 
 

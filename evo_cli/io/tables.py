@@ -12,21 +12,29 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from evo_cli.errors import InputError
+from evo_cli.errors import OptionError
 
-from .atomic import STDOUT, atomic_open, atomic_path, check_output_path, check_seekable, is_special
+from .atomic import (STDOUT, atomic_open_text, atomic_path, check_output_path, check_seekable, is_special,
+                     output_name_error)
 
 TABLE_FORMATS = ("tsv", "parquet")
 # file name endings of tables (lower case) -> format
-TABLE_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".txt": "tsv", ".tab": "tsv"}
+# (a TSV name ending in .gz is written gzip-compressed, as a .bedGraph.gz track)
+TABLE_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".txt": "tsv", ".tab": "tsv",
+                    ".tsv.gz": "tsv", ".txt.gz": "tsv", ".tab.gz": "tsv"}
 _ROW_GROUP = 1 << 16
 
 
 def table_format(path: str | Path | None, format: str | None = None) -> str:
-    """``tsv`` or ``parquet`` from ``format`` or the extension (stdout is TSV)."""
+    """``tsv`` or ``parquet`` from ``format`` or the extension (stdout is TSV); an OptionError for a
+    ``format`` that contradicts the name (a TSV named .parquet fails whatever reads it by its name)."""
     if format:
         if format not in TABLE_FORMATS:
-            raise InputError(f"unknown table format {format!r} (expected {' or '.join(TABLE_FORMATS)})")
+            raise OptionError(f"unknown table format {format!r} (expected {' or '.join(TABLE_FORMATS)})")
+        named = None if path in STDOUT else format_from_extension(path, TABLE_EXTENSIONS)
+        if named and named != format:
+            raise OptionError(f"--format {format} contradicts -o {path} (a {named} name): drop --format or rename "
+                              "the output")
         return format
     if path in STDOUT:
         return "tsv"
@@ -35,7 +43,7 @@ def table_format(path: str | Path | None, format: str | None = None) -> str:
         return fmt
     if is_special(path):  # /dev/stdout, a FIFO: stdout's format, as the shell's > would get
         return "tsv"
-    raise InputError(f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
+    raise output_name_error(path, f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
 
 
 def format_from_extension(path: str | Path, extensions: dict[str, str]) -> str | None:
@@ -72,7 +80,7 @@ def table_writer(path: str | Path | None, columns: list[tuple[str, str]], format
     names = [c for c, _ in columns]
     check_table_output(path, format)
     if format == "tsv":
-        with atomic_open(path, "w") as fh:
+        with atomic_open_text(path) as fh:  # .tsv.gz: gzip
             fh.write("\t".join(names) + "\n")
 
             def write_tsv(rows):

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, OptionError
 
-from .atomic import atomic_open, atomic_path, check_output_path, check_seekable
+from .atomic import atomic_open_text, atomic_path, check_output_path, check_seekable
 
 BEDGRAPH_EXTENSIONS = (".bedgraph", ".bedgraph.gz", ".bg")
 BIGWIG_EXTENSIONS = (".bw", ".bigwig")
@@ -22,13 +22,13 @@ BIGWIG_EXTRA = 'bigWig output needs pyBigWig: pip install "evo-cli[bigwig]"'
 
 
 def track_format(path: str | Path) -> str:
-    """``bedgraph`` or ``bigwig`` from the extension; an InputError for anything else."""
+    """``bedgraph`` or ``bigwig`` from the extension; an OptionError for anything else."""
     name = str(path).lower()
     if name.endswith(BIGWIG_EXTENSIONS):
         return "bigwig"
     if name.endswith(BEDGRAPH_EXTENSIONS):
         return "bedgraph"
-    raise InputError(f"{path}: a track is .bedGraph (or .bg, .bedGraph.gz) or .bw/.bigWig")
+    raise OptionError(f"{path}: a track is .bedGraph (or .bg, .bedGraph.gz) or .bw/.bigWig")
 
 
 def check_track_output(path: str | Path) -> str:
@@ -69,18 +69,7 @@ def track_writer(path: str | Path, chrom_sizes: dict[str, int], name: str, descr
             yield write
         return
     header = f'track type=bedGraph name="{name}"' + (f' description="{description}"' if description else "")
-    with contextlib.ExitStack() as stack:
-        if str(path).lower().endswith(".gz"):
-            import gzip
-            import io
-
-            # the gzip header names the output, not its temporary, and has no time: a rerun or a resumed
-            # run writes the same bytes
-            raw = stack.enter_context(open(stack.enter_context(atomic_path(path)), "wb"))
-            fh = stack.enter_context(io.TextIOWrapper(gzip.GzipFile(Path(path).name, "wb", fileobj=raw, mtime=0),
-                                                      encoding="utf-8"))
-        else:
-            fh = stack.enter_context(atomic_open(path))
+    with atomic_open_text(path) as fh:  # .bedGraph.gz: gzip
         fh.write(header + "\n")
 
         def write_bedgraph(values: Iterable[tuple[str, int, float]]) -> None:
