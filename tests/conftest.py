@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
+# as `evo` does for itself (cli/main.py): libgomp's default spin-waiting after every parallel op burns
+# the time slices of the other threads when another process holds a core (test_decode.py and
+# test_embedding.py on a shared, loaded 2-core machine: 22-25 s of CPU time, 28-34 s wall, against
+# 10 s and 11-17 s with 2000); read when torch loads, so before the import below
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+
+import torch  # noqa: E402
 
 # the Triton interpreter must be switched on before any @triton.jit decorator runs
 if not torch.cuda.is_available():

@@ -322,8 +322,10 @@ def test_bfloat16_keeps_filters_float32():
     assert params["blocks.0.mlp.l1.weight"].dtype == torch.bfloat16
     assert params["blocks.2.filter.log_poles"].dtype == torch.float32
     assert params["blocks.1.filter.h"].dtype == torch.float32
-    logits = _logits(model, torch.tensor([[65, 67, 71, 84] * 8]))
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    ids = torch.tensor([[65, 67, 71, 84] * 8])
+    logits, want = _logits(model, ids), _logits(evo_cli.load_model(TINY_A, device="cpu", dtype="float32"), ids)
+    # the float32 model's numbers within bf16 rounding (here 3% of the largest logit), not just finite ones
+    assert logits.dtype == torch.float32 and (logits - want).abs().max() < 0.08 * want.abs().max()
 
 
 def test_torch_forced_weights_only_says_so_for_te_state(monkeypatch):

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -50,6 +51,18 @@ def test_context_warning_counts_the_bos_token(tmp_path, caplog):
         run_score(model, records, tmp_path / "nobos.tsv", prepend_bos=False)
         run_embed(model, records, tmp_path / "e.parquet")
     assert "context" not in caplog.text
+    # one base more: embedded all the same (the numbers of the API's forward), with the warning
+    from evo_cli.embedding import default_layer, embed
+    from evo_cli.io.embeddings import embedding_matrix, read_embeddings
+
+    fa.write_text(format_fasta("edge", "ACGT" * 8 + "G"))
+    with caplog.at_level(logging.WARNING):
+        run_embed(model, read_fasta(fa), tmp_path / "long.parquet")
+    assert "1 record(s) are longer than the model's context of 32 positions (longest: 'edge', 33 bp)" in caplog.text
+    got = embedding_matrix(read_embeddings(tmp_path / "long.parquet"))
+    layer = default_layer(model.config)
+    want = embed(model, ["ACGT" * 8 + "G"], layer)[layer]
+    assert got.shape == (1, 16) and np.abs(got - want.numpy()).max() < 1e-6
 
 
 @pytest.mark.parametrize("case", [EVO1, EVO2], ids=["evo1", "evo2"])

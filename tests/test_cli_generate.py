@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from evo_cli.cli.main import cli
 from evo_cli.errors import InputError
 from evo_cli.io.fasta import read_fasta
-from evo_cli.io.generated import fasta_letters, read_generations_jsonl
+from evo_cli.io.generated import read_generations_jsonl
 from evo_cli.model.tokenizer import decode
 
 from .conftest import CASES, CONFORMANCE, case_id
@@ -51,9 +51,12 @@ def test_fasta_and_jsonl_agree(tmp_path):
     assert [f.id for f in fasta] == ["prompt1_sample0", "prompt1_sample1", "prompt2_sample0", "prompt2_sample1"]
     replaced = 0
     for rec, fa in zip(records, fasta):
-        seq, n = fasta_letters(rec["token_ids"])
-        replaced += n
-        assert fa.sequence == seq and len(seq) == 24
+        # restated, not through fasta_letters: ASCII letters as sampled, N for any other token
+        letter = [chr(t).isascii() and chr(t).isalpha() for t in rec["token_ids"]]
+        replaced += letter.count(False)
+        assert rec["sequence"] == "".join(map(chr, rec["token_ids"]))
+        assert fa.sequence == "".join(c if ok else "N" for c, ok in zip(rec["sequence"], letter))
+        assert len(fa.sequence) == 24
         assert f"prompt={rec['prompt_id']} sample={rec['sample']} n_tokens=24 temperature=3.0 top_k=0 top_p=1.0 seed=5 " \
                f"model={TINY}" in fa.description
         assert isinstance(rec["logprob_mean"], float) and rec["logprob_mean"] < 0

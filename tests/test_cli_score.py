@@ -43,6 +43,33 @@ def test_defaults_give_the_reference_scores(case, tmp_path):
     assert pos.groupby("id").logprob.sum().values == pytest.approx(df.sum_ll.values, rel=1e-6)
 
 
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.parent.name)
+def test_each_per_position_value_is_its_bases_log_probability(case, tmp_path):
+    """Row (id, pos, base) holds log p(base at pos | the bases before it, after BOS for Evo 1) from one
+    plain forward, restated here: a sum alone would not show values shifted by a position, another
+    row's values, or lowercase scored as other tokens. Two records of other lengths in one batch,
+    the second run in chunks."""
+    seqs = {"a": "ACGTTGCAACGGATTACAgattacaTTGA", "b": "GATTACAgg"}
+    (tmp_path / "in.fa").write_text("".join(format_fasta(k, v) for k, v in seqs.items()))
+    code, _, err = evo("score", "--fasta", tmp_path / "in.fa", "-m", case, "-o", tmp_path / "o.tsv",
+                       "--per-position", tmp_path / "p.tsv", "--chunk-size", 8, "--kernels", "torch")
+    assert code == 0, err
+    pos = pd.read_csv(tmp_path / "p.tsv", sep="\t")
+    model = evo_cli.load_model(case, device="cpu", dtype="float32", kernels="torch")
+    bos = case.parent.name == "evo1"
+    for name, seq in seqs.items():
+        ids = ([0] if bos else []) + list(seq.upper().encode())
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), -1)
+        want = [logp[t - 1, ids[t]].item() for t in range(1, len(ids))]
+        rows = pos[pos.id == name]
+        first = 1 if bos else 2
+        assert rows.pos.tolist() == list(range(first, len(seq) + 1))
+        assert "".join(rows.base) == seq.upper()[first - 1 :]
+        # float32 logits of scale 10 within 1e-4 (the conformance bound); a misplaced value is off by ~1
+        assert max(abs(a - b) for a, b in zip(rows.logprob, want)) < 1e-4, name
+
 def test_chunks_bos_override_and_parquet(tmp_path):
     case = CASES[1]
     seqs = {"long": "ACGTTGCA" * 40 + "acgtn", "short": "GATTACA", "one": "A"}

@@ -48,14 +48,18 @@ def test_listed_by_evo_models():
 
 
 def test_quick_start_commands(tmp_path):
-    """The three commands of the README's quick start, on the bundled example data."""
+    """The four commands of the README's quick start, on the bundled example data, with the numbers the
+    README gives."""
     run = CliRunner()
     out = tmp_path / "thrA.tsv"
     res = run.invoke(cli, ["score-variants", "-q", "--model", "evo-demo", "--vcf", str(EXAMPLES / "thrA_snvs.vcf"),
                            "--fasta", str(EXAMPLES / "ecoli_first20kb.fa"), "-o", str(out)])
     assert res.exit_code == 0, res.output
     scores = pd.read_csv(out, sep="\t")
-    assert len(scores) == 36 and (scores["status"] == "ok").all() and scores["delta"].abs().max() > 0
+    assert len(scores) == 36 and (scores["status"] == "ok").all()
+    # "the five substitutions of the 36 whose delta is below -0.001 (NC_000913.3 341, 345, 347, 348 and 349)";
+    # the next lowest is -0.00084
+    assert sorted(scores[scores["delta"] < -0.001]["pos"]) == [341, 345, 347, 348, 349]
 
     gen = tmp_path / "generated.fa"
     res = run.invoke(cli, ["generate", "-q", "--model", "evo-demo", "--prompt", "ATGCGAGTGTTGAAGTTCGGCGGTACATCA",
@@ -70,3 +74,12 @@ def test_quick_start_commands(tmp_path):
     assert res.exit_code == 0, res.output
     table = pd.read_parquet(emb)
     assert len(table) == 6 and set(table["layer"]) == {"blocks.4.mlp.l3"} and len(table["embedding"][0]) == 128
+
+    ll = tmp_path / "genes_ll.tsv"
+    res = run.invoke(cli, ["score", "-q", "--model", "evo-demo", "--fasta", str(EXAMPLES / "ecoli_genes.fa"), "-o", str(ll)])
+    assert res.exit_code == 0, res.output
+    genes = read_fasta(EXAMPLES / "ecoli_genes.fa")
+    table = pd.read_csv(ll, sep="\t")
+    assert list(table["id"]) == [g.id for g in genes] and list(table["length"]) == [len(g.sequence) for g in genes]
+    # every gene more likely than uniform bases (ln 4 = 1.386 nats per base), as a model of E. coli DNA
+    assert (table["mean_ll"] > -math.log(4)).all() and (table["mean_ll"] < -1.1).all(), table

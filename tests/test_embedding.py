@@ -129,6 +129,8 @@ def test_both_strands(tiny_models, chunk_size):
         assert (mean - (fwd.mean(0) + rc.mean(0)) / 2).abs().max().item() < 1e-5
         last = embed(model, [s], layer, pool="last", strand="both", chunk_size=chunk_size)[layer][0]
         assert (last - (fwd[-1] + rc[-1]) / 2).abs().max().item() < 1e-4
+        top = embed(model, [s], layer, pool="max", strand="both", chunk_size=chunk_size)[layer][0]
+        assert (top - (fwd.amax(0) + rc.amax(0)) / 2).abs().max().item() < 1e-4
 
 
 def test_blocks_past_the_deepest_layer_do_not_run(tiny_models):

@@ -129,6 +129,22 @@ def test_seed_reproducible_and_batch_independent(tiny_models, family):
     assert [g.token_ids for g in other] != [g.token_ids for g in batched]
 
 
+
+def test_each_sample_has_its_own_stream(tiny_models):
+    """A (prompt, sample) row draws from a stream of its own, seeded by (seed, prompt index, sample index),
+    one number per token: fewer samples give the first samples of a larger run, fewer tokens the first
+    tokens, and the same prompt at another index other samples."""
+    model = tiny_models["evo2"]
+    kw = dict(top_k=0, temperature=5.0, seed=7)
+    big = generate(model, {"a": _prompt(5, 0), "b": _prompt(9, 1)}, 12, num_samples=3, batch_size=4, **kw)
+    small = generate(model, {"a": _prompt(5, 0), "b": _prompt(9, 1)}, 7, num_samples=2, batch_size=1, **kw)
+    assert [(g.prompt_id, g.sample) for g in small] == [(p, k) for p in "ab" for k in range(2)]
+    kept = [g for g in big if g.sample < 2]
+    assert [g.token_ids[:7] for g in kept] == [g.token_ids for g in small]
+    assert len({g.token_ids for g in big}) == 6
+    moved = generate(model, {"b": _prompt(9, 1)}, 7, num_samples=2, **kw)  # prompt b at index 0
+    assert [g.token_ids for g in moved] != [g.token_ids for g in small[2:]]
+
 def test_unseeded_run_reports_its_seed(tiny_models):
     model = tiny_models["evo2"]
     first = generate(model, "ACGTAC", 8, top_k=0, temperature=5.0, num_samples=2)

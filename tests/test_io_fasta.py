@@ -65,6 +65,12 @@ def test_a_byte_order_mark_is_dropped(tmp_path):
 
 def test_reverse_complement_iupac():
     assert reverse_complement("AACGTNRY") == "RYNACGTT"
+    # every IUPAC code against its complement (the bases it stands for, complemented), case kept
+    pairs = {"A": "T", "C": "G", "N": "N", "R": "Y", "K": "M", "S": "S", "W": "W", "B": "V", "D": "H"}
+    pairs.update({v: k for k, v in pairs.items()})
+    for code, comp in pairs.items():
+        assert reverse_complement(code + code.lower()) == comp.lower() + comp, code
+    assert reverse_complement("acgtNNgg") == "ccNNacgt"
 
 
 def test_format_fasta_wraps():

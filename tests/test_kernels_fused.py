@@ -189,6 +189,37 @@ def test_chunks_continue_the_sequence(op):
     _close(torch.cat(pieces, 1), ref)
 
 
+@pytest.mark.parametrize("inner", ["se", "mr", "modal", "modal_complex"])
+@pytest.mark.parametrize("P", [1, 2, 6])
+def test_prefill_then_steps_equal_one_pass(inner, P):
+    """A prompt of P tokens through the fused window kernels, then three fused decoding steps, equal
+    the reference over all P + 3 tokens at once: the states the window kernels leave are the ones the
+    step kernel reads, also for prompts shorter than the featurizer's or the filter's history (the
+    references' decoding is wrong under 6 tokens; every length is checked on whole models in
+    test_decode.py)."""
+    B, C, L = 2, 32, P + 3
+    z = torch.randn(B, L, 3 * C)
+    w, b = torch.randn(3 * C, 3), (torch.randn(3 * C) if inner == "modal_complex" else None)
+    fir = torch.zeros(B, 2, 3 * C)
+    if inner in ("se", "mr"):
+        h = torch.randn(8, 7) if inner == "se" else torch.randn(2, 128)
+        D = torch.randn(C) if inner == "mr" else None
+        filt, state = dict(h=h, D=D), torch.zeros(B, h.shape[1] - 1, C)
+        window = lambda x1v, x2: hyena_fir(x1v, x2, h, D, state)  # noqa: E731
+        ref = lambda x1v, x2: K.hyena_fir_ref(x1v, x2, h, D)  # noqa: E731
+    else:
+        lp, r = _modal_params(C, 4, inner == "modal_complex")
+        D = torch.randn(C)
+        filt = dict(log_poles=lp, residues=r, D=D)
+        state = torch.zeros(B, C, 4, dtype=lp.dtype)
+        window = lambda x1v, x2: hyena_modal(x1v, x2, lp, r, D, state)  # noqa: E731
+        ref = lambda x1v, x2: K.hyena_modal_ref(x1v, x2, lp, r, D)  # noqa: E731
+    want = ref(*reversed(K.hyena_featurize_ref(z, w, b)))
+    x2, x1v = hyena_featurize(z[:, :P], w, b, fir)
+    got = [window(x1v, x2)] + [hyena_step(z[:, t : t + 1], w, b, fir, state, **filt) for t in range(P, L)]
+    _close(torch.cat(got, 1), want)
+
+
 @pytest.mark.parametrize("kind", ["hcs", "hcm", "hcl", "hyena"])
 @pytest.mark.parametrize("dtype", [F32, BF16])
 def test_step(kind, dtype):

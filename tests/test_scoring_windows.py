@@ -89,6 +89,14 @@ def test_shared_prefix_equals_independent_windows(family, tiny_a, tiny_models, m
         assert err < 1e-5, (batch_size, chunk_size, err)
     alone = score_windows(model, groups, share_prefix=False)
     assert max(abs(alone[w] - full[w]) for w in full) < 1e-5
+    # --reduce sum: the prefix's log-probs plus the suffix's, not divided; the windows (lengths 2 to 64)
+    # differ in length, so a sum off by a token or divided by the wrong count shows
+    sums = dict(zip(windows, score_sequences(model, windows, prepend_bos=False, reduce="sum")))
+    assert {len(w) for w in windows} != {64}
+    shared = score_windows(model, groups, batch_size=3, chunk_size=24, reduce="sum")
+    assert shared.keys() == sums.keys()
+    assert max(abs(shared[w] - sums[w]) for w in sums) < 1e-4
+    assert max(abs(shared[w] - full[w] * (len(w) - 1)) for w in sums) < 1e-4
 
 
 def test_sharing_and_dedupe_cut_the_tokens_run(tiny_a):
@@ -136,3 +144,25 @@ def test_an_empty_sequence_scores_nan_alone_or_batched(tiny_a):
         assert math.isnan(means[0]) and math.isfinite(means[1])
         assert math.isnan(score_sequences(tiny_a, [""], **kwargs)[0])
         assert score_sequences(tiny_a, [""], reduce="sum", **kwargs) == [0.0]
+
+
+@pytest.mark.parametrize("kernels", ["torch", "numba"])
+@pytest.mark.parametrize("family", ["evo2", "evo1"])
+def test_sequences_of_one_length_score_and_embed_the_same_bits_at_any_batch_size(family, kernels, tiny_models):
+    """README: sequences of one length give the same bytes at batch sizes 1 and 8 with both backends
+    (nothing is padded, and a row's numbers do not depend on the rows beside it)."""
+    from evo_cli.embedding import embed
+
+    model = tiny_models[family]
+    seqs = [_contig(70, seed) for seed in range(10)]  # a batch of 8, then one of 2
+    before = model.kernels
+    try:
+        model.set_kernels(kernels)
+        for reduce in ("mean", "sum"):
+            assert score_sequences(model, seqs, reduce=reduce, batch_size=1) == \
+                score_sequences(model, seqs, reduce=reduce, batch_size=8)
+        for pool in ("mean", "none"):
+            one, eight = (embed(model, seqs, "blocks.1", pool=pool, batch_size=b)["blocks.1"] for b in (1, 8))
+            assert all(torch.equal(a, b) for a, b in zip(one, eight))
+    finally:
+        model.set_kernels(before)  # the session's shared model

@@ -234,7 +234,8 @@ def test_annotations_must_match_the_records_one_to_one(tmp_path):
             write_annotated_vcf(out, reader, FIELDS, [], annotations, compressed=False)
         assert not out.exists()
     write_annotated_vcf(out, reader, FIELDS, [], ann, compressed=False)
-    assert out.exists()
+    with pysam.VariantFile(str(out)) as vf:
+        assert [(r.chrom, r.pos, r.info["EVO_REF_LL"]) for r in vf] == [(c, p, -1.5) for c, p, _ in ann]
 
 
 def test_rows_must_match_the_records_one_to_one():
