@@ -43,7 +43,7 @@ def table_format(path: str | Path | None, format: str | None = None) -> str:
         return fmt
     if is_special(path):  # /dev/stdout, a FIFO: stdout's format, as the shell's > would get
         return "tsv"
-    raise output_name_error(path, f"{path}: cannot tell the table format from the extension (use .tsv or .parquet, or --format)")
+    raise output_name_error(path, f"{path}: cannot tell the table format from the extension (use .tsv, .tsv.gz or .parquet, or --format)")
 
 
 def format_from_extension(path: str | Path, extensions: dict[str, str]) -> str | None:
