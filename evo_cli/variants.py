@@ -392,31 +392,60 @@ def run_score_variants(
 
 def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_size, skip_ref_mismatch, share_prefix,
          chunk_size, reduce, progress, rows) -> Summary:
-    """Score the chunks not done yet (into ``store`` or memory), then write the output from all of them."""
-    memory: list[list] = []
+    """Score the chunks not done yet into ``store``, then write the output from all of them; without a
+    store (stdout, a pipe, no output) write each chunk as it is scored."""
     summary = Summary()
     share = Share(store, progress)
     contigs: dict[str, int | None] = {}  # the records' contigs, with their FASTA lengths, for the VCF header
     with Reference(fasta) as reference:
-        for i, chunk in enumerate(_chunks(reader, batch_size)):
-            for rec in chunk:
-                if rec.chrom not in contigs:
-                    found = reference.resolve(rec.chrom)
-                    contigs[rec.chrom] = reference.length(found) if found else None
-            n = sum(len(rec.alts) or 1 for rec in chunk)
-            if store is not None and i in store:
-                summary.resumed += n
-            if share.take(i, n):
-                sites = [_site(rec, reference, window, strand, skip_ref_mismatch) for rec in chunk]
-                results = _score_chunk(model, sites, batch_size, share_prefix, chunk_size, reduce)
-                if store is not None:
-                    store.append(i, results)
-                else:
-                    memory.append(results)
-                share.progress(n)
+        scored = _scored(model, reader, reference, store, share, summary, contigs, window, strand, batch_size,
+                         skip_ref_mismatch, share_prefix, chunk_size, reduce)
+        if store is None:
+            # a single process keeping no progress: streaming bounds the memory however long the VCF
+            # (held whole, a ClinVar-size run to stdout took ~0.5 kB per variant); the VCF header
+            # comes first, so its contigs are read in a pass of their own
+            if fmt in ("vcf", "vcf.gz"):
+                for rec in reader:
+                    _add_contig(contigs, rec.chrom, reference)
+            _write(output, fmt, reader, (r for chunk in scored for r in chunk), summary, rows, info, reduce, contigs)
+            share.finish()
+            return summary
+        for _ in scored:
+            pass
     if not share.finish():
         return summary  # another rank writes the output
-    results = (r for chunk in (store.chunks() if store is not None else memory) for r in chunk)
+    _write(output, fmt, reader, (r for chunk in store.chunks() for r in chunk), summary, rows, info, reduce, contigs)
+    return summary
+
+
+def _add_contig(contigs: dict[str, int | None], chrom: str, reference: Reference) -> None:
+    if chrom not in contigs:
+        found = reference.resolve(chrom)
+        contigs[chrom] = reference.length(found) if found else None
+
+
+def _scored(model, reader, reference, store, share, summary, contigs, window, strand, batch_size, skip_ref_mismatch,
+            share_prefix, chunk_size, reduce) -> Iterator[list]:
+    """The results of each chunk this process scores, in order, appended to ``store`` when there is
+    one; counts resumed variants into ``summary`` and every record's contig into ``contigs``."""
+    for i, chunk in enumerate(_chunks(reader, batch_size)):
+        for rec in chunk:
+            _add_contig(contigs, rec.chrom, reference)
+        n = sum(len(rec.alts) or 1 for rec in chunk)
+        if store is not None and i in store:
+            summary.resumed += n
+        if share.take(i, n):
+            sites = [_site(rec, reference, window, strand, skip_ref_mismatch) for rec in chunk]
+            results = _score_chunk(model, sites, batch_size, share_prefix, chunk_size, reduce)
+            if store is not None:
+                store.append(i, results)
+            share.progress(n)
+            yield results
+
+
+def _write(output, fmt, reader, results, summary, rows, info, reduce, contigs) -> None:
+    """Write ``results`` (per record, in VCF order) as ``output`` in ``fmt``, or into ``rows`` when
+    ``output`` is None."""
     if output is None:
         rows.extend(_rows(reader, results, summary))
     elif fmt in ("vcf", "vcf.gz"):
@@ -430,7 +459,6 @@ def _run(model, reader, fasta, output, fmt, store, info, window, strand, batch_s
                 write([row])
                 if rows is not None:
                     rows.append(row)
-    return summary
 
 
 def _paired(reader: VcfReader, results: Iterable[list]) -> Iterator[tuple[VcfRecord, list]]:
