@@ -25,8 +25,9 @@ EVO = [sys.executable, "-m", "evo_cli.cli.main"]
 
 
 def make_inputs(work: Path, sizes: list[int], length: int = 3_000_000) -> None:
-    save_native(random_model(motif_config("evo2", hidden_size=8, num_layers=3, head_dim=8, state_size=4,
-                                          name="tiny"), seed=1), work / "model")
+    if not (work / "model").exists():  # a rerun in the same folder keeps it
+        save_native(random_model(motif_config("evo2", hidden_size=8, num_layers=3, head_dim=8, state_size=4,
+                                              name="tiny"), seed=1), work / "model")
     rng = random.Random(0)
     seq = "".join(rng.choice("ACGT") for _ in range(length))
     with open(work / "ref.fa", "w") as f:
