@@ -41,7 +41,7 @@ from evo_cli.errors import InputError
 from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, check_embedding_output, merge_parts,
                                    open_embedding_writer, parts_dir)
 from evo_cli.io.atomic import written_by_another_run
-from evo_cli.io.partial import Checkpoint, progress_files
+from evo_cli.io.partial import Checkpoint, busy_output, progress_files
 from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.limits import check_batch_size
 from evo_cli.model.tokenizer import PAD_ID
@@ -405,8 +405,7 @@ def run_embed(
     if store.done == 0:
         if written_by_another_run(folder):  # it has not recorded a part yet: its progress file cannot say so
             store.close()
-            raise InputError(f"{folder}: another evo run is writing this output now; wait for it to end (or stop "
-                             f"it) before running or resuming this one")
+            raise busy_output(folder)
         shutil.rmtree(folder, ignore_errors=True)  # parts of a run stopped before its first record
     dim, per_position = model.config.hidden_size, pool == "none"
     summary = EmbedSummary()

@@ -215,7 +215,7 @@ def plot_histogram(df, path: str | Path | None = None, *, by: str | None = None,
     return fig
 
 
-def plot_track(df, path: str | Path | None = None, *, title: str = "", max_panels: int = 20):
+def plot_track(df, path: str | Path | None = None, *, title: str = "", max_panels: int = MAX_PANELS):
     """Per-position log-probability along each sequence (an ``evo score --per-position`` table), one
     panel per id (the first ``max_panels``, the title saying so). Writes ``path`` when given; returns
     the Figure."""

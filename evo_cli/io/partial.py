@@ -105,6 +105,12 @@ def open_progress(output: str | Path | None, settings: dict, resume: bool, rank:
     return Checkpoint(output, settings, resume, rank)
 
 
+def busy_output(path: str | Path) -> InputError:
+    """The error for an output (its progress file, or parts folder) that another live run is writing."""
+    return InputError(f"{path}: another evo run is writing this output now; wait for it to end (or stop it) "
+                      "before running or resuming this one")
+
+
 class Checkpoint:
     """Completed chunks of one run, keyed by the run's ``settings`` (a JSON-able dict).
 
@@ -200,8 +206,7 @@ class Checkpoint:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.close()
-            raise InputError(f"{self.path}: another evo run is writing this output now; wait for it to end "
-                             f"(or stop it) before running or resuming this one") from None
+            raise busy_output(self.path) from None
         except OSError:  # a file system without locks: run unguarded, as before
             pass
 
