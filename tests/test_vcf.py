@@ -85,7 +85,8 @@ def test_reference_aliases_case_and_compression(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_index) and sorted(p.name for p in inputs.iterdir()) == [
         "GRCh37_chr17_BRCA1locus_Npadded.fa.gz", "masked.fa"]
     (inputs / "notfasta.fa").write_text("#CHROM\tPOS\n")
-    with pytest.raises(InputError, match=r"notfasta.fa: cannot index as FASTA \(expected '>' headers"):
+    with pytest.raises(InputError, match=r"notfasta.fa: cannot index as FASTA \(Format error, unexpected \"#\" at "
+                                           r"line 1; expected '>' headers"):
         Reference(inputs / "notfasta.fa")
     plain_gz = tmp_path / "plain.fa.gz"
     plain_gz.write_bytes(gzip.compress(fa.read_bytes()))
@@ -93,6 +94,31 @@ def test_reference_aliases_case_and_compression(tmp_path, monkeypatch):
         Reference(plain_gz)
     with pytest.raises(InputError, match="no such file"):
         Reference(tmp_path / "missing.fa")
+
+
+def test_reference_with_two_records_of_one_name_is_refused(tmp_path, monkeypatch):
+    """htslib indexes the first of two same-named records and drops the other with a warning that
+    quiet_htslib hid: windows came silently from one copy. Nothing is cached for such a file."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fa = tmp_path / "two.fa"
+    fa.write_text(">c1\nACGTACGTAC\n>c2\nGGGG\n>c1 second copy\nTTTT\n")
+    with pytest.raises(InputError, match=r"^.*two.fa: holds two records named 'c1'; a reference needs one record"):
+        Reference(fa)
+    assert not any(p.name.endswith(".fai") for p in (tmp_path / "cache" / "evo" / "fai").iterdir())
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"\xef\xbb\xbf>c1\nACGT\n", "starts with a UTF-8 byte-order mark"),
+    (b">c1\rACGT\rACGT\r", "has old Mac line ends \\(CR only\\)"),
+    (b">c1\nACGTA CGTAC\nACGTACGTAC\nAC\n", r"cannot index as FASTA \(Format error, unexpected \"A\" at line"),
+])
+def test_reference_that_faidx_cannot_read_says_why(text, message, tmp_path, monkeypatch):
+    """The reason, not only "cannot index", in the one line (htslib's own message was hidden)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fa = tmp_path / "odd.fa"
+    fa.write_bytes(text)
+    with pytest.raises(InputError, match=message):
+        Reference(fa)
 
 
 def test_index_build_of_a_killed_run_is_removed_by_the_next_build(tmp_path, monkeypatch):

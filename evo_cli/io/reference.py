@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,40 @@ def quiet_htslib():
         yield
     finally:
         pysam.set_verbosity(old)
+
+
+@contextlib.contextmanager
+def htslib_messages():
+    """Collect htslib's stderr lines written during the block into the yielded list (filled when the
+    block ends), instead of printing them: htslib's C code writes to file descriptor 2 directly, and its
+    reason (a duplicate contig, a bad header line) belongs in our one-line error, not above it."""
+    import pysam
+
+    lines: list[str] = []
+    sys.stderr.flush()
+    old = pysam.set_verbosity(3)  # warnings and errors, whatever an earlier quiet_htslib left
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                tmp.seek(0)
+                lines.extend(line.strip() for line in tmp.read().decode("utf-8", "replace").splitlines()
+                             if line.strip())
+    finally:
+        os.close(saved)
+        pysam.set_verbosity(old)
+
+
+def htslib_reason(lines: list[str]) -> str:
+    """The first of htslib's error lines (``[E::func] text``) as ``text``; "" when there is none."""
+    for line in lines:
+        if line.startswith("[E::"):
+            return line.split("] ", 1)[-1]
+    return ""
 
 
 _warned: set[str] = set()
@@ -77,6 +112,19 @@ def compression(path: Path) -> str:
     return "bgzip" if len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC" else "gzip"
 
 
+def _check_line_format(path: Path) -> None:
+    """Raise for what htslib's FASTA index cannot read but a text editor shows as a fine FASTA: a UTF-8
+    byte-order mark (some Windows editors write one) and old Mac line ends (CR only)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if head.startswith(b"\xef\xbb\xbf"):
+        raise InputError(f"{path}: starts with a UTF-8 byte-order mark, which the FASTA index (samtools faidx) "
+                         f"cannot read: remove it (e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' FILE)")
+    if b"\r" in head and b"\n" not in head:
+        raise InputError(f"{path}: has old Mac line ends (CR only), which the FASTA index (samtools faidx) cannot "
+                         f"read: convert them (e.g. tr '\\r' '\\n' < IN > OUT)")
+
+
 def index_cache_dir() -> Path:
     """Where indexes of FASTAs without one are kept: ``$XDG_CACHE_HOME/evo/fai`` (default ~/.cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -105,6 +153,8 @@ class Reference:
             raise InputError(f"{self.path}: is a device or a pipe, not a file; the reference is read at random, "
                              f"so give a FASTA file (plain or bgzip)")
         kind = compression(self.path)
+        if kind == "plain":
+            _check_line_format(self.path)
         if kind == "gzip":
             raise InputError(f"{self.path}: gzip-compressed FASTA without an index cannot be read at random; "
                              f"recompress it with `bgzip` (or decompress it)")
@@ -150,15 +200,30 @@ class Reference:
         tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(stem), dir=folder))
         try:
             args = [str(self.path), "--fai-idx", str(tmp / "fai")] + (["--gzi-idx", str(tmp / "gzi")] if bgzip else [])
-            with quiet_htslib():
-                pysam.faidx(*args)
+            with htslib_messages() as messages:
+                try:
+                    pysam.faidx(*args)
+                except pysam.SamtoolsError:
+                    failed = True
+                else:
+                    failed = False
+            if failed:
+                reason = htslib_reason(messages)
+                raise InputError(f"{self.path}: cannot index as FASTA ({reason + '; ' if reason else ''}expected "
+                                 f"'>' headers, and lines of one length within each record)")
+            # htslib indexes the first of two records of one name and drops the second with a warning:
+            # a window would silently come from whichever copy the user did not mean
+            dup = next((m for m in messages if "Ignoring duplicate sequence" in m), None)
+            if dup is not None:
+                name = dup.split('"')[1] if dup.count('"') >= 2 else "?"
+                raise InputError(f"{self.path}: holds two records named {name!r}; a reference needs one "
+                                 f"record per contig name: rename or remove one")
             if gzi is not None:
                 os.replace(tmp / "gzi", gzi)
             os.replace(tmp / "fai", fai)
-        except pysam.SamtoolsError:
+        except InputError:
             self._cleanup()
-            raise InputError(f"{self.path}: cannot index as FASTA (expected '>' headers, and lines of one length "
-                             f"within each record)") from None
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return fai, gzi
