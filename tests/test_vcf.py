@@ -174,12 +174,35 @@ def test_regions_streaming_and_indexed_agree(csi, tmp_path):
     assert len(list(VcfReader(chr17, [parse_region("17:41197722-41197722")]))) == 3
 
 
-def test_invalid_vcf_is_one_clear_error(tmp_path):
-    with pytest.raises(InputError, match="not a valid VCF/BCF"):
+def test_invalid_vcf_is_one_clear_error(tmp_path, capfd):
+    # htslib's reason is in the message, not printed above it
+    with pytest.raises(InputError, match=r"not a valid VCF/BCF header \(Empty sample name: trailing spaces/tabs"):
         VcfReader(EDGE / "cyvcf2" / "test-invalid-header.vcf")
+    assert capfd.readouterr().err == ""
+    # htslib says nothing about a file it does not take for a VCF: the message said "htslib's message above"
     (tmp_path / "x.vcf").write_text("hello\n")
-    with pytest.raises(InputError, match="x.vcf"):
-        VcfReader(tmp_path / "x.vcf")
+    (tmp_path / "headerless.vcf").write_text("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n1\t5\t.\tA\tG\t.\t.\t.\n")
+    for name in ("x.vcf", "headerless.vcf"):
+        with pytest.raises(InputError, match=f"{name}: not a VCF or BCF: a VCF's first line is ##fileformat=VCFv4.x"):
+            VcfReader(tmp_path / name)
+    assert capfd.readouterr().err == ""
+
+
+def test_vcf_with_a_byte_order_mark_is_read(tmp_path):
+    """A VCF saved by a Windows editor with a UTF-8 BOM: htslib does not take it for a VCF (it failed
+    with 'not a valid VCF/BCF'), a plain-gzip one was read already; plain and bgzip are read now."""
+    text = (EDGE / "bcftools" / "norm.vcf").read_bytes()
+    expected = [(r.chrom, r.pos, r.ref, r.alts) for r in VcfReader(EDGE / "bcftools" / "norm.vcf")]
+    plain = tmp_path / "bom.vcf"
+    plain.write_bytes(b"\xef\xbb\xbf" + text)
+    bgz = tmp_path / "bom.vcf.gz"
+    pysam.tabix_compress(str(plain), str(bgz))
+    for path in (plain, bgz):
+        assert [(r.chrom, r.pos, r.ref, r.alts) for r in VcfReader(path)] == expected
+        reader = VcfReader(path, [Region("1", 0, 100)])
+        assert [(r.chrom, r.pos) for r in reader] == [("1", 60)]
+        header, lines = reader.text()
+        assert header[0] == "##fileformat=VCFv4.2" and len(list(lines)) == len(list(reader))
 
 
 def _data_lines(path, strip_evo=True):

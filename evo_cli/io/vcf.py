@@ -14,6 +14,7 @@ Per-ALT statuses (``classify_alt`` and the scorer): ``ok`` or the reason an alle
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import zlib
@@ -24,7 +25,7 @@ from typing import Iterable, Iterator
 from evo_cli.errors import InputError
 
 from .fasta import DNA_CODES, open_text
-from .reference import compression, contig_aliases, quiet_htslib, stale_index
+from .reference import compression, contig_aliases, htslib_messages, htslib_reason, quiet_htslib, stale_index
 
 NO_ALT = "no_alt"  # ALT is '.': a reference-only record
 STAR = "star_allele"  # '*': the allele is deleted by an overlapping deletion
@@ -167,6 +168,16 @@ def merge_regions(regions: Iterable[Region]) -> dict[str, list[tuple[int, int]]]
     return merged
 
 
+def _starts_with_bom(path: Path) -> bool:
+    """Whether the text of ``path`` (plain, or after gzip/bgzip decompression) starts with a UTF-8 BOM."""
+    try:
+        with open(path, "rb") as fh:
+            head = gzip.GzipFile(fileobj=fh).read(3) if fh.peek(2)[:2] == b"\x1f\x8b" else fh.read(3)
+    except (OSError, EOFError, zlib.error):  # a corrupt file: htslib's open says what is wrong
+        return False
+    return head == b"\xef\xbb\xbf"
+
+
 class VcfReader:
     """The records of a VCF (optionally restricted to regions), readable any number of times in the same order.
 
@@ -188,8 +199,9 @@ class VcfReader:
         if self.path.stat().st_size == 0:
             raise InputError(f"{self.path}: is empty, not a VCF (a VCF has at least a #CHROM header line)")
         self.regions = merge_regions(regions) if regions else None
-        if compression(self.path) == "gzip":
-            # htslib needs to seek, which a plain-gzip stream cannot: Python streams its text instead
+        if compression(self.path) == "gzip" or _starts_with_bom(self.path):
+            # htslib needs to seek, which a plain-gzip stream cannot, and does not know a VCF that starts
+            # with a UTF-8 byte-order mark (some Windows editors write one): Python streams their text instead
             self.indexed = self.is_bcf = False
             self.text()  # fails now on a file without a #CHROM header line
             return
@@ -205,18 +217,21 @@ class VcfReader:
         """A fresh ``pysam.VariantFile`` on the file."""
         import pysam
 
-        try:
-            with quiet_htslib():
+        # htslib's lines (index lookups on unindexed files, header warnings) are collected, not printed:
+        # on a failure its reason goes into our one line
+        with htslib_messages() as messages:
+            try:
                 return pysam.VariantFile(str(self.path))
-        except (OSError, ValueError):
-            pass
-        try:  # again, with htslib's messages on: they say what is wrong with the file
-            return pysam.VariantFile(str(self.path))
-        except ValueError:
-            raise InputError(f"{self.path}: not a valid VCF/BCF (bad or missing header; htslib's message above "
-                             f"says more)") from None
-        except OSError as err:
-            raise InputError(f"{self.path}: cannot read as VCF/BCF ({err.strerror or err})") from None
+            except (OSError, ValueError) as err:
+                failure = err
+        if isinstance(failure, OSError):
+            raise InputError(f"{self.path}: cannot read as VCF/BCF ({failure.strerror or failure})")
+        reason = htslib_reason(messages)
+        if reason:
+            raise InputError(f"{self.path}: not a valid VCF/BCF header ({reason})")
+        # htslib tells a VCF by its first line and says nothing when it does not find one
+        raise InputError(f"{self.path}: not a VCF or BCF: a VCF's first line is ##fileformat=VCFv4.x, followed by "
+                         f"## meta lines and a #CHROM header line")
 
     def _spans(self, vf) -> list[tuple[str, int, int]]:
         """(contig as the index names it, start, end) to fetch, in the index's contig order."""
