@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,55 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch):
     monkeypatch.setattr(evo_cli.checkpoints, "describe_checkpoint", interrupt)
     code, out, err = evo("info", "-m", "evo2_7b")
     assert code == 130 and out == "" and err.strip() == "evo: interrupted"
+
+
+def test_ctrl_c_during_the_command_line_import_is_one_line(monkeypatch, capsys):
+    """The console script imports click and every command before anything could catch Ctrl-C: a Ctrl-C
+    then printed a KeyboardInterrupt traceback. The entry point imports them inside its handler."""
+    import tomllib
+
+    from evo_cli.cli import launch
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["evo"] == "evo_cli.cli.launch:main"
+
+    class Interrupting:  # an import finder that is "interrupted" while it imports evo_cli.cli.main
+        def find_spec(self, name, path=None, target=None):
+            if name == "evo_cli.cli.main":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "evo_cli.cli.main")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exit_:
+        launch.main()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "evo: interrupted\n"
+
+
+def test_a_failure_caused_by_ctrl_c_is_reported_as_the_interruption(monkeypatch):
+    """Ctrl-C inside a third-party import can leave a half-initialised module whose next use raises
+    something else (seen: a RecursionError in numpy's module __getattr__ after a Ctrl-C while numba
+    loaded scipy); that ended "evo: error: RecursionError: ..." with exit 1, not as an interruption."""
+    import signal
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises at once
+            raise AssertionError("SIGINT was not delivered")
+        except KeyboardInterrupt:
+            raise RecursionError("maximum recursion depth exceeded") from None
+
+    monkeypatch.setattr(evo_cli.checkpoints, "describe_checkpoint", interrupted_import)
+    code, out, err = evo("info", "-m", "evo2_7b")
+    assert code == 130 and out == "" and err == "evo: interrupted\n"
+    # the same failure without a Ctrl-C is still reported as an error
+    def recursion(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(evo_cli.checkpoints, "describe_checkpoint", recursion)
+    code, out, err = evo("info", "-m", "evo2_7b")
+    assert code == 1 and err.startswith("evo: error: RecursionError: maximum recursion depth exceeded")
 
 
 @pytest.mark.parametrize("flags,traceback", [([], False), (["-v"], True), (["-vvv"], True), (["-qv"], True),

@@ -38,6 +38,17 @@ def _terminate(signum, frame):
     raise _Terminated()
 
 
+# set by our SIGINT handler: Ctrl-C landing inside a third-party import (numba loading scipy, say) can
+# leave a half-initialised module whose next use fails with another exception (a RecursionError in
+# numpy's module __getattr__ was seen); that failure is the interruption, not a bug to report
+_interrupted = {"seen": False}
+
+
+def _interrupt(signum, frame):
+    _interrupted["seen"] = True
+    raise KeyboardInterrupt
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
@@ -105,12 +116,19 @@ def _calm_openmp() -> None:
 
 def main(argv=None) -> None:
     _verbosity["verbose"] = 0
+    _interrupted["seen"] = False
     _calm_openmp()
     # SIGTERM left at its default would end the process on the spot, without a word and leaving its
     # temporaries; one set to be ignored (nohup-like launchers) stays ignored
-    catch = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    main_thread = threading.current_thread() is threading.main_thread()
+    catch = main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     if catch:
         signal.signal(signal.SIGTERM, _terminate)
+    # Python's own Ctrl-C handler, replaced by one that also records the interruption (an ignored SIGINT,
+    # as in a background job, stays ignored)
+    catch_int = main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if catch_int:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         _run(argv)
         sys.stdout.flush()  # a closed pipe shows here for output still in the buffer
@@ -123,6 +141,8 @@ def main(argv=None) -> None:
     finally:
         if catch:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if catch_int:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _run(argv) -> None:
@@ -159,6 +179,9 @@ def _run(argv) -> None:
     except _StdoutClosed:
         raise
     except Exception as e:  # a bug or an environment failure: one line unless -v
+        if _interrupted["seen"] and not _verbosity["verbose"]:  # a failure that Ctrl-C caused (see _interrupt)
+            click.echo(f"{_name()}: interrupted", err=True)
+            sys.exit(130)
         if _verbosity["verbose"]:
             raise
         if (oom := _out_of_memory(e)) is not None:
