@@ -43,6 +43,7 @@ import torch
 from evo_cli.distributed import Share, checkpoint_rank, current, shared_value
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
+from evo_cli.io.fasta import shown_char
 from evo_cli.io.generated import output_format, write_generations
 from evo_cli.io.partial import open_progress, stored_settings
 from evo_cli.limits import MAX_GENERATIONS, check_batch_size
@@ -95,7 +96,8 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
             lowered.append(pid)
         bad = re.search("[^ACGT]", upper)
         if bad:
-            raise InputError(f"prompt {pid!r} has {bad.group()!r} at position {bad.start() + 1}: prompts must be DNA (A, C, G, T)")
+            raise InputError(f"prompt {pid!r} has {shown_char(bad.group())} at position {bad.start() + 1}: prompts must be "
+                             f"DNA (A, C, G, T)")
         named[pid] = upper
     if lowered:
         log.warning("upper-cased lowercase bases in %s (the tokenizer is case-sensitive)", ", ".join(lowered))

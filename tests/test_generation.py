@@ -172,6 +172,9 @@ def test_prompt_checks(tiny_models, caplog):
     model = tiny_models["evo2"]
     with pytest.raises(InputError, match=r"prompt 'prompt2' has 'N' at position 3"):
         generate(model, ["ACGT", "ACNT"], 4)
+    # a byte of a prompts FASTA that is not UTF-8 (read as U+FFFD) is named as such
+    with pytest.raises(InputError, match=r"prompt 'p' has a byte that is not UTF-8 text \(.*\) at position 2"):
+        generate(model, {"p": "A\ufffdGT"}, 4)
     with pytest.raises(InputError, match="'x' is empty"):
         generate(model, {"x": ""}, 4)
     with pytest.raises(InputError, match="past the model's context"):

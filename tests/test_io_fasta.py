@@ -63,6 +63,19 @@ def test_a_byte_order_mark_is_dropped(tmp_path):
         assert [(r.id, r.sequence) for r in read_fasta(f)] == [("a", "ACGT")]
 
 
+def test_a_byte_outside_utf8_is_named_as_such(tmp_path):
+    """A Latin-1 byte in a sequence was shown as the replacement character ('\ufffd' at position 3),
+    which does not tell the user the file is in another encoding."""
+    path = tmp_path / "latin1.fa"
+    path.write_bytes(b">a caf\xe9\nAC\xe9GT\n")
+    with pytest.raises(InputError, match=r"latin1.fa: record 'a' has a byte that is not UTF-8 text \(a binary file, or "
+                                         r"text in another encoding such as Latin-1\) at position 3, not a nucleotide"):
+        read_fasta(path)
+    # in a header it is kept as the replacement character: the record is still read
+    path.write_bytes(b">a caf\xe9\nACGT\n")
+    assert [(r.id, r.description, r.sequence) for r in read_fasta(path)] == [("a", "caf\ufffd", "ACGT")]
+
+
 def test_reverse_complement_iupac():
     assert reverse_complement("AACGTNRY") == "RYNACGTT"
     # every IUPAC code against its complement (the bases it stands for, complemented), case kept

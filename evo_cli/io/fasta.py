@@ -35,6 +35,14 @@ class FastaRecord:
     sequence: str
 
 
+def shown_char(ch: str) -> str:
+    """A character for an error message: its repr, or what U+FFFD stands for (files are decoded with
+    errors replaced, so a byte outside UTF-8 shows as the replacement character, which says nothing)."""
+    if ch == "\ufffd":
+        return "a byte that is not UTF-8 text (a binary file, or text in another encoding such as Latin-1)"
+    return repr(ch)
+
+
 def reverse_complement(seq: str) -> str:
     """Reverse complement with IUPAC codes (N stays N); case is kept."""
     return seq.translate(_COMPLEMENT)[::-1]
@@ -168,9 +176,8 @@ def _record(path, header, lineno, chunks, uppercase, alphabet, seen) -> tuple[Fa
     if alphabet is not None:
         bad = re.search(f"[^{''.join(sorted(alphabet))}]", seq)
         if bad:
-            ch = bad.group()
             raise InputError(
-                f"{path}: record {rid!r} has {ch!r} at position {bad.start() + 1}, not a nucleotide code "
+                f"{path}: record {rid!r} has {shown_char(bad.group())} at position {bad.start() + 1}, not a nucleotide code "
                 f"({''.join(sorted(alphabet))})"
             )
     return FastaRecord(rid, desc.strip(), seq), was_lower
