@@ -703,6 +703,25 @@ def test_a_bcf_record_that_is_not_utf8_fails_in_one_line_before_the_model_loads(
     assert code == 0 and b"CITY=M\xfcnchen;EVO_DELTA=" in out.read_bytes(), err
 
 
+def test_a_vcf_id_that_is_not_utf8_reaches_tsv_and_parquet(tmp_path):
+    """A Latin-1 byte in a VCF's ID column (kept as a surrogate so that VCF output copies it byte for
+    byte) ended the run with a bare UnicodeEncodeError when the TSV or Parquet table was written, after
+    the whole scoring, leaving a progress file that could never finish. The table holds U+FFFD there."""
+    seq = read_fasta(FA)[0].sequence
+    contig = read_fasta(FA)[0].id
+    vcf = tmp_path / "lat.vcf"
+    vcf.write_bytes(f"##fileformat=VCFv4.2\n##contig=<ID={contig},length=200000>\n"
+                    "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n".encode()
+                    + f"{contig}\t97722\trs".encode() + b"\xe9" + f"1\t{seq[97721]}\tA\t.\t.\t.\n".encode())
+    for name in ("o.tsv", "o.parquet"):
+        out = tmp_path / name
+        code, _, err = evo("score-variants", "--vcf", vcf, "--fasta", FA, "-m", TINY, "--window", 32, "-o", out, "-q")
+        assert code == 0 and err == "", err
+        table = pd.read_parquet(out) if name.endswith("parquet") else pd.read_csv(out, sep="\t")
+        assert list(table["id"]) == ["rs\ufffd1"] and table["status"].tolist() == ["ok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lat.vcf", "o.parquet", "o.tsv"]
+
+
 def test_stdout_output_is_written_as_the_chunks_are_scored(tmp_path):
     """A run to stdout keeps no progress file; it held every chunk's results until the end (~0.5 kB per
     variant: 1.4 GB for a ClinVar-size VCF). Now each chunk's rows are out before the next is scored,

@@ -62,12 +62,25 @@ def check_table_output(path: str | Path | None, format: str | None = None) -> st
     return fmt
 
 
+def _utf8(s: str) -> str:
+    """``s`` as text that UTF-8 can encode: bytes outside UTF-8 that a VCF's text carried through as
+    surrogates (``surrogateescape``, e.g. a Latin-1 byte in an ID) become U+FFFD, as a FASTA's do when
+    read. Without this a run failed when its table was written, after all the scoring."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _cell(v) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
         return repr(v) if v == v else "nan"
-    return str(v)
+    return _utf8(str(v))
 
 
 @contextlib.contextmanager
@@ -100,7 +113,8 @@ def table_writer(path: str | Path | None, columns: list[tuple[str, str]], format
 
         def flush():
             if buffer:
-                cols = list(zip(*buffer))
+                cols = [[None if x is None else _utf8(x) for x in v] if t == "str" else v
+                        for (_, t), v in zip(columns, zip(*buffer))]
                 pw.write_table(pa.table({c: pa.array(v, type=schema.field(c).type) for c, v in zip(names, cols)},
                                         schema=schema))
                 buffer.clear()
