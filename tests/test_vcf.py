@@ -50,6 +50,30 @@ def test_parse_region_and_bed(tmp_path):
         read_bed(gz)
 
 
+def test_bed_from_a_pipe_is_read_and_a_directory_named(tmp_path):
+    """``--regions <(zcat x.bed.gz)`` and a folder both failed with "no such file": the BED file is read
+    once, so a pipe can give it."""
+    import threading
+
+    fifo = tmp_path / "regions.bed"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "w") as fh:
+            fh.write("chr1\t0\t10\n")
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        assert read_bed(fifo) == [Region("chr1", 0, 10)]
+    finally:
+        writer.join(timeout=10)
+    with pytest.raises(InputError, match="is a directory, expected a BED file"):
+        read_bed(tmp_path)
+    with pytest.raises(InputError, match="/dev/null: no BED intervals"):
+        read_bed("/dev/null")
+
+
 def test_reference_aliases_case_and_compression(tmp_path, monkeypatch):
     with Reference(BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz") as ref, Reference(REGION_FA) as region:
         assert ref.resolve("chr17") == ref.resolve("17") == "17" and ref.resolve("chr1") is None

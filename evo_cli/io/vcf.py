@@ -120,12 +120,18 @@ def parse_region(text: str) -> Region:
 
 def read_bed(path: str | Path) -> list[Region]:
     """Regions of a BED file, plain or gzip/bgzip (0-based half-open; ``track``/``browser``/``#`` lines
-    skipped)."""
+    skipped). It is read once, so a pipe (``--regions <(zcat x.bed.gz)``) does too."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a BED file")
+    try:
+        fh = open_text(path)
+    except OSError as err:  # no read permission, say
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
     regions = []
-    with open_text(path) as fh:
+    with fh:
         try:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip() or line.startswith(("#", "track", "browser")):
