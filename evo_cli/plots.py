@@ -305,6 +305,15 @@ def read_scores(path: str | Path):
 
 
 def _read_vcf(path: Path):
+    from evo_cli.io.reference import quiet_htslib
+
+    # htslib's warnings about odd lines that score-variants copied from its input (INFO keys the header
+    # does not define) say nothing about the plot
+    with quiet_htslib():
+        return _read_vcf_rows(path)
+
+
+def _read_vcf_rows(path: Path):
     import pandas as pd
     import pysam
 
@@ -322,11 +331,20 @@ def _read_vcf(path: Path):
         scalar = [k for k, v in header.info.items() if v.number in (1, 0) and not k.startswith("EVO_")]
         rows = []
         for rec in vf:
-            deltas = rec.info.get("EVO_DELTA", (None,) * len(rec.alts or ()))
-            alt_lls = rec.info.get("EVO_ALT_LL", (None,) * len(rec.alts or ()))
-            extra = [rec.info.get(k) for k in scalar]
-            for alt, d, a in zip(rec.alts or (), deltas, alt_lls):
-                rows.append((rec.chrom, rec.pos, rec.id, rec.ref, alt, rec.info.get("EVO_REF_LL"), a, d, *extra))
+            try:
+                none = (None,) * len(rec.alts or ())
+                deltas = rec.info.get("EVO_DELTA", none)
+                # pysam raises "Invalid header" on a key the header does not declare, default or not
+                alt_lls = rec.info.get("EVO_ALT_LL", none) if "EVO_ALT_LL" in header.info else none
+                ref_ll = rec.info.get("EVO_REF_LL") if "EVO_REF_LL" in header.info else None
+                extra = [rec.info.get(k) for k in scalar]
+                rows.extend((rec.chrom, rec.pos, rec.id, rec.ref, alt, ref_ll, a, d, *extra)
+                            for alt, d, a in zip(rec.alts or (), deltas, alt_lls))
+            except UnicodeDecodeError:
+                # pysam decodes fields as UTF-8 only; score-variants copies an input's other bytes unchanged
+                raise InputError(f"{path}: record at position {rec.pos} holds text that is not UTF-8 (in CHROM, ID, "
+                                 f"ALT or INFO), which pysam cannot read; plot the .tsv or .parquet output of "
+                                 f"score-variants instead") from None
     df = pd.DataFrame(rows, columns=["chrom", "pos", "id", "ref", "alt", "ref_ll", "alt_ll", "delta", *scalar])
     df["delta"] = pd.to_numeric(df.delta)
     if mutagenesis:

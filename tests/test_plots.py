@@ -259,3 +259,23 @@ def test_evo_plot_refuses_tables_it_cannot_draw(tmp_path):
         code, _, err = evo("plot", path, "-o", tmp_path / f"{name}.png")
         assert code == 1 and err.strip() == "evo: error: " + message.format(path=path), err
         assert not (tmp_path / f"{name}.png").exists()
+
+
+def test_evo_plot_of_a_vcf_with_bytes_outside_utf8_is_one_line(tmp_path, capfd):
+    """score-variants copies a Latin-1 byte of its input VCF unchanged; pysam decodes fields as UTF-8
+    only, and plotting that output ended in "UnicodeDecodeError" (a bug's message) after htslib's
+    warnings about the undefined INFO key. Now one line saying what and what to plot instead."""
+    vcf = tmp_path / "scored.vcf"
+    vcf.write_bytes(b"##fileformat=VCFv4.2\n##contig=<ID=c1>\n"
+                    b'##INFO=<ID=EVO_DELTA,Number=A,Type=Float,Description="d">\n'
+                    b"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                    b"c1\t5\trs\xe91\tA\tG\t.\t.\tNOTE=x;EVO_DELTA=0.5\n")
+    code, _, err = evo("plot", vcf, "-o", tmp_path / "p.png")
+    assert code == 1 and err == (f"evo: error: {vcf}: record at position 5 holds text that is not UTF-8 (in CHROM, "
+                                 "ID, ALT or INFO), which pysam cannot read; plot the .tsv or .parquet output of "
+                                 "score-variants instead\n")
+    assert capfd.readouterr().err == "" and not (tmp_path / "p.png").exists()
+    # without EVO_ALT_LL / EVO_REF_LL declared (a VCF not written by evo): pysam's "Invalid header" ended it
+    vcf.write_bytes(vcf.read_bytes().replace(b"rs\xe91", b"rs1"))
+    code, _, err = evo("plot", vcf, "-o", tmp_path / "p.png")
+    assert code == 0 and (tmp_path / "p.png").stat().st_size > 0, err
