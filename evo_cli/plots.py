@@ -274,8 +274,10 @@ def read_scores(path: str | Path):
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a score file")
     name = path.name.lower()
     if name.endswith((".vcf", ".vcf.gz", ".vcf.bgz", ".bcf")):
         return _read_vcf(path)

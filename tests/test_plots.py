@@ -279,3 +279,13 @@ def test_evo_plot_of_a_vcf_with_bytes_outside_utf8_is_one_line(tmp_path, capfd):
     vcf.write_bytes(vcf.read_bytes().replace(b"rs\xe91", b"rs1"))
     code, _, err = evo("plot", vcf, "-o", tmp_path / "p.png")
     assert code == 0 and (tmp_path / "p.png").stat().st_size > 0, err
+
+
+def test_evo_plot_of_a_folder_or_device_says_what_it_is(tmp_path):
+    """A folder and /dev/null were both "no such file"."""
+    code, _, err = evo("plot", tmp_path, "-o", tmp_path / "p.png")
+    assert code == 1 and err == f"evo: error: {tmp_path}: is a directory, expected a score file\n"
+    code, _, err = evo("plot", "/dev/null", "-o", tmp_path / "p.png")
+    assert code == 1 and err == "evo: error: /dev/null: scores are .tsv, .parquet, .vcf or .vcf.gz (or .tsv.gz)\n"
+    code, _, err = evo("plot", tmp_path / "missing.tsv", "-o", tmp_path / "p.png")
+    assert code == 1 and err == f"evo: error: {tmp_path / 'missing.tsv'}: no such file\n"
