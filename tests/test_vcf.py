@@ -400,11 +400,13 @@ def test_pos_0_is_read_as_a_telomere(tmp_path):
     ("100", "REF", r"REF 'X' is not a sequence of nucleotide codes"),
     ("100", "REF", r"REF '' is not a sequence"),
     ("100", "ALT", r"empty ALT"),
-    ("100", "COLS", r"expected tab-separated CHROM, POS, ID, REF and ALT columns, found 3"),
+    ("100", "COLS", r"expected tab-separated CHROM, POS, ID, REF and ALT columns, found 3 column\(s\)$"),
+    ("100", "SPACES", r"expected tab-separated CHROM, POS, ID, REF and ALT columns, found 1 column\(s\) \(separated "
+                      r"by spaces: a VCF separates its columns with tabs\)$"),
 ])
 def test_malformed_record_names_line_and_field(tmp_path, pos, field, message):
     ref, alt = {"REF": ("X" if "X" in message else "", "A"), "ALT": ("C", "")}.get(field, ("C", "A"))
-    bad = f"17\t{pos}\t.\t{ref}\t{alt}\t.\t.\t." if field != "COLS" else "17\t100\tx"
+    bad = {"COLS": "17\t100\tx", "SPACES": "17 100 . C A . . ."}.get(field, f"17\t{pos}\t.\t{ref}\t{alt}\t.\t.\t.")
     vcf = tmp_path / "bad.vcf"
     vcf.write_text("##fileformat=VCFv4.2\n##contig=<ID=17>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
                    f"17\t5\t.\tC\tA\t.\t.\t.\n{bad}\n")

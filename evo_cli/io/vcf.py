@@ -67,8 +67,10 @@ def parse_record(line: str, where: str) -> VcfRecord:
     of a malformed record."""
     cols = line.split("\t", 5)
     if len(cols) < 5:
+        # a hand-edited VCF often has spaces where tabs belong
+        spaces = " (separated by spaces: a VCF separates its columns with tabs)" if len(line.split()) >= 5 else ""
         raise InputError(f"{where}: expected tab-separated CHROM, POS, ID, REF and ALT columns, found "
-                         f"{len(cols)} column(s)")
+                         f"{len(cols)} column(s){spaces}")
     chrom, pos, rid, ref, alt = cols[:5]
     if not chrom:
         raise InputError(f"{where}: empty CHROM")
