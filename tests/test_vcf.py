@@ -145,6 +145,15 @@ def test_reference_that_faidx_cannot_read_says_why(text, message, tmp_path, monk
         Reference(fa)
 
 
+def test_truncated_bgzip_reference_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cut = tmp_path / "cut.fa.gz"
+    cut.write_bytes((BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz").read_bytes()[:200_000])
+    with pytest.raises(InputError, match=r"cut.fa.gz: cannot index as FASTA \(.*BGZF.*: the file is truncated or "
+                                         r"damaged\)$"):
+        Reference(cut)
+
+
 def test_index_build_of_a_killed_run_is_removed_by_the_next_build(tmp_path, monkeypatch):
     """A run killed while indexing leaves its temporary build folder in the cache; the next build of
     that FASTA's index removes it (the folder names the dead process), a live run's is kept."""

@@ -209,6 +209,8 @@ class Reference:
                     failed = False
             if failed:
                 reason = htslib_reason(messages)
+                if "BGZF" in reason:  # the compressed data itself is cut short or damaged
+                    raise InputError(f"{self.path}: cannot index as FASTA ({reason}: the file is truncated or damaged)")
                 raise InputError(f"{self.path}: cannot index as FASTA ({reason + '; ' if reason else ''}expected "
                                  f"'>' headers, and lines of one length within each record)")
             # htslib indexes the first of two records of one name and drops the second with a warning:
