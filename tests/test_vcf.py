@@ -145,13 +145,24 @@ def test_reference_that_faidx_cannot_read_says_why(text, message, tmp_path, monk
         Reference(fa)
 
 
-def test_truncated_bgzip_reference_says_so(tmp_path, monkeypatch):
+def test_truncated_bgzip_reference_says_so(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cut = tmp_path / "cut.fa.gz"
     cut.write_bytes((BRCA1 / "GRCh37_chr17_BRCA1locus_Npadded.fa.gz").read_bytes()[:200_000])
     with pytest.raises(InputError, match=r"cut.fa.gz: cannot index as FASTA \(.*BGZF.*: the file is truncated or "
                                          r"damaged\)$"):
         Reference(cut)
+    # with the intact file's index beside it, bases before the cut are read and those after it fail in one
+    # line (it was pysam's "ValueError: failure when retrieving sequence" after two htslib lines)
+    for ext in (".fai", ".gzi"):
+        shutil.copy(BRCA1 / f"GRCh37_chr17_BRCA1locus_Npadded.fa.gz{ext}", f"{cut}{ext}")
+    capfd.readouterr()
+    with Reference(cut) as ref:
+        assert ref.fetch("17", 41197700, 41197710) == "GTGGCTGTGG"
+        with pytest.raises(InputError, match=r"cut.fa.gz: cannot read 17:41290001-41290010: the file is truncated or "
+                                             r"damaged, or its index \(.fai/.gzi\) belongs to another file$"):
+            ref.fetch("17", 41290000, 41290010)
+    assert capfd.readouterr().err == ""
 
 
 def test_index_build_of_a_killed_run_is_removed_by_the_next_build(tmp_path, monkeypatch):

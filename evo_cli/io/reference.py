@@ -261,4 +261,9 @@ class Reference:
         start, end = max(0, start), min(end, self.contigs[contig])
         if end <= start:
             return ""
-        return self._fa.fetch(contig, start, end).upper()
+        try:
+            with quiet_htslib():  # its lines about the failed block: the error below says it in one
+                return self._fa.fetch(contig, start, end).upper()
+        except (OSError, ValueError):
+            raise InputError(f"{self.path}: cannot read {contig}:{start + 1}-{end}: the file is truncated or damaged, "
+                             f"or its index (.fai/.gzi) belongs to another file") from None
