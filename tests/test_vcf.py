@@ -232,6 +232,29 @@ def test_invalid_vcf_is_one_clear_error(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_vcf_and_reference_are_read_with_stderr_closed(tmp_path):
+    """htslib's messages are collected through file descriptor 2; a run with it closed (`2>&-`, some
+    daemons) must still read its inputs and report a bad one."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "os.close(2)\n"
+            "from evo_cli.errors import InputError\n"
+            "from evo_cli.io.reference import Reference\n"
+            "from evo_cli.io.vcf import VcfReader\n"
+            f"print(len(list(VcfReader({str(EDGE / 'bcftools' / 'norm.vcf')!r}))))\n"
+            f"print(Reference({str(REGION_FA)!r}).length('GRCh37_chr17_41100001_41300000'))\n"
+            "try:\n"
+            f"    VcfReader({str(EDGE / 'cyvcf2' / 'test-invalid-header.vcf')!r})\n"
+            "except InputError as err:\n"
+            "    print(str(err).split(': ', 1)[1])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 0 and proc.stdout.splitlines() == [
+        "24", "200000", "not a valid VCF/BCF header (htslib gave no reason)"], proc
+
+
 def test_vcf_with_a_byte_order_mark_is_read(tmp_path):
     """A VCF saved by a Windows editor with a UTF-8 BOM: htslib does not take it for a VCF (it failed
     with 'not a valid VCF/BCF'), a plain-gzip one was read already; plain and bgzip are read now."""

@@ -44,9 +44,15 @@ def htslib_messages():
     import pysam
 
     lines: list[str] = []
-    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr (`2>&-`): htslib's lines go nowhere, and there is nothing to collect
+        with quiet_htslib():
+            yield lines
+        return
+    if sys.stderr is not None:
+        sys.stderr.flush()
     old = pysam.set_verbosity(3)  # warnings and errors, whatever an earlier quiet_htslib left
-    saved = os.dup(2)
     try:
         with tempfile.TemporaryFile() as tmp:
             os.dup2(tmp.fileno(), 2)

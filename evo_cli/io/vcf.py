@@ -176,14 +176,18 @@ def merge_regions(regions: Iterable[Region]) -> dict[str, list[tuple[int, int]]]
     return merged
 
 
-def _starts_with_bom(path: Path) -> bool:
-    """Whether the text of ``path`` (plain, or after gzip/bgzip decompression) starts with a UTF-8 BOM."""
+def _head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes of ``path``'s content (after gzip/bgzip decompression); b"" when unreadable."""
     try:
         with open(path, "rb") as fh:
-            head = gzip.GzipFile(fileobj=fh).read(3) if fh.peek(2)[:2] == b"\x1f\x8b" else fh.read(3)
+            return gzip.GzipFile(fileobj=fh).read(n) if fh.peek(2)[:2] == b"\x1f\x8b" else fh.read(n)
     except (OSError, EOFError, zlib.error):  # a corrupt file: htslib's open says what is wrong
-        return False
-    return head == b"\xef\xbb\xbf"
+        return b""
+
+
+def _starts_with_bom(path: Path) -> bool:
+    """Whether the text of ``path`` (plain, or after gzip/bgzip decompression) starts with a UTF-8 BOM."""
+    return _head(path, 3) == b"\xef\xbb\xbf"
 
 
 class VcfReader:
@@ -234,8 +238,8 @@ class VcfReader:
                 failure = err
         if isinstance(failure, OSError):
             raise InputError(f"{self.path}: cannot read as VCF/BCF ({failure.strerror or failure})")
-        reason = htslib_reason(messages)
-        if reason:
+        if _head(self.path, 16).startswith((b"##fileformat=VCF", b"BCF\x02", b"BCF\x04")):
+            reason = htslib_reason(messages) or "htslib gave no reason"
             raise InputError(f"{self.path}: not a valid VCF/BCF header ({reason})")
         # htslib tells a VCF by its first line and says nothing when it does not find one
         raise InputError(f"{self.path}: not a VCF or BCF: a VCF's first line is ##fileformat=VCFv4.x, followed by "
