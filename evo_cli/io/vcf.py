@@ -229,8 +229,13 @@ class VcfReader:
         """A fresh ``pysam.VariantFile`` on the file."""
         import pysam
 
-        # htslib's lines (index lookups on unindexed files, header warnings) are collected, not printed:
-        # on a failure its reason goes into our one line
+        try:  # htslib's lines (index lookups on unindexed files, header warnings) are not printed
+            with quiet_htslib():
+                return pysam.VariantFile(str(self.path))
+        except (OSError, ValueError):
+            pass
+        # again, collecting htslib's lines: its reason goes into our one line. Only on this failure path:
+        # stderr is redirected meanwhile, which would swallow a progress bar's refresh during a run
         with htslib_messages() as messages:
             try:
                 return pysam.VariantFile(str(self.path))
