@@ -72,6 +72,16 @@ def test_gpu_lists_without_gpu():
         resolve_devices("auto", devices_per_rank=2)
 
 
+@pytest.mark.parametrize("spec", ["cuda:0,cuda:0", "cuda,cuda:0", "cuda:1,cuda:0,cuda:1"])
+def test_device_list_naming_a_gpu_twice_is_refused(spec):
+    """Checked before the GPUs are looked for, so the same line on a machine without them."""
+    with pytest.raises(InputError, match="names one GPU twice") as e:
+        resolve_devices(spec)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="names one GPU twice"):
+        resolve_devices(spec.split(","))
+
+
 def test_devices_per_rank_needs_device_auto():
     with pytest.raises(InputError, match="use --device auto, not cpu"):
         resolve_devices("cpu", devices_per_rank=2)
@@ -344,12 +354,21 @@ def test_cli_split_gives_the_same_bytes(tmp_path):
     (["--device", "cpu,,cpu"], "has an empty entry"),
     (["--device", "cpu", "--devices-per-rank", "2"], "use --device auto"),
     (["--device", "cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu"], "cannot split 7 block(s) over 8 devices"),
+    (["--device", "cuda:0,cuda:0"], "names one GPU twice (cuda:0 and cuda:0)"),
 ])
 def test_cli_bad_devices_are_one_line(tmp_path, args, message):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">a\nACGT\n")
     code, _, err = evo("score", "--fasta", fasta, "-m", CASES[1], "-o", tmp_path / "out.tsv", *args)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_duplicate_gpus_are_a_usage_error(tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nACGT\n")
+    code, _, err = evo("score", "--fasta", fasta, "-m", CASES[1], "-o", tmp_path / "out.tsv", "--device", "cuda,cuda:0")
+    assert code == 2 and "names one GPU twice (cuda and cuda:0)" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.tsv").exists()
 
 
 def test_fp8_projections_count_their_e4m3_weights(fake_gpus, tmp_path, monkeypatch):
