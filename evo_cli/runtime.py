@@ -263,6 +263,12 @@ def resolve_fp8(fp8: str | None, devices: torch.device | Sequence[torch.device],
     return choice
 
 
+def fp8_native_on(devices: torch.device | Sequence[torch.device]) -> bool:
+    """Whether every one of ``devices`` runs ``--fp8 native`` (a GPU of compute capability 8.9 or 9.x)."""
+    devices = [devices] if isinstance(devices, torch.device) else list(devices)
+    return all(fp8_native_supported(d) for d in devices)
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
