@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import shlex
 
 import pytest
 import torch
@@ -404,3 +405,57 @@ def test_fp8_projections_count_their_e4m3_weights(fake_gpus, tmp_path, monkeypat
     for mode in ("emulate", "off"):
         evo_cli.load_model(ckpt, device="cpu,cpu", dtype="float32", fp8=mode)
     assert seen == [True, False]
+
+
+def test_devices_per_rank_is_recorded_in_the_command(tmp_path, monkeypatch):
+    """``--devices-per-rank`` is in the command an output records, as every other option with a value (it
+    was left out: a rerun of the recorded command was not the run). The GPUs it asks for are faked: the
+    model loads on the CPU."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    import evo_cli.cli.score as score_cli
+
+    monkeypatch.setattr(score_cli, "load_model_cli", lambda model, *a, **k: evo_cli.load_model(model, device="cpu"))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nACGTACGT\n")
+    for extra, recorded in (([], None), (["--devices-per-rank", "2"], "2")):
+        out = tmp_path / f"s{len(extra)}.parquet"
+        code, _, err = evo("score", "--fasta", fasta, "-m", CASES[1], "-o", out, "-q", *extra)
+        assert code == 0, err
+        command = shlex.split(json.loads(pq.read_schema(out).metadata[b"evo"])["command"])
+        assert command[:2] == ["evo", "score"] and "--device" in command
+        got = command[command.index("--devices-per-rank") + 1] if "--devices-per-rank" in command else None
+        assert got == recorded
+
+
+def test_a_run_resumes_across_placements_in_every_command(tmp_path):
+    """Where the model runs (``--device``, ``--devices-per-rank``) does not change the results, so a progress
+    file made with one placement is resumed with another, whichever command made it: the commands whose
+    progress keeps the command line (score, embed, generate) refused a changed ``--device`` and would have
+    refused a changed ``--devices-per-rank``, unlike score-variants and mutagenize. Another option still
+    differs."""
+    from evo_cli.generation import run_generate
+    from evo_cli.runs import progress_metadata
+
+    model = evo_cli.load_model(CASES[1], device="cpu", dtype="float32")
+    base = "evo generate --model m --device {} --n-tokens 4 --batch-size 2"
+    before = {"model": "m", "command": base.format("cuda:0") + " --devices-per-rank 2"}
+    after = {"model": "m", "command": base.format("cuda:1,cuda:2")}
+    assert progress_metadata(before) == progress_metadata(after) == {
+        "model": "m", "command": "evo generate --model m --n-tokens 4 --batch-size 2"}
+    assert progress_metadata({"command": base.format("cpu").replace("2", "3")}) != progress_metadata(after)
+    out = tmp_path / "gen.fa"
+    steps = []
+
+    def stop_in_the_second_batch(n):
+        steps.append(n)
+        if len(steps) == 6:
+            raise KeyboardInterrupt
+
+    prompts = {"a": "ACGT", "b": "GGAT", "c": "TTAG"}
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(model, prompts, 4, out, header=before, batch_size=2, seed=3, progress=stop_in_the_second_batch)
+    gens, resumed = run_generate(model, prompts, 4, out, header=after, batch_size=2, resume=True)
+    assert resumed == 2 and len(gens) == 3
