@@ -103,16 +103,17 @@ def fp8_decision(ckpt: Checkpoint, fp8: str | None, devices: torch.device | list
     choice = fp8_choice(fp8)
     first = next((i for i, kind in enumerate(ckpt.config.block_types) if kind != "attn"), 0)
     key = f"blocks.{first}.projections.{'fp8_scale_input' if ckpt.format == 'native' else '_extra_state'}"
-    where = "every device is an sm_89/sm_90 GPU" if fp8_native_on(devices) else "no sm_89/sm_90 GPU here"
+    native_here = fp8_native_on(devices)
+    where = "every device is an sm_89/sm_90 GPU" if native_here else "no sm_89/sm_90 GPU here"
     if choice != "auto":
         mode, why = resolve_fp8(fp8, devices, needs_fp8=True), f"--fp8 {choice}{fp8_source(fp8)}"
     elif spec is not None and spec.family == "evo2" and not spec.fp8:
-        native = has_state and fp8_native_on(devices)
-        mode = "native" if native else "off"
+        mode = "native" if has_state and native_here else "off"
         why = (f"{spec.name} runs FP8 projections where Transformer Engine would (evo2's config), and {where}"
-               if native else f"{spec.name} does not need FP8 projections (evo2 runs it in bf16 without "
-               f"Transformer Engine){'' if has_state else ' and its checkpoint holds no FP8 scales'}; "
-               f"{where}, and emulating them would only be slower")
+               if mode == "native" else
+               f"{spec.name} does not need FP8 projections (evo2 runs it in bf16 without Transformer Engine); "
+               + (f"{where}, and emulating them would only be slower" if has_state
+                  else "its checkpoint holds no FP8 scales"))
     elif not has_state:
         mode = "off"
         why = (f"{spec.name} was trained with FP8 projections, but its checkpoint holds no FP8 scales"

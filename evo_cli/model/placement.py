@@ -58,8 +58,8 @@ def check_distinct(names: Sequence) -> None:
         key = (dev.type, dev.index or 0)
         if key in seen:
             listed = ",".join(str(n) for n in names)
-            raise InputError(f"device list {listed!r} names one GPU twice ({seen[key]} and {name}): each part of a split model "
-                             f"needs a device of its own (e.g. cuda:0,cuda:1)")
+            raise InputError(f"device list {listed!r} names one GPU twice ({seen[key]} and {name}): each part of a "
+                             f"split model needs a device of its own (e.g. cuda:0,cuda:1)")
         seen[key] = str(name)
 
 
