@@ -39,6 +39,7 @@ def test_multiline_lowercase_and_gzip(tmp_path):
     (">a\nACXT\n", "'X' at position 3"),
     ("", "no FASTA records"),
     (">\nAC\n", "empty name"),
+    ("@read1\nACGT\n+\nIIII\n", r"x.fa:1: FASTQ, not FASTA: convert it first \(e.g. seqtk seq -A IN.fq > OUT.fa\)$"),
 ])
 def test_bad_fasta(tmp_path, text, match):
     with pytest.raises(InputError, match=match):

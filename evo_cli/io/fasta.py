@@ -139,6 +139,9 @@ def iter_fasta(path: str | Path, uppercase: bool = True, alphabet: frozenset | N
             elif line.startswith(";"):
                 continue
             elif header is None:
+                if line.startswith("@"):  # reads, given where sequences are expected
+                    raise InputError(f"{path}:{lineno}: FASTQ, not FASTA: convert it first (e.g. seqtk seq -A "
+                                     f"IN.fq > OUT.fa)")
                 if line.strip():
                     raise InputError(f"{path}:{lineno}: not FASTA: expected a '>' header line before sequence")
             else:
