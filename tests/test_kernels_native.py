@@ -72,7 +72,7 @@ def test_dispatch():
     plain = K.causal_attention(q, k, v, 40, backend="torch")
     assert not torch.equal(fused, plain) and torch.allclose(fused, plain, atol=1e-5)
     assert native_attention(q.double(), k.double(), v.double(), 40) is None
-    q48, k48, v48 = _qkv(1, 1, 4, 0, 48)
+    q48, k48, v48 = _qkv(1, 1, 4, 0, 128)
     assert native_attention(q48, k48, v48, 0) is None
     assert torch.allclose(K.causal_attention(q48, k48, v48, 0, backend="numba"),
                           causal_attention_ref(q48, k48, v48, 0), atol=1e-5)

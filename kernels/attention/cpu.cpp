@@ -1,7 +1,7 @@
 // Causal attention of a chunk of queries over a KV cache, float32, one CPU core per call.
 //
 // Compiled on first use with the system's C++ compiler (kernels/_native.py) and called through
-// ctypes. What it does that torch's CPU flash kernel does not: at head sizes of 16-128 it keeps a
+// ctypes. What it does that torch's CPU flash kernel does not: at head sizes of 16-64 it keeps a
 // tile of queries' scores and outputs in vector registers (GCC/Clang vector extensions, no
 // intrinsics, so any target the compiler knows), and it skips the keys a causal query cannot see
 // instead of computing the chunk's diagonal block whole (benchmarks/README.md, tenth round).
@@ -166,11 +166,12 @@ static void head(const float* q, const float* k, const float* v, float* o, int64
 extern "C" {
 
 // The heads [lo, hi) of the flattened B x H: head n is (n / H, n % H). Returns 0, or 1 when memory
-// for the transposed keys could not be had, 2 for a head size without a kernel.
+// for the transposed keys could not be had, 2 for a head size without a kernel (at 128, Evo 2 7B's,
+// torch's flash kernel is 5% faster: benchmarks/README.md, tenth round).
 int causal_attention(const float* q, const float* k, const float* v, float* o, int H, int Lq, int Lk, int hd,
                      int offset, float scale, const int64_t* strides, int lo, int hi) {
     // strides: q (b, h, pos), k (b, h, pos), v (b, h, pos), o (b, h, pos), in elements
-    if (hd != 16 && hd != 32 && hd != 64 && hd != 128) return 2;
+    if (hd != 16 && hd != 32 && hd != 64) return 2;
     int64_t ldk = (Lk + 31) / 32 * 32;
     float* kt = (float*)aligned_alloc(64, (size_t)(ldk * hd * sizeof(float)));
     if (!kt) return 1;
@@ -181,8 +182,7 @@ int causal_attention(const float* q, const float* k, const float* v, float* o, i
         float* on = o + b * s[9] + h * s[10];
         if (hd == 16) head<16>(qn, kn, vn, on, s[2], s[5], s[8], s[11], Lq, Lk, offset, scale, kt, ldk);
         else if (hd == 32) head<32>(qn, kn, vn, on, s[2], s[5], s[8], s[11], Lq, Lk, offset, scale, kt, ldk);
-        else if (hd == 64) head<64>(qn, kn, vn, on, s[2], s[5], s[8], s[11], Lq, Lk, offset, scale, kt, ldk);
-        else head<128>(qn, kn, vn, on, s[2], s[5], s[8], s[11], Lq, Lk, offset, scale, kt, ldk);
+        else head<64>(qn, kn, vn, on, s[2], s[5], s[8], s[11], Lq, Lk, offset, scale, kt, ldk);
     }
     free(kt);
     return 0;
