@@ -199,7 +199,7 @@ def _groups(lengths: list[int], batch_size: int, chunk_size: int, window: int) -
 @torch.inference_mode()
 def iter_embeddings(
     model,
-    sequences: str | Sequence[str],
+    sequences: str | Iterable[str],
     layers: str | Sequence[str] | None = None,
     pool: str = "mean",
     strand: str = "forward",
@@ -216,8 +216,9 @@ def iter_embeddings(
     """
     _check(pool, strand, batch_size, chunk_size)
     layers = resolve_layers(model.config, layers)
-    if isinstance(sequences, str):  # one sequence, as in ``embed``, not one per base
-        sequences = [sequences]
+    # a string is one sequence, as in ``embed``, not one per base; any other iterable is read once, here
+    # (the checks below and the batching by length go over it)
+    sequences = [sequences] if isinstance(sequences, str) else list(sequences)
     for i, s in enumerate(sequences):
         if not s:
             raise InputError(f"sequence {i} is empty")

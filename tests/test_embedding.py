@@ -236,3 +236,13 @@ def test_embed_takes_any_iterable_of_sequences(tiny_models):
     assert torch.equal(embed(model, seqs[0], ["blocks.2"])["blocks.2"], want[:1])
     # a string is one sequence in the streaming form too, not one per base
     assert [(e.index, e.layer) for e in iter_embeddings(model, seqs[0], ["blocks.2"])] == [(0, "blocks.2")]
+
+
+def test_iter_embeddings_takes_a_generator(tiny_models):
+    """A generator of sequences was consumed by the empty-sequence check and yielded nothing."""
+    model = tiny_models["evo2"]
+    seqs = [random_dna(9, 1), random_dna(5, 2)]
+    want = [(e.index, e.values) for e in iter_embeddings(model, seqs, ["blocks.2"])]
+    got = [(e.index, e.values) for e in iter_embeddings(model, (s for s in seqs), ["blocks.2"])]
+    assert [i for i, _ in got] == [0, 1]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))
