@@ -26,6 +26,7 @@ of the requested layers, kept on the host until the forward strand comes by.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -159,11 +160,23 @@ class _Pooler:
 
 
 class _Capture:
-    """Forward hooks that keep the latest output of each requested module."""
+    """Forward hooks that keep the latest output of each requested module, registered only while the
+    model runs (``with capture.hooked():``): a generator suspended between pieces, or dropped half-read,
+    leaves the caller's model without hooks (a hooked model neither chunks long inputs nor decodes on the
+    fast CPU path, and the hooks would hold on to every output)."""
 
     def __init__(self, model, layers: list[str]):
+        self.model, self.layers = model, layers
         self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [model.get_submodule(name).register_forward_hook(self._hook(name)) for name in layers]
+
+    @contextlib.contextmanager
+    def hooked(self):
+        handles = [self.model.get_submodule(name).register_forward_hook(self._hook(name)) for name in self.layers]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def _hook(self, name):
         def hook(_module, _inputs, output):
@@ -174,10 +187,6 @@ class _Capture:
     def take(self) -> dict[str, torch.Tensor]:
         out, self.outputs = self.outputs, {}
         return out
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def _tokens(seq: str) -> torch.Tensor:
@@ -224,25 +233,21 @@ def iter_embeddings(
             raise InputError(f"sequence {i} is empty")
     lengths = [len(s.encode("utf-8")) for s in sequences]
     window = batch_size * (_SORT_WINDOW_BATCHES if pool != "none" else 1)
-    capture = _Capture(model, layers)
-    run = _Runner(model, layers, pool, strand, chunk_size, capture, progress or (lambda n: None))
-    try:
-        pending: dict[int, list[Embedding]] = {}
-        next_index = 0
-        for group in _groups(lengths, batch_size, chunk_size, window):
-            if lengths[group[0]] > chunk_size:
-                # a long sequence streams; every earlier sequence has been emitted (batches come in
-                # order of their first index)
-                yield from run.long(group[0], sequences[group[0]])
-                next_index += 1
-            else:
-                for e in run.short(group, [sequences[i] for i in group]):
-                    pending.setdefault(e.index, []).append(e)
-            while next_index in pending:
-                yield from pending.pop(next_index)
-                next_index += 1
-    finally:
-        capture.remove()
+    run = _Runner(model, layers, pool, strand, chunk_size, _Capture(model, layers), progress or (lambda n: None))
+    pending: dict[int, list[Embedding]] = {}
+    next_index = 0
+    for group in _groups(lengths, batch_size, chunk_size, window):
+        if lengths[group[0]] > chunk_size:
+            # a long sequence streams; every earlier sequence has been emitted (batches come in
+            # order of their first index)
+            yield from run.long(group[0], sequences[group[0]])
+            next_index += 1
+        else:
+            for e in run.short(group, [sequences[i] for i in group]):
+                pending.setdefault(e.index, []).append(e)
+        while next_index in pending:
+            yield from pending.pop(next_index)
+            next_index += 1
 
 
 class _Runner:
@@ -259,16 +264,21 @@ class _Runner:
         self.layerwise_ok = set(layers) <= in_last
 
     def _forward(self, ids):
-        self.model(ids.to(self.model.device), return_logits=False, last_block=self.last_block)
+        with self.capture.hooked():
+            self.model(ids.to(self.model.device), return_logits=False, last_block=self.last_block)
         return self.capture.take()
 
     def _chunks(self, ids) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """(start, {layer: [1, n, D]}) per chunk of a [1, L] sequence."""
         free = free_memory_bytes(self.model.device) if self.layerwise_ok else None
-        for start, _ in self.model.forward_long(ids.to(self.model.device), self.chunk_size, free_bytes=free,
-                                                return_logits=False, last_block=self.last_block,
-                                                progress=self.progress):
-            yield start, self.capture.take()
+        chunks = self.model.forward_long(ids.to(self.model.device), self.chunk_size, free_bytes=free,
+                                         return_logits=False, last_block=self.last_block, progress=self.progress)
+        while True:
+            with self.capture.hooked():  # the model runs inside next()
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk[0], self.capture.take()
 
     def short(self, indices: list[int], seqs: list[str]) -> Iterator[Embedding]:
         """One right-padded batch (forward rows, then reverse-complement rows with ``both``)."""

@@ -246,3 +246,24 @@ def test_iter_embeddings_takes_a_generator(tiny_models):
     got = [(e.index, e.values) for e in iter_embeddings(model, (s for s in seqs), ["blocks.2"])]
     assert [i for i, _ in got] == [0, 1]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("long", [False, True])
+def test_a_suspended_stream_leaves_no_hook_on_the_model(tiny_models, long):
+    """The capture hooks stayed on the caller's model while an ``iter_embeddings`` generator was
+    suspended (or kept half-read): the model then ran long inputs in one pass and decoded off the fast
+    CPU path, and every forward's output was held. Two streams over one model interleave correctly."""
+    model = tiny_models["evo2"]
+    seqs = [random_dna(n, n) for n in (30, 12, 25)]
+    kw = dict(pool="none", chunk_size=10 if long else 100, batch_size=1)
+    want = list(iter_embeddings(model, seqs, ["blocks.2", "norm"], **kw))
+    a = iter_embeddings(model, seqs, ["blocks.2", "norm"], **kw)
+    b = iter_embeddings(model, seqs[::-1], "blocks.4", **kw)
+    first = next(a)
+    assert not any(m._forward_hooks for m in model.modules())
+    next(b)
+    assert not any(m._forward_hooks for m in model.modules())
+    got = [first] + list(a)
+    assert [(e.index, e.layer, e.start) for e in got] == [(e.index, e.layer, e.start) for e in want]
+    assert all(torch.equal(x.values, y.values) for x, y in zip(got, want))
+    b.close()
