@@ -38,14 +38,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from evo_cli.distributed import Share, checkpoint_rank, current
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, whole_number
 from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, check_embedding_output, merge_parts,
                                    open_embedding_writer, parts_dir)
 from evo_cli.io.atomic import written_by_another_run
 from evo_cli.io.partial import Checkpoint, busy_output, progress_files
 from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.limits import check_batch_size
-from evo_cli.model.tokenizer import PAD_ID
+from evo_cli.model.tokenizer import PAD_ID, check_text
 from evo_cli.registry import known_model
 from evo_cli.runs import progress_metadata, record_chunks
 from evo_cli.runtime import free_memory_bytes, non_finite_error
@@ -121,8 +121,9 @@ def _check(pool: str, strand: str, batch_size: int, chunk_size: int) -> None:
     if strand not in STRANDS:
         raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
     check_batch_size(batch_size)
-    if chunk_size < 1:
+    if isinstance(chunk_size, int) and chunk_size < 1:
         raise InputError(f"chunk size must be at least 1, not {chunk_size}")
+    whole_number(chunk_size, "chunk size", 1)  # None (no chunking, in scoring) or a float
 
 
 class _Pooler:
@@ -229,7 +230,7 @@ def iter_embeddings(
     # (the checks below and the batching by length go over it)
     sequences = [sequences] if isinstance(sequences, str) else list(sequences)
     for i, s in enumerate(sequences):
-        if not s:
+        if not check_text(s, f"sequence {i}"):
             raise InputError(f"sequence {i} is empty")
     lengths = [len(s.encode("utf-8")) for s in sequences]
     window = batch_size * (_SORT_WINDOW_BATCHES if pool != "none" else 1)

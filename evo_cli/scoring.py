@@ -34,7 +34,7 @@ from evo_cli.io.partial import open_progress
 from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.io.tracks import check_track_output, track_writer
 from evo_cli.limits import check_batch_size
-from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
+from evo_cli.model.tokenizer import EOS_ID, PAD_ID, check_text, encode
 from evo_cli.runs import progress_metadata, record_chunks
 from evo_cli.runtime import free_memory_bytes, non_finite_error
 
@@ -168,8 +168,11 @@ def iter_sequence_scores(model, sequences: str | Iterable[str], prepend_bos: boo
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
     # a string is one sequence, as in ``embed``: iterating it would score each base as a sequence
     it = iter([sequences] if isinstance(sequences, str) else sequences)
+    done = 0
     while window := list(itertools.islice(it, batch_size * _SORT_WINDOW_BATCHES)):
-        lps = token_logprobs(model, [encode(s) for s in window], bos, batch_size, chunk_size, progress)
+        ids = [encode(check_text(s, f"sequence {done + i}")) for i, s in enumerate(window)]
+        done += len(window)
+        lps = token_logprobs(model, ids, bos, batch_size, chunk_size, progress)
         for seq, lp in zip(window, lps, strict=True):
             yield SequenceScore(len(seq), 0 if bos else 1, lp)
 

@@ -252,3 +252,22 @@ def test_load_model_argument_errors(kwargs, match):
     args = {"model": CONFORMANCE / "evo2" / "tiny_a", "device": "cpu", **kwargs}
     with pytest.raises(evo_cli.InputError, match=match):
         evo_cli.load_model(**args)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: evo_cli.embed(m, ["ACGT"], chunk_size=None), "chunk size must be a whole number of at least 1, not None"),
+    (lambda m: evo_cli.embed(m, ["ACGT"], batch_size=2.0), r"batch size must be from 1 to 1,048,576, not 2\.0"),
+    (lambda m: evo_cli.score_sequences(m, ["ACGT"], batch_size=2.0), r"batch size must be from 1 to 1,048,576, not 2\.0"),
+    (lambda m: evo_cli.embed(m, ["ACGT", b"ACGT"]), r"sequence 1 must be a str, not bytes \(decode it"),
+    (lambda m: evo_cli.embed(m, [None]), "sequence 0 must be a str, not NoneType"),
+    (lambda m: evo_cli.score_sequences(m, ["ACGT", b"ACGT"]), r"sequence 1 must be a str, not bytes \(decode it"),
+    (lambda m: list(evo_cli.scoring.iter_sequence_scores(m, [3])), "sequence 0 must be a str, not int"),
+    (lambda m: evo_cli.generate(m, [b"ACGT"], n_tokens=2), r"prompt 'prompt1' must be a str, not bytes \(decode it"),
+])
+def test_sequence_and_size_arguments_of_the_wrong_type_are_one_input_error(tiny, call, match):
+    """Before: a TypeError ('<' between NoneType and int, a float as a range step) or an AttributeError
+    ('bytes' object has no attribute 'encode'; None read as an empty sequence)."""
+    import evo_cli.scoring  # noqa: F401  (the lazy attribute)
+
+    with pytest.raises(evo_cli.InputError, match=match):
+        call(tiny[0])
