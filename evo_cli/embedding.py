@@ -206,7 +206,6 @@ def _groups(lengths: list[int], batch_size: int, chunk_size: int, window: int) -
         yield from sorted(groups, key=min)
 
 
-@torch.inference_mode()
 def iter_embeddings(
     model,
     sequences: str | Iterable[str],
@@ -224,6 +223,17 @@ def iter_embeddings(
     different layers interleave. ``progress(n)`` is called with the number of tokens run after each
     model call (both strands count). See the module docstring for layers, strands and memory.
     """
+    for e in _iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size, progress):
+        # the model runs under inference mode (in _iter_embeddings only); a copy made out here is a
+        # normal tensor, which the caller may change in place or train a classifier on (an inference
+        # tensor refuses both), and holds only its own values, not the padded batch they came from
+        e.values = e.values.clone()
+        yield e
+
+
+@torch.inference_mode()
+def _iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size, progress) -> Iterator[Embedding]:
+    """``iter_embeddings``, with values that may be inference tensors or views of a batch."""
     _check(pool, strand, batch_size, chunk_size)
     layers = resolve_layers(model.config, layers)
     # a string is one sequence, as in ``embed``, not one per base; any other iterable is read once, here
@@ -368,7 +378,7 @@ def embed(
     for e in iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size):
         pieces[e.layer][e.index].append(e.values)
     if pool == "none":
-        return {layer: [torch.cat(p) for p in per_seq] for layer, per_seq in pieces.items()}
+        return {layer: [p[0] if len(p) == 1 else torch.cat(p) for p in per_seq] for layer, per_seq in pieces.items()}
     return {layer: torch.stack([p[0] for p in per_seq]) if per_seq else torch.empty(0, model.config.hidden_size)
             for layer, per_seq in pieces.items()}
 

@@ -124,8 +124,11 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
         progress(sum(len(rows[i]) for i in chunk))
         lp = lp.cpu()
         for j, i in enumerate(chunk):
-            out[i] = lp[j, 1 : len(rows[i])].clone()
-    return out
+            out[i] = lp[j, 1 : len(rows[i])]
+    # copies outside inference mode, each of its own sequence only: normal tensors, which the caller may
+    # change in place or use in autograd (an inference tensor refuses both)
+    with torch.inference_mode(False):
+        return [lp.clone() for lp in out]
 
 
 # sequences are scored in windows of this many batches, sorted by length inside a window (less padding)

@@ -267,3 +267,22 @@ def test_a_suspended_stream_leaves_no_hook_on_the_model(tiny_models, long):
     assert [(e.index, e.layer, e.start) for e in got] == [(e.index, e.layer, e.start) for e in want]
     assert all(torch.equal(x.values, y.values) for x, y in zip(got, want))
     b.close()
+
+
+def test_outputs_are_normal_tensors(tiny_models):
+    """The values were inference tensors (made under ``torch.inference_mode``): normalising them in
+    place, or training a classifier head on them, raised a RuntimeError."""
+    from evo_cli.scoring import iter_sequence_scores
+
+    model = tiny_models["evo2"]
+    seqs = [random_dna(9, 1), random_dna(30, 2)]
+    for pool in ("mean", "none"):
+        for e in iter_embeddings(model, seqs, ["blocks.2"], pool=pool, chunk_size=16):
+            assert not e.values.is_inference()
+            e.values /= e.values.norm()  # in place
+    w = torch.ones(32, 2, requires_grad=True)
+    (e.values @ w).sum().backward()  # autograd saves values for the gradient of w
+    assert w.grad.shape == (32, 2)
+    for s in iter_sequence_scores(model, seqs, chunk_size=16):
+        assert not s.logprobs.is_inference()
+        s.logprobs.clamp_(min=-10)
