@@ -196,8 +196,8 @@ def score_sequences(
     rounding, bounded memory). A
     sequence with nothing to score (one base without BOS) has mean NaN and sum 0. See
     ``iter_sequence_scores`` for per-position log-probabilities."""
-    if reduce not in ("mean", "sum"):
-        raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
+    if reduce not in REDUCTIONS:
+        raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}, not {reduce!r}")
     return [getattr(s, reduce) for s in iter_sequence_scores(model, sequences, prepend_bos, batch_size, chunk_size)]
 
 

@@ -263,6 +263,8 @@ def test_load_model_argument_errors(kwargs, match):
     (lambda m: evo_cli.score_sequences(m, ["ACGT", b"ACGT"]), r"sequence 1 must be a str, not bytes \(decode it"),
     (lambda m: list(evo_cli.scoring.iter_sequence_scores(m, [3])), "sequence 0 must be a str, not int"),
     (lambda m: evo_cli.generate(m, [b"ACGT"], n_tokens=2), r"prompt 'prompt1' must be a str, not bytes \(decode it"),
+    # a ValueError before, where every other bad argument of the API is an InputError (score_windows' too)
+    (lambda m: evo_cli.score_sequences(m, ["ACGT"], reduce="max"), "reduce must be one of mean, sum, not 'max'"),
 ])
 def test_sequence_and_size_arguments_of_the_wrong_type_are_one_input_error(tiny, call, match):
     """Before: a TypeError ('<' between NoneType and int, a float as a range step) or an AttributeError
