@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import evo_cli
@@ -273,3 +274,35 @@ def test_sequence_and_size_arguments_of_the_wrong_type_are_one_input_error(tiny,
 
     with pytest.raises(evo_cli.InputError, match=match):
         call(tiny[0])
+
+
+def test_the_readme_embedding_examples_run_as_written(tiny, tmp_path, monkeypatch):
+    """The README's Embeddings Python blocks on files ``run_embed`` wrote with a tiny model (its layer
+    names for the 7B's; the polars and duckdb lines left out: neither is a dependency) give what
+    their comments say."""
+    import re
+
+    import torch
+
+    from evo_cli.embedding import run_embed
+    from evo_cli.io.fasta import FastaRecord
+
+    model = tiny[0]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Embeddings"):readme.index("## Generating DNA")]
+    reading, api = re.findall(r"```python\n(.*?)```", section, re.S)
+    monkeypatch.chdir(tmp_path)
+    records = [FastaRecord("chr1", "", "ACGTTGCA" * 5), FastaRecord("g2", "", "GGCAT")]
+    run_embed(model, records, "emb.parquet", ["blocks.1.mlp.l3", "norm"], metadata={"command": "evo embed ..."})
+    run_embed(model, records, "pos.parquet", ["blocks.1.mlp.l3"], pool="none")
+    code = "\n".join(line for line in reading.splitlines() if "pl." not in line and "duckdb." not in line)
+    code = code.replace(", polars as pl, duckdb", "").replace("blocks.28.mlp.l3", "blocks.1.mlp.l3")
+    ns = {}
+    exec(code, ns)
+    assert ns["X"].shape == (2, 16) and ns["X"].dtype == np.float32
+    assert ns["H"].shape == (40, 16) and ns["H"].dtype == np.float32
+    want = evo_cli.embed(model, records[0].sequence, "blocks.1.mlp.l3", pool="none")["blocks.1.mlp.l3"][0]
+    assert np.allclose(ns["H"], want.numpy(), atol=1e-6)
+    ns = {"evo_cli": evo_cli, "model": model}
+    exec(api.replace("blocks.28.mlp.l3", "blocks.1.mlp.l3"), ns)
+    assert ns["emb"]["blocks.1.mlp.l3"].shape == (2, 16) and ns["emb"]["blocks.1.mlp.l3"].dtype == torch.float32
