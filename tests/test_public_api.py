@@ -306,3 +306,33 @@ def test_the_readme_embedding_examples_run_as_written(tiny, tmp_path, monkeypatc
     ns = {"evo_cli": evo_cli, "model": model}
     exec(api.replace("blocks.28.mlp.l3", "blocks.1.mlp.l3"), ns)
     assert ns["emb"]["blocks.1.mlp.l3"].shape == (2, 16) and ns["emb"]["blocks.1.mlp.l3"].dtype == torch.float32
+
+
+def test_submodules_named_in_the_readme_need_no_import_of_their_own():
+    """``evo_cli.scoring.iter_sequence_scores``, ``evo_cli.io.embeddings.read_embeddings``,
+    ``evo_cli.runtime.keep_freed_memory`` after a bare ``import evo_cli``: an AttributeError before
+    (unless some other call had imported them)."""
+    import subprocess
+    import sys
+
+    code = """
+import evo_cli
+assert callable(evo_cli.scoring.iter_sequence_scores)
+assert callable(evo_cli.io.embeddings.read_embeddings) and callable(evo_cli.runtime.keep_freed_memory)
+for missing in ("nothing", "_private"):
+    try:
+        getattr(evo_cli, missing)
+    except AttributeError as err:
+        assert "has no attribute" in str(err), err
+    else:
+        raise AssertionError(missing)
+try:
+    evo_cli.io.nothing
+except AttributeError:
+    pass
+else:
+    raise AssertionError("io.nothing")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
