@@ -49,7 +49,7 @@ from evo_cli.model.tokenizer import PAD_ID, check_text
 from evo_cli.registry import known_model
 from evo_cli.runs import progress_metadata, record_chunks
 from evo_cli.runtime import free_memory_bytes, non_finite_error
-from evo_cli.scoring import warn_beyond_context, warn_not_acgt
+from evo_cli.scoring import warn_beyond_context, warn_lower_case, warn_not_acgt
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ def _iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_s
     for i, s in enumerate(sequences):
         if not check_text(s, f"sequence {i}"):
             raise InputError(f"sequence {i} is empty")
+    warn_lower_case(sequences)
     lengths = [len(s.encode("utf-8")) for s in sequences]
     window = batch_size * (_SORT_WINDOW_BATCHES if pool != "none" else 1)
     run = _Runner(model, layers, pool, strand, chunk_size, _Capture(model, layers), progress or (lambda n: None))
@@ -369,7 +370,7 @@ def embed(
     way ``result[layer][i]`` is sequence i's embedding. ``layers``: a name, a list, or None for the
     model's default (see ``default_layer``). For outputs too large to hold, use ``iter_embeddings``.
     Sequences should be upper-case DNA: the tokenizer is case-sensitive, so a soft-masked (lower-case)
-    base is another token (``evo embed`` upper-cases what it reads).
+    base is another token, embedded as given with a warning (``evo embed`` upper-cases what it reads).
     """
     # a string is one sequence; any other iterable is read once, here (it is indexed below)
     sequences = [sequences] if isinstance(sequences, str) else list(sequences)

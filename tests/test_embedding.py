@@ -286,3 +286,19 @@ def test_outputs_are_normal_tensors(tiny_models):
     for s in iter_sequence_scores(model, seqs, chunk_size=16):
         assert not s.logprobs.is_inference()
         s.logprobs.clamp_(min=-10)
+
+
+def test_lower_case_sequences_from_python_are_warned_about(tiny_models, caplog):
+    """A soft-masked (lower-case) base is a token of its own, which the models rarely saw: the CLI
+    upper-cases what it reads, the Python API takes the tokens as given and now says so, once per call."""
+    from evo_cli.scoring import score_sequences
+
+    model = tiny_models["evo2"]
+    with caplog.at_level("WARNING"):
+        embed(model, ["ACGTACGT", "GGCAT"], "blocks.1")
+        score_sequences(model, ["ACGTACGT", "GGCAT"])
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        embed(model, ["ACGTACGT", "ggcAT", "acgt"], "blocks.1")
+        score_sequences(model, ["ACGTACGT", "ggcAT", "acgt"])
+    assert [r.getMessage().split(":")[1] for r in caplog.records] == [" sequence 1 holds lower-case bases"] * 2
