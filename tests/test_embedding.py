@@ -302,3 +302,22 @@ def test_lower_case_sequences_from_python_are_warned_about(tiny_models, caplog):
         embed(model, ["ACGTACGT", "ggcAT", "acgt"], "blocks.1")
         score_sequences(model, ["ACGTACGT", "ggcAT", "acgt"])
     assert [r.getMessage().split(":")[1] for r in caplog.records] == [" sequence 1 holds lower-case bases"] * 2
+
+
+def test_bfloat16_model_moved_by_the_user_gives_float32_and_leaves_torch_as_it_was(tiny_models):
+    """A model the caller moved with ``.to(torch.bfloat16)``: float32 values near the float32 model's,
+    the same under ``no_grad`` and ``inference_mode``; grad mode and torch's threads unchanged after."""
+    import copy
+
+    model = copy.deepcopy(tiny_models["evo2"]).to(torch.bfloat16)
+    seqs = [random_dna(20, 5), random_dna(3, 6)]
+    want = embed(tiny_models["evo2"], seqs, "blocks.3")["blocks.3"]
+    threads = torch.get_num_threads()
+    got = embed(model, seqs, "blocks.3")["blocks.3"]
+    assert got.dtype == torch.float32 and (got - want).abs().max().item() < 0.05 * want.abs().max().item()
+    assert [h.dtype for h in embed(model, seqs, "blocks.3", pool="none")["blocks.3"]] == [torch.float32] * 2
+    with torch.no_grad():
+        assert torch.equal(embed(model, seqs, "blocks.3")["blocks.3"], got)
+    with torch.inference_mode():
+        assert torch.equal(embed(model, seqs, "blocks.3")["blocks.3"], got)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and torch.get_num_threads() == threads
