@@ -32,6 +32,7 @@ __all__ = [
     "bind_decoding_steps",
     "FP8_MODES",
     "causal_attention",
+    "add_rms_norm",
     "causal_attention_ref",
     "causal_conv1d_ref",
     "fp8_linear",
@@ -176,6 +177,15 @@ def rms_norm(x, scale, eps, *, backend="auto"):
     return rms_norm_ref(x, scale, eps)
 
 
+def add_rms_norm(x, residual, scale, eps, *, backend="auto"):
+    """(u, y): u = x + residual, y = rms_norm(u); x, residual: [..., D]. With the CPU kernels one pass
+    (``norm/cpu.py``)."""
+    if resolve_backend(backend, x.device) == "numba":
+        return _cpu("norm").add_rms_norm(x, residual, scale, eps)
+    u = x + residual
+    return u, rms_norm(u, scale, eps, backend=backend)
+
+
 def hyena_featurize(z, weight, bias=None, state=None, *, backend="auto"):
     """z: [B, L, 3D] -> (x2, x1v): [B, L, D]. See ``featurize/naive.py``."""
     fused = _pick("featurize", backend, z)
@@ -237,18 +247,25 @@ def rotate_halves(x, cos, sin, *, backend="auto"):
     return rotate_halves_ref(x, cos, sin)
 
 
-def causal_attention(q, k, v, offset: int = 0):
+def causal_attention(q, k, v, offset: int = 0, *, backend="auto"):
     """Causal softmax attention, q: [B, H, Lq, hd], k/v: [B, H, offset + Lq, hd] -> [B, H, Lq, hd].
 
-    Query i sits at position ``offset + i``. Without an offset, or off the CPU, this is torch's SDPA
-    (flash / memory-efficient kernels, lower-right causal alignment); with an offset on CPU, where
-    SDPA would build the dense mask, the CPU flash kernel runs on the cached and the new keys
-    separately and the two halves are merged (``attention/cpu.py``)."""
+    Query i sits at position ``offset + i``. With the CPU kernels (backend ``numba``) a chunk of more
+    than one query runs the C++ kernel where it can be built (``attention/cpu.py``). Otherwise,
+    without an offset, or off the CPU, this is torch's SDPA (flash / memory-efficient kernels,
+    lower-right causal alignment); with an offset on CPU, where SDPA would build the dense mask, the
+    CPU flash kernel runs on the cached and the new keys separately and the two halves are merged."""
     import torch.nn.functional as F
 
     Lq, Lk = q.shape[2], k.shape[2]
     if Lq == 1:
         return F.scaled_dot_product_attention(q, k, v)
+    if q.device.type == "cpu" and resolve_backend(backend, q.device) == "numba":
+        from .attention.cpu import native_attention
+
+        o = native_attention(q, k, v, offset)
+        if o is not None:
+            return o
     if offset == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if q.device.type != "cpu":
