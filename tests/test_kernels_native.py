@@ -51,6 +51,10 @@ def test_same_bits_in_chunks_batches_and_threads():
         part = native_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b], a)
         assert torch.equal(part, full[:, :, a:b])
     assert torch.equal(native_attention(q[1:2], k[1:2], v[1:2], 0), full[1:2])
+    # a strided last axis (copied) gets a contiguous one's bits
+    strided = torch.empty(*k.shape[:3], 64)[..., ::2]
+    strided.copy_(k)
+    assert torch.equal(native_attention(q, strided, v, 0), full)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -87,6 +91,8 @@ def test_rms_norm_matches_reference(D, monkeypatch):
     assert torch.equal(u, x + r)
     assert torch.equal(y2, K.rms_norm(x + r, scale, 1e-6, backend="numba"))
     assert torch.equal(K.rms_norm(x[1:2, 5:9], scale, 1e-6, backend="numba"), y[1:2, 5:9])
+    # a strided input (copied) gets a contiguous one's bits
+    assert torch.equal(K.rms_norm(x.transpose(0, 1).contiguous().transpose(0, 1), scale, 1e-6, backend="numba"), y)
     threads = torch.get_num_threads()
     monkeypatch.setattr(_native, "MIN_PART_WORK", 1)
     try:

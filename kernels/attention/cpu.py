@@ -39,17 +39,18 @@ def _kernel():
 def native_attention(q, k, v, offset: int):
     """q: [B, H, Lq, hd]; k, v: [B, H, offset + Lq, hd] -> [B, H, Lq, hd] (a view of a [B, Lq, H, hd]
     tensor, so that the heads merge back without a copy), by ``cpu.cpp``; None where the kernel does
-    not apply (not float32 CPU tensors with a contiguous last axis, a head size it has no kernel for,
-    a derivative to record) or cannot be built here."""
+    not apply (not float32 CPU tensors, a head size it has no kernel for, a derivative to record) or
+    cannot be built here. Any strides but a strided last axis (then copied) go to the kernel as they are."""
     B, H, Lq, hd = q.shape
     Lk = k.shape[2]
     if not (hd in HEAD_SIZES and k.shape == v.shape == (B, H, Lk, hd) and Lk == offset + Lq and Lq > 0
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.stride(-1) == 1 for t in (q, k, v))
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, v))
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
         return None
     fn = _kernel()
     if fn is None:
         return None
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty(B, Lq, H, hd, dtype=torch.float32).transpose(1, 2)
     strides = (ctypes.c_long * 12)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
     args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), H, Lq, Lk, hd, offset, hd**-0.5, strides)

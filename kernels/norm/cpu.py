@@ -27,12 +27,13 @@ def _kernel():
 
 
 def _usable(*tensors) -> bool:
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
 def _run(x, residual, scale, eps):
-    """(u, y) by the kernel (u None without a residual), or None where it does not apply."""
+    """(u, y) by the kernel (u None without a residual), or None where it does not apply. A strided input
+    is copied, not sent to the reference ops: a row gets the same bits however it is laid out."""
     D = x.shape[-1]
     if not (D > 0 and scale.shape == (D,) and _usable(x, scale, *([] if residual is None else [residual]))
             and (residual is None or residual.shape == x.shape)):
@@ -40,6 +41,8 @@ def _run(x, residual, scale, eps):
     fn = _kernel()
     if fn is None:
         return None
+    x, scale = x.contiguous(), scale.contiguous()
+    residual = None if residual is None else residual.contiguous()
     y = torch.empty_like(x)
     u = None if residual is None else torch.empty_like(x)
     rows = x.numel() // D
