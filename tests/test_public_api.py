@@ -261,9 +261,11 @@ def test_load_model_argument_errors(kwargs, match):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda m: evo_cli.embed(m, ["ACGT"], chunk_size=None), "chunk size must be a whole number of at least 1, not None"),
+    (lambda m: evo_cli.embed(m, ["ACGT"], chunk_size=None),
+     "chunk size must be a whole number of at least 1, not None"),
     (lambda m: evo_cli.embed(m, ["ACGT"], batch_size=2.0), r"batch size must be from 1 to 1,048,576, not 2\.0"),
-    (lambda m: evo_cli.score_sequences(m, ["ACGT"], batch_size=2.0), r"batch size must be from 1 to 1,048,576, not 2\.0"),
+    (lambda m: evo_cli.score_sequences(m, ["ACGT"], batch_size=2.0),
+     r"batch size must be from 1 to 1,048,576, not 2\.0"),
     (lambda m: evo_cli.embed(m, ["ACGT", b"ACGT"]), r"sequence 1 must be a str, not bytes \(decode it"),
     (lambda m: evo_cli.embed(m, [None]), "sequence 0 must be a str, not NoneType"),
     (lambda m: evo_cli.score_sequences(m, ["ACGT", b"ACGT"]), r"sequence 1 must be a str, not bytes \(decode it"),
