@@ -23,6 +23,7 @@ from .fp8.naive import fp8_linear_ref, quantize_e4m3
 from .fir.naive import causal_conv1d_ref, hyena_fir_ref
 from .linear.naive import linear_ref
 from .modal.naive import hyena_modal_ref, modal_conv_ref, modal_filter_ref
+from .logprob.naive import token_logprobs_ref
 from .norm.naive import rms_norm_ref
 from .step.naive import hyena_step_ref
 
@@ -33,6 +34,8 @@ __all__ = [
     "FP8_MODES",
     "causal_attention",
     "add_rms_norm",
+    "token_logprobs",
+    "token_logprobs_ref",
     "causal_attention_ref",
     "causal_conv1d_ref",
     "fp8_linear",
@@ -184,6 +187,14 @@ def add_rms_norm(x, residual, scale, eps, *, backend="auto"):
         return _cpu("norm").add_rms_norm(x, residual, scale, eps)
     u = x + residual
     return u, rms_norm(u, scale, eps, backend=backend)
+
+
+def token_logprobs(logits, tokens, *, backend="auto"):
+    """logits: [B, n, V]; tokens: [B, n] -> [B, n] float32: ``log_softmax(logits)`` at each token. With
+    the CPU kernels one read of the logits (``logprob/cpu.py``). See ``logprob/naive.py``."""
+    if resolve_backend(backend, logits.device) == "numba":
+        return _cpu("logprob").token_logprobs(logits, tokens)
+    return token_logprobs_ref(logits, tokens)
 
 
 def hyena_featurize(z, weight, bias=None, state=None, *, backend="auto"):

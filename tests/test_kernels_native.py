@@ -102,6 +102,28 @@ def test_rms_norm_matches_reference(D, monkeypatch):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("V", [512, 40, 7])
+def test_token_logprobs_matches_reference(V, monkeypatch):
+    """Strided logits and tokens (a chunk's positions 1..n-1), a row's bits alone, beside others and in
+    threads; a token outside the vocabulary is an error, as gather's."""
+    g = torch.Generator().manual_seed(V)
+    logits, tokens = torch.randn(3, 50, V, generator=g) * 5, torch.randint(0, V, (3, 50), generator=g)
+    lp = K.token_logprobs(logits[:, :-1], tokens[:, 1:], backend="numba")
+    assert lp.shape == (3, 49) and lp.dtype == torch.float32
+    expected = K.token_logprobs_ref(logits[:, :-1].double(), tokens[:, 1:])
+    assert (lp.double() - expected).abs().max().item() < 4e-6
+    assert torch.equal(K.token_logprobs(logits[1:2, 10:20], tokens[1:2, 11:21], backend="numba"), lp[1:2, 10:20])
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(K.token_logprobs(logits[:, :-1], tokens[:, 1:], backend="numba"), lp)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(IndexError):
+        K.token_logprobs(logits, torch.full((3, 50), V), backend="numba")
+
+
 def test_hooked_post_norm_runs_unfused():
     """A hook on a block's post_norm sees it run (the residual add is then not fused into it), and the
     model's numbers are the same bits either way."""
@@ -131,12 +153,14 @@ def test_without_a_compiler(monkeypatch, tmp_path, caplog):
         out = K.causal_attention(q, k, v, 8, backend="numba")
         u, y = K.add_rms_norm(x, r, scale, 1e-6, backend="numba")
         y1 = K.rms_norm(x, scale, 1e-6, backend="numba")
+        lp = K.token_logprobs(k[0], torch.zeros(k.shape[1:3], dtype=torch.int64), backend="numba")
     assert torch.equal(out, attention_cpu.causal_attention_cpu(q, k, v, 8))
+    assert torch.equal(lp, K.token_logprobs_ref(k[0], torch.zeros(k.shape[1:3], dtype=torch.int64)))
     assert torch.equal(u, x + r) and torch.equal(y, rms_norm_ref(x + r, scale, 1e-6))
     assert torch.equal(y1, rms_norm_ref(x, scale, 1e-6))
     lines = sorted(r.getMessage() for r in caplog.records)
-    assert len(lines) == 2 and "C++ kernel attention is not available" in lines[0], lines
-    assert "C++ kernel norm is not available" in lines[1], lines
+    assert len(lines) == 3 and "C++ kernel attention is not available" in lines[0], lines
+    assert "C++ kernel logprob is not available" in lines[1] and "C++ kernel norm is not available" in lines[2], lines
 
 
 def test_built_once_per_cpu(monkeypatch, tmp_path):
