@@ -6,6 +6,7 @@ or ``evo --help`` does not pay for importing torch."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 from ._version import __version__
@@ -61,10 +62,19 @@ __all__ = [
 ]
 
 
+def _submodule(package: str, name: str):
+    """The submodule ``package.name``, imported now, for a package's ``__getattr__``: the README names
+    functions as ``evo_cli.scoring.iter_sequence_scores``, which a bare ``import evo_cli`` should
+    reach; AttributeError if there is no such submodule."""
+    if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+        return importlib.import_module(f"{package}.{name}")
+    raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _submodule(__name__, name)
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value

@@ -26,6 +26,7 @@ of the requested layers, kept on the host until the forward strand comes by.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -37,18 +38,18 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from evo_cli.distributed import Share, checkpoint_rank, current
-from evo_cli.errors import InputError
+from evo_cli.errors import InputError, whole_number
 from evo_cli.io.embeddings import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, POOLINGS, check_embedding_output, merge_parts,
                                    open_embedding_writer, parts_dir)
 from evo_cli.io.atomic import written_by_another_run
 from evo_cli.io.partial import Checkpoint, busy_output, progress_files
 from evo_cli.io.fasta import STRANDS, reverse_complement
 from evo_cli.limits import check_batch_size
-from evo_cli.model.tokenizer import PAD_ID
+from evo_cli.model.tokenizer import PAD_ID, check_text
 from evo_cli.registry import known_model
 from evo_cli.runs import progress_metadata, record_chunks
 from evo_cli.runtime import free_memory_bytes, non_finite_error
-from evo_cli.scoring import warn_beyond_context, warn_not_acgt
+from evo_cli.scoring import warn_beyond_context, warn_lower_case, warn_not_acgt
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,9 @@ def _check(pool: str, strand: str, batch_size: int, chunk_size: int) -> None:
     if strand not in STRANDS:
         raise InputError(f"strand must be one of {', '.join(STRANDS)}, not {strand!r}")
     check_batch_size(batch_size)
-    if chunk_size < 1:
+    if isinstance(chunk_size, int) and chunk_size < 1:
         raise InputError(f"chunk size must be at least 1, not {chunk_size}")
+    whole_number(chunk_size, "chunk size", 1)  # None (no chunking, in scoring) or a float
 
 
 class _Pooler:
@@ -159,11 +161,23 @@ class _Pooler:
 
 
 class _Capture:
-    """Forward hooks that keep the latest output of each requested module."""
+    """Forward hooks that keep the latest output of each requested module, registered only while the
+    model runs (``with capture.hooked():``): a generator suspended between pieces, or dropped half-read,
+    leaves the caller's model without hooks (a hooked model neither chunks long inputs nor decodes on the
+    fast CPU path, and the hooks would hold on to every output)."""
 
     def __init__(self, model, layers: list[str]):
+        self.model, self.layers = model, layers
         self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [model.get_submodule(name).register_forward_hook(self._hook(name)) for name in layers]
+
+    @contextlib.contextmanager
+    def hooked(self):
+        handles = [self.model.get_submodule(name).register_forward_hook(self._hook(name)) for name in self.layers]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def _hook(self, name):
         def hook(_module, _inputs, output):
@@ -174,10 +188,6 @@ class _Capture:
     def take(self) -> dict[str, torch.Tensor]:
         out, self.outputs = self.outputs, {}
         return out
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def _tokens(seq: str) -> torch.Tensor:
@@ -196,10 +206,9 @@ def _groups(lengths: list[int], batch_size: int, chunk_size: int, window: int) -
         yield from sorted(groups, key=min)
 
 
-@torch.inference_mode()
 def iter_embeddings(
     model,
-    sequences: str | Sequence[str],
+    sequences: str | Iterable[str],
     layers: str | Sequence[str] | None = None,
     pool: str = "mean",
     strand: str = "forward",
@@ -214,34 +223,43 @@ def iter_embeddings(
     different layers interleave. ``progress(n)`` is called with the number of tokens run after each
     model call (both strands count). See the module docstring for layers, strands and memory.
     """
+    for e in _iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size, progress):
+        # the model runs under inference mode (in _iter_embeddings only); a copy made out here is a
+        # normal tensor, which the caller may change in place or train a classifier on (an inference
+        # tensor refuses both), and holds only its own values, not the padded batch they came from
+        e.values = e.values.clone()
+        yield e
+
+
+@torch.inference_mode()
+def _iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size, progress) -> Iterator[Embedding]:
+    """``iter_embeddings``, with values that may be inference tensors or views of a batch."""
     _check(pool, strand, batch_size, chunk_size)
     layers = resolve_layers(model.config, layers)
-    if isinstance(sequences, str):  # one sequence, as in ``embed``, not one per base
-        sequences = [sequences]
+    # a string is one sequence, as in ``embed``, not one per base; any other iterable is read once, here
+    # (the checks below and the batching by length go over it)
+    sequences = [sequences] if isinstance(sequences, str) else list(sequences)
     for i, s in enumerate(sequences):
-        if not s:
+        if not check_text(s, f"sequence {i}"):
             raise InputError(f"sequence {i} is empty")
+    warn_lower_case(sequences)
     lengths = [len(s.encode("utf-8")) for s in sequences]
     window = batch_size * (_SORT_WINDOW_BATCHES if pool != "none" else 1)
-    capture = _Capture(model, layers)
-    run = _Runner(model, layers, pool, strand, chunk_size, capture, progress or (lambda n: None))
-    try:
-        pending: dict[int, list[Embedding]] = {}
-        next_index = 0
-        for group in _groups(lengths, batch_size, chunk_size, window):
-            if lengths[group[0]] > chunk_size:
-                # a long sequence streams; every earlier sequence has been emitted (batches come in
-                # order of their first index)
-                yield from run.long(group[0], sequences[group[0]])
-                next_index += 1
-            else:
-                for e in run.short(group, [sequences[i] for i in group]):
-                    pending.setdefault(e.index, []).append(e)
-            while next_index in pending:
-                yield from pending.pop(next_index)
-                next_index += 1
-    finally:
-        capture.remove()
+    run = _Runner(model, layers, pool, strand, chunk_size, _Capture(model, layers), progress or (lambda n: None))
+    pending: dict[int, list[Embedding]] = {}
+    next_index = 0
+    for group in _groups(lengths, batch_size, chunk_size, window):
+        if lengths[group[0]] > chunk_size:
+            # a long sequence streams; every earlier sequence has been emitted (batches come in
+            # order of their first index)
+            yield from run.long(group[0], sequences[group[0]])
+            next_index += 1
+        else:
+            for e in run.short(group, [sequences[i] for i in group]):
+                pending.setdefault(e.index, []).append(e)
+        while next_index in pending:
+            yield from pending.pop(next_index)
+            next_index += 1
 
 
 class _Runner:
@@ -258,16 +276,21 @@ class _Runner:
         self.layerwise_ok = set(layers) <= in_last
 
     def _forward(self, ids):
-        self.model(ids.to(self.model.device), return_logits=False, last_block=self.last_block)
+        with self.capture.hooked():
+            self.model(ids.to(self.model.device), return_logits=False, last_block=self.last_block)
         return self.capture.take()
 
     def _chunks(self, ids) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """(start, {layer: [1, n, D]}) per chunk of a [1, L] sequence."""
         free = free_memory_bytes(self.model.device) if self.layerwise_ok else None
-        for start, _ in self.model.forward_long(ids.to(self.model.device), self.chunk_size, free_bytes=free,
-                                                return_logits=False, last_block=self.last_block,
-                                                progress=self.progress):
-            yield start, self.capture.take()
+        chunks = self.model.forward_long(ids.to(self.model.device), self.chunk_size, free_bytes=free,
+                                         return_logits=False, last_block=self.last_block, progress=self.progress)
+        while True:
+            with self.capture.hooked():  # the model runs inside next()
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk[0], self.capture.take()
 
     def short(self, indices: list[int], seqs: list[str]) -> Iterator[Embedding]:
         """One right-padded batch (forward rows, then reverse-complement rows with ``both``)."""
@@ -347,7 +370,7 @@ def embed(
     way ``result[layer][i]`` is sequence i's embedding. ``layers``: a name, a list, or None for the
     model's default (see ``default_layer``). For outputs too large to hold, use ``iter_embeddings``.
     Sequences should be upper-case DNA: the tokenizer is case-sensitive, so a soft-masked (lower-case)
-    base is another token (``evo embed`` upper-cases what it reads).
+    base is another token, embedded as given with a warning (``evo embed`` upper-cases what it reads).
     """
     # a string is one sequence; any other iterable is read once, here (it is indexed below)
     sequences = [sequences] if isinstance(sequences, str) else list(sequences)
@@ -356,7 +379,7 @@ def embed(
     for e in iter_embeddings(model, sequences, layers, pool, strand, batch_size, chunk_size):
         pieces[e.layer][e.index].append(e.values)
     if pool == "none":
-        return {layer: [torch.cat(p) for p in per_seq] for layer, per_seq in pieces.items()}
+        return {layer: [p[0] if len(p) == 1 else torch.cat(p) for p in per_seq] for layer, per_seq in pieces.items()}
     return {layer: torch.stack([p[0] for p in per_seq]) if per_seq else torch.empty(0, model.config.hidden_size)
             for layer, per_seq in pieces.items()}
 

@@ -49,7 +49,7 @@ from evo_cli.io.partial import open_progress, stored_settings
 from evo_cli.limits import MAX_GENERATIONS, check_batch_size
 from evo_cli.model.cpu_decode import CpuDecoder
 from evo_cli.model.graph import StaticDecoder
-from evo_cli.model.tokenizer import decode, encode
+from evo_cli.model.tokenizer import check_text, decode, encode
 from evo_cli.runs import progress_metadata
 from evo_cli.runtime import non_finite_error
 from evo_cli.sampling import check_sampling, sample_tokens, token_logprobs
@@ -90,7 +90,7 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
         raise InputError("no prompts given")
     named, lowered = {}, []
     for pid, seq in items:
-        if not seq:
+        if not check_text(seq, f"prompt {pid!r}"):
             raise InputError(f"prompt {pid!r} is empty")
         upper = seq.upper()
         if upper != seq:

@@ -35,7 +35,7 @@ from evo_cli.io.partial import open_progress
 from evo_cli.io.tables import check_table_output, table_writer
 from evo_cli.io.tracks import check_track_output, track_writer
 from evo_cli.limits import check_batch_size
-from evo_cli.model.tokenizer import EOS_ID, PAD_ID, encode
+from evo_cli.model.tokenizer import EOS_ID, PAD_ID, check_text, encode
 from evo_cli.runs import progress_metadata, record_chunks
 from evo_cli.runtime import free_memory_bytes, non_finite_error
 
@@ -125,8 +125,11 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
         progress(sum(len(rows[i]) for i in chunk))
         lp = lp.cpu()
         for j, i in enumerate(chunk):
-            out[i] = lp[j, 1 : len(rows[i])].clone()
-    return out
+            out[i] = lp[j, 1 : len(rows[i])]
+    # copies outside inference mode, each of its own sequence only: normal tensors, which the caller may
+    # change in place or use in autograd (an inference tensor refuses both)
+    with torch.inference_mode(False):
+        return [lp.clone() for lp in out]
 
 
 # sequences are scored in windows of this many batches, sorted by length inside a window (less padding)
@@ -160,7 +163,8 @@ def iter_sequence_scores(model, sequences: str | Iterable[str], prepend_bos: boo
     ``sequences`` (a string is one sequence) is read lazily, ``batch_size * 16`` at a time, batched by
     length within that window. ``prepend_bos`` defaults to the family's reference; ``chunk_size``:
     score sequences longer than this in chunks with a carried state (same numbers, bounded memory;
-    None: never chunk). Sequences should be upper-case DNA (the tokenizer is case-sensitive).
+    None: never chunk). Sequences should be upper-case DNA (the tokenizer is case-sensitive; a lower-case
+    base is taken as given, with a warning).
     ``progress(n)``: called with the positions (tokens, BOS included) of every forward call."""
     check_batch_size(batch_size)
     # 0 would silently mean "never chunk" below (``chunk_size and ...``)
@@ -169,8 +173,12 @@ def iter_sequence_scores(model, sequences: str | Iterable[str], prepend_bos: boo
     bos = default_prepend_bos(model) if prepend_bos is None else prepend_bos
     # a string is one sequence, as in ``embed``: iterating it would score each base as a sequence
     it = iter([sequences] if isinstance(sequences, str) else sequences)
+    done, warned = 0, False
     while window := list(itertools.islice(it, batch_size * _SORT_WINDOW_BATCHES)):
-        lps = token_logprobs(model, [encode(s) for s in window], bos, batch_size, chunk_size, progress)
+        ids = [encode(check_text(s, f"sequence {done + i}")) for i, s in enumerate(window)]
+        warned = warned or warn_lower_case(window, done)
+        done += len(window)
+        lps = token_logprobs(model, ids, bos, batch_size, chunk_size, progress)
         for seq, lp in zip(window, lps, strict=True):
             yield SequenceScore(len(seq), 0 if bos else 1, lp)
 
@@ -186,13 +194,14 @@ def score_sequences(
     """Mean (or sum) log-likelihood per sequence (a string is one sequence: a list of one value);
     ``prepend_bos`` defaults to the family's reference.
 
-    Sequences should be upper-case DNA (the tokenizer is case-sensitive). ``chunk_size``: score
+    Sequences should be upper-case DNA (the tokenizer is case-sensitive; a lower-case base is taken as given,
+    with a warning). ``chunk_size``: score
     sequences longer than this in chunks with a carried state (one pass's numbers within float32
     rounding, bounded memory). A
     sequence with nothing to score (one base without BOS) has mean NaN and sum 0. See
     ``iter_sequence_scores`` for per-position log-probabilities."""
-    if reduce not in ("mean", "sum"):
-        raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
+    if reduce not in REDUCTIONS:
+        raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}, not {reduce!r}")
     return [getattr(s, reduce) for s in iter_sequence_scores(model, sequences, prepend_bos, batch_size, chunk_size)]
 
 
@@ -324,6 +333,20 @@ def warn_not_acgt(records: Sequence) -> None:
 
 
 _NOT_ACGT = re.compile("[^ACGT]")
+_LOWER = re.compile("[a-z]")
+
+
+def warn_lower_case(sequences: Iterable[str], first_index: int = 0) -> bool:
+    """For Python callers (the CLI upper-cases what it reads): warn once if a sequence holds lower-case
+    bases, each of which is a token of its own (the tokenizer is case-sensitive), so that a soft-masked
+    sequence does not give other numbers than its capitals unnoticed. Returns whether it warned."""
+    for i, s in enumerate(sequences, first_index):
+        if _LOWER.search(s):
+            log.warning("warning: sequence %d holds lower-case bases: each is a token of its own (the tokenizer is "
+                        "case-sensitive), which the models rarely saw; pass seq.upper() for the values of its capitals",
+                        i)
+            return True
+    return False
 
 
 SCORE_COLUMNS = [("id", "str"), ("length", "int"), ("mean_ll", "float"), ("sum_ll", "float")]

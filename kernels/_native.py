@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -64,6 +65,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "evo" / "native"
 
 
+@functools.lru_cache(maxsize=None)
 def _version(cxx: str) -> str:
     out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
     return out.stdout.splitlines()[0] if out.returncode == 0 and out.stdout else ""
@@ -82,24 +84,33 @@ def load(op: str) -> ctypes.CDLL | None:
         return _libs[op]
 
 
+def _target(op: str, cxx: str) -> Path:
+    """Where the build of ``op`` by ``cxx`` for this CPU is kept."""
+    source = (ROOT / op / "cpu.cpp").read_text()
+    key = hashlib.sha256("\n".join([source, cxx, _version(cxx), " ".join(FLAGS), _cpu_identity()]).encode())
+    return _cache_dir() / f"{op}-{key.hexdigest()[:16]}.so"
+
+
 def _build(op: str) -> ctypes.CDLL:
-    source = ROOT / op / "cpu.cpp"
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found: set CXX or install g++ or clang++")
-    key = hashlib.sha256("\n".join([source.read_text(), cxx, _version(cxx), " ".join(FLAGS),
-                                    _cpu_identity()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"{op}-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        timer = threading.Timer(_NOTICE_AFTER, log.warning, [f"compiling the C++ {op} kernel for this CPU "
-                                                             "(once per machine, a few seconds)"])
-        timer.daemon = True
-        timer.start()
+    source, target = ROOT / op / "cpu.cpp", _target(op, cxx)
+    if target.exists():
         try:
-            _compile(cxx, source, target)
-        finally:
-            timer.cancel()
+            return ctypes.CDLL(str(target))
+        except OSError as e:  # a damaged file (a disk that filled, a copy cut short): built again
+            log.info("rebuilding %s: %s", target, e)
+            target.unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    timer = threading.Timer(_NOTICE_AFTER, log.warning, [f"compiling the C++ {op} kernel for this CPU "
+                                                         "(once per machine, a few seconds)"])
+    timer.daemon = True
+    timer.start()
+    try:
+        _compile(cxx, source, target)
+    finally:
+        timer.cancel()
     return ctypes.CDLL(str(target))
 
 

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from evo_cli.cli.main import cli, main
+from evo_cli.errors import InputError
 from evo_cli.io.embeddings import embedding_matrix, read_embeddings, read_metadata
 from evo_cli.model.tokenizer import decode
 from evo_cli.kernels import resolve_backend
@@ -114,6 +115,11 @@ def test_per_position_rows_and_negative_layer(tmp_path):
     assert t.num_rows == 2 * (10 + 3) and t.column_names[-2:] == ["pos", "embedding"]
     assert sorted(set(t.column("layer").to_pylist())) == ["blocks.6", "norm"]
     assert per_position(out, "b", "norm").shape == (3, 64)
+    # the name as given on the command line, or a typo, was an empty table without a word
+    for layer in ("blocks.-1", "blocks.60"):
+        with pytest.raises(InputError, match=f"holds no layer '{layer}', only blocks.6, norm .*blocks.-1 as blocks.N"):
+            read_embeddings(out, layer=layer)
+    assert read_embeddings(out, layer="norm", ids=["zz"]).num_rows == 0  # a layer it holds: ids filter as asked
 
 
 @pytest.mark.parametrize("text,match", [

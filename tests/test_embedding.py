@@ -236,3 +236,88 @@ def test_embed_takes_any_iterable_of_sequences(tiny_models):
     assert torch.equal(embed(model, seqs[0], ["blocks.2"])["blocks.2"], want[:1])
     # a string is one sequence in the streaming form too, not one per base
     assert [(e.index, e.layer) for e in iter_embeddings(model, seqs[0], ["blocks.2"])] == [(0, "blocks.2")]
+
+
+def test_iter_embeddings_takes_a_generator(tiny_models):
+    """A generator of sequences was consumed by the empty-sequence check and yielded nothing."""
+    model = tiny_models["evo2"]
+    seqs = [random_dna(9, 1), random_dna(5, 2)]
+    want = [(e.index, e.values) for e in iter_embeddings(model, seqs, ["blocks.2"])]
+    got = [(e.index, e.values) for e in iter_embeddings(model, (s for s in seqs), ["blocks.2"])]
+    assert [i for i, _ in got] == [0, 1]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("long", [False, True])
+def test_a_suspended_stream_leaves_no_hook_on_the_model(tiny_models, long):
+    """The capture hooks stayed on the caller's model while an ``iter_embeddings`` generator was
+    suspended (or kept half-read): the model then ran long inputs in one pass and decoded off the fast
+    CPU path, and every forward's output was held. Two streams over one model interleave correctly."""
+    model = tiny_models["evo2"]
+    seqs = [random_dna(n, n) for n in (30, 12, 25)]
+    kw = dict(pool="none", chunk_size=10 if long else 100, batch_size=1)
+    want = list(iter_embeddings(model, seqs, ["blocks.2", "norm"], **kw))
+    a = iter_embeddings(model, seqs, ["blocks.2", "norm"], **kw)
+    b = iter_embeddings(model, seqs[::-1], "blocks.4", **kw)
+    first = next(a)
+    assert not any(m._forward_hooks for m in model.modules())
+    next(b)
+    assert not any(m._forward_hooks for m in model.modules())
+    got = [first] + list(a)
+    assert [(e.index, e.layer, e.start) for e in got] == [(e.index, e.layer, e.start) for e in want]
+    assert all(torch.equal(x.values, y.values) for x, y in zip(got, want))
+    b.close()
+
+
+def test_outputs_are_normal_tensors(tiny_models):
+    """The values were inference tensors (made under ``torch.inference_mode``): normalising them in
+    place, or training a classifier head on them, raised a RuntimeError."""
+    from evo_cli.scoring import iter_sequence_scores
+
+    model = tiny_models["evo2"]
+    seqs = [random_dna(9, 1), random_dna(30, 2)]
+    for pool in ("mean", "none"):
+        for e in iter_embeddings(model, seqs, ["blocks.2"], pool=pool, chunk_size=16):
+            assert not e.values.is_inference()
+            e.values /= e.values.norm()  # in place
+    w = torch.ones(32, 2, requires_grad=True)
+    (e.values @ w).sum().backward()  # autograd saves values for the gradient of w
+    assert w.grad.shape == (32, 2)
+    for s in iter_sequence_scores(model, seqs, chunk_size=16):
+        assert not s.logprobs.is_inference()
+        s.logprobs.clamp_(min=-10)
+
+
+def test_lower_case_sequences_from_python_are_warned_about(tiny_models, caplog):
+    """A soft-masked (lower-case) base is a token of its own, which the models rarely saw: the CLI
+    upper-cases what it reads, the Python API takes the tokens as given and now says so, once per call."""
+    from evo_cli.scoring import score_sequences
+
+    model = tiny_models["evo2"]
+    with caplog.at_level("WARNING"):
+        embed(model, ["ACGTACGT", "GGCAT"], "blocks.1")
+        score_sequences(model, ["ACGTACGT", "GGCAT"])
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        embed(model, ["ACGTACGT", "ggcAT", "acgt"], "blocks.1")
+        score_sequences(model, ["ACGTACGT", "ggcAT", "acgt"])
+    assert [r.getMessage().split(":")[1] for r in caplog.records] == [" sequence 1 holds lower-case bases"] * 2
+
+
+def test_bfloat16_model_moved_by_the_user_gives_float32_and_leaves_torch_as_it_was(tiny_models):
+    """A model the caller moved with ``.to(torch.bfloat16)``: float32 values near the float32 model's,
+    the same under ``no_grad`` and ``inference_mode``; grad mode and torch's threads unchanged after."""
+    import copy
+
+    model = copy.deepcopy(tiny_models["evo2"]).to(torch.bfloat16)
+    seqs = [random_dna(20, 5), random_dna(3, 6)]
+    want = embed(tiny_models["evo2"], seqs, "blocks.3")["blocks.3"]
+    threads = torch.get_num_threads()
+    got = embed(model, seqs, "blocks.3")["blocks.3"]
+    assert got.dtype == torch.float32 and (got - want).abs().max().item() < 0.05 * want.abs().max().item()
+    assert [h.dtype for h in embed(model, seqs, "blocks.3", pool="none")["blocks.3"]] == [torch.float32] * 2
+    with torch.no_grad():
+        assert torch.equal(embed(model, seqs, "blocks.3")["blocks.3"], got)
+    with torch.inference_mode():
+        assert torch.equal(embed(model, seqs, "blocks.3")["blocks.3"], got)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and torch.get_num_threads() == threads

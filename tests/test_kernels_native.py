@@ -72,7 +72,7 @@ def test_dispatch():
     plain = K.causal_attention(q, k, v, 40, backend="torch")
     assert not torch.equal(fused, plain) and torch.allclose(fused, plain, atol=1e-5)
     assert native_attention(q.double(), k.double(), v.double(), 40) is None
-    q48, k48, v48 = _qkv(1, 1, 4, 0, 48)
+    q48, k48, v48 = _qkv(1, 1, 4, 0, 128)
     assert native_attention(q48, k48, v48, 0) is None
     assert torch.allclose(K.causal_attention(q48, k48, v48, 0, backend="numba"),
                           causal_attention_ref(q48, k48, v48, 0), atol=1e-5)
@@ -180,3 +180,15 @@ def test_built_once_per_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(_native, "_libs", {})
     _native.load("attention")  # its "build" (the stub) writes nothing, so the load fails and says so
     assert len(calls) == 1 and calls[0][2].name != built[0].name
+
+
+def test_a_damaged_build_is_built_again(monkeypatch, tmp_path):
+    """A build cut short (a full disk, an interrupted copy of a cache) is built again, not left failing.
+    (Another CPU's name: this process has the usual build loaded, and loading a path again reuses it.)"""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setattr(_native, "_cpu_identity", lambda: "a damaged build's cpu")
+    built = _native._target("norm", _native.compiler())
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"cut short")
+    assert _native.load("norm") is not None and built.stat().st_size > 1000

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import evo_cli
@@ -257,3 +258,88 @@ def test_load_model_argument_errors(kwargs, match):
     args = {"model": CONFORMANCE / "evo2" / "tiny_a", "device": "cpu", **kwargs}
     with pytest.raises(evo_cli.InputError, match=match):
         evo_cli.load_model(**args)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: evo_cli.embed(m, ["ACGT"], chunk_size=None),
+     "chunk size must be a whole number of at least 1, not None"),
+    (lambda m: evo_cli.embed(m, ["ACGT"], batch_size=2.0), r"batch size must be from 1 to 1,048,576, not 2\.0"),
+    (lambda m: evo_cli.score_sequences(m, ["ACGT"], batch_size=2.0),
+     r"batch size must be from 1 to 1,048,576, not 2\.0"),
+    (lambda m: evo_cli.embed(m, ["ACGT", b"ACGT"]), r"sequence 1 must be a str, not bytes \(decode it"),
+    (lambda m: evo_cli.embed(m, [None]), "sequence 0 must be a str, not NoneType"),
+    (lambda m: evo_cli.score_sequences(m, ["ACGT", b"ACGT"]), r"sequence 1 must be a str, not bytes \(decode it"),
+    (lambda m: list(evo_cli.scoring.iter_sequence_scores(m, [3])), "sequence 0 must be a str, not int"),
+    (lambda m: evo_cli.generate(m, [b"ACGT"], n_tokens=2), r"prompt 'prompt1' must be a str, not bytes \(decode it"),
+    # a ValueError before, where every other bad argument of the API is an InputError (score_windows' too)
+    (lambda m: evo_cli.score_sequences(m, ["ACGT"], reduce="max"), "reduce must be one of mean, sum, not 'max'"),
+])
+def test_sequence_and_size_arguments_of_the_wrong_type_are_one_input_error(tiny, call, match):
+    """Before: a TypeError ('<' between NoneType and int, a float as a range step) or an AttributeError
+    ('bytes' object has no attribute 'encode'; None read as an empty sequence)."""
+    import evo_cli.scoring  # noqa: F401  (the lazy attribute)
+
+    with pytest.raises(evo_cli.InputError, match=match):
+        call(tiny[0])
+
+
+def test_the_readme_embedding_examples_run_as_written(tiny, tmp_path, monkeypatch):
+    """The README's Embeddings Python blocks on files ``run_embed`` wrote with a tiny model (its layer
+    names for the 7B's; the polars and duckdb lines left out: neither is a dependency) give what
+    their comments say."""
+    import re
+
+    import torch
+
+    from evo_cli.embedding import run_embed
+    from evo_cli.io.fasta import FastaRecord
+
+    model = tiny[0]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Embeddings"):readme.index("## Generating DNA")]
+    reading, api = re.findall(r"```python\n(.*?)```", section, re.S)
+    monkeypatch.chdir(tmp_path)
+    records = [FastaRecord("chr1", "", "ACGTTGCA" * 5), FastaRecord("g2", "", "GGCAT")]
+    run_embed(model, records, "emb.parquet", ["blocks.1.mlp.l3", "norm"], metadata={"command": "evo embed ..."})
+    run_embed(model, records, "pos.parquet", ["blocks.1.mlp.l3"], pool="none")
+    code = "\n".join(line for line in reading.splitlines() if "pl." not in line and "duckdb." not in line)
+    code = code.replace(", polars as pl, duckdb", "").replace("blocks.28.mlp.l3", "blocks.1.mlp.l3")
+    ns = {}
+    exec(code, ns)
+    assert ns["X"].shape == (2, 16) and ns["X"].dtype == np.float32
+    assert ns["H"].shape == (40, 16) and ns["H"].dtype == np.float32
+    want = evo_cli.embed(model, records[0].sequence, "blocks.1.mlp.l3", pool="none")["blocks.1.mlp.l3"][0]
+    assert np.allclose(ns["H"], want.numpy(), atol=1e-6)
+    ns = {"evo_cli": evo_cli, "model": model}
+    exec(api.replace("blocks.28.mlp.l3", "blocks.1.mlp.l3"), ns)
+    assert ns["emb"]["blocks.1.mlp.l3"].shape == (2, 16) and ns["emb"]["blocks.1.mlp.l3"].dtype == torch.float32
+
+
+def test_submodules_named_in_the_readme_need_no_import_of_their_own():
+    """``evo_cli.io.embeddings.read_embeddings`` (or ``evo_cli.scoring.iter_sequence_scores``) after a
+    bare ``import evo_cli``: an AttributeError before, unless some other call had imported them. (Checked
+    on modules that do not import torch, so that the fresh interpreter starts fast.)"""
+    import subprocess
+    import sys
+
+    code = """
+import evo_cli
+assert callable(evo_cli.io.embeddings.read_embeddings) and callable(evo_cli.limits.check_batch_size)
+for missing in ("nothing", "_private"):
+    try:
+        getattr(evo_cli, missing)
+    except AttributeError as err:
+        assert "has no attribute" in str(err), err
+    else:
+        raise AssertionError(missing)
+try:
+    evo_cli.io.nothing
+except AttributeError:
+    pass
+else:
+    raise AssertionError("io.nothing")
+assert "torch" not in sys.modules
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

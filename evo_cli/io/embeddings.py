@@ -171,8 +171,10 @@ def _check(path: str | Path) -> Path:
 
 
 def read_embeddings(path: str | Path, layer: str | None = None, ids: list[str] | None = None) -> pa.Table:
-    """The rows of an embeddings file, optionally only one layer and some sequence ids (file order)."""
+    """The rows of an embeddings file, optionally only one layer and some sequence ids (file order).
+    A layer that a file with rows does not hold is an InputError naming those it holds (not an empty table)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     filters = []
@@ -181,9 +183,16 @@ def read_embeddings(path: str | Path, layer: str | None = None, ids: list[str] |
     if ids is not None:
         filters.append(("id", "in", list(ids)))
     try:
-        return pq.read_table(str(_check(path)), filters=filters or None)
+        table = pq.read_table(str(_check(path)), filters=filters or None)
+        if layer is None or table.num_rows or ids is not None and not ids:
+            return table
+        held = pc.unique(pq.read_table(str(path), columns=["layer"]).column("layer")).to_pylist()
     except pa.ArrowInvalid as err:
         raise InputError(f"{path}: not a Parquet embeddings file ({err})") from None
+    if layer in held or not held:
+        return table  # none of ``ids`` has it, or the file has no rows
+    raise InputError(f"{path}: holds no layer {layer!r}, only {', '.join(sorted(held))} (layer "
+                     "names are stored as evo embed resolved them: blocks.-1 as blocks.N)")
 
 
 def embedding_matrix(table: pa.Table) -> np.ndarray:
