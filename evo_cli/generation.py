@@ -43,7 +43,7 @@ import torch
 from evo_cli.distributed import Share, checkpoint_rank, current, shared_value
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
-from evo_cli.io.generated import output_format, write_generations
+from evo_cli.io.generated import output_format, recorded_seed, write_generations
 from evo_cli.io.partial import open_progress, stored_settings
 from evo_cli.limits import MAX_GENERATIONS, check_batch_size
 from evo_cli.model.cpu_decode import CpuDecoder
@@ -144,10 +144,13 @@ def generate(
 
 
 def resolve_seed(seed: int | None, output: str | Path | None, resume: bool) -> int:
-    """The seed a run samples with: ``seed``; else, resuming, the interrupted run's; else a fresh one,
-    rank 0's in a distributed run (every rank samples with it)."""
+    """The seed a run samples with: ``seed``; else, resuming, the interrupted run's, or the finished
+    run's that ``output`` records (a resumed finished run then rewrites the same bytes); else a fresh
+    one, rank 0's in a distributed run (every rank samples with it)."""
     if seed is None and resume and output not in STDOUT:
         seed = (stored_settings(output) or {}).get("seed")
+        if seed is None:
+            seed = recorded_seed(output)
     if seed is None and current() is not None:
         seed = int(shared_value("seed", str(secrets.randbits(32))))
     if seed is None:

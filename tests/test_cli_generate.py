@@ -234,3 +234,18 @@ def test_generations_per_run_are_bounded():
     model = evo_cli.load_model(TINY, device="cpu")
     with pytest.raises(InputError, match=r"2 prompt\(s\) x 500,001 samples: at most 1,000,000 generations per run"):
         evo_cli.generate(model, ["ACGT", "GGCA"], n_tokens=1, num_samples=MAX_GENERATIONS // 2 + 1)
+
+
+@pytest.mark.parametrize("name", ["g.fa", "g.jsonl"])
+def test_resume_of_a_finished_run_keeps_its_seed(tmp_path, name):
+    """``--resume`` after the run had finished (no progress file left: a requeued job, a rerun to be
+    safe) drew a fresh seed and replaced the output with other sequences; it reruns with the seed the
+    output records and writes the same bytes."""
+    out = tmp_path / name
+    args = ["--model", TINY, "-p", "ACGTAC", "-p", "GGA", "-n", "6", "--top-k", "0", "--temperature", "5",
+            "--num-samples", "2", "-o", str(out)]
+    assert _run(args).exit_code == 0
+    first = out.read_bytes()
+    res = _run([*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() == first

@@ -103,6 +103,23 @@ def write_generations(path: str | Path | None, generations, settings: dict, fmt:
     return replaced
 
 
+def recorded_seed(path: str | Path) -> int | None:
+    """The seed recorded in the first record of a file ``write_generations`` wrote (FASTA or JSONL),
+    or None: no such file (a pipe or a device is not read), or not one of these outputs."""
+    if not Path(path).is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+        if first.startswith(">"):
+            seed = next((f[5:] for f in first.split() if f.startswith("seed=")), None)
+        else:
+            seed = json.loads(first).get("seed")
+        return int(seed) if seed is not None and str(seed).isdigit() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def read_generations_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSONL file written by ``write_generations``, in order."""
     with open(path, encoding="utf-8") as fh:
