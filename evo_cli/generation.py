@@ -102,6 +102,14 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
     return named
 
 
+def check_generations(n_prompts: int, num_samples: int) -> None:
+    """Raise ``InputError`` when a run would make more than ``MAX_GENERATIONS`` generations (each is kept
+    in memory until the output is written)."""
+    if n_prompts * num_samples > MAX_GENERATIONS:
+        raise InputError(f"{n_prompts:,} prompt(s) x {num_samples:,} samples: at most {MAX_GENERATIONS:,} "
+                         "generations per run (each is kept until the output is written); split the run")
+
+
 def check_context(model, prompts: Mapping[str, str], n_tokens: int) -> None:
     """Raise ``InputError`` when a prompt (id -> sequence, ``prepare_prompts``) plus ``n_tokens`` new
     tokens would pass the model's context."""
@@ -235,9 +243,7 @@ class _Run:
         if seed is not None and _integer("seed", seed) < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed}")
         self.prompts = prepare_prompts(prompts)
-        if len(self.prompts) * num_samples > MAX_GENERATIONS:
-            raise InputError(f"{len(self.prompts):,} prompt(s) x {num_samples:,} samples: at most {MAX_GENERATIONS:,} "
-                             "generations per run (each is kept until the output is written); split the run")
+        check_generations(len(self.prompts), num_samples)
         self.names = list(self.prompts)
         self.ids = [encode(seq) for seq in self.prompts.values()]
         check_context(model, self.prompts, n_tokens)

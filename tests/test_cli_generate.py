@@ -249,3 +249,19 @@ def test_resume_of_a_finished_run_keeps_its_seed(tmp_path, name):
     res = _run([*args, "--resume"])
     assert res.exit_code == 0, res.output
     assert out.read_bytes() == first
+
+
+def test_too_many_generations_fail_before_the_model_loads(monkeypatch):
+    """prompts x --num-samples past the limit was refused only after the model had loaded (minutes for
+    a large model); the prompts and the count are known from the command line."""
+    import evo_cli.cli.generate as gen_cli
+    from evo_cli.limits import MAX_GENERATIONS
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(gen_cli, "load_model_cli", no_load)
+    code, err = _main_err(["generate", "--model", TINY, "-p", "ACGT", "-p", "GGCA", "--num-samples",
+                           str(MAX_GENERATIONS // 2 + 1)])
+    assert code == 1 and err == ("evo: error: 2 prompt(s) x 500,001 samples: at most 1,000,000 generations per "
+                                 "run (each is kept until the output is written); split the run\n"), err

@@ -56,7 +56,7 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     """
     from evo_cli._version import __version__
     from evo_cli.errors import InputError
-    from evo_cli.generation import check_context, prepare_prompts, resolve_seed, run_generate
+    from evo_cli.generation import check_context, check_generations, prepare_prompts, resolve_seed, run_generate
     from evo_cli.io.atomic import STDOUT, check_output_path
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.generated import output_format
@@ -81,6 +81,7 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
             raise
         # a --prompt that is not DNA: a bad option value (exit 2), as a --region that does not parse
         raise click.BadParameter(str(err), param_hint="'--prompt'") from None
+    check_generations(len(prompts), num_samples)
     fmt = output_format(output, fmt)
     check_output_path(output, inputs=(prompts_fasta,))
     if output not in STDOUT:
