@@ -236,7 +236,7 @@ def test_generations_per_run_are_bounded():
         evo_cli.generate(model, ["ACGT", "GGCA"], n_tokens=1, num_samples=MAX_GENERATIONS // 2 + 1)
 
 
-@pytest.mark.parametrize("name", ["g.fa", "g.jsonl"])
+@pytest.mark.parametrize("name", ["g.fa", "g.jsonl", "g.fa.gz"])
 def test_resume_of_a_finished_run_keeps_its_seed(tmp_path, name):
     """``--resume`` after the run had finished (no progress file left: a requeued job, a rerun to be
     safe) drew a fresh seed and replaced the output with other sequences; it reruns with the seed the
@@ -265,3 +265,25 @@ def test_too_many_generations_fail_before_the_model_loads(monkeypatch):
                            str(MAX_GENERATIONS // 2 + 1)])
     assert code == 1 and err == ("evo: error: 2 prompt(s) x 500,001 samples: at most 1,000,000 generations per "
                                  "run (each is kept until the output is written); split the run\n"), err
+
+
+def test_gz_outputs_are_gzip(tmp_path):
+    """``-o gen.fa.gz`` was refused (no known extension) and ``--format fasta -o gen.fa.gz`` wrote plain
+    text under a gzip name; a name ending in .gz is written gzip-compressed, the bytes of the plain output
+    inside, and its format comes from the name before .gz."""
+    import gzip
+
+    args = ["--model", TINY, "-p", "ACGTAC", "-n", "5", "--seed", "3", "--top-k", "0", "--temperature", "5"]
+    for plain, packed, extra in (("g.fa", "g.fa.gz", []), ("g.jsonl", "g.jsonl.gz", []),
+                                 ("g.fa", "g.gz", ["--format", "fasta"])):
+        assert _run([*args, "-o", str(tmp_path / plain)]).exit_code == 0
+        res = _run([*args, *extra, "-o", str(tmp_path / packed)])
+        assert res.exit_code == 0, res.output
+        # the recorded command names its own output
+        expected = (tmp_path / plain).read_bytes().replace(str(tmp_path / plain).encode(),
+                                                          str(tmp_path / packed).encode())
+        assert gzip.decompress((tmp_path / packed).read_bytes()) == expected, packed
+    tokens = [r["token_ids"] for r in read_generations_jsonl(tmp_path / "g.jsonl")]
+    assert [r["token_ids"] for r in read_generations_jsonl(tmp_path / "g.jsonl.gz")] == tokens
+    res = _run([*args, "--format", "fasta", "-o", str(tmp_path / "g.jsonl.gz")])
+    assert res.exit_code == 2 and "contradicts" in res.output
