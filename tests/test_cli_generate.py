@@ -287,3 +287,17 @@ def test_gz_outputs_are_gzip(tmp_path):
     assert [r["token_ids"] for r in read_generations_jsonl(tmp_path / "g.jsonl.gz")] == tokens
     res = _run([*args, "--format", "fasta", "-o", str(tmp_path / "g.jsonl.gz")])
     assert res.exit_code == 2 and "contradicts" in res.output
+
+
+def test_progress_lines_on_a_non_terminal(monkeypatch):
+    """On a non-terminal stderr (a batch job's log) rich draws the bar only at the end, so a long run
+    showed no progress at all; it writes a plain progress line every PROGRESS_LINE_SECONDS."""
+    import re
+
+    import evo_cli.cli.options as options
+
+    monkeypatch.setattr(options, "PROGRESS_LINE_SECONDS", 0.0)
+    res = _run(["--model", TINY, "-p", "ACGT", "-p", "GGA", "-n", "2", "--top-k", "1", "--batch-size", "1"])
+    assert res.exit_code == 0, res.output
+    lines = re.findall(r"^evo: generating (\S+) tokens \((\S+)%\)", res.stderr, re.M)
+    assert lines == [("1/4", "25.0"), ("2/4", "50.0"), ("3/4", "75.0"), ("4/4", "100.0")], res.stderr
