@@ -33,7 +33,7 @@ import logging
 import numbers
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,15 +79,21 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
 
     ``prompts``: one sequence, a list of them (named ``prompt1..N``) or a mapping id -> sequence.
     Lowercase bases are upper-cased with a logged notice (the tokenizer is case-sensitive); an empty
-    prompt or a character other than A, C, G, T raises ``InputError`` naming the prompt and position.
+    prompt or a character other than A, C, G, T raises ``InputError`` naming the prompt and position,
+    as does a prompt that is not a ``str`` (bytes, None, a number).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
+    if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, (Mapping, Iterable)):
+        raise InputError("prompts must be a DNA string, a list of them or a mapping id -> DNA string, not "
+                         f"{type(prompts).__name__}")
     items = list(prompts.items()) if isinstance(prompts, Mapping) else [(f"prompt{i}", s) for i, s in enumerate(prompts, 1)]
     if not items:
         raise InputError("no prompts given")
     named, lowered = {}, []
     for pid, seq in items:
+        if not isinstance(seq, str):
+            raise InputError(f"prompt {pid!r} must be a string, not {type(seq).__name__}")
         if not seq:
             raise InputError(f"prompt {pid!r} is empty")
         upper = seq.upper()

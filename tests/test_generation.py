@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -217,3 +218,16 @@ def test_numpy_numbers_are_numbers(tiny_models, tmp_path):
                         (dict(seed=1.5), "seed must be an integer, got 1.5")]:
         with pytest.raises(InputError, match=message):
             generate(model, "ACGT", **{"n_tokens": 3, **kw})
+
+
+@pytest.mark.parametrize("prompts, message", [
+    (b"ACGT", "prompts must be a DNA string, a list of them or a mapping id -> DNA string, not bytes"),
+    (None, "prompts must be a DNA string, a list of them or a mapping id -> DNA string, not NoneType"),
+    ([b"ACGT"], "prompt 'prompt1' must be a string, not bytes"),
+    ({"a": 5}, "prompt 'a' must be a string, not int"),
+    ({"a": None}, "prompt 'a' must be a string, not NoneType"),
+])
+def test_prompts_of_another_type_are_an_input_error(tiny_models, prompts, message):
+    """bytes, None or a number as prompts ended in an AttributeError or TypeError from inside."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        generate(tiny_models["evo2"], prompts, 2, seed=0)
