@@ -43,7 +43,8 @@ def _finite(_ctx, _param, value):
 @click.option("--format", "fmt", type=click.Choice(["auto", "fasta", "jsonl"]), default="auto", show_default=True,
               help="Output format; auto: .jsonl is JSON Lines, .fa/.fasta/.fna/.fas (and stdout) FASTA.")
 @click.option("-o", "--output", default="-", metavar="PATH",
-              help="Output: .fa (.fasta, .fna, .fas) or .jsonl; - for FASTA on stdout [default: stdout].")
+              help="Output: .fa (.fasta, .fna, .fas) or .jsonl, gzip with .gz after either; - for FASTA on stdout "
+                   "[default: stdout].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command (same seed).")
 @model_options
 def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, num_samples, seed, batch_size,
