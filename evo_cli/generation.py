@@ -118,8 +118,8 @@ def check_generations(n_prompts: int, num_samples: int) -> None:
 
 def check_context(model, prompts: Mapping[str, str], n_tokens: int) -> None:
     """Raise ``InputError`` when a prompt (id -> sequence, ``prepare_prompts``) plus ``n_tokens`` new
-    tokens would pass the model's context."""
-    context = model.config.max_seqlen
+    tokens would pass the model's context. ``model``: a loaded model, or its context (an int)."""
+    context = model if isinstance(model, int) else model.config.max_seqlen
     for pid, seq in prompts.items():
         if len(encode(seq)) + n_tokens > context:
             n = len(encode(seq))

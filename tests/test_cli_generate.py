@@ -301,3 +301,18 @@ def test_progress_lines_on_a_non_terminal(monkeypatch):
     assert res.exit_code == 0, res.output
     lines = re.findall(r"^evo: generating (\S+) tokens \((\S+)%\)", res.stderr, re.M)
     assert lines == [("1/4", "25.0"), ("2/4", "50.0"), ("3/4", "75.0"), ("4/4", "100.0")], res.stderr
+
+
+def test_past_a_published_models_context_fails_before_it_loads(monkeypatch):
+    """A published or bundled model's context is known by its name: -n past it failed only after the
+    download and the load (hours for a 40B model not yet in the cache)."""
+    import evo_cli.cli.generate as gen_cli
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(gen_cli, "load_model_cli", no_load)
+    for model, context in (("evo-demo", "2,048"), ("evo2_7b_base", "8,192")):
+        code, err = _main_err(["generate", "--model", model, "-p", "ACGT", "-n", "9000"])
+        assert code == 1 and err == (f"evo: error: prompt 'prompt1' (4 tokens) + 9,000 new tokens = 9,004 positions, "
+                                     f"past the model's context of {context}: lower -n/--n-tokens\n"), err

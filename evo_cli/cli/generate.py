@@ -56,6 +56,7 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     evo generate --model evo2_7b --prompts prompts.fa --num-samples 4 --seed 1 -o gen.jsonl
     """
     from evo_cli._version import __version__
+    from evo_cli.checkpoints import published_context
     from evo_cli.errors import InputError
     from evo_cli.generation import check_context, check_generations, prepare_prompts, resolve_seed, run_generate
     from evo_cli.io.atomic import STDOUT, check_output_path
@@ -83,6 +84,9 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
         # a --prompt that is not DNA: a bad option value (exit 2), as a --region that does not parse
         raise click.BadParameter(str(err), param_hint="'--prompt'") from None
     check_generations(len(prompts), num_samples)
+    context = published_context(model)
+    if context is not None:  # a published model's context is known: no need to download and load it first
+        check_context(context, prompts, n_tokens)
     fmt = output_format(output, fmt)
     check_output_path(output, inputs=(prompts_fasta,))
     if output not in STDOUT:
