@@ -145,8 +145,8 @@ def generate(
 
     Defaults follow Evo 2 (temperature 1, top-k 4, top-p 1); ``top_k=1`` is greedy decoding and
     ``top_k=0`` samples from the whole vocabulary (see ``sampling.py``; a negative top_k is an
-    ``InputError``). No BOS is prepended (the reference default for both families). ``prefill_chunk`` bounds the prompt's activation memory
-    (None: one pass). ``progress(n)`` is called after every step with the tokens it generated.
+    ``InputError``). No BOS is prepended (the reference default for both families).
+    ``prefill_chunk`` bounds the prompt's activation memory (None: one pass). ``progress(n)`` is called after every step with the tokens it generated.
     Returns the generations in prompt order, samples in order within a prompt.
     """
     run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk,
