@@ -121,10 +121,17 @@ def check_context(model, prompts: Mapping[str, str], n_tokens: int) -> None:
     tokens would pass the model's context. ``model``: a loaded model, or its context (an int)."""
     context = model if isinstance(model, int) else model.config.max_seqlen
     for pid, seq in prompts.items():
-        if len(encode(seq)) + n_tokens > context:
-            n = len(encode(seq))
+        n = len(encode(seq))
+        if n + n_tokens > context:
+            # lowering -n cannot help a prompt that fills the context alone
+            if n < context:
+                fix = "lower -n/--n-tokens"
+            elif n_tokens < context:
+                fix = f"shorten the prompt (its last {context - n_tokens:,} bases, say) or lower -n/--n-tokens"
+            else:
+                fix = "shorten the prompt and lower -n/--n-tokens"
             raise InputError(f"prompt {pid!r} ({n:,} tokens) + {n_tokens:,} new tokens = {n + n_tokens:,} "
-                             f"positions, past the model's context of {context:,}: lower -n/--n-tokens")
+                             f"positions, past the model's context of {context:,}: {fix}")
 
 
 def generate(

@@ -231,3 +231,15 @@ def test_prompts_of_another_type_are_an_input_error(tiny_models, prompts, messag
     """bytes, None or a number as prompts ended in an AttributeError or TypeError from inside."""
     with pytest.raises(InputError, match=re.escape(message)):
         generate(tiny_models["evo2"], prompts, 2, seed=0)
+
+
+def test_a_prompt_that_fills_the_context_is_told_to_shorten(tiny_models):
+    """The advice was always "lower -n/--n-tokens", which cannot help a prompt as long as the context."""
+    model = tiny_models["evo2"]
+    context = model.config.max_seqlen
+    with pytest.raises(InputError, match=r"context of [\d,]+: lower -n/--n-tokens$"):
+        generate(model, "ACGT", context)
+    with pytest.raises(InputError, match=rf"shorten the prompt \(its last {context - 10:,} bases, say\) or lower -n"):
+        generate(model, "A" * context, 10)
+    with pytest.raises(InputError, match=r"shorten the prompt and lower -n/--n-tokens$"):
+        generate(model, "A" * context, context)
