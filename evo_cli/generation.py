@@ -96,12 +96,13 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
             raise InputError(f"prompt {pid!r} must be a string, not {type(seq).__name__}")
         if not seq:
             raise InputError(f"prompt {pid!r} is empty")
+        # the character as given (upper-casing would show an 'n' as 'N', and can change the length: 'ß')
+        bad = re.search("[^ACGTacgt]", seq)
+        if bad:
+            raise InputError(f"prompt {pid!r} has {bad.group()!r} at position {bad.start() + 1}: prompts must be DNA (A, C, G, T)")
         upper = seq.upper()
         if upper != seq:
             lowered.append(pid)
-        bad = re.search("[^ACGT]", upper)
-        if bad:
-            raise InputError(f"prompt {pid!r} has {bad.group()!r} at position {bad.start() + 1}: prompts must be DNA (A, C, G, T)")
         named[pid] = upper
     if lowered:
         log.warning("upper-cased lowercase bases in %s (the tokenizer is case-sensitive)", ", ".join(lowered))

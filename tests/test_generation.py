@@ -243,3 +243,13 @@ def test_a_prompt_that_fills_the_context_is_told_to_shorten(tiny_models):
         generate(model, "A" * context, 10)
     with pytest.raises(InputError, match=r"shorten the prompt and lower -n/--n-tokens$"):
         generate(model, "A" * context, context)
+
+
+def test_a_bad_prompt_character_is_named_as_given(tiny_models):
+    """A lowercase 'n' was reported as 'N', and a character whose upper case is longer ('ß' -> 'SS') was
+    reported as another character at another position."""
+    model = tiny_models["evo2"]
+    with pytest.raises(InputError, match=r"prompt 'prompt1' has 'n' at position 5:"):
+        generate(model, "acgtnacgt", 2)
+    with pytest.raises(InputError, match=r"prompt 'prompt1' has 'ß' at position 3:"):
+        generate(model, "ACßT", 2)
