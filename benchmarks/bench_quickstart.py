@@ -105,7 +105,7 @@ def main():
 # what --breakdown times: the kernels' entry points, which the blocks call for every op but the
 # residual adds, the MLP's gate and the embedding
 FAMILIES = {"linear": "nn.Linear products", "causal_attention": "attention", "hyena_fir": "Hyena-SE / -MR filters",
-            "rms_norm": "RMSNorm", "hyena_featurize": "featurizer", "hyena_modal": "Hyena-LR / Evo 1 filter",
+            "rms_norm": "RMSNorm", "add_rms_norm": "residual add + RMSNorm", "hyena_featurize": "featurizer", "hyena_modal": "Hyena-LR / Evo 1 filter",
             "rotate_halves": "rotary"}
 
 

@@ -49,6 +49,7 @@ from evo_cli.limits import MAX_GENERATIONS, check_batch_size
 from evo_cli.model.cpu_decode import CpuDecoder
 from evo_cli.model.graph import StaticDecoder
 from evo_cli.model.tokenizer import decode, encode
+from evo_cli.runs import progress_metadata
 from evo_cli.runtime import non_finite_error
 from evo_cli.sampling import check_sampling, sample_tokens, token_logprobs
 
@@ -214,7 +215,8 @@ def run_generate(
                dict(temperature=temperature, top_k=top_k, top_p=top_p))
     store = open_progress(output, {**(settings or {}), **run.sampling, "prompts": run.prompts, "n_tokens": run.n_tokens,
                                    "num_samples": run.num_samples, "seed": run.seed, "batch_size": run.batch_size,
-                                   "prefill_chunk": run.prefill_chunk, "format": fmt, "header": header or {}}, resume,
+                                   "prefill_chunk": run.prefill_chunk, "format": fmt,
+                                   "header": progress_metadata(header)}, resume,
                           checkpoint_rank())
     out: dict[tuple[int, int], Generation] = {}
     resumed = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from pathlib import Path
 
 from evo_cli._version import __version__
@@ -60,11 +61,34 @@ def output_metadata(model, model_name: str, command: str | None, **settings) -> 
             "kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None), **settings}
 
 
+# the options that say where the model runs, not what a run computes: the same results on one GPU or
+# another, split or not, with any number of GPUs per rank (the device type aside, which run_settings keeps)
+PLACEMENT_OPTIONS = ("--device", "--devices-per-rank")
+
+
 def progress_metadata(metadata: dict | None) -> dict:
     """``metadata`` (``output_metadata``) as a run's progress settings keep it: without ``device``, whose
     GPU number differs between the ranks of a distributed run (rank r runs on cuda:r) and between a run
-    and its resumption on another GPU; ``run_settings`` keeps the device type."""
-    return {k: v for k, v in (metadata or {}).items() if k != "device"}
+    and its resumption on another GPU, and with a ``command`` without its ``PLACEMENT_OPTIONS``, so that
+    every command resumes across placements alike; ``run_settings`` keeps the device type."""
+    kept = {k: v for k, v in (metadata or {}).items() if k != "device"}
+    if isinstance(kept.get("command"), str):
+        kept["command"] = without_placement(kept["command"])
+    return kept
+
+
+def without_placement(command: str) -> str:
+    """A recorded command line (``cli.options.command_line``: every option as ``--name value``) without
+    its ``PLACEMENT_OPTIONS`` and their values."""
+    args, kept = shlex.split(command), []
+    i = 0
+    while i < len(args):
+        if args[i] in PLACEMENT_OPTIONS:
+            i += 2
+            continue
+        kept.append(args[i])
+        i += 1
+    return shlex.join(kept)
 
 
 def record_chunks(lengths: list[int], per_chunk: int, alone_over: int | None) -> list[tuple[int, int]]:

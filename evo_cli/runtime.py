@@ -51,7 +51,7 @@ def resolve_devices(device: str | torch.device | Sequence | None = "auto",
     """One device, or several to split the model over: a comma-separated string (``cuda:0,cuda:1``)
     or a list. ``devices_per_rank`` K gives this process K GPUs, cuda:rK .. cuda:rK+K-1 for the
     local rank r that torchrun sets (0 without torchrun); ``device`` must then be ``auto``."""
-    from evo_cli.model.placement import parse_device_list, rank_devices
+    from evo_cli.model.placement import check_distinct, parse_device_list, rank_devices
 
     if devices_per_rank is not None:
         if device not in (None, "auto"):
@@ -65,6 +65,7 @@ def resolve_devices(device: str | torch.device | Sequence | None = "auto",
         names = list(device)
     else:
         names = parse_device_list(device) if isinstance(device, str) else [device]
+    check_distinct(names)
     return [resolve_device(n) for n in names]
 
 
@@ -260,6 +261,12 @@ def resolve_fp8(fp8: str | None, devices: torch.device | Sequence[torch.device],
     if choice == "emulate" and not mmaemu_available():
         raise InputError(f"FP8 emulation needs the mmaemu package: {FP8_INSTALL_HINT} (or --fp8 off, at lower accuracy)")
     return choice
+
+
+def fp8_native_on(devices: torch.device | Sequence[torch.device]) -> bool:
+    """Whether every one of ``devices`` runs ``--fp8 native`` (a GPU of compute capability 8.9 or 9.x)."""
+    devices = [devices] if isinstance(devices, torch.device) else list(devices)
+    return all(fp8_native_supported(d) for d in devices)
 
 
 def _device_name(device: torch.device) -> str:

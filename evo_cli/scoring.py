@@ -29,6 +29,7 @@ import torch
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError
+from evo_cli import kernels as K
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.partial import open_progress
 from evo_cli.io.tables import check_table_output, table_writer
@@ -47,11 +48,12 @@ def default_prepend_bos(model) -> bool:
 
 
 def _chunk_logprobs(chunks: Iterable[tuple[int, torch.Tensor]], ids: torch.Tensor,
-                    first_logits: torch.Tensor | None = None):
+                    first_logits: torch.Tensor | None = None, backend: str = "auto"):
     """log p(ids[:, t] | ...) from the logits of consecutive chunks of ``ids`` [B, L].
 
     chunks: ``(start, logits [B, n, V])`` covering ``ids`` in order. first_logits [B, V]: the logits
     that predict ``ids[:, 0]`` (a prefix run before), or None (position 0 is not scored, NaN).
+    ``backend``: the model's kernels (``K.token_logprobs``).
     Returns (log-probs [B, L] float32, logits of the last position [B, V])."""
     B, L = ids.shape
     out = torch.empty(B, L, dtype=torch.float32, device=ids.device)
@@ -64,10 +66,9 @@ def _chunk_logprobs(chunks: Iterable[tuple[int, torch.Tensor]], ids: torch.Tenso
         if prev is None:
             out[:, start] = float("nan")
         else:
-            out[:, start] = torch.log_softmax(prev.float(), dim=-1).gather(-1, tok[:, :1])[:, 0]
-        if n > 1:  # every row, the last one too: a slice of the logits would be copied first
-            lp = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
-            out[:, start + 1 : start + n] = lp.gather(-1, tok[:, 1:, None])[..., 0]
+            out[:, start] = K.token_logprobs(prev[:, None], tok[:, :1], backend=backend)[:, 0]
+        if n > 1:
+            out[:, start + 1 : start + n] = K.token_logprobs(logits[:, :-1], tok[:, 1:], backend=backend)
         prev = logits[:, -1]
     return out, prev
 
@@ -114,13 +115,13 @@ def token_logprobs(model, token_ids: list[list[int]], prepend_bos: bool = False,
     for i in long:
         ids = torch.tensor([rows[i]], dtype=torch.long, device=model.device)
         lp, _ = _chunk_logprobs(model.forward_long(ids, chunk_size, free_bytes=free_memory_bytes(model.device),
-                                                   progress=progress), ids)
+                                                   progress=progress), ids, backend=model.kernels)
         out[i] = lp[0, 1:].cpu()
     short = sorted((i for i in range(len(rows)) if out[i] is None), key=lambda i: len(rows[i]))
     for start in range(0, len(short), batch_size):
         chunk = short[start : start + batch_size]
         batch = _padded([rows[i] for i in chunk], model.device)
-        lp, _ = _chunk_logprobs([(0, model(batch))], batch)
+        lp, _ = _chunk_logprobs([(0, model(batch))], batch, backend=model.kernels)
         progress(sum(len(rows[i]) for i in chunk))
         lp = lp.cpu()
         for j, i in enumerate(chunk):
@@ -281,7 +282,7 @@ def _score_shared(model, p: int, groups: list[list[tuple[str, list[int]]]], batc
     suffixes = [(j, w, row) for j, group in enumerate(groups) for w, row in group]
     state = model.new_state(len(groups), p + max(len(row) - p for _, _, row in suffixes))
     prefix = torch.tensor([group[0][1][:p] for group in groups], dtype=torch.long, device=model.device)
-    lp, last = _chunk_logprobs(_continue(model, prefix, state, chunk_size), prefix)
+    lp, last = _chunk_logprobs(_continue(model, prefix, state, chunk_size), prefix, backend=model.kernels)
     prefix_sum = lp[:, 1:].double().sum(1).cpu()  # [groups]
     out = {}
     for k in range(0, len(suffixes), batch_size):
@@ -289,7 +290,7 @@ def _score_shared(model, p: int, groups: list[list[tuple[str, list[int]]]], batc
         rows_of = torch.tensor([j for j, _, _ in part], dtype=torch.long)
         ids = _padded([row[p:] for _, _, row in part], model.device)
         lp, _ = _chunk_logprobs(_continue(model, ids, state.index_select(rows_of), chunk_size), ids,
-                                first_logits=last[rows_of.to(last.device)])
+                                first_logits=last[rows_of.to(last.device)], backend=model.kernels)
         lp = lp.double().cpu()
         for r, (j, w, row) in enumerate(part):
             total = float(prefix_sum[j] + lp[r, : len(row) - p].sum())

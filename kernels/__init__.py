@@ -23,6 +23,7 @@ from .fp8.naive import fp8_linear_ref, quantize_e4m3
 from .fir.naive import causal_conv1d_ref, hyena_fir_ref
 from .linear.naive import linear_ref
 from .modal.naive import hyena_modal_ref, modal_conv_ref, modal_filter_ref
+from .logprob.naive import token_logprobs_ref
 from .norm.naive import rms_norm_ref
 from .step.naive import hyena_step_ref
 
@@ -32,6 +33,9 @@ __all__ = [
     "bind_decoding_steps",
     "FP8_MODES",
     "causal_attention",
+    "add_rms_norm",
+    "token_logprobs",
+    "token_logprobs_ref",
     "causal_attention_ref",
     "causal_conv1d_ref",
     "fp8_linear",
@@ -176,6 +180,23 @@ def rms_norm(x, scale, eps, *, backend="auto"):
     return rms_norm_ref(x, scale, eps)
 
 
+def add_rms_norm(x, residual, scale, eps, *, backend="auto"):
+    """(u, y): u = x + residual, y = rms_norm(u); x, residual: [..., D]. With the CPU kernels one pass
+    (``norm/cpu.py``)."""
+    if resolve_backend(backend, x.device) == "numba":
+        return _cpu("norm").add_rms_norm(x, residual, scale, eps)
+    u = x + residual
+    return u, rms_norm(u, scale, eps, backend=backend)
+
+
+def token_logprobs(logits, tokens, *, backend="auto"):
+    """logits: [B, n, V]; tokens: [B, n] -> [B, n] float32: ``log_softmax(logits)`` at each token. With
+    the CPU kernels one read of the logits (``logprob/cpu.py``). See ``logprob/naive.py``."""
+    if resolve_backend(backend, logits.device) == "numba":
+        return _cpu("logprob").token_logprobs(logits, tokens)
+    return token_logprobs_ref(logits, tokens)
+
+
 def hyena_featurize(z, weight, bias=None, state=None, *, backend="auto"):
     """z: [B, L, 3D] -> (x2, x1v): [B, L, D]. See ``featurize/naive.py``."""
     fused = _pick("featurize", backend, z)
@@ -237,18 +258,25 @@ def rotate_halves(x, cos, sin, *, backend="auto"):
     return rotate_halves_ref(x, cos, sin)
 
 
-def causal_attention(q, k, v, offset: int = 0):
+def causal_attention(q, k, v, offset: int = 0, *, backend="auto"):
     """Causal softmax attention, q: [B, H, Lq, hd], k/v: [B, H, offset + Lq, hd] -> [B, H, Lq, hd].
 
-    Query i sits at position ``offset + i``. Without an offset, or off the CPU, this is torch's SDPA
-    (flash / memory-efficient kernels, lower-right causal alignment); with an offset on CPU, where
-    SDPA would build the dense mask, the CPU flash kernel runs on the cached and the new keys
-    separately and the two halves are merged (``attention/cpu.py``)."""
+    Query i sits at position ``offset + i``. With the CPU kernels (backend ``numba``) a chunk of more
+    than one query runs the C++ kernel where it can be built (``attention/cpu.py``). Otherwise,
+    without an offset, or off the CPU, this is torch's SDPA (flash / memory-efficient kernels,
+    lower-right causal alignment); with an offset on CPU, where SDPA would build the dense mask, the
+    CPU flash kernel runs on the cached and the new keys separately and the two halves are merged."""
     import torch.nn.functional as F
 
     Lq, Lk = q.shape[2], k.shape[2]
     if Lq == 1:
         return F.scaled_dot_product_attention(q, k, v)
+    if q.device.type == "cpu" and resolve_backend(backend, q.device) == "numba":
+        from .attention.cpu import native_attention
+
+        o = native_attention(q, k, v, offset)
+        if o is not None:
+            return o
     if offset == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if q.device.type != "cpu":

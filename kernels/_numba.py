@@ -20,6 +20,9 @@ import numba
 import numpy as np
 import torch
 
+from . import _native
+from ._native import pool as _pool
+
 log = logging.getLogger(__name__)
 
 
@@ -124,25 +127,7 @@ def _notice() -> None:
                     "later runs load them from its cache)")
 
 
-# multiply-adds a thread takes at the least (about a millisecond): below that, handing work to a thread
-# costs more than it saves, the more so as torch's OpenMP threads still spin for a while after each of
-# its ops (on 2 threads the quick start's windows ran 2% slower split from 1 M multiply-adds up)
-_MIN_PART_WORK = 1 << 22
-
-
-_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    """This process's kernel threads (made as tasks need them, one per core at most). A child forked
-    after its parent made the pool gets its own: the parent's threads do not exist in the child, and
-    tasks given to them would never run."""
-    with _pools_lock:
-        pid = os.getpid()
-        if pid not in _pools:
-            _pools[pid] = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="evo-kernels")
-        return _pools[pid]
+_MIN_PART_WORK = _native.MIN_PART_WORK
 
 
 def over_channels(kernel, args, channels: int, work: int) -> None:

@@ -175,3 +175,24 @@ def test_a_table_named_tsv_gz_is_gzip_in_every_command_that_writes_tables(tmp_pa
     # and evo plot reads them
     code, _, err = evo("plot", tmp_path / "mutagenize.tsv.gz", "-o", tmp_path / "m.svg", "-q")
     assert code == 0 and (tmp_path / "m.svg").stat().st_size > 0, err
+
+
+def test_data_goes_to_stdout_without_o_except_parquet_only_embed(tmp_path):
+    """DESIGN's contract, "data goes to -o (or stdout)": score-variants and mutagenize required -o while
+    score and generate wrote to stdout without it; now they write what ``-o -`` writes. embed writes only
+    Parquet, which needs a file: its missing -o says what to pass. --resume without -o needs a file."""
+    from .test_cli_score_variants import SNVS
+
+    fa = tmp_path / "in.fa"
+    fa.write_text(">seqN\nACGTTGCAAC\n")
+    runs = {"score-variants": ["--vcf", SNVS, "--fasta", FA, "--window", 16, "--format", "tsv"],
+            "mutagenize": ["--fasta", fa, "--record", "seqN", "--window", 8]}
+    for name, args in runs.items():
+        code, out, err = evo(name, *args, *MODEL, "-q")
+        assert code == 0, err
+        code, piped, err = evo(name, *args, *MODEL, "-q", "-o", "-")
+        assert code == 0 and out == piped and out.count("\n") > 10 and "\tdelta" in out.splitlines()[0], err
+        code, _, err = evo(name, *args, *MODEL, "--resume")
+        assert code == 2 and "--resume needs an output file (-o PATH), not stdout" in err, err
+    code, _, err = evo("embed", "--fasta", fa, *MODEL)
+    assert code == 2 and err.count("\n") == 1 and "pass -o PATH.parquet (embeddings are written as Parquet" in err

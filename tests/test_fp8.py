@@ -368,3 +368,49 @@ def test_native_needs_every_device_of_a_split_model(monkeypatch):
     with pytest.raises(InputError, match=r"--fp8 native needs a GPU .* not cpu:1; use --fp8 emulate"):
         runtime.resolve_fp8("native", [first, second], needs_fp8=True)
     assert runtime.resolve_fp8("off", [first, second], needs_fp8=True) == "off"
+
+
+def _named(path, name):
+    """The FP8 checkpoint at ``path`` renamed to a published model (``registry.match_config`` goes by name)."""
+    yml = path / "config.yml"
+    yml.write_text(yml.read_text().replace("model_name: tiny-sh2-tiny_a", f"model_name: {name}"))
+    return path
+
+
+def test_auto_follows_the_model_not_the_scales_in_its_file(tmp_path, monkeypatch):
+    """The published 7B files carry Transformer Engine state too, but the 7B models do not need FP8 (evo2 runs
+    them in bf16 without TE): ``auto`` runs them off off the GPUs that have FP8 (it emulated them: ~46x slower
+    on a CPU), native on those; 1B/20B/40B are emulated there. ``evo info`` and ``-v`` say which and why."""
+    from evo_cli.checkpoints import fp8_decision, open_checkpoint
+
+    seven = _named(write_fp8_checkpoint(tmp_path / "7b"), "evo2_7b")
+    one = _named(write_fp8_checkpoint(tmp_path / "1b"), "evo2_1b_base")
+    cpu = torch.device("cpu")
+    mode, why = fp8_decision(open_checkpoint(seven), None, cpu)
+    assert mode == "off" and "evo2_7b does not need FP8 projections" in why and "no sm_89/sm_90 GPU" in why
+    assert evo_cli.load_model(seven, device="cpu").fp8 == "off"
+    assert evo_cli.load_model(seven, device="cpu", fp8="emulate").fp8 == "emulate"  # asked for: still runs
+    mode, why = fp8_decision(open_checkpoint(one), None, cpu)
+    assert mode == "emulate" and why == "evo2_1b_base was trained with FP8 projections; no sm_89/sm_90 GPU here"
+    monkeypatch.setattr("evo_cli.checkpoints.fp8_native_on", lambda devices: True)  # as on an H100
+    mode, why = fp8_decision(open_checkpoint(seven), None, cpu)
+    assert mode == "native" and "where Transformer Engine would" in why
+    assert fp8_decision(open_checkpoint(TINY_A), None, cpu)[0] == "off"  # no scales: nothing to run natively
+    monkeypatch.undo()
+    code, out, err = evo("info", "-m", seven, "--json")
+    assert code == 0, err
+    import json
+
+    assert json.loads(out)["fp8 mode"].startswith("off (plain matmul projections): evo2_7b does not need FP8")
+    (tmp_path / "in.fa").write_text(">a\nACGTACGT\n")
+    code, _, err = evo("score", "--fasta", tmp_path / "in.fa", "-m", seven, "-o", tmp_path / "s.tsv", "-v")
+    assert code == 0 and "FP8 projections: off (evo2_7b does not need FP8 projections" in err, err
+
+
+def test_auto_emulating_on_a_cpu_says_so(ckpts, tmp_path):
+    (tmp_path / "in.fa").write_text(">a\nACGTACGT\n")
+    code, _, err = evo("score", "--fasta", tmp_path / "in.fa", "-m", ckpts["uint8"], "-o", tmp_path / "s.tsv")
+    assert code == 0 and err.count("FP8 projections emulated on the CPU (the checkpoint carries FP8 scales") == 1, err
+    code, _, err = evo("score", "--fasta", tmp_path / "in.fa", "-m", ckpts["uint8"], "-o", tmp_path / "t.tsv",
+                       "--fp8", "emulate")
+    assert code == 0 and "emulated on the CPU" not in err, err  # asked for

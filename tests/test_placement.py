@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import shlex
 
 import pytest
 import torch
@@ -70,6 +71,16 @@ def test_gpu_lists_without_gpu():
         resolve_devices("cuda:0,cuda:1")
     with pytest.raises(InputError, match="--devices-per-rank needs CUDA GPUs"):
         resolve_devices("auto", devices_per_rank=2)
+
+
+@pytest.mark.parametrize("spec", ["cuda:0,cuda:0", "cuda,cuda:0", "cuda:1,cuda:0,cuda:1"])
+def test_device_list_naming_a_gpu_twice_is_refused(spec):
+    """Checked before the GPUs are looked for, so the same line on a machine without them."""
+    with pytest.raises(InputError, match="names one GPU twice") as e:
+        resolve_devices(spec)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="names one GPU twice"):
+        resolve_devices(spec.split(","))
 
 
 def test_devices_per_rank_needs_device_auto():
@@ -344,12 +355,21 @@ def test_cli_split_gives_the_same_bytes(tmp_path):
     (["--device", "cpu,,cpu"], "has an empty entry"),
     (["--device", "cpu", "--devices-per-rank", "2"], "use --device auto"),
     (["--device", "cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu"], "cannot split 7 block(s) over 8 devices"),
+    (["--device", "cuda:0,cuda:0"], "names one GPU twice (cuda:0 and cuda:0)"),
 ])
 def test_cli_bad_devices_are_one_line(tmp_path, args, message):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">a\nACGT\n")
     code, _, err = evo("score", "--fasta", fasta, "-m", CASES[1], "-o", tmp_path / "out.tsv", *args)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_duplicate_gpus_are_a_usage_error(tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nACGT\n")
+    code, _, err = evo("score", "--fasta", fasta, "-m", CASES[1], "-o", tmp_path / "out.tsv", "--device", "cuda,cuda:0")
+    assert code == 2 and "names one GPU twice (cuda and cuda:0)" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.tsv").exists()
 
 
 def test_fp8_projections_count_their_e4m3_weights(fake_gpus, tmp_path, monkeypatch):
@@ -385,3 +405,57 @@ def test_fp8_projections_count_their_e4m3_weights(fake_gpus, tmp_path, monkeypat
     for mode in ("emulate", "off"):
         evo_cli.load_model(ckpt, device="cpu,cpu", dtype="float32", fp8=mode)
     assert seen == [True, False]
+
+
+def test_devices_per_rank_is_recorded_in_the_command(tmp_path, monkeypatch):
+    """``--devices-per-rank`` is in the command an output records, as every other option with a value (it
+    was left out: a rerun of the recorded command was not the run). The GPUs it asks for are faked: the
+    model loads on the CPU."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    import evo_cli.cli.score as score_cli
+
+    monkeypatch.setattr(score_cli, "load_model_cli", lambda model, *a, **k: evo_cli.load_model(model, device="cpu"))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nACGTACGT\n")
+    for extra, recorded in (([], None), (["--devices-per-rank", "2"], "2")):
+        out = tmp_path / f"s{len(extra)}.parquet"
+        code, _, err = evo("score", "--fasta", fasta, "-m", CASES[1], "-o", out, "-q", *extra)
+        assert code == 0, err
+        command = shlex.split(json.loads(pq.read_schema(out).metadata[b"evo"])["command"])
+        assert command[:2] == ["evo", "score"] and "--device" in command
+        got = command[command.index("--devices-per-rank") + 1] if "--devices-per-rank" in command else None
+        assert got == recorded
+
+
+def test_a_run_resumes_across_placements_in_every_command(tmp_path):
+    """Where the model runs (``--device``, ``--devices-per-rank``) does not change the results, so a progress
+    file made with one placement is resumed with another, whichever command made it: the commands whose
+    progress keeps the command line (score, embed, generate) refused a changed ``--device`` and would have
+    refused a changed ``--devices-per-rank``, unlike score-variants and mutagenize. Another option still
+    differs."""
+    from evo_cli.generation import run_generate
+    from evo_cli.runs import progress_metadata
+
+    model = evo_cli.load_model(CASES[1], device="cpu", dtype="float32")
+    base = "evo generate --model m --device {} --n-tokens 4 --batch-size 2"
+    before = {"model": "m", "command": base.format("cuda:0") + " --devices-per-rank 2"}
+    after = {"model": "m", "command": base.format("cuda:1,cuda:2")}
+    assert progress_metadata(before) == progress_metadata(after) == {
+        "model": "m", "command": "evo generate --model m --n-tokens 4 --batch-size 2"}
+    assert progress_metadata({"command": base.format("cpu").replace("2", "3")}) != progress_metadata(after)
+    out = tmp_path / "gen.fa"
+    steps = []
+
+    def stop_in_the_second_batch(n):
+        steps.append(n)
+        if len(steps) == 6:
+            raise KeyboardInterrupt
+
+    prompts = {"a": "ACGT", "b": "GGAT", "c": "TTAG"}
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(model, prompts, 4, out, header=before, batch_size=2, seed=3, progress=stop_in_the_second_batch)
+    gens, resumed = run_generate(model, prompts, 4, out, header=after, batch_size=2, resume=True)
+    assert resumed == 2 and len(gens) == 3

@@ -24,8 +24,13 @@ def test_every_package_is_in_the_wheel():
     # the folders of data only (configs, the demo model) are listed for their package data
     assert listed - found == set(package_data) - found and found <= listed
     for package, patterns in package_data.items():
+        parts = package.split(".")
+        folder = root.joinpath("kernels", *parts[2:]) if parts[:2] == ["evo_cli", "kernels"] else root.joinpath(*parts)
         for pattern in patterns:
-            assert any(root.joinpath(*package.split(".")).glob(pattern)), (package, pattern)
+            assert any(folder.glob(pattern)), (package, pattern)
+    # every C++ kernel source is package data of its folder (kernels/_native.py compiles it on first use)
+    for source in root.glob("kernels/*/*.cpp"):
+        assert "*.cpp" in package_data.get(f"evo_cli.kernels.{source.parent.name}", []), source
 
 
 def test_public_names():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,11 +13,13 @@ from evo_cli.errors import CheckpointError, EvoError, InputError, whole_number
 from evo_cli.model.config import ModelConfig
 from evo_cli.model.model import StripedHyena
 from evo_cli.model.placement import DEFAULT_STATE_TOKENS, auto_devices
-from evo_cli.runtime import (fp8_choice, fp8_source, local_rank, resolve_device, resolve_devices, resolve_dtype,
-                             resolve_fp8, resolve_kernels)
+from evo_cli.runtime import (fp8_choice, fp8_native_on, fp8_source, local_rank, resolve_device, resolve_devices,
+                             resolve_dtype, resolve_fp8, resolve_kernels)
 
 from .formats import Checkpoint, open_checkpoint
 from .loader import build_model
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Checkpoint", "describe_checkpoint", "load_model", "open_checkpoint", "resolve_checkpoint"]
 
@@ -43,10 +46,12 @@ def load_model(
     Hyena filters, poles and residues stay float32 either way.
     kernels: ``auto`` / ``triton`` / ``numba`` / ``torch``; default from ``EVO_KERNELS``, else ``auto``.
     fp8: the Hyena input projections of checkpoints trained with FP8 (Evo 2 1B, 20B, 40B): ``auto``
-    (for a checkpoint with FP8 scales ``native`` on sm_89 / sm_90 GPUs, ``emulate`` elsewhere; ``off``
-    for one without), ``emulate``
+    (follows the model, see ``fp8_decision``: for those three ``native`` on sm_89 / sm_90 GPUs,
+    ``emulate`` elsewhere; for the 7B models ``native`` on such GPUs, ``off`` elsewhere; for other
+    checkpoints FP8 when they carry scales), ``emulate``
     (Hopper's FP8 GEMM bit for bit through mmaemu, any device), ``native`` (``torch._scaled_mm``),
-    ``off`` (plain matmul); default from ``EVO_FP8``, else ``auto``. ``model.fp8`` says which runs.
+    ``off`` (plain matmul); default from ``EVO_FP8``, else ``auto``. ``model.fp8`` says which runs, and
+    the log (``-v``) why.
     """
     if config is not None and not isinstance(config, ModelConfig):
         raise InputError(f"config must be a ModelConfig (or None: the checkpoint's own), not a {type(config).__name__}")
@@ -56,11 +61,16 @@ def load_model(
     kernels = resolve_kernels(kernels, devices)
     ckpt = open_checkpoint(path, config or published)
     dt = resolve_dtype(dtype, devices[0])
-    mode = fp8_mode(ckpt, fp8, devices)
+    mode, why = fp8_decision(ckpt, fp8, devices)
     if device in (None, "auto") and devices_per_rank is None and devices[0].type == "cuda" and local_rank() is None:
         split = auto_devices(ckpt.config, dt, state_tokens, fp8=mode != "off")
         # every GPU of the split must run the mode (native on sm_89 / sm_90), not only the first
-        devices, mode = (split, fp8_mode(ckpt, fp8, split)) if split else (devices, mode)
+        devices, (mode, why) = (split, fp8_decision(ckpt, fp8, split)) if split else (devices, (mode, why))
+    log.info("FP8 projections: %s (%s)", mode, why)
+    if mode == "emulate" and fp8_choice(fp8) == "auto" and any(d.type == "cpu" for d in devices):
+        # the one choice of auto that costs hours: say so where the user did not ask for it
+        log.warning("FP8 projections emulated on the CPU (%s): exact, but about 200 million multiply-adds/s per "
+                    "core (hours for an 8 kb window of a 1B model); --fp8 off runs plain matmuls", why)
     loaded = build_model(ckpt, devices, dt, kernels, state_tokens, fp8=mode != "off")
     loaded.set_fp8(mode)
     if mode == "off":
@@ -69,20 +79,55 @@ def load_model(
 
 
 def fp8_mode(ckpt: Checkpoint, fp8: str | None, devices: torch.device | list[torch.device]) -> str:
-    """The FP8 mode a checkpoint runs with on ``devices`` (see ``load_model``). A published FP8 model
-    whose checkpoint lacks the FP8 state runs ``off`` under ``auto`` (with the warning); an explicit FP8
-    mode for it is an error naming the state it lacks."""
+    """The FP8 mode a checkpoint runs with on ``devices`` (``fp8_decision`` without its reason)."""
+    return fp8_decision(ckpt, fp8, devices)[0]
+
+
+def fp8_decision(ckpt: Checkpoint, fp8: str | None, devices: torch.device | list[torch.device]) -> tuple[str, str]:
+    """(the FP8 mode a checkpoint runs with on ``devices``, why), see ``load_model``.
+
+    ``auto`` follows the model, not the mere presence of scales in its file (the published 7B files
+    carry Transformer Engine state too):
+    - a published model trained with FP8 and lost without it (``ModelSpec.fp8``: 1B, 20B, 40B): native
+      where every device is an sm_89 / sm_90 GPU, else emulated; ``off`` (with a warning) when its
+      checkpoint holds no scales;
+    - another published model (the 7B ones): evo2's configs ask for FP8 projections, but evo2 runs
+      these models in bf16 wherever Transformer Engine is missing, and their accuracy does not depend
+      on it (evo2 README): native where the GPUs have it and the file has scales, else ``off``, never
+      emulated (about 46 times slower on a CPU, for no accuracy);
+    - a checkpoint of no published model: FP8 when it carries scales, as for the first kind.
+    An explicit FP8 mode for a checkpoint without the state is an error naming the state it lacks."""
+    devices = [devices] if isinstance(devices, torch.device) else list(devices)
     spec = registry.match_config(ckpt.config)
     has_state = ckpt.fp8_state() is not None
-    explicit = fp8_choice(fp8) != "auto"
+    choice = fp8_choice(fp8)
     first = next((i for i, kind in enumerate(ckpt.config.block_types) if kind != "attn"), 0)
     key = f"blocks.{first}.projections.{'fp8_scale_input' if ckpt.format == 'native' else '_extra_state'}"
-    mode = resolve_fp8(fp8, devices, needs_fp8=has_state or (explicit and bool(spec and spec.fp8)))
+    native_here = fp8_native_on(devices)
+    where = "every device is an sm_89/sm_90 GPU" if native_here else "no sm_89/sm_90 GPU here"
+    if choice != "auto":
+        mode, why = resolve_fp8(fp8, devices, needs_fp8=True), f"--fp8 {choice}{fp8_source(fp8)}"
+    elif spec is not None and spec.family == "evo2" and not spec.fp8:
+        mode = "native" if has_state and native_here else "off"
+        why = (f"{spec.name} runs FP8 projections where Transformer Engine would (evo2's config), and {where}"
+               if mode == "native" else
+               f"{spec.name} does not need FP8 projections (evo2 runs it in bf16 without Transformer Engine); "
+               + (f"{where}, and emulating them would only be slower" if has_state
+                  else "its checkpoint holds no FP8 scales"))
+    elif not has_state:
+        mode = "off"
+        why = (f"{spec.name} was trained with FP8 projections, but its checkpoint holds no FP8 scales"
+               if spec is not None and spec.fp8 else "the checkpoint holds no FP8 scales")
+    else:
+        mode = resolve_fp8(fp8, devices, needs_fp8=True)
+        trained = f"{spec.name} was trained with FP8 projections" if spec is not None and spec.fp8 else \
+            "the checkpoint carries FP8 scales (a model not in `evo models`)"
+        why = f"{trained}; {where}"
     if mode != "off" and not has_state:
         what = f"{spec.name} was trained with FP8 projections, but " if spec and spec.fp8 else ""
         raise CheckpointError(f"{ckpt.source.description}: {what}no FP8 state in the checkpoint ({key} missing or "
                               f"empty) for --fp8 {mode}{fp8_source(fp8)}; use --fp8 off to run with plain matmuls")
-    return mode
+    return mode, why
 
 
 def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, ModelConfig | None]:
@@ -177,11 +222,11 @@ def _describe_fp8(ckpt: Checkpoint, device: torch.device) -> str:
     """What the default ``--fp8`` (``EVO_FP8`` or ``auto``) does with this checkpoint on ``device``, or why
     it cannot."""
     try:
-        mode = fp8_mode(ckpt, None, device)
+        mode, why = fp8_decision(ckpt, None, device)
     except EvoError as err:
         return f"cannot run: {err}"
     return {
         "off": "off (plain matmul projections)",
         "native": f"native (torch._scaled_mm with fast accumulation on {device})",
         "emulate": f"emulate (Hopper FP8 GEMM bit for bit through mmaemu on {device})",
-    }[mode]
+    }[mode] + f": {why}"

@@ -28,7 +28,9 @@ def _check_layers(_ctx, _param, names):
 # a missing or unreadable FASTA is a bad file (exit 1, read_fasta's message), as in `evo score`
 @click.option("--fasta", required=True, metavar="PATH", help="Sequences to embed: FASTA, plain or gzip.")
 # a directory is refused by check_output_path (exit 1, as in the other commands), not by click.Path
-@click.option("-o", "--output", required=True, metavar="PATH", help="Output: .parquet (or .pq).")
+# the one data command without stdout as its default: its only format, Parquet, needs a file (as in every command)
+@click.option("-o", "--output", default=None, metavar="PATH",
+              help="Output: .parquet (or .pq); required, as Parquet needs a file.")
 @click.option("--layer", "layers", multiple=True, metavar="NAME", callback=_check_layers,
               help="Layer to embed (repeatable): embedding_layer, blocks.N, blocks.N.mlp.l3 or norm; negative N counts "
                    "from the end. Default: the model's recommended layer, else the middle block's MLP output.")
@@ -63,6 +65,9 @@ def embed(fasta, output, layers, pool, strand, batch_size, chunk_size, resume, m
     from evo_cli.registry import known_model
     from evo_cli.runs import output_metadata, run_settings
 
+    if output is None:
+        raise click.UsageError("Missing option '-o' / '--output': pass -o PATH.parquet (embeddings are written as "
+                               "Parquet, which needs a file; the other commands default to stdout)")
     if output == "-":
         raise click.UsageError("parquet output needs a file name (-o PATH), not stdout")  # as in every command
     check_embedding_output(output)

@@ -21,9 +21,9 @@ from .options import (echo, full_command, hint_on_interrupt, load_model_cli, mod
 @click.option("--regions", "bed", metavar="BED", default=None, help="Positions to mutate: BED intervals (0-based).")
 @click.option("--record", "records", multiple=True, metavar="ID",
               help="Mutate a whole FASTA record, e.g. a designed construct (repeatable).")
-@click.option("-o", "--output", required=True, metavar="PATH",
+@click.option("-o", "--output", default="-", metavar="PATH",
               help="Output: .tsv or .parquet (chrom, pos, ref, alt, ref_ll, alt_ll, delta), or .vcf.gz "
-                   "(bgzip + tabix, score-variants INFO keys); - for TSV on stdout.")
+                   "(bgzip + tabix, score-variants INFO keys); - for TSV on stdout [default: stdout].")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "parquet", "vcf.gz"]), default=None,
               help="Output format [default: from the extension; TSV on stdout].")
 @click.option("--plot", metavar="PATH", default=None,

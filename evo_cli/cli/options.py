@@ -122,12 +122,14 @@ def command_line(ctx: click.Context | None = None, *, skip: Iterable[str] = (),
     Boolean flags appear bare when on (a ``--x/--no-x`` pair as either form when it has a value),
     repeated options once per value, options without a value (None, empty) not at all. ``skip``:
     parameter names to leave out (e.g. ``resume``); ``values``: parameter values to record instead
-    of the parsed ones (e.g. resolved layer names)."""
+    of the parsed ones (e.g. resolved layer names), and of options the command does not receive
+    (``--devices-per-rank``), which are recorded only when given here."""
     ctx = ctx or click.get_current_context()
-    values = {**ctx.params, **(values or {})}
+    given = values or {}
+    values = {**ctx.params, **given}
     args = ["evo", ctx.info_name]
     for param in ctx.command.params:
-        if not isinstance(param, click.Option) or not param.expose_value or param.name in skip:
+        if not isinstance(param, click.Option) or param.name in skip or not (param.expose_value or param.name in given):
             continue
         value = values.get(param.name)
         if param.is_flag and not param.count:
@@ -147,8 +149,14 @@ def full_command(model, **values) -> str:
     a resumed run writes the same bytes as an uninterrupted one."""
     from evo_cli.runs import kernel_backend
 
-    return command_line(values={"kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None), **values},
-                        skip=("resume",))
+    return command_line(values={"kernels": kernel_backend(model), "fp8": getattr(model, "fp8", None),
+                                "devices_per_rank": _devices_per_rank(), **values}, skip=("resume",))
+
+
+def _devices_per_rank() -> int | None:
+    """``--devices-per-rank`` as given (``_set_devices_per_rank`` keeps it on the root context), or None."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().obj.get("devices_per_rank") if ctx and ctx.find_root().obj else None
 
 
 def is_quiet() -> bool:
@@ -169,7 +177,7 @@ def load_model_cli(model, device, dtype, kernels, state_tokens: int | None = Non
     keep_freed_memory()
     fit_threads_to_cpus()
     ctx = click.get_current_context(silent=True)
-    per_rank = ctx.find_root().obj.get("devices_per_rank") if ctx and ctx.find_root().obj else None
+    per_rank = _devices_per_rank()
     fp8 = ctx.meta.get("evo.fp8") if ctx else None
     device = distributed.setup(device, per_rank)
     if ctx is not None and not distributed.is_leader():

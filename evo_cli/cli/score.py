@@ -17,8 +17,9 @@ from .options import echo, full_command, hint_on_interrupt, load_model_cli, mode
 @click.option("--vcf", required=True, metavar="PATH", help="Variants: VCF (plain, gzip or bgzip) or BCF.")
 @click.option("--fasta", required=True, metavar="PATH",
               help="Reference FASTA, plain or bgzip (the .fai is built when missing).")
-@click.option("-o", "--output", required=True, metavar="PATH",
-              help="Output: .vcf, .vcf.gz (bgzip + tabix), .tsv or .parquet; - for stdout (VCF unless --format).")
+@click.option("-o", "--output", default="-", metavar="PATH",
+              help="Output: .vcf, .vcf.gz (bgzip + tabix), .tsv or .parquet; - for stdout (VCF unless --format) "
+                   "[default: stdout].")
 @click.option("--format", "fmt", type=click.Choice(["vcf", "vcf.gz", "tsv", "parquet"]), default=None,
               help="Output format [default: from the extension; VCF on stdout].")
 @click.option("--window", type=click.IntRange(min=2), default=None,

@@ -29,6 +29,15 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         return K.rms_norm(x, self.scale, self.eps, backend=self.backend)
 
+    def after_add(self, x, residual):
+        """(u, self(u)) for u = x + residual: one pass with the CPU kernels (``kernels.add_rms_norm``),
+        unless a hook on this module (or a global one) expects it to run."""
+        g = nn.modules.module
+        if g._global_forward_hooks or g._global_forward_pre_hooks or self._forward_hooks or self._forward_pre_hooks:
+            u = x + residual
+            return u, self(u)
+        return K.add_rms_norm(x, residual, self.scale, self.eps, backend=self.backend)
+
 
 class Linear(nn.Linear):
     """``nn.Linear`` through ``kernels.linear``: on a CPU, decoding's matrix-vector products run in the
@@ -233,8 +242,8 @@ class HyenaBlock(nn.Module):
         blocks share one signature; Hyena state carries its own position)."""
         if state is not None and x.shape[1] == 1 and self._one_call_step(x):
             return K.hyena_block_step(x, state.fir, state.inner, backend=self.backend, **self.step_weights())
-        u = self.out_filter_dense(self.mix(x, state)) + x
-        return u + self.mlp(self.post_norm(u))
+        u, h = self.post_norm.after_add(self.out_filter_dense(self.mix(x, state)), x)
+        return u + self.mlp(h)
 
     def _one_call_step(self, x) -> bool:
         """Whether a one-token step runs as one call (``kernels.hyena_block_step``; numba on CPU): not
@@ -333,6 +342,7 @@ class MHA(nn.Module):
         self.Wqkv = Linear(c.hidden_size, qkv_out, bias=c.qkv_proj_bias, backend=backend)
         self.out_proj = Linear(c.hidden_size, c.hidden_size, bias=c.mha_out_proj_bias, backend=backend)
         self.rotary_emb = RotaryEmbedding(c.head_dim, c.rotary_base, c.rotary_scaling, backend)
+        self.backend = backend
 
     def forward(self, x, state: AttentionState | None = None, pos: int = 0):
         """x: [B, L, D] at positions pos..pos+L-1 -> [B, L, D]. With ``state``, k and v are written to the
@@ -351,7 +361,7 @@ class MHA(nn.Module):
             k, v = state.k[:, :, :end], state.v[:, :, :end]
         if hkv != h:
             k, v = k.repeat_interleave(h // hkv, dim=1), v.repeat_interleave(h // hkv, dim=1)
-        o = K.causal_attention(q, k, v, offset=pos if state is not None else 0)
+        o = K.causal_attention(q, k, v, offset=pos if state is not None else 0, backend=self.backend)
         return self.out_proj(o.transpose(1, 2).reshape(B, L, h * hd))
 
 
@@ -373,5 +383,5 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x, state: AttentionState | None = None, pos: int = 0):
         """x: [B, L, D] at positions pos..pos+L-1 -> [B, L, D]."""
-        u = self.inner_mha_cls(self.pre_norm(x), state, pos) + x
-        return u + self.mlp(self.post_norm(u))
+        u, h = self.post_norm.after_add(self.inner_mha_cls(self.pre_norm(x), state, pos), x)
+        return u + self.mlp(h)

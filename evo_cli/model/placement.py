@@ -42,6 +42,27 @@ def parse_device_list(spec: str) -> list[str]:
     return parts
 
 
+def check_distinct(names: Sequence) -> None:
+    """Refuse a device list that names one GPU twice (``cuda:0,cuda:0``, or ``cuda,cuda:0``: ``cuda``
+    is ``cuda:0``): the two parts would share its memory while the split is planned as if each had its
+    own. ``cpu`` may repeat: ``cpu,cpu`` runs every split code path on one machine (the tests use it).
+    Entries torch cannot parse are left to ``resolve_device``, which names the devices there are."""
+    seen = {}
+    for name in names:
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, TypeError, ValueError):
+            continue
+        if dev.type == "cpu":
+            continue
+        key = (dev.type, dev.index or 0)
+        if key in seen:
+            listed = ",".join(str(n) for n in names)
+            raise InputError(f"device list {listed!r} names one GPU twice ({seen[key]} and {name}): each part of a "
+                             f"split model needs a device of its own (e.g. cuda:0,cuda:1)")
+        seen[key] = str(name)
+
+
 def rank_devices(per_rank: int, local_rank: int, gpu_count: int) -> list[str]:
     """The GPUs of one process when each gets ``per_rank`` of them: rank r -> cuda:rK .. cuda:rK+K-1."""
     if per_rank < 1:

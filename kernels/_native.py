@@ -1,0 +1,160 @@
+"""CPU kernels written in C++ (``<op>/cpu.cpp``), compiled on first use with the system's compiler and
+called through ctypes.
+
+numba cannot keep a tile of vector accumulators in registers (benchmarks/README.md, sixth round), which
+is what an attention kernel at head size 32 needs. So such a kernel is C++ with the compiler's vector
+extensions, built for this machine (``-march=native``) the first time it is asked for, in about two
+seconds, and kept in ``~/.cache/evo/native`` (``$XDG_CACHE_HOME``) under a name that covers its source,
+the compiler and the CPU, so that a home folder shared by machines of different CPUs never loads code
+built for another. Where there is no compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``) or the build
+fails, ``load`` returns None, says why once in the log, and the caller runs its PyTorch path.
+
+No fast-math flags: as in the numba kernels (``_numba.py``), every sum runs in the source's order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c++17"]
+# a compiler that does not take -march=native (some for ARM) builds for its default target instead
+PORTABLE_FLAGS = [f for f in FLAGS if f != "-march=native"]
+# seconds a build may take (two on this project's CPUs; a loaded machine is slower)
+BUILD_TIMEOUT = 300
+# seconds after which a build says what it is doing (once per process)
+_NOTICE_AFTER = 2.0
+
+_libs: dict[str, ctypes.CDLL | None] = {}
+_lock = threading.Lock()
+
+
+def compiler() -> str | None:
+    """The C++ compiler: ``$CXX``, else the first of c++, g++ and clang++ on the PATH."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shutil.which(cxx) or cxx
+    return next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
+
+
+def _cpu_identity() -> str:
+    """What the compiled code depends on: the machine and, on Linux, the CPU's model and feature flags."""
+    ident = [platform.machine(), platform.system()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            ident += sorted({line.strip() for line in f if line.startswith(("flags", "model name", "Features"))})
+    except OSError:
+        ident.append(platform.processor())
+    return "\n".join(ident)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "evo" / "native"
+
+
+def _version(cxx: str) -> str:
+    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.splitlines()[0] if out.returncode == 0 and out.stdout else ""
+
+
+def load(op: str) -> ctypes.CDLL | None:
+    """The compiled ``<op>/cpu.cpp`` (built now if this machine has not built this version), or None
+    where it cannot be built here."""
+    with _lock:
+        if op not in _libs:
+            try:
+                _libs[op] = _build(op)
+            except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+                log.info("the C++ kernel %s is not available (%s); using the PyTorch path", op, e)
+                _libs[op] = None
+        return _libs[op]
+
+
+def _build(op: str) -> ctypes.CDLL:
+    source = ROOT / op / "cpu.cpp"
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found: set CXX or install g++ or clang++")
+    key = hashlib.sha256("\n".join([source.read_text(), cxx, _version(cxx), " ".join(FLAGS),
+                                    _cpu_identity()]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{op}-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        timer = threading.Timer(_NOTICE_AFTER, log.warning, [f"compiling the C++ {op} kernel for this CPU "
+                                                             "(once per machine, a few seconds)"])
+        timer.daemon = True
+        timer.start()
+        try:
+            _compile(cxx, source, target)
+        finally:
+            timer.cancel()
+    return ctypes.CDLL(str(target))
+
+
+def _compile(cxx: str, source: Path, target: Path) -> None:
+    # built under a temporary name and renamed: processes building at once each load a whole file
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        for flags in (FLAGS, PORTABLE_FLAGS):
+            out = subprocess.run([cxx, *flags, "-o", tmp, str(source)], capture_output=True, text=True,
+                                 timeout=BUILD_TIMEOUT)
+            if out.returncode == 0:
+                os.replace(tmp, target)
+                return
+        first = next((line for line in out.stderr.splitlines() if "error" in line), out.stderr.strip()[:200])
+        raise RuntimeError(f"{Path(cxx).name} failed: {first}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def pool() -> concurrent.futures.ThreadPoolExecutor:
+    """This process's kernel threads (made as tasks need them, one per core at most), shared by the C++
+    and the numba kernels. A child forked after its parent made the pool gets its own: the parent's
+    threads do not exist in the child, and tasks given to them would never run."""
+    with _pools_lock:
+        pid = os.getpid()
+        if pid not in _pools:
+            _pools[pid] = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="evo-kernels")
+        return _pools[pid]
+
+
+# multiply-adds a thread takes at the least (about a millisecond): below that, handing work to a thread
+# costs more than it saves, the more so as torch's OpenMP threads still spin for a while after each of
+# its ops (on 2 threads the quick start's windows ran 2% slower split from 1 M multiply-adds up)
+MIN_PART_WORK = 1 << 22
+
+
+def over_ranges(run, total: int, work: int, threads: int) -> None:
+    """``run(lo, hi)`` for ranges covering ``0 .. total``: one call, or, when ``work`` is large, up to
+    ``threads`` calls run in the kernel threads (ctypes releases the GIL). A kernel's result for an item
+    must not depend on the range it came in."""
+    parts = min(threads, total, work // MIN_PART_WORK)
+    if parts <= 1:
+        run(0, total)
+        return
+    bounds = [total * i // parts for i in range(parts + 1)]
+    runs = [pool().submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    try:
+        run(bounds[0], bounds[1])  # this thread takes the first range
+    finally:
+        concurrent.futures.wait(runs)  # nothing may still write into the outputs after this returns
+    for r in runs:
+        r.result()

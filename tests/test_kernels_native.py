@@ -1,0 +1,182 @@
+"""The C++ CPU kernels (kernels/<op>/cpu.cpp, built by kernels/_native.py): attention against the blocked
+PyTorch reference, RMSNorm (with the residual add) against its reference, their bits under chunking,
+batching and threads, and the fallback where they cannot be built."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from evo_cli import kernels as K
+from evo_cli.kernels import _native
+from evo_cli.kernels.attention import cpu as attention_cpu
+from evo_cli.kernels.attention.cpu import HEAD_SIZES, native_attention
+from evo_cli.kernels.attention.naive import causal_attention_ref
+from evo_cli.kernels.norm.naive import rms_norm_ref
+from evo_cli.model.init import motif_config, random_model
+
+pytestmark = pytest.mark.skipif(_native.compiler() is None, reason="no C++ compiler on this machine")
+
+
+def _qkv(B, H, Lq, offset, hd, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # q as the model makes it: [B, L, H, hd] seen as [B, H, L, hd]
+    q = torch.randn(B, Lq, H, hd, generator=g).transpose(1, 2)
+    k = torch.randn(B, H, offset + Lq, hd, generator=g) * 2
+    v = torch.randn(B, H, offset + Lq, hd, generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("hd", HEAD_SIZES)
+@pytest.mark.parametrize("B, H, Lq, offset", [(2, 3, 37, 0), (1, 2, 9, 300), (2, 1, 260, 5), (1, 1, 2, 511)])
+def test_matches_reference(B, H, Lq, offset, hd):
+    """Tiles of 8 queries with a short last one, key blocks of 256 crossed or not, cached keys or none."""
+    q, k, v = _qkv(B, H, Lq, offset, hd)
+    out = native_attention(q, k, v, offset)
+    assert out is not None and out.shape == (B, H, Lq, hd) and out.dtype == torch.float32
+    expected = causal_attention_ref(q.double(), k.double(), v.double(), offset)
+    assert (out.double() - expected).abs().max().item() < 2e-5
+    # the output is a [B, L, H, hd] tensor seen as [B, H, L, hd]: heads merge back without a copy
+    assert out.transpose(1, 2).is_contiguous()
+
+
+def test_same_bits_in_chunks_batches_and_threads():
+    """A query's result depends on its own keys only: a full forward, the same positions in chunks over
+    the cache, the head alone or beside others, and 1 or 2 threads give the same bits."""
+    q, k, v = _qkv(3, 2, 700, 0, 32, seed=1)
+    full = native_attention(q, k, v, 0)
+    for a, b in [(0, 3), (3, 259), (259, 700)]:
+        part = native_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b], a)
+        assert torch.equal(part, full[:, :, a:b])
+    assert torch.equal(native_attention(q[1:2], k[1:2], v[1:2], 0), full[1:2])
+    # a strided last axis (copied) gets a contiguous one's bits
+    strided = torch.empty(*k.shape[:3], 64)[..., ::2]
+    strided.copy_(k)
+    assert torch.equal(native_attention(q, strided, v, 0), full)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(native_attention(q, k, v, 0), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_dispatch():
+    """The CPU kernels' backend runs it for chunks; the torch backend, a single query, other dtypes and
+    head sizes run torch's kernels (within float32 rounding of it)."""
+    q, k, v = _qkv(1, 2, 20, 40, 32, seed=2)
+    fused = K.causal_attention(q, k, v, 40, backend="numba")
+    assert torch.equal(fused, native_attention(q, k, v, 40))
+    plain = K.causal_attention(q, k, v, 40, backend="torch")
+    assert not torch.equal(fused, plain) and torch.allclose(fused, plain, atol=1e-5)
+    assert native_attention(q.double(), k.double(), v.double(), 40) is None
+    q48, k48, v48 = _qkv(1, 1, 4, 0, 48)
+    assert native_attention(q48, k48, v48, 0) is None
+    assert torch.allclose(K.causal_attention(q48, k48, v48, 0, backend="numba"),
+                          causal_attention_ref(q48, k48, v48, 0), atol=1e-5)
+    leaf = q.clone().requires_grad_()
+    assert native_attention(leaf, k, v, 40) is None
+
+
+@pytest.mark.parametrize("D", [8, 40, 128])
+def test_rms_norm_matches_reference(D, monkeypatch):
+    """16 lanes and a scalar tail; the add's sum exact; rows the same bits alone or split among threads."""
+    g = torch.Generator().manual_seed(D)
+    x, r, scale = torch.randn(3, 37, D, generator=g) * 3, torch.randn(3, 37, D, generator=g), torch.rand(D, generator=g)
+    y = K.rms_norm(x, scale, 1e-6, backend="numba")
+    assert (y.double() - rms_norm_ref(x.double(), scale.double(), 1e-6)).abs().max().item() < 1e-6
+    u, y2 = K.add_rms_norm(x, r, scale, 1e-6, backend="numba")
+    assert torch.equal(u, x + r)
+    assert torch.equal(y2, K.rms_norm(x + r, scale, 1e-6, backend="numba"))
+    assert torch.equal(K.rms_norm(x[1:2, 5:9], scale, 1e-6, backend="numba"), y[1:2, 5:9])
+    # a strided input (copied) gets a contiguous one's bits
+    assert torch.equal(K.rms_norm(x.transpose(0, 1).contiguous().transpose(0, 1), scale, 1e-6, backend="numba"), y)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(K.rms_norm(x, scale, 1e-6, backend="numba"), y)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("V", [512, 40, 7])
+def test_token_logprobs_matches_reference(V, monkeypatch):
+    """Strided logits and tokens (a chunk's positions 1..n-1), a row's bits alone, beside others and in
+    threads; a token outside the vocabulary is an error, as gather's."""
+    g = torch.Generator().manual_seed(V)
+    logits, tokens = torch.randn(3, 50, V, generator=g) * 5, torch.randint(0, V, (3, 50), generator=g)
+    lp = K.token_logprobs(logits[:, :-1], tokens[:, 1:], backend="numba")
+    assert lp.shape == (3, 49) and lp.dtype == torch.float32
+    expected = K.token_logprobs_ref(logits[:, :-1].double(), tokens[:, 1:])
+    assert (lp.double() - expected).abs().max().item() < 4e-6
+    assert torch.equal(K.token_logprobs(logits[1:2, 10:20], tokens[1:2, 11:21], backend="numba"), lp[1:2, 10:20])
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(K.token_logprobs(logits[:, :-1], tokens[:, 1:], backend="numba"), lp)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(IndexError):
+        K.token_logprobs(logits, torch.full((3, 50), V), backend="numba")
+
+
+def test_hooked_post_norm_runs_unfused():
+    """A hook on a block's post_norm sees it run (the residual add is then not fused into it), and the
+    model's numbers are the same bits either way."""
+    model = random_model(motif_config("evo2", hidden_size=32, num_layers=4, head_dim=16), seed=0)
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))
+    attn = model.config.layers_of("attn")[0]
+    with torch.inference_mode():
+        plain = model(ids)[0]
+        seen = []
+        handle = model.blocks[attn].post_norm.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+        try:
+            hooked = model(ids)[0]
+        finally:
+            handle.remove()
+    assert seen == [(2, 40, 32)] and torch.equal(hooked, plain)
+
+
+def test_without_a_compiler(monkeypatch, tmp_path, caplog):
+    """No compiler: one log line per kernel, and torch's ops run with the numbers they gave before."""
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    q, k, v = _qkv(1, 2, 16, 8, 32, seed=3)
+    x, r, scale = q[0, 0].contiguous(), k[0, 0, :16].contiguous(), v[0, 0, 0].contiguous()
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert native_attention(q, k, v, 8) is None
+        out = K.causal_attention(q, k, v, 8, backend="numba")
+        u, y = K.add_rms_norm(x, r, scale, 1e-6, backend="numba")
+        y1 = K.rms_norm(x, scale, 1e-6, backend="numba")
+        lp = K.token_logprobs(k[0], torch.zeros(k.shape[1:3], dtype=torch.int64), backend="numba")
+    assert torch.equal(out, attention_cpu.causal_attention_cpu(q, k, v, 8))
+    assert torch.equal(lp, K.token_logprobs_ref(k[0], torch.zeros(k.shape[1:3], dtype=torch.int64)))
+    assert torch.equal(u, x + r) and torch.equal(y, rms_norm_ref(x + r, scale, 1e-6))
+    assert torch.equal(y1, rms_norm_ref(x, scale, 1e-6))
+    lines = sorted(r.getMessage() for r in caplog.records)
+    assert len(lines) == 3 and "C++ kernel attention is not available" in lines[0], lines
+    assert "C++ kernel logprob is not available" in lines[1] and "C++ kernel norm is not available" in lines[2], lines
+
+
+def test_built_once_per_cpu(monkeypatch, tmp_path):
+    """The build lands in the cache under a name that covers source, compiler and CPU; a new process
+    (here: an emptied table of loaded kernels) loads it without building again, and another CPU builds
+    its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    assert _native.load("attention") is not None
+    built = sorted((tmp_path / "evo" / "native").iterdir())
+    assert len(built) == 1 and built[0].name.startswith("attention-") and built[0].suffix == ".so"
+    calls = []
+    monkeypatch.setattr(_native, "_compile", lambda *a: calls.append(a))
+    monkeypatch.setattr(_native, "_libs", {})
+    assert _native.load("attention") is not None and calls == []
+    monkeypatch.setattr(_native, "_cpu_identity", lambda: "another cpu")
+    monkeypatch.setattr(_native, "_libs", {})
+    _native.load("attention")  # its "build" (the stub) writes nothing, so the load fails and says so
+    assert len(calls) == 1 and calls[0][2].name != built[0].name
