@@ -129,7 +129,7 @@ def check_context(model, prompts: Mapping[str, str], n_tokens: int) -> None:
             if n < context:
                 fix = "lower -n/--n-tokens"
             elif n_tokens < context:
-                fix = f"shorten the prompt (its last {context - n_tokens:,} bases, say) or lower -n/--n-tokens"
+                fix = f"shorten the prompt (to its last {context - n_tokens:,} bases, say)"
             else:
                 fix = "shorten the prompt and lower -n/--n-tokens"
             raise InputError(f"prompt {pid!r} ({n:,} tokens) + {n_tokens:,} new tokens = {n + n_tokens:,} "
