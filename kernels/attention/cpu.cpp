@@ -69,7 +69,7 @@ enum { QT = 8, KB = 256 };  // queries per tile, keys per softmax block
 // Separate functions (not inlined) so that each loop's accumulators get the vector registers: inlined
 // together, the compiler kept the PV accumulators in memory and the loop ran at half speed.
 template <int HD>
-__attribute__((noinline)) static void scores(const float (*qs)[HD], const float* kt, long ldk, float (*S)[KB], int bn) {
+__attribute__((noinline)) static void scores(const float (*qs)[HD], const float* kt, int64_t ldk, float (*S)[KB], int bn) {
     for (int j0 = 0; j0 < bn; j0 += 32) {
         v16 s[QT][2];
         for (int i = 0; i < QT; i++) s[i][0] = s[i][1] = splat(0.0f);
@@ -89,7 +89,7 @@ __attribute__((noinline)) static void scores(const float (*qs)[HD], const float*
 
 // acc[i] += sum_j P[i][j] v[j] for G queries of the tile (G x HD/16 vector accumulators)
 template <int HD, int G>
-__attribute__((noinline)) static void weigh(v16 (*acc)[HD / 16], const float (*P)[KB], const float* v, long sv, int bn) {
+__attribute__((noinline)) static void weigh(v16 (*acc)[HD / 16], const float (*P)[KB], const float* v, int64_t sv, int bn) {
     constexpr int NV = HD / 16;
     v16 a[G][NV];
     for (int i = 0; i < G; i++)
@@ -105,8 +105,8 @@ __attribute__((noinline)) static void weigh(v16 (*acc)[HD / 16], const float (*P
 }
 
 template <int HD>
-static void head(const float* q, const float* k, const float* v, float* o, long sq, long sk, long sv, long so,
-                 int Lq, int Lk, int offset, float scale, float* kt, long ldk) {
+static void head(const float* q, const float* k, const float* v, float* o, int64_t sq, int64_t sk, int64_t sv, int64_t so,
+                 int Lq, int Lk, int offset, float scale, float* kt, int64_t ldk) {
     constexpr int NV = HD / 16, G = 16 / NV < QT ? (16 / NV > 0 ? 16 / NV : 1) : QT;
     // the keys transposed ([hd, ldk], zero past Lk), so that a vector holds one dim of 16 keys
     for (int d = 0; d < HD; d++)
@@ -168,15 +168,15 @@ extern "C" {
 // The heads [lo, hi) of the flattened B x H: head n is (n / H, n % H). Returns 0, or 1 when memory
 // for the transposed keys could not be had, 2 for a head size without a kernel.
 int causal_attention(const float* q, const float* k, const float* v, float* o, int H, int Lq, int Lk, int hd,
-                     int offset, float scale, const long* strides, int lo, int hi) {
+                     int offset, float scale, const int64_t* strides, int lo, int hi) {
     // strides: q (b, h, pos), k (b, h, pos), v (b, h, pos), o (b, h, pos), in elements
     if (hd != 16 && hd != 32 && hd != 64 && hd != 128) return 2;
-    long ldk = (Lk + 31) / 32 * 32;
+    int64_t ldk = (Lk + 31) / 32 * 32;
     float* kt = (float*)aligned_alloc(64, (size_t)(ldk * hd * sizeof(float)));
     if (!kt) return 1;
-    const long* s = strides;
+    const int64_t* s = strides;
     for (int n = lo; n < hi; n++) {
-        long b = n / H, h = n % H;
+        int64_t b = n / H, h = n % H;
         const float *qn = q + b * s[0] + h * s[1], *kn = k + b * s[3] + h * s[4], *vn = v + b * s[6] + h * s[7];
         float* on = o + b * s[9] + h * s[10];
         if (hd == 16) head<16>(qn, kn, vn, on, s[2], s[5], s[8], s[11], Lq, Lk, offset, scale, kt, ldk);

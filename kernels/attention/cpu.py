@@ -22,7 +22,7 @@ from .naive import causal_attention_ref
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 # the head sizes cpu.cpp has a kernel for
 HEAD_SIZES = (16, 32, 64, 128)
-_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.POINTER(ctypes.c_long)] + [ctypes.c_int] * 2
+_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.POINTER(ctypes.c_int64)] + [ctypes.c_int] * 2
 
 
 def _kernel():
@@ -43,7 +43,8 @@ def native_attention(q, k, v, offset: int):
     cannot be built here. Any strides but a strided last axis (then copied) go to the kernel as they are."""
     B, H, Lq, hd = q.shape
     Lk = k.shape[2]
-    if not (hd in HEAD_SIZES and k.shape == v.shape == (B, H, Lk, hd) and Lk == offset + Lq and Lq > 0
+    # key positions are compared as floats in the kernel: exact below 2^24
+    if not (hd in HEAD_SIZES and k.shape == v.shape == (B, H, Lk, hd) and Lk == offset + Lq and 0 < Lq and Lk < 1 << 24
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, v))
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
         return None
@@ -52,7 +53,7 @@ def native_attention(q, k, v, offset: int):
         return None
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty(B, Lq, H, hd, dtype=torch.float32).transpose(1, 2)
-    strides = (ctypes.c_long * 12)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
+    strides = (ctypes.c_int64 * 12)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
     args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), H, Lq, Lk, hd, offset, hd**-0.5, strides)
 
     def run(lo: int, hi: int) -> None:

@@ -56,12 +56,12 @@ extern "C" {
 // Rows [lo, hi) of the N x n positions: logits of position (b, t) at logits + b * sb + t * st (V
 // contiguous floats), its token at tokens[b * tb + t * tt]; out [N, n] contiguous. Returns the number
 // of tokens outside 0 .. V - 1 (their outputs are NaN).
-long token_logprobs(const float* logits, const int64_t* tokens, float* out, long n, int V, long sb, long st,
-                    long tb, long tt, long lo, long hi) {
+int64_t token_logprobs(const float* logits, const int64_t* tokens, float* out, int64_t n, int V, int64_t sb, int64_t st,
+                    int64_t tb, int64_t tt, int64_t lo, int64_t hi) {
     const int W = V / 16 * 16;
-    long bad = 0;
-    for (long i = lo; i < hi; i++) {
-        long b = i / n, t = i % n;
+    int64_t bad = 0;
+    for (int64_t i = lo; i < hi; i++) {
+        int64_t b = i / n, t = i % n;
         const float* x = logits + b * sb + t * st;
         int64_t tok = tokens[b * tb + t * tt];
         v16 vm = splat(-INFINITY);

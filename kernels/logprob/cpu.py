@@ -12,7 +12,7 @@ import torch
 from .. import _native
 from .naive import token_logprobs_ref
 
-_ARGS = [ctypes.c_void_p] * 3 + [ctypes.c_long, ctypes.c_int] + [ctypes.c_long] * 6
+_ARGS = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_int64] * 6
 
 
 def _kernel():
@@ -21,7 +21,7 @@ def _kernel():
         return None
     fn = lib.token_logprobs
     if fn.argtypes is None:
-        fn.argtypes, fn.restype = _ARGS, ctypes.c_long
+        fn.argtypes, fn.restype = _ARGS, ctypes.c_int64
     return fn
 
 

@@ -6,6 +6,7 @@
 // (then the tail, then the lanes in a fixed tree): a row's numbers do not depend on the other rows.
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef float v16 __attribute__((vector_size(64)));
@@ -26,9 +27,9 @@ extern "C" {
 // Rows [lo, hi) of x [rows, D]: u = x + r where r is given (else u is x), y = u / (||u|| * inv_sqrt_d + eps) * scale.
 // x, r, u and y are row-major with row stride D; u may be null when r is.
 void rms_norm(const float* x, const float* r, const float* scale, float* u, float* y, int D, float inv_sqrt_d,
-              float eps, long lo, long hi) {
+              float eps, int64_t lo, int64_t hi) {
     const int V = D / 16 * 16;
-    for (long i = lo; i < hi; i++) {
+    for (int64_t i = lo; i < hi; i++) {
         const float* xi = x + i * D;
         v16 acc = {};
         float tail = 0.0f;

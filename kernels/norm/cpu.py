@@ -13,7 +13,7 @@ import torch
 from .. import _native
 from .naive import rms_norm_ref
 
-_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_long, ctypes.c_long]
+_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int64, ctypes.c_int64]
 
 
 def _kernel():
