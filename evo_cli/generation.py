@@ -33,7 +33,7 @@ import logging
 import numbers
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from evo_cli.distributed import Share, checkpoint_rank, current, shared_value
 from evo_cli.errors import InputError
 from evo_cli.io.atomic import STDOUT
 from evo_cli.io.fasta import shown_char
-from evo_cli.io.generated import output_format, write_generations
+from evo_cli.io.generated import output_format, recorded_seed, write_generations
 from evo_cli.io.partial import open_progress, stored_settings
 from evo_cli.limits import MAX_GENERATIONS, check_batch_size
 from evo_cli.model.cpu_decode import CpuDecoder
@@ -81,10 +81,14 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
 
     ``prompts``: one sequence, a list of them (named ``prompt1..N``) or a mapping id -> sequence.
     Lowercase bases are upper-cased with a logged notice (the tokenizer is case-sensitive); an empty
-    prompt or a character other than A, C, G, T raises ``InputError`` naming the prompt and position.
+    prompt or a character other than A, C, G, T raises ``InputError`` naming the prompt and position,
+    as does a prompt that is not a ``str`` (bytes, None, a number).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
+    if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, (Mapping, Iterable)):
+        raise InputError("prompts must be a DNA string, a list of them or a mapping id -> DNA string, not "
+                         f"{type(prompts).__name__}")
     items = list(prompts.items()) if isinstance(prompts, Mapping) else [(f"prompt{i}", s) for i, s in enumerate(prompts, 1)]
     if not items:
         raise InputError("no prompts given")
@@ -92,28 +96,44 @@ def prepare_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[st
     for pid, seq in items:
         if not check_text(seq, f"prompt {pid!r}"):
             raise InputError(f"prompt {pid!r} is empty")
-        upper = seq.upper()
-        if upper != seq:
-            lowered.append(pid)
-        bad = re.search("[^ACGT]", upper)
+        # the character as given (upper-casing would show an 'n' as 'N', and can change the length: 'ß')
+        bad = re.search("[^ACGTacgt]", seq)
         if bad:
             raise InputError(f"prompt {pid!r} has {shown_char(bad.group())} at position {bad.start() + 1}: prompts must be "
                              f"DNA (A, C, G, T)")
+        upper = seq.upper()
+        if upper != seq:
+            lowered.append(pid)
         named[pid] = upper
     if lowered:
         log.warning("upper-cased lowercase bases in %s (the tokenizer is case-sensitive)", ", ".join(lowered))
     return named
 
 
+def check_generations(n_prompts: int, num_samples: int) -> None:
+    """Raise ``InputError`` when a run would make more than ``MAX_GENERATIONS`` generations (each is kept
+    in memory until the output is written)."""
+    if n_prompts * num_samples > MAX_GENERATIONS:
+        raise InputError(f"{n_prompts:,} prompt(s) x {num_samples:,} samples: at most {MAX_GENERATIONS:,} "
+                         "generations per run (each is kept until the output is written); split the run")
+
+
 def check_context(model, prompts: Mapping[str, str], n_tokens: int) -> None:
     """Raise ``InputError`` when a prompt (id -> sequence, ``prepare_prompts``) plus ``n_tokens`` new
-    tokens would pass the model's context."""
-    context = model.config.max_seqlen
+    tokens would pass the model's context. ``model``: a loaded model, or its context (an int)."""
+    context = model if isinstance(model, int) else model.config.max_seqlen
     for pid, seq in prompts.items():
-        if len(encode(seq)) + n_tokens > context:
-            n = len(encode(seq))
+        n = len(encode(seq))
+        if n + n_tokens > context:
+            # lowering -n cannot help a prompt that fills the context alone
+            if n < context:
+                fix = "lower -n/--n-tokens"
+            elif n_tokens < context:
+                fix = f"shorten the prompt (to its last {context - n_tokens:,} bases, say)"
+            else:
+                fix = "shorten the prompt and lower -n/--n-tokens"
             raise InputError(f"prompt {pid!r} ({n:,} tokens) + {n_tokens:,} new tokens = {n + n_tokens:,} "
-                             f"positions, past the model's context of {context:,}: lower -n/--n-tokens")
+                             f"positions, past the model's context of {context:,}: {fix}")
 
 
 def generate(
@@ -133,9 +153,9 @@ def generate(
     """Sample ``n_tokens`` tokens after each prompt, ``num_samples`` times per prompt.
 
     Defaults follow Evo 2 (temperature 1, top-k 4, top-p 1); ``top_k=1`` is greedy decoding and
-    ``top_k<=0`` samples from the whole vocabulary (see ``sampling.py``). No BOS is prepended (the
-    reference default for both families). ``prefill_chunk`` bounds the prompt's activation memory
-    (None: one pass). ``progress(n)`` is called after every step with the tokens it generated.
+    ``top_k=0`` samples from the whole vocabulary (see ``sampling.py``; a negative top_k is an
+    ``InputError``). No BOS is prepended (the reference default for both families).
+    ``prefill_chunk`` bounds the prompt's activation memory (None: one pass). ``progress(n)`` is called after every step with the tokens it generated.
     Returns the generations in prompt order, samples in order within a prompt.
     """
     run = _Run(model, prompts, n_tokens, num_samples, seed, batch_size, prefill_chunk,
@@ -147,10 +167,13 @@ def generate(
 
 
 def resolve_seed(seed: int | None, output: str | Path | None, resume: bool) -> int:
-    """The seed a run samples with: ``seed``; else, resuming, the interrupted run's; else a fresh one,
-    rank 0's in a distributed run (every rank samples with it)."""
+    """The seed a run samples with: ``seed``; else, resuming, the interrupted run's, or the finished
+    run's that ``output`` records (a resumed finished run then rewrites the same bytes); else a fresh
+    one, rank 0's in a distributed run (every rank samples with it)."""
     if seed is None and resume and output not in STDOUT:
         seed = (stored_settings(output) or {}).get("seed")
+        if seed is None:
+            seed = recorded_seed(output)
     if seed is None and current() is not None:
         seed = int(shared_value("seed", str(secrets.randbits(32))))
     if seed is None:
@@ -236,9 +259,7 @@ class _Run:
         if seed is not None and _integer("seed", seed) < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed}")
         self.prompts = prepare_prompts(prompts)
-        if len(self.prompts) * num_samples > MAX_GENERATIONS:
-            raise InputError(f"{len(self.prompts):,} prompt(s) x {num_samples:,} samples: at most {MAX_GENERATIONS:,} "
-                             "generations per run (each is kept until the output is written); split the run")
+        check_generations(len(self.prompts), num_samples)
         self.names = list(self.prompts)
         self.ids = [encode(seq) for seq in self.prompts.values()]
         check_context(model, self.prompts, n_tokens)

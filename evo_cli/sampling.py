@@ -2,7 +2,7 @@
 
 Semantics (the evo / evo2 ``sample`` order, made robust):
 - ``top_k == 1`` is greedy: the argmax, temperature ignored;
-- otherwise keep the ``top_k`` largest logits (``top_k <= 0``: the whole vocabulary), divide them by
+- otherwise keep the ``top_k`` largest logits (``top_k == 0``: the whole vocabulary), divide them by
   the temperature, keep the smallest set of most likely tokens whose probability reaches ``top_p``
   (nucleus; ``top_p == 1`` keeps all), renormalise and draw one token.
 The draw is inverse-CDF sampling with a uniform number supplied per row, so that the caller owns

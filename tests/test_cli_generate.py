@@ -234,3 +234,85 @@ def test_generations_per_run_are_bounded():
     model = evo_cli.load_model(TINY, device="cpu")
     with pytest.raises(InputError, match=r"2 prompt\(s\) x 500,001 samples: at most 1,000,000 generations per run"):
         evo_cli.generate(model, ["ACGT", "GGCA"], n_tokens=1, num_samples=MAX_GENERATIONS // 2 + 1)
+
+
+@pytest.mark.parametrize("name", ["g.fa", "g.jsonl", "g.fa.gz"])
+def test_resume_of_a_finished_run_keeps_its_seed(tmp_path, name):
+    """``--resume`` after the run had finished (no progress file left: a requeued job, a rerun to be
+    safe) drew a fresh seed and replaced the output with other sequences; it reruns with the seed the
+    output records and writes the same bytes."""
+    out = tmp_path / name
+    args = ["--model", TINY, "-p", "ACGTAC", "-p", "GGA", "-n", "6", "--top-k", "0", "--temperature", "5",
+            "--num-samples", "2", "-o", str(out)]
+    assert _run(args).exit_code == 0
+    first = out.read_bytes()
+    res = _run([*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() == first
+
+
+def test_too_many_generations_fail_before_the_model_loads(monkeypatch):
+    """prompts x --num-samples past the limit was refused only after the model had loaded (minutes for
+    a large model); the prompts and the count are known from the command line."""
+    import evo_cli.cli.generate as gen_cli
+    from evo_cli.limits import MAX_GENERATIONS
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(gen_cli, "load_model_cli", no_load)
+    code, err = _main_err(["generate", "--model", TINY, "-p", "ACGT", "-p", "GGCA", "--num-samples",
+                           str(MAX_GENERATIONS // 2 + 1)])
+    assert code == 1 and err == ("evo: error: 2 prompt(s) x 500,001 samples: at most 1,000,000 generations per "
+                                 "run (each is kept until the output is written); split the run\n"), err
+
+
+def test_gz_outputs_are_gzip(tmp_path):
+    """``-o gen.fa.gz`` was refused (no known extension) and ``--format fasta -o gen.fa.gz`` wrote plain
+    text under a gzip name; a name ending in .gz is written gzip-compressed, the bytes of the plain output
+    inside, and its format comes from the name before .gz."""
+    import gzip
+
+    args = ["--model", TINY, "-p", "ACGTAC", "-n", "5", "--seed", "3", "--top-k", "0", "--temperature", "5"]
+    for plain, packed, extra in (("g.fa", "g.fa.gz", []), ("g.jsonl", "g.jsonl.gz", []),
+                                 ("g.fa", "g.gz", ["--format", "fasta"])):
+        assert _run([*args, "-o", str(tmp_path / plain)]).exit_code == 0
+        res = _run([*args, *extra, "-o", str(tmp_path / packed)])
+        assert res.exit_code == 0, res.output
+        # the recorded command names its own output
+        expected = (tmp_path / plain).read_bytes().replace(str(tmp_path / plain).encode(),
+                                                          str(tmp_path / packed).encode())
+        assert gzip.decompress((tmp_path / packed).read_bytes()) == expected, packed
+    tokens = [r["token_ids"] for r in read_generations_jsonl(tmp_path / "g.jsonl")]
+    assert [r["token_ids"] for r in read_generations_jsonl(tmp_path / "g.jsonl.gz")] == tokens
+    res = _run([*args, "--format", "fasta", "-o", str(tmp_path / "g.jsonl.gz")])
+    assert res.exit_code == 2 and "contradicts" in res.output
+
+
+def test_progress_lines_on_a_non_terminal(monkeypatch):
+    """On a non-terminal stderr (a batch job's log) rich draws the bar only at the end, so a long run
+    showed no progress at all; it writes a plain progress line every PROGRESS_LINE_SECONDS."""
+    import re
+
+    import evo_cli.cli.options as options
+
+    monkeypatch.setattr(options, "PROGRESS_LINE_SECONDS", 0.0)
+    res = _run(["--model", TINY, "-p", "ACGT", "-p", "GGA", "-n", "2", "--top-k", "1", "--batch-size", "1"])
+    assert res.exit_code == 0, res.output
+    lines = re.findall(r"^evo: generating (\S+) tokens \((\S+)%\)", res.stderr, re.M)
+    assert lines == [("1/4", "25.0"), ("2/4", "50.0"), ("3/4", "75.0"), ("4/4", "100.0")], res.stderr
+
+
+def test_past_a_published_models_context_fails_before_it_loads(monkeypatch):
+    """A published or bundled model's context is known by its name: -n past it failed only after the
+    download and the load (hours for a 40B model not yet in the cache)."""
+    import evo_cli.cli.generate as gen_cli
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(gen_cli, "load_model_cli", no_load)
+    for model, context in (("evo-demo", "2,048"), ("evo2_7b_base", "8,192")):
+        code, err = _main_err(["generate", "--model", model, "-p", "ACGT", "-n", "9000"])
+        assert code == 1 and err == (f"evo: error: prompt 'prompt1' (4 tokens) + 9,000 new tokens = 9,004 positions, "
+                                     f"past the model's context of {context}: lower -n/--n-tokens\n"), err

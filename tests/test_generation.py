@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -220,3 +221,38 @@ def test_numpy_numbers_are_numbers(tiny_models, tmp_path):
                         (dict(seed=1.5), "seed must be an integer, got 1.5")]:
         with pytest.raises(InputError, match=message):
             generate(model, "ACGT", **{"n_tokens": 3, **kw})
+
+
+@pytest.mark.parametrize("prompts, message", [
+    (b"ACGT", "prompts must be a DNA string, a list of them or a mapping id -> DNA string, not bytes"),
+    (None, "prompts must be a DNA string, a list of them or a mapping id -> DNA string, not NoneType"),
+    ([b"ACGT"], "prompt 'prompt1' must be a str, not bytes"),
+    ({"a": 5}, "prompt 'a' must be a str, not int"),
+    ({"a": None}, "prompt 'a' must be a str, not NoneType"),
+])
+def test_prompts_of_another_type_are_an_input_error(tiny_models, prompts, message):
+    """bytes, None or a number as prompts ended in an AttributeError or TypeError from inside."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        generate(tiny_models["evo2"], prompts, 2, seed=0)
+
+
+def test_a_prompt_that_fills_the_context_is_told_to_shorten(tiny_models):
+    """The advice was always "lower -n/--n-tokens", which cannot help a prompt as long as the context."""
+    model = tiny_models["evo2"]
+    context = model.config.max_seqlen
+    with pytest.raises(InputError, match=r"context of [\d,]+: lower -n/--n-tokens$"):
+        generate(model, "ACGT", context)
+    with pytest.raises(InputError, match=rf"shorten the prompt \(to its last {context - 10:,} bases, say\)$"):
+        generate(model, "A" * context, 10)
+    with pytest.raises(InputError, match=r"shorten the prompt and lower -n/--n-tokens$"):
+        generate(model, "A" * context, context)
+
+
+def test_a_bad_prompt_character_is_named_as_given(tiny_models):
+    """A lowercase 'n' was reported as 'N', and a character whose upper case is longer ('ß' -> 'SS') was
+    reported as another character at another position."""
+    model = tiny_models["evo2"]
+    with pytest.raises(InputError, match=r"prompt 'prompt1' has 'n' at position 5:"):
+        generate(model, "acgtnacgt", 2)
+    with pytest.raises(InputError, match=r"prompt 'prompt1' has 'ß' at position 3:"):
+        generate(model, "ACßT", 2)

@@ -154,6 +154,15 @@ def resolve_checkpoint(model: str | Path, download: bool = True) -> tuple[Path, 
     return hub.model_weights_path(spec, download=download), registry.model_config(spec.name)
 
 
+def published_context(model: str | Path) -> int | None:
+    """The context of a published or bundled model named ``model`` (no download, no file read), or None
+    for a path (an existing path wins over a name, as in ``resolve_checkpoint``) or an unknown name."""
+    if not isinstance(model, (str, os.PathLike)) or not str(model).strip() or Path(model).exists():
+        return None
+    known = registry.BUNDLED.get(str(model)) or registry.get_spec(str(model))
+    return None if known is None else known.context
+
+
 def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
     """What ``evo info`` prints: the parsed config, stored and runtime dtype, parameter count.
 

@@ -43,7 +43,8 @@ def _finite(_ctx, _param, value):
 @click.option("--format", "fmt", type=click.Choice(["auto", "fasta", "jsonl"]), default="auto", show_default=True,
               help="Output format; auto: .jsonl is JSON Lines, .fa/.fasta/.fna/.fas (and stdout) FASTA.")
 @click.option("-o", "--output", default="-", metavar="PATH",
-              help="Output: .fa (.fasta, .fna, .fas) or .jsonl; - for FASTA on stdout [default: stdout].")
+              help="Output: .fa (.fasta, .fna, .fas) or .jsonl, gzip with .gz after either; - for FASTA on stdout "
+                   "[default: stdout].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command (same seed).")
 @model_options
 def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, num_samples, seed, batch_size,
@@ -55,8 +56,9 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
     evo generate --model evo2_7b --prompts prompts.fa --num-samples 4 --seed 1 -o gen.jsonl
     """
     from evo_cli._version import __version__
+    from evo_cli.checkpoints import published_context
     from evo_cli.errors import InputError
-    from evo_cli.generation import check_context, prepare_prompts, resolve_seed, run_generate
+    from evo_cli.generation import check_context, check_generations, prepare_prompts, resolve_seed, run_generate
     from evo_cli.io.atomic import STDOUT, check_output_path
     from evo_cli.io.fasta import read_fasta
     from evo_cli.io.generated import output_format
@@ -81,6 +83,10 @@ def generate(prompt_seqs, prompts_fasta, n_tokens, temperature, top_k, top_p, nu
             raise
         # a --prompt that is not DNA: a bad option value (exit 2), as a --region that does not parse
         raise click.BadParameter(str(err), param_hint="'--prompt'") from None
+    check_generations(len(prompts), num_samples)
+    context = published_context(model)
+    if context is not None:  # a published model's context is known: no need to download and load it first
+        check_context(context, prompts, n_tokens)
     fmt = output_format(output, fmt)
     check_output_path(output, inputs=(prompts_fasta,))
     if output not in STDOUT:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import shlex
 import sys
+import time
 from typing import Any, Iterable
 
 import click
@@ -199,11 +200,16 @@ def status(message: str):
         yield
 
 
+# on a non-terminal stderr (a batch job's log) rich draws the bar only when it ends: a plain line this often
+PROGRESS_LINE_SECONDS = 60.0
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None, unit: str):
     """A rich progress bar on stderr with a rate in ``unit``/s; yields ``advance(n)``.
 
-    Silent with -q; on a non-terminal stderr it still runs (rich prints only the final state)."""
+    Silent with -q; on a non-terminal stderr rich prints only the final state, so a line
+    ``evo: <description> done/total unit (pct%), rate`` is written every ``PROGRESS_LINE_SECONDS``."""
     if is_quiet():
         yield lambda n=1: None
         return
@@ -213,9 +219,11 @@ def progress_bar(description: str, total: int | None, unit: str):
     done = "{task.completed:,.0f}/{task.total:,.0f} " if total is not None else "{task.completed:,.0f} "
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn(done + unit),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as prog:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task(description, total=total, rate="")
         calls = [0]
+        last_line = [time.monotonic()]
 
         def advance(n=1):
             prog.advance(task, n)
@@ -226,6 +234,12 @@ def progress_bar(description: str, total: int | None, unit: str):
             speed = t.speed if calls[0] > 1 else (t.completed / t.elapsed if t.elapsed else None)
             if speed is not None:
                 prog.update(task, rate=f"{speed:,.1f} {unit}/s")
+            now = time.monotonic()
+            if not console.is_terminal and now - last_line[0] >= PROGRESS_LINE_SECONDS:
+                last_line[0] = now
+                done = f"{t.completed:,.0f}/{t.total:,.0f} {unit} ({t.percentage:.1f}%)" if total is not None \
+                    else f"{t.completed:,.0f} {unit}"
+                echo(f"{description} {done}" + (f", {speed:,.1f} {unit}/s" if speed is not None else ""))
 
         yield advance
 

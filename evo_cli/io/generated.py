@@ -9,6 +9,7 @@ A generation is any object with ``prompt_id``, ``sample``, ``token_ids``, ``logp
   file stays valid FASTA; the number of such tokens is logged as one warning.
 - JSON Lines (``.jsonl``): one object per (prompt, sample) with the exact ``token_ids``, the decoded
   ``sequence`` (one character per id), ``logprob_mean`` and the settings.
+A name ending in ``.gz`` (``gen.fa.gz``, ``gen.jsonl.gz``) is written gzip-compressed, whatever the format.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 
 from evo_cli.errors import OptionError
 
-from .atomic import STDOUT, atomic_open, check_output_path, is_special, output_name_error
-from .fasta import format_fasta
+from .atomic import STDOUT, atomic_open_text, check_output_path, is_special, output_name_error
+from .fasta import format_fasta, open_text
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,11 @@ SETTING_KEYS = ("n_tokens", "temperature", "top_k", "top_p", "seed", "model", "e
 
 def output_format(path: str | Path | None, fmt: str = "auto") -> str:
     """``fasta`` or ``jsonl``: ``fmt`` unless auto, else by the extension (``.jsonl``, or a FASTA
-    extension: ``FASTA_EXTENSIONS``; stdout is FASTA). Checks that ``path`` can be written as a file."""
+    extension: ``FASTA_EXTENSIONS``; either may be followed by ``.gz``; stdout is FASTA). Checks that
+    ``path`` can be written as a file."""
     check_output_path(path)
-    suffix = "" if path in STDOUT else Path(path).suffix.lower()
+    name = "" if path in STDOUT else Path(path).name.lower()
+    suffix = Path(name.removesuffix(".gz")).suffix
     named = "jsonl" if suffix == ".jsonl" else "fasta" if suffix in FASTA_EXTENSIONS else None
     if fmt != "auto":
         if fmt not in FORMATS:
@@ -51,7 +54,7 @@ def output_format(path: str | Path | None, fmt: str = "auto") -> str:
     if is_special(path):  # /dev/stdout, a FIFO: stdout's format
         return "fasta"
     raise output_name_error(path, f"{path}: cannot tell the output format from the extension (use .jsonl or "
-                     f"{', '.join(FASTA_EXTENSIONS)}, or --format fasta|jsonl)")
+                     f"{', '.join(FASTA_EXTENSIONS)}, each optionally + .gz, or --format fasta|jsonl)")
 
 
 def _is_letter(t: int) -> bool:
@@ -85,11 +88,11 @@ def json_record(gen, settings: dict) -> dict:
 
 
 def write_generations(path: str | Path | None, generations, settings: dict, fmt: str = "auto") -> int:
-    """Write ``generations`` atomically to ``path`` (``-``/None: stdout). Returns the number of tokens
-    written as ``N`` in FASTA (0 for JSONL)."""
+    """Write ``generations`` atomically to ``path`` (``-``/None: stdout; a name ending in ``.gz``:
+    gzip-compressed). Returns the number of tokens written as ``N`` in FASTA (0 for JSONL)."""
     fmt = output_format(path, fmt)
     replaced = 0
-    with atomic_open(path) as fh:
+    with atomic_open_text(path) as fh:
         for gen in generations:
             if fmt == "jsonl":
                 fh.write(json.dumps(json_record(gen, settings)) + "\n")
@@ -103,7 +106,24 @@ def write_generations(path: str | Path | None, generations, settings: dict, fmt:
     return replaced
 
 
+def recorded_seed(path: str | Path) -> int | None:
+    """The seed recorded in the first record of a file ``write_generations`` wrote (FASTA or JSONL),
+    or None: no such file (a pipe or a device is not read), or not one of these outputs."""
+    if not Path(path).is_file():
+        return None
+    try:
+        with open_text(path) as fh:
+            first = fh.readline()
+        if first.startswith(">"):
+            seed = next((f[5:] for f in first.split() if f.startswith("seed=")), None)
+        else:
+            seed = json.loads(first).get("seed")
+        return int(seed) if seed is not None and str(seed).isdigit() else None
+    except (OSError, EOFError, ValueError, AttributeError):
+        return None
+
+
 def read_generations_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSONL file written by ``write_generations``, in order."""
-    with open(path, encoding="utf-8") as fh:
+    """The records of a JSONL file written by ``write_generations`` (plain or gzip), in order."""
+    with open_text(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
