@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c++17"]
 # a compiler that does not take -march=native (some for ARM) builds for its default target instead
 PORTABLE_FLAGS = [f for f in FLAGS if f != "-march=native"]
+# kernels whose bits must be the numba kernels' and the decoding step's (a product, then a sum: numba
+# does not contract them into fused multiply-adds)
+OP_FLAGS = {"fir": ["-ffp-contract=off"]}
 # seconds a build may take (two on this project's CPUs; a loaded machine is slower)
 BUILD_TIMEOUT = 300
 # seconds after which a build says what it is doing (once per process)
@@ -87,7 +90,8 @@ def load(op: str) -> ctypes.CDLL | None:
 def _target(op: str, cxx: str) -> Path:
     """Where the build of ``op`` by ``cxx`` for this CPU is kept."""
     source = (ROOT / op / "cpu.cpp").read_text()
-    key = hashlib.sha256("\n".join([source, cxx, _version(cxx), " ".join(FLAGS), _cpu_identity()]).encode())
+    flags = " ".join(FLAGS + OP_FLAGS.get(op, []))
+    key = hashlib.sha256("\n".join([source, cxx, _version(cxx), flags, _cpu_identity()]).encode())
     return _cache_dir() / f"{op}-{key.hexdigest()[:16]}.so"
 
 
@@ -108,19 +112,19 @@ def _build(op: str) -> ctypes.CDLL:
     timer.daemon = True
     timer.start()
     try:
-        _compile(cxx, source, target)
+        _compile(cxx, source, target, OP_FLAGS.get(op, []))
     finally:
         timer.cancel()
     return ctypes.CDLL(str(target))
 
 
-def _compile(cxx: str, source: Path, target: Path) -> None:
+def _compile(cxx: str, source: Path, target: Path, extra: list[str]) -> None:
     # built under a temporary name and renamed: processes building at once each load a whole file
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         for flags in (FLAGS, PORTABLE_FLAGS):
-            out = subprocess.run([cxx, *flags, "-o", tmp, str(source)], capture_output=True, text=True,
+            out = subprocess.run([cxx, *flags, *extra, "-o", tmp, str(source)], capture_output=True, text=True,
                                  timeout=BUILD_TIMEOUT)
             if out.returncode == 0:
                 os.replace(tmp, target)

@@ -124,6 +124,27 @@ def test_token_logprobs_matches_reference(V, monkeypatch):
         K.token_logprobs(logits, torch.full((3, 50), V), backend="numba")
 
 
+@pytest.mark.parametrize("B,L,C,G,skip,carry", [(2, 263, 20, 5, True, True), (3, 9, 128, 8, False, True),
+                                                 (1, 40, 48, 4, True, False)])
+def test_fir_gives_the_numba_loops_bits(B, L, C, G, skip, carry, monkeypatch):
+    """Hyena-MR's filter (128 taps) in C++: the bits of numba's loop (and so of the decoding step), the
+    history moved on alike; channel blocks of 16 with a short last one, tiles of 256 tokens crossed."""
+    from evo_cli.kernels.fir import cpu as fir_cpu
+
+    g = torch.Generator().manual_seed(L)
+    x1v, x2, h = torch.randn(B, L, C, generator=g), torch.randn(B, L, C, generator=g), torch.randn(G, 128, generator=g)
+    D = torch.randn(C, generator=g) if skip else None
+    state = torch.randn(B, 127, C, generator=g) if carry else None
+    ours = None if state is None else state.clone()
+    got = fir_cpu.hyena_fir(x1v, x2, h, D, ours)
+    assert _native.load("fir") is not None
+    monkeypatch.setitem(_native._libs, "fir", None)  # numba's loop
+    loop = None if state is None else state.clone()
+    want = fir_cpu.hyena_fir(x1v, x2, h, D, loop)
+    assert torch.equal(got, want) and (state is None or torch.equal(ours, loop))
+    assert (got - K.hyena_fir_ref(x1v, x2, h, D, None if state is None else state.clone())).abs().max() < 1e-4
+
+
 def test_hooked_post_norm_runs_unfused():
     """A hook on a block's post_norm sees it run (the residual add is then not fused into it), and the
     model's numbers are the same bits either way."""

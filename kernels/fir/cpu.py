@@ -1,4 +1,5 @@
-"""Gated Hyena-SE / Hyena-MR filter on a CPU for any number of tokens, compiled by numba:
+"""Gated Hyena-SE / Hyena-MR filter on a CPU for any number of tokens: for long filters (Hyena-MR) the
+C++ kernel (``cpu.cpp``) where it can be built, else numba's loop below:
 ``y = (causal_conv(x1v, h) + D * x1v) * x2`` in one pass, where the reference makes one pass per tap
 (Hyena-SE) or a convolution call with transposed copies (Hyena-MR), then the skip term and the gate.
 For Hyena-MR's 128 taps the kernel is 2.2x faster than the convolution call on the quick start's
@@ -10,9 +11,12 @@ and ``push_history`` serve the featurizer (``featurize/cpu.py``)."""
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import torch
 
+from .. import _native
 from .._numba import NO_STATE, array, jit, over_channels, usable, vec
 from .naive import hyena_fir_ref
 
@@ -206,8 +210,39 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
             or (D is not None and D.shape != (C,)) or (state is not None and state.shape != (B, K - 1, C))):
         return hyena_fir_ref(x1v, x2, h, D, state)
     y = torch.empty_like(x1v)
+    fn = _native_kernel() if K >= NATIVE_MIN_TAPS else None
+    if fn is not None:
+        # each channel's taps as one [C] row per tap; the channels in blocks of 16 among the threads
+        wt = h.repeat_interleave(C // G, dim=0).t().contiguous()
+        args = (x1v.data_ptr(), x2.data_ptr(), wt.data_ptr(), None if D is None else D.data_ptr(),
+                None if state is None else state.data_ptr(), y.data_ptr(), B, L, C, K)
+
+        def run(lo: int, hi: int) -> None:
+            if fn(*args, lo, hi) != 0:
+                raise MemoryError(f"no memory for the filter's buffers ({K} taps)")
+
+        _native.over_ranges(run, (C + 15) // 16, x1v.numel() * K, torch.get_num_threads())
+        return y
     carry = state is not None
     args = (array(x1v), array(x2), array(h), vec(D),
             array(state) if carry else NO_STATE, carry, array(y))
     over_channels(fir_gate, args, C, x1v.numel() * K)
     return y
+
+
+# taps from which the C++ kernel (``cpu.cpp``) runs: 1.3x faster than ``fir_gate`` for Hyena-MR's 128 on
+# the quick start's [4, 256, 128] windows, 1.4x slower for Hyena-SE's 7 (benchmarks/README.md, tenth round)
+NATIVE_MIN_TAPS = 32
+_ARGS = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6
+
+
+def _native_kernel():
+    """``fir_gate`` of the compiled ``cpu.cpp`` (the same bits as the loop above), or None where it
+    cannot be built here."""
+    lib = _native.load("fir")
+    if lib is None:
+        return None
+    fn = lib.fir_gate
+    if fn.argtypes is None:
+        fn.argtypes, fn.restype = _ARGS, ctypes.c_int
+    return fn

@@ -63,11 +63,12 @@ def _float32_rows(x, weight, bias) -> int:
     return x.numel() // K
 
 
-def applies(x, weight, bias) -> bool:
+def applies(x, weight, bias, rows: int | None = None) -> bool:
     """Whether ``linear`` runs the loop: float32 CPU tensors, a column-major weight of at most
-    ``MAX_ELEMS`` elements, at most ``MAX_ROWS`` rows, and no derivative to record."""
-    return (0 < _float32_rows(x, weight, bias) <= MAX_ROWS and weight.t().is_contiguous()
-            and weight.numel() <= MAX_ELEMS)
+    ``MAX_ELEMS`` elements, at most ``MAX_ROWS`` rows, and no derivative to record. ``rows``:
+    ``_float32_rows(x, weight, bias)`` where the caller has it."""
+    rows = _float32_rows(x, weight, bias) if rows is None else rows
+    return 0 < rows <= MAX_ROWS and weight.t().is_contiguous() and weight.numel() <= MAX_ELEMS
 
 
 # oneDNN's dense layer (the op torch.compile's CPU code calls), where this torch build has it: 6-10%
@@ -76,22 +77,23 @@ def applies(x, weight, bias) -> bool:
 _ONEDNN = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
-def gemm_applies(x, weight, bias) -> bool:
+def gemm_applies(x, weight, bias, rows: int | None = None) -> bool:
     """Whether ``linear`` runs oneDNN's GEMM: more than ``MAX_ROWS`` rows of float32 CPU tensors, a 2-D
     weight, and no derivative to record. Fewer rows with a weight too large for the loop (a 7B model's
     decoding) go to F.linear: MKL's matrix-vector product streams a column-major weight 2.5x faster
     than oneDNN's GEMM does for one row ([11008, 4096]: 9.4 against 23.4 ms, one core). Not where the
     user turned oneDNN off (``torch.backends.mkldnn.enabled = False``, torch's switch around a oneDNN
     problem on some build or CPU), which the op, called directly, would not check."""
-    return (_ONEDNN is not None and torch.backends.mkldnn.enabled
-            and _float32_rows(x, weight, bias) > MAX_ROWS)
+    rows = _float32_rows(x, weight, bias) if rows is None else rows
+    return _ONEDNN is not None and torch.backends.mkldnn.enabled and rows > MAX_ROWS
 
 
 def linear(x, weight, bias=None):
     """x: [..., K]; weight: [N, K]; bias: [N] or None -> [..., N], as ``F.linear``: the loop for a few
     rows, oneDNN's GEMM for more."""
-    if not applies(x, weight, bias):
-        if gemm_applies(x, weight, bias):
+    rows = _float32_rows(x, weight, bias)  # once: its checks cost as much as a small product's call
+    if not applies(x, weight, bias, rows):
+        if gemm_applies(x, weight, bias, rows):
             # oneDNN reads a bias as if it were contiguous (a strided one gave wrong numbers); a strided x
             # is copied, not sent to F.linear, so that its rows get a contiguous one's bits
             return _ONEDNN(x.contiguous(), weight, None if bias is None else bias.contiguous(), "none", [], "")
