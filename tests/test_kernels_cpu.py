@@ -626,11 +626,13 @@ def test_window_kernels_take_strided_inputs_and_hand_over():
 def test_window_kernels_split_over_threads_give_the_same_bits(monkeypatch):
     """With several torch threads a large window's channels are split among threads: every output
     and state is the bytes of one call (channels are independent, each summed in the same order)."""
-    from evo_cli.kernels import _numba
+    from evo_cli.kernels import _native, _numba
 
     monkeypatch.setattr(_numba, "_MIN_PART_WORK", 1)  # split even these small shapes
+    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)  # (Hyena-MR's 128 taps run the C++ kernel)
     pools = []
     monkeypatch.setattr(_numba, "_pool", lambda pool=_numba._pool: pools.append(1) or pool())
+    monkeypatch.setattr(_native, "pool", lambda pool=_native.pool: pools.append(1) or pool())
     x1v, x2, lp, r, D, state = _modal_case(2, 33, 56, 4)
     z, w, b, h = torch.randn(2, 33, 3 * 56), torch.randn(3 * 56, 3), torch.randn(3 * 56), torch.randn(8, 128)
     fir, hist = torch.randn(2, 2, 3 * 56), torch.randn(2, 127, 56)
