@@ -30,6 +30,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent
+# the vector helpers every kernel includes
+HEADER = "vec.h"
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c++17"]
 # a compiler that does not take -march=native (some for ARM) builds for its default target instead
 PORTABLE_FLAGS = [f for f in FLAGS if f != "-march=native"]
@@ -87,11 +89,23 @@ def load(op: str) -> ctypes.CDLL | None:
         return _libs[op]
 
 
+def function(op: str, name: str, argtypes: list, restype):
+    """The C function ``name`` of the compiled ``<op>/cpu.cpp`` with its ctypes signature, or None where
+    the kernel cannot be built here."""
+    lib = load(op)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    if fn.argtypes is None:
+        fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
 def _target(op: str, cxx: str) -> Path:
     """Where the build of ``op`` by ``cxx`` for this CPU is kept."""
-    source = (ROOT / op / "cpu.cpp").read_text()
+    sources = (ROOT / op / "cpu.cpp").read_text() + (ROOT / HEADER).read_text()
     flags = " ".join(FLAGS + OP_FLAGS.get(op, []))
-    key = hashlib.sha256("\n".join([source, cxx, _version(cxx), flags, _cpu_identity()]).encode())
+    key = hashlib.sha256("\n".join([sources, cxx, _version(cxx), flags, _cpu_identity()]).encode())
     return _cache_dir() / f"{op}-{key.hexdigest()[:16]}.so"
 
 
@@ -124,7 +138,7 @@ def _compile(cxx: str, source: Path, target: Path, extra: list[str]) -> None:
     os.close(fd)
     try:
         for flags in (FLAGS, PORTABLE_FLAGS):
-            out = subprocess.run([cxx, *flags, *extra, "-o", tmp, str(source)], capture_output=True, text=True,
+            out = subprocess.run([cxx, *flags, *extra, "-I", str(ROOT), "-o", tmp, str(source)], capture_output=True, text=True,
                                  timeout=BUILD_TIMEOUT)
             if out.returncode == 0:
                 os.replace(tmp, target)

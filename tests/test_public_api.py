@@ -32,6 +32,7 @@ def test_every_package_is_in_the_wheel():
     # every C++ kernel source is package data of its folder (kernels/_native.py compiles it on first use)
     for source in root.glob("kernels/*/*.cpp"):
         assert "*.cpp" in package_data.get(f"evo_cli.kernels.{source.parent.name}", []), source
+    assert "vec.h" in package_data["evo_cli.kernels"]  # the header they include
 
 
 def test_public_names():

@@ -12,56 +12,9 @@
 // (base 2: the scale folds log2(e)), so a query's result does not depend on how many queries share
 // the call or on the chunk it came in: the same bits in a full forward and a chunked one.
 
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t i16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-
-static inline v16 splat(float x) { return (v16){} + x; }
-
-static inline v16 load(const float* p) { v16 x; memcpy(&x, p, sizeof x); return x; }
-static inline void store(float* p, v16 x) { memcpy(p, &x, sizeof x); }
-
-// 2^x, exactly 0 below -126 (a masked key's -inf included); within 1 ulp elsewhere for x <= 0
-static inline v16 exp2v(v16 x) {
-    i16 under = x < splat(-126.0f);
-    x = under ? splat(-126.0f) : x;
-    v16 n = (x + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23)
-    v16 r = x - n;                             // [-0.5, 0.5]
-    // 2^r = e^(r ln 2): Taylor series to degree 7 (error under 1e-8)
-    v16 p = splat(1.5252733804059840e-5f);
-    p = p * r + 1.5403530393381606e-4f;
-    p = p * r + 1.3333558146428443e-3f;
-    p = p * r + 9.6181291076284772e-3f;
-    p = p * r + 5.5504108664821580e-2f;
-    p = p * r + 2.4022650695910071e-1f;
-    p = p * r + 6.9314718055994531e-1f;
-    p = p * r + 1.0f;
-    i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
-    v16 scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return under ? splat(0.0f) : p * scale;
-}
-
-static inline float hmax(v16 x) {
-    v8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7), b = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-    a = a > b ? a : b;
-    v4 c = __builtin_shufflevector(a, a, 0, 1, 2, 3), d = __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    c = c > d ? c : d;
-    float m = c[0] > c[1] ? c[0] : c[1], n = c[2] > c[3] ? c[2] : c[3];
-    return m > n ? m : n;
-}
-
-static inline float hsum(v16 x) {
-    v8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-    v4 c = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    return (c[0] + c[1]) + (c[2] + c[3]);
-}
+#include "vec.h"
 
 enum { QT = 8, KB = 256 };  // queries per tile, keys per softmax block
 

@@ -25,17 +25,6 @@ HEAD_SIZES = (16, 32, 64)
 _ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.POINTER(ctypes.c_int64)] + [ctypes.c_int] * 2
 
 
-def _kernel():
-    """``causal_attention`` of the compiled ``cpu.cpp``, or None where it cannot be built."""
-    lib = _native.load("attention")
-    if lib is None:
-        return None
-    fn = lib.causal_attention
-    if fn.argtypes is None:
-        fn.argtypes, fn.restype = _ARGS, ctypes.c_int
-    return fn
-
-
 def native_attention(q, k, v, offset: int):
     """q: [B, H, Lq, hd]; k, v: [B, H, offset + Lq, hd] -> [B, H, Lq, hd] (a view of a [B, Lq, H, hd]
     tensor, so that the heads merge back without a copy), by ``cpu.cpp``; None where the kernel does
@@ -48,7 +37,7 @@ def native_attention(q, k, v, offset: int):
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, v))
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
         return None
-    fn = _kernel()
+    fn = _native.function("attention", "causal_attention", _ARGS, ctypes.c_int)
     if fn is None:
         return None
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

@@ -10,14 +10,9 @@
 // the numba kernels and the decoding step do, so the bits are theirs and a prefill continued by
 // decoding gives the numbers of one call.
 
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
-typedef float v16 __attribute__((vector_size(64)));
-
-static inline v16 load(const float* p) { v16 x; memcpy(&x, p, sizeof x); return x; }
+#include "vec.h"
 
 enum { W = 16, T = 8, TILE = 256 };  // channels per block, tokens per register tile, tokens per buffer
 

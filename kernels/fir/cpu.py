@@ -210,7 +210,8 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
             or (D is not None and D.shape != (C,)) or (state is not None and state.shape != (B, K - 1, C))):
         return hyena_fir_ref(x1v, x2, h, D, state)
     y = torch.empty_like(x1v)
-    fn = _native_kernel() if K >= NATIVE_MIN_TAPS else None
+    # the C++ kernel (``cpu.cpp``: the same bits as the loop above) where it can be built
+    fn = _native.function("fir", "fir_gate", _ARGS, ctypes.c_int) if K >= NATIVE_MIN_TAPS else None
     if fn is not None:
         # each channel's taps as one [C] row per tap; the channels in blocks of 16 among the threads
         wt = h.repeat_interleave(C // G, dim=0).t().contiguous()
@@ -234,15 +235,3 @@ def hyena_fir(x1v, x2, h, D=None, state=None):
 # the quick start's [4, 256, 128] windows, 1.4x slower for Hyena-SE's 7 (benchmarks/README.md, tenth round)
 NATIVE_MIN_TAPS = 32
 _ARGS = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6
-
-
-def _native_kernel():
-    """``fir_gate`` of the compiled ``cpu.cpp`` (the same bits as the loop above), or None where it
-    cannot be built here."""
-    lib = _native.load("fir")
-    if lib is None:
-        return None
-    fn = lib.fir_gate
-    if fn.argtypes is None:
-        fn.argtypes, fn.restype = _ARGS, ctypes.c_int
-    return fn

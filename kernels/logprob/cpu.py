@@ -15,16 +15,6 @@ from .naive import token_logprobs_ref
 _ARGS = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int] + [ctypes.c_int64] * 6
 
 
-def _kernel():
-    lib = _native.load("logprob")
-    if lib is None:
-        return None
-    fn = lib.token_logprobs
-    if fn.argtypes is None:
-        fn.argtypes, fn.restype = _ARGS, ctypes.c_int64
-    return fn
-
-
 def token_logprobs(logits, tokens):
     """logits: [B, n, V]; tokens: [B, n] int64 -> [B, n] float32, as ``token_logprobs_ref``. Either may be
     strided (a slice of a longer run's logits or ids is not copied) but for the logits' last axis."""
@@ -33,7 +23,7 @@ def token_logprobs(logits, tokens):
             and logits.shape[-1] > 0
             and not (torch.is_grad_enabled() and logits.requires_grad)):
         return token_logprobs_ref(logits, tokens)
-    fn = _kernel()
+    fn = _native.function("logprob", "token_logprobs", _ARGS, ctypes.c_int64)
     if fn is None:
         return token_logprobs_ref(logits, tokens)
     if logits.stride(-1) != 1:

@@ -5,22 +5,7 @@
 // for the add; here each row is read once into L1 and written once. The sum of squares runs in 16 lanes
 // (then the tail, then the lanes in a fixed tree): a row's numbers do not depend on the other rows.
 
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-
-static inline v16 load(const float* p) { v16 x; memcpy(&x, p, sizeof x); return x; }
-static inline void store(float* p, v16 x) { memcpy(p, &x, sizeof x); }
-
-static inline float hsum(v16 x) {
-    v8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-    v4 c = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    return (c[0] + c[1]) + (c[2] + c[3]);
-}
+#include "vec.h"
 
 extern "C" {
 

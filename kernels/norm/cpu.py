@@ -16,16 +16,6 @@ from .naive import rms_norm_ref
 _ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int64, ctypes.c_int64]
 
 
-def _kernel():
-    lib = _native.load("norm")
-    if lib is None:
-        return None
-    fn = lib.rms_norm
-    if fn.argtypes is None:
-        fn.argtypes, fn.restype = _ARGS, None
-    return fn
-
-
 def _usable(*tensors) -> bool:
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
@@ -38,7 +28,7 @@ def _run(x, residual, scale, eps):
     if not (D > 0 and scale.shape == (D,) and _usable(x, scale, *([] if residual is None else [residual]))
             and (residual is None or residual.shape == x.shape)):
         return None
-    fn = _kernel()
+    fn = _native.function("norm", "rms_norm", _ARGS, None)
     if fn is None:
         return None
     x, scale = x.contiguous(), scale.contiguous()
