@@ -242,14 +242,20 @@ def plot_track(df, path: str | Path | None = None, *, title: str = "", max_panel
     return fig
 
 
+# the metadata keys under which matplotlib writes the time of drawing (None: left out)
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
 def save(fig, path: str | Path, table=None) -> None:
     """Write ``fig`` by extension, atomically; .html embeds a PNG and ``table`` (a DataFrame)."""
     plt = _pyplot()
     fmt = plot_format(path)
     try:
         if fmt != "html":
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=DPI)
+            # the same figure gives the same bytes (a rerun, a resumed run): no time stamp in a PDF or
+            # SVG, and SVG clip-path ids hashed from a fixed salt instead of a random one
+            with atomic_path(path) as tmp, plt.rc_context({"svg.hashsalt": "evo"}):
+                fig.savefig(tmp, format=fmt, dpi=DPI, metadata=_NO_DATE.get(fmt))
             return
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI)

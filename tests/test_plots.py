@@ -289,3 +289,31 @@ def test_evo_plot_of_a_folder_or_device_says_what_it_is(tmp_path):
     assert code == 1 and err == "evo: error: /dev/null: scores are .tsv, .parquet, .vcf or .vcf.gz (or .tsv.gz)\n"
     code, _, err = evo("plot", tmp_path / "missing.tsv", "-o", tmp_path / "p.png")
     assert code == 1 and err == f"evo: error: {tmp_path / 'missing.tsv'}: no such file\n"
+
+
+@pytest.mark.parametrize("ext", ["svg", "pdf", "png", "html"])
+def test_a_figure_drawn_twice_has_the_same_bytes(ext, tmp_path, monkeypatch):
+    """A rerun or a resumed run draws the same file: no time stamp (PDF CreationDate, SVG dc:date) and
+    no random SVG clip-path ids."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # matplotlib's own switch; users do not set it
+    df = pd.DataFrame([("c", p, "A", alt, -1.0, -1.0 + d, d) for p, d in ((1, 0.1), (2, -0.2)) for alt in "CGT"],
+                      columns=["chrom", "pos", "ref", "alt", "ref_ll", "alt_ll", "delta"])
+    (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
+    plots.plot_mutagenesis(df, tmp_path / "1" / f"scan.{ext}")
+    first = (tmp_path / "1" / f"scan.{ext}").read_bytes()
+    clock = __import__("time").time()
+    monkeypatch.setattr("time.time", lambda: clock + 3600)  # an hour later
+    import datetime as dt
+
+    class Later(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.fromtimestamp(clock + 3600, tz)
+
+        @classmethod
+        def today(cls):
+            return cls.now()
+
+    monkeypatch.setattr(dt, "datetime", Later)
+    plots.plot_mutagenesis(df, tmp_path / "2" / f"scan.{ext}")
+    assert (tmp_path / "2" / f"scan.{ext}").read_bytes() == first
