@@ -103,7 +103,7 @@ def test_parquet_to_stdout_and_same_outputs_fail_before_writing(tmp_path, monkey
     assert code == 0 and (tmp_path / "pos.parquet").exists() and out.startswith("id\tlength")
     for output, per_position in [("a.tsv", "a.tsv"), ("-", "-"), ("a.tsv", "./sub/../a.tsv")]:
         code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], "-o", output, "--per-position", per_position)
-        assert code == 2 and "--per-position and -o are both" in err and out == "", err
+        assert code == 2 and f"--per-position {per_position} and -o {output} are both one output" in err and out == "", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "pos.parquet"]
 
 
@@ -270,10 +270,13 @@ def test_one_sequence_as_a_string_and_a_bad_chunk_size(tiny_models):
 
 
 @pytest.mark.parametrize("args", [["-o", "s.parquet", "--format", "tsv"], ["-o", "s.tsv", "--format", "parquet"],
-                                  ["-o", "p.bedGraph", "--format", "tsv", "--bedgraph", "p.bedGraph"]])
+                                  ["-o", "p.bedGraph", "--format", "tsv", "--bedgraph", "p.bedGraph"],
+                                  ["-o", "-", "--per-position", "/dev/stdout"],
+                                  ["-o", "/dev/stdout", "--per-position", "-"]])
 def test_conflicting_outputs_fail_before_the_model_loads(tmp_path, monkeypatch, args):
     """--format naming another table format than the output's extension (a text file named .parquet),
-    and two outputs on one file, are usage errors caught before any work."""
+    and two outputs on one file (stdout as - and as /dev/stdout: two tables run together), are usage
+    errors caught before any work."""
     import evo_cli.cli.score
 
     monkeypatch.chdir(tmp_path)
@@ -281,5 +284,5 @@ def test_conflicting_outputs_fail_before_the_model_loads(tmp_path, monkeypatch, 
     monkeypatch.setattr(evo_cli.cli.score, "load_model_cli", lambda *a, **k: pytest.fail("the model was loaded"))
     code, out, err = evo("score", "--fasta", "in.fa", "-m", CASES[1], *args)
     assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
-    assert ("are both" in err) if "--bedgraph" in args else ("contradicts" in err)
+    assert ("are both" in err) if "--format" not in args or "--bedgraph" in args else ("contradicts" in err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]

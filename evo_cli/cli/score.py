@@ -88,11 +88,8 @@ def score_variants(vcf, fasta, output, fmt, window, strand, regions, reduce, bed
 
 
 def _same_output(a: str, b: str) -> bool:
-    """Whether two output arguments name the same destination (both stdout, or one file)."""
-    from pathlib import Path
-
-    if "-" in (a, b):
-        return a == b
+    """Whether two output arguments name the same destination (stdout, as - or /dev/stdout, or one file)."""
+    a, b = ("/dev/stdout" if p == "-" else p for p in (a, b))
     return Path(a).resolve() == Path(b).resolve()
 
 
@@ -136,9 +133,11 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
 
         check_track_output(bedgraph)
     if per_position and _same_output(output, per_position):
-        raise click.UsageError(f"--per-position and -o are both {output}: give them different files")
+        raise click.UsageError(f"--per-position {per_position} and -o {output} are both one output: give them "
+                               "different files")
     if bedgraph and _same_output(output, bedgraph):  # possible with --format: -o x.bedGraph --format tsv
-        raise click.UsageError(f"--bedgraph and -o are both {output}: give them different files")
+        raise click.UsageError(f"--bedgraph {bedgraph} and -o {output} are both one output: give them different "
+                               "files")
     if resume and output in STDOUT:
         raise click.UsageError("--resume needs an output file (-o PATH), not stdout")
     # every output location is checked before any work
