@@ -175,12 +175,24 @@ def _positions(reference: Reference, targets: list[Target]) -> Iterator[tuple[st
             yield t.contig, t.start + i, base
 
 
+# at most this many positions in one run: each costs 3 variants and about 2.5 windows of the model
+# (days for a 7B model at 1 Mb), and the run holds one result per position in memory at its end; a
+# whole genome or chromosome given by its name alone (--region chr1, --record) is refused in a second
+MAX_POSITIONS = 1_000_000
+
+
 def check_targets(reference: Reference, targets: list[Target]) -> int:
-    """The number of positions; an InputError when no position has an A, C, G or T."""
-    total = mutable = 0
+    """The number of positions; an InputError when there are more than ``MAX_POSITIONS`` or no
+    position has an A, C, G or T."""
+    total = sum(t.end - t.start for t in targets)
+    if total > MAX_POSITIONS:
+        where = ", ".join(map(str, targets[:3])) + (", ..." if len(targets) > 3 else "")
+        raise InputError(f"{where}: {total:,} positions to mutate, more than the {MAX_POSITIONS:,} of one run (each "
+                         f"is 3 variants and about 2.5 windows of the model): give shorter regions, or split them "
+                         f"over several runs")
+    mutable = 0
     for t in targets:
         seq = reference.fetch(t.contig, t.start, t.end)
-        total += len(seq)
         mutable += sum(seq.count(b) for b in BASES)
     if not mutable:
         where = ", ".join(map(str, targets[:3])) + (", ..." if len(targets) > 3 else "")

@@ -292,3 +292,21 @@ def test_rate_counts_scored_variants_only(tmp_path, monkeypatch):
     assert code == 0, err
     assert "in 10.0 s, 0.3 variants/s; 2 positions done before resuming" in err
     assert (tmp_path / "b.tsv").read_text() == (tmp_path / "a.tsv").read_text()
+
+
+def test_a_whole_genome_is_refused_in_one_line_before_the_model_loads(tmp_path, monkeypatch):
+    """A region of millions of positions (a chromosome named alone) would run for weeks and hold every
+    position in memory at its end: one line, before the model loads, and no file."""
+    import evo_cli.cli.mutagenize
+
+    monkeypatch.setattr(evo_cli.cli.mutagenize, "load_model_cli", lambda *a, **k: pytest.fail("the model was loaded"))
+    fasta = tmp_path / "genome.fa"
+    fasta.write_text(format_fasta("chr", "ACGT" * 300_000))
+    for args, n in [(["--region", "chr"], "1,200,000"), (["--record", "chr"], "1,200,000"),
+                    # 600,001 + 400,001 positions: the limit is on the run, not on each region
+                    (["--region", "chr:1-600001", "--region", "chr:700001-1100001"], "1,000,002")]:
+        code, out, err = evo("mutagenize", "--fasta", fasta, *args, "-m", "evo-demo", "-o", tmp_path / "o.tsv",
+                             "--plot", tmp_path / "o.png")
+        assert code == 1 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"{n} positions to mutate, more than the 1,000,000 of one run" in err, err
+        assert not list(tmp_path.glob("o.*"))
