@@ -173,6 +173,7 @@ def test_bad_inputs_end_in_one_line(tmp_path, monkeypatch):
         (["--fasta", fasta], "give --region, --regions BED or --record"),
         (["--fasta", fasta, "--record", "seqN", "--plot", tmp_path / "x.jpg"], "a plot is .png, .svg, .pdf or .html"),
         (["--fasta", fasta, "--record", "seqN", "--bedgraph", tmp_path / "x.wig"], "a track is .bedGraph"),
+        (["--fasta", "-", "--record", "seqN"], "-: a reference FASTA is read at random, not from standard input"),
     ]
     for extra, message in cases:
         code, _, err = evo("mutagenize", *extra, "-m", "no-such-model-needed", "-o", tmp_path / "o.tsv")

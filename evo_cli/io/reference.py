@@ -150,6 +150,9 @@ class Reference:
     def __init__(self, path: str | Path):
         import pysam
 
+        if str(path) == "-":  # the convention for stdin elsewhere; "no such file" would puzzle
+            raise InputError("-: a reference FASTA is read at random, not from standard input; give a file "
+                             "(plain or bgzip)")
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"{self.path}: no such file")
