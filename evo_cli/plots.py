@@ -26,6 +26,9 @@ PANEL = 100  # positions per heatmap panel: long regions are split into panels o
 MAX_PANELS = 20
 # at most this many histograms in one figure: matplotlib's 10 colours, a legend that fits
 MAX_GROUPS = 10
+# at most this many table rows in an HTML figure (about 12 MB): a genome's per-position table (E. coli,
+# 4.6 million rows) made a page of 600 MB, minutes to write, that no browser opens
+MAX_HTML_ROWS = 100_000
 DPI = 100
 WIDTH = 12.0  # inches
 # the kinds of score tables ``evo plot`` draws, by their columns
@@ -247,7 +250,8 @@ _NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
 
 def save(fig, path: str | Path, table=None) -> None:
-    """Write ``fig`` by extension, atomically; .html embeds a PNG and ``table`` (a DataFrame)."""
+    """Write ``fig`` by extension, atomically; .html embeds a PNG and ``table`` (a DataFrame; its first
+    ``MAX_HTML_ROWS`` rows, saying so when there are more)."""
     plt = _pyplot()
     fmt = plot_format(path)
     try:
@@ -261,8 +265,13 @@ def save(fig, path: str | Path, table=None) -> None:
         fig.savefig(buf, format="png", dpi=DPI)
         image = base64.b64encode(buf.getvalue()).decode("ascii")
         name = html.escape(Path(str(path)).stem)
-        rows = "" if table is None else table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.6g}",
-                                                      border=0, classes="scores")
+        rows = ""
+        if table is not None:
+            rows = table.head(MAX_HTML_ROWS).to_html(index=False, na_rep="", float_format=lambda v: f"{v:.6g}",
+                                                     border=0, classes="scores")
+            if len(table) > MAX_HTML_ROWS:
+                rows = (f"<p>The first {MAX_HTML_ROWS:,} of {len(table):,} rows; the score file holds them "
+                        f"all.</p>\n{rows}")
         with atomic_open(path) as fh:
             fh.write(f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{name}</title>\n"
                      "<style>body{font-family:sans-serif} img{max-width:100%} table.scores{border-collapse:collapse;"

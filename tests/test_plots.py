@@ -317,3 +317,16 @@ def test_a_figure_drawn_twice_has_the_same_bytes(ext, tmp_path, monkeypatch):
     monkeypatch.setattr(dt, "datetime", Later)
     plots.plot_mutagenesis(df, tmp_path / "2" / f"scan.{ext}")
     assert (tmp_path / "2" / f"scan.{ext}").read_bytes() == first
+
+
+def test_an_html_figure_embeds_a_bounded_table(tmp_path, monkeypatch):
+    """A genome's table is not copied whole into the page (600 MB for E. coli per position): its first
+    MAX_HTML_ROWS rows, and a line saying how many there are."""
+    monkeypatch.setattr(plots, "MAX_HTML_ROWS", 7)
+    df = pd.DataFrame({"id": ["s"] * 30, "pos": range(2, 32), "logprob": np.linspace(-2, -1, 30)})
+    plots.plot_track(df, tmp_path / "t.html")
+    page = (tmp_path / "t.html").read_text()
+    assert page.count("<tr") == 1 + 7 and "The first 7 of 30 rows; the score file holds them all." in page
+    plots.plot_track(df.head(7), tmp_path / "u.html")
+    page = (tmp_path / "u.html").read_text()
+    assert page.count("<tr") == 1 + 7 and "The first" not in page
