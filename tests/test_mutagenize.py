@@ -37,10 +37,12 @@ def equivalent_vcf(df: pd.DataFrame, path: Path, contig_length: int) -> Path:
     return path
 
 
-def _compare_with_score_variants(model, fasta, region, contig_length, window, strand, tmp_path, reduce="mean"):
+def _compare_with_score_variants(model, fasta, region, contig_length, window, strand, tmp_path, reduce="mean",
+                                 extra=()):
+    """``extra``: mutagenize options only (batching, chunks), which must not change the numbers."""
     out = tmp_path / "scan.tsv"
     code, _, err = evo("mutagenize", "--fasta", fasta, "--region", region, "-m", model, "--window", window,
-                       "--strand", strand, "--reduce", reduce, "--batch-size", 4, "-o", out)
+                       "--strand", strand, "--reduce", reduce, "--batch-size", 4, *extra, "-o", out)
     assert code == 0, err
     df = pd.read_csv(out, sep="\t")
     start, end = map(int, region.rsplit(":", 1)[1].split("-"))
@@ -77,6 +79,13 @@ def test_evo_demo_deltas_equal_score_variants(strand, tmp_path):
     # positions 1-8 have windows clipped at the contig start: one REF window shared by all of them
     _compare_with_score_variants("evo-demo", ECOLI, "NC_000913.3:1-8", 20_000, 64, strand, tmp_path)
     _compare_with_score_variants("evo-demo", ECOLI, "NC_000913.3:337-342", 20_000, 64, strand, tmp_path)
+
+
+def test_evo_demo_deltas_at_the_contig_end_in_chunks_equal_score_variants(tmp_path):
+    """Windows clipped at the contig's end (an odd window, both strands), run by mutagenize in chunks of
+    5 tokens, one window per pass: score-variants' numbers on whole windows."""
+    _compare_with_score_variants("evo-demo", ECOLI, "NC_000913.3:19996-20000", 20_000, 21, "both", tmp_path,
+                                 extra=("--chunk-size", 5, "--batch-size", 1))
 
 
 def test_record_bed_vcf_output_and_tracks(tmp_path):
