@@ -33,7 +33,8 @@ from typing import Callable, Iterable, Iterator
 
 from evo_cli.distributed import Share, checkpoint_rank
 from evo_cli.errors import InputError, OptionError
-from evo_cli.io.atomic import STDOUT, check_output_path, check_seekable, is_special, output_name_error
+from evo_cli.io.atomic import (STDOUT, check_output_path, check_seekable, is_special, output_name_error,
+                                same_destination)
 from evo_cli.io.fasta import DNA_CODES, reverse_complement
 from evo_cli.io.partial import check_fresh, open_progress
 from evo_cli.io.reference import Reference
@@ -113,6 +114,13 @@ def check_outputs(output: str | Path | None, format: str | None = None, *, plot:
     if resume and output in STDOUT:
         raise OptionError("resume needs an output file (progress is kept beside it)")
     fmt = output_format(output, format) if output is not None else None
+    named = [(o, p) for o, p in (("-o", output), ("--plot", plot), ("--bedgraph", bedgraph)) if p is not None]
+    for i, (opt, path) in enumerate(named):
+        for other, other_path in named[i + 1:]:
+            # possible with --format: -o x.png --format tsv --plot x.png wrote the table over the figure
+            if same_destination(path, other_path):
+                raise OptionError(f"{other} {other_path} and {opt} {path} are both one output: give them different "
+                                  f"files")
     if fmt == "parquet":
         check_seekable(output, "parquet")
     for path in (output, plot, bedgraph):

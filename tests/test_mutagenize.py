@@ -320,3 +320,18 @@ def test_a_whole_genome_is_refused_in_one_line_before_the_model_loads(tmp_path, 
         assert code == 1 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
         assert f"{n} positions to mutate, more than the 1,000,000 of one run" in err, err
         assert not list(tmp_path.glob("o.*"))
+
+
+@pytest.mark.parametrize("args", [["-o", "x.png", "--format", "tsv", "--plot", "x.png"],
+                                  ["-o", "x.bedGraph", "--format", "vcf.gz", "--bedgraph", "./sub/../x.bedGraph"]])
+def test_two_outputs_on_one_file_fail_before_the_model_loads(args, tmp_path, monkeypatch):
+    """--format lets the table take the figure's or the track's name: the table was written over it."""
+    import evo_cli.cli.mutagenize
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(evo_cli.cli.mutagenize, "load_model_cli", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "in.fa").write_text(format_fasta("s", "ACGTACGT"))
+    code, out, err = evo("mutagenize", "--fasta", "in.fa", "--record", "s", "-m", "evo-demo", *args)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert f"{args[-2]} {args[-1]} and -o {args[1]} are both one output" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]

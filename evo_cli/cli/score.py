@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from evo_cli.io.atomic import STDOUT
+from evo_cli.io.atomic import STDOUT, same_destination
 from evo_cli.io.fasta import STRANDS
 from evo_cli.limits import MAX_BATCH_SIZE
 
@@ -87,12 +87,6 @@ def score_variants(vcf, fasta, output, fmt, window, strand, regions, reduce, bed
               f"e.g. bcftools sort, for a tabix index)")
 
 
-def _same_output(a: str, b: str) -> bool:
-    """Whether two output arguments name the same destination (stdout, as - or /dev/stdout, or one file)."""
-    a, b = ("/dev/stdout" if p == "-" else p for p in (a, b))
-    return Path(a).resolve() == Path(b).resolve()
-
-
 @click.command("score", short_help="Log-likelihood of each sequence of a FASTA file.")
 @click.option("--fasta", required=True, metavar="PATH", help="Sequences to score: FASTA, plain or gzip.")
 @click.option("-o", "--output", default="-", metavar="PATH",
@@ -132,10 +126,10 @@ def score(fasta, output, fmt, bos, batch_size, chunk_size, per_position, bedgrap
         from evo_cli.io.tracks import check_track_output
 
         check_track_output(bedgraph)
-    if per_position and _same_output(output, per_position):
+    if per_position and same_destination(output, per_position):
         raise click.UsageError(f"--per-position {per_position} and -o {output} are both one output: give them "
                                "different files")
-    if bedgraph and _same_output(output, bedgraph):  # possible with --format: -o x.bedGraph --format tsv
+    if bedgraph and same_destination(output, bedgraph):  # possible with --format: -o x.bedGraph --format tsv
         raise click.UsageError(f"--bedgraph {bedgraph} and -o {output} are both one output: give them different "
                                "files")
     if resume and output in STDOUT:

@@ -221,6 +221,13 @@ def is_special(path: str | Path | None) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def same_destination(a: str | Path, b: str | Path) -> bool:
+    """Whether two output arguments name one destination: stdout (``-`` or ``/dev/stdout``), or one file
+    however spelled (``a.tsv``, ``./sub/../a.tsv``)."""
+    a, b = ("/dev/stdout" if p in STDOUT else p for p in (a, b))
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def check_seekable(path: str | Path | None, what: str) -> None:
     """Refuse stdout, a device or a pipe as the output of a writer that seeks (Parquet, bigWig)."""
     from evo_cli.errors import InputError, OptionError
