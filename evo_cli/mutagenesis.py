@@ -432,7 +432,7 @@ def mutagenize(
     bedgraph: str | Path | None = None,
 ):
     """Saturation mutagenesis of ``region`` (``"chr:start-end"``, 1-based inclusive, or several) and
-    whole FASTA ``records``. model: a loaded model or a name/path for ``load_model``. Returns a pandas
+    whole FASTA ``records``, at most ``MAX_POSITIONS`` positions in all. model: a loaded model or a name/path for ``load_model``. Returns a pandas
     DataFrame with ``COLUMNS`` (three rows per position); ``df.attrs["summary"]`` holds the counts."""
     import pandas as pd
 
