@@ -7,7 +7,8 @@ extensions, built for this machine (``-march=native``) the first time it is aske
 seconds, and kept in ``~/.cache/evo/native`` (``$XDG_CACHE_HOME``) under a name that covers its source,
 the compiler and the CPU, so that a home folder shared by machines of different CPUs never loads code
 built for another. Where there is no compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``) or the build
-fails, ``load`` returns None, says why once in the log, and the caller runs its PyTorch path.
+fails, ``load`` returns None, says why once in the log, and the caller runs its PyTorch path (numba's loop
+for the filter).
 
 No fast-math flags: as in the numba kernels (``_numba.py``), every sum runs in the source's order.
 """
@@ -76,6 +77,11 @@ def _version(cxx: str) -> str:
     return out.stdout.splitlines()[0] if out.returncode == 0 and out.stdout else ""
 
 
+# what runs where a kernel cannot be built: torch's ops, except for the filter, whose numba loop gives the
+# C++ kernel's bits
+_FALLBACK = {"fir": "numba's loop"}
+
+
 def load(op: str) -> ctypes.CDLL | None:
     """The compiled ``<op>/cpu.cpp`` (built now if this machine has not built this version), or None
     where it cannot be built here."""
@@ -84,7 +90,8 @@ def load(op: str) -> ctypes.CDLL | None:
             try:
                 _libs[op] = _build(op)
             except (OSError, subprocess.SubprocessError, RuntimeError) as e:
-                log.info("the C++ kernel %s is not available (%s); using the PyTorch path", op, e)
+                log.info("the C++ kernel %s is not available (%s); %s run instead", op, e,
+                         _FALLBACK.get(op, "torch's ops"))
                 _libs[op] = None
         return _libs[op]
 

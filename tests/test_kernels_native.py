@@ -182,6 +182,19 @@ def test_without_a_compiler(monkeypatch, tmp_path, caplog):
     lines = sorted(r.getMessage() for r in caplog.records)
     assert len(lines) == 3 and "C++ kernel attention is not available" in lines[0], lines
     assert "C++ kernel logprob is not available" in lines[1] and "C++ kernel norm is not available" in lines[2], lines
+    assert all(line.endswith("torch's ops run instead") for line in lines), lines
+
+
+def test_without_a_compiler_the_filter_names_numbas_loop(monkeypatch, tmp_path, caplog):
+    """The log line names what runs instead: for Hyena-MR's filter that is numba's loop, not torch."""
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("fir") is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("the C++ kernel fir is not available"), lines
+    assert lines[0].endswith("numba's loop run instead"), lines
 
 
 def test_built_once_per_cpu(monkeypatch, tmp_path):
