@@ -3,8 +3,8 @@ called through ctypes.
 
 numba cannot keep a tile of vector accumulators in registers (benchmarks/README.md, sixth round), which
 is what an attention kernel at head size 32 needs. So such a kernel is C++ with the compiler's vector
-extensions, built for this machine (``-march=native``) the first time it is asked for, in about two
-seconds, and kept in ``~/.cache/evo/native`` (``$XDG_CACHE_HOME``) under a name that covers its source,
+extensions, built for this machine (``-march=native``) the first time it is asked for, in under a
+second, and kept in ``~/.cache/evo/native`` (``$XDG_CACHE_HOME``) under a name that covers its source,
 the compiler and the CPU, so that a home folder shared by machines of different CPUs never loads code
 built for another. Where there is no compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``) or the build
 fails, ``load`` returns None, says why once in the log, and the caller runs its PyTorch path (numba's loop
