@@ -188,3 +188,14 @@ def over_ranges(run, total: int, work: int, threads: int) -> None:
         concurrent.futures.wait(runs)  # nothing may still write into the outputs after this returns
     for r in runs:
         r.result()
+
+
+def _after_fork() -> None:
+    """A forked child has only the thread that forked: a lock another thread held at that moment (a
+    kernel's build, the pool being made) would never be released in it, so the child gets new ones."""
+    global _lock, _pools_lock
+    _lock, _pools_lock = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -5,6 +5,9 @@ batching and threads, and the fallback where they cannot be built."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -213,3 +216,27 @@ def test_a_damaged_build_is_built_again(monkeypatch, tmp_path):
     built.parent.mkdir(parents=True)
     built.write_bytes(b"cut short")
     assert _native.load("norm") is not None and built.stat().st_size > 1000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_build_loads_kernels():
+    """A process forked while another of its threads builds a kernel (the loader's lock held) loads
+    kernels in the child: the lock is not inherited held, where the child used to wait forever."""
+    assert _native.load("norm") is not None
+    _native._lock.acquire()  # as a build in another thread holds it
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the kernel it inherited, through the lock
+            os._exit(0 if _native.load("norm") is not None else 1)
+        for _ in range(200):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child waited for a lock held by a thread it does not have")
+    finally:
+        _native._lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
