@@ -240,3 +240,22 @@ def test_a_child_forked_during_a_build_loads_kernels():
     finally:
         _native._lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _fake_compiler(tmp_path, body: str) -> str:
+    path = tmp_path / "fake-c++"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_compiler_that_is_not_one(monkeypatch, tmp_path, caplog):
+    """CXX naming a program that prints bytes that are not text and builds nothing: one log line, no
+    kernel (the caller's PyTorch path), never an exception (undecodable output used to be one)."""
+    monkeypatch.setenv("CXX", _fake_compiler(tmp_path, r"printf '\377\376 not a compiler\n'; exit 0"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("norm") is None
+    assert [r.getMessage() for r in caplog.records if "not available" in r.getMessage()] != []
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
