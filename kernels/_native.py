@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -72,7 +73,7 @@ def _cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _version(cxx: str) -> str:
-    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, errors="replace", timeout=60)
+    out = _run([cxx, "--version"], 60)
     return out.stdout.splitlines()[0] if out.returncode == 0 and out.stdout else ""
 
 
@@ -132,14 +133,36 @@ def _build(op: str) -> ctypes.CDLL:
     return ctypes.CDLL(str(target))
 
 
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)`` with its output as text, in a process group of its own that is killed
+    whole past ``timeout`` (or on an interrupt): killing the compiler driver alone would leave the
+    programs it runs (cc1plus, as, ld) running on."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                          start_new_session=hasattr(os, "killpg")) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            if hasattr(os, "killpg"):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:  # the group has ended
+                    pass
+            proc.kill()
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _compile(cxx: str, source: Path, target: Path, extra: list[str]) -> None:
     # built under a temporary name and renamed: processes building at once each load a whole file
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         for flags in (FLAGS, PORTABLE_FLAGS):
-            out = subprocess.run([cxx, *flags, *extra, "-I", str(ROOT), "-o", tmp, str(source)], capture_output=True, text=True,
-                                 errors="replace", timeout=BUILD_TIMEOUT)
+            try:
+                out = _run([cxx, *flags, *extra, "-I", str(ROOT), "-o", tmp, str(source)], BUILD_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"{Path(cxx).name} timed out after {BUILD_TIMEOUT} s") from None
             if out.returncode == 0:
                 os.replace(tmp, target)
                 return

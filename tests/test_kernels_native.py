@@ -259,3 +259,36 @@ def test_a_compiler_that_is_not_one(monkeypatch, tmp_path, caplog):
         assert _native.load("norm") is None
     assert [r.getMessage() for r in caplog.records if "not available" in r.getMessage()] != []
     assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_compiler_that_hangs_is_stopped_whole(monkeypatch, tmp_path, caplog):
+    """A build past its time limit is a log line, and every process of the compiler ends with it (g++
+    runs cc1plus and as as its children, which used to run on after the driver was killed)."""
+    pidfile = tmp_path / "child.pid"
+    body = f'case "$1" in --version) echo fake 1.0;; *) sleep 30 & echo $! > {pidfile}; wait;; esac'
+    monkeypatch.setenv("CXX", _fake_compiler(tmp_path, body))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setattr(_native, "BUILD_TIMEOUT", 0.5)
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("norm") is None
+    assert time.monotonic() - start < 10 and "timed out" in caplog.records[-1].getMessage()
+    child = int(pidfile.read_text())
+    for _ in range(100):  # the kill is delivered at once; give the kernel a moment to end it
+        if not _running(child):
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the compiler's child process outlived the time limit")
+    assert list((tmp_path / "evo" / "native").iterdir()) == []  # no partial build left
