@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -49,10 +50,11 @@ _lock = threading.Lock()
 
 
 def compiler() -> str | None:
-    """The C++ compiler: ``$CXX``, else the first of c++, g++ and clang++ on the PATH."""
-    cxx = os.environ.get("CXX")
+    """The C++ compiler's command: ``$CXX`` (a command line, as build tools take it: ``ccache g++``),
+    else the first of c++, g++ and clang++ on the PATH."""
+    cxx = shlex.split(os.environ.get("CXX", ""))
     if cxx:
-        return shutil.which(cxx) or cxx
+        return shlex.join([shutil.which(cxx[0]) or cxx[0], *cxx[1:]])
     return next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
 
 
@@ -73,7 +75,7 @@ def _cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _version(cxx: str) -> str:
-    out = _run([cxx, "--version"], 60)
+    out = _run([*shlex.split(cxx), "--version"], 60)
     return out.stdout.splitlines()[0] if out.returncode == 0 and out.stdout else ""
 
 
@@ -133,6 +135,11 @@ def _build(op: str) -> ctypes.CDLL:
     return ctypes.CDLL(str(target))
 
 
+def _name(cxx: str) -> str:
+    """The compiler's program name, for messages."""
+    return Path(shlex.split(cxx)[0]).name
+
+
 def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd)`` with its output as text, in a process group of its own that is killed
     whole past ``timeout`` (or on an interrupt): killing the compiler driver alone would leave the
@@ -160,14 +167,14 @@ def _compile(cxx: str, source: Path, target: Path, extra: list[str]) -> None:
     try:
         for flags in (FLAGS, PORTABLE_FLAGS):
             try:
-                out = _run([cxx, *flags, *extra, "-I", str(ROOT), "-o", tmp, str(source)], BUILD_TIMEOUT)
+                out = _run([*shlex.split(cxx), *flags, *extra, "-I", str(ROOT), "-o", tmp, str(source)], BUILD_TIMEOUT)
             except subprocess.TimeoutExpired:
-                raise RuntimeError(f"{Path(cxx).name} timed out after {BUILD_TIMEOUT} s") from None
+                raise RuntimeError(f"{_name(cxx)} timed out after {BUILD_TIMEOUT} s") from None
             if out.returncode == 0:
                 os.replace(tmp, target)
                 return
         first = next((line for line in out.stderr.splitlines() if "error" in line), out.stderr.strip()[:200])
-        raise RuntimeError(f"{Path(cxx).name} failed: {first}")
+        raise RuntimeError(f"{_name(cxx)} failed: {first}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import time
 
@@ -292,3 +293,12 @@ def test_a_compiler_that_hangs_is_stopped_whole(monkeypatch, tmp_path, caplog):
         os.kill(child, signal.SIGKILL)
         pytest.fail("the compiler's child process outlived the time limit")
     assert list((tmp_path / "evo" / "native").iterdir()) == []  # no partial build left
+
+
+def test_a_compiler_with_arguments(monkeypatch, tmp_path):
+    """CXX as build tools set it, a command with words (``ccache g++``, ``g++ -m64``): the kernel
+    builds, where the whole string was taken for a program's name."""
+    monkeypatch.setenv("CXX", f"env EVO_TEST=1 {shlex.quote(_native.compiler())}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    assert _native.load("norm") is not None
