@@ -302,3 +302,27 @@ def test_a_compiler_with_arguments(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(_native, "_libs", {})
     assert _native.load("norm") is not None
+
+
+def test_every_kernel_same_bits_on_1_2_3_threads(monkeypatch):
+    """Every C++ kernel split among 1, 2 and 3 threads (heads, rows, channel blocks of 16 with a short
+    last one) gives the same bits, the filter's moved history included."""
+    from evo_cli.kernels.fir import cpu as fir_cpu
+
+    g = torch.Generator().manual_seed(7)
+    q, k, v = _qkv(2, 3, 19, 21, 32, seed=7)
+    x, r, scale = torch.randn(5, 7, 40, generator=g), torch.randn(5, 7, 40, generator=g), torch.rand(40, generator=g)
+    logits, tokens = torch.randn(3, 11, 70, generator=g), torch.randint(0, 70, (3, 11), generator=g)
+    x1v, x2, h = torch.randn(2, 30, 50, generator=g), torch.randn(2, 30, 50, generator=g), torch.randn(5, 40, generator=g)
+    D, state = torch.randn(50, generator=g), torch.randn(2, 39, 50, generator=g)
+    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)
+    threads, runs = torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            moved = state.clone()
+            runs.append([native_attention(q, k, v, 21), *K.add_rms_norm(x, r, scale, 1e-6, backend="numba"),
+                         K.token_logprobs(logits, tokens, backend="numba"), fir_cpu.hyena_fir(x1v, x2, h, D, moved), moved])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
