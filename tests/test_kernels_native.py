@@ -326,3 +326,19 @@ def test_every_kernel_same_bits_on_1_2_3_threads(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
+
+
+@pytest.mark.parametrize("hd", HEAD_SIZES)
+def test_a_later_keys_nonfinite_value_stays_out_of_earlier_queries(hd):
+    """A value that is NaN or infinite at position 12 leaves the queries before it as they are alone
+    (a masked key's weight is 0, and 0 times NaN or infinity is NaN: the tile's earlier queries, and a
+    cached key block crossed by the diagonal, took it in); the query at 12 and after are NaN, as torch's."""
+    for offset, bad in [(0, 12), (250, 255)]:
+        q, k, v = _qkv(1, 2, 16, offset, hd, seed=hd)
+        v[:, :, bad, 3] = float("nan")
+        v[:, :, bad, 5] = float("inf")
+        out = native_attention(q, k, v, offset)
+        before = bad - offset
+        alone = native_attention(q[:, :, :before], k[:, :, :bad], v[:, :, :bad], offset)
+        assert torch.equal(out[:, :, :before], alone) and alone.isfinite().all()
+        assert out[:, :, before:].isnan().any(-1).all()
