@@ -70,7 +70,12 @@ def _cpu_identity() -> str:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "evo" / "native"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+    # a relative path (XDG says to ignore one; "~" unexpanded where there is no home) would put a cache,
+    # and the code loaded from it, in whatever folder the user runs from
+    if not base.is_absolute():
+        raise RuntimeError(f"no cache folder ({base} is not absolute): set XDG_CACHE_HOME to one")
+    return base / "evo" / "native"
 
 
 @functools.lru_cache(maxsize=None)

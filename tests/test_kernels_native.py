@@ -342,3 +342,20 @@ def test_a_later_keys_nonfinite_value_stays_out_of_earlier_queries(hd):
         alone = native_attention(q[:, :, :before], k[:, :, :bad], v[:, :, :bad], offset)
         assert torch.equal(out[:, :, :before], alone) and alone.isfinite().all()
         assert out[:, :, before:].isnan().any(-1).all()
+
+
+def test_no_cache_in_the_working_directory(monkeypatch, tmp_path, caplog):
+    """A relative XDG_CACHE_HOME (invalid, says the XDG spec) or a home that cannot be found (``~`` left
+    as it is) is a log line and torch's path, not a cache made in whatever folder the user runs from."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("norm") is None
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(_native.os.path, "expanduser", lambda p: p)  # as with no HOME and no passwd entry
+    monkeypatch.setattr(_native, "_libs", {})
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("norm") is None
+    assert list(tmp_path.iterdir()) == []
+    assert len(caplog.records) == 2 and all("XDG_CACHE_HOME" in r.getMessage() for r in caplog.records)
