@@ -3,11 +3,12 @@ called through ctypes.
 
 numba cannot keep a tile of vector accumulators in registers (benchmarks/README.md, sixth round), which
 is what an attention kernel at head size 32 needs. So such a kernel is C++ with the compiler's vector
-extensions, built for this machine (``-march=native``) the first time it is asked for, in about two
-seconds, and kept in ``~/.cache/evo/native`` (``$XDG_CACHE_HOME``) under a name that covers its source,
+extensions, built for this machine (``-march=native``) the first time it is asked for, in under a
+second, and kept in ``~/.cache/evo/native`` (``$XDG_CACHE_HOME``) under a name that covers its source,
 the compiler and the CPU, so that a home folder shared by machines of different CPUs never loads code
 built for another. Where there is no compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``) or the build
-fails, ``load`` returns None, says why once in the log, and the caller runs its PyTorch path.
+fails, ``load`` returns None, says why once in the log, and the caller runs its PyTorch path (numba's loop
+for the filter).
 
 No fast-math flags: as in the numba kernels (``_numba.py``), every sum runs in the source's order.
 """
@@ -21,7 +22,9 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -48,10 +51,11 @@ _lock = threading.Lock()
 
 
 def compiler() -> str | None:
-    """The C++ compiler: ``$CXX``, else the first of c++, g++ and clang++ on the PATH."""
-    cxx = os.environ.get("CXX")
+    """The C++ compiler's command: ``$CXX`` (a command line, as build tools take it: ``ccache g++``),
+    else the first of c++, g++ and clang++ on the PATH."""
+    cxx = shlex.split(os.environ.get("CXX", ""))
     if cxx:
-        return shutil.which(cxx) or cxx
+        return shlex.join([shutil.which(cxx[0]) or cxx[0], *cxx[1:]])
     return next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
 
 
@@ -67,13 +71,23 @@ def _cpu_identity() -> str:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "evo" / "native"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+    # a relative path (XDG says to ignore one; "~" unexpanded where there is no home) would put a cache,
+    # and the code loaded from it, in whatever folder the user runs from
+    if not base.is_absolute():
+        raise RuntimeError(f"no cache folder ({base} is not absolute): set XDG_CACHE_HOME to one")
+    return base / "evo" / "native"
 
 
 @functools.lru_cache(maxsize=None)
 def _version(cxx: str) -> str:
-    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    out = _run([*shlex.split(cxx), "--version"], 60)
     return out.stdout.splitlines()[0] if out.returncode == 0 and out.stdout else ""
+
+
+# what runs where a kernel cannot be built: torch's ops, except for the filter, whose numba loop gives the
+# C++ kernel's bits
+_FALLBACK = {"fir": "numba's loop"}
 
 
 def load(op: str) -> ctypes.CDLL | None:
@@ -83,8 +97,9 @@ def load(op: str) -> ctypes.CDLL | None:
         if op not in _libs:
             try:
                 _libs[op] = _build(op)
-            except (OSError, subprocess.SubprocessError, RuntimeError) as e:
-                log.info("the C++ kernel %s is not available (%s); using the PyTorch path", op, e)
+            except Exception as e:  # whatever the compiler or the disk does, the caller's path runs
+                log.info("the C++ kernel %s is not available (%s); %s run instead", op, e,
+                         _FALLBACK.get(op, "torch's ops"))
                 _libs[op] = None
         return _libs[op]
 
@@ -132,19 +147,46 @@ def _build(op: str) -> ctypes.CDLL:
     return ctypes.CDLL(str(target))
 
 
+def _name(cxx: str) -> str:
+    """The compiler's program name, for messages."""
+    return Path(shlex.split(cxx)[0]).name
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)`` with its output as text, in a process group of its own that is killed
+    whole past ``timeout`` (or on an interrupt): killing the compiler driver alone would leave the
+    programs it runs (cc1plus, as, ld) running on."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                          start_new_session=hasattr(os, "killpg")) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            if hasattr(os, "killpg"):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:  # the group has ended
+                    pass
+            proc.kill()
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _compile(cxx: str, source: Path, target: Path, extra: list[str]) -> None:
     # built under a temporary name and renamed: processes building at once each load a whole file
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         for flags in (FLAGS, PORTABLE_FLAGS):
-            out = subprocess.run([cxx, *flags, *extra, "-I", str(ROOT), "-o", tmp, str(source)], capture_output=True, text=True,
-                                 timeout=BUILD_TIMEOUT)
+            try:
+                out = _run([*shlex.split(cxx), *flags, *extra, "-I", str(ROOT), "-o", tmp, str(source)], BUILD_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"{_name(cxx)} timed out after {BUILD_TIMEOUT} s") from None
             if out.returncode == 0:
                 os.replace(tmp, target)
                 return
         first = next((line for line in out.stderr.splitlines() if "error" in line), out.stderr.strip()[:200])
-        raise RuntimeError(f"{Path(cxx).name} failed: {first}")
+        raise RuntimeError(f"{_name(cxx)} failed: {first}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -188,3 +230,14 @@ def over_ranges(run, total: int, work: int, threads: int) -> None:
         concurrent.futures.wait(runs)  # nothing may still write into the outputs after this returns
     for r in runs:
         r.result()
+
+
+def _after_fork() -> None:
+    """A forked child has only the thread that forked: a lock another thread held at that moment (a
+    kernel's build, the pool being made) would never be released in it, so the child gets new ones."""
+    global _lock, _pools_lock
+    _lock, _pools_lock = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

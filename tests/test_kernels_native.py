@@ -5,6 +5,10 @@ batching and threads, and the fallback where they cannot be built."""
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import signal
+import time
 
 import pytest
 import torch
@@ -182,6 +186,19 @@ def test_without_a_compiler(monkeypatch, tmp_path, caplog):
     lines = sorted(r.getMessage() for r in caplog.records)
     assert len(lines) == 3 and "C++ kernel attention is not available" in lines[0], lines
     assert "C++ kernel logprob is not available" in lines[1] and "C++ kernel norm is not available" in lines[2], lines
+    assert all(line.endswith("torch's ops run instead") for line in lines), lines
+
+
+def test_without_a_compiler_the_filter_names_numbas_loop(monkeypatch, tmp_path, caplog):
+    """The log line names what runs instead: for Hyena-MR's filter that is numba's loop, not torch."""
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("fir") is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("the C++ kernel fir is not available"), lines
+    assert lines[0].endswith("numba's loop run instead"), lines
 
 
 def test_built_once_per_cpu(monkeypatch, tmp_path):
@@ -213,3 +230,145 @@ def test_a_damaged_build_is_built_again(monkeypatch, tmp_path):
     built.parent.mkdir(parents=True)
     built.write_bytes(b"cut short")
     assert _native.load("norm") is not None and built.stat().st_size > 1000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_build_loads_kernels():
+    """A process forked while another of its threads builds a kernel (the loader's lock held) loads
+    kernels in the child: the lock is not inherited held, where the child used to wait forever."""
+    assert _native.load("norm") is not None
+    _native._lock.acquire()  # as a build in another thread holds it
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the kernel it inherited, through the lock
+            os._exit(0 if _native.load("norm") is not None else 1)
+        for _ in range(200):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child waited for a lock held by a thread it does not have")
+    finally:
+        _native._lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _fake_compiler(tmp_path, body: str) -> str:
+    path = tmp_path / "fake-c++"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_compiler_that_is_not_one(monkeypatch, tmp_path, caplog):
+    """CXX naming a program that prints bytes that are not text and builds nothing: one log line, no
+    kernel (the caller's PyTorch path), never an exception (undecodable output used to be one)."""
+    monkeypatch.setenv("CXX", _fake_compiler(tmp_path, r"printf '\377\376 not a compiler\n'; exit 0"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("norm") is None
+    assert [r.getMessage() for r in caplog.records if "not available" in r.getMessage()] != []
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_compiler_that_hangs_is_stopped_whole(monkeypatch, tmp_path, caplog):
+    """A build past its time limit is a log line, and every process of the compiler ends with it (g++
+    runs cc1plus and as as its children, which used to run on after the driver was killed)."""
+    pidfile = tmp_path / "child.pid"
+    body = f'case "$1" in --version) echo fake 1.0;; *) sleep 30 & echo $! > {pidfile}; wait;; esac'
+    monkeypatch.setenv("CXX", _fake_compiler(tmp_path, body))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setattr(_native, "BUILD_TIMEOUT", 0.5)
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("norm") is None
+    assert time.monotonic() - start < 10 and "timed out" in caplog.records[-1].getMessage()
+    child = int(pidfile.read_text())
+    for _ in range(100):  # the kill is delivered at once; give the kernel a moment to end it
+        if not _running(child):
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the compiler's child process outlived the time limit")
+    assert list((tmp_path / "evo" / "native").iterdir()) == []  # no partial build left
+
+
+def test_a_compiler_with_arguments(monkeypatch, tmp_path):
+    """CXX as build tools set it, a command with words (``ccache g++``, ``g++ -m64``): the kernel
+    builds, where the whole string was taken for a program's name."""
+    monkeypatch.setenv("CXX", f"env EVO_TEST=1 {shlex.quote(_native.compiler())}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_native, "_libs", {})
+    assert _native.load("norm") is not None
+
+
+def test_every_kernel_same_bits_on_1_2_3_threads(monkeypatch):
+    """Every C++ kernel split among 1, 2 and 3 threads (heads, rows, channel blocks of 16 with a short
+    last one) gives the same bits, the filter's moved history included."""
+    from evo_cli.kernels.fir import cpu as fir_cpu
+
+    g = torch.Generator().manual_seed(7)
+    q, k, v = _qkv(2, 3, 19, 21, 32, seed=7)
+    x, r, scale = torch.randn(5, 7, 40, generator=g), torch.randn(5, 7, 40, generator=g), torch.rand(40, generator=g)
+    logits, tokens = torch.randn(3, 11, 70, generator=g), torch.randint(0, 70, (3, 11), generator=g)
+    x1v, x2, h = torch.randn(2, 30, 50, generator=g), torch.randn(2, 30, 50, generator=g), torch.randn(5, 40, generator=g)
+    D, state = torch.randn(50, generator=g), torch.randn(2, 39, 50, generator=g)
+    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)
+    threads, runs = torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            moved = state.clone()
+            runs.append([native_attention(q, k, v, 21), *K.add_rms_norm(x, r, scale, 1e-6, backend="numba"),
+                         K.token_logprobs(logits, tokens, backend="numba"), fir_cpu.hyena_fir(x1v, x2, h, D, moved), moved])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
+
+
+@pytest.mark.parametrize("hd", HEAD_SIZES)
+def test_a_later_keys_nonfinite_value_stays_out_of_earlier_queries(hd):
+    """A value that is NaN or infinite at position 12 leaves the queries before it as they are alone
+    (a masked key's weight is 0, and 0 times NaN or infinity is NaN: the tile's earlier queries, and a
+    cached key block crossed by the diagonal, took it in); the query at 12 and after are NaN, as torch's."""
+    for offset, bad in [(0, 12), (250, 255)]:
+        q, k, v = _qkv(1, 2, 16, offset, hd, seed=hd)
+        v[:, :, bad, 3] = float("nan")
+        v[:, :, bad, 5] = float("inf")
+        out = native_attention(q, k, v, offset)
+        before = bad - offset
+        alone = native_attention(q[:, :, :before], k[:, :, :bad], v[:, :, :bad], offset)
+        assert torch.equal(out[:, :, :before], alone) and alone.isfinite().all()
+        assert out[:, :, before:].isnan().any(-1).all()
+
+
+def test_no_cache_in_the_working_directory(monkeypatch, tmp_path, caplog):
+    """A relative XDG_CACHE_HOME (invalid, says the XDG spec) or a home that cannot be found (``~`` left
+    as it is) is a log line and torch's path, not a cache made in whatever folder the user runs from."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("norm") is None
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(_native.os.path, "expanduser", lambda p: p)  # as with no HOME and no passwd entry
+    monkeypatch.setattr(_native, "_libs", {})
+    with caplog.at_level(logging.INFO, logger=_native.__name__):
+        assert _native.load("norm") is None
+    assert list(tmp_path.iterdir()) == []
+    assert len(caplog.records) == 2 and all("XDG_CACHE_HOME" in r.getMessage() for r in caplog.records)

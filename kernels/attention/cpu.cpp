@@ -107,7 +107,17 @@ static void head(const float* q, const float* k, const float* v, float* o, int64
                 m[i] = mn;
                 for (int t = 0; t < NV; t++) acc[i][t] *= alpha;
             }
-            for (int i = 0; i < QT; i += G) weigh<HD, G>(acc + i, S + i, v + b0 * sv, sv, bn);
+            // the keys every query of the tile sees, in register tiles; then the few on the diagonal that
+            // only its later queries see, each query its own: a masked key's weight is 0, but 0 times an
+            // infinite or NaN value is NaN, which would reach the queries before that key
+            int all = offset + q0 + 1 - b0;
+            all = all < 0 ? 0 : all > bn ? bn : all;
+            for (int i = 0; i < QT; i += G) weigh<HD, G>(acc + i, S + i, v + b0 * sv, sv, all);
+            for (int i = 0; i < rows; i++) {
+                int own = offset + q0 + i + 1 - b0;  // the keys of this block query i sees
+                own = own > bn ? bn : own;
+                if (own > all) weigh<HD, 1>(acc + i, (const float (*)[KB])(S[i] + all), v + (b0 + all) * sv, sv, own - all);
+            }
         }
         for (int i = 0; i < rows; i++) {
             float inv = 1.0f / l[i];
