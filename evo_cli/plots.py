@@ -79,18 +79,25 @@ def _frame(data):
     return pd.DataFrame(list(data), columns=[c for c, _ in COLUMNS])
 
 
-def mutagenesis_matrix(df) -> list[tuple]:
-    """Per chrom: ``(chrom, positions, matrix, {pos: REF})`` with matrix [4 (A, C, G, T), n] of deltas
-    (NaN at REF and at positions not scored), positions consecutive from the first scored to the last."""
+def mutagenesis_matrix(df, gap: int | None = None) -> list[tuple]:
+    """Per chrom, or per run of a chrom's positions where ``gap`` is given: ``(chrom, positions, matrix,
+    {pos: REF})`` with matrix [4 (A, C, G, T), n] of deltas (NaN at REF and at positions not scored),
+    positions consecutive from the first scored to the last. A run ends where the next position is
+    ``gap`` or more further on: two regions far apart on one chromosome are not one matrix of every
+    position between them (a BED of exons over chr1 would need gigabytes)."""
     import numpy as np
 
     out = []
     for chrom, part in df.groupby("chrom", sort=False):
-        lo, hi = int(part.pos.min()), int(part.pos.max())
-        m = np.full((4, hi - lo + 1), np.nan)
-        m[[BASES.index(a) for a in part.alt], (part.pos - lo).to_numpy()] = part.delta.to_numpy()
-        refs = dict(zip(part.pos, part.ref))
-        out.append((chrom, list(range(lo, hi + 1)), m, refs))
+        part = part.sort_values("pos", kind="stable")
+        pos = part.pos.to_numpy()
+        breaks = [0, *(np.flatnonzero(np.diff(pos) >= gap) + 1 if gap else []), len(pos)]
+        for a, b in zip(breaks, breaks[1:]):
+            run = part.iloc[a:b]
+            lo, hi = int(run.pos.min()), int(run.pos.max())
+            m = np.full((4, hi - lo + 1), np.nan)
+            m[[BASES.index(x) for x in run.alt], (run.pos - lo).to_numpy()] = run.delta.to_numpy()
+            out.append((chrom, list(range(lo, hi + 1)), m, dict(zip(run.pos, run.ref))))
     return out
 
 
@@ -117,9 +124,11 @@ def plot_mutagenesis(data, path: str | Path | None = None, *, title: str = "", p
             r = rows.iloc[0]
             raise InputError(f"not a mutagenesis table: {r.chrom}:{r.pos} {r.ref}>{r.alt} {what}")
     parts = []
-    matrices = mutagenesis_matrix(df)
     # positions per panel: ``panel``, or more where the scored positions would fill more than MAX_PANELS
-    panel = max(panel, -(-sum(int(np.isfinite(m).any(axis=0).sum()) for _, _, m, _ in matrices) // MAX_PANELS))
+    scored_positions = df[np.isfinite(df.delta.to_numpy(dtype=float))].drop_duplicates(["chrom", "pos"])
+    panel = max(panel, -(-len(scored_positions) // MAX_PANELS))
+    # split where no panel could span the gap (panels start at scored positions): the same panels
+    matrices = mutagenesis_matrix(df, gap=panel)
     for chrom, positions, m, refs in matrices:
         scored = np.isfinite(m).any(axis=0)
         k = 0

@@ -330,3 +330,15 @@ def test_an_html_figure_embeds_a_bounded_table(tmp_path, monkeypatch):
     plots.plot_track(df.head(7), tmp_path / "u.html")
     page = (tmp_path / "u.html").read_text()
     assert page.count("<tr") == 1 + 7 and "The first" not in page
+
+
+def test_heatmap_of_regions_far_apart_on_one_contig():
+    """Two regions 2 Gb apart on one contig (a BED of exons over a chromosome): only the scored
+    positions' columns are built (a dense 4 x 2e9 matrix needed 60 GiB), and the panels are the same."""
+    import matplotlib.pyplot as plt
+
+    fig = plots.plot_mutagenesis(_table([1, 2, 3, 2_000_000_001, 2_000_000_002]))
+    tops = [ax for ax in fig.axes if ax.get_gid() == "mean_delta"]
+    assert [t.get_title(loc="left") for t in tops] == ["c:1-3", "c:2,000,000,001-2,000,000,002"]
+    assert [ax.images[0].get_array().shape for ax in _heatmaps(fig)] == [(4, 3), (4, 2)]
+    plt.close(fig)
