@@ -304,7 +304,9 @@ def read_scores(path: str | Path):
         raise InputError(f"{path}: is a directory, expected a score file")
     name = path.name.lower()
     if name.endswith((".vcf", ".vcf.gz", ".vcf.bgz", ".bcf")):
-        return _read_vcf(path)
+        kind, df = _read_vcf(path)
+        _check_numbers(path, df)
+        return kind, df
     try:
         if name.endswith((".parquet", ".pq")):
             df = pd.read_parquet(path)
@@ -321,6 +323,7 @@ def read_scores(path: str | Path):
             if len(text):
                 raise InputError(f"{path}: column {column} holds {text.iloc[0]!r}, not a number")
             df[column] = numbers
+    _check_numbers(path, df)
     cols = set(df.columns)
     for kind in ("positions", "variants", "mutagenize"):
         if KINDS[kind] <= cols and (kind != "variants" or "status" in cols or "id" in cols):
@@ -328,6 +331,20 @@ def read_scores(path: str | Path):
     if KINDS["mutagenize"] <= cols:
         return "mutagenize", df
     raise InputError(f"{path}: not a table of evo scores (columns {', '.join(map(str, df.columns))})")
+
+
+def _check_numbers(path: Path, df) -> None:
+    """Positions are whole numbers and deltas finite (or missing): a position of 1.5 cannot index a
+    heatmap column, and an infinite delta has no histogram bin or colour."""
+    import numpy as np
+
+    checks = (("pos", lambda v: v.notna() & (v != v.round()), "not a whole number"),
+              ("delta", lambda v: np.isinf(v), "not a finite number"))
+    for column, bad, what in checks:
+        if column in df.columns:
+            values = df[column][bad(df[column])]
+            if len(values):
+                raise InputError(f"{path}: column {column} holds {values.iloc[0]:g}, {what}")
 
 
 def _read_vcf(path: Path):

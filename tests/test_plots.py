@@ -252,7 +252,11 @@ def test_evo_plot_refuses_tables_it_cannot_draw(tmp_path):
     cases = {"indel": ("c\t1\tA\tAT\t0.1\nc\t2\tC\tG\t0.2\n",
                        "not a mutagenesis table: c:1 A>AT is not a SNV of A, C, G and T"),
              "twice": ("c\t1\tA\tC\t0.1\nc\t1\tA\tC\t0.3\n", "not a mutagenesis table: c:1 A>C appears twice"),
-             "text": ("c\t1\tA\tC\tabc\n", "{path}: column delta holds 'abc', not a number")}
+             "text": ("c\t1\tA\tC\tabc\n", "{path}: column delta holds 'abc', not a number"),
+             # were "IndexError: arrays used as indices must be of integer ..." and, for a variants table,
+             # "ValueError: autodetected range of [inf, inf] is not finite"
+             "half": ("c\t1.5\tA\tC\t0.1\n", "{path}: column pos holds 1.5, not a whole number"),
+             "inf": ("c\t1\tA\tC\tinf\n", "{path}: column delta holds inf, not a finite number")}
     for name, (rows, message) in cases.items():
         path = tmp_path / f"{name}.tsv"
         path.write_text(head + rows)
