@@ -69,7 +69,8 @@ def check_selftest(model: str, expected: str | None = None) -> str:
         raise InputError(registry.unknown_model_message(str(model)))
     if name not in EXPECTED:
         raise OptionError(f"{name}: evo2's test records numbers for {', '.join(EXPECTED)} only"
-                         + ("" if expected or str(model) in registry.BUNDLED else
+                         # a name's numbers are the test's or none: --expected is for a path
+                         + ("" if expected or str(model) in registry.BUNDLED or str(model) in registry.MODELS else
                             " (pass --expected NAME for a checkpoint given as a path)"))
     spec = registry.get_spec(str(model))
     if spec is not None:

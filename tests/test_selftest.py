@@ -86,6 +86,9 @@ def test_another_architecture_is_refused_before_the_test():
     (["-m", "evo2-1b"], "evo2-1b: no such checkpoint file or directory, nor a published model name (did you mean ", 1),
     # a model the test has no numbers for: the command line's fault (exit 2), as --expected naming one
     (["-m", "evo-demo"], "evo-demo: evo2's test records numbers for evo2_40b, ", 2),
+    # a published model the test has no numbers for (Evo 1, a 262k Evo 2): no hint meant for paths
+    (["-m", "evo-1-8k-base"], "evo-1-8k-base: evo2's test records numbers for evo2_40b, ", 2),
+    (["-m", "evo2_7b_262k"], "evo2_7b_262k: evo2's test records numbers for evo2_40b, ", 2),
 ])
 def test_model_errors(args, message, status):
     code, out, err = evo("selftest", *args)
