@@ -26,7 +26,7 @@ from pathlib import Path
 
 from evo_cli.errors import CheckpointError
 
-from .registry import BUNDLED, MODELS, ModelSpec, unknown_model_message
+from .registry import BUNDLED, MODELS, ModelSpec, closest_names
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,12 @@ def resolve_spec(name: str) -> ModelSpec:
             raise CheckpointError("no model name given: the name is empty (see `evo models`)")
         if name in BUNDLED:
             raise CheckpointError(f"{name} is bundled with evo and needs no download: use --model {name}")
-        raise CheckpointError(unknown_model_message(name))
+        if os.path.exists(name):
+            raise CheckpointError(f"{name} is a checkpoint on disk, not a published model name: it needs no download; "
+                                  f"use --model {name}")
+        guess = closest_names(name)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        raise CheckpointError(f"{name}: not a published model name{hint}; `evo models` lists the names")
     return spec
 
 

@@ -324,6 +324,11 @@ def test_evo_download_prints_the_snapshot(env):
 @pytest.mark.parametrize("args, message", [
     (["download", "evo2_7bb"], "did you mean 'evo2_7b'"),
     (["download", "evo2_7b"], "evo download evo2_7b"),
+    # a checkpoint folder that exists was "no such checkpoint file or directory"
+    (["download", str(TINY_A)], f"{TINY_A} is a checkpoint on disk, not a published model name: it needs no "
+                                f"download; use --model {TINY_A}"),
+    (["download", "evo2-7b"], "evo2-7b: not a published model name (did you mean 'evo2_7b'?); `evo models` lists "
+                              "the names"),
 ])
 def test_evo_download_errors(env, capsys, args, message):
     with pytest.raises(SystemExit) as e:
