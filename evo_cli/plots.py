@@ -297,6 +297,10 @@ def read_scores(path: str | Path):
     ``delta`` from EVO_DELTA and the record's other one-value INFO fields as columns."""
     import pandas as pd
 
+    if str(path) == "":  # else Path("") is ".": "is a directory"
+        raise InputError("no score file given: the path is empty")
+    if str(path) == "-":
+        raise InputError("-: evo plot reads a score file by name (its extension tells the format), not standard input")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")

@@ -293,6 +293,12 @@ def test_evo_plot_of_a_folder_or_device_says_what_it_is(tmp_path):
     assert code == 1 and err == "evo: error: /dev/null: scores are .tsv, .parquet, .vcf or .vcf.gz (or .tsv.gz)\n"
     code, _, err = evo("plot", tmp_path / "missing.tsv", "-o", tmp_path / "p.png")
     assert code == 1 and err == f"evo: error: {tmp_path / 'missing.tsv'}: no such file\n"
+    # were ".: is a directory, expected a score file" and "-: no such file"
+    code, _, err = evo("plot", "", "-o", tmp_path / "p.png")
+    assert code == 1 and err == "evo: error: no score file given: the path is empty\n"
+    code, _, err = evo("plot", "-", "-o", tmp_path / "p.png")
+    assert code == 1 and err == ("evo: error: -: evo plot reads a score file by name (its extension tells the "
+                                 "format), not standard input\n")
 
 
 @pytest.mark.parametrize("ext", ["svg", "pdf", "png", "html"])
