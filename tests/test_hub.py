@@ -388,3 +388,14 @@ def test_stalled_hub_fails_in_seconds(env, monkeypatch, capsys):
                                                    f"from {endpoint} (")
     assert f"{endpoint} cannot be reached or did not answer within 1 s" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
     assert hub.cache_status(registry.MODELS["evo2_1b_base"]).state == "missing"
+
+
+def test_info_of_a_partly_downloaded_model_says_so(env):
+    """One part of two in the cache: `evo info` said "not downloaded", as for a model never fetched."""
+    spec = registry.MODELS["evo2_40b"]
+    add_snapshot(env, spec.repo, spec.revision, {spec.files[0]: b"\0" * 10})
+    res = CliRunner().invoke(cli, ["info", "-m", "evo2_40b", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["path"] == "partly downloaded (`evo download evo2_40b` finishes it)"
+    res = CliRunner().invoke(cli, ["info", "-m", "evo2_7b", "--json"])
+    assert json.loads(res.output)["path"] == "not downloaded (`evo download evo2_7b` fetches the weights)"

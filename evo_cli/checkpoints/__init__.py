@@ -176,7 +176,11 @@ def describe_checkpoint(model: str | Path, device="auto", dtype="auto") -> dict:
         if spec is None:
             raise
         ckpt, c = None, registry.model_config(spec.name)
-        location, fmt, stored = f"not downloaded (`evo download {spec.name}` fetches the weights)", "-", "-"
+        if hub.cache_status(spec).state == "partial":  # some files, or an interrupted download
+            location = f"partly downloaded (`evo download {spec.name}` finishes it)"
+        else:
+            location = f"not downloaded (`evo download {spec.name}` fetches the weights)"
+        fmt, stored = "-", "-"
     else:
         ckpt = open_checkpoint(path, published)
         c = ckpt.config
