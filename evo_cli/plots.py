@@ -318,7 +318,7 @@ def read_scores(path: str | Path):
             df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
         else:
             raise InputError(f"{path}: scores are .tsv, .parquet, .vcf or .vcf.gz (or .tsv.gz)")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # EOFError: a cut .tsv.gz
         raise InputError(f"{path}: cannot read as a table ({err})") from None
     for column in ("delta", "logprob", "pos"):
         if column in df.columns:

@@ -352,3 +352,13 @@ def test_heatmap_of_regions_far_apart_on_one_contig():
     assert [t.get_title(loc="left") for t in tops] == ["c:1-3", "c:2,000,000,001-2,000,000,002"]
     assert [ax.images[0].get_array().shape for ax in _heatmaps(fig)] == [(4, 3), (4, 2)]
     plt.close(fig)
+
+
+def test_evo_plot_of_a_truncated_gzip_table_is_an_error(tmp_path):
+    """pandas raises EOFError on a cut .tsv.gz, which click takes for Ctrl-D: "evo: interrupted", exit 130."""
+    import gzip
+
+    path = tmp_path / "cut.tsv.gz"
+    path.write_bytes(gzip.compress(b"chrom\tpos\tref\talt\tdelta\n" + b"c\t1\tA\tC\t0.1\n" * 200)[:40])
+    code, _, err = evo("plot", path, "-o", tmp_path / "p.png")
+    assert code == 1 and err.startswith(f"evo: error: {path}: cannot read as a table (") and err.count("\n") == 1, err
