@@ -92,6 +92,18 @@ def test_verbose_flags_anywhere_show_the_traceback(monkeypatch, flags, traceback
             assert code == 1 and err == "evo: error: RuntimeError: a bug (run with -v for the traceback)\n"
 
 
+def test_an_end_of_file_inside_a_command_is_an_error_not_ctrl_d(monkeypatch):
+    """evo never prompts, so an EOFError is a failure (a library reading a cut file), not the user's
+    Ctrl-D: click turned it into "evo: interrupted", exit 130."""
+    def cut(*args, **kwargs):
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    monkeypatch.setattr(evo_cli.checkpoints, "describe_checkpoint", cut)
+    code, out, err = evo("info", "-m", "evo2_7b")
+    assert code == 1 and out == "" and err == ("evo: error: EOFError: Compressed file ended before the end-of-stream "
+                                               "marker was reached (run with -v for the traceback)\n")
+
+
 @pytest.mark.parametrize("error,shown", [
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
                   "tried to allocate 41571947520 bytes. Error code 12"), " (an allocation of 38.7 GiB failed)"),

@@ -28,6 +28,15 @@ class _StdoutClosed(Exception):
     click's own EPIPE handling (exit 1) does not swallow it."""
 
 
+class _EndOfFile(Exception):
+    """An EOFError inside a command (a library reading a cut file: pandas on a truncated .gz), which
+    click would take for Ctrl-D at a prompt ("interrupted", exit 130); evo never prompts."""
+
+    def __init__(self, error: EOFError):
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a scheduler's time limit, ``docker stop``), raised where the run is so that it
     stops as Ctrl-C does: temporaries removed, the progress file named for --resume, one line, exit 143.
@@ -55,6 +64,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError as err:
             raise _StdoutClosed() from err
+        except EOFError as err:
+            raise _EndOfFile(err) from err
         except OptionError as err:
             # found by the library, yet the command line's fault: a usage error as click's own (exit 2,
             # the same line and hint), whichever command found it
@@ -184,6 +195,8 @@ def _run(argv) -> None:
             sys.exit(130)
         if _verbosity["verbose"]:
             raise
+        if isinstance(e, _EndOfFile):
+            e = e.error
         if (oom := _out_of_memory(e)) is not None:
             click.echo(f"{_name()}: error: out of memory{oom}: use shorter sequences or windows, a smaller --batch-size, "
                        "or a device with more memory", err=True)
