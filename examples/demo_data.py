@@ -18,6 +18,10 @@ _CODES[[ord(c) for c in "ACGT"]] = [0, 1, 2, 3]
 
 
 def load_genome(path: Path = GENOME) -> str:
+    if not path.is_file():
+        # one line, not a traceback: the genome is project data, not part of the repository
+        raise SystemExit(f"{path}: not found; these scripts need the project's shared/data folder beside "
+                         "the checkout (see shared/data/README.md for its provenance)")
     return read_fasta(path)[0].sequence
 
 
