@@ -338,10 +338,12 @@ def read_scores(path: str | Path):
 
 
 def _check_numbers(path: Path, df) -> None:
-    """Positions are whole numbers and deltas finite (or missing): a position of 1.5 cannot index a
-    heatmap column, and an infinite delta has no histogram bin or colour."""
+    """Positions are present and whole numbers, and deltas finite (or missing): a position of 1.5 or
+    none cannot index a heatmap column, and an infinite delta has no histogram bin or colour."""
     import numpy as np
 
+    if "pos" in df.columns and df.pos.isna().any():  # a heatmap column or track point needs its position
+        raise InputError(f"{path}: column pos is empty (row {int(np.argmax(df.pos.isna().to_numpy())) + 1})")
     checks = (("pos", lambda v: v.notna() & (v != v.round()), "not a whole number"),
               ("delta", lambda v: np.isinf(v), "not a finite number"))
     for column, bad, what in checks:

@@ -256,7 +256,8 @@ def test_evo_plot_refuses_tables_it_cannot_draw(tmp_path):
              # were "IndexError: arrays used as indices must be of integer ..." and, for a variants table,
              # "ValueError: autodetected range of [inf, inf] is not finite"
              "half": ("c\t1.5\tA\tC\t0.1\n", "{path}: column pos holds 1.5, not a whole number"),
-             "inf": ("c\t1\tA\tC\tinf\n", "{path}: column delta holds inf, not a finite number")}
+             "inf": ("c\t1\tA\tC\tinf\n", "{path}: column delta holds inf, not a finite number"),
+             "nopos": ("c\t2\tA\tC\t0.1\nc\t\tA\tG\t0.2\n", "{path}: column pos is empty (row 2)")}
     for name, (rows, message) in cases.items():
         path = tmp_path / f"{name}.tsv"
         path.write_text(head + rows)
