@@ -90,7 +90,11 @@ def test_a_bad_input_or_output_location_exits_1_without_the_hint(args, tmp_path)
 def test_convert_to_an_existing_file_exits_1_as_the_other_outputs(tmp_path):
     (tmp_path / "f").write_text("x")
     code, _, err = evo("convert", TINY, "-o", tmp_path / "f")
-    assert code == 1 and "exists and is not an empty directory" in _one_error_line(err)
+    # was "exists and is not an empty directory", of a file
+    assert code == 1 and _one_error_line(err) == (f"evo: error: {tmp_path / 'f'}: is a file; the output is a folder "
+                                                  "that must not exist, or be empty")
+    code, _, err = evo("convert", TINY, "-o", "")  # was ".: exists and is not an empty directory"
+    assert code == 1 and _one_error_line(err) == "evo: error: no output folder given: the path is empty"
 
 
 def test_option_errors_are_input_errors_for_the_python_api():

@@ -84,8 +84,12 @@ def check_output_dir(path: str | Path) -> None:
     and its location must be writable. Also removes stale temporary directories of it."""
     from evo_cli.errors import OutputError
 
+    if str(path) == "":  # else Path("") is ".", the working directory
+        raise OutputError("no output folder given: the path is empty")
     path = output_dir(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: is a file; the output is a folder that must not exist, or be empty")
+    if path.exists() and any(path.iterdir()):
         raise OutputError(f"{path}: exists and is not an empty directory")
     _check_location(path)
     remove_stale_temporaries(path)
