@@ -38,6 +38,19 @@ def case_id(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+@pytest.fixture(autouse=True)
+def _root_logger_restored():
+    """A command run in-process sets the root logger's level (``logging.basicConfig``; ``-q`` raises it to
+    errors): restored after each test, so that a later test's ``caplog`` still sees warnings whatever ran
+    before it (test_placement's after test_cli_score_variants, run alone)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription."""
