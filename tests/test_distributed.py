@@ -318,20 +318,12 @@ def test_progress_files_of_ranks_on_different_gpus_agree(tmp_path):
     from evo_cli.io.fasta import read_fasta
     from evo_cli.scoring import run_score
 
+    from .test_cli_score_variants import _interrupt_after
+
     _seqs(tmp_path / "in.fa", [9] * 40, 0)  # 3 chunks of 16 sequences
     records = read_fasta(tmp_path / "in.fa")
     model = evo_cli.load_model(TINY, device="cpu", dtype="float32")
     meta = {"command": "evo ...", "device": "cuda:0", "kernels": "triton"}
-
-    def stop_after(calls):
-        seen = []
-
-        def progress(_n):
-            seen.append(_n)
-            if len(seen) == calls:
-                raise KeyboardInterrupt
-
-        return progress
 
     runs = {"score.tsv": lambda out, **kw: run_score(model, records, out, batch_size=1, settings={"x": 1}, **kw),
             "embed.parquet": lambda out, **kw: run_embed(model, records, out, ["blocks.1"], batch_size=1,
@@ -339,6 +331,6 @@ def test_progress_files_of_ranks_on_different_gpus_agree(tmp_path):
     for name, run in runs.items():
         run(tmp_path / f"want-{name}", metadata=meta)
         with pytest.raises(KeyboardInterrupt):
-            run(tmp_path / name, metadata={**meta, "device": "cuda:1"}, progress=stop_after(20))
+            run(tmp_path / name, metadata={**meta, "device": "cuda:1"}, progress=_interrupt_after(20))
         run(tmp_path / name, metadata=meta, resume=True)
         assert (tmp_path / name).read_bytes() == (tmp_path / f"want-{name}").read_bytes()
