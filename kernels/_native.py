@@ -222,8 +222,8 @@ def over_ranges(run, total: int, work: int, threads: int) -> None:
         run(0, total)
         return
     bounds = [total * i // parts for i in range(parts + 1)]
-    threads = pool()
-    runs = [threads.submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    executor = pool()
+    runs = [executor.submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
     try:
         run(bounds[0], bounds[1])  # this thread takes the first range
     finally:

@@ -9,7 +9,6 @@ per tap or an FFT (``over_channels`` splits those among threads). Compiled code 
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import logging
 import os
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 
 from . import _native
-from ._native import pool as _pool
 
 log = logging.getLogger(__name__)
 
@@ -127,26 +125,12 @@ def _notice() -> None:
                     "later runs load them from its cache)")
 
 
-_MIN_PART_WORK = _native.MIN_PART_WORK
-
-
 def over_channels(kernel, args, channels: int, work: int) -> None:
     """``kernel(*args, lo, hi)`` for channel ranges covering ``0 .. channels``: one call, or, when
-    ``work`` (its multiply-adds) is large, as many calls as torch has threads, run in threads (the
-    kernels release the GIL) while torch's own threads are idle. Each channel's numbers are the same
-    however the channels are split."""
+    ``work`` (its multiply-adds) is large, as many calls as torch has threads, run in the kernel threads
+    (the kernels release the GIL) while torch's own threads are idle (``_native.over_ranges``). Each
+    channel's numbers are the same however the channels are split."""
     ready(kernel, args + (0, channels))
-    parts = min(torch.get_num_threads(), channels // 16, work // _MIN_PART_WORK)
-    if parts <= 1:
-        kernel(*args, 0, channels)
-        return
-    # multiples of 16 channels: every range but the last is whole vectors
-    bounds = [channels * i // parts // 16 * 16 for i in range(parts)] + [channels]
-    pool = _pool()
-    runs = [pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds[1:], bounds[2:])]
-    try:
-        kernel(*args, bounds[0], bounds[1])  # this thread takes the first range
-    finally:
-        concurrent.futures.wait(runs)  # nothing may still write into the outputs after this returns
-    for run in runs:
-        run.result()
+    # in blocks of 16 channels: every range but the last is whole vectors
+    _native.over_ranges(lambda lo, hi: kernel(*args, lo * 16, min(hi * 16, channels)), (channels + 15) // 16,
+                        work, torch.get_num_threads())

@@ -626,12 +626,10 @@ def test_window_kernels_take_strided_inputs_and_hand_over():
 def test_window_kernels_split_over_threads_give_the_same_bits(monkeypatch):
     """With several torch threads a large window's channels are split among threads: every output
     and state is the bytes of one call (channels are independent, each summed in the same order)."""
-    from evo_cli.kernels import _native, _numba
+    from evo_cli.kernels import _native
 
-    monkeypatch.setattr(_numba, "_MIN_PART_WORK", 1)  # split even these small shapes
-    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)  # (Hyena-MR's 128 taps run the C++ kernel)
+    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)  # split even these small shapes
     pools = []
-    monkeypatch.setattr(_numba, "_pool", lambda pool=_numba._pool: pools.append(1) or pool())
     monkeypatch.setattr(_native, "pool", lambda pool=_native.pool: pools.append(1) or pool())
     x1v, x2, lp, r, D, state = _modal_case(2, 33, 56, 4)
     z, w, b, h = torch.randn(2, 33, 3 * 56), torch.randn(3 * 56, 3), torch.randn(3 * 56), torch.randn(8, 128)
@@ -675,9 +673,9 @@ def test_a_forked_child_splits_windows_too(monkeypatch):
     import os
     import time
 
-    from evo_cli.kernels import _numba
+    from evo_cli.kernels import _native
 
-    monkeypatch.setattr(_numba, "_MIN_PART_WORK", 1)
+    monkeypatch.setattr(_native, "MIN_PART_WORK", 1)
     x1v, x2, lp, r, D, _ = _modal_case(1, 20, 48, 4)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -687,7 +685,7 @@ def test_a_forked_child_splits_windows_too(monkeypatch):
         if pid == 0:  # the child: exit 0 only if a split call returns the parent's numbers
             torch.set_num_threads(2)  # torch resets a forked child to one thread
             split = []
-            _numba._pool = lambda pool=_numba._pool: split.append(1) or pool()
+            _native.pool = lambda pool=_native.pool: split.append(1) or pool()
             ok = torch.equal(modal_cpu.hyena_modal(x1v, x2, lp, r, D), want) and split == [1]
             os._exit(0 if ok else 1)
         for _ in range(600):  # 60 s at most: a child waiting on threads it does not have never exits
