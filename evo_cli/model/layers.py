@@ -32,8 +32,7 @@ class RMSNorm(nn.Module):
     def after_add(self, x, residual):
         """(u, self(u)) for u = x + residual: one pass with the CPU kernels (``kernels.add_rms_norm``),
         unless a hook on this module (or a global one) expects it to run."""
-        g = nn.modules.module
-        if g._global_forward_hooks or g._global_forward_pre_hooks or self._forward_hooks or self._forward_pre_hooks:
+        if _hooked(self) or self._forward_pre_hooks or nn.modules.module._global_forward_pre_hooks:
             u = x + residual
             return u, self(u)
         return K.add_rms_norm(x, residual, self.scale, self.eps, backend=self.backend)
